@@ -1,0 +1,55 @@
+"""Settings read from one place: environment variables, else .streamlit/secrets.toml, else defaults.
+
+DATABASE_URL     SQLAlchemy URL, e.g. mysql+pymysql://user:pass@host/db (default: SQLite under data/runtime)
+PHOTO_STORE_DIR  where photos are stored by content hash (default: data/runtime/photos)
+MODELS_DIR       versioned model artifacts (default: models/)
+CACHE_DIR        derived caches such as the converted pretrained weights (default: data/cache)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / "data"
+SAMPLE_DIR = DATA_DIR / "sample"
+RUNTIME_DIR = DATA_DIR / "runtime"
+
+
+@lru_cache(maxsize=1)
+def _secrets() -> dict:
+    path = PROJECT_ROOT / ".streamlit" / "secrets.toml"
+    if not path.exists():
+        return {}
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    """Environment first (so CI and services can override), then secrets.toml, then the default."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    value = _secrets().get(name)
+    if value:
+        return str(value)
+    return default
+
+
+def database_url() -> str:
+    return setting("DATABASE_URL") or f"sqlite:///{RUNTIME_DIR / 'faceverify.sqlite3'}"
+
+
+def photo_store_dir() -> Path:
+    return Path(setting("PHOTO_STORE_DIR") or RUNTIME_DIR / "photos")
+
+
+def models_dir() -> Path:
+    return Path(setting("MODELS_DIR") or PROJECT_ROOT / "models")
+
+
+def cache_dir() -> Path:
+    return Path(setting("CACHE_DIR") or DATA_DIR / "cache")
