@@ -55,6 +55,8 @@ class PhotoAnalysis:
     main_face: int | None = None  # index into faces of the face used
     crop: np.ndarray | None = None  # aligned face chip, uint8 RGB (150x150)
     embedding: np.ndarray | None = None  # pretrained 128-d embedding (face and mirror averaged)
+    projection: np.ndarray | None = None  # the Siamese tower's output for this face (unit length)
+    gender_probs: np.ndarray | None = None  # gender head output, in the order of core.heads.GENDERS
     quality: float | None = None  # 0..1, higher is better (sharpness and size)
     flags: list[Flag] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)

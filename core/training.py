@@ -1,0 +1,291 @@
+"""Training and evaluation of the heads from pretrained embeddings, split by person.
+
+Pure functions on arrays (embeddings, person labels, genders) so the command line, the Retrain
+page and the tests share them. Everything seeded: the same data, settings and seed give the same
+model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+
+# Determinism: TensorFlow's oneDNN kernels and thread races can reorder float sums.
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+
+
+@dataclass
+class TrainParams:
+    """Settings a data scientist may change; defaults are what the shipped model used."""
+
+    loss: str = "contrastive"  # or "triplet"
+    margin: float = 0.5  # contrastive margin on the projected (unit-length) distance
+    epochs: int = 30
+    learning_rate: float = 1e-3
+    identity_weight: float = 1e-3  # pulls the projection toward the identity: stay close to dlib
+    positives_per_person: int = 60
+    negatives_per_positive: int = 2
+    gender_epochs: int = 60
+    gender_hidden: int = 64
+    seed: int = 7
+    holdout_fraction: float = 0.2  # share of people held out for evaluation
+    target_fmr_outside_band: float = 0.001  # band edges where errors outside drop below this
+
+    def validate(self) -> None:
+        checks = [
+            (self.loss in ("contrastive", "triplet"), "loss must be 'contrastive' or 'triplet'"),
+            (0.05 <= self.margin <= 2.0, "margin must be between 0.05 and 2.0"),
+            (1 <= self.epochs <= 500, "epochs must be between 1 and 500"),
+            (1e-5 <= self.learning_rate <= 0.1, "learning_rate must be between 1e-5 and 0.1"),
+            (0 <= self.identity_weight <= 1, "identity_weight must be between 0 and 1"),
+            (1 <= self.positives_per_person <= 10000, "positives_per_person must be 1..10000"),
+            (1 <= self.negatives_per_positive <= 20, "negatives_per_positive must be 1..20"),
+            (1 <= self.gender_epochs <= 1000, "gender_epochs must be 1..1000"),
+            (4 <= self.gender_hidden <= 1024, "gender_hidden must be 4..1024"),
+            (0.05 <= self.holdout_fraction <= 0.5, "holdout_fraction must be between 0.05 and 0.5"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError("Invalid training settings: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def set_seed(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def split_people(people: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, held out) over samples, splitting by person, never by photo."""
+    unique = np.unique(people)
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(unique, size=max(1, int(round(len(unique) * fraction))), replace=False))
+    held_mask = np.array([p in held for p in people])
+    return ~held_mask, held_mask
+
+
+def make_pairs(
+    people: np.ndarray, positives_per_person: int, negatives_per_positive: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) and labels (1 same person, 0 different), balanced per person.
+
+    People with hundreds of photos would otherwise dominate: positives are capped per person.
+    """
+    rng = np.random.default_rng(seed)
+    by_person: dict = {}
+    for index, person in enumerate(people):
+        by_person.setdefault(person, []).append(index)
+    positives = []
+    for indices in by_person.values():
+        if len(indices) < 2:
+            continue
+        all_pairs = [(a, b) for k, a in enumerate(indices) for b in indices[k + 1 :]]
+        take = min(positives_per_person, len(all_pairs))
+        for k in rng.choice(len(all_pairs), size=take, replace=False):
+            positives.append(all_pairs[k])
+    n_neg = len(positives) * negatives_per_positive
+    negatives = []
+    while len(negatives) < n_neg:
+        a, b = rng.integers(0, len(people), size=2)
+        if people[a] != people[b]:
+            negatives.append((a, b))
+    pairs = np.array(positives + negatives, dtype=np.int64)
+    labels = np.array([1] * len(positives) + [0] * len(negatives), dtype=np.float32)
+    order = rng.permutation(len(pairs))
+    return pairs[order], labels[order]
+
+
+def pair_distances(projections: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(projections[pairs[:, 0]] - projections[pairs[:, 1]], axis=1)
+
+
+def train_siamese(embeddings, people, params: TrainParams, progress=None):
+    """Train the shared tower with contrastive (or triplet) loss; calibrate the similarity.
+
+    Returns the Keras siamese model (tower inside). progress(epoch, logs) is called per epoch.
+    """
+    import keras
+    import tensorflow as tf
+
+    from core.heads import build_siamese, build_tower
+
+    set_seed(params.seed)
+    tower = build_tower(embeddings.shape[1])
+    optimizer = keras.optimizers.Adam(params.learning_rate)
+    x = tf.constant(embeddings, tf.float32)
+    eye = tf.eye(embeddings.shape[1])
+
+    @tf.function
+    def step(a_idx, b_idx, y):
+        with tf.GradientTape() as tape:
+            pa = tower(tf.gather(x, a_idx), training=True)
+            pb = tower(tf.gather(x, b_idx), training=True)
+            d = tf.sqrt(tf.reduce_sum(tf.square(pa - pb), axis=1) + 1e-12)
+            if params.loss == "contrastive":
+                loss = tf.reduce_mean(y * tf.square(d) + (1 - y) * tf.square(tf.nn.relu(params.margin - d)))
+            else:  # triplet on (anchor, positive, negative) laid out as consecutive pair halves
+                pos = d[: tf.shape(d)[0] // 2]
+                neg = d[tf.shape(d)[0] // 2 :]
+                loss = tf.reduce_mean(tf.nn.relu(pos - neg + params.margin))
+            kernel = tower.get_layer("project").kernel
+            loss += params.identity_weight * tf.reduce_sum(tf.square(kernel - eye))
+        grads = tape.gradient(loss, tower.trainable_variables)
+        optimizer.apply_gradients(zip(grads, tower.trainable_variables, strict=True))
+        return loss
+
+    history = []
+    for epoch in range(params.epochs):
+        pairs, labels = make_pairs(
+            people, params.positives_per_person, params.negatives_per_positive, params.seed + epoch
+        )
+        if params.loss == "triplet":
+            pairs, labels = _as_triplet_halves(pairs, labels, people, params.seed + epoch)
+        losses = []
+        for first in range(0, len(pairs), 512):
+            p = pairs[first : first + 512]
+            y = labels[first : first + 512]
+            if params.loss == "triplet" and len(p) % 2:
+                p, y = p[:-1], y[:-1]
+            losses.append(float(step(p[:, 0], p[:, 1], tf.constant(y))))
+        logs = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        history.append(logs)
+        if progress:
+            progress(epoch + 1, logs)
+
+    projections = tower(x, training=False).numpy()
+    pairs, labels = make_pairs(
+        people, params.positives_per_person, params.negatives_per_positive, params.seed
+    )
+    offset, scale = calibrate(pair_distances(projections, pairs), labels)
+    siamese = build_siamese(tower, initial_offset=offset)
+    layer = siamese.get_layer("similarity")
+    layer.offset.assign(offset)
+    layer.scale.assign(scale)
+    return siamese, history
+
+
+def _as_triplet_halves(pairs, labels, people, seed):
+    """Positive pairs (a, p) and negatives (a, n) sharing anchors, stacked as two halves."""
+    rng = np.random.default_rng(seed)
+    positives = pairs[labels == 1]
+    negatives = []
+    for a, _ in positives:
+        while True:
+            n = int(rng.integers(0, len(people)))
+            if people[n] != people[a]:
+                negatives.append((a, n))
+                break
+    out_pairs, out_labels = [], []
+    for first in range(0, len(positives), 256):
+        pos = positives[first : first + 256]
+        neg = np.array(negatives[first : first + 256])
+        out_pairs += [pos, neg]
+        out_labels += [np.ones(len(pos)), np.zeros(len(neg))]
+    return np.concatenate(out_pairs), np.concatenate(out_labels).astype(np.float32)
+
+
+def calibrate(distances: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Logistic fit of same-person on distance: sim = sigmoid(scale * (offset - d))."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=100.0).fit(distances.reshape(-1, 1), labels)
+    slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
+    scale = -slope
+    return intercept / scale, scale
+
+
+def train_gender(embeddings, genders, people, params: TrainParams, progress=None):
+    """Gender head on the pretrained embedding; classes and people weighted equally."""
+    import keras
+
+    from core.heads import GENDERS, build_gender
+
+    set_seed(params.seed)
+    y = np.array([GENDERS.index(g) for g in genders])
+    # Weight each photo by 1/(photos of its person) and balance the two genders, so a few people
+    # with hundreds of photos and the majority gender do not dominate.
+    counts = {p: c for p, c in zip(*np.unique(people, return_counts=True), strict=True)}
+    weights = np.array([1.0 / counts[p] for p in people])
+    for k in range(len(GENDERS)):
+        weights[y == k] /= weights[y == k].sum()
+    weights *= len(weights) / weights.sum()
+    model = build_gender(embeddings.shape[1], hidden=params.gender_hidden)
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy"
+    )
+    callbacks = []
+    if progress:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: progress(e + 1, logs)))
+    model.fit(
+        embeddings,
+        y,
+        sample_weight=weights,
+        epochs=params.gender_epochs,
+        batch_size=128,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return model
+
+
+def best_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
+    """The similarity threshold with the highest accuracy (midpoint between neighbouring scores)."""
+    order = np.argsort(similarities)
+    s, y = similarities[order], labels[order]
+    # accuracy if threshold is placed just above s[k]: negatives at <= k correct, positives above
+    neg_below = np.cumsum(1 - y)
+    pos_above = y.sum() - np.cumsum(y)
+    correct = neg_below + pos_above
+    k = int(np.argmax(correct))
+    if k + 1 < len(s):
+        return float((s[k] + s[k + 1]) / 2)
+    return float(s[k] + 1e-6)
+
+
+def uncertain_band(similarities, labels, threshold, target_error: float) -> tuple[float, float]:
+    """Band around the threshold outside which the error rate is at most target_error.
+
+    Low edge: below it at most target_error of the different-person pairs' side are same-person;
+    high edge likewise above. Pairs inside the band go to a person.
+    """
+    positives = np.sort(similarities[labels == 1])
+    negatives = np.sort(similarities[labels == 0])
+    # low: the similarity below which only target_error of positives fall (false rejections)
+    low = float(np.quantile(positives, target_error)) if len(positives) else threshold
+    # high: the similarity above which only target_error of negatives rise (false acceptances)
+    high = float(np.quantile(negatives, 1 - target_error)) if len(negatives) else threshold
+    return min(low, threshold), max(high, threshold)
+
+
+def verification_metrics(similarities, labels, threshold) -> dict:
+    """Accuracy, ROC AUC and the false non-match rate at a false match rate of 0.1%."""
+    similarities = np.asarray(similarities, float)
+    labels = np.asarray(labels, int)
+    predicted = similarities >= threshold
+    fpr, tpr, _ = roc_curve(labels, similarities)
+    ok = fpr <= 0.001
+    fnmr = float(1 - tpr[ok].max()) if ok.any() else 1.0
+    return {
+        "n_pairs": int(len(labels)),
+        "verification_accuracy": float(np.mean(predicted == labels)),
+        "verification_auc": float(roc_auc_score(labels, similarities)) if len(set(labels)) == 2 else None,
+        "fnmr_at_fmr_0_001": fnmr,
+        "threshold": float(threshold),
+    }
+
+
+def gender_metrics(predicted, truth) -> dict:
+    predicted = np.asarray(predicted)
+    truth = np.asarray(truth)
+    return {
+        "n_gender": int(len(truth)),
+        "gender_accuracy": float(np.mean(predicted == truth)) if len(truth) else None,
+        "gender_balanced_accuracy": float(balanced_accuracy_score(truth, predicted)) if len(truth) else None,
+    }
