@@ -350,9 +350,11 @@ class PhotoZip:
         if not info.flag_bits & 0x800:
             # No UTF-8 flag: Python read the name as CP437, but Korean Windows wrote CP949.
             try:
-                names.append(info.filename.encode("cp437").decode("cp949"))
+                korean = info.filename.encode("cp437").decode("cp949")
             except (UnicodeEncodeError, UnicodeDecodeError):
-                pass
+                korean = None
+            if korean and korean != info.filename:
+                names.append(korean)
         return names
 
     def find(self, reference: str) -> zipfile.ZipInfo | None:

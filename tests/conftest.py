@@ -1,0 +1,284 @@
+"""Shared fixtures.
+
+Database fixtures run every test that uses them twice: on SQLite (a file in tmp_path) and on the
+real MariaDB/MySQL server (marked `mysql`). The server URL is FACEVERIFY_TEST_MYSQL_URL, default
+mysql+pymysql://root@127.0.0.1:3306. When the server cannot be reached the MySQL half is skipped
+locally but FAILS when CI=true, so CI can never pass without having run it.
+
+    db_url            URL of a fresh, migrated, empty database (sqlite / mysql)
+    db_engine         SQLAlchemy engine for db_url
+    session_factory   sessionmaker bound to db_engine
+    session           one Session, closed after the test
+    photo_store       PhotoStore in tmp_path
+    users             {role: User} one active user per role, password USER_PASSWORD
+    new_database_url  factory: URL of another empty, *unmigrated* database of the same backend
+    make_photo        factory: make_photo(seed) -> distinct small JPEG bytes
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) must find the core package
+    sys.path.insert(0, str(ROOT))
+
+MYSQL_SERVER_URL = os.environ.get("FACEVERIFY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+USER_PASSWORD = "correct horse battery staple"
+BACKENDS = ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
+
+
+class MySQLServer:
+    """Creates uniquely named databases on the test server and drops them at the end."""
+
+    def __init__(self, server_url: str):
+        from sqlalchemy import create_engine
+
+        self.server_url = server_url.rstrip("/")
+        self.admin = create_engine(self.server_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+        self.prefix = f"faceverify_test_{os.getpid()}"
+        self.created: list[str] = []
+
+    def create_database(self, suffix: str = "") -> str:
+        from sqlalchemy import text
+
+        name = f"{self.prefix}{suffix}"
+        with self.admin.connect() as conn:
+            # Names are generated here from the pid and a counter, never from input.
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+        self.created.append(name)
+        return f"{self.server_url}/{name}"
+
+    def drop_all(self) -> None:
+        from sqlalchemy import text
+
+        with self.admin.connect() as conn:
+            for name in self.created:
+                conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_server():
+    from sqlalchemy import create_engine, text
+
+    probe = create_engine(MYSQL_SERVER_URL, connect_args={"connect_timeout": 5})
+    try:
+        with probe.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure to reach the server
+        message = f"MariaDB/MySQL test server at {MYSQL_SERVER_URL} is not reachable: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: the MySQL tests must run, not skip)", pytrace=False)
+        pytest.skip(message)
+    finally:
+        probe.dispose()
+    server = MySQLServer(MYSQL_SERVER_URL)
+    yield server
+    server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def mysql_migrated_url(mysql_server):
+    """One migrated database per test session; tests get it emptied (DDL is slow on MariaDB)."""
+    from core.db import init_db, make_engine
+
+    url = mysql_server.create_database()
+    engine = make_engine(url)
+    init_db(engine)
+    engine.dispose()
+    return url
+
+
+def _empty_all_tables(engine) -> None:
+    from sqlalchemy import delete
+
+    from core.models_db import Base
+
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend, tmp_path, request) -> str:
+    from core.db import init_db, make_engine
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'faceverify.sqlite3'}"
+        engine = make_engine(url)
+        init_db(engine)
+        engine.dispose()
+        return url
+    url = request.getfixturevalue("mysql_migrated_url")
+    engine = make_engine(url)
+    _empty_all_tables(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def db_engine(db_url):
+    from core.db import make_engine
+
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_factory(db_engine):
+    from core.db import session_factory as make_factory
+
+    return make_factory(db_engine)
+
+
+@pytest.fixture
+def session(session_factory):
+    with session_factory() as s:
+        yield s
+
+
+@pytest.fixture
+def new_database_url(backend, tmp_path, request):
+    """Factory for extra empty databases (no tables) of the current backend, e.g. for migrations."""
+    counter = iter(range(1, 1000))
+
+    def make() -> str:
+        n = next(counter)
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / f'extra_{n}.sqlite3'}"
+        server = request.getfixturevalue("mysql_server")
+        return server.create_database(f"_{uuid.uuid4().hex[:8]}")
+
+    return make
+
+
+@pytest.fixture
+def photo_store(tmp_path):
+    from core.photostore import PhotoStore
+
+    return PhotoStore(tmp_path / "photo_store", fsync=False)
+
+
+@pytest.fixture
+def users(session):
+    from core.auth import create_user
+    from core.models_db import ROLES
+
+    return {role: create_user(session, f"{role}_user", USER_PASSWORD, role) for role in ROLES}
+
+
+SAMPLE_IMAGES = ROOT / "data" / "sample" / "images"
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (96, 96)) -> bytes:
+    """A small JPEG whose bytes differ for each seed (a face-like blob on a tinted background)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(40, 220, 3)))
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    draw.ellipse(
+        (w * 0.25, h * 0.15, w * 0.75, h * 0.85), fill=tuple(int(c) for c in rng.integers(120, 255, 3))
+    )
+    pixels = image.load()
+    pixels[seed % w, (seed // w) % h] = (seed % 256, 0, 0)  # one pixel per seed: distinct hashes
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture
+def make_photo():
+    return jpeg_bytes
+
+
+def engine_result(
+    status: str = "auto_approved",
+    similarity: float | None = 0.9,
+    *,
+    same_person: bool | None = None,
+    threshold: float = 0.5,
+    band: tuple[float, float] = (0.4, 0.6),
+    predicted_gender: str | None = "M",
+    gender_confidence: float | None = 0.95,
+    registered_gender: str | None = "M",
+    flags: tuple[str, ...] = (),
+    latency_ms: float = 100.0,
+    model_version: str = "test-v1",
+):
+    """A core.result.VerificationResult as the engine would return it, built by hand."""
+    from core.result import Flag, PhotoAnalysis, VerificationResult
+
+    if same_person is None and similarity is not None:
+        same_person = similarity >= threshold
+    return VerificationResult(
+        same_person=same_person,
+        similarity=similarity,
+        threshold=threshold,
+        uncertain_band=band,
+        predicted_gender=predicted_gender,
+        gender_confidence=gender_confidence,
+        registered_gender=registered_gender,
+        status=status,
+        flags=[Flag(code, f"{code} reason", "verification") for code in flags],
+        gallery=PhotoAnalysis(sha256="a" * 64, width=250, height=250),
+        verification=PhotoAnalysis(sha256="b" * 64, width=250, height=250),
+        timings_ms={"decode": 1.0, "total": latency_ms},
+        model_version=model_version,
+    )
+
+
+@pytest.fixture
+def make_result():
+    return engine_result
+
+
+@pytest.fixture
+def add_member(session, photo_store):
+    """add_member(member_id, gender="M", seeds=None) -> Member with a stored gallery and
+    verification photo (seeds pick the photo bytes; equal seeds give the same photo)."""
+    import itertools
+
+    from core.db import utcnow
+    from core.models_db import GALLERY, VERIFICATION, Member, Photo
+
+    counter = itertools.count(10_000)
+
+    def add(member_id: str, gender: str = "M", seeds: tuple[int, int] | None = None):
+        gallery_seed, verification_seed = seeds or (next(counter), next(counter))
+        member = Member(id=member_id, gender=gender, created_at=utcnow(), updated_at=utcnow())
+        session.add(member)
+        for kind, seed in ((GALLERY, gallery_seed), (VERIFICATION, verification_seed)):
+            data = jpeg_bytes(seed)
+            stored = photo_store.put(data)
+            session.add(
+                Photo(
+                    member_id=member_id,
+                    kind=kind,
+                    sha256=stored.sha256,
+                    stored_path=stored.relative_path,
+                    size_bytes=len(data),
+                    current=True,
+                    created_at=utcnow(),
+                )
+            )
+        session.commit()
+        return member
+
+    return add

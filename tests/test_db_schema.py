@@ -1,0 +1,160 @@
+"""Schema creation, Alembic upgrades in place, and backend settings, on SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+
+from core import db
+from core.models_db import Base, Member, Photo
+
+
+def test_init_db_creates_head_and_models_match_migrations(db_engine):
+    assert db.current_revision(db_engine) == db.head_revision()
+    with db_engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        differences = compare_metadata(context, Base.metadata)
+    assert differences == [], "ORM classes and Alembic revisions disagree; add a revision"
+    tables = set(inspect(db_engine).get_table_names())
+    for required in (
+        "members",
+        "photos",
+        "batches",
+        "batch_items",
+        "verification_results",
+        "possible_duplicates",
+        "reviews",
+        "model_versions",
+        "training_runs",
+        "users",
+        "audit_log",
+        "embeddings",
+        "api_keys",
+    ):
+        assert required in tables
+
+
+def test_init_db_is_idempotent(db_engine):
+    db.init_db(db_engine)
+    db.init_db(db_engine)
+    assert db.current_revision(db_engine) == db.head_revision()
+
+
+def test_upgrade_in_place_keeps_data(new_database_url):
+    url = new_database_url()
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine, "0001")
+        assert db.current_revision(engine) == "0001"
+        columns = {c["name"] for c in inspect(engine).get_columns("photos")}
+        assert "width" not in columns  # added by 0002
+        with engine.begin() as conn:
+            # Plain SQL on purpose: the ORM classes describe the newest schema, not 0001.
+            conn.execute(
+                text(
+                    "INSERT INTO members (id, gender, status, created_at, updated_at) "
+                    "VALUES (:id, :g, 'pending', :t, :t)"
+                ),
+                [{"id": "M-OLD-1", "g": "F", "t": db.utcnow()}, {"id": "회원-2", "g": "M", "t": db.utcnow()}],
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO photos (member_id, kind, sha256, stored_path, size_bytes, source, "
+                    "current, created_at) VALUES ('M-OLD-1', 'gallery', :sha, 'ab/cd/x.jpg', 10, "
+                    "'https://example.com/a.jpg', 1, :t)"
+                ),
+                {"sha": "ab" * 32, "t": db.utcnow()},
+            )
+
+        db.init_db(engine)
+
+        assert db.current_revision(engine) == db.head_revision()
+        columns = {c["name"] for c in inspect(engine).get_columns("photos")}
+        assert {"width", "height"} <= columns
+        assert "embeddings" in inspect(engine).get_table_names()
+        with db.session_factory(engine)() as session:
+            members = {m.id: m.gender for m in session.scalars(select(Member))}
+            assert members == {"M-OLD-1": "F", "회원-2": "M"}
+            photo = session.scalars(select(Photo)).one()
+            assert (photo.member_id, photo.sha256, photo.source) == (
+                "M-OLD-1",
+                "ab" * 32,
+                "https://example.com/a.jpg",
+            )
+            assert photo.width is None and photo.current is True
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_0001_and_back(new_database_url):
+    from alembic import command
+
+    engine = db.make_engine(new_database_url())
+    try:
+        db.init_db(engine)
+        command.downgrade(db.alembic_config(engine), "0001")
+        assert "embeddings" not in inspect(engine).get_table_names()
+        db.init_db(engine)
+        assert "embeddings" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_tables_without_alembic_version_are_refused(new_database_url):
+    engine = db.make_engine(new_database_url())
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE members (id VARCHAR(64) PRIMARY KEY)"))
+        with pytest.raises(db.SchemaError, match="no alembic_version"):
+            db.init_db(engine)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_pragmas(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'sub' / 'x.sqlite3'}")  # folder created on demand
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        engine.dispose()
+
+
+def test_mysql_url_gets_utf8mb4_and_pre_ping():
+    engine = db.make_engine("mysql+pymysql://user:p%40ss@db.example/faceverify")
+    assert engine.url.query["charset"] == "utf8mb4"
+    assert engine.pool._pre_ping
+    assert engine.url.password == "p@ss"
+    engine.dispose()
+
+
+def test_default_url_is_sqlite_under_data(monkeypatch):
+    from core import config
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(config, "_secrets", lambda: {})
+    assert config.database_url().startswith("sqlite:///")
+    assert "data" in config.database_url()
+
+
+@pytest.mark.mysql
+def test_mysql_tables_are_innodb_utf8mb4(request):
+    url = request.getfixturevalue("mysql_migrated_url")
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT table_name, engine, table_collation FROM information_schema.tables "
+                    "WHERE table_schema = DATABASE()"
+                )
+            ).all()
+        assert rows
+        for name, engine_name, collation in rows:
+            assert engine_name == "InnoDB", name
+            assert collation.startswith("utf8mb4"), name
+    finally:
+        engine.dispose()

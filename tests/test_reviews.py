@@ -1,0 +1,136 @@
+"""Review decisions: exactly one of two simultaneous decisions wins, on SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm.exc import StaleDataError
+
+from core import reviews
+from core.batches import store_result
+from core.models_db import AuditEntry, Member, Review
+from core.models_db import VerificationResult as ResultRow
+
+
+def flagged(session, make_result, member_id="R1", **kwargs):
+    kwargs.setdefault("status", "flagged")
+    kwargs.setdefault("similarity", 0.55)
+    row = store_result(session, make_result(**kwargs), member_id=member_id)
+    session.commit()
+    return row.id
+
+
+def test_approve_records_review_ground_truth_member_and_audit(session, make_result, add_member):
+    add_member("R1", "F")
+    result_id = flagged(session, make_result, registered_gender="F", predicted_gender="F")
+    assert session.get(Member, "R1").status == "in_review"
+
+    review = reviews.decide(session, result_id, "kim", "approve", "same face, new glasses")
+
+    session.expire_all()
+    result = session.get(ResultRow, result_id)
+    assert (result.status, result.decided_by, result.ground_truth_same, result.ground_truth_gender) == (
+        "approved",
+        "kim",
+        True,
+        "F",
+    )
+    assert result.version == 2
+    assert review.note == "same face, new glasses" and review.decision == "approve"
+    assert session.get(Member, "R1").status == "verified"
+    entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "decide")).one()
+    assert (entry.actor, entry.target_id, entry.detail["decision"]) == ("kim", str(result_id), "approve")
+
+
+def test_reject_with_true_gender(session, make_result, add_member):
+    add_member("R1", "M")
+    result_id = flagged(session, make_result, flags=("gender_mismatch",), predicted_gender="F")
+    reviews.decide(session, result_id, "kim", "reject", true_gender="여", same_person=True)
+    session.expire_all()
+    result = session.get(ResultRow, result_id)
+    assert (result.status, result.ground_truth_same, result.ground_truth_gender) == ("rejected", True, "F")
+    assert session.get(Member, "R1").status == "rejected"
+
+
+def test_second_decision_is_refused_with_a_clear_message(session, make_result, add_member):
+    add_member("R1")
+    result_id = flagged(session, make_result)
+    reviews.decide(session, result_id, "kim", "approve")
+
+    with pytest.raises(reviews.AlreadyDecided) as caught:
+        reviews.decide(session, result_id, "lee", "reject")
+
+    assert caught.value.decided_by == "kim" and caught.value.status == "approved"
+    assert f"result {result_id}) was already approved by kim at " in str(caught.value)
+    assert "Your decision was not saved" in str(caught.value)
+    assert session.scalar(select(func.count()).select_from(Review)) == 1
+
+
+def test_invalid_decisions(session, make_result, add_member):
+    add_member("R1")
+    auto_id = store_result(session, make_result(status="auto_approved"), member_id="R1").id
+    session.commit()
+    with pytest.raises(reviews.NotReviewable, match="decided automatically"):
+        reviews.decide(session, auto_id, "kim", "reject")
+    with pytest.raises(reviews.ResultNotFound):
+        reviews.decide(session, 999_999, "kim", "approve")
+    with pytest.raises(ValueError):
+        reviews.decide(session, auto_id, "kim", "maybe")
+    with pytest.raises(ValueError, match="gender"):
+        reviews.decide(session, auto_id, "kim", "approve", true_gender="X")
+
+
+def test_two_reviewers_at_the_same_moment(session, session_factory, make_result, add_member):
+    """Two threads, two sessions, two real connections, released together by a barrier."""
+    add_member("R1")
+    result_ids = [flagged(session, make_result) for _ in range(6)]
+
+    for result_id in result_ids:
+        barrier = threading.Barrier(2)
+        outcomes: dict[str, object] = {}
+
+        def reviewer(name: str, decision: str, result_id=result_id, barrier=barrier, outcomes=outcomes):
+            with session_factory() as own_session:
+                own_session.connection()  # each thread holds its own connection before the race
+                own_session.rollback()
+                barrier.wait()
+                try:
+                    outcomes[name] = reviews.decide(own_session, result_id, name, decision)
+                except reviews.AlreadyDecided as exc:
+                    outcomes[name] = exc
+
+        threads = [
+            threading.Thread(target=reviewer, args=("kim", "approve")),
+            threading.Thread(target=reviewer, args=("lee", "reject")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+
+        winners = [name for name, o in outcomes.items() if isinstance(o, Review)]
+        losers = [o for o in outcomes.values() if isinstance(o, reviews.AlreadyDecided)]
+        assert len(winners) == 1 and len(losers) == 1, outcomes
+        assert losers[0].decided_by == winners[0]
+        session.expire_all()
+        stored = session.scalars(select(Review).where(Review.result_id == result_id)).all()
+        assert [r.reviewer for r in stored] == winners
+        result = session.get(ResultRow, result_id)
+        assert result.decided_by == winners[0]
+        assert result.status == ("approved" if winners[0] == "kim" else "rejected")
+
+
+def test_orm_edits_cannot_overwrite_each_other(session_factory, make_result, add_member, session):
+    """The version counter: a stale copy of a result cannot be saved over a newer one."""
+    add_member("R1")
+    result_id = flagged(session, make_result)
+    with session_factory() as first, session_factory() as second:
+        a = first.get(ResultRow, result_id)
+        b = second.get(ResultRow, result_id)
+        a.ground_truth_gender = "M"
+        first.commit()
+        b.ground_truth_gender = "F"
+        with pytest.raises(StaleDataError):
+            second.commit()
