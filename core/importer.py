@@ -98,11 +98,13 @@ class RowReport:
 class _LoadedPhoto:
     kind: str
     reference: str
-    data: bytes
+    data: bytes  # emptied once the photo is in the store
     sha256: str
     ext: str
     width: int | None
     height: int | None
+    size_bytes: int = 0
+    stored_path: str | None = None
 
 
 @dataclass
@@ -501,7 +503,7 @@ class PhotoLoader:
                 ) from None
             raise PhotoRefError(str(exc)) from None
         return _LoadedPhoto(
-            kind, reference, data, sha256_hex(data), _FORMAT_EXT.get(fmt, "img"), width, height
+            kind, reference, data, sha256_hex(data), _FORMAT_EXT.get(fmt, "img"), width, height, len(data)
         )
 
 
@@ -518,9 +520,19 @@ def _validate_image(data: bytes) -> tuple[int, int, str]:
 
 
 def _prepare(
-    row_number: int, values: dict, loader: PhotoLoader, duplicate_rows: dict[str, list[int]]
+    row_number: int,
+    values: dict,
+    loader: PhotoLoader,
+    duplicate_rows: dict[str, list[int]],
+    store: PhotoStore,
 ) -> _PreparedRow:
-    """Validate one row completely, outside any transaction (this is the slow, parallel part)."""
+    """Validate one row completely and put its photos in the store, outside any transaction.
+
+    This is the slow part (download, decode, hash, fsync) and runs on worker threads. Photos are
+    stored only when the whole row is valid. The file goes in before the database row: if the
+    row's transaction fails later, an unreferenced file is harmless (the next import of the same
+    photo reuses it), while a committed row without its file would not be.
+    """
     raw_id = values.get("member_id", "")
     prepared = _PreparedRow(row_number, raw_id.strip() or None)
     try:
@@ -547,6 +559,10 @@ def _prepare(
             prepared.photos.append(loader.load(kind, reference))
         except PhotoRefError as exc:
             prepared.errors.append(f"{column} {_short(reference, 60)!r}: {exc}")
+    if not prepared.errors:
+        for photo in prepared.photos:
+            photo.stored_path = store.put(photo.data, photo.ext).relative_path
+            photo.data = b""  # the bytes are on disk now; keep memory flat on large files
     return prepared
 
 
@@ -565,9 +581,7 @@ def _prefetch(items: Iterable, fn: Callable, workers: int) -> Iterator:
             yield window.popleft().result()
 
 
-def _write_row(
-    session: Session, store: PhotoStore, prepared: _PreparedRow, actor: str, source_name: str
-) -> RowReport:
+def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name: str) -> RowReport:
     """One transaction: member and both photos, or nothing."""
     member_id = prepared.member_id
     now = utcnow()
@@ -586,14 +600,12 @@ def _write_row(
         stmt = select(Photo).where(Photo.member_id == member_id, Photo.current.is_(True))
         current = {p.kind: p for p in session.scalars(stmt)}
 
-    warnings: list[str] = []
+    new_shas = []
     for photo in prepared.photos:
         old = current.get(photo.kind)
         if old is not None and old.sha256 == photo.sha256:
             continue
-        # The file goes in first: if the commit below fails, an unreferenced file is harmless,
-        # while a committed row without its file would not be.
-        stored = store.put(photo.data, photo.ext)
+        new_shas.append(photo.sha256)
         if old is not None:
             old.current = False
             changes.append(f"new {photo.kind} photo")
@@ -612,8 +624,8 @@ def _write_row(
                     member_id=member_id,
                     kind=photo.kind,
                     sha256=photo.sha256,
-                    stored_path=stored.relative_path,
-                    size_bytes=len(photo.data),
+                    stored_path=photo.stored_path,
+                    size_bytes=photo.size_bytes,
                     source=_short(photo.reference, 2048),
                     current=True,
                     created_at=now,
@@ -621,15 +633,20 @@ def _write_row(
                     height=photo.height,
                 )
             )
-        # The same picture under another member's name is a sign of a duplicate or fake account.
-        others = session.scalars(
-            select(Photo.member_id)
-            .where(Photo.sha256 == photo.sha256, Photo.member_id != member_id)
+
+    # The same picture under another member's name is a sign of a duplicate or fake account.
+    warnings: list[str] = []
+    if new_shas:
+        shared = session.execute(
+            select(Photo.sha256, Photo.member_id)
+            .where(Photo.sha256.in_(new_shas), Photo.member_id != member_id)
             .distinct()
-            .limit(3)
+            .limit(10)
         ).all()
-        if others:
-            warnings.append(f"the {photo.kind} photo is also used by member(s) {', '.join(others)}")
+        for photo in prepared.photos:
+            others = sorted({m for sha, m in shared if sha == photo.sha256})[:3]
+            if others:
+                warnings.append(f"the {photo.kind} photo is also used by member(s) {', '.join(others)}")
 
     if not is_new and not changes:
         session.rollback()
@@ -701,14 +718,14 @@ def import_members(
     store = photo_store or PhotoStore()
     reports: list[RowReport] = []
     try:
-        work = ((row_number, values, loader, duplicate_rows) for row_number, values in table)
+        work = ((row_number, values, loader, duplicate_rows, store) for row_number, values in table)
         for done, prepared in enumerate(_prefetch(work, _prepare, workers), start=1):
             if prepared.errors:
                 reports.append(
                     RowReport(prepared.row, prepared.member_id, REJECTED, "; ".join(prepared.errors))
                 )
             else:
-                reports.append(_write_with_retry(session, store, prepared, actor, source_name))
+                reports.append(_write_with_retry(session, prepared, actor, source_name))
             if progress:
                 progress(done, len(table))
     finally:
@@ -721,10 +738,10 @@ def import_members(
     return reports
 
 
-def _write_with_retry(session, store, prepared, actor, source_name) -> RowReport:
+def _write_with_retry(session, prepared, actor, source_name) -> RowReport:
     for attempt in (1, 2):
         try:
-            return _write_row(session, store, prepared, actor, source_name)
+            return _write_row(session, prepared, actor, source_name)
         except IntegrityError:
             session.rollback()
             if attempt == 2:
