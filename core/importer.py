@@ -49,6 +49,7 @@ PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
 
 MAX_TABLE_BYTES = 20 * 1024 * 1024  # a 100,000-row CSV of links is ~10 MB
 MAX_ROWS = 100_000
+MAX_XLSX_UNPACKED_BYTES = 200 * 1024 * 1024  # the XML inside an .xlsx (ZIP bombs)
 MAX_PHOTO_BYTES = 25 * 1024 * 1024  # same limit as core.imaging
 MAX_ZIP_ENTRIES = 200_000
 HTTP_TIMEOUT_S = 10.0  # per connect/read
@@ -122,7 +123,8 @@ class _PreparedRow:
 
 def normalise_gender(value) -> str:
     """'M' or 'F' from M/F, male/female, man/woman, 남/여, 남성/여성, 남자/여자 (any case, trimmed)."""
-    text = unicodedata.normalize("NFC", str(value if value is not None else "")).strip().lower()
+    # NFKC: full-width letters typed with a Korean input method ("Ｍ") count as "M".
+    text = unicodedata.normalize("NFKC", str(value if value is not None else "")).strip().lower()
     if text in _MALE:
         return "M"
     if text in _FEMALE:
@@ -243,6 +245,17 @@ _HYPERLINK_FORMULA = re.compile(r'^=\s*HYPERLINK\(\s*"([^"]+)"', re.IGNORECASE)
 def _read_xlsx(data: bytes) -> tuple[list, list[tuple[int, list]]]:
     import openpyxl
 
+    try:
+        # An .xlsx is a ZIP of XML; refuse one that would unpack to far more than it weighs.
+        with zipfile.ZipFile(io.BytesIO(data)) as parts:
+            unpacked = sum(info.file_size for info in parts.infolist())
+    except zipfile.BadZipFile:
+        raise ImportFileError("The Excel file is damaged (not a valid .xlsx).") from None
+    if unpacked > MAX_XLSX_UNPACKED_BYTES:
+        raise ImportFileError(
+            f"The Excel file unpacks to {unpacked / 1e6:.0f} MB; the limit is "
+            f"{MAX_XLSX_UNPACKED_BYTES / 1e6:.0f} MB. Save it as CSV or split it."
+        )
     try:
         # Not read-only: read-only sheets drop hyperlinks, and a "link" column is often a
         # hyperlink whose visible text is just "photo".
@@ -559,10 +572,19 @@ def _prepare(
             prepared.photos.append(loader.load(kind, reference))
         except PhotoRefError as exc:
             prepared.errors.append(f"{column} {_short(reference, 60)!r}: {exc}")
+        except Exception as exc:  # one odd file must cost its row, not the whole import
+            prepared.errors.append(
+                f"{column} {_short(reference, 60)!r}: cannot be read ({type(exc).__name__}: {_short(str(exc))})"
+            )
     if not prepared.errors:
-        for photo in prepared.photos:
-            photo.stored_path = store.put(photo.data, photo.ext).relative_path
-            photo.data = b""  # the bytes are on disk now; keep memory flat on large files
+        try:
+            for photo in prepared.photos:
+                photo.stored_path = store.put(photo.data, photo.ext).relative_path
+                photo.data = b""  # the bytes are on disk now; keep memory flat on large files
+        except OSError as exc:
+            prepared.errors.append(
+                f"the photo store at {store.root} cannot save the photo ({exc.strerror or exc})"
+            )
     return prepared
 
 
@@ -636,6 +658,8 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
 
     # The same picture under another member's name is a sign of a duplicate or fake account.
     warnings: list[str] = []
+    if len({p.sha256 for p in prepared.photos}) == 1 and len(prepared.photos) == 2:
+        warnings.append("the gallery and verification photos are the same file")
     if new_shas:
         shared = session.execute(
             select(Photo.sha256, Photo.member_id)

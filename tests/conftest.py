@@ -1,9 +1,10 @@
 """Shared fixtures.
 
 Database fixtures run every test that uses them twice: on SQLite (a file in tmp_path) and on the
-real MariaDB/MySQL server (marked `mysql`). The server URL is FACEVERIFY_TEST_MYSQL_URL, default
-mysql+pymysql://root@127.0.0.1:3306. When the server cannot be reached the MySQL half is skipped
-locally but FAILS when CI=true, so CI can never pass without having run it.
+real MariaDB/MySQL server (marked `mysql`). The server is TEST_MYSQL_URL (no database name),
+default mysql+pymysql://root@127.0.0.1:3306; each test session creates its own databases there
+(faceverify_test_<pid>...) and drops them at the end. When the server cannot be reached the MySQL
+half is skipped locally but FAILS when CI=true, so CI can never pass without having run it.
 
     db_url            URL of a fresh, migrated, empty database (sqlite / mysql)
     db_engine         SQLAlchemy engine for db_url
@@ -13,6 +14,8 @@ locally but FAILS when CI=true, so CI can never pass without having run it.
     users             {role: User} one active user per role, password USER_PASSWORD
     new_database_url  factory: URL of another empty, *unmigrated* database of the same backend
     make_photo        factory: make_photo(seed) -> distinct small JPEG bytes
+    make_result       factory: a core.result.VerificationResult built by hand (engine_result)
+    add_member        factory: add_member(member_id, gender, seeds) -> Member with stored photos
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) must find the core package
     sys.path.insert(0, str(ROOT))
 
-MYSQL_SERVER_URL = os.environ.get("FACEVERIFY_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")
+MYSQL_SERVER_URL = (
+    os.environ.get("TEST_MYSQL_URL")
+    or os.environ.get("FACEVERIFY_TEST_MYSQL_URL")
+    or "mysql+pymysql://root@127.0.0.1:3306"
+)
 USER_PASSWORD = "correct horse battery staple"
 BACKENDS = ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)]
 

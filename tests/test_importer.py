@@ -218,7 +218,8 @@ def test_missing_or_misspelt_columns_reject_the_file(session, photo_store, heade
 @pytest.mark.parametrize(
     "value, expected",
     [("M", "M"), (" f ", "F"), ("male", "M"), ("Female", "F"), ("MAN", "M"), ("woman", "F")]
-    + [("남", "M"), ("여", "F"), ("남성", "M"), ("여성", "F"), ("남자", "M"), ("여자", "F")],
+    + [("남", "M"), ("여", "F"), ("남성", "M"), ("여성", "F"), ("남자", "M"), ("여자", "F")]
+    + [("Ｍ", "M"), ("\u00a0여\u00a0", "F")],  # full-width letter, non-breaking spaces
 )
 def test_gender_forms_accepted(value, expected):
     assert importer.normalise_gender(value) == expected
@@ -337,6 +338,18 @@ def test_huge_inputs_are_refused(session, photo_store, tmp_path, make_photo, mon
     assert report.status == REJECTED and "limit is" in report.message
 
 
+def test_excel_that_unpacks_to_too_much_is_refused(session, photo_store, tmp_path, monkeypatch):
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    workbook.active.append(list(importer.EXPECTED_COLUMNS))
+    path = tmp_path / "m.xlsx"
+    workbook.save(path)
+    monkeypatch.setattr(importer, "MAX_XLSX_UNPACKED_BYTES", 1000)
+    with pytest.raises(ImportFileError, match="unpacks to"):
+        import_members(session, path, photo_store=photo_store)
+
+
 def test_wrong_file_types_are_refused(session, photo_store, tmp_path):
     (tmp_path / "renamed.csv").write_bytes(make_zip({"a": b"b"}))
     with pytest.raises(ImportFileError, match="rename it to .xlsx"):
@@ -373,6 +386,15 @@ def test_same_photo_for_two_members_is_warned(session, photo_store, tmp_path, ma
     assert reports["D2"].status == IMPORTED
     assert reports["D2"].warnings == ["the gallery photo is also used by member(s) D1"]
     assert len(list(photo_store.root.rglob("*.jpg"))) == 3, "the shared photo is stored once"
+
+
+def test_same_file_as_gallery_and_verification_is_warned(session, photo_store, tmp_path, make_photo):
+    write_photos(tmp_path, make_photo, [95])
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + "S1,F,p95.jpg,p95.jpg\n")
+    (report,) = import_members(session, path, photo_store=photo_store)
+    assert report.status == IMPORTED
+    assert report.warnings == ["the gallery and verification photos are the same file"]
 
 
 def test_command_line(db_url, tmp_path, make_photo, monkeypatch, capsys):
