@@ -424,6 +424,9 @@ def run_batch(
 ) -> BatchRunSummary:
     """Run the items of a batch that have no result yet. progress(done, total, stored_row).
 
+    Each distinct photo is analysed once per run; each result is committed on its own.
+    resume_token: the .token of a BatchInterrupted from an earlier call, to resume that run at
+    once even though the database still says it is running (it never heard that it stopped).
     Raises BatchAlreadyRunning, BatchNotFound, BatchError (engine of another model version),
     BatchInterrupted when the database connection is lost (results so far are kept).
     """
