@@ -36,6 +36,7 @@ from core.models_db import (
     BATCH_RUNNING,
     GALLERY,
     MEMBER_IN_REVIEW,
+    MEMBER_PENDING,
     MEMBER_REJECTED,
     MEMBER_VERIFIED,
     VERIFICATION,
@@ -141,7 +142,7 @@ def items_for_members(
     if member_ids is not None:
         stmt = stmt.where(Member.id.in_(list(member_ids)))
     if only_pending:
-        stmt = stmt.where(Member.status == "pending")
+        stmt = stmt.where(Member.status == MEMBER_PENDING)
     return [BatchItemSpec(m, g_id, v_id, gender) for m, gender, g_id, v_id in session.execute(stmt)]
 
 

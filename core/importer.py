@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from core import audit, config
 from core.db import utcnow
 from core.errors import FaceVerifyError, ImageError
-from core.models_db import GALLERY, VERIFICATION, Member, Photo
+from core.models_db import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo
 from core.photostore import PhotoStore, sha256_hex
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
@@ -678,6 +678,10 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     member.gender = prepared.gender
     member.updated_at = now
     member.source = source_name
+    if not is_new and member.status != MEMBER_PENDING:
+        # New photos or a new gender: the earlier verification no longer speaks for this member.
+        changes.append(f"status {member.status} → {MEMBER_PENDING} (verify again)")
+        member.status = MEMBER_PENDING
     status = IMPORTED if is_new else UPDATED
     message = "new member with gallery and verification photos" if is_new else "; ".join(changes)
     audit.log(

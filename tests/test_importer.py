@@ -106,11 +106,15 @@ def test_reimport_with_changes_reports_updated_and_keeps_history(session, photo_
     csv_path.write_text(HEADER + "M001,M,p1.jpg,p2.jpg\n")
     import_members(session, csv_path, photo_store=photo_store)
 
+    session.get(Member, "M001").status = "verified"
+    session.commit()
     csv_path.write_text(HEADER + "M001,F,p1.jpg,p3.jpg\n")
     (report,) = import_members(session, csv_path, photo_store=photo_store)
 
     assert report.status == UPDATED
     assert "gender M → F" in report.message and "new verification photo" in report.message
+    assert "status verified → pending" in report.message
+    assert session.get(Member, "M001").status == "pending"
     photos = session.execute(
         select(Photo.kind, Photo.sha256, Photo.current).where(Photo.member_id == "M001")
     ).all()
