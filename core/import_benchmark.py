@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 import tempfile
 import time
@@ -78,11 +79,14 @@ def fresh_database(url: str, folder: Path) -> str:
     if parsed.get_backend_name() == "sqlite":
         return f"sqlite:///{folder / 'bench.sqlite3'}" if not parsed.database else url
     name = parsed.database
-    if not name or "bench" not in name:
-        raise SystemExit(f"Refusing to drop and recreate database {name!r}: its name must contain 'bench'.")
+    if not name or "bench" not in name or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise SystemExit(
+            f"Refusing to drop and recreate database {name!r}: its name must contain 'bench' and "
+            "only letters, digits and underscores."
+        )
     server = create_engine(parsed.set(database=""), isolation_level="AUTOCOMMIT")
     with server.connect() as conn:
-        # The name was checked above; identifiers cannot be bound parameters.
+        # Identifiers cannot be bound parameters; the name was checked to be [A-Za-z0-9_]+ above.
         conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
         conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
     server.dispose()
@@ -91,7 +95,7 @@ def fresh_database(url: str, folder: Path) -> str:
 
 def drop_database(url: str) -> None:
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() == "sqlite" or not re.fullmatch(r"[A-Za-z0-9_]+", parsed.database or ""):
         return
     server = create_engine(parsed.set(database=""), isolation_level="AUTOCOMMIT")
     with server.connect() as conn:
