@@ -632,7 +632,7 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
             old.current = False
             changes.append(f"new {photo.kind} photo")
         again = None
-        if old is not None:  # a photo replaced earlier may come back
+        if not is_new:  # a photo replaced earlier may come back
             again = session.scalar(
                 select(Photo).where(
                     Photo.member_id == member_id, Photo.kind == photo.kind, Photo.sha256 == photo.sha256
@@ -656,10 +656,10 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
                 )
             )
 
-    # The same picture under another member's name is a sign of a duplicate or fake account.
     warnings: list[str] = []
     if len({p.sha256 for p in prepared.photos}) == 1 and len(prepared.photos) == 2:
         warnings.append("the gallery and verification photos are the same file")
+    # The same picture under another member's name is a sign of a duplicate or fake account.
     if new_shas:
         shared = session.execute(
             select(Photo.sha256, Photo.member_id)
