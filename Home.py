@@ -1,0 +1,104 @@
+"""Home: today's KPIs against their targets, the review backlog, the pages of your role, the demo data."""
+
+import streamlit as st
+
+from core import importer, kpi_targets
+from core.models_db import ADMIN, STAFF
+from core.ui_services import PAGES, target_text, today_local, today_summary
+from ui.common import PROJECT_ROOT, engine_or_message, get_jobs, setup_page
+from ui.widgets import job_progress
+
+ctx = setup_page("home")
+st.title(ctx.t("app.title"))
+st.caption(ctx.t("home.welcome", name=ctx.display_name or ctx.username, role=ctx.t(f"role.{ctx.role}")))
+
+with ctx.session() as session:
+    summary = today_summary(session)
+kpi = summary.kpi
+
+st.subheader(ctx.t("home.today", day=today_local().isoformat()))
+if kpi.n_results == 0:
+    st.info(ctx.t("home.no_results_today"))
+
+
+def _shown(value, unit):
+    if value is None:
+        return "—"
+    if unit == "ratio":
+        return f"{value * 100:.1f}%"
+    if unit == "ms":
+        return f"{value:,.0f} ms"
+    return f"{value:,.0f}"
+
+
+cards = [
+    ("kpi.col.verification_accuracy", kpi.verification_accuracy, kpi_targets.VERIFICATION_ACCURACY),
+    ("kpi.col.gender_accuracy", kpi.gender_accuracy, kpi_targets.GENDER_ACCURACY),
+    ("kpi.col.latency_p95_ms", kpi.latency_p95_ms, kpi_targets.LATENCY_CONTRACT_MS),
+    ("kpi.col.automation_rate", kpi.automation_rate, kpi_targets.AUTOMATION_RATE),
+    ("home.backlog", summary.backlog_total, kpi_targets.BACKLOG),
+]
+for column, (label, value, target) in zip(st.columns(len(cards)), cards, strict=True):
+    met = target.met(value)
+    state = {True: "home.met", False: "home.missed", None: "home.no_data"}[met]
+    with column.container(border=True):
+        st.metric(ctx.t(label), _shown(value, target.unit))
+        st.caption(f"{ctx.t('home.target')} {target_text(target)} · {ctx.t(state)}")
+st.caption(
+    ctx.t(
+        "home.counts",
+        results=kpi.n_results,
+        auto=kpi.n_auto,
+        reviewed=kpi.n_approved + kpi.n_rejected,
+        batches=summary.batches_today,
+    )
+)
+
+if summary.backlog_total and ctx.can("review"):
+    st.page_link(
+        "pages/2_Review_Queue.py",
+        label=ctx.t("home.go_review", n=summary.backlog_total),
+        icon=":material/rule:",
+    )
+
+st.subheader(ctx.t("home.your_pages"))
+for page in PAGES:
+    if page.key == "home" or not ctx.can(page.key) or not (PROJECT_ROOT / page.path).exists():
+        continue
+    st.page_link(
+        page.path, label=f"{ctx.t(f'page.{page.key}')} — {ctx.t(f'home.about.{page.key}')}", icon=page.icon
+    )
+
+if ctx.role in (STAFF, ADMIN):
+    st.subheader(ctx.t("home.demo"))
+    st.caption(ctx.t("home.demo_help"))
+    left, right = st.columns(2)
+    if left.button(ctx.t("home.load_sample"), key="load_sample", icon=":material/download:"):
+        with st.spinner(ctx.t("members.importing")), ctx.session() as session:
+            reports = importer.load_sample_members(session, actor=ctx.username, photo_store=ctx.store)
+        counts = importer.summarize(reports)
+        st.success(ctx.t("members.import_done", **counts))
+    if right.button(ctx.t("home.run_sample"), key="run_sample", icon=":material/play_arrow:"):
+        engine = engine_or_message(ctx)
+        if engine is not None:
+
+            def load_sample(session):
+                reports = importer.load_sample_members(session, actor=ctx.username, photo_store=ctx.store)
+                return [r.member_id for r in reports if r.status != importer.REJECTED]
+
+            job, started = get_jobs().start_members(
+                ctx.session_factory,
+                engine,
+                ctx.store,
+                ctx.username,
+                None,
+                only_pending=True,
+                name="sample",
+                source="sample",
+                before=load_sample,
+            )
+            st.session_state["home_job"] = job.key
+            if not started:
+                st.info(ctx.t("batch.attached"))
+    if st.session_state.get("home_job"):
+        job_progress(ctx, st.session_state["home_job"], "home_job")

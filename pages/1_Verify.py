@@ -1,0 +1,260 @@
+"""Verify: one pair (a member from the database, or two uploaded photos, or the camera), or a batch."""
+
+import streamlit as st
+
+from core import queries
+from core import ui_services as svc
+from core.models_db import GALLERY, VERIFICATION, Batch, Member
+from ui.common import engine_or_message, get_jobs, model_available, setup_page
+from ui.widgets import job_progress, pair_result, results_view
+
+ctx = setup_page("verify")
+st.title(ctx.t("page.verify"))
+has_model = model_available(ctx)  # the model itself is loaded on the first click (or already warm)
+
+tab_pair, tab_batch = st.tabs([ctx.t("verify.tab_pair"), ctx.t("verify.tab_batch")])
+
+# ----------------------------------------------------------------------------------------------
+# One pair
+
+with tab_pair:
+    mode = st.radio(
+        ctx.t("verify.mode"),
+        ["member", "upload"],
+        format_func=lambda m: ctx.t(f"verify.mode.{m}"),
+        horizontal=True,
+        key="verify_mode",
+    )
+    member_id, gender, gallery_bytes, verification_bytes = None, None, None, None
+    if mode == "member":
+        search = st.text_input(ctx.t("verify.member_search"), key="verify_member_search")
+        with ctx.session() as session:
+            matches = queries.list_members(session, search=search or None, page_size=50).items
+        if not matches:
+            st.info(ctx.t("verify.no_members"))
+        else:
+            by_id = {m.id: m for m in matches}
+            member_id = st.selectbox(
+                ctx.t("verify.member"),
+                list(by_id),
+                format_func=lambda i: (
+                    f"{i} · {ctx.t(f'gender.{by_id[i].gender}')} · {ctx.t(f'member_status.{by_id[i].status}')}"
+                ),
+                key="verify_member",
+            )
+            gender = by_id[member_id].gender
+    else:
+        cols = st.columns(2)
+        member_id = cols[0].text_input(ctx.t("verify.member_id"), key="verify_new_member", max_chars=64)
+        gender = cols[1].selectbox(
+            ctx.t("verify.registered_gender"),
+            ["M", "F"],
+            index=None,
+            format_func=lambda g: ctx.t(f"gender.{g}"),
+            placeholder=ctx.t("verify.choose"),
+            key="verify_gender",
+        )
+        upload = st.file_uploader(
+            ctx.t("verify.gallery_upload"), type=svc.PHOTO_TYPES, key="verify_gallery_file"
+        )
+        gallery_bytes = upload.getvalue() if upload else None
+
+    sources = ["stored", "upload", "camera"] if mode == "member" else ["upload", "camera"]
+    source = st.radio(
+        ctx.t("verify.verification_source"),
+        sources,
+        format_func=lambda s: ctx.t(f"verify.source.{s}"),
+        horizontal=True,
+        key=f"verify_source_{mode}",
+    )
+    if source == "upload":
+        upload = st.file_uploader(
+            ctx.t("verify.verification_upload"), type=svc.PHOTO_TYPES, key="verify_verification_file"
+        )
+        verification_bytes = upload.getvalue() if upload else None
+    elif source == "camera":
+        shot = st.camera_input(ctx.t("verify.camera"), key="verify_camera")
+        verification_bytes = shot.getvalue() if shot else None
+
+    if st.button(
+        ctx.t("verify.run"),
+        type="primary",
+        disabled=not has_model,
+        key="verify_run",
+        icon=":material/search:",
+    ):
+        missing = []
+        if mode == "upload" and gallery_bytes is None:
+            missing.append(ctx.t("photo.gallery"))
+        if source != "stored" and verification_bytes is None:
+            missing.append(ctx.t("photo.verification"))
+        if missing:
+            st.error(ctx.t("verify.missing_photos", which=", ".join(missing)))
+        elif (engine := engine_or_message(ctx)) is not None:
+            try:
+                with st.spinner(ctx.t("verify.running")):
+                    outcome = svc.verify_pair(
+                        ctx.session_factory,
+                        engine,
+                        ctx.store,
+                        ctx.username,
+                        member_id or "",
+                        registered_gender=gender,
+                        gallery_bytes=gallery_bytes,
+                        verification_bytes=verification_bytes,
+                    )
+                st.session_state["verify_outcome"] = outcome
+            except svc.PairInputError as exc:
+                st.session_state.pop("verify_outcome", None)
+                st.error(exc.text(ctx.lang))
+
+    outcome = st.session_state.get("verify_outcome")
+    if outcome is not None and mode == "member" and outcome.member_id != member_id:
+        outcome = None  # another member was picked since: show that member, not the old answer
+    if outcome is not None:
+        st.divider()
+        pair_result(ctx, outcome)
+    elif mode == "member" and member_id:
+        # Before the first run: the member's stored photos, so staff see whom they verify.
+        with ctx.session() as session:
+            member = session.get(Member, member_id)
+            photos = {p.kind: p for p in member.photos if p.current} if member else {}
+        preview = st.columns(4)
+        for i, kind in enumerate((GALLERY, VERIFICATION)):
+            photo = photos.get(kind)
+            if photo is not None and not (kind == VERIFICATION and source != "stored"):
+                try:
+                    preview[i].image(
+                        ctx.store.read(photo.stored_path), caption=ctx.t(f"photo.{kind}"), width=180
+                    )
+                except Exception:
+                    preview[i].caption(ctx.t("photo.missing"))
+
+# ----------------------------------------------------------------------------------------------
+# Batch
+
+with tab_batch:
+    jobs = get_jobs()
+    current_key = st.session_state.get("verify_job")
+    current = jobs.get(current_key) if current_key else None
+    busy = current is not None and current.alive
+
+    batch_source = st.radio(
+        ctx.t("batch.source"),
+        ["zip", "members"],
+        format_func=lambda s: ctx.t(f"batch.source.{s}"),
+        horizontal=True,
+        key="batch_source",
+    )
+    if batch_source == "zip":
+        st.caption(ctx.t("batch.manifest_help"))
+        st.download_button(
+            ctx.t("batch.template"),
+            svc.manifest_template(),
+            file_name="manifest_template.csv",
+            mime="text/csv",
+            key="batch_template",
+        )
+        cols = st.columns(2)
+        manifest = cols[0].file_uploader(
+            ctx.t("batch.manifest"), type=svc.MANIFEST_TYPES, key="batch_manifest"
+        )
+        photo_zip = cols[1].file_uploader(ctx.t("batch.zip"), type=["zip"], key="batch_zip")
+        name = st.text_input(ctx.t("batch.name"), key="batch_name_zip")
+        if st.button(
+            ctx.t("batch.start"), type="primary", disabled=not has_model or busy, key="batch_start_zip"
+        ):
+            if manifest is None or photo_zip is None:
+                st.error(ctx.t("batch.need_files"))
+            else:
+                manifest_bytes, zip_bytes = manifest.getvalue(), photo_zip.getvalue()
+                check = svc.check_batch_upload(manifest_bytes, manifest.name, zip_bytes)
+                if not check.ok:
+                    st.error(ctx.t("batch.refused", n=len(check.problems)))
+                    for key, params in check.problems[:50]:
+                        st.markdown(f"- {ctx.t(key, **params)}")
+                    if len(check.problems) > 50:
+                        st.caption(ctx.t("batch.more_problems", n=len(check.problems) - 50))
+                elif (engine := engine_or_message(ctx)) is not None:
+                    job, started = jobs.start_upload(
+                        ctx.session_factory,
+                        engine,
+                        ctx.store,
+                        ctx.username,
+                        manifest_bytes,
+                        manifest.name,
+                        zip_bytes,
+                        name=name or None,
+                    )
+                    st.session_state["verify_job"] = job.key
+                    st.session_state["batch_notice"] = None if started else "batch.attached"
+                    st.rerun()
+    else:
+        only_pending = st.checkbox(ctx.t("batch.only_pending"), value=True, key="batch_only_pending")
+        with ctx.session() as session:
+            options = [m.id for m in queries.list_members(session, page_size=500).items]
+        chosen = st.multiselect(
+            ctx.t("batch.pick_members"), options, key="batch_members", placeholder=ctx.t("batch.all_members")
+        )
+        name = st.text_input(ctx.t("batch.name"), key="batch_name_members")
+        clicked = st.button(
+            ctx.t("batch.start"), type="primary", disabled=not has_model or busy, key="batch_start_members"
+        )
+        if clicked and (engine := engine_or_message(ctx)) is not None:
+            job, started = jobs.start_members(
+                ctx.session_factory,
+                engine,
+                ctx.store,
+                ctx.username,
+                chosen or None,
+                only_pending=only_pending,
+                name=name or None,
+                source="members",
+            )
+            st.session_state["verify_job"] = job.key
+            st.session_state["batch_notice"] = None if started else "batch.attached"
+            st.rerun()
+
+    if st.session_state.get("batch_notice"):
+        st.info(ctx.t(st.session_state.pop("batch_notice")))
+    if busy:
+        st.info(ctx.t("batch.busy"))
+    if st.session_state.get("verify_job"):
+        st.divider()
+
+        def show_results(batch_id):
+            st.session_state["verify_open_batch"] = batch_id
+
+        job_progress(ctx, st.session_state["verify_job"], "verify_job", on_done=show_results)
+
+    st.divider()
+    st.subheader(ctx.t("batch.recent"))
+    with ctx.session() as session:
+        recent = svc.recent_batches(session)
+    if recent.empty:
+        st.caption(ctx.t("batch.none_yet"))
+    else:
+        shown = recent.copy()
+        shown["status"] = shown["status"].map(lambda s: ctx.t(f"batch_status.{s}"))
+        st.dataframe(shown.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch")
+        ids = recent["batch_id"].tolist()
+        default = st.session_state.get("verify_open_batch")
+        opened = st.selectbox(
+            ctx.t("batch.open"),
+            ids,
+            index=ids.index(default) if default in ids else 0,
+            format_func=lambda i: f"#{i} {recent.set_index('batch_id').loc[i, 'name']}",
+            key="verify_open_select",
+        )
+        with ctx.session() as session:
+            batch = session.get(Batch, opened)
+            can_resume = batch is not None and svc.resumable(batch.status, batch.heartbeat_at)
+        if can_resume and has_model:
+            st.warning(ctx.t("batch.can_resume", status=ctx.t(f"batch_status.{batch.status}")))
+            if st.button(ctx.t("batch.resume"), key="batch_resume", disabled=busy):
+                engine = engine_or_message(ctx)
+                if engine is not None:
+                    job, started = jobs.resume(ctx.session_factory, engine, ctx.store, ctx.username, opened)
+                    st.session_state["verify_job"] = job.key
+                    st.rerun()
+        results_view(ctx, opened, key="batch_results")

@@ -1,0 +1,159 @@
+"""Review queue: flagged pairs in priority order, decided one after the other, from the keyboard.
+
+Keys (Streamlit button shortcuts, they work while typing the note): Alt+A approve, Alt+X reject,
+Alt+S skip. The note survives an expired session: it is shown again after signing in.
+"""
+
+import streamlit as st
+
+from core import reviews
+from core import ui_services as svc
+from core.models_db import GALLERY, VERIFICATION
+from ui.common import drop_draft, restore_draft, setup_page
+from ui.widgets import flags_list, gender_text, photo_column
+
+ctx = setup_page("review")
+st.title(ctx.t("page.review"))
+
+skipped: list[int] = st.session_state.setdefault("review_skipped", [])
+notice = st.session_state.pop("review_notice", None)
+if notice:
+    kind, text = notice
+    {"success": st.success, "warning": st.warning, "error": st.error}[kind](text)
+
+with ctx.session() as session:
+    item, backlog = svc.next_queue_item(session, skipped)
+    detail = svc.load_review_item(session, ctx.store, item) if item is not None else None
+
+info = st.columns([3, 1])
+info[0].caption(ctx.t("review.backlog", n=backlog, skipped=len(skipped)))
+if skipped and info[1].button(ctx.t("review.unskip"), key="review_unskip"):
+    skipped.clear()
+    st.rerun()
+
+if item is None:
+    st.success(ctx.t("review.empty"), icon=":material/celebration:")
+    st.stop()
+
+row = detail.row
+st.subheader(ctx.t("review.item_title", member=item.member_id or "—", result=item.result_id))
+st.caption(
+    ctx.t(
+        "review.item_meta",
+        batch=item.batch_id or "—",
+        created=svc.local_time(item.created_at),
+        model=item.model_version,
+    )
+)
+if item.priority == 0:
+    st.error(ctx.t("review.priority_high"), icon=":material/flag:")
+
+st.markdown(f"**{ctx.t('verify.flags')}**")
+flags_list(ctx, svc.describe_flags(row, ctx.lang))
+
+top = st.columns([1, 2, 1.2])
+top[0].metric(ctx.t("verify.similarity"), "—" if row.similarity is None else f"{row.similarity:.3f}")
+top[0].caption(ctx.t("verify.threshold_line", threshold=row.threshold, low=row.band_low, high=row.band_high))
+top[1].plotly_chart(
+    svc.similarity_figure(row.similarity, row.threshold, (row.band_low, row.band_high), ctx.lang),
+    width="stretch",
+    config={"displayModeBar": False},
+    key="review_similarity",
+)
+top[2].metric(
+    ctx.t("verify.gender"), "—" if row.predicted_gender is None else ctx.t(f"gender.{row.predicted_gender}")
+)
+top[2].caption(gender_text(ctx, row.predicted_gender, row.gender_confidence, row.registered_gender))
+
+left, right = st.columns(2)
+photo_column(
+    ctx,
+    left,
+    GALLERY,
+    detail.gallery_bytes,
+    row.gallery_analysis,
+    svc.crop_from_analysis(detail.gallery_bytes, row.gallery_analysis) if detail.gallery_bytes else None,
+)
+photo_column(
+    ctx,
+    right,
+    VERIFICATION,
+    detail.verification_bytes,
+    row.verification_analysis,
+    svc.crop_from_analysis(detail.verification_bytes, row.verification_analysis)
+    if detail.verification_bytes
+    else None,
+)
+
+note_key = f"keep_note_{item.result_id}"
+restore_draft(note_key)
+with st.form(f"decide_{item.result_id}", enter_to_submit=False, border=True):
+    note = st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
+    with st.expander(ctx.t("review.truth")):
+        truth_cols = st.columns(2)
+        same_choice = truth_cols[0].radio(
+            ctx.t("review.same_person"),
+            ["follow", "same", "different"],
+            format_func=lambda c: ctx.t(f"review.same.{c}"),
+            key=f"review_same_{item.result_id}",
+        )
+        true_gender = truth_cols[1].selectbox(
+            ctx.t("review.true_gender"),
+            ["", "M", "F"],
+            format_func=lambda g: ctx.t(f"gender.{g}") if g else ctx.t("review.gender_follow"),
+            key=f"review_gender_{item.result_id}",
+        )
+    buttons = st.columns(3)
+    approve = buttons[0].form_submit_button(
+        ctx.t("review.approve"), type="primary", shortcut="Alt+A", width="stretch", icon=":material/check:"
+    )
+    reject = buttons[1].form_submit_button(
+        ctx.t("review.reject"), shortcut="Alt+X", width="stretch", icon=":material/close:"
+    )
+    skip = buttons[2].form_submit_button(
+        ctx.t("review.skip"), shortcut="Alt+S", width="stretch", icon=":material/skip_next:"
+    )
+st.caption(ctx.t("review.keys"))
+
+if skip:
+    skipped.append(item.result_id)
+    st.rerun()
+if approve or reject:
+    decision = reviews.APPROVE if approve else reviews.REJECT
+    same_person = {"follow": None, "same": True, "different": False}[same_choice]
+    try:
+        with ctx.session() as session:
+            saved = reviews.decide(
+                session,
+                item.result_id,
+                ctx.username,
+                decision,
+                note=(note or "").strip() or None,
+                true_gender=true_gender or None,
+                same_person=same_person,
+            )
+        drop_draft(note_key)
+        st.session_state["review_notice"] = (
+            "success",
+            ctx.t(
+                f"review.saved_{decision}",
+                member=item.member_id or "—",
+                who=saved.reviewer,
+                at=svc.local_time(saved.decided_at),
+            ),
+        )
+    except reviews.AlreadyDecided as exc:
+        drop_draft(note_key)
+        st.session_state["review_notice"] = (
+            "warning",
+            ctx.t(
+                "review.already_decided",
+                member=item.member_id or "—",
+                who=exc.decided_by or "?",
+                at=svc.local_time(exc.decided_at),
+                status=ctx.t(f"status.{exc.status}"),
+            ),
+        )
+    except (reviews.NotReviewable, reviews.ResultNotFound) as exc:
+        st.session_state["review_notice"] = ("warning", ctx.t("review.gone", detail=str(exc)))
+    st.rerun()

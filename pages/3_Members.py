@@ -1,0 +1,187 @@
+"""Members: search and filter with paging, one member's photos and history, the member import."""
+
+import streamlit as st
+
+from core import importer, queries
+from core import ui_services as svc
+from core.models_db import MEMBER_STATUSES
+from ui.common import setup_page
+from ui.widgets import status_label
+
+ctx = setup_page("members")
+st.title(ctx.t("page.members"))
+
+tab_list, tab_import = st.tabs([ctx.t("members.tab_list"), ctx.t("members.tab_import")])
+
+with tab_list:
+    cols = st.columns([2, 1, 1, 1, 1])
+    search = cols[0].text_input(ctx.t("members.search"), key="members_search")
+    gender = cols[1].selectbox(
+        ctx.t("members.gender"),
+        ["", "M", "F"],
+        format_func=lambda g: ctx.t(f"gender.{g}") if g else ctx.t("members.any"),
+        key="members_gender",
+    )
+    status = cols[2].selectbox(
+        ctx.t("members.status"),
+        ["", *MEMBER_STATUSES],
+        format_func=lambda s: ctx.t(f"member_status.{s}") if s else ctx.t("members.any"),
+        key="members_status",
+    )
+    created_from = cols[3].date_input(ctx.t("members.from"), value=None, key="members_from")
+    created_to = cols[4].date_input(ctx.t("members.to"), value=None, key="members_to")
+
+    filters = (search, gender, status, created_from, created_to)
+    if st.session_state.get("members_filters") != filters:
+        st.session_state["members_filters"] = filters
+        st.session_state["members_page"] = 1  # new filters start at the first page
+    page_size = 25
+    with ctx.session() as session:
+        page = queries.list_members(
+            session,
+            search=search or None,
+            gender=gender or None,
+            status=status or None,
+            created_from=created_from,
+            created_to=created_to,
+            page=st.session_state.get("members_page", 1),
+            page_size=page_size,
+            tz=svc.DISPLAY_TZ,
+        )
+    nav = st.columns([1, 1, 4])
+    if nav[0].button("◀", disabled=page.page <= 1, key="members_prev", help=ctx.t("members.prev")):
+        st.session_state["members_page"] = page.page - 1
+        st.rerun()
+    if nav[1].button("▶", disabled=page.page >= page.pages, key="members_next", help=ctx.t("members.next")):
+        st.session_state["members_page"] = page.page + 1
+        st.rerun()
+    nav[2].caption(ctx.t("members.paging", page=page.page, pages=page.pages, total=page.total))
+
+    frame = svc.members_frame(page)
+    if frame.empty:
+        st.info(ctx.t("members.none"))
+    else:
+        shown = frame.copy()
+        shown["gender"] = shown["gender"].map(lambda g: ctx.t(f"gender.{g}"))
+        shown["status"] = shown["status"].map(lambda s: ctx.t(f"member_status.{s}"))
+        shown["latest_result"] = shown["latest_result"].map(lambda s: status_label(ctx, s) if s else "")
+        st.dataframe(shown.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch")
+
+        member_id = st.selectbox(
+            ctx.t("members.open"),
+            frame["member_id"].tolist(),
+            index=None,
+            key="members_open",
+            placeholder=ctx.t("members.open_hint"),
+        )
+        if member_id:
+            with ctx.session() as session:
+                history = queries.member_history(session, member_id, viewer=ctx.username)
+                photos = [
+                    (p.kind, p.current, p.stored_path, svc.local_time(p.created_at)) for p in history.photos
+                ]
+                results = svc.history_frame(history)
+                entries = svc.audit_frame(history.audit)
+                member = history.member
+            st.subheader(ctx.t("members.detail", member=member.id))
+            st.caption(
+                ctx.t(
+                    "members.detail_meta",
+                    gender=ctx.t(f"gender.{member.gender}"),
+                    status=ctx.t(f"member_status.{member.status}"),
+                    created=svc.local_time(member.created_at),
+                    verified=svc.local_time(member.last_verified_at) or "—",
+                )
+            )
+            current = [p for p in photos if p[1]]
+            old = [p for p in photos if not p[1]]
+            pcols = st.columns(4)
+            for i, (kind, _current, path, created) in enumerate(current[:4]):
+                try:
+                    pcols[i].image(
+                        ctx.store.read(path), caption=f"{ctx.t(f'photo.{kind}')} · {created}", width=200
+                    )
+                except Exception:
+                    pcols[i].warning(ctx.t("photo.missing"))
+            if old:
+                with st.expander(ctx.t("members.old_photos", n=len(old))):
+                    ocols = st.columns(4)
+                    for i, (kind, _current, path, created) in enumerate(old):
+                        try:
+                            ocols[i % 4].image(
+                                ctx.store.read(path),
+                                caption=f"{ctx.t(f'photo.{kind}')} · {created}",
+                                width=150,
+                            )
+                        except Exception:
+                            ocols[i % 4].warning(ctx.t("photo.missing"))
+            st.markdown(f"**{ctx.t('members.history')}**")
+            if results.empty:
+                st.caption(ctx.t("members.no_history"))
+            else:
+                results["status"] = results["status"].map(lambda s: status_label(ctx, s))
+                results["flags"] = results["flags"].map(
+                    lambda text: ", ".join(ctx.t(f"flag.{c}") for c in text.split())
+                )
+                st.dataframe(
+                    results.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch"
+                )
+            with st.expander(ctx.t("members.audit")):
+                st.dataframe(
+                    entries.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch"
+                )
+
+with tab_import:
+    st.caption(ctx.t("members.import_help"))
+    if st.button(ctx.t("home.load_sample"), key="members_load_sample", icon=":material/download:"):
+        with st.spinner(ctx.t("members.importing")), ctx.session() as session:
+            reports = importer.load_sample_members(session, actor=ctx.username, photo_store=ctx.store)
+        st.session_state["members_import_reports"] = reports
+    cols = st.columns(2)
+    table = cols[0].file_uploader(
+        ctx.t("members.import_file"), type=svc.MANIFEST_TYPES, key="members_import_file"
+    )
+    photo_zip = cols[1].file_uploader(ctx.t("members.import_zip"), type=["zip"], key="members_import_zip")
+    if st.button(
+        ctx.t("members.import_run"), type="primary", key="members_import_run", disabled=table is None
+    ):
+        bar = st.progress(0.0, text=ctx.t("members.importing"))
+
+        def progress(done, total):
+            bar.progress(done / max(total, 1), text=ctx.t("members.import_progress", done=done, total=total))
+
+        try:
+            with ctx.session() as session:
+                reports = importer.import_members(
+                    session,
+                    table.getvalue(),
+                    zip_bytes=photo_zip.getvalue() if photo_zip else None,
+                    actor=ctx.username,
+                    filename=table.name,
+                    photo_store=ctx.store,
+                    progress=progress,
+                )
+            st.session_state["members_import_reports"] = reports
+        except importer.ImportFileError as exc:
+            st.session_state.pop("members_import_reports", None)
+            st.error(ctx.t("members.import_refused"))
+            for problem in exc.problems:
+                st.markdown(f"- {problem}")
+        bar.empty()
+    reports = st.session_state.get("members_import_reports")
+    if reports:
+        counts = importer.summarize(reports)
+        (st.warning if counts[importer.REJECTED] else st.success)(ctx.t("members.import_done", **counts))
+        st.dataframe(
+            [
+                {
+                    ctx.t("col.row"): r.row,
+                    ctx.t("col.member_id"): r.member_id,
+                    ctx.t("col.import_status"): ctx.t(f"import_status.{r.status}"),
+                    ctx.t("col.message"): r.message + "".join(f" ⚠ {w}" for w in r.warnings),
+                }
+                for r in reports
+            ],
+            hide_index=True,
+            width="stretch",
+        )

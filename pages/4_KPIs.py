@@ -1,0 +1,97 @@
+"""KPIs: per-batch (or per-day) accuracy, gender accuracy, latency, automation and backlog, against targets."""
+
+from datetime import timedelta
+
+import streamlit as st
+
+from core import kpi_targets
+from core import ui_services as svc
+from ui.common import setup_page
+
+ctx = setup_page("kpis")
+st.title(ctx.t("page.kpis"))
+
+today = svc.today_local()
+with ctx.session() as session:
+    versions = svc.model_versions(session)
+
+cols = st.columns([2, 1.2, 1.2, 1.4])
+period = cols[0].date_input(
+    ctx.t("kpi.period"), value=(today - timedelta(days=30), today), key="kpi_period", max_value=today
+)
+version = cols[1].selectbox(
+    ctx.t("kpi.model_version"),
+    ["", *versions],
+    format_func=lambda v: v or ctx.t("kpi.all_versions"),
+    key="kpi_version",
+)
+per = cols[2].radio(
+    ctx.t("kpi.per"),
+    ["batch", "day"],
+    format_func=lambda p: ctx.t(f"kpi.per.{p}"),
+    key="kpi_per",
+    horizontal=True,
+)
+include_single = cols[3].checkbox(
+    ctx.t("kpi.include_single"),
+    value=False,
+    key="kpi_single",
+    disabled=per == "day",
+    help=ctx.t("kpi.include_single_help"),
+)
+
+# A range being picked arrives as one date until the second click.
+date_from, date_to = (period[0], period[-1]) if isinstance(period, tuple) and period else (None, None)
+with ctx.session() as session:
+    frame = svc.kpi_frame(
+        session, date_from, date_to, version or None, per=per, include_single=include_single
+    )
+
+st.caption(ctx.t("kpi.definitions"))
+if frame.empty:
+    st.info(ctx.t("kpi.no_data"))
+    st.stop()
+
+with st.expander(ctx.t("kpi.targets_title")):
+    st.dataframe(
+        [
+            {
+                ctx.t("kpi.target_kpi"): ctx.t(f"kpi.target_name.{target.name}"),
+                ctx.t("kpi.target_value"): svc.target_text(target),
+                ctx.t("kpi.target_owner"): ctx.t(f"kpi.owner.{target.owner}"),
+            }
+            for target in kpi_targets.ALL
+        ],
+        hide_index=True,
+    )
+
+charts = list(svc.KPI_CHARTS)
+for first in range(0, len(charts), 2):
+    row = st.columns(2)
+    for column, chart in zip(row, charts[first : first + 2], strict=False):
+        with column.container(border=True):
+            st.markdown(f"**{ctx.t(f'kpi.chart.{chart}')}**")
+            st.plotly_chart(
+                svc.kpi_figure(frame, chart, ctx.lang, per=per),
+                width="stretch",
+                key=f"kpi_chart_{chart}",
+                config={"displaylogo": False},
+            )
+            st.download_button(
+                ctx.t("kpi.download"),
+                svc.to_csv_bytes(svc.chart_frame(frame, chart)),
+                file_name=f"kpi_{chart}_{per}.csv",
+                mime="text/csv",
+                key=f"kpi_download_{chart}",
+                icon=":material/download:",
+            )
+
+with st.expander(ctx.t("kpi.all_figures")):
+    st.dataframe(frame.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch")
+    st.download_button(
+        ctx.t("kpi.download_all"),
+        svc.to_csv_bytes(frame),
+        file_name=f"kpi_all_{per}.csv",
+        mime="text/csv",
+        key="kpi_download_all",
+    )

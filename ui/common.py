@@ -1,0 +1,372 @@
+"""Streamlit helpers every page uses: page setup, sign-in, the role check, language, cached resources.
+
+A page starts with
+
+    ctx = setup_page("verify")      # stops the page unless a signed-in user with the role is there
+
+and then reads input, calls core (core.ui_services and the data layer), renders.
+
+Sign-in state lives in st.session_state (on the server) with an idle expiry. Widgets whose key
+starts with KEEP_PREFIX (e.g. a reviewer's note) are copied aside on every run, so when a session
+expires in the middle of typing, the text comes back after signing in again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from core import auth, config
+from core.errors import FaceVerifyError, ModelError
+from core.i18n import DEFAULT_LANG, LANGUAGES, t
+from core.models_db import User
+from core.photostore import PhotoStore
+from core.ui_services import PAGE_BY_KEY, PAGES, BatchJobs, can_open, log_event, log_refusal, session_expired
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+AUTH_KEY = "auth"
+LANG_KEY = "lang"
+DRAFTS_KEY = "drafts"
+KEEP_PREFIX = "keep_"
+NOTICE_KEY = "auth_notice"
+
+
+def idle_minutes() -> float:
+    return float(config.setting("SESSION_IDLE_MINUTES", "30"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cached resources: one per process (keyed by their settings, so tests with another database
+# or model folder get their own)
+
+
+@st.cache_resource(show_spinner=False)
+def _session_factory(url: str):
+    from core.db import init_db, session_factory
+
+    return session_factory(init_db(url))
+
+
+def get_session_factory():
+    return _session_factory(config.database_url())
+
+
+@st.cache_resource(show_spinner=False)
+def _photo_store(root: str) -> PhotoStore:
+    return PhotoStore(root)
+
+
+def get_store() -> PhotoStore:
+    return _photo_store(str(config.photo_store_dir()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _engine(models_dir: str, version: str):
+    from core.engine import Engine
+
+    return Engine.load(version, Path(models_dir))
+
+
+def get_engine():
+    """The active model version, loaded once per process. Raises ModelError when there is none."""
+    from core.heads import default_version
+
+    models_dir = config.models_dir()
+    return _engine(str(models_dir), default_version(models_dir))
+
+
+@st.cache_resource(show_spinner=False)
+def get_jobs() -> BatchJobs:
+    return BatchJobs()
+
+
+# ----------------------------------------------------------------------------------------------
+# Language
+
+
+def lang() -> str:
+    value = st.session_state.get(LANG_KEY, DEFAULT_LANG)
+    return value if value in LANGUAGES else DEFAULT_LANG
+
+
+def tr(key: str, **fmt) -> str:
+    return t(key, lang(), **fmt)
+
+
+def _language_switch() -> None:
+    # The widget has its own key; the choice is kept under LANG_KEY so it survives page changes
+    # (Streamlit forgets a widget's state on pages that do not draw it).
+    st.session_state.setdefault(LANG_KEY, DEFAULT_LANG)
+    st.session_state["_lang_widget"] = lang()
+
+    def changed():
+        st.session_state[LANG_KEY] = st.session_state["_lang_widget"]
+
+    st.sidebar.radio(
+        ":material/language: Language / 언어",
+        list(LANGUAGES),
+        format_func=lambda code: LANGUAGES[code],
+        key="_lang_widget",
+        horizontal=True,
+        on_change=changed,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Drafts kept across an expired session
+
+
+def _save_drafts() -> None:
+    drafts = st.session_state.setdefault(DRAFTS_KEY, {})
+    for key in list(st.session_state):
+        if isinstance(key, str) and key.startswith(KEEP_PREFIX):
+            value = st.session_state[key]
+            if value not in (None, ""):
+                drafts[key] = value
+
+
+def restore_draft(key: str) -> None:
+    """Call before drawing a KEEP_PREFIX widget: puts back what was typed before a sign-in."""
+    drafts = st.session_state.get(DRAFTS_KEY, {})
+    if key not in st.session_state and key in drafts:
+        st.session_state[key] = drafts[key]
+
+
+def drop_draft(key: str) -> None:
+    st.session_state.get(DRAFTS_KEY, {}).pop(key, None)
+    st.session_state.pop(key, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Page setup, sign-in and roles
+
+
+@dataclass
+class PageContext:
+    username: str
+    role: str
+    display_name: str | None
+    lang: str
+    session_factory: object
+    store: PhotoStore
+
+    def t(self, key: str, **fmt) -> str:
+        return t(key, self.lang, **fmt)
+
+    @contextmanager
+    def session(self):
+        with self.session_factory() as session:
+            yield session
+
+    def can(self, page_key: str) -> bool:
+        return can_open(self.role, page_key)
+
+
+def _embedded_default_db() -> bool:
+    return not config.setting("DATABASE_URL")
+
+
+def _login_form(session_factory) -> None:
+    notice = st.session_state.get(NOTICE_KEY)
+    if notice:
+        st.warning(tr(notice))
+    if st.session_state.get(DRAFTS_KEY):
+        st.info(tr("auth.drafts_kept"))
+    with session_factory() as session:
+        n_users = session.scalar(select(func.count(User.id))) or 0
+    if n_users == 0:
+        _first_admin(session_factory)
+        return
+    st.subheader(tr("auth.sign_in"))
+    with st.form("login", enter_to_submit=True):
+        username = st.text_input(tr("auth.username"), key="login_username", autocomplete="username")
+        password = st.text_input(
+            tr("auth.password"), type="password", key="login_password", autocomplete="current-password"
+        )
+        submitted = st.form_submit_button(tr("auth.sign_in"), type="primary")
+    if submitted:
+        with session_factory() as session:
+            try:
+                user = auth.authenticate(session, username, password)
+            except auth.AuthError:
+                st.error(tr("auth.failed"))
+                return
+            st.session_state[AUTH_KEY] = {
+                "username": user.username,
+                "role": user.role,
+                "display_name": user.display_name,
+                "last_seen": time.time(),
+            }
+        st.session_state.pop(NOTICE_KEY, None)
+        st.session_state.pop("login_password", None)
+        st.rerun()
+
+
+def _first_admin(session_factory) -> None:
+    st.subheader(tr("auth.no_users_title"))
+    st.markdown(tr("auth.no_users_cli"))
+    st.code(".venv/bin/python -m core.auth create-admin --username admin", language="bash")
+    if not _embedded_default_db():
+        return
+    # Only on the embedded demo database: a production database gets its first admin from the
+    # command line, so nobody who merely reaches the server can make themselves admin.
+    st.caption(tr("auth.first_admin_demo"))
+    with st.form("first_admin"):
+        username = st.text_input(tr("auth.username"), value="admin")
+        password = st.text_input(tr("auth.password"), type="password")
+        repeat = st.text_input(tr("auth.password_repeat"), type="password")
+        submitted = st.form_submit_button(tr("auth.create_admin"), type="primary")
+    if submitted:
+        if password != repeat:
+            st.error(tr("auth.passwords_differ"))
+            return
+        with session_factory() as session:
+            if session.scalar(select(func.count(User.id))):
+                st.error(tr("auth.admin_exists"))
+                return
+            try:
+                auth.create_user(session, username, password, auth.ADMIN, actor="first-run")
+            except auth.AuthError as exc:
+                st.error(str(exc))
+                return
+        st.success(tr("auth.admin_created"))
+        st.rerun()
+
+
+def sign_out(session_factory) -> None:
+    current = st.session_state.pop(AUTH_KEY, None)
+    if current:
+        try:
+            with session_factory() as session:
+                log_event(session, current["username"], "logout")
+        except SQLAlchemyError:
+            pass
+    st.session_state.pop(DRAFTS_KEY, None)
+    st.session_state[NOTICE_KEY] = "auth.signed_out"
+
+
+def _sidebar(ctx: PageContext, session_factory) -> None:
+    sidebar = st.sidebar
+    sidebar.markdown(f"**{ctx.display_name or ctx.username}** · {ctx.t(f'role.{ctx.role}')}")
+    for page in PAGES:
+        if not ctx.can(page.key) or not (PROJECT_ROOT / page.path).exists():
+            continue
+        sidebar.page_link(page.path, label=ctx.t(f"page.{page.key}"), icon=page.icon)
+    if sidebar.button(ctx.t("auth.sign_out"), key="sign_out", icon=":material/logout:"):
+        sign_out(session_factory)
+        st.rerun()
+
+
+def setup_page(page_key: str) -> PageContext:
+    """Page config, language switch, sign-in, the role check (server side) and the sidebar.
+
+    Returns only when a signed-in, active user whose role may open the page is there; otherwise
+    shows the sign-in form or a refusal (written to the audit log) and stops the script.
+    """
+    info = PAGE_BY_KEY[page_key]
+    st.set_page_config(
+        page_title=f"{t(f'page.{page_key}', lang())} · FaceVerify", page_icon=info.icon, layout="wide"
+    )
+    _save_drafts()
+    _language_switch()
+    try:
+        session_factory = get_session_factory()
+    except (SQLAlchemyError, FaceVerifyError) as exc:
+        st.error(tr("app.db_unavailable", detail=str(exc)))
+        st.stop()
+
+    current = st.session_state.get(AUTH_KEY)
+    now = time.time()
+    if current and session_expired(current.get("last_seen"), now, idle_minutes()):
+        st.session_state.pop(AUTH_KEY, None)
+        st.session_state[NOTICE_KEY] = "auth.expired"
+        current = None
+    if current:
+        with session_factory() as session:
+            user = session.scalar(select(User).where(User.username == current["username"]))
+        if user is None or not user.active:
+            st.session_state.pop(AUTH_KEY, None)
+            st.session_state[NOTICE_KEY] = "auth.account_disabled"
+            current = None
+        else:
+            current.update(role=user.role, display_name=user.display_name, last_seen=now)
+    if not current:
+        st.title(tr("app.title"))
+        _login_form(session_factory)
+        st.stop()
+
+    ctx = PageContext(
+        username=current["username"],
+        role=current["role"],
+        display_name=current.get("display_name"),
+        lang=lang(),
+        session_factory=session_factory,
+        store=get_store(),
+    )
+    _sidebar(ctx, session_factory)
+    if ctx.can("verify") and config.setting("FACEVERIFY_WARM_ENGINE", "1") != "0":
+        warm_engine_in_background()
+    if not ctx.can(page_key):
+        with session_factory() as session:
+            log_refusal(session, ctx.username, page_key, ctx.role)
+        st.title(ctx.t(f"page.{page_key}"))
+        allowed = ", ".join(ctx.t(f"role.{r}") for r in info.roles)
+        st.error(ctx.t("auth.refused", role=ctx.t(f"role.{ctx.role}"), allowed=allowed))
+        st.stop()
+    return ctx
+
+
+def model_available(ctx: PageContext) -> bool:
+    """Cheap check (no loading) that a model version is named; shows why not when there is none."""
+    from core.heads import default_version
+
+    try:
+        default_version(config.models_dir())
+        return True
+    except ModelError as exc:
+        st.warning(ctx.t("engine.missing", detail=str(exc)))
+        return False
+
+
+_warm_lock = threading.Lock()
+_warm_started: set[str] = set()
+
+
+def warm_engine_in_background() -> None:
+    """Load the model on a background thread once per process, so the first pair is answered fast."""
+    from core.heads import default_version
+
+    try:
+        key = f"{config.models_dir()}:{default_version(config.models_dir())}"
+    except ModelError:
+        return
+    with _warm_lock:
+        if key in _warm_started:
+            return
+        _warm_started.add(key)
+
+    def load():
+        try:
+            get_engine()
+        except Exception:  # the page that needs the model shows the reason
+            with _warm_lock:
+                _warm_started.discard(key)
+
+    threading.Thread(target=load, name="engine-warmup", daemon=True).start()
+
+
+def engine_or_message(ctx: PageContext):
+    """The loaded engine, or None after showing why there is none (no model trained yet)."""
+    try:
+        with st.spinner(ctx.t("engine.loading")):
+            return get_engine()
+    except ModelError as exc:
+        st.warning(ctx.t("engine.missing", detail=str(exc)))
+        return None

@@ -1,0 +1,229 @@
+"""Streamlit pieces shared by several pages: a pair's photos and result, a batch's progress and results."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import ui_services as svc
+from core.models_db import GALLERY, VERIFICATION
+from core.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, STATUSES
+from ui.common import PageContext, get_jobs
+
+STATUS_ICON = {AUTO_APPROVED: "✓", AUTO_REJECTED: "✗", FLAGGED: "⚠", "approved": "✓", "rejected": "✗"}
+
+
+def status_label(ctx: PageContext, status: str) -> str:
+    return f"{STATUS_ICON.get(status, '')} {ctx.t(f'status.{status}')}".strip()
+
+
+def photo_column(ctx: PageContext, container, kind: str, data: bytes | None, analysis, crop) -> None:
+    """One side of a pair: the photo with its face boxes, beside it the aligned crop and figures."""
+    container.markdown(f"**{ctx.t(f'photo.{kind}')}**")
+    if data is None:
+        container.warning(ctx.t("photo.missing"))
+        return
+    annotated = svc.annotate_photo(data, analysis)
+    if annotated is None:
+        container.error(ctx.t("photo.unusable"))
+        return
+    photo, side = container.columns([3, 2])
+    photo.image(annotated, width="stretch")
+    if crop is not None:
+        side.image(crop, caption=ctx.t("photo.crop"), width=150)
+    else:
+        side.caption(ctx.t("photo.no_crop"))
+    faces, _ = svc.faces_of(analysis)
+    quality = analysis.quality if hasattr(analysis, "quality") else (analysis or {}).get("quality")
+    lines = [ctx.t("photo.faces_found", n=len(faces))]
+    if quality is not None:
+        lines.append(ctx.t("photo.quality", q=quality))
+    side.caption("  \n".join([*lines, ctx.t("photo.box_legend")]))
+
+
+def flags_list(ctx: PageContext, described: list[dict]) -> None:
+    if not described:
+        st.caption(ctx.t("verify.no_flags"))
+        return
+    for flag in described:
+        where = " (" + ctx.t("photo." + flag["photo"]) + ")" if flag["photo"] else ""
+        st.markdown(f"- **{flag['title']}**{where}: {flag['text']}")
+
+
+def decision_banner(ctx: PageContext, status: str) -> None:
+    text = ctx.t(f"verify.decision.{status}")
+    if status == AUTO_APPROVED:
+        st.success(text, icon=":material/check_circle:")
+    elif status == AUTO_REJECTED:
+        st.error(text, icon=":material/cancel:")
+    else:
+        st.warning(text, icon=":material/warning:")
+
+
+def gender_text(ctx: PageContext, predicted, confidence, registered) -> str:
+    if predicted is None:
+        return ctx.t("verify.gender_unknown")
+    text = ctx.t(
+        "verify.gender_line", predicted=ctx.t(f"gender.{predicted}"), confidence=(confidence or 0) * 100
+    )
+    if registered:
+        text += " · " + ctx.t("verify.gender_registered", registered=ctx.t(f"gender.{registered}"))
+    return text
+
+
+def pair_result(ctx: PageContext, outcome: svc.PairOutcome) -> None:
+    """Everything about one verified pair, as the Verify page shows it."""
+    result = outcome.result
+    decision_banner(ctx, result.status)
+    top = st.columns([1, 2, 1.2])
+    similarity = result.similarity
+    top[0].metric(ctx.t("verify.similarity"), "—" if similarity is None else f"{similarity:.3f}")
+    top[0].caption(
+        ctx.t(
+            "verify.threshold_line",
+            threshold=result.threshold,
+            low=result.uncertain_band[0],
+            high=result.uncertain_band[1],
+        )
+    )
+    top[1].plotly_chart(
+        svc.similarity_figure(similarity, result.threshold, result.uncertain_band, ctx.lang),
+        width="stretch",
+        config={"displayModeBar": False},
+        key="similarity_bar",
+    )
+    top[2].metric(
+        ctx.t("verify.gender"),
+        "—" if result.predicted_gender is None else ctx.t(f"gender.{result.predicted_gender}"),
+    )
+    top[2].caption(
+        gender_text(ctx, result.predicted_gender, result.gender_confidence, result.registered_gender)
+    )
+
+    left, right = st.columns(2)
+    photo_column(
+        ctx, left, GALLERY, outcome.gallery_bytes, result.gallery, svc.chip_image(result.gallery.crop)
+    )
+    photo_column(
+        ctx,
+        right,
+        VERIFICATION,
+        outcome.verification_bytes,
+        result.verification,
+        svc.chip_image(result.verification.crop),
+    )
+
+    st.markdown(f"**{ctx.t('verify.flags')}**")
+    flags_list(ctx, svc.describe_flags(result, ctx.lang))
+
+    with st.expander(ctx.t("verify.timings"), expanded=False):
+        stages = [s for s in ("decode", "detect", "align", "embed", "decide") if s in result.timings_ms]
+        rows = [
+            {ctx.t("verify.stage"): ctx.t(f"stage.{s}"), "ms": round(result.timings_ms[s], 1)} for s in stages
+        ]
+        rows.append(
+            {ctx.t("verify.stage"): ctx.t("stage.total"), "ms": round(result.timings_ms.get("total", 0.0), 1)}
+        )
+        rows.append({ctx.t("verify.stage"): ctx.t("stage.page"), "ms": round(outcome.seconds * 1000, 1)})
+        st.dataframe(rows, hide_index=True, width="content")
+    st.caption(
+        ctx.t(
+            "verify.saved",
+            result_id=outcome.result_id,
+            batch_id=outcome.batch_id,
+            member=outcome.member_id,
+            model=result.model_version,
+            ms=outcome.seconds * 1000,
+        )
+    )
+    if outcome.import_note:
+        st.warning(ctx.t("verify.import_note", detail=outcome.import_note))
+    if result.status == FLAGGED and ctx.can("review"):
+        st.page_link("pages/2_Review_Queue.py", label=ctx.t("verify.go_review"), icon=":material/rule:")
+
+
+def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -> None:
+    """Progress of a background batch, refreshed every second while it runs."""
+    job = get_jobs().get(job_key)
+    if job is None:
+        st.info(ctx.t("batch.job_gone"))
+        st.session_state.pop(state_key, None)
+        return
+    running = job.alive
+
+    def body():
+        current = get_jobs().get(job_key)
+        if current is None:
+            return
+        if current.phase in (svc.IMPORTING, svc.RUNNING):
+            total = max(current.total, 1)
+            label = "batch.importing" if current.phase == svc.IMPORTING else "batch.running"
+            st.progress(
+                min(current.done / total, 1.0), text=ctx.t(label, done=current.done, total=current.total)
+            )
+            st.caption(ctx.t("batch.keeps_running"))
+            if not current.alive:
+                st.rerun()
+            return
+        if running:  # it just finished: one full rerun draws the final state without the timer
+            st.rerun()
+        if current.rejected:
+            with st.expander(ctx.t("batch.rejected_rows", n=len(current.rejected)), expanded=True):
+                st.dataframe(
+                    [
+                        {"row": r.row, "member_id": r.member_id, "message": r.message}
+                        for r in current.rejected
+                    ],
+                    hide_index=True,
+                )
+        if current.phase == svc.FAILED:
+            key, params = current.error or ("batch.failed", {"detail": ""})
+            st.error(ctx.t(key, **params))
+        else:
+            st.success(ctx.t("batch.done", batch_id=current.batch_id, total=current.total))
+            if on_done is not None and current.batch_id is not None:
+                on_done(current.batch_id)
+
+    st.fragment(body, run_every=1.0 if running else None)()
+
+
+def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
+    """A batch's results: filters, the table, CSV download of what is shown."""
+    with ctx.session() as session:
+        frame = svc.batch_results_frame(session, batch_id)
+    if frame.empty:
+        st.info(ctx.t("batch.no_results"))
+        return
+    cols = st.columns([2, 2, 1.5])
+    statuses = cols[0].multiselect(
+        ctx.t("batch.filter_status"),
+        list(STATUSES),
+        format_func=lambda s: status_label(ctx, s),
+        key=f"{key}_status",
+    )
+    codes = sorted({c for text in frame["flags"] for c in (text or "").split()})
+    chosen = cols[1].multiselect(
+        ctx.t("batch.filter_flags"), codes, format_func=lambda c: ctx.t(f"flag.{c}"), key=f"{key}_flags"
+    )
+    search = cols[2].text_input(ctx.t("batch.filter_member"), key=f"{key}_member")
+    shown = svc.filter_results(frame, statuses, chosen, search)
+    counts = frame["status"].value_counts().to_dict()
+    st.caption(
+        ctx.t("batch.summary", shown=len(shown), total=len(frame))
+        + " · "
+        + " · ".join(f"{status_label(ctx, s)} {n}" for s, n in counts.items())
+    )
+    display = shown.copy()
+    display["status"] = display["status"].map(lambda s: status_label(ctx, s))
+    display["flags"] = display["flags"].map(
+        lambda text: ", ".join(ctx.t(f"flag.{c}") for c in (text or "").split())
+    )
+    display = display.drop(columns=["reasons"]).rename(columns=lambda c: ctx.t(f"col.{c}"))
+    st.dataframe(display, hide_index=True, width="stretch")
+    st.download_button(
+        ctx.t("batch.download"),
+        svc.to_csv_bytes(shown),
+        file_name=f"batch_{batch_id}_results.csv",
+        mime="text/csv",
+        key=f"{key}_download",
+        icon=":material/download:",
+    )
