@@ -290,13 +290,11 @@ def test_dropped_connection_keeps_finished_results_and_resumes(
     assert len(set(item_ids)) == 10
 
 
-@pytest.mark.mysql
+@pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)])
 def test_killed_connection_between_results_is_replaced(
     backend, session, session_factory, photo_store, add_member, db_url
 ):
     """KILL from another connection: pool_pre_ping notices and reconnects, the run completes."""
-    if backend != "mysql":
-        pytest.skip("KILL is a MySQL statement")
     batch = make_batch(session, add_member, n=6)
     killed = []
     admin_engine = make_engine(db_url)  # its own pool, so it does not reuse the runner's connection
