@@ -80,14 +80,18 @@ class NoUsableFace(SearchError):
 
 @lru_cache(maxsize=1)
 def pretrained_model_id() -> str:
-    """model_id of the embedding rows: which pretrained network (by its weights' hash) and pipeline.
+    """model_id of the embedding rows: the recipe that made the 128-d vector.
 
-    The engine's embedding is dlib's ResNet on MediaPipe-detected, dlib-aligned chips, averaged with
-    the mirror image; another network or pipeline must use another id so vectors never mix.
+    core.features.FEATURES_VERSION names the pretrained networks and the test-time augmentation
+    (a model version records it too), so vectors of another recipe never mix with these.
     """
-    from core import dlib_resnet
+    try:
+        from core.features import FEATURES_VERSION
+    except ImportError:  # an engine without core.features: dlib's ResNet, face and mirror
+        from core import dlib_resnet
 
-    return f"dlib_resnet_mirror_{dlib_resnet.dlib_model_sha256()[:16]}"
+        return f"dlib_resnet_mirror_{dlib_resnet.dlib_model_sha256()[:16]}"
+    return FEATURES_VERSION[:64]
 
 
 # ----------------------------------------------------------------------------------------------

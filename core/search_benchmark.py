@@ -2,7 +2,7 @@
 
     python -m core.search_benchmark --members 100000 --json OUT.json [--queries 300] [--k 10]
 
-The index (core.search.SearchIndex) is filled with N synthetic unit vectors of the real dimension,
+The index (core.search.SearchIndex) is filled with N synthetic vectors of the real dimension (random\ndirections at the length of a real projection),
 plus real members planted among them: for each of several sample people (data/sample/images), the
 engine's projection of one photo. Then it times `queries` searches (each a top-k over every row):
 the probes are the engine's projections of *other* photos of the planted people (each must find its
@@ -47,9 +47,21 @@ def _load_engine():
             version="untrained-heads",
             siamese=build_siamese(build_tower()),
             gender=build_gender(),
-            metadata={"threshold": 0.5, "uncertain_band": [0.4, 0.6]},
+            metadata={
+                "threshold": 0.5,
+                "uncertain_band": [0.4, 0.6],
+                "features_version": _features_version(),
+            },
         )
         return Engine(heads), f"no shipped model ({exc}); used untrained heads"
+
+
+def _features_version():
+    try:
+        from core.features import FEATURES_VERSION
+    except ImportError:
+        return None
+    return FEATURES_VERSION
 
 
 def _sample_people(limit: int) -> dict[str, list[Path]]:
@@ -99,11 +111,13 @@ def run(members: int, queries: int, k: int, planted_people: int, seed: int) -> d
         capacity=members + len(planted),
     )
     synthetic = members - len(planted)
+    # Random directions at the typical length of a real projection (the tower need not be unit length).
+    norm = float(np.mean([np.linalg.norm(v) for v in planted.values()])) if planted else 1.0
     block = 50_000
     for first in range(0, synthetic, block):
         n = min(block, synthetic - first)
         vectors = rng.standard_normal((n, EMBEDDING_DIM)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors *= norm / np.linalg.norm(vectors, axis=1, keepdims=True)
         index.add_many(
             [f"synthetic-{first + i}" for i in range(n)],
             vectors,
@@ -121,7 +135,7 @@ def run(members: int, queries: int, k: int, planted_people: int, seed: int) -> d
     query_vectors = [vec for _, vec in probes]
     while len(query_vectors) < queries:
         v = rng.standard_normal(EMBEDDING_DIM).astype(np.float32)
-        query_vectors.append(v / np.linalg.norm(v))
+        query_vectors.append(v * (norm / np.linalg.norm(v)))
     query_vectors = query_vectors[:queries]
 
     times_ms = []
