@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from sqlalchemy import distinct, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import audit, batches, importer, kpi_targets, queries
@@ -422,47 +422,44 @@ def verify_pair(
         raise PairInputError("verify.need_member")
     with session_factory() as session:
         member = session.get(Member, member_id)
+        member_gender = member.gender if member is not None else None
         gender = registered_gender
         if gender:
             try:
                 gender = importer.normalise_gender(gender)
             except ValueError:
                 raise PairInputError("verify.bad_gender", value=gender) from None
-        elif member is not None:
-            gender = member.gender
+        else:
+            gender = member_gender
         if member is None and not gender:
             raise PairInputError("verify.new_member_needs_gender", member=member_id)
-        stored: dict[str, Photo | None] = {}
+        stored: dict[str, tuple[str, str] | None] = {}  # kind -> (sha256, stored path)
         for kind in (GALLERY, VERIFICATION):
-            stored[kind] = _current_photo(session, member_id, kind) if member is not None else None
-        try:
-            if gallery_bytes is None:
-                if stored[GALLERY] is None:
-                    raise PairInputError("verify.need_photo", which=GALLERY)
-                gallery_bytes = store.read(stored[GALLERY].stored_path)
-            if verification_bytes is None:
-                if stored[VERIFICATION] is None:
-                    raise PairInputError("verify.need_photo", which=VERIFICATION)
-                verification_bytes = store.read(stored[VERIFICATION].stored_path)
-        except PhotoNotFound as exc:
-            raise PairInputError("verify.photo_missing", detail=str(exc)) from None
-        session.rollback()
+            photo = _current_photo(session, member_id, kind) if member is not None else None
+            stored[kind] = None if photo is None else (photo.sha256, photo.stored_path)
+    try:
+        if gallery_bytes is None:
+            if stored[GALLERY] is None:
+                raise PairInputError("verify.need_photo", which=GALLERY)
+            gallery_bytes = store.read(stored[GALLERY][1])
+        if verification_bytes is None:
+            if stored[VERIFICATION] is None:
+                raise PairInputError("verify.need_photo", which=VERIFICATION)
+            verification_bytes = store.read(stored[VERIFICATION][1])
+    except PhotoNotFound as exc:
+        raise PairInputError("verify.photo_missing", detail=str(exc)) from None
 
     _check_photo(gallery_bytes, GALLERY)
     _check_photo(verification_bytes, VERIFICATION)
     result = engine.verify(gallery_bytes, verification_bytes, gender)
 
+    import_note = None
     with session_factory() as session:
-        import_note = None
-        g_sha = hashlib.sha256(gallery_bytes).hexdigest()
-        v_sha = hashlib.sha256(verification_bytes).hexdigest()
-        same_as_stored = (
+        hashes = (hashlib.sha256(gallery_bytes).hexdigest(), hashlib.sha256(verification_bytes).hexdigest())
+        same_as_stored = member_gender == gender and (
             stored[GALLERY] is not None
-            and stored[GALLERY].sha256 == g_sha
             and stored[VERIFICATION] is not None
-            and stored[VERIFICATION].sha256 == v_sha
-            and member is not None
-            and member.gender == gender
+            and (stored[GALLERY][0], stored[VERIFICATION][0]) == hashes
         )
         if not same_as_stored:
             report = _store_member_photos(
@@ -640,6 +637,12 @@ class BatchJobs:
     def __init__(self):
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        # Token of a run that lost its database: resuming with it needs no wait for a stale heartbeat.
+        self._resume_tokens: dict[int, str] = {}
+
+    def can_resume_now(self, batch_id: int) -> bool:
+        with self._lock:
+            return batch_id in self._resume_tokens
 
     def get(self, key: str) -> Job | None:
         with self._lock:
@@ -670,6 +673,8 @@ class BatchJobs:
             except batches.BatchAlreadyRunning as exc:
                 job.error, job.phase = ("batch.already_running", {"detail": str(exc)}), FAILED
             except batches.BatchInterrupted as exc:
+                with self._lock:
+                    self._resume_tokens[exc.batch_id] = exc.token
                 job.error, job.phase = ("batch.interrupted", {"detail": str(exc)}), FAILED
             except importer.ImportFileError as exc:
                 job.error, job.phase = ("batch.manifest_problem", {"detail": str(exc)}), FAILED
@@ -809,10 +814,10 @@ def recent_batches(session: Session, limit: int = 20) -> pd.DataFrame:
     )
 
 
-def resumable(status: str, heartbeat_at: datetime | None) -> bool:
+def resumable(status: str, heartbeat_at: datetime | None, token_known: bool = False) -> bool:
     """A batch that stopped (interrupted, failed) or whose runner went quiet can be run again."""
     if status == BATCH_RUNNING:
-        return heartbeat_at is None or utcnow() - heartbeat_at > batches.DEFAULT_STALE_AFTER
+        return token_known or heartbeat_at is None or utcnow() - heartbeat_at > batches.DEFAULT_STALE_AFTER
     return status != BATCH_COMPLETED
 
 
@@ -980,7 +985,7 @@ KPI_CHART_EXTRA = {
 
 
 def model_versions(session: Session) -> list[str]:
-    return list(session.scalars(select(distinct(ResultRow.model_version)).order_by(ResultRow.model_version)))
+    return list(session.scalars(select(ResultRow.model_version).distinct().order_by(ResultRow.model_version)))
 
 
 SINGLE_SOURCE = "verify_page"  # batches of one made by the Verify page

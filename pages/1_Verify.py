@@ -248,7 +248,9 @@ with tab_batch:
         )
         with ctx.session() as session:
             batch = session.get(Batch, opened)
-            can_resume = batch is not None and svc.resumable(batch.status, batch.heartbeat_at)
+            can_resume = batch is not None and svc.resumable(
+                batch.status, batch.heartbeat_at, jobs.can_resume_now(opened)
+            )
         if can_resume and has_model:
             st.warning(ctx.t("batch.can_resume", status=ctx.t(f"batch_status.{batch.status}")))
             if st.button(ctx.t("batch.resume"), key="batch_resume", disabled=busy):

@@ -16,6 +16,69 @@ ctx = setup_page("review")
 st.title(ctx.t("page.review"))
 
 skipped: list[int] = st.session_state.setdefault("review_skipped", [])
+
+
+def decide_submitted() -> None:
+    """Apply a decision submitted for the pair shown last time, before the queue is read again.
+
+    Handled from the widgets' state (not from the form drawn below), so a decision on a pair
+    that someone else decided meanwhile is answered with "already decided" instead of vanishing.
+    """
+    result_id = st.session_state.get("review_current")
+    if result_id is None:
+        return
+    pressed = [d for d in ("approve", "reject", "skip") if st.session_state.get(f"review_{d}_{result_id}")]
+    if not pressed:
+        return
+    if pressed[0] == "skip":
+        skipped.append(result_id)
+        return
+    decision = reviews.APPROVE if pressed[0] == "approve" else reviews.REJECT
+    note_key = f"keep_note_{result_id}"
+    note = (st.session_state.get(note_key) or "").strip() or None
+    same_person = {"follow": None, "same": True, "different": False}[
+        st.session_state.get(f"review_same_{result_id}", "follow")
+    ]
+    true_gender = st.session_state.get(f"review_gender_{result_id}") or None
+    member = st.session_state.get("review_current_member") or "—"
+    try:
+        with ctx.session() as session:
+            saved = reviews.decide(
+                session,
+                result_id,
+                ctx.username,
+                decision,
+                note=note,
+                true_gender=true_gender,
+                same_person=same_person,
+            )
+        drop_draft(note_key)
+        st.session_state["review_notice"] = (
+            "success",
+            ctx.t(
+                f"review.saved_{decision}",
+                member=member,
+                who=saved.reviewer,
+                at=svc.local_time(saved.decided_at),
+            ),
+        )
+    except reviews.AlreadyDecided as exc:
+        drop_draft(note_key)
+        st.session_state["review_notice"] = (
+            "warning",
+            ctx.t(
+                "review.already_decided",
+                member=member,
+                who=exc.decided_by or "?",
+                at=svc.local_time(exc.decided_at),
+                status=ctx.t(f"status.{exc.status}"),
+            ),
+        )
+    except (reviews.NotReviewable, reviews.ResultNotFound) as exc:
+        st.session_state["review_notice"] = ("warning", ctx.t("review.gone", detail=str(exc)))
+
+
+decide_submitted()
 notice = st.session_state.pop("review_notice", None)
 if notice:
     kind, text = notice
@@ -32,8 +95,11 @@ if skipped and info[1].button(ctx.t("review.unskip"), key="review_unskip"):
     st.rerun()
 
 if item is None:
+    st.session_state.pop("review_current", None)
     st.success(ctx.t("review.empty"), icon=":material/celebration:")
     st.stop()
+st.session_state["review_current"] = item.result_id
+st.session_state["review_current_member"] = item.member_id
 
 row = detail.row
 st.subheader(ctx.t("review.item_title", member=item.member_id or "—", result=item.result_id))
@@ -88,72 +154,43 @@ photo_column(
 note_key = f"keep_note_{item.result_id}"
 restore_draft(note_key)
 with st.form(f"decide_{item.result_id}", enter_to_submit=False, border=True):
-    note = st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
+    st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
     with st.expander(ctx.t("review.truth")):
         truth_cols = st.columns(2)
-        same_choice = truth_cols[0].radio(
+        truth_cols[0].radio(
             ctx.t("review.same_person"),
             ["follow", "same", "different"],
             format_func=lambda c: ctx.t(f"review.same.{c}"),
             key=f"review_same_{item.result_id}",
         )
-        true_gender = truth_cols[1].selectbox(
+        truth_cols[1].selectbox(
             ctx.t("review.true_gender"),
             ["", "M", "F"],
             format_func=lambda g: ctx.t(f"gender.{g}") if g else ctx.t("review.gender_follow"),
             key=f"review_gender_{item.result_id}",
         )
     buttons = st.columns(3)
-    approve = buttons[0].form_submit_button(
-        ctx.t("review.approve"), type="primary", shortcut="Alt+A", width="stretch", icon=":material/check:"
+    rid = item.result_id
+    buttons[0].form_submit_button(
+        ctx.t("review.approve"),
+        type="primary",
+        shortcut="Alt+A",
+        width="stretch",
+        icon=":material/check:",
+        key=f"review_approve_{rid}",
     )
-    reject = buttons[1].form_submit_button(
-        ctx.t("review.reject"), shortcut="Alt+X", width="stretch", icon=":material/close:"
+    buttons[1].form_submit_button(
+        ctx.t("review.reject"),
+        shortcut="Alt+X",
+        width="stretch",
+        icon=":material/close:",
+        key=f"review_reject_{rid}",
     )
-    skip = buttons[2].form_submit_button(
-        ctx.t("review.skip"), shortcut="Alt+S", width="stretch", icon=":material/skip_next:"
+    buttons[2].form_submit_button(
+        ctx.t("review.skip"),
+        shortcut="Alt+S",
+        width="stretch",
+        icon=":material/skip_next:",
+        key=f"review_skip_{rid}",
     )
 st.caption(ctx.t("review.keys"))
-
-if skip:
-    skipped.append(item.result_id)
-    st.rerun()
-if approve or reject:
-    decision = reviews.APPROVE if approve else reviews.REJECT
-    same_person = {"follow": None, "same": True, "different": False}[same_choice]
-    try:
-        with ctx.session() as session:
-            saved = reviews.decide(
-                session,
-                item.result_id,
-                ctx.username,
-                decision,
-                note=(note or "").strip() or None,
-                true_gender=true_gender or None,
-                same_person=same_person,
-            )
-        drop_draft(note_key)
-        st.session_state["review_notice"] = (
-            "success",
-            ctx.t(
-                f"review.saved_{decision}",
-                member=item.member_id or "—",
-                who=saved.reviewer,
-                at=svc.local_time(saved.decided_at),
-            ),
-        )
-    except reviews.AlreadyDecided as exc:
-        drop_draft(note_key)
-        st.session_state["review_notice"] = (
-            "warning",
-            ctx.t(
-                "review.already_decided",
-                member=item.member_id or "—",
-                who=exc.decided_by or "?",
-                at=svc.local_time(exc.decided_at),
-                status=ctx.t(f"status.{exc.status}"),
-            ),
-        )
-    except (reviews.NotReviewable, reviews.ResultNotFound) as exc:
-        st.session_state["review_notice"] = ("warning", ctx.t("review.gone", detail=str(exc)))
-    st.rerun()

@@ -289,3 +289,66 @@ def add_member(session, photo_store):
         return member
 
     return add
+
+
+# ----------------------------------------------------------------------------------------------
+# Dashboard (tests/test_pages.py, tests/test_browser.py, tests/test_ui_services.py)
+#
+#     app_env          a fresh SQLite database + photo store for the Streamlit app, set through
+#                      DATABASE_URL / PHOTO_STORE_DIR, with one user per role (password USER_PASSWORD)
+#     dashboard_models MODELS_DIR for the app: the real models/ when models/DEFAULT exists, else an
+#                      untrained version ("test-untrained": dlib's own metric, random gender head)
+#                      made once per test session, so the pages run before the first model is trained
+
+
+class AppEnv:
+    def __init__(self, url: str, store_dir: Path, factory, store):
+        self.url, self.store_dir, self.session_factory, self.store = url, store_dir, factory, store
+
+    def session(self):
+        return self.session_factory()
+
+
+@pytest.fixture(scope="session")
+def dashboard_models(tmp_path_factory) -> Path:
+    real = ROOT / "models"
+    if (real / "DEFAULT").exists():
+        return real
+    from core.heads import build_gender, build_siamese, build_tower, save_version
+
+    folder = tmp_path_factory.mktemp("models")
+    metadata = {"threshold": 0.5, "uncertain_band": [0.4, 0.6], "gender_min_confidence": 0.6}
+    try:  # the engine refuses heads trained on other features than it computes
+        from core.features import FEATURES_VERSION
+
+        metadata["features_version"] = FEATURES_VERSION
+    except ImportError:
+        pass
+    save_version(folder, "test-untrained", build_siamese(build_tower()), build_gender(), metadata)
+    (folder / "DEFAULT").write_text("test-untrained\n")
+    return folder
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
+    from core.auth import create_user
+    from core.db import init_db, make_engine
+    from core.db import session_factory as make_factory
+    from core.models_db import ROLES
+    from core.photostore import PhotoStore
+
+    url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    store_dir = tmp_path / "app_photos"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PHOTO_STORE_DIR", str(store_dir))
+    monkeypatch.setenv("MODELS_DIR", str(dashboard_models))
+    monkeypatch.setenv("FACEVERIFY_WARM_ENGINE", "0")  # tests load the model only where they need it
+    monkeypatch.delenv("SESSION_IDLE_MINUTES", raising=False)
+    engine = make_engine(url)
+    init_db(engine)
+    factory = make_factory(engine)
+    with factory() as s:
+        for role in ROLES:
+            create_user(s, f"{role}_user", USER_PASSWORD, role)
+    yield AppEnv(url, store_dir, factory, PhotoStore(store_dir, fsync=False))
+    engine.dispose()

@@ -1,0 +1,561 @@
+"""Every dashboard page through streamlit.testing.v1.AppTest: sign-in, roles refused, the main
+actions, bad input, Korean (default) and English labels.
+
+The app runs in this process against a fresh SQLite database per test (fixture app_env); pages
+that verify photos load the real engine (models/DEFAULT, or an untrained version before the first
+model exists, see conftest.dashboard_models) once per test session.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zipfile
+
+import pytest
+from conftest import ROOT, USER_PASSWORD, engine_result
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from core import batches, importer, reviews
+from core import ui_services as svc
+from core.models_db import AuditEntry, Batch, BatchItem, Member, Review
+from core.models_db import VerificationResult as ResultRow
+
+SAMPLE = ROOT / "data" / "sample"
+PAGES = {
+    "home": "Home.py",
+    "verify": "pages/1_Verify.py",
+    "review": "pages/2_Review_Queue.py",
+    "members": "pages/3_Members.py",
+    "kpis": "pages/4_KPIs.py",
+}
+ENGINE_TIMEOUT = 240  # the first page that verifies loads TensorFlow and the model
+
+
+def open_page(page: str, role: str | None = "staff", lang: str | None = None, timeout: float = 30) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=timeout)
+    if role:
+        at.session_state["auth"] = {
+            "username": f"{role}_user",
+            "role": role,
+            "display_name": None,
+            "last_seen": time.time(),
+        }
+    if lang:
+        at.session_state["lang"] = lang
+    if page != "home":
+        at.switch_page(PAGES[page])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """All visible text of the last run, for 'is this message there' checks."""
+    parts = []
+    for kind in (
+        "title",
+        "header",
+        "subheader",
+        "markdown",
+        "caption",
+        "error",
+        "warning",
+        "info",
+        "success",
+    ):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [m.label + " " + str(m.value) for m in at.metric]
+    parts += [b.label for b in at.button]
+    return "\n".join(parts)
+
+
+def n_images(at: AppTest) -> int:
+    return len(at.image)
+
+
+def sample_members(app_env, ids=None) -> None:
+    with app_env.session() as session:
+        importer.load_sample_members(session, actor="test", photo_store=app_env.store)
+    if ids is not None:
+        with app_env.session() as session:
+            assert {m for m in ids} <= set(session.scalars(select(Member.id)))
+
+
+def flagged_result(app_env, member_id: str, flags=("gender_mismatch",), similarity=0.45) -> int:
+    """A flagged result of a sample member, stored the way the Verify page stores one."""
+    with app_env.session() as session:
+        member = session.get(Member, member_id)
+        photos = {p.kind: p.id for p in member.photos if p.current}
+        result = engine_result("flagged", similarity, flags=flags, registered_gender=member.gender)
+        _, result_id = svc.record_single_result(
+            session, "test", result, member_id, photos["gallery"], photos["verification"], member.gender
+        )
+    return result_id
+
+
+# ----------------------------------------------------------------------------------------------
+# Sign-in, sign-out, session expiry, language
+
+
+def test_not_signed_in_sees_only_the_login_form_and_no_photo(app_env):
+    sample_members(app_env)
+    flagged_result(app_env, "M0011")
+    for page in PAGES:
+        at = open_page(page, role=None)
+        assert [b.label for b in at.button if b.label == "로그인"], page
+        assert n_images(at) == 0, page
+        assert "회원 M0011" not in texts(at)
+
+
+def test_sign_in_with_the_form_then_sign_out(app_env):
+    at = open_page("home", role=None)
+    at.text_input(key="login_username").input("staff_user")
+    at.text_input(key="login_password").input(USER_PASSWORD)
+    at.button[0].click().run()  # the form's submit button: the language radio is not a button
+    assert not at.exception
+    assert at.title[0].value == "얼굴 인증"
+    assert "로그인 중입니다" in texts(at)
+    at.button(key="sign_out").click().run()
+    assert "로그아웃되었습니다." in texts(at)
+    assert "auth" not in at.session_state
+    with app_env.session() as session:
+        actions = list(session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "staff_user")))
+    assert "login" in actions and "logout" in actions
+
+
+def test_wrong_password_is_refused(app_env):
+    at = open_page("home", role=None, lang="en")
+    at.text_input(key="login_username").input("staff_user")
+    at.text_input(key="login_password").input("not the password")
+    at.button[0].click().run()
+    assert "Wrong username or password." in texts(at)
+    assert "auth" not in at.session_state
+
+
+def test_korean_by_default_and_english_on_switch(app_env):
+    at = open_page("home", role="manager")
+    assert at.title[0].value == "얼굴 인증"
+    assert "인증 정확도" in texts(at)
+    at.radio(key="_lang_widget").set_value("en").run()
+    assert at.title[0].value == "Face verification"
+    assert "Verification accuracy" in texts(at)
+    # The choice is kept when moving to another page.
+    at.switch_page(PAGES["kpis"]).run()
+    assert at.title[0].value == "KPIs"
+
+
+@pytest.mark.parametrize(
+    ("page", "role"),
+    [
+        ("verify", "manager"),
+        ("verify", "data_scientist"),
+        ("review", "manager"),
+        ("review", "data_scientist"),
+        ("members", "manager"),
+        ("kpis", "staff"),
+    ],
+)
+def test_role_refused_on_the_server_and_recorded(app_env, page, role):
+    sample_members(app_env)
+    flagged_result(app_env, "M0011")
+    at = open_page(page, role=role)
+    assert "이 화면을 열 수 없습니다" in texts(at)
+    assert n_images(at) == 0
+    with app_env.session() as session:
+        entry = session.scalar(select(AuditEntry).where(AuditEntry.action == "access_denied"))
+    assert entry.actor == f"{role}_user" and entry.target_id == page
+
+
+def test_a_deactivated_user_is_signed_out_on_the_next_page(app_env):
+    from core.auth import set_active
+
+    at = open_page("home", role="staff")
+    with app_env.session() as session:
+        set_active(session, "staff_user", False, actor="admin")
+    at.run()
+    assert "계정이 비활성화되었습니다" in texts(at)
+    assert "auth" not in at.session_state
+
+
+def test_sidebar_lists_only_the_pages_of_the_role(app_env):
+    links = {
+        role: {link.proto.page for link in open_page("home", role=role).get("page_link")}
+        for role in ("staff", "manager", "data_scientist", "admin")
+    }
+    assert any("Verify" in p for p in links["staff"]) and not any("KPIs" in p for p in links["staff"])
+    assert any("KPIs" in p for p in links["manager"]) and not any("Verify" in p for p in links["manager"])
+    assert not any("Review" in p for p in links["data_scientist"])
+    assert all(any(name in p for p in links["admin"]) for name in ("Verify", "Review", "Members", "KPIs"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Verify
+
+
+def test_verify_a_member_pair_shows_and_saves_the_result(app_env):
+    sample_members(app_env)
+    at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
+    at.radio(key="verify_mode").set_value("member").run()
+    at.selectbox(key="verify_member").set_value("M0002").run()
+    at.button(key="verify_run").click().run(timeout=ENGINE_TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    shown = texts(at)
+    assert "유사도" in shown and "등록 사진" in shown and "인증 사진" in shown
+    assert n_images(at) >= 4  # both photos with boxes and both crops
+    with app_env.session() as session:
+        batch = session.scalar(select(Batch))
+        row = session.scalar(select(ResultRow))
+    assert batch.n_items == 1 and batch.status == "completed" and batch.source == "verify_page"
+    assert row.member_id == "M0002" and row.batch_id == batch.id and row.similarity is not None
+    assert f"결과 {row.id}" in shown
+
+    # Warm: the page answers one pair well within a second (verify + save).
+    started = time.perf_counter()
+    at.button(key="verify_run").click().run(timeout=ENGINE_TIMEOUT)
+    assert time.perf_counter() - started < 5  # the whole AppTest rerun, rendering included
+    outcome = at.session_state["verify_outcome"]
+    assert outcome.seconds < 1.0, outcome.seconds
+
+
+def test_verify_upload_in_english_with_new_member(app_env):
+    at = open_page("verify", role="admin", lang="en", timeout=ENGINE_TIMEOUT)
+    at.radio(key="verify_mode").set_value("upload").run()
+    at.text_input(key="verify_new_member").input("W0001").run()
+    at.selectbox(key="verify_gender").set_value("F").run()
+    gallery = (SAMPLE / "images" / "Norah_Jones_0004.jpg").read_bytes()
+    verification = (SAMPLE / "images" / "Norah_Jones_0001.jpg").read_bytes()
+    at.file_uploader(key="verify_gallery_file").set_value(("g.jpg", gallery, "image/jpeg")).run()
+    at.radio(key="verify_source_upload").set_value("upload").run()
+    at.file_uploader(key="verify_verification_file").set_value(("v.jpg", verification, "image/jpeg")).run()
+    at.button(key="verify_run").click().run(timeout=ENGINE_TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    shown = texts(at)
+    assert "Similarity" in shown and "Gallery photo" in shown and "Verification photo" in shown
+    with app_env.session() as session:
+        member = session.get(Member, "W0001")
+        assert member is not None and member.gender == "F"
+        assert session.scalar(select(func.count(ResultRow.id))) == 1
+
+
+def test_verify_refuses_a_file_that_is_not_a_photo_and_saves_nothing(app_env):
+    at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
+    at.radio(key="verify_mode").set_value("upload").run()
+    at.text_input(key="verify_new_member").input("X1").run()
+    at.selectbox(key="verify_gender").set_value("M").run()
+    at.file_uploader(key="verify_gallery_file").set_value(
+        ("cv.jpg", b"%PDF-1.4 not a photo", "image/jpeg")
+    ).run()
+    photo = (SAMPLE / "images" / "Norah_Jones_0001.jpg").read_bytes()
+    at.file_uploader(key="verify_verification_file").set_value(("v.jpg", photo, "image/jpeg")).run()
+    at.button(key="verify_run").click().run(timeout=ENGINE_TIMEOUT)
+    assert not at.exception
+    assert any("사진 파일이 아닙니다" in e.value for e in at.error)
+    with app_env.session() as session:
+        assert session.scalar(select(func.count(Member.id))) == 0
+        assert session.scalar(select(func.count(Batch.id))) == 0
+
+
+def test_verify_a_photo_without_a_face_is_flagged_with_its_reason(app_env, make_photo):
+    at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
+    at.radio(key="verify_mode").set_value("upload").run()
+    at.text_input(key="verify_new_member").input("X2").run()
+    at.selectbox(key="verify_gender").set_value("M").run()
+    gallery = (SAMPLE / "images" / "John_Howard_0014.jpg").read_bytes()
+    at.file_uploader(key="verify_gallery_file").set_value(("g.jpg", gallery, "image/jpeg")).run()
+    blank = make_photo(7, size=(200, 200))  # a blob, no face
+    at.file_uploader(key="verify_verification_file").set_value(("v.jpg", blank, "image/jpeg")).run()
+    at.button(key="verify_run").click().run(timeout=ENGINE_TIMEOUT)
+    assert not at.exception
+    shown = texts(at)
+    assert "검토 대기열로 보냈습니다" in shown
+    assert "얼굴 없음" in shown and "사진에서 얼굴을 찾지 못했습니다." in shown
+    with app_env.session() as session:
+        assert session.scalar(select(ResultRow.status)) == "flagged"
+
+
+def test_verify_without_a_model_says_so(app_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELS_DIR", str(tmp_path / "no_models"))
+    at = open_page("verify", role="staff")
+    assert "아직 사용할 수 있는 얼굴 모델이 없어" in texts(at)
+    assert at.button(key="verify_run").disabled
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch
+
+
+def manifest_and_zip(rows, photos):
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(importer.EXPECTED_COLUMNS)
+    writer.writerows(rows)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name in photos:
+            zf.writestr(f"photos/{name}", (SAMPLE / "images" / name).read_bytes())
+    return table.getvalue().encode(), buffer.getvalue()
+
+
+def upload_batch(at, manifest: bytes, photo_zip: bytes):
+    at.radio(key="batch_source").set_value("zip").run()
+    at.file_uploader(key="batch_manifest").set_value(("manifest.csv", manifest, "text/csv")).run()
+    at.file_uploader(key="batch_zip").set_value(("photos.zip", photo_zip, "application/zip")).run()
+    at.button(key="batch_start_zip").click().run(timeout=ENGINE_TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_batch_upload_problems_are_listed_and_nothing_is_saved(app_env):
+    at = open_page("verify", role="staff")
+    # An empty ZIP.
+    empty = io.BytesIO()
+    zipfile.ZipFile(empty, "w").close()
+    manifest, _ = manifest_and_zip([["B1", "M", "a.jpg", "b.jpg"]], [])
+    upload_batch(at, manifest, empty.getvalue())
+    assert "ZIP 안에 파일이 없습니다." in texts(at)
+    # A manifest naming photos that are not in the ZIP, a bad gender and a duplicate member.
+    manifest, photo_zip = manifest_and_zip(
+        [
+            ["B1", "M", "John_Howard_0014.jpg", "John_Howard_0005.jpg"],
+            ["B2", "X", "Norah_Jones_0004.jpg", "missing.jpg"],
+            ["B1", "F", "Norah_Jones_0004.jpg", "Norah_Jones_0001.jpg"],
+        ],
+        ["John_Howard_0014.jpg", "John_Howard_0005.jpg", "Norah_Jones_0004.jpg", "Norah_Jones_0001.jpg"],
+    )
+    upload_batch(at, manifest, photo_zip)
+    shown = texts(at)
+    assert "아무것도 저장하지 않았습니다" in shown
+    assert "missing.jpg 파일이 ZIP에 없습니다" in shown
+    assert "'X'" in shown and "이미 2행에 있습니다" in shown
+    with app_env.session() as session:
+        assert session.scalar(select(func.count(Member.id))) == 0
+        assert session.scalar(select(func.count(Batch.id))) == 0
+
+
+def wait_for_batch(app_env, timeout=ENGINE_TIMEOUT) -> Batch:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with app_env.session() as session:
+            batch = session.scalar(select(Batch).where(Batch.source == "upload"))
+            if batch is not None and batch.status in ("completed", "failed", "interrupted"):
+                return batch
+        time.sleep(0.5)
+    raise AssertionError("the batch did not finish")
+
+
+def test_batch_upload_runs_in_the_background_and_shows_results(app_env):
+    photos = ["John_Howard_0014.jpg", "John_Howard_0005.jpg", "Norah_Jones_0004.jpg", "Norah_Jones_0001.jpg"]
+    manifest, photo_zip = manifest_and_zip(
+        [
+            ["B1", "M", photos[0], photos[1]],
+            ["B2", "F", photos[2], photos[3]],
+            ["B3", "M", photos[0], photos[3]],
+        ],
+        photos,
+    )
+    at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
+    upload_batch(at, manifest, photo_zip)
+    # A second click while it runs attaches to the same run instead of starting another batch.
+    at.button(key="batch_start_zip").click().run(timeout=ENGINE_TIMEOUT)
+    batch = wait_for_batch(app_env)
+    assert batch.status == "completed" and batch.n_items == 3
+    at.run(timeout=ENGINE_TIMEOUT)
+    assert not at.exception
+    assert f"배치 {batch.id} 완료: 3쌍." in texts(at)
+    assert at.get("download_button")  # the results CSV
+    with app_env.session() as session:
+        assert session.scalar(select(func.count(Batch.id)).where(Batch.source == "upload")) == 1
+        assert session.scalar(select(func.count(ResultRow.id))) == 3
+    frame_text = " ".join(str(df.value.to_dict()) for df in at.dataframe)
+    assert "B1" in frame_text and "B3" in frame_text
+    # The filter narrows the table to one member.
+    at.text_input(key="batch_results_member").input("B2").run()
+    assert "3건 중 1건 표시" in texts(at)
+
+
+# ----------------------------------------------------------------------------------------------
+# Review queue
+
+
+def test_review_queue_decides_with_a_note_and_moves_on(app_env):
+    sample_members(app_env)
+    first = flagged_result(app_env, "M0011", flags=("gender_mismatch",))
+    second = flagged_result(app_env, "M0003", flags=("uncertain_similarity",), similarity=0.5)
+    at = open_page("review", role="staff")
+    shown = texts(at)
+    assert "회원 M0011" in shown  # gender mismatch first
+    assert "성별 불일치" in shown and "우선 검토" in shown
+    assert n_images(at) >= 2
+    at.text_area(key=f"keep_note_{first}").input("사진 속 인물이 다릅니다")
+    at.button[[b.label for b in at.button].index("거부")].click().run()
+    assert not at.exception
+    shown = texts(at)
+    assert "회원 M0011 거부 — staff_user 님이" in shown
+    assert "회원 M0003" in shown  # the next pair came up by itself
+    with app_env.session() as session:
+        review = session.scalar(select(Review).where(Review.result_id == first))
+        assert review.reviewer == "staff_user" and review.decision == "reject"
+        assert review.note == "사진 속 인물이 다릅니다" and review.decided_at is not None
+    at.button[[b.label for b in at.button].index("승인")].click().run()
+    assert "검토할 것이 없습니다" in texts(at)
+    with app_env.session() as session:
+        assert session.get(ResultRow, second).status == "approved"
+
+
+def test_review_concurrent_decision_shows_already_decided(app_env):
+    sample_members(app_env)
+    result_id = flagged_result(app_env, "M0011")
+    at = open_page("review", role="staff", lang="en")
+    with app_env.session() as session:
+        reviews.decide(session, result_id, "admin_user", reviews.APPROVE)
+    at.button[[b.label for b in at.button].index("Reject")].click().run()
+    assert not at.exception
+    shown = texts(at)
+    assert "already decided" in shown and "admin_user" in shown
+    assert "Nothing to review" in shown
+    with app_env.session() as session:
+        assert session.get(ResultRow, result_id).status == "approved"  # the first decision stands
+
+
+def test_review_session_expiry_keeps_the_note(app_env):
+    sample_members(app_env)
+    result_id = flagged_result(app_env, "M0011")
+    at = open_page("review", role="staff")
+    at.text_area(key=f"keep_note_{result_id}").input("두 사진의 귀 모양이 다름")
+    at.session_state["auth"]["last_seen"] = time.time() - 3600  # idle for an hour
+    at.button[[b.label for b in at.button].index("승인")].click().run()
+    shown = texts(at)
+    assert "로그인이 만료되었습니다" in shown and "입력하던 내용" in shown
+    with app_env.session() as session:
+        assert session.get(ResultRow, result_id).status == "flagged"  # nothing decided while signed out
+    at.text_input(key="login_username").input("staff_user")
+    at.text_input(key="login_password").input(USER_PASSWORD)
+    at.button[[b.label for b in at.button].index("로그인")].click().run()
+    assert not at.exception
+    assert at.text_area(key=f"keep_note_{result_id}").value == "두 사진의 귀 모양이 다름"
+
+
+def test_review_skip_and_empty_queue(app_env):
+    sample_members(app_env)
+    flagged_result(app_env, "M0011")
+    at = open_page("review", role="admin")
+    at.button[[b.label for b in at.button].index("건너뛰기")].click().run()
+    assert "검토할 것이 없습니다" in texts(at)
+    at.button(key="review_unskip").click().run()
+    assert "회원 M0011" in texts(at)
+
+
+# ----------------------------------------------------------------------------------------------
+# Members
+
+
+def test_members_search_filter_page_and_history(app_env):
+    sample_members(app_env)
+    flagged_result(app_env, "M0011")
+    at = open_page("members", role="staff")
+    assert "회원 20명" in texts(at)
+    at.text_input(key="members_search").input("M001").run()
+    assert "회원 10명" in texts(at)  # M0010 .. M0019
+    at.selectbox(key="members_status").set_value("in_review").run()
+    assert "회원 1명" in texts(at)
+    at.selectbox(key="members_open").set_value("M0011").run()
+    assert not at.exception
+    shown = texts(at)
+    assert "회원 M0011" in shown and "인증 이력" in shown
+    assert n_images(at) >= 2
+    with app_env.session() as session:
+        viewed = session.scalar(select(AuditEntry).where(AuditEntry.action == "view_member"))
+    assert viewed.actor == "staff_user" and viewed.target_id == "M0011"
+
+
+def test_members_paging(app_env):
+    sample_members(app_env)
+    with app_env.session() as session:
+        for n in range(30):
+            session.add(Member(id=f"Z{n:03d}", gender="F"))
+        session.commit()
+    at = open_page("members", role="staff", lang="en")
+    assert "Page 1 of 2" in texts(at)
+    at.button(key="members_next").click().run()
+    assert "Page 2 of 2" in texts(at)
+    at.text_input(key="members_search").input("Z0").run()
+    assert "Page 1 of 2" in texts(at)  # a new filter starts at the first page
+
+
+def test_members_import_sample_and_file(app_env):
+    at = open_page("members", role="admin")
+    at.button(key="members_load_sample").click().run(timeout=60)
+    assert "추가 20" in texts(at)
+    bad = b"member,sex,photo\nA,M,x.jpg\n"
+    at.file_uploader(key="members_import_file").set_value(("m.csv", bad, "text/csv")).run()
+    at.button(key="members_import_run").click().run()
+    assert "파일을 가져오지 않았으며" in texts(at)
+
+
+# ----------------------------------------------------------------------------------------------
+# KPIs and Home
+
+
+def seed_kpi_results(app_env):
+    sample_members(app_env)
+    with app_env.session() as session:
+        photos = {}
+        for member in session.scalars(select(Member)):
+            photos[member.id] = {p.kind: p.id for p in member.photos if p.current}
+        specs = []
+        for member_id in ("M0001", "M0002", "M0003", "M0004"):
+            specs.append(
+                batches.BatchItemSpec(
+                    member_id, photos[member_id]["gallery"], photos[member_id]["verification"], "M"
+                )
+            )
+        batch = batches.create_batch(session, "test", specs, "test-v1", source="upload", name="first")
+        items = session.scalars(select(BatchItem).where(BatchItem.batch_id == batch.id)).all()
+        statuses = ["auto_approved", "auto_approved", "auto_rejected", "flagged"]
+        for item, status, latency in zip(items, statuses, (60.0, 70.0, 90.0, 1500.0), strict=True):
+            batches.store_result(
+                session,
+                engine_result(status, 0.9 if status == "auto_approved" else 0.3, latency_ms=latency),
+                batch_id=batch.id,
+                batch_item_id=item.id,
+                member_id=item.member_id,
+                gallery_photo_id=item.gallery_photo_id,
+                verification_photo_id=item.verification_photo_id,
+            )
+        session.commit()
+    return batch.id
+
+
+def test_kpis_charts_with_targets_and_downloads(app_env):
+    seed_kpi_results(app_env)
+    at = open_page("kpis", role="manager")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 5
+    specs = [json.loads(c.proto.spec) for c in charts]
+    annotations = [a["text"] for spec in specs for a in spec["layout"].get("annotations", [])]
+    assert "계약 목표 ≥ 80%" in annotations and "계약 목표 ≤ 2,000 ms" in annotations  # target lines
+    assert "제품 목표 ≥ 99%" in annotations and "엔지니어링 목표 ≤ 80 ms" in annotations
+    assert len(at.get("download_button")) == 6
+    assert "인증 정확도 (검토로 확인된 정답 기준)" in texts(at)
+    at.selectbox(key="kpi_version").set_value("test-v1").run()
+    assert len(at.get("plotly_chart")) == 5
+    at.radio(key="kpi_per").set_value("day").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 5
+
+
+def test_kpis_without_data(app_env):
+    at = open_page("kpis", role="data_scientist", lang="en")
+    assert "No results in this period." in texts(at)
+
+
+def test_home_shows_today_against_targets_and_the_backlog(app_env):
+    seed_kpi_results(app_env)
+    at = open_page("home", role="staff")
+    shown = texts(at)
+    assert "자동화율 75.0%" in shown and "목표 ≥ 90%" in shown
+    assert "검토 대기 1" in shown
+    assert "검토 대기열 열기 (1건 대기)" in " ".join(link.proto.label for link in at.get("page_link"))
