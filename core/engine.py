@@ -1,8 +1,9 @@
 """The one path of a verification, whoever calls it (pages, API, batch runner, benchmark, tests).
 
-    photo bytes -> decode -> detect (MediaPipe) -> main face -> align (dlib 5 points) -> chip
-    chips (and their mirror images) -> pretrained ResNet in Keras -> embedding
-    embedding -> Siamese tower -> projection;  embedding -> gender head -> probabilities
+    photo bytes -> decode -> detect (MediaPipe) -> main face -> align (dlib 5 points) -> chips
+    chips (mirrored, rotated) -> dlib's ResNet in Keras -> embedding       } core/features.py
+    gender chip (and mirror) -> Cydral's gender CNN in Keras -> log-odds   }
+    embedding -> Siamese tower -> projection; [log-odds, embedding] -> gender head -> probabilities
     two projections -> similarity -> rules -> VerificationResult
 
 Engine.load() once per process; then verify(), or analyze_many() + compare() when photos repeat.
@@ -17,19 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core import faces as face_ops
-from core import imaging
-from core.errors import ImageError
+from core import features
+from core.errors import ModelError
+from core.features import PhotoInput, read_photo
 from core.heads import GENDERS, ModelVersion, load_version, similarity_from_projections
 from core.result import (
     AUTO_APPROVED,
     AUTO_REJECTED,
-    BAD_IMAGE,
     FLAGGED,
     GENDER_MISMATCH,
-    LOW_QUALITY,
-    NO_FACE,
-    SEVERAL_FACES,
     UNCERTAIN_GENDER,
     UNCERTAIN_SIMILARITY,
     Flag,
@@ -37,52 +34,41 @@ from core.result import (
     VerificationResult,
 )
 
-PhotoInput = bytes | str | Path
-# Chips per backbone call in a batch: big enough to amortise the call, small enough for memory.
-BATCH_CHIPS = 32
-
-
-def _read(photo: PhotoInput) -> bytes:
-    if isinstance(photo, bytes | bytearray | memoryview):
-        return bytes(photo)
-    return Path(photo).read_bytes()
-
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
 class Engine:
-    """A loaded model version with the pretrained network, ready to verify pairs."""
+    """A loaded model version with the pretrained networks, ready to verify pairs."""
 
     def __init__(self, model: ModelVersion):
         import tensorflow as tf
 
-        from core import dlib_resnet
-
+        trained_on = model.metadata.get("features_version")
+        if trained_on != features.FEATURES_VERSION:
+            raise ModelError(
+                f"Model {model.version} was trained on features {trained_on!r}, this code computes "
+                f"{features.FEATURES_VERSION!r}: retrain it (python -m core.train)."
+            )
         self.model = model
-        backbone = dlib_resnet.load_embedding_model()
-        tower = model.tower
-        gender = model.gender
+        tower, gender = model.tower, model.gender
         self._offset, self._scale = model.similarity_params()
 
-        # One graph per batch of chips: mirror images ride along in the same call, and the heads
-        # run in the same graph, so a pair costs one TensorFlow call.
-        @tf.function(input_signature=[tf.TensorSpec([None, 150, 150, 3], tf.uint8)], reduce_retracing=True)
-        def photo_graph(chips):
-            both = tf.concat([chips, tf.reverse(chips, axis=[2])], axis=0)
-            embeddings = backbone(tf.cast(both, tf.float32), training=False)
-            n = tf.shape(chips)[0]
-            embedding = (embeddings[:n] + embeddings[n:]) / 2.0
-            return embedding, tower(embedding, training=False), gender(embedding, training=False)
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, 128], tf.float32), tf.TensorSpec([None, 129], tf.float32)],
+            reduce_retracing=True,
+        )
+        def heads_graph(embedding, gender_input):
+            return tower(embedding, training=False), gender(gender_input, training=False)
 
-        self._photo_graph = photo_graph
+        self._heads_graph = heads_graph
 
     @classmethod
     def load(cls, version: str | None = None, models_dir: Path | None = None) -> Engine:
         """Load a model version (default: the one named in models/DEFAULT) and warm it up."""
         engine = cls(load_version(version, models_dir))
-        engine._photo_graph(np.zeros((1, 150, 150, 3), np.uint8))
+        engine._heads_graph(np.zeros((1, 128), np.float32), np.zeros((1, 129), np.float32))
         return engine
 
     @property
@@ -91,73 +77,21 @@ class Engine:
 
     # -- per photo -------------------------------------------------------------------------
 
-    def _locate(self, data: bytes) -> PhotoAnalysis:
-        """Decode, detect and align one photo. Bad input becomes an error and a flag, not a raise."""
-        analysis = PhotoAnalysis(sha256=hashlib.sha256(data).hexdigest())
-        start = time.perf_counter()
-        try:
-            decoded = imaging.decode_image(data)
-        except ImageError as exc:
-            analysis.error = str(exc)
-            analysis.flags.append(Flag(BAD_IMAGE, str(exc)))
-            analysis.timings_ms["decode"] = _ms(start)
-            return analysis
-        rgb = decoded.rgb
-        analysis.height, analysis.width = rgb.shape[:2]
-        analysis.timings_ms["decode"] = _ms(start)
-
-        start = time.perf_counter()
-        analysis.faces = face_ops.detect_faces(rgb)
-        analysis.main_face = face_ops.main_face_index(analysis.faces, analysis.width, analysis.height)
-        analysis.timings_ms["detect"] = _ms(start)
-        if analysis.main_face is None:
-            analysis.error = "No face was found in the photo."
-            analysis.flags.append(Flag(NO_FACE, analysis.error))
-            return analysis
-        others = face_ops.competing_faces(analysis.faces, analysis.main_face)
-        if others:
-            analysis.flags.append(
-                Flag(
-                    SEVERAL_FACES,
-                    f"{len(others) + 1} faces in the photo; the largest, most central one was used.",
-                )
-            )
-
-        start = time.perf_counter()
-        aligned = face_ops.align_face(rgb, analysis.faces[analysis.main_face])
-        analysis.crop = aligned.chip
-        analysis.quality = imaging.image_quality(aligned.chip)
-        if analysis.quality < imaging.LOW_QUALITY_THRESHOLD:
-            analysis.flags.append(
-                Flag(LOW_QUALITY, f"The face is blurred or too dark (quality {analysis.quality:.2f}).")
-            )
-        analysis.timings_ms["align"] = _ms(start)
-        return analysis
-
     def analyze_many(self, photos: list[PhotoInput]) -> list[PhotoAnalysis]:
-        """Analyse photos, all usable faces through the network in one call. Never raises for bad input."""
-        analyses = []
-        for photo in photos:
-            try:
-                data = _read(photo)
-            except OSError as exc:
-                analysis = PhotoAnalysis(sha256="", error=f"The photo cannot be read: {exc.strerror or exc}")
-                analysis.flags.append(Flag(BAD_IMAGE, analysis.error))
-                analyses.append(analysis)
-                continue
-            analyses.append(self._locate(data))
-        with_face = [a for a in analyses if a.crop is not None]
-        for first in range(0, len(with_face), BATCH_CHIPS):
-            group = with_face[first : first + BATCH_CHIPS]
+        """Analyse photos: all faces through the networks together. Never raises for bad input."""
+        analyses = features.extract(photos)
+        ready = [a for a in analyses if a.embedding is not None]
+        if ready:
             start = time.perf_counter()
-            embedding, projection, gender = self._photo_graph(np.stack([a.crop for a in group]))
-            embedding, projection, gender = embedding.numpy(), projection.numpy(), gender.numpy()
-            per_photo_ms = _ms(start) / len(group)
-            for i, analysis in enumerate(group):
-                analysis.embedding = embedding[i]
+            embedding, gender_input = features.head_inputs(
+                np.stack([a.embedding for a in ready]), np.array([a.gender_logit for a in ready])
+            )
+            projection, gender_probs = (t.numpy() for t in self._heads_graph(embedding, gender_input))
+            per_photo = _ms(start) / len(ready)
+            for i, analysis in enumerate(ready):
                 analysis.projection = projection[i]
-                analysis.gender_probs = gender[i]
-                analysis.timings_ms["embed"] = per_photo_ms
+                analysis.gender_probs = gender_probs[i]
+                analysis.timings_ms["embed"] += per_photo
         return analyses
 
     def analyze(self, photo: PhotoInput) -> PhotoAnalysis:
@@ -277,7 +211,7 @@ class Engine:
                         new[key] = data
             for key, analysis in zip(new, self.analyze_many(list(new.values())), strict=True):
                 if not keep_crops:
-                    analysis.crop = None
+                    analysis.crop = analysis.gender_crop = None
                 seen[key] = analysis
             for g, v, gender in pending:
                 result = self.compare(
@@ -302,7 +236,7 @@ class Engine:
 def _read_or_empty(photo: PhotoInput) -> bytes:
     """In a batch a missing file must not stop the others: empty bytes decode to a clear error."""
     try:
-        return _read(photo)
+        return read_photo(photo)
     except OSError:
         return b""
 

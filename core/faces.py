@@ -20,6 +20,8 @@ from core.result import Face
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25  # dlib's default for its face-recognition ResNet
+GENDER_CHIP_SIZE = 32  # what the pretrained gender network was trained on
+GENDER_CHIP_PADDING = 0.2
 MIN_DETECTION_CONFIDENCE = 0.5
 # Another face at least this wide relative to the main one makes the photo ambiguous; smaller
 # background faces are reported but do not flag the photo.
@@ -37,6 +39,7 @@ _lock = threading.Lock()
 @dataclass
 class AlignedFace:
     chip: np.ndarray  # CHIP_SIZE x CHIP_SIZE x 3 uint8 RGB
+    gender_chip: np.ndarray  # GENDER_CHIP_SIZE square, same landmarks, the gender network's framing
     landmarks: list[tuple[float, float]]  # dlib's 5 points in photo pixels
 
 
@@ -109,7 +112,7 @@ def competing_faces(faces: list[Face], main: int) -> list[int]:
 
 
 def align_face(rgb: np.ndarray, face: Face) -> AlignedFace:
-    """Landmarks on the detected box, then dlib's similarity-transform chip (150x150, padding 0.25)."""
+    """Landmarks on the detected box, then dlib's similarity-transform chips for both networks."""
     import dlib
 
     x, y, w, h = face.box
@@ -118,5 +121,10 @@ def align_face(rgb: np.ndarray, face: Face) -> AlignedFace:
     rgb = np.ascontiguousarray(rgb)
     shape = _shape_predictor()(rgb, rect)
     chip = dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+    gender_chip = dlib.get_face_chip(rgb, shape, size=GENDER_CHIP_SIZE, padding=GENDER_CHIP_PADDING)
     landmarks = [(float(p.x), float(p.y)) for p in shape.parts()]
-    return AlignedFace(chip=np.asarray(chip, dtype=np.uint8), landmarks=landmarks)
+    return AlignedFace(
+        chip=np.asarray(chip, dtype=np.uint8),
+        gender_chip=np.asarray(gender_chip, dtype=np.uint8),
+        landmarks=landmarks,
+    )

@@ -22,14 +22,17 @@ class TrainParams:
     """Settings a data scientist may change; defaults are what the shipped model used."""
 
     loss: str = "contrastive"  # or "triplet"
-    margin: float = 0.5  # contrastive margin on the projected (unit-length) distance
-    epochs: int = 30
+    margin: float = 0.6  # contrastive margin on the projected distance (dlib separates near 0.6)
+    epochs: int = 10
     learning_rate: float = 1e-3
-    identity_weight: float = 1e-3  # pulls the projection toward the identity: stay close to dlib
+    # Pull toward the identity projection: by person on lfw_dev, a freer projection overfit the
+    # 118 people and lost accuracy on held-out ones; at 1.0 it keeps dlib's metric where data is thin.
+    identity_weight: float = 1.0
     positives_per_person: int = 60
     negatives_per_positive: int = 2
     gender_epochs: int = 60
-    gender_hidden: int = 64
+    gender_hidden: int = 0  # 0: logistic head
+    gender_l2: float = 1e-3
     seed: int = 7
     holdout_fraction: float = 0.2  # share of people held out for evaluation
     target_fmr_outside_band: float = 0.001  # band edges where errors outside drop below this
@@ -44,7 +47,8 @@ class TrainParams:
             (1 <= self.positives_per_person <= 10000, "positives_per_person must be 1..10000"),
             (1 <= self.negatives_per_positive <= 20, "negatives_per_positive must be 1..20"),
             (1 <= self.gender_epochs <= 1000, "gender_epochs must be 1..1000"),
-            (4 <= self.gender_hidden <= 1024, "gender_hidden must be 4..1024"),
+            (0 <= self.gender_hidden <= 1024, "gender_hidden must be 0..1024"),
+            (0 <= self.gender_l2 <= 1, "gender_l2 must be between 0 and 1"),
             (0.05 <= self.holdout_fraction <= 0.5, "holdout_fraction must be between 0.05 and 0.5"),
         ]
         problems = [message for ok, message in checks if not ok]
@@ -201,7 +205,7 @@ def calibrate(distances: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 
 def train_gender(embeddings, genders, people, params: TrainParams, progress=None):
-    """Gender head on the pretrained embedding; classes and people weighted equally."""
+    """Gender head on [pretrained gender log-odds, embedding]; classes and people weighted equally."""
     import keras
 
     from core.heads import GENDERS, build_gender
@@ -215,7 +219,7 @@ def train_gender(embeddings, genders, people, params: TrainParams, progress=None
     for k in range(len(GENDERS)):
         weights[y == k] /= weights[y == k].sum()
     weights *= len(weights) / weights.sum()
-    model = build_gender(embeddings.shape[1], hidden=params.gender_hidden)
+    model = build_gender(embeddings.shape[1], hidden=params.gender_hidden, l2=params.gender_l2)
     model.compile(
         optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy"
     )
