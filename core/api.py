@@ -266,8 +266,11 @@ async def _send_json(send, status: int, body: dict, headers: dict | None = None)
     await send({"type": "http.response.body", "body": payload})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """Raised from receive(): FastAPI passes HTTPExceptions through its body reading unchanged."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(413, _too_large_body(size, limit)["message"])
 
 
 class GuardMiddleware:
@@ -335,7 +338,7 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    raise _TooLarge(received, limit)
             return message
 
         async def tracking_send(message):
@@ -1213,7 +1216,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
         message = {
             404: f"There is no endpoint {request.url.path}; see /openapi.json.",
             405: f"{request.method} is not allowed on {request.url.path}; see /openapi.json.",

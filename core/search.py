@@ -111,19 +111,32 @@ def _sqdist_for_similarity(similarity: float, offset: float, scale: float) -> fl
     return max(distance, 0.0) ** 2
 
 
-def duplicate_threshold(threshold: float, band: tuple[float, float], metadata: dict | None = None) -> float:
+DUPLICATE_DISTANCE_MARGIN = 0.08  # in the projection's distance units (dlib-like: same person ~0.4)
+
+
+def duplicate_threshold(
+    threshold: float,
+    band: tuple[float, float],
+    metadata: dict | None = None,
+    *,
+    offset: float | None = None,
+    scale: float | None = None,
+) -> float:
     """Similarity at or above which another member's face is reported as a possible duplicate.
 
-    Stricter than the verification threshold on purpose. One verification compares two photos, so a
-    false match rate p costs p per verification. One 1:N search compares against N members, so it
-    raises a false alarm with probability about N * p: at the verification threshold (false match
-    rate around 1% on the holdout) every search over thousands of members would report someone.
-    The high edge of the model's uncertain band is where at most 0.1% of the holdout's
-    different-person pairs reach (TrainParams.target_fmr_outside_band); we start there and go a
-    further DUPLICATE_MARGIN of the remaining distance toward 1.0, which on the dlib-based scale
-    is well past the last different-person pair of the holdout. The model may carry its own
-    calibrated value as metadata["duplicate_threshold"], and the DUPLICATE_THRESHOLD setting
-    overrides both (calibrate it on the customer's own members once there are many).
+    Stricter than the verification threshold on purpose. One verification compares two photos, so
+    a false match rate p costs p per verification; one 1:N search compares with N members, so it
+    raises a false alarm with probability about N * p. The high edge of the model's uncertain band
+    is where at most 0.1% of the holdout's different-person pairs reach
+    (TrainParams.target_fmr_outside_band): fine for one pair, far too loose for 100,000.
+    The default goes DUPLICATE_DISTANCE_MARGIN closer in projection distance than that edge. On
+    the shipped model v20261122-035503 that is similarity 0.999 (distance 0.434 against 0.514 at
+    the band edge): on the 24 sample people (6,891 different-person pairs) no different-person
+    pair reaches it while 64% of same-person pairs do; the band edge itself let 12 different-person
+    pairs through, 11 of them two East Asian women, where the pretrained network is known to be
+    weakest, which matters for a Korean member base. The model may carry its own calibrated value
+    as metadata["duplicate_threshold"], and the DUPLICATE_THRESHOLD setting overrides both
+    (calibrate it on the customer's own members once there are many).
     """
     override = config.setting(DUPLICATE_THRESHOLD_SETTING)
     if override:
@@ -133,11 +146,12 @@ def duplicate_threshold(threshold: float, band: tuple[float, float], metadata: d
         return value
     if metadata and metadata.get("duplicate_threshold") is not None:
         return float(metadata["duplicate_threshold"])
-    high = max(float(threshold), float(band[1]))
-    return high + DUPLICATE_MARGIN * (1.0 - high)
-
-
-DUPLICATE_MARGIN = 0.5
+    high = min(max(float(threshold), float(band[1])), 1 - 1e-9)
+    if offset is None or scale is None or scale <= 0:
+        return high + 0.5 * (1.0 - high)  # no scale known: halfway from the band edge to 1
+    edge_distance = math.sqrt(_sqdist_for_similarity(high, offset, scale))
+    distance = max(edge_distance - DUPLICATE_DISTANCE_MARGIN, 0.0)
+    return float(_similarity_from_sqdist(np.array([distance * distance]), offset, scale)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +202,9 @@ class SearchIndex:
         self.offset, self.scale = float(offset), float(scale)
         self.threshold, self.band = float(threshold), (float(band[0]), float(band[1]))
         self.duplicate_threshold = (
-            float(dup_threshold) if dup_threshold is not None else duplicate_threshold(threshold, band)
+            float(dup_threshold)
+            if dup_threshold is not None
+            else duplicate_threshold(threshold, band, offset=offset, scale=scale)
         )
         self.model_version = model_version
         self._lock = threading.RLock()
@@ -635,7 +651,13 @@ def index_for(bind: Engine | Connection, model_version: str, *, sync: bool = Tru
                 context.scale,
                 threshold=context.threshold,
                 band=context.band,
-                dup_threshold=duplicate_threshold(context.threshold, context.band, context.metadata),
+                dup_threshold=duplicate_threshold(
+                    context.threshold,
+                    context.band,
+                    context.metadata,
+                    offset=context.offset,
+                    scale=context.scale,
+                ),
                 model_version=model_version,
             )
     if sync:
@@ -921,7 +943,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx = _context_from_model(model)
             print(
                 f"model {model.version}: threshold {ctx.threshold:.3f}, band {ctx.band[0]:.3f}-{ctx.band[1]:.3f}, "
-                f"duplicate threshold {duplicate_threshold(ctx.threshold, ctx.band, ctx.metadata):.3f}"
+                f"duplicate threshold "
+                f"{duplicate_threshold(ctx.threshold, ctx.band, ctx.metadata, offset=ctx.offset, scale=ctx.scale):.4f}"
             )
         except ModelError as exc:
             print(f"no model: {exc}")

@@ -82,7 +82,7 @@ def run(members: int, queries: int, k: int, planted_people: int, seed: int) -> d
     engine, note = _load_engine()
     offset, scale = engine.model.similarity_params()
     threshold, band = engine.model.threshold, engine.model.uncertain_band
-    dup = duplicate_threshold(threshold, band, engine.model.metadata)
+    dup = duplicate_threshold(threshold, band, engine.model.metadata, offset=offset, scale=scale)
 
     # Real people: the first photo planted as a member, the others used as probes.
     people = _sample_people(planted_people)
