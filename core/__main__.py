@@ -24,11 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--model", help="model version (default: models/DEFAULT)")
     args = parser.parse_args(argv)
 
-    from core.engine import Engine, normalise_gender
+    from core.engine import Engine
     from core.errors import FaceVerifyError
+    from core.genders import optional_gender
 
     try:
-        gender = normalise_gender(args.gender)
+        gender = optional_gender(args.gender)
     except ValueError as exc:
         parser.error(str(exc))
     for path in (args.gallery, args.verification):

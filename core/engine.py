@@ -21,6 +21,7 @@ import numpy as np
 from core import features
 from core.errors import ModelError
 from core.features import PhotoInput, read_photo
+from core.genders import optional_gender
 from core.heads import GENDERS, ModelVersion, load_version, similarity_from_projections
 from core.result import (
     AUTO_APPROVED,
@@ -181,7 +182,7 @@ class Engine:
         """Verify one pair: both photos through the network together, then the decision."""
         start = time.perf_counter()
         gallery_analysis, verification_analysis = self.analyze_many([gallery, verification])
-        result = self.compare(gallery_analysis, verification_analysis, normalise_gender(registered_gender))
+        result = self.compare(gallery_analysis, verification_analysis, optional_gender(registered_gender))
         result.timings_ms["total"] = _ms(start)
         return result
 
@@ -217,7 +218,7 @@ class Engine:
                 result = self.compare(
                     seen[hashlib.sha256(g).hexdigest()],
                     seen[hashlib.sha256(v).hexdigest()],
-                    normalise_gender(gender),
+                    optional_gender(gender),
                 )
                 done += 1
                 if progress:
@@ -239,15 +240,3 @@ def _read_or_empty(photo: PhotoInput) -> bytes:
         return read_photo(photo)
     except OSError:
         return b""
-
-
-def normalise_gender(value: str | None) -> str | None:
-    """'M'/'F' from the common forms, None when not given. Raises ValueError for anything else."""
-    if value is None or str(value).strip() == "":
-        return None
-    text = str(value).strip().lower()
-    if text in {"m", "male", "man", "남", "남성", "남자"}:
-        return "M"
-    if text in {"f", "female", "woman", "여", "여성", "여자"}:
-        return "F"
-    raise ValueError(f"Unknown gender {value!r}: use M or F (male/female, 남/여).")

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from core import audit, config
 from core.db import utcnow
 from core.errors import FaceVerifyError, ImageError
+from core.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
 from core.models_db import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo
 from core.photostore import PhotoStore, sha256_hex
 
@@ -59,8 +60,6 @@ PREFETCH_WORKERS = 4  # photo reading and decoding overlap with the database wor
 
 IMPORTED, UPDATED, UNCHANGED, REJECTED = "imported", "updated", "unchanged", "rejected"
 
-_MALE = {"m", "male", "man", "남", "남성", "남자"}
-_FEMALE = {"f", "female", "woman", "여", "여성", "여자"}
 _FORMAT_EXT = {
     "JPEG": "jpg",
     "MPO": "jpg",
@@ -119,23 +118,6 @@ class _PreparedRow:
 
 # ----------------------------------------------------------------------------------------------
 # Values
-
-
-def normalise_gender(value) -> str:
-    """'M' or 'F' from M/F, male/female, man/woman, 남/여, 남성/여성, 남자/여자 (any case, trimmed)."""
-    # NFKC: full-width letters typed with a Korean input method ("Ｍ") count as "M".
-    text = unicodedata.normalize("NFKC", str(value if value is not None else "")).strip().lower()
-    if text in _MALE:
-        return "M"
-    if text in _FEMALE:
-        return "F"
-    shown = str(value).strip() if value is not None else ""
-    raise ValueError(
-        f"gender {shown!r} is not recognised: use M or F (also male/female, man/woman, 남/여, "
-        "남성/여성, 남자/여자)"
-        if shown
-        else "gender is empty: use M or F"
-    )
 
 
 def _check_member_id(value: str) -> str:

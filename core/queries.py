@@ -30,7 +30,7 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from core import audit
-from core.importer import normalise_gender
+from core.genders import normalise_gender
 from core.models_db import MEMBER_STATUSES, AuditEntry, Batch, Member, Photo
 from core.models_db import VerificationResult as ResultRow
 from core.result import APPROVED, AUTO_APPROVED, AUTO_REJECTED, FLAGGED, REJECTED

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from core import audit
 from core.db import utcnow
 from core.errors import FaceVerifyError
-from core.importer import normalise_gender
+from core.genders import normalise_gender
 from core.models_db import MEMBER_REJECTED, MEMBER_VERIFIED, Member, Review
 from core.models_db import VerificationResult as ResultRow
 from core.result import APPROVED, FLAGGED, REJECTED

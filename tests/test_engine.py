@@ -14,7 +14,8 @@ import pytest
 
 from core import features
 from core.config import PROJECT_ROOT, SAMPLE_DIR
-from core.engine import Engine, normalise_gender
+from core.engine import Engine
+from core.genders import optional_gender
 from core.result import (
     AUTO_APPROVED,
     AUTO_REJECTED,
@@ -165,7 +166,7 @@ def test_batch_survives_missing_files(engine, tmp_path):
 
 
 def test_gender_forms():
-    assert [normalise_gender(v) for v in ("M", "female", " 남 ", "여성", "", None)] == [
+    assert [optional_gender(v) for v in ("M", "female", " 남 ", "여성", "", None)] == [
         "M",
         "F",
         "M",
@@ -174,7 +175,7 @@ def test_gender_forms():
         None,
     ]
     with pytest.raises(ValueError):
-        normalise_gender("x")
+        optional_gender("x")
 
 
 def run_cli(*args):
