@@ -25,7 +25,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from core import audit
+from core import audit, search
 from core.db import utcnow
 from core.errors import FaceVerifyError
 from core.models_db import (
@@ -266,6 +266,7 @@ def store_result(
         version=1,
     )
     session.add(row)
+    search.flag_possible_duplicates(session, row, result)  # 1:N check; may flag it, so before the member
     if update_member and member_id is not None and result.status in _MEMBER_STATUS_AFTER:
         session.execute(
             update(Member)

@@ -80,18 +80,19 @@ class NoUsableFace(SearchError):
 
 @lru_cache(maxsize=1)
 def pretrained_model_id() -> str:
-    """model_id of the embedding rows: the recipe that made the 128-d vector.
+    """model_id of the rows written here: the feature recipe and the pretrained network's weights.
 
-    core.features.FEATURES_VERSION names the pretrained networks and the test-time augmentation
-    (a model version records it too), so vectors of another recipe never mix with these.
+    core.features.FEATURES_VERSION names the recipe (a model version records it too); "/emb128"
+    marks these 128-d embedding rows apart from core.embedding_cache's 129-d training rows, and
+    the hash of dlib's weights keeps another network's vectors out.
     """
+    from core import dlib_resnet
+
     try:
         from core.features import FEATURES_VERSION
     except ImportError:  # an engine without core.features: dlib's ResNet, face and mirror
-        from core import dlib_resnet
-
-        return f"dlib_resnet_mirror_{dlib_resnet.dlib_model_sha256()[:16]}"
-    return FEATURES_VERSION[:64]
+        FEATURES_VERSION = "dlib-resnet-v1/mirror"
+    return f"{FEATURES_VERSION[:44]}/emb128#{dlib_resnet.dlib_model_sha256()[:8]}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -245,12 +245,13 @@ def test_hook_flags_possible_duplicate_on_the_storing_path(session, add_member, 
         gallery_photo_id=photos[GALLERY].id,
         verification_photo_id=photos["verification"].id,
     )
-    found = search.flag_possible_duplicates(session, row, result)
+    # store_result ran the hook (the one storing path of the dashboard, the batch runner and the API).
+    assert search.was_checked(row)
     assert search.flag_possible_duplicates(session, row, result) == []  # checked once only
     session.commit()
 
-    assert [c.member_id for c in found] == ["OLD"]
     stored = session.get(ResultRow, row.id)
+    assert session.get(Member, "NEW").status == MEMBER_IN_REVIEW
     assert stored.status == FLAGGED and stored.possible_duplicate
     assert [f["code"] for f in stored.flags] == [POSSIBLE_DUPLICATE]
     assert "OLD" in stored.flags[0]["reason"]
