@@ -8,7 +8,7 @@ model.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
@@ -36,6 +36,12 @@ class TrainParams:
     seed: int = 7
     holdout_fraction: float = 0.2  # share of people held out for evaluation
     target_fmr_outside_band: float = 0.001  # band edges where errors outside drop below this
+    # Training-time views of each training photo (core.augment): "blur" (the seed's blur of the
+    # eyes, nose or mouth), "jitter" (brightness, contrast, small rotation), "gray" (the seed's
+    # grey + histogram equalisation). Comma-separated; empty for none (what measured best).
+    augment: str = ""
+    augment_views: int = 1  # views of each kind per training photo
+    reviewed_weight: int = 5  # times each reviewed pair is used per epoch (the best labels there are)
 
     def validate(self) -> None:
         checks = [
@@ -50,6 +56,17 @@ class TrainParams:
             (0 <= self.gender_hidden <= 1024, "gender_hidden must be 0..1024"),
             (0 <= self.gender_l2 <= 1, "gender_l2 must be between 0 and 1"),
             (0.05 <= self.holdout_fraction <= 0.5, "holdout_fraction must be between 0.05 and 0.5"),
+            (
+                0 < self.target_fmr_outside_band < 0.5,
+                "target_fmr_outside_band must be above 0 and below 0.5",
+            ),
+            (
+                all(k in AUGMENTATIONS for k in self.augment_kinds()),
+                f"augment must be a comma-separated subset of {', '.join(AUGMENTATIONS)}",
+            ),
+            (1 <= self.augment_views <= 4, "augment_views must be 1..4"),
+            (1 <= self.reviewed_weight <= 50, "reviewed_weight must be 1..50"),
+            (0 <= self.seed < 2**31, "seed must be between 0 and 2147483647"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -58,11 +75,43 @@ class TrainParams:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def augment_kinds(self) -> list[str]:
+        return [k.strip() for k in str(self.augment or "").split(",") if k.strip()]
+
+    def view_names(self) -> list[str]:
+        """Cache names of the augmented views this run trains on (core.augment.view_name)."""
+        return [f"{k}.s{self.seed}.{i}" for k in self.augment_kinds() for i in range(self.augment_views)]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainParams:
+        """Settings from a form or a stored run; unknown keys are refused, types are coerced."""
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"Invalid training settings: unknown setting(s) {', '.join(unknown)}")
+        defaults = cls()
+        out = {}
+        for name, value in values.items():
+            kind = type(getattr(defaults, name))
+            try:
+                out[name] = kind(value) if not isinstance(value, kind) else value
+            except (TypeError, ValueError):
+                raise ValueError(f"Invalid training settings: {name} must be a {kind.__name__}") from None
+        return cls(**out)
+
+
+AUGMENTATIONS = ("blur", "jitter", "gray")
+
 
 def set_seed(seed: int) -> None:
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except (AttributeError, RuntimeError):  # older TensorFlow, or already set
+        pass
 
 
 def split_people(people: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,10 +158,17 @@ def pair_distances(projections: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.linalg.norm(projections[pairs[:, 0]] - projections[pairs[:, 1]], axis=1)
 
 
-def train_siamese(embeddings, people, params: TrainParams, progress=None):
+def train_siamese(
+    embeddings, people, params: TrainParams, progress=None, explicit_pairs=None, explicit_labels=None
+):
     """Train the shared tower with contrastive (or triplet) loss; calibrate the similarity.
 
-    Returns the Keras siamese model (tower inside). progress(epoch, logs) is called per epoch.
+    Pairs of each epoch: person-based pairs (make_pairs) plus the explicit labelled pairs (index
+    pairs into embeddings, label 1 same person / 0 different, e.g. reviewers' decisions), each
+    used params.reviewed_weight times. With triplet loss an explicit positive gets a random
+    negative, and an explicit negative (a, n) gets a positive of a's person when there is one.
+    Returns (the Keras siamese model with the tower inside, history). progress(epoch, logs) is
+    called after each epoch (it may raise to stop the training).
     """
     import keras
     import tensorflow as tf
@@ -120,6 +176,12 @@ def train_siamese(embeddings, people, params: TrainParams, progress=None):
     from core.heads import build_siamese, build_tower
 
     set_seed(params.seed)
+    explicit = None
+    if explicit_pairs is not None and len(explicit_pairs):
+        explicit = (
+            np.asarray(explicit_pairs, np.int64).reshape(-1, 2),
+            np.asarray(explicit_labels, np.float32),
+        )
     tower = build_tower(embeddings.shape[1])
     optimizer = keras.optimizers.Adam(params.learning_rate)
     x = tf.constant(embeddings, tf.float32)
@@ -149,7 +211,13 @@ def train_siamese(embeddings, people, params: TrainParams, progress=None):
             people, params.positives_per_person, params.negatives_per_positive, params.seed + epoch
         )
         if params.loss == "triplet":
-            pairs, labels = _as_triplet_halves(pairs, labels, people, params.seed + epoch)
+            pairs, labels = _as_triplet_halves(
+                pairs, labels, people, params.seed + epoch, explicit, params.reviewed_weight
+            )
+        elif explicit is not None:
+            pairs, labels = _with_explicit(
+                pairs, labels, explicit, params.reviewed_weight, params.seed + epoch
+            )
         losses = []
         for first in range(0, len(pairs), 512):
             p = pairs[first : first + 512]
@@ -174,7 +242,16 @@ def train_siamese(embeddings, people, params: TrainParams, progress=None):
     return siamese, history
 
 
-def _as_triplet_halves(pairs, labels, people, seed):
+def _with_explicit(pairs, labels, explicit, weight, seed):
+    """Person-based pairs plus the explicit ones (weight times each), shuffled together."""
+    extra_pairs, extra_labels = explicit
+    pairs = np.concatenate([pairs, np.tile(extra_pairs, (weight, 1))])
+    labels = np.concatenate([labels, np.tile(extra_labels, weight)]).astype(np.float32)
+    order = np.random.default_rng(seed + 100_003).permutation(len(pairs))
+    return pairs[order], labels[order]
+
+
+def _as_triplet_halves(pairs, labels, people, seed, explicit=None, weight=1):
     """Positive pairs (a, p) and negatives (a, n) sharing anchors, stacked as two halves."""
     rng = np.random.default_rng(seed)
     positives = pairs[labels == 1]
@@ -185,6 +262,28 @@ def _as_triplet_halves(pairs, labels, people, seed):
             if people[n] != people[a]:
                 negatives.append((a, n))
                 break
+    if explicit is not None:
+        extra_pos, extra_neg = [], []
+        extra_pairs, extra_labels = explicit
+        for (a, b), y in zip(extra_pairs, extra_labels, strict=True):
+            if y == 1:
+                while True:
+                    n = int(rng.integers(0, len(people)))
+                    if people[n] != people[a] and people[n] != people[b]:
+                        break
+                extra_pos.append((a, b))
+                extra_neg.append((a, n))
+            else:
+                same = np.flatnonzero((people == people[a]) & (np.arange(len(people)) != a))
+                if len(same):
+                    extra_pos.append((a, int(same[rng.integers(0, len(same))])))
+                    extra_neg.append((a, b))
+        if extra_pos:
+            positives = np.concatenate([positives, np.tile(np.array(extra_pos), (weight, 1))])
+            negatives = negatives + extra_neg * weight
+            order = rng.permutation(len(positives))
+            positives = positives[order]
+            negatives = [negatives[k] for k in order]
     out_pairs, out_labels = [], []
     for first in range(0, len(positives), 256):
         pos = positives[first : first + 256]
