@@ -72,12 +72,20 @@ def run(
     model: str | None = None,
     baseline_pairs: int = 200,
     limit: int | None = None,
+    sample: int | None = None,
 ) -> dict:
     from core import baseline
     from core.engine import Engine
+    from core.result import AUTO_APPROVED, AUTO_REJECTED
     from core.training import gender_metrics, verification_metrics
 
     pairs = read_pairs(pairs_csv)
+    if sample and len(pairs) > sample:
+        # a balanced random subset, e.g. of a model's held-out pairs (thousands)
+        per_class = sample // 2
+        pairs = pd.concat(
+            [group.sample(min(per_class, len(group)), random_state=0) for _, group in pairs.groupby("label")]
+        ).sample(frac=1.0, random_state=0)
     if limit:
         pairs = pairs.iloc[:limit]
     photo_bytes = {name: (images / name).read_bytes() for name in set(pairs.file_x) | set(pairs.file_y)}
@@ -90,7 +98,7 @@ def run(
 
     # Per-pair path: accuracy on every pair, latency per pair; the baseline timed on a subset,
     # interleaved pair by pair with the product.
-    similarities, latencies, failed = [], [], 0
+    similarities, latencies, failed, automatic = [], [], 0, []
     base_latencies = []
     progress = Progress("product per pair", len(pairs))
     for k, row in enumerate(pairs.itertuples()):
@@ -101,6 +109,7 @@ def run(
         if result.similarity is None:
             failed += 1
         similarities.append(result.similarity if result.similarity is not None else 0.0)
+        automatic.append(result.status in (AUTO_APPROVED, AUTO_REJECTED))
         if k < baseline_pairs:
             start = time.perf_counter()
             baseline.verify_pair(g, v)
@@ -108,6 +117,8 @@ def run(
         progress(k + 1)
 
     labels = pairs["label"].to_numpy()
+    automatic = np.array(automatic)
+    decided_same = np.array(similarities) >= engine.model.threshold
     report = {
         "n_pairs": int(len(pairs)),
         "n_failed": failed,
@@ -115,6 +126,11 @@ def run(
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
         "latency_mean_ms": float(np.mean(latencies)),
+        # share decided without a person (no flag, outside the uncertain band), and how right
+        "automation_rate": float(automatic.mean()),
+        "automatic_decision_accuracy": (
+            float(np.mean(decided_same[automatic] == labels[automatic])) if automatic.any() else None
+        ),
     }
 
     # Batch entry point: each distinct photo analysed once.
@@ -205,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model version (default: models/DEFAULT)")
     parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs timed for the baseline")
     parser.add_argument("--limit", type=int, help="use only the first N pairs")
+    parser.add_argument("--sample", type=int, help="a balanced random N pairs (seeded) from PAIRS.csv")
     args = parser.parse_args(argv)
-    report = run(args.pairs, args.images, args.people, args.model, args.baseline_pairs, args.limit)
+    report = run(
+        args.pairs, args.images, args.people, args.model, args.baseline_pairs, args.limit, args.sample
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

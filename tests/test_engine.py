@@ -211,3 +211,44 @@ def test_cli_reports_bad_input(tmp_path):
     assert json.loads(done.stdout)["flags"][0]["code"] == BAD_IMAGE
     missing = run_cli("verify", str(tmp_path / "nope.jpg"), str(text))
     assert missing.returncode != 0 and "no such file" in missing.stderr
+
+
+def test_benchmark_command_writes_every_key(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core.benchmark",
+            "--pairs",
+            str(SAMPLE_DIR / "pairs.csv"),
+            "--images",
+            str(IMAGES),
+        ]
+        + [
+            "--people",
+            str(SAMPLE_DIR / "people.csv"),
+            "--json",
+            str(out),
+            "--limit",
+            "8",
+            "--baseline-pairs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for key in (
+        "n_pairs n_failed verification_accuracy verification_auc fnmr_at_fmr_0_001 gender_accuracy "
+        "gender_balanced_accuracy latency_p50_ms latency_p95_ms pairs_per_second "
+        "baseline_verification_accuracy baseline_latency_p95_ms"
+    ).split():
+        assert report[key] is not None, key
+    assert report["n_pairs"] == 8 and report["batch_matches_per_pair"] is True
+    assert "product per pair" in done.stderr  # the progress bar
