@@ -261,7 +261,15 @@ def describe_flags(result: VerificationResult | ResultRow, lang: str) -> list[di
     for flag in flags:
         code = flag.code if isinstance(flag, Flag) else flag["code"]
         photo = flag.photo if isinstance(flag, Flag) else flag.get("photo")
-        params = flag_params(flag, similarity, band, registered, predicted, confidence, analyses)
+        params = flag_params(
+            flag,
+            similarity,
+            band,
+            t(f"gender.{registered}", lang) if registered else None,
+            t(f"gender.{predicted}", lang) if predicted else None,
+            confidence,
+            analyses,
+        )
         described.append(
             {
                 "code": code,
@@ -1080,6 +1088,7 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
                 x=x,
                 y=shown,
                 mode="lines+markers",
+                marker={"size": 9},
                 name=t(f"kpi.col.{column}", lang),
                 connectgaps=False,
                 hovertemplate="%{x}<br>%{y:.1f}"
@@ -1100,6 +1109,16 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
                 value=_target_text(target),
             ),
             annotation_position="top left",
+        )
+    if frame[columns].isna().all().all():
+        fig.add_annotation(
+            text=t(f"kpi.no_points.{chart}", lang),
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+            font={"size": 14, "color": "#6b7280"},
         )
     y_title = {"ratio": "%", "ms": "ms", "count": t("kpi.count", lang)}[targets[0].unit]
     fig.update_layout(
@@ -1160,7 +1179,7 @@ def members_frame(page: queries.Page) -> pd.DataFrame:
                 "member_id": m.id,
                 "gender": m.gender,
                 "status": m.status,
-                "created_at": local_time(m.created_at),
+                "registered_at": local_time(m.created_at),
                 "last_verified_at": local_time(m.last_verified_at),
                 "latest_result": m.latest_result_status or "",
                 "similarity": None if m.latest_similarity is None else round(m.latest_similarity, 3),

@@ -1,7 +1,8 @@
 """Review queue: flagged pairs in priority order, decided one after the other, from the keyboard.
 
-Keys (Streamlit button shortcuts, they work while typing the note): Alt+A approve, Alt+X reject,
-Alt+S skip. The note survives an expired session: it is shown again after signing in.
+Keys (Streamlit button shortcuts): Alt+A approve, Alt+X reject, Alt+S skip. Shortcuts do not fire
+inside a text field, so after typing a note press Tab, then the shortcut. The note survives an
+expired session: it is shown again after signing in.
 """
 
 import streamlit as st

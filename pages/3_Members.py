@@ -48,14 +48,21 @@ with tab_list:
             page_size=page_size,
             tz=svc.DISPLAY_TZ,
         )
-    nav = st.columns([1, 1, 4])
-    if nav[0].button("◀", disabled=page.page <= 1, key="members_prev", help=ctx.t("members.prev")):
-        st.session_state["members_page"] = page.page - 1
-        st.rerun()
-    if nav[1].button("▶", disabled=page.page >= page.pages, key="members_next", help=ctx.t("members.next")):
-        st.session_state["members_page"] = page.page + 1
-        st.rerun()
-    nav[2].caption(ctx.t("members.paging", page=page.page, pages=page.pages, total=page.total))
+    with st.container(horizontal=True, vertical_alignment="center"):
+        if st.button(
+            ctx.t("members.prev"), disabled=page.page <= 1, key="members_prev", icon=":material/chevron_left:"
+        ):
+            st.session_state["members_page"] = page.page - 1
+            st.rerun()
+        if st.button(
+            ctx.t("members.next"),
+            disabled=page.page >= page.pages,
+            key="members_next",
+            icon=":material/chevron_right:",
+        ):
+            st.session_state["members_page"] = page.page + 1
+            st.rerun()
+        st.caption(ctx.t("members.paging", page=page.page, pages=page.pages, total=page.total))
 
     frame = svc.members_frame(page)
     if frame.empty:
@@ -65,7 +72,12 @@ with tab_list:
         shown["gender"] = shown["gender"].map(lambda g: ctx.t(f"gender.{g}"))
         shown["status"] = shown["status"].map(lambda s: ctx.t(f"member_status.{s}"))
         shown["latest_result"] = shown["latest_result"].map(lambda s: status_label(ctx, s) if s else "")
-        st.dataframe(shown.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch")
+        st.dataframe(
+            shown.rename(columns=lambda c: ctx.t(f"col.{c}")),
+            hide_index=True,
+            width="stretch",
+            height="content",
+        )
 
         member_id = st.selectbox(
             ctx.t("members.open"),

@@ -47,6 +47,12 @@ with ctx.session() as session:
         session, date_from, date_to, version or None, per=per, include_single=include_single
     )
 
+    if frame.empty and per == "batch" and not include_single:
+        # Only one-pair verifications in this period: show them rather than nothing.
+        frame = svc.kpi_frame(session, date_from, date_to, version or None, per=per, include_single=True)
+        if not frame.empty:
+            st.info(ctx.t("kpi.only_single"))
+
 st.caption(ctx.t("kpi.definitions"))
 if frame.empty:
     st.info(ctx.t("kpi.no_data"))

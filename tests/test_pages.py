@@ -90,7 +90,11 @@ def flagged_result(app_env, member_id: str, flags=("gender_mismatch",), similari
     with app_env.session() as session:
         member = session.get(Member, member_id)
         photos = {p.kind: p.id for p in member.photos if p.current}
-        result = engine_result("flagged", similarity, flags=flags, registered_gender=member.gender)
+        other = {"M": "F", "F": "M"}[member.gender]
+        predicted = other if "gender_mismatch" in flags else member.gender
+        result = engine_result(
+            "flagged", similarity, flags=flags, registered_gender=member.gender, predicted_gender=predicted
+        )
         _, result_id = svc.record_single_result(
             session, "test", result, member_id, photos["gallery"], photos["verification"], member.gender
         )

@@ -74,12 +74,16 @@ def _engine(models_dir: str, version: str):
     return Engine.load(version, Path(models_dir))
 
 
+def active_model_version() -> str:
+    """The registry's active version (re-read every 2 s, so a promotion is noticed); ModelError if none."""
+    from core import registry
+
+    return registry.current_version(get_session_factory(), config.models_dir())
+
+
 def get_engine():
     """The active model version, loaded once per process. Raises ModelError when there is none."""
-    from core.heads import default_version
-
-    models_dir = config.models_dir()
-    return _engine(str(models_dir), default_version(models_dir))
+    return _engine(str(config.models_dir()), active_model_version())
 
 
 @st.cache_resource(show_spinner=False)
@@ -325,10 +329,8 @@ def setup_page(page_key: str) -> PageContext:
 
 def model_available(ctx: PageContext) -> bool:
     """Cheap check (no loading) that a model version is named; shows why not when there is none."""
-    from core.heads import default_version
-
     try:
-        default_version(config.models_dir())
+        active_model_version()
         return True
     except ModelError as exc:
         st.warning(ctx.t("engine.missing", detail=str(exc)))
@@ -341,10 +343,8 @@ _warm_started: set[str] = set()
 
 def warm_engine_in_background() -> None:
     """Load the model on a background thread once per process, so the first pair is answered fast."""
-    from core.heads import default_version
-
     try:
-        key = f"{config.models_dir()}:{default_version(config.models_dir())}"
+        key = f"{config.models_dir()}:{active_model_version()}"
     except ModelError:
         return
     with _warm_lock:
