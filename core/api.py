@@ -1269,6 +1269,11 @@ def create_app(
         log.exception("core error", exc_info=exc)
         return _error_response(503 if isinstance(exc, ModelError) else 500, exc.code, str(exc))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error", exc_info=exc)
+        return _error_response(500, "internal_error", "Something went wrong on the server; nothing was stored.")
+
     @app.exception_handler(TimeoutError)
     async def _timeout(request: Request, exc: TimeoutError):
         return _error_response(

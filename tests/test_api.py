@@ -910,3 +910,27 @@ def test_command_line_server(tmp_path):
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+def test_dashboard_verification_runs_the_same_duplicate_check(api):
+    """The Verify page's path (core.ui_services.verify_pair -> core.batches.store_result) flags a
+    second account against a member the API enrolled, and the API reads the page's result."""
+    from core.ui_services import verify_pair
+
+    api.enrol("app-1", photo(BRODY[0]), photo(BRODY[1]))
+    outcome = verify_pair(
+        api.factory,
+        api.engine,
+        api.store,
+        "staff_user",
+        "page-1",
+        registered_gender="M",
+        gallery_bytes=photo(BRODY[2]),
+        verification_bytes=reencoded(BRODY[0]),
+    )
+    got = api.client.get(f"/v1/verifications/{outcome.result_id}", headers=api.headers("reader")).json()
+    assert got["status"] == "flagged" and got["source"] != "api"
+    assert [d["member_id"] for d in got["possible_duplicates"]] == ["app-1"]
+    # And the other way round: the API sees the page's member as enrolled.
+    third = api.enrol("app-2", photo(BRODY[2]), reencoded(BRODY[2]))
+    assert "page-1" in [d["member_id"] for d in third["possible_duplicates"]]
