@@ -128,8 +128,8 @@ def duplicate_threshold(
     Stricter than the verification threshold on purpose. One verification compares two photos, so
     a false match rate p costs p per verification; one 1:N search compares with N members, so it
     raises a false alarm with probability about N * p. The high edge of the model's uncertain band
-    is where at most 0.1% of the holdout's different-person pairs reach
-    (TrainParams.target_fmr_outside_band): fine for one pair, far too loose for 100,000.
+    is where training found automatic same-person decisions safe enough for one pair (a small
+    error rate on the holdout): fine for one pair, far too loose for 100,000.
     The default goes DUPLICATE_DISTANCE_MARGIN closer in projection distance than that edge. On
     the shipped model v20261122-035503 that is similarity 0.999 (distance 0.434 against 0.514 at
     the band edge): on the 24 sample people (6,891 different-person pairs) no different-person
