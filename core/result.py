@@ -56,7 +56,7 @@ class PhotoAnalysis:
     crop: np.ndarray | None = None  # aligned face chip, uint8 RGB (150x150)
     gender_crop: np.ndarray | None = None  # the gender network's chip (32x32), same landmarks
     embedding: np.ndarray | None = None  # pretrained 128-d embedding (face and mirror averaged)
-    projection: np.ndarray | None = None  # the Siamese tower's output for this face (unit length)
+    projection: np.ndarray | None = None  # the Siamese tower's output for this face
     gender_logit: float | None = None  # pretrained gender network: log-odds of male over female
     gender_probs: np.ndarray | None = None  # gender head output, in the order of core.heads.GENDERS
     quality: float | None = None  # 0..1, higher is better (sharpness and size)
