@@ -151,7 +151,7 @@ EN: dict[str, str] = {
     "verify.running": "Verifying…",
     "verify.missing_photos": "Missing: {which}.",
     "verify.need_member": "Enter the member ID.",
-    "verify.need_photo": "The {which} is missing.",
+    "verify.need_photo": "Missing: {which}.",
     "verify.bad_gender": "Unknown gender {value!r}: choose male or female.",
     "verify.new_member_needs_gender": "Member {member} is new: choose the registered gender.",
     "verify.photo_missing": "A stored photo of this member is missing from the photo store. {detail}",
