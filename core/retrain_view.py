@@ -46,6 +46,7 @@ SETTINGS = (
     Setting("positives_per_person", "int", 1, 10000, 10, advanced=True),
     Setting("negatives_per_positive", "int", 1, 20, 1, advanced=True),
     Setting("gender_epochs", "int", 1, 1000, 10, advanced=True),
+    Setting("gender_init", "choice", options=("auto", "pretrained", "random"), advanced=True),
     Setting("gender_hidden", "int", 0, 1024, 16, advanced=True),
     Setting("gender_l2", "float", 0.0, 1.0, 1e-3, advanced=True),
     Setting("holdout_fraction", "float", 0.05, 0.5, 0.05, advanced=True),

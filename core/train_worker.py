@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -178,20 +179,28 @@ def reap_stale(session: Session, stale_after_s: float = STALE_S) -> list[int]:
 # Starting and cancelling
 
 
-def _lock(session: Session) -> None:
-    """Serialise starters: MySQL named lock, SQLite's database write lock (held until commit)."""
-    dialect = session.get_bind().dialect.name
-    if dialect in ("mysql", "mariadb"):
-        got = session.execute(text("SELECT GET_LOCK(:name, 30)"), {"name": START_LOCK}).scalar()
-        if got != 1:
-            raise FaceVerifyError("Another training start is being processed; try again in a moment.")
+@contextmanager
+def _start_lock(session: Session):
+    """Serialise starters until the caller's commit.
+
+    MySQL/MariaDB: a named lock held on a connection of its own, released only after the session
+    committed (a lock released before the commit would let the next starter miss the new row).
+    SQLite: a first write takes the database's write lock, held until the session commits.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name in ("mysql", "mariadb"):
+        with bind.connect() as conn:
+            got = conn.execute(text("SELECT GET_LOCK(:name, 30)"), {"name": START_LOCK}).scalar()
+            if got != 1:
+                raise FaceVerifyError("Another training start is being processed; try again in a moment.")
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": START_LOCK})
+                conn.commit()
     else:
         session.execute(update(TrainingRun).where(TrainingRun.id == -1).values(stage=None))
-
-
-def _unlock(session: Session) -> None:
-    if session.get_bind().dialect.name in ("mysql", "mariadb"):
-        session.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": START_LOCK})
+        yield
 
 
 def start(
@@ -215,8 +224,7 @@ def start(
         raise ValueError(" ".join(problems))
     with session_factory() as session:
         reap_stale(session)
-        _lock(session)
-        try:
+        with _start_lock(session):
             live = session.scalar(
                 select(TrainingRun).where(TrainingRun.status.in_(LIVE)).order_by(TrainingRun.id).limit(1)
             )
@@ -244,12 +252,6 @@ def start(
                 at=now,
             )
             session.commit()
-        finally:
-            try:
-                _unlock(session)
-                session.commit()
-            except Exception:  # the lock dies with the connection anyway
-                session.rollback()
         run_id = run.id
     if launch:
         try:

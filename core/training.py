@@ -33,6 +33,12 @@ class TrainParams:
     gender_epochs: int = 60
     gender_hidden: int = 0  # 0: logistic head
     gender_l2: float = 1e-3
+    # "pretrained": the gender head starts as the pretrained network's decision; "random": Keras's
+    # initialisation (the shipped model). "auto": pretrained below GENDER_INIT_SMALL labelled photos,
+    # where a random start gets too few steps (60 epochs on 100 photos: 60 steps, held-out gender
+    # accuracy 0% on the sample vs 100% from the pretrained start); on lfw_dev both measured the same
+    # (3 person splits: 98.84% vs 98.80%), so large sets keep the shipped model's recipe.
+    gender_init: str = "auto"
     seed: int = 7
     holdout_fraction: float = 0.2  # share of people held out for evaluation
     # Automatic decisions (outside the uncertain band) may be wrong at most this often. On lfw_dev
@@ -57,6 +63,10 @@ class TrainParams:
             (1 <= self.gender_epochs <= 1000, "gender_epochs must be 1..1000"),
             (0 <= self.gender_hidden <= 1024, "gender_hidden must be 0..1024"),
             (0 <= self.gender_l2 <= 1, "gender_l2 must be between 0 and 1"),
+            (
+                self.gender_init in ("auto", "pretrained", "random"),
+                "gender_init must be 'auto', 'pretrained' or 'random'",
+            ),
             (0.05 <= self.holdout_fraction <= 0.5, "holdout_fraction must be between 0.05 and 0.5"),
             (
                 0 < self.target_fmr_outside_band < 0.5,
@@ -103,6 +113,7 @@ class TrainParams:
 
 
 AUGMENTATIONS = ("blur", "jitter", "gray")
+GENDER_INIT_SMALL = 1000  # labelled training photos below which gender_init "auto" starts pretrained
 
 
 def set_seed(seed: int) -> None:
@@ -321,6 +332,15 @@ def train_gender(embeddings, genders, people, params: TrainParams, progress=None
         weights[y == k] /= weights[y == k].sum()
     weights *= len(weights) / weights.sum()
     model = build_gender(embeddings.shape[1], hidden=params.gender_hidden, l2=params.gender_l2)
+    init = params.gender_init
+    if init == "auto":
+        init = "pretrained" if len(embeddings) < GENDER_INIT_SMALL else "random"
+    if init == "pretrained" and not params.gender_hidden:
+        # Start as the pretrained network's own decision: softmax([x/2, -x/2]) = sigmoid(x) for the
+        # log-odds x in column 0; the embedding's weights start at zero and learn corrections.
+        kernel = np.zeros((embeddings.shape[1], len(GENDERS)), np.float32)
+        kernel[0, GENDERS.index("M")], kernel[0, GENDERS.index("F")] = 0.5, -0.5
+        model.get_layer("gender").set_weights([kernel, np.zeros(len(GENDERS), np.float32)])
     model.compile(
         optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy"
     )

@@ -352,3 +352,103 @@ def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
             create_user(s, f"{role}_user", USER_PASSWORD, role)
     yield AppEnv(url, store_dir, factory, PhotoStore(store_dir, fsync=False))
     engine.dispose()
+
+
+# ----------------------------------------------------------------------------------------------
+# Retraining (tests/test_training.py, tests/test_registry.py, tests/test_retrain_page.py)
+#
+#     models_copy      a MODELS_DIR in tmp_path holding the shipped version (or an untrained one) and
+#                      DEFAULT, set in the environment: versions the tests train or register go there,
+#                      never into models/
+#     sample_vectors   the 120 data/sample photos' pretrained features (sha -> 129 floats), computed once
+#                      per test session; warm_cache(session_factory) puts them into a test database's
+#                      embedding cache so a test trains without running the networks again
+#     add_reviewed     add_reviewed(session_factory, store) -> the 20 sample members imported and each
+#                      decided by a reviewer (approved when the truth is same person, else rejected with
+#                      the verification person's gender); returns {member_id: result_id}
+
+SAMPLE_DIR = ROOT / "data" / "sample"
+
+
+@pytest.fixture
+def models_copy(tmp_path, monkeypatch, dashboard_models) -> Path:
+    import shutil
+
+    from core.heads import default_version
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    version = default_version(dashboard_models)
+    shutil.copytree(dashboard_models / version, folder / version)
+    (folder / "DEFAULT").write_text(version + "\n")
+    monkeypatch.setenv("MODELS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sample_vectors() -> dict:
+    from core import embedding_cache
+    from core.train import lfw_photos
+
+    photos = lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
+    found = embedding_cache.featurise([p.ref for p in photos])
+    return {"": found.vectors[""], "failed": found.failed}
+
+
+@pytest.fixture
+def warm_cache(sample_vectors):
+    from core import embedding_cache
+
+    def warm(session_factory) -> None:
+        with session_factory() as session:
+            embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
+            session.commit()
+
+    return warm
+
+
+@pytest.fixture
+def add_reviewed():
+    import csv
+
+    from core import importer
+    from core.db import utcnow
+    from core.models_db import GALLERY, VERIFICATION, Member, Photo
+    from core.models_db import VerificationResult as ResultRow
+    from core.result import APPROVED, REJECTED
+
+    def add(session_factory, store) -> dict:
+        gender_of = {r["person"]: r["gender"] for r in csv.DictReader(open(SAMPLE_DIR / "people.csv"))}
+        truth = {r["member_id"]: r for r in csv.DictReader(open(SAMPLE_DIR / "members_truth.csv"))}
+        ids = {}
+        with session_factory() as session:
+            importer.load_sample_members(session, actor="test", photo_store=store)
+            for member in session.query(Member).order_by(Member.id):
+                photo = {p.kind: p for p in session.query(Photo).filter_by(member_id=member.id, current=True)}
+                case = truth[member.id]
+                same = case["case"] == "same_person"
+                row = ResultRow(
+                    member_id=member.id,
+                    gallery_photo_id=photo[GALLERY].id,
+                    verification_photo_id=photo[VERIFICATION].id,
+                    same_person=same,
+                    similarity=0.5,
+                    threshold=0.4,
+                    band_low=0.1,
+                    band_high=0.9,
+                    registered_gender=member.gender,
+                    status=APPROVED if same else REJECTED,
+                    flags=[],
+                    model_version="test",
+                    ground_truth_same=same,
+                    ground_truth_gender=gender_of[case["verification_person"]],
+                    decided_at=utcnow(),
+                    decided_by="staff_user",
+                )
+                session.add(row)
+                session.flush()
+                ids[member.id] = row.id
+            session.commit()
+        return ids
+
+    return add
