@@ -532,6 +532,12 @@ EN: dict[str, str] = {
     "retrain.help.negatives_per_positive": "Different-person pairs drawn for each same-person pair (1-20).",
     "retrain.help.gender_epochs": "Passes for the gender head (1-1000).",
     "retrain.help.gender_hidden": "0 is a logistic layer (measured best); more units overfit the few people.",
+    "retrain.set.gender_init": "Gender head start",
+    "retrain.help.gender_init": "Pretrained: starts as the pretrained gender network's decision (needed with a few "
+    "hundred photos). Random: from scratch. Automatic: pretrained below 1,000 photos, else random.",
+    "retrain.opt.auto": "automatic",
+    "retrain.opt.pretrained": "pretrained",
+    "retrain.opt.random": "random",
     "retrain.help.gender_l2": "Regularisation of the gender head (0-1).",
     "retrain.help.holdout_fraction": "Share of people (never photos) kept out of training for the evaluation (0.05-0.5).",
     "retrain.help.target_fmr_outside_band": "Pairs outside the uncertain band are decided automatically; its edges are "
@@ -1036,6 +1042,12 @@ KO: dict[str, str] = {
     "retrain.help.negatives_per_positive": "동일인 쌍 하나당 뽑는 다른 사람 쌍 수 (1-20).",
     "retrain.help.gender_epochs": "성별 헤드 학습 횟수 (1-1000).",
     "retrain.help.gender_hidden": "0은 로지스틱 층입니다 (측정상 최선). 유닛을 늘리면 적은 인물에 과적합합니다.",
+    "retrain.set.gender_init": "성별 헤드 시작점",
+    "retrain.help.gender_init": "사전 학습: 사전 학습된 성별 네트워크의 판단에서 시작합니다 (사진이 수백 장뿐일 때 필요). "
+    "무작위: 처음부터 학습합니다. 자동: 사진 1,000장 미만이면 사전 학습, 아니면 무작위.",
+    "retrain.opt.auto": "자동",
+    "retrain.opt.pretrained": "사전 학습",
+    "retrain.opt.random": "무작위",
     "retrain.help.gender_l2": "성별 헤드의 정규화 강도 (0-1).",
     "retrain.help.holdout_fraction": "평가를 위해 학습에서 제외하는 인물 비율 (사진 단위가 아님, 0.05-0.5).",
     "retrain.help.target_fmr_outside_band": "불확실 구간 밖의 쌍은 자동으로 판정됩니다. 구간 경계는 그중 틀리는 비율이 "

@@ -173,8 +173,11 @@ class PageContext:
         return can_open(self.role, page_key)
 
 
-def _embedded_default_db() -> bool:
-    return not config.setting("DATABASE_URL")
+def _embedded_db() -> bool:
+    """SQLite: the embedded demo / single-machine database (server databases are MySQL/MariaDB)."""
+    from core.db import is_sqlite
+
+    return is_sqlite(config.database_url())
 
 
 def _login_form(session_factory) -> None:
@@ -217,9 +220,9 @@ def _first_admin(session_factory) -> None:
     st.subheader(tr("auth.no_users_title"))
     st.markdown(tr("auth.no_users_cli"))
     st.code(".venv/bin/python -m core.auth create-admin --username admin", language="bash")
-    if not _embedded_default_db():
+    if not _embedded_db():
         return
-    # Only on the embedded demo database: a production database gets its first admin from the
+    # Only on the embedded (SQLite) database: a server database gets its first admin from the
     # command line, so nobody who merely reaches the server can make themselves admin.
     st.caption(tr("auth.first_admin_demo"))
     with st.form("first_admin"):

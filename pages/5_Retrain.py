@@ -1,0 +1,365 @@
+"""Retrain: pick data and settings, train in the background, compare with the active model, promote,
+discard or roll back. Data scientists and administrators only (checked on the server).
+
+The run is a separate process (core.train_worker): this page only starts it, polls its row every
+two seconds and can cancel it, so it can be left and reopened. Every promotion, rollback, discard,
+start and cancel is written to the audit log by the core functions.
+"""
+
+import streamlit as st
+from sqlalchemy import select
+
+from core import registry, train, train_worker
+from core import retrain_view as view
+from core.errors import FaceVerifyError, ModelError
+from core.models_db import AuditEntry
+from core.training import TrainParams
+from core.ui_services import local_time
+from ui.common import setup_page
+
+ctx = setup_page("retrain")
+st.title(ctx.t("page.retrain"))
+st.caption(ctx.t("retrain.intro"))
+
+NOTICE = "retrain_notice"
+
+
+def show_notice() -> None:
+    notice = st.session_state.pop(NOTICE, None)
+    if notice:
+        kind, text = notice
+        getattr(st, kind)(text)
+
+
+def set_notice(kind: str, text: str) -> None:
+    st.session_state[NOTICE] = (kind, text)
+
+
+show_notice()
+
+with ctx.session() as session:
+    live = train_worker.current_run(session)
+    last = train_worker.latest_run(session)
+    available = view.data_available(session)
+    try:
+        versions = registry.list_versions(session)
+        active = next((v.version for v in versions if v.status == registry.ACTIVE), None)
+    except (ModelError, FaceVerifyError) as exc:
+        versions, active = [], None
+        st.warning(ctx.t("retrain.no_active", detail=str(exc)))
+
+
+# ----------------------------------------------------------------------------------------------
+# A run in progress
+
+
+@st.fragment(run_every=2)
+def live_panel(run_id: int) -> None:
+    with ctx.session() as session:
+        train_worker.reap_stale(session)
+        run = train_worker.get_run(session, run_id)
+    if run is None or run.status not in train_worker.LIVE:
+        st.rerun()  # the run ended: the whole page shows its outcome
+        return
+    progress = run.progress or {}
+    with st.container(border=True):
+        st.subheader(ctx.t("retrain.running", id=run.id, who=run.started_by, at=local_time(run.started_at)))
+        st.progress(view.overall_fraction(progress), text=view.stage_text(progress, ctx.lang))
+        if run.status == train_worker.CANCELLING:
+            st.info(ctx.t("retrain.cancelling"))
+        if progress.get("siamese_loss") or progress.get("gender_loss"):
+            st.plotly_chart(
+                view.loss_figure(progress, ctx.lang),
+                width="stretch",
+                key=f"retrain_live_loss_{run.id}",
+                config={"displaylogo": False},
+            )
+        st.caption(ctx.t("retrain.leave_ok"))
+        if run.status != train_worker.CANCELLING and st.button(
+            ctx.t("retrain.cancel"), key="retrain_cancel", icon=":material/stop_circle:"
+        ):
+            if train_worker.cancel(ctx.session_factory, run.id, ctx.username):
+                set_notice("info", ctx.t("retrain.cancel_sent", id=run.id))
+            st.rerun()
+
+
+# ----------------------------------------------------------------------------------------------
+# Starting a run
+
+
+def setting_widget(setting: view.Setting, container):
+    label = ctx.t(f"retrain.set.{setting.name}")
+    help_text = ctx.t(f"retrain.help.{setting.name}")
+    default = getattr(view.DEFAULTS, setting.name)
+    key = f"retrain_set_{setting.name}"
+    if setting.kind == "choice":
+        return container.selectbox(
+            label,
+            list(setting.options),
+            index=list(setting.options).index(default),
+            help=help_text,
+            key=key,
+            format_func=lambda o: ctx.t(f"retrain.opt.{o}"),
+        )
+    if setting.kind == "multi":
+        return ",".join(
+            container.multiselect(
+                label,
+                list(setting.options),
+                default=[k for k in str(default).split(",") if k],
+                help=help_text,
+                key=key,
+                format_func=lambda o: ctx.t(f"retrain.opt.{o}"),
+            )
+        )
+    if setting.kind == "int":
+        return container.number_input(
+            label, value=int(default), step=int(setting.step), help=help_text, key=key
+        )
+    return container.number_input(
+        label, value=float(default), step=float(setting.step), format="%g", help=help_text, key=key
+    )
+
+
+def start_form() -> None:
+    st.subheader(ctx.t("retrain.new_run"))
+    with st.form("retrain_form"):
+        st.markdown(f"**{ctx.t('retrain.data')}**")
+        use_lfw = st.checkbox(
+            ctx.t("retrain.data.lfw", n=available["lfw_photos"]),
+            value=bool(available["lfw_dir"]),
+            disabled=not available["lfw_dir"],
+            help=ctx.t("retrain.data.lfw_help", path=available["lfw_dir"] or "../shared/data/lfw_dev"),
+            key="retrain_use_lfw",
+        )
+        use_reviewed = st.checkbox(
+            ctx.t(
+                "retrain.data.reviewed",
+                n=available["reviewed_pairs"],
+                same=available["reviewed_same"],
+                different=available["reviewed_pairs"] - available["reviewed_same"],
+            ),
+            value=available["reviewed_pairs"] > 0,
+            help=ctx.t("retrain.data.reviewed_help"),
+            key="retrain_use_reviewed",
+        )
+        st.markdown(f"**{ctx.t('retrain.settings')}**")
+        st.caption(ctx.t("retrain.settings_help"))
+        values = {}
+        basic = [s for s in view.SETTINGS if not s.advanced]
+        columns = st.columns(3)
+        for k, setting in enumerate(basic):
+            values[setting.name] = setting_widget(setting, columns[k % 3])
+        with st.expander(ctx.t("retrain.advanced")):
+            columns = st.columns(3)
+            for k, setting in enumerate(s for s in view.SETTINGS if s.advanced):
+                values[setting.name] = setting_widget(setting, columns[k % 3])
+        submitted = st.form_submit_button(
+            ctx.t("retrain.start"), type="primary", icon=":material/play_arrow:"
+        )
+    if not submitted:
+        return
+    try:
+        params = TrainParams.from_dict(values)
+    except ValueError as exc:
+        st.error(ctx.t("retrain.bad_input", detail=str(exc)))
+        return
+    choice = train.DataChoice(reviewed=use_reviewed)
+    if use_lfw and available["lfw_dir"]:
+        folder = train.lfw_dev_dir()
+        choice = train.DataChoice(folder / "images", folder / "people.csv", reviewed=use_reviewed)
+    try:
+        run_id = train_worker.start(
+            ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.root
+        )
+    except train_worker.RunInProgress as exc:
+        st.warning(ctx.t("retrain.refused", id=exc.run_id, who=exc.started_by))
+        return
+    except ValueError as exc:
+        st.error(ctx.t("retrain.bad_input", detail=str(exc)))
+        return
+    except (OSError, FaceVerifyError) as exc:
+        st.error(ctx.t("retrain.start_failed", detail=str(exc)))
+        return
+    set_notice("success", ctx.t("retrain.started", id=run_id))
+    st.rerun()
+
+
+# ----------------------------------------------------------------------------------------------
+# The last run's outcome: comparison, promote or discard
+
+
+def outcome_panel(run) -> None:
+    progress = run.progress or {}
+    st.subheader(ctx.t("retrain.last_run", id=run.id, who=run.started_by, at=local_time(run.started_at)))
+    if run.status == train_worker.FAILED:
+        st.error(ctx.t("retrain.failed"))
+        st.code(run.error or "", language=None)
+        return
+    if run.status == train_worker.CANCELLED:
+        st.warning(ctx.t("retrain.cancelled", detail=run.error or ""))
+        return
+    timings = progress.get("timings") or {}
+    st.success(
+        ctx.t(
+            "retrain.succeeded",
+            version=run.model_version or "—",
+            total=timings.get("total_seconds", "—"),
+            features=timings.get("features_seconds", "—"),
+            training=timings.get("training_seconds", "—"),
+        )
+    )
+    for note in progress.get("notes") or []:
+        st.warning(note)
+    comparison = progress.get("comparison") or {}
+    if comparison:
+        st.markdown(f"**{ctx.t('retrain.comparison')}**")
+        st.caption(ctx.t("retrain.comparison_help"))
+        st.dataframe(view.comparison_rows(comparison, ctx.lang), hide_index=True, width="stretch")
+        seen = (comparison.get("active") or {}).get("heldout_people_seen_in_training")
+        if seen:
+            st.warning(ctx.t("retrain.seen_warning", n=seen))
+        for name in ("new", "active"):
+            if (comparison.get(name) or {}).get("error"):
+                st.warning(comparison[name]["error"])
+    with st.expander(ctx.t("retrain.loss_title")):
+        st.plotly_chart(
+            view.loss_figure(progress, ctx.lang),
+            width="stretch",
+            key=f"retrain_loss_{run.id}",
+            config={"displaylogo": False},
+        )
+    with st.expander(ctx.t("retrain.data_summary")):
+        st.json(progress.get("data") or {}, expanded=False)
+    version = run.model_version
+    status = next((v.status for v in versions if v.version == version), None)
+    if version is None or status is None:
+        return
+    if status == registry.ACTIVE:
+        st.info(ctx.t("retrain.is_active", version=version))
+        return
+    if status == registry.DISCARDED:
+        st.info(ctx.t("retrain.was_discarded", version=version))
+        return
+    compared_with = (comparison.get("active") or {}).get("model_version")
+    if compared_with and active and compared_with != active:
+        st.warning(ctx.t("retrain.active_changed", compared=compared_with, active=active))
+    left, right = st.columns(2)
+    confirm = left.checkbox(
+        ctx.t("retrain.confirm_promote", version=version, active=active or "—"),
+        key=f"retrain_confirm_{version}",
+    )
+    if left.button(
+        ctx.t("retrain.promote"),
+        type="primary",
+        disabled=not confirm,
+        key=f"retrain_promote_{version}",
+        icon=":material/rocket_launch:",
+    ):
+        try:
+            with ctx.session() as session:
+                registry.promote(session, version, ctx.username, expected_active=active)
+        except (FaceVerifyError, ModelError) as exc:
+            st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
+            return
+        set_notice("success", ctx.t("retrain.promoted", version=version))
+        st.rerun()
+    if right.button(ctx.t("retrain.discard"), key=f"retrain_discard_{version}", icon=":material/delete:"):
+        try:
+            with ctx.session() as session:
+                registry.discard(session, version, ctx.username)
+        except (FaceVerifyError, ModelError) as exc:
+            st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
+            return
+        set_notice("info", ctx.t("retrain.discarded", version=version))
+        st.rerun()
+
+
+# ----------------------------------------------------------------------------------------------
+# Versions and rollback
+
+
+def versions_panel() -> None:
+    st.subheader(ctx.t("retrain.versions"))
+    if not versions:
+        st.info(ctx.t("retrain.no_versions"))
+        return
+    st.dataframe(view.versions_rows(versions, ctx.lang), hide_index=True, width="stretch")
+    active_row = next((v for v in versions if v.status == registry.ACTIVE), None)
+    earlier = [
+        v.version
+        for v in versions
+        if v.status in (registry.PREVIOUS, registry.CANDIDATE)
+        and v.on_disk
+        and active_row is not None
+        and v.created_at
+        and active_row.created_at
+        and v.created_at <= active_row.created_at
+    ]
+    if not earlier:
+        st.caption(ctx.t("retrain.no_rollback"))
+        return
+    with st.container(border=True):
+        st.markdown(f"**{ctx.t('retrain.rollback_title')}**")
+        target = st.selectbox(ctx.t("retrain.rollback_to"), earlier, key="retrain_rollback_target")
+        confirm = st.checkbox(
+            ctx.t("retrain.confirm_rollback", version=target, active=active or "—"),
+            key="retrain_rollback_confirm",
+        )
+        if st.button(
+            ctx.t("retrain.rollback"), disabled=not confirm, key="retrain_rollback", icon=":material/undo:"
+        ):
+            try:
+                with ctx.session() as session:
+                    registry.rollback(session, target, ctx.username, expected_active=active)
+            except (FaceVerifyError, ModelError) as exc:
+                st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
+                return
+            set_notice("success", ctx.t("retrain.rolled_back", version=target))
+            st.rerun()
+
+
+def history_panel() -> None:
+    actions = [
+        registry.REGISTER,
+        registry.PROMOTE,
+        registry.ROLLBACK,
+        registry.DISCARD,
+        train_worker.START_TRAINING,
+        train_worker.CANCEL_TRAINING,
+    ]
+    with ctx.session() as session:
+        entries = session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.action.in_(actions))
+            .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+            .limit(30)
+        ).all()
+    with st.expander(ctx.t("retrain.history")):
+        if not entries:
+            st.caption(ctx.t("retrain.no_history"))
+            return
+        st.dataframe(
+            [
+                {
+                    ctx.t("col.at"): local_time(e.at),
+                    ctx.t("col.actor"): e.actor,
+                    ctx.t("col.action"): ctx.t(f"retrain.action.{e.action}"),
+                    ctx.t("retrain.ver.version"): e.target_id if e.target_type == registry.TARGET else "",
+                    ctx.t("col.detail"): "" if e.detail is None else str(e.detail),
+                }
+                for e in entries
+            ],
+            hide_index=True,
+            width="stretch",
+        )
+
+
+if live is not None:
+    live_panel(live.id)
+else:
+    start_form()
+    if last is not None and last.status not in train_worker.LIVE:
+        outcome_panel(last)
+versions_panel()
+history_panel()
