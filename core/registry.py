@@ -173,6 +173,10 @@ def register(
     """Record a saved version folder as a candidate (inactive). Commits, with its audit entry."""
     models_dir = _models_dir(models_dir)
     values = _row_values(models_dir, version)
+    try:  # the version in use is registered first, so the list always has an active one
+        active_version(session, models_dir)
+    except ModelError:
+        pass
     row = VersionRow(**values, created_by=actor, active=False, notes=notes)
     session.add(row)
     audit.log(
