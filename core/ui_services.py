@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import threading
 import time
 import traceback
@@ -59,6 +60,7 @@ from core.result import (
     BAD_IMAGE,
     GENDER_MISMATCH,
     LOW_QUALITY,
+    POSSIBLE_DUPLICATE,
     SEVERAL_FACES,
     UNCERTAIN_GENDER,
     UNCERTAIN_SIMILARITY,
@@ -234,7 +236,13 @@ def flag_params(flag: Flag | dict, similarity, band, registered, predicted, conf
         params.update(quality=quality or 0.0)
     elif code == BAD_IMAGE:
         params.update(detail=reason)
+    elif code == POSSIBLE_DUPLICATE:
+        params.update(candidates=_DUPLICATE_RE.findall(reason or ""))
     return params
+
+
+# core.search names the candidates as "member ID (similarity 0.987)"; the page lists them in its language.
+_DUPLICATE_RE = re.compile(r"member (\S+) \(similarity ([0-9.]+)\)")
 
 
 def describe_flags(result: VerificationResult | ResultRow, lang: str) -> list[dict]:
@@ -270,6 +278,11 @@ def describe_flags(result: VerificationResult | ResultRow, lang: str) -> list[di
             confidence,
             analyses,
         )
+        if params.get("candidates"):
+            params["detail"] = ", ".join(
+                t("flag.duplicate_candidate", lang, member=m, similarity=float(v))
+                for m, v in params.pop("candidates")
+            )
         described.append(
             {
                 "code": code,
@@ -1190,7 +1203,7 @@ def members_frame(page: queries.Page) -> pd.DataFrame:
             "member_id",
             "gender",
             "status",
-            "created_at",
+            "registered_at",
             "last_verified_at",
             "latest_result",
             "similarity",

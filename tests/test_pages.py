@@ -131,6 +131,32 @@ def test_sign_in_with_the_form_then_sign_out(app_env):
     assert "login" in actions and "logout" in actions
 
 
+def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashboard_models):
+    from core.models_db import User
+
+    url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PHOTO_STORE_DIR", str(tmp_path / "photos"))
+    at = open_page("home", role=None)
+    assert "아직 사용자가 없습니다" in texts(at) and "core.auth create-admin" in " ".join(
+        c.value for c in at.code
+    )
+    at.text_input[1].input("short")
+    at.text_input[2].input("different")
+    at.button[0].click().run()
+    assert "두 비밀번호가 다릅니다." in texts(at)
+    at.text_input[1].input("first-admin-pass")
+    at.text_input[2].input("first-admin-pass")
+    at.button[0].click().run()
+    assert [b.label for b in at.button if b.label == "로그인"]  # now the sign-in form
+    from core.db import make_engine, session_factory
+
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        assert [(u.username, u.role) for u in session.query(User)] == [("admin", "admin")]
+    engine.dispose()
+
+
 def test_wrong_password_is_refused(app_env):
     at = open_page("home", role=None, lang="en")
     at.text_input(key="login_username").input("staff_user")

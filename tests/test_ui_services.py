@@ -245,6 +245,24 @@ def test_describe_flags_in_both_languages():
     assert en[1]["text"] == "Similarity 0.550 is in the uncertain band 0.400–0.600."
 
 
+def test_possible_duplicates_are_named_in_the_page_language():
+    from core.result import Flag
+
+    result = engine_result("flagged", 0.9)
+    result.flags.append(
+        Flag(
+            "possible_duplicate",
+            "member M0008 (similarity 0.999); member M0100 (similarity 0.991) - at or above the duplicate threshold 0.990",
+            "verification",
+        )
+    )
+    (flag,) = svc.describe_flags(result, "ko")
+    assert (
+        flag["text"]
+        == "다른 회원과 같은 사람일 수 있습니다: 회원 M0008 (유사도 0.999), 회원 M0100 (유사도 0.991)"
+    )
+
+
 @pytest.mark.parametrize("lang", ["ko", "en"])
 def test_pair_input_errors_speak_the_page_language(lang):
     error = svc.PairInputError("verify.need_photo", which="gallery")

@@ -199,10 +199,15 @@ def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
         list(STATUSES),
         format_func=lambda s: status_label(ctx, s),
         key=f"{key}_status",
+        placeholder=ctx.t("members.any"),
     )
     codes = sorted({c for text in frame["flags"] for c in (text or "").split()})
     chosen = cols[1].multiselect(
-        ctx.t("batch.filter_flags"), codes, format_func=lambda c: ctx.t(f"flag.{c}"), key=f"{key}_flags"
+        ctx.t("batch.filter_flags"),
+        codes,
+        format_func=lambda c: ctx.t(f"flag.{c}"),
+        key=f"{key}_flags",
+        placeholder=ctx.t("members.any"),
     )
     search = cols[2].text_input(ctx.t("batch.filter_member"), key=f"{key}_member")
     shown = svc.filter_results(frame, statuses, chosen, search)
@@ -214,6 +219,8 @@ def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
     )
     display = shown.copy()
     display["status"] = display["status"].map(lambda s: status_label(ctx, s))
+    for column in ("registered_gender", "predicted_gender"):
+        display[column] = display[column].map(lambda g: ctx.t(f"gender.{g}") if g else "")
     display["flags"] = display["flags"].map(
         lambda text: ", ".join(ctx.t(f"flag.{c}") for c in (text or "").split())
     )
