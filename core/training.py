@@ -200,7 +200,7 @@ def train_siamese(
     x = tf.constant(embeddings, tf.float32)
     eye = tf.eye(embeddings.shape[1])
 
-    @tf.function
+    @tf.function(autograph=False)  # plain tensor code: nothing for autograph to convert
     def step(a_idx, b_idx, y):
         with tf.GradientTape() as tape:
             pa = tower(tf.gather(x, a_idx), training=True)

@@ -155,7 +155,7 @@ def start_form() -> None:
             for k, setting in enumerate(s for s in view.SETTINGS if s.advanced):
                 values[setting.name] = setting_widget(setting, columns[k % 3])
         submitted = st.form_submit_button(
-            ctx.t("retrain.start"), type="primary", icon=":material/play_arrow:"
+            ctx.t("retrain.start"), type="primary", icon=":material/play_arrow:", key="retrain_start"
         )
     if not submitted:
         return
@@ -356,6 +356,8 @@ def history_panel() -> None:
 
 
 if live is not None:
+    if st.session_state.get("retrain_start"):  # pressed Start on a form drawn before this run began
+        st.warning(ctx.t("retrain.refused", id=live.id, who=live.started_by))
     live_panel(live.id)
 else:
     start_form()

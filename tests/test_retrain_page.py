@@ -1,0 +1,235 @@
+"""The Retrain page through streamlit.testing.v1.AppTest: refused to other roles, settings and their
+checks, start (the worker's launch replaced by a no-op: the real background run is tested in
+test_training.py), second start refused, cancel, the comparison, promote with confirmation,
+discard, rollback, failures shown with their reason; Korean and English labels."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from conftest import ROOT, SAMPLE_DIR, SAMPLE_IMAGES
+from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
+from test_registry import make_version
+
+from core import registry, train_worker
+from core.db import utcnow
+from core.models_db import AuditEntry, TrainingRun
+
+PAGE = "pages/5_Retrain.py"
+
+
+def open_retrain(role: str = "data_scientist", lang: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
+    at.session_state["auth"] = {
+        "username": f"{role}_user",
+        "role": role,
+        "display_name": None,
+        "last_seen": time.time(),
+    }
+    if lang:
+        at.session_state["lang"] = lang
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "error", "warning", "info", "success"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [b.label for b in at.button] + [c.label for c in at.checkbox]
+    return "\n".join(parts)
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+@pytest.fixture
+def retrain_env(app_env, models_copy, tmp_path, monkeypatch):
+    """The app with its own models folder and a small LFW-style set standing in for lfw_dev."""
+    lfw = tmp_path / "lfw_dev"
+    lfw.mkdir()
+    (lfw / "images").symlink_to(SAMPLE_IMAGES)
+    shutil.copy(SAMPLE_DIR / "people.csv", lfw / "people.csv")
+    monkeypatch.setenv("LFW_DEV_DIR", str(lfw))
+    launched = []
+    monkeypatch.setattr(train_worker, "_launch", lambda factory, run_id, store_dir: launched.append(run_id))
+    app_env.models_dir = models_copy
+    app_env.launched = launched
+    return app_env
+
+
+@pytest.mark.parametrize("role", ["staff", "manager"])
+def test_other_roles_are_refused_on_the_server(app_env, role):
+    at = open_retrain(role, lang="en")
+    assert "may not open this page" in texts(at)
+    assert not [b for b in at.button if b.label == "Start training"]
+    with app_env.session() as session:
+        entry = session.scalar(select(AuditEntry).where(AuditEntry.action == "access_denied"))
+        assert entry.actor == f"{role}_user"
+
+
+def test_form_in_korean_and_english_with_the_active_version(retrain_env):
+    at = open_retrain()
+    assert at.title[0].value == "재학습"
+    assert "학습 시작" in texts(at) and "LFW 개발 데이터 (사진 120장)" in texts(at)
+    at = open_retrain(lang="en")
+    assert at.title[0].value == "Retrain"
+    assert "Start training" in texts(at) and "LFW development set (120 photos)" in texts(at)
+    shipped = (retrain_env.models_dir / "DEFAULT").read_text().strip()
+    table = at.dataframe[0].value
+    assert list(table["Version"]) == [shipped] and "active" in table["Status"].iloc[0]
+    assert at.number_input(key="retrain_set_epochs").value == 10
+    assert at.selectbox(key="retrain_set_loss").value == "contrastive"
+
+
+def test_settings_out_of_range_refused_before_any_run(retrain_env):
+    at = open_retrain(lang="en")
+    at.number_input(key="retrain_set_epochs").set_value(0)
+    at.number_input(key="retrain_set_holdout_fraction").set_value(0.9)
+    button(at, "Start training").click().run()
+    message = texts(at)
+    assert "Not started" in message and "epochs must be between 1 and 500" in message
+    assert "holdout_fraction must be between 0.05 and 0.5" in message
+    with retrain_env.session() as session:
+        assert session.scalar(select(TrainingRun)) is None
+    assert retrain_env.launched == []
+
+
+def test_start_then_second_start_refused_then_cancel(retrain_env):
+    first = open_retrain(lang="en")
+    second = open_retrain(lang="en")  # another data scientist has the form open too
+    button(first, "Start training").click().run()
+    assert not first.exception
+    with retrain_env.session() as session:
+        run = session.scalar(select(TrainingRun))
+    assert retrain_env.launched == [run.id] and run.status == "queued"
+    assert run.params["data"]["reviewed"] is False  # nothing reviewed yet: unticked by default
+    assert f"Training run {run.id} started" in texts(first)
+    assert "Training run" in texts(first) and "Cancel the run" in texts(first)  # the live panel
+
+    button(second, "Start training").click().run()
+    assert f"training run {run.id} by data_scientist_user is still going" in texts(second)
+    with retrain_env.session() as session:
+        assert len(session.scalars(select(TrainingRun)).all()) == 1
+
+    again = open_retrain(lang="en")  # the page reopened later: the run is still shown
+    assert "Cancel the run" in texts(again)
+    button(again, "Cancel the run").click().run()
+    assert "Cancelling" in texts(again) or f"Run {run.id} was asked to stop." in texts(again)
+    with retrain_env.session() as session:
+        run = train_worker.get_run(session, run.id)
+        assert run.status == "cancelling" and "Cancelled by data_scientist_user" in run.error
+        assert session.scalar(select(AuditEntry).where(AuditEntry.action == "cancel_training")) is not None
+
+
+def candidate_run(env, status="succeeded", error=None) -> str:
+    """A finished run whose candidate version is registered, as the worker leaves it."""
+    version = make_version(env.models_dir, "v20990101-000000", "2099-01-01T00:00:00+00:00", 0.99)
+    with env.session() as session:
+        registry.register(session, version, "data_scientist_user", models_dir=env.models_dir)
+        shipped = registry.active_version(session, env.models_dir)
+        figures = {"verification_accuracy": 0.97, "verification_auc": 0.995, "fnmr_at_fmr_0_001": 0.05}
+        session.add(
+            TrainingRun(
+                started_by="data_scientist_user",
+                started_at=utcnow(),
+                finished_at=utcnow(),
+                status=status,
+                error=error,
+                stage="done",
+                model_version=version if status == "succeeded" else None,
+                params={"params": {}, "data": {}},
+                progress={
+                    "stage": "done",
+                    "fraction": 1.0,
+                    "siamese_loss": [[1, 0.3], [2, 0.2]],
+                    "gender_loss": [[1, 0.5], [2, 0.4]],
+                    "timings": {"total_seconds": 20.8, "features_seconds": 0.3, "training_seconds": 14.8},
+                    "notes": [
+                        "Reviewed result 21 (member M0001) skipped: the verification photo has no usable face."
+                    ],
+                    "comparison": {
+                        "new": {"model_version": version, **figures, "latency_p50_ms": 50.0, "n_pairs": 100},
+                        "active": {
+                            "model_version": shipped,
+                            **{k: v - 0.01 for k, v in figures.items()},
+                            "latency_p50_ms": 52.0,
+                            "n_pairs": 100,
+                        },
+                    },
+                },
+            )
+        )
+        session.commit()
+    return version
+
+
+def test_comparison_then_promote_with_confirmation_then_rollback(retrain_env):
+    version = candidate_run(retrain_env)
+    shipped = (retrain_env.models_dir / "DEFAULT").read_text().strip()
+    at = open_retrain(lang="en")
+    page = texts(at)
+    assert f"New version {version} trained in 20.8 s" in page and "no usable face" in page
+    table = at.dataframe[0].value
+    assert list(table["Figure"][:3]) == [
+        "Verification accuracy",
+        "AUC",
+        "False non-match rate at 0.1% false match rate",
+    ]
+    assert list(table["New is"][:3]) == ["better", "better", "worse"]
+    assert table[f"New ({version})"].iloc[0] == "97.00%" and table[f"Active ({shipped})"].iloc[0] == "96.00%"
+    promote = button(at, "Promote")
+    assert promote.disabled  # until the confirmation is ticked
+    at.checkbox(key=f"retrain_confirm_{version}").check().run()
+    button(at, "Promote").click().run()
+    assert f"Version {version} is now the active model." in texts(at)
+    with retrain_env.session() as session:
+        assert registry.active_version(session, retrain_env.models_dir) == version
+        entry = session.scalar(select(AuditEntry).where(AuditEntry.action == "promote_model"))
+        assert entry.actor == "data_scientist_user" and entry.detail == {"from": shipped, "to": version}
+    assert (retrain_env.models_dir / "DEFAULT").read_text().strip() == shipped  # the fresh-clone default
+
+    assert at.selectbox(key="retrain_rollback_target").value == shipped
+    assert button(at, "Roll back").disabled
+    at.checkbox(key="retrain_rollback_confirm").check().run()
+    button(at, "Roll back").click().run()
+    assert f"version {shipped} is the active model again" in texts(at)
+    with retrain_env.session() as session:
+        assert registry.active_version(session, retrain_env.models_dir) == shipped
+        assert session.scalar(select(AuditEntry).where(AuditEntry.action == "rollback_model")) is not None
+    assert "rolled back" in list(at.dataframe[-1].value["Action"])  # the history table
+
+
+def test_discard_the_candidate(retrain_env):
+    version = candidate_run(retrain_env)
+    at = open_retrain(lang="en")
+    button(at, "Discard").click().run()
+    assert f"Version {version} was discarded." in texts(at)
+    with retrain_env.session() as session:
+        statuses = {v.version: v.status for v in registry.list_versions(session, retrain_env.models_dir)}
+        assert statuses[version] == "discarded"
+        assert session.scalar(select(AuditEntry).where(AuditEntry.action == "discard_model")) is not None
+    assert not (retrain_env.models_dir / version).exists()
+
+
+def test_failed_run_shows_its_reason(retrain_env):
+    with retrain_env.session() as session:
+        session.add(
+            TrainingRun(
+                started_by="data_scientist_user",
+                started_at=utcnow(),
+                finished_at=utcnow(),
+                status="failed",
+                error="Cannot train: no photos of women (gender F): the gender head cannot learn it.",
+            )
+        )
+        session.commit()
+    at = open_retrain()
+    assert "실행이 실패했습니다. 현재 모델은 바뀌지 않았습니다." in texts(at)
+    assert "no photos of women" in at.code[0].value
