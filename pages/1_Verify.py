@@ -12,12 +12,28 @@ ctx = setup_page("verify")
 st.title(ctx.t("page.verify"))
 has_model = model_available(ctx)  # the model itself is loaded on the first click (or already warm)
 
-tab_pair, tab_batch = st.tabs([ctx.t("verify.tab_pair"), ctx.t("verify.tab_batch")])
+# Only the open tab runs (on_change): answering one pair does not redraw the batch tables. The
+# open tab is also kept by position, so it survives a language switch.
+TAB_LABELS = [ctx.t("verify.tab_pair"), ctx.t("verify.tab_batch")]
+
+
+def remember_tab():
+    st.session_state["verify_tab_index"] = TAB_LABELS.index(st.session_state["verify_tab"])
+
+
+tab_pair, tab_batch = st.tabs(
+    TAB_LABELS,
+    key="verify_tab",
+    on_change=remember_tab,
+    default=TAB_LABELS[st.session_state.get("verify_tab_index", 0)],
+)
+
 
 # ----------------------------------------------------------------------------------------------
 # One pair
 
-with tab_pair:
+
+def pair_tab():
     mode = st.radio(
         ctx.t("verify.mode"),
         ["member", "upload"],
@@ -130,10 +146,12 @@ with tab_pair:
                 except Exception:
                     preview[i].caption(ctx.t("photo.missing"))
 
+
 # ----------------------------------------------------------------------------------------------
 # Batch
 
-with tab_batch:
+
+def batch_tab():
     jobs = get_jobs()
     current_key = st.session_state.get("verify_job")
     current = jobs.get(current_key) if current_key else None
@@ -260,3 +278,11 @@ with tab_batch:
                     st.session_state["verify_job"] = job.key
                     st.rerun()
         results_view(ctx, opened, key="batch_results")
+
+
+with tab_pair:
+    if tab_pair.open:
+        pair_tab()
+with tab_batch:
+    if tab_batch.open:
+        batch_tab()

@@ -249,8 +249,11 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
             page.get_by_role("button", name="인증 실행").click()
             expect(saved).not_to_have_text(before, timeout=30000)
             warm_seconds = time.perf_counter() - started
-            print(f"\nwarm page answer for one pair in the browser: {warm_seconds * 1000:.0f} ms")
-            assert warm_seconds < 3.0, warm_seconds  # generous: 2 shared cores, rendering included
+            server_ms = re.search(r"응답 (\d+) ms", saved.inner_text()).group(1)
+            print(
+                f"\nwarm page answer for one pair in the browser: {warm_seconds * 1000:.0f} ms (server {server_ms} ms)"
+            )
+            assert warm_seconds < 5.0, warm_seconds  # a guard only: 2 shared cores, rendering included
 
             # The newcomer's demo: load the sample members and verify them as a batch from Home.
             sidebar.get_by_text("홈", exact=True).click()

@@ -330,7 +330,16 @@ def manifest_and_zip(rows, photos):
     return table.getvalue().encode(), buffer.getvalue()
 
 
+def open_batch_tab(at) -> None:
+    """Only the open tab of the Verify page runs; the batch tab is the second."""
+    at.session_state["verify_tab_index"] = 1
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
 def upload_batch(at, manifest: bytes, photo_zip: bytes):
+    if "batch_source" not in [r.key for r in at.radio]:
+        open_batch_tab(at)
     at.radio(key="batch_source").set_value("zip").run()
     at.file_uploader(key="batch_manifest").set_value(("manifest.csv", manifest, "text/csv")).run()
     at.file_uploader(key="batch_zip").set_value(("photos.zip", photo_zip, "application/zip")).run()
