@@ -83,37 +83,30 @@ def data_available(session: Session) -> dict:
 
 
 def loss_figure(progress: dict, lang: str) -> go.Figure:
-    """Loss by epoch of the Siamese head (left axis) and the gender head (right axis)."""
-    fig = go.Figure()
-    siamese = (progress or {}).get("siamese_loss") or []
-    gender = (progress or {}).get("gender_loss") or []
-    if siamese:
-        fig.add_trace(
-            go.Scatter(
-                x=[e for e, _ in siamese],
-                y=[v for _, v in siamese],
-                mode="lines+markers",
-                name=t("retrain.loss.siamese", lang),
-            )
-        )
-    if gender:
-        fig.add_trace(
-            go.Scatter(
-                x=[e for e, _ in gender],
-                y=[v for _, v in gender],
-                mode="lines",
-                name=t("retrain.loss.gender", lang),
-                yaxis="y2",
-            )
-        )
-    fig.update_layout(
-        height=300,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        xaxis_title=t("retrain.loss.epoch", lang),
-        yaxis={"title": t("retrain.loss.siamese", lang)},
-        yaxis2={"title": t("retrain.loss.gender", lang), "overlaying": "y", "side": "right"},
-        legend={"orientation": "h", "y": 1.12},
+    """Loss by epoch: the Siamese head (left) and the gender head (right), each on its own axes."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(t("retrain.loss.siamese", lang), t("retrain.loss.gender", lang)),
+        horizontal_spacing=0.12,
     )
+    for col, key in ((1, "siamese_loss"), (2, "gender_loss")):
+        points = (progress or {}).get(key) or []
+        fig.add_trace(
+            go.Scatter(
+                x=[e for e, _ in points],
+                y=[v for _, v in points],
+                mode="lines+markers" if len(points) <= 30 else "lines",
+                name=t(f"retrain.loss.{key.split('_')[0]}", lang),
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text=t("retrain.loss.epoch", lang), row=1, col=col)
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 

@@ -508,7 +508,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
         np.concatenate([data.genders[gender_rows], data.genders[data.aug_of[aug_gender]]]),
         np.concatenate([data.people[gender_rows], data.people[data.aug_of[aug_gender]]]),
         params,
-        progress=lambda epoch, logs: report("gender", epoch / params.gender_epochs, logs),
+        progress=lambda epoch, logs: report("gender", epoch / params.gender_epochs, {**logs, "epoch": epoch}),
     )
 
     report("evaluate", 0.0)
