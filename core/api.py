@@ -498,10 +498,13 @@ def _load_engine_in_background(state: _State) -> None:
 
     def load():
         try:
+            from core import registry
             from core.engine import Engine
 
-            state.set_engine(Engine.load())
-        except (ModelError, OSError, ValueError) as exc:
+            # The registry's active version (models/DEFAULT until a promotion): a promotion on the
+            # Retrain page takes effect in the API at its next start.
+            state.set_engine(Engine.load(registry.current_version(state.factory)))
+        except (ModelError, OSError, ValueError, SQLAlchemyError) as exc:
             state.model_error = str(exc)
             log.error("model not loaded: %s", exc)
         finally:
