@@ -143,6 +143,9 @@ def _log_tail(run: TrainingRun, lines: int = 8) -> str:
 
 def reap_stale(session: Session, stale_after_s: float = STALE_S) -> list[int]:
     """Mark runs whose worker is gone as failed (or cancelled, when a cancel was asked). Commits."""
+    for pid, child in list(_children.items()):  # collect finished workers (no zombies left behind)
+        if child.poll() is not None:
+            _children.pop(pid, None)
     reaped = []
     runs = session.scalars(select(TrainingRun).where(TrainingRun.status.in_(LIVE))).all()
     for run in runs:
