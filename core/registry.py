@@ -315,6 +315,11 @@ def discard(session: Session, version: str, actor: str, models_dir: Path | None 
         )
     if (row.notes or "").startswith(DISCARDED):
         raise RegistryError(f"Model version {version} was already discarded.")
+    default = models_dir / "DEFAULT"
+    if default.is_file() and default.read_text().strip() == version:
+        raise RegistryError(
+            f"Model version {version} is the fresh-install default (models/DEFAULT); it stays."
+        )
     now = utcnow()
     claimed = session.execute(
         update(VersionRow)

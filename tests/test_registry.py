@@ -90,6 +90,8 @@ def test_promote_rollback_discard_each_audited(session, models_copy, versions):
 
     with pytest.raises(registry.RegistryError, match="is the active one"):
         registry.discard(session, versions["old"], "ds_user", models_dir=models_copy)
+    with pytest.raises(registry.RegistryError, match="fresh-install default"):
+        registry.discard(session, versions["shipped"], "ds_user", models_dir=models_copy)
     registry.discard(session, versions["new"], "ds_user", models_dir=models_copy)
     assert not (models_copy / versions["new"]).exists()
     with pytest.raises(registry.RegistryError, match="was discarded"):
