@@ -422,15 +422,39 @@ def preflight(choice: DataChoice, params: TrainParams, session_factory=None, sto
 
 
 def split_by_source(data: FeatureSet, params: TrainParams) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out people chosen within each source, so adding reviewed decisions does not move
-    the LFW people held out (the comparison with earlier versions stays on unseen people)."""
-    sources = data.sources if data.sources is not None else np.full(len(data.people), LFW)
-    held = np.zeros(len(data.people), bool)
-    for source in sorted(set(sources)):
-        mask = sources == source
-        if len(np.unique(data.people[mask])) < 2:
-            continue  # a lone person of one source trains; it cannot be held out on its own
-        _, held_part = split_people(data.people[mask], params.holdout_fraction, params.seed)
+    """Boolean masks (train, held out) by person, never by photo.
+
+    People joined by a reviewed pair go to the same side together (so every reviewed pair is
+    either trained on or evaluated on, never lost across the split), and held-out people are
+    chosen within each source: adding reviewed decisions does not move the LFW people held out,
+    so the comparison with earlier versions stays on people they did not see.
+    """
+    people = data.people
+    sources = data.sources if data.sources is not None else np.full(len(people), LFW)
+    root = {p: p for p in np.unique(people)}
+
+    def find(p):
+        while root[p] != p:
+            root[p] = root[root[p]]
+            p = root[p]
+        return p
+
+    for a, b in data.pairs:
+        ra, rb = find(people[a]), find(people[b])
+        if ra != rb:
+            root[max(ra, rb)] = min(ra, rb)
+    group = np.array([find(p) for p in people]) if len(data.pairs) else people
+    source_of: dict = {}
+    for g, source in zip(group, sources, strict=True):
+        if source == LFW or g not in source_of:
+            source_of[g] = source
+    row_source = np.array([source_of[g] for g in group]) if len(group) else sources
+    held = np.zeros(len(people), bool)
+    for source in sorted(set(row_source)):
+        mask = row_source == source
+        if len(np.unique(group[mask])) < 2:
+            continue  # a lone group of one source trains; it cannot be held out on its own
+        _, held_part = split_people(group[mask], params.holdout_fraction, params.seed)
         held[np.flatnonzero(mask)[held_part]] = True
     return ~held, held
 
