@@ -1275,7 +1275,9 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error", exc_info=exc)
-        return _error_response(500, "internal_error", "Something went wrong on the server; nothing was stored.")
+        return _error_response(
+            500, "internal_error", "Something went wrong on the server; nothing was stored."
+        )
 
     @app.exception_handler(TimeoutError)
     async def _timeout(request: Request, exc: TimeoutError):
