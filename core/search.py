@@ -112,7 +112,8 @@ def _sqdist_for_similarity(similarity: float, offset: float, scale: float) -> fl
     return max(distance, 0.0) ** 2
 
 
-DUPLICATE_DISTANCE_MARGIN = 0.08  # in the projection's distance units (dlib-like: same person ~0.4)
+# In the projection's distance units (dlib-like: same person ~0.4, verification threshold ~0.6).
+DUPLICATE_DISTANCE = 0.434
 
 
 def duplicate_threshold(
@@ -130,11 +131,11 @@ def duplicate_threshold(
     raises a false alarm with probability about N * p. The high edge of the model's uncertain band
     is where training found automatic same-person decisions safe enough for one pair (a small
     error rate on the holdout): fine for one pair, far too loose for 100,000.
-    The default goes DUPLICATE_DISTANCE_MARGIN closer in projection distance than that edge. On
-    the shipped model v20261122-035503 that is similarity 0.999 (distance 0.434 against 0.514 at
-    the band edge): on the 24 sample people (6,891 different-person pairs) no different-person
-    pair reaches it while 64% of same-person pairs do; the band edge itself let 12 different-person
-    pairs through, 11 of them two East Asian women, where the pretrained network is known to be
+    The default is a fixed projection distance, DUPLICATE_DISTANCE (similarity 0.999 on the
+    shipped heads), so it does not move when training redefines the band: on the 24 sample people
+    (6,891 different-person pairs) no different-person pair reaches it while 64% of same-person
+    pairs do; the band edge of the first model (distance 0.514) let 12 different-person pairs
+    through, 11 of them two East Asian women, where the pretrained network is known to be
     weakest, which matters for a Korean member base. The model may carry its own calibrated value
     as metadata["duplicate_threshold"], and the DUPLICATE_THRESHOLD setting overrides both
     (calibrate it on the customer's own members once there are many).
@@ -151,7 +152,7 @@ def duplicate_threshold(
     if offset is None or scale is None or scale <= 0:
         return high + 0.5 * (1.0 - high)  # no scale known: halfway from the band edge to 1
     edge_distance = math.sqrt(_sqdist_for_similarity(high, offset, scale))
-    distance = max(edge_distance - DUPLICATE_DISTANCE_MARGIN, 0.0)
+    distance = min(DUPLICATE_DISTANCE, edge_distance)  # never looser than the band's own edge
     return float(_similarity_from_sqdist(np.array([distance * distance]), offset, scale)[0])
 
 

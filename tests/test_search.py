@@ -128,11 +128,14 @@ def test_duplicate_threshold_is_stricter_than_verification(monkeypatch):
     monkeypatch.delenv(search.DUPLICATE_THRESHOLD_SETTING, raising=False)
     dup = search.duplicate_threshold(0.5, (0.35, 0.7))
     assert dup > 0.7 > 0.5 and dup < 1.0
-    # On the model's scale: DUPLICATE_DISTANCE_MARGIN closer than the band's high edge.
-    scaled = search.duplicate_threshold(0.4, (0.01, 0.96), offset=0.58, scale=46.9)
-    edge = np.sqrt(search._sqdist_for_similarity(0.96, 0.58, 46.9))
-    here = np.sqrt(search._sqdist_for_similarity(scaled, 0.58, 46.9))
-    assert scaled > 0.96 and here == pytest.approx(edge - search.DUPLICATE_DISTANCE_MARGIN, abs=1e-6)
+    # On the model's scale: the fixed duplicate distance, whatever the band's edge...
+    for band_high in (0.79, 0.96):
+        scaled = search.duplicate_threshold(0.4, (0.01, band_high), offset=0.58, scale=46.9)
+        here = np.sqrt(search._sqdist_for_similarity(scaled, 0.58, 46.9))
+        assert scaled > band_high and here == pytest.approx(search.DUPLICATE_DISTANCE, abs=1e-6)
+    # ...but never looser than a band edge that is already stricter.
+    strict = search.duplicate_threshold(0.4, (0.01, 0.99999), offset=0.58, scale=46.9)
+    assert strict == pytest.approx(0.99999, abs=1e-6)
     assert search.duplicate_threshold(0.5, (0.35, 0.7), {"duplicate_threshold": 0.93}) == 0.93
     monkeypatch.setenv(search.DUPLICATE_THRESHOLD_SETTING, "0.9")
     assert search.duplicate_threshold(0.5, (0.35, 0.7), {"duplicate_threshold": 0.93}) == 0.9
