@@ -76,7 +76,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core import audit, batches, search
+from core import audit, batches, imaging, search
 from core.db import utcnow
 from core.errors import FaceVerifyError, ImageError, ModelError
 from core.imaging import DEFAULT_MAX_BYTES, decode_image
@@ -123,15 +123,6 @@ CREATE_API_KEY, REVOKE_API_KEY, API_VERIFY, API_SEARCH = (
 )
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _SHA_RE = re.compile(SHA256_PATTERN)
-_FORMAT_EXT = {
-    "JPEG": "jpg",
-    "MPO": "jpg",
-    "PNG": "png",
-    "WEBP": "webp",
-    "BMP": "bmp",
-    "GIF": "gif",
-    "TIFF": "tif",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -756,7 +747,9 @@ def _checked_photo(which: str, data: bytes) -> _PhotoIn:
     except ImageError as exc:
         raise _image_error(which, exc) from None
     width, height = decoded.original_size
-    return _PhotoIn(which, data=data, ext=_FORMAT_EXT.get(decoded.format, "jpg"), width=width, height=height)
+    return _PhotoIn(
+        which, data=data, ext=imaging.FILE_EXTENSIONS.get(decoded.format, "jpg"), width=width, height=height
+    )
 
 
 def _b64(which: str, value: str) -> bytes:

@@ -50,6 +50,16 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 # MPO is how Pillow names the multi-picture JPEGs many cameras and phones write; its JPEG plugin
 # returns them, so MPO is accepted as a result but is not a plugin name to open with.
 RESULT_FORMATS = ALLOWED_FORMATS + ("MPO",)
+# File extension the photo store gives each decoded format.
+FILE_EXTENSIONS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "GIF": "gif",
+    "TIFF": "tif",
+}
 
 # Our explicit max_pixels check replaces Pillow's DecompressionBombWarning (raised between 89 and
 # 179 MP, a range that includes photos we accept). Pillow's DecompressionBombError (> 179 MP) still

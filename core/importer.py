@@ -38,7 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from core import audit, config
+from core import audit, config, imaging
 from core.db import utcnow
 from core.errors import FaceVerifyError, ImageError
 from core.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
@@ -59,16 +59,6 @@ MAX_ID_LENGTH = 64
 PREFETCH_WORKERS = 4  # photo reading and decoding overlap with the database work of earlier rows
 
 IMPORTED, UPDATED, UNCHANGED, REJECTED = "imported", "updated", "unchanged", "rejected"
-
-_FORMAT_EXT = {
-    "JPEG": "jpg",
-    "MPO": "jpg",
-    "PNG": "png",
-    "WEBP": "webp",
-    "BMP": "bmp",
-    "GIF": "gif",
-    "TIFF": "tif",
-}
 
 
 class ImportFileError(FaceVerifyError):
@@ -498,7 +488,14 @@ class PhotoLoader:
                 ) from None
             raise PhotoRefError(str(exc)) from None
         return _LoadedPhoto(
-            kind, reference, data, sha256_hex(data), _FORMAT_EXT.get(fmt, "img"), width, height, len(data)
+            kind,
+            reference,
+            data,
+            sha256_hex(data),
+            imaging.FILE_EXTENSIONS.get(fmt, "img"),
+            width,
+            height,
+            len(data),
         )
 
 
