@@ -130,7 +130,7 @@ def dashboard(tmp_path_factory, dashboard_models):
             if server.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"streamlit did not start: {(tmp / 'streamlit.log').read_text()[-3000:]}")
             time.sleep(0.3)
-        yield base, factory
+        yield base, factory, server.pid
     finally:
         server.terminate()
         try:
@@ -205,7 +205,7 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
 
     from core.models_db import Review
 
-    base, factory = dashboard
+    base, factory, server_pid = dashboard
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -260,6 +260,14 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
             expect(page.get_by_text("내 화면")).to_be_visible(timeout=30000)
             page.get_by_role("button", name="샘플 회원 불러와서 인증하기").click()
             expect(page.get_by_text(re.compile(r"배치 \d+ 완료: \d+쌍"))).to_be_visible(timeout=120000)
+
+            # Memory of the app process with both models loaded and a batch behind it.
+            status = Path(f"/proc/{server_pid}/status").read_text()
+            rss_mb, peak_mb = (
+                int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024 for key in ("VmRSS", "VmHWM")
+            )
+            print(f"streamlit process resident memory: {rss_mb:.0f} MB now, {peak_mb:.0f} MB peak")
+            assert peak_mb < 1536, f"the app process peaked at {peak_mb:.0f} MB resident (limit 1.5 GB)"
 
             # The review queue: a flagged pair (gender mismatches first); note typed, Tab, then Alt+A.
             sidebar.get_by_text("검토 대기열", exact=True).click()
