@@ -296,8 +296,7 @@ def add_member(session, photo_store):
 #
 #     app_env          a fresh SQLite database + photo store for the Streamlit app, set through
 #                      DATABASE_URL / PHOTO_STORE_DIR, with one user per role (password USER_PASSWORD)
-#     dashboard_models MODELS_DIR for the app: the real models/ when models/DEFAULT exists, else an
-#                      untrained version ("test-untrained": dlib's own metric, random gender head)
+#     dashboard_models MODELS_DIR for the app: the shipped models/
 #                      made once per test session, so the pages run before the first model is trained
 
 
@@ -310,23 +309,9 @@ class AppEnv:
 
 
 @pytest.fixture(scope="session")
-def dashboard_models(tmp_path_factory) -> Path:
-    real = ROOT / "models"
-    if (real / "DEFAULT").exists():
-        return real
-    from core.heads import build_gender, build_siamese, build_tower, save_version
-
-    folder = tmp_path_factory.mktemp("models")
-    metadata = {"threshold": 0.5, "uncertain_band": [0.4, 0.6], "gender_min_confidence": 0.6}
-    try:  # the engine refuses heads trained on other features than it computes
-        from core.features import FEATURES_VERSION
-
-        metadata["features_version"] = FEATURES_VERSION
-    except ImportError:
-        pass
-    save_version(folder, "test-untrained", build_siamese(build_tower()), build_gender(), metadata)
-    (folder / "DEFAULT").write_text("test-untrained\n")
-    return folder
+def dashboard_models() -> Path:
+    """The shipped models/ folder (the tests run the real model)."""
+    return ROOT / "models"
 
 
 @pytest.fixture
@@ -357,7 +342,7 @@ def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
 # ----------------------------------------------------------------------------------------------
 # Retraining (tests/test_training.py, tests/test_registry.py, tests/test_retrain_page.py)
 #
-#     models_copy      a MODELS_DIR in tmp_path holding the shipped version (or an untrained one) and
+#     models_copy      a MODELS_DIR in tmp_path holding the shipped version and
 #                      DEFAULT, set in the environment: versions the tests train or register go there,
 #                      never into models/
 #     sample_vectors   the 120 data/sample photos' pretrained features (sha -> 129 floats), computed once

@@ -1,5 +1,5 @@
 """The service API over real HTTP: a uvicorn server started here on a free loopback port, the real
-engine (the shipped model; the real pipeline with untrained heads until one is shipped), a real
+engine (the shipped model), a real
 database (SQLite here, MariaDB in the test marked mysql) and real sample photos.
 
 Covers: enrol and verify (multipart and JSON, stored photo references), the same result as the
@@ -72,26 +72,8 @@ ARROYO = ("Gloria_Macapagal_Arroyo_0003",)
 def engine():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from core.engine import Engine
-    from core.errors import ModelError
 
-    try:
-        return Engine.load()
-    except ModelError:
-        # No shipped model yet: the real pipeline (detector, alignment, pretrained networks) with
-        # untrained heads, which start as the pretrained network's own metric.
-        from core.heads import ModelVersion, build_gender, build_siamese, build_tower
-
-        try:
-            from core.features import FEATURES_VERSION
-        except ImportError:
-            FEATURES_VERSION = None
-        heads = ModelVersion(
-            version="untrained-heads",
-            siamese=build_siamese(build_tower()),
-            gender=build_gender(),
-            metadata={"threshold": 0.5, "uncertain_band": [0.4, 0.6], "features_version": FEATURES_VERSION},
-        )
-        return Engine(heads)
+    return Engine.load()
 
 
 class LiveServer:

@@ -328,26 +328,11 @@ def test_killed_connection_between_results_is_replaced(
 
 @pytest.fixture(scope="session")
 def real_engine():
-    """core.engine.Engine: the shipped model when one is trained, else the real pipeline (decode,
-    MediaPipe, dlib alignment, Keras ResNet) with untrained heads; the runner does not care."""
+    """core.engine.Engine with the shipped model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        from core.engine import Engine
-        from core.errors import ModelError
-    except Exception as exc:  # the engine's own dependencies are missing
-        pytest.skip(f"core.engine cannot be imported: {exc}")
-    try:
-        return Engine.load()
-    except ModelError:
-        from core.heads import ModelVersion, build_gender, build_siamese, build_tower
+    from core.engine import Engine
 
-        heads = ModelVersion(
-            version="untrained-heads",
-            siamese=build_siamese(build_tower()),
-            gender=build_gender(),
-            metadata={"threshold": 0.5, "uncertain_band": [0.4, 0.6]},
-        )
-        return Engine(heads)
+    return Engine.load()
 
 
 def test_real_engine_batch_resumes_after_drop(session, photo_store, droppable_session_factory, real_engine):

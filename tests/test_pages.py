@@ -2,8 +2,7 @@
 actions, bad input, Korean (default) and English labels.
 
 The app runs in this process against a fresh SQLite database per test (fixture app_env); pages
-that verify photos load the real engine (models/DEFAULT, or an untrained version before the first
-model exists, see conftest.dashboard_models) once per test session.
+that verify photos load the real engine (models/DEFAULT) once per test session.
 """
 
 from __future__ import annotations
