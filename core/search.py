@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -110,6 +111,17 @@ def _sqdist_for_similarity(similarity: float, offset: float, scale: float) -> fl
     similarity = min(max(similarity, 1e-12), 1 - 1e-12)
     distance = offset - math.log(similarity / (1 - similarity)) / scale
     return max(distance, 0.0) ** 2
+
+
+# How a possible-duplicate flag names its candidates, and the parser the pages use to list them in
+# their own language: both here so they cannot drift apart.
+_CANDIDATE_FORMAT = "member {member} (similarity {similarity:.3f})"
+_CANDIDATE_RE = re.compile(r"member (\S+) \(similarity ([0-9.]+)\)")
+
+
+def candidates_in_reason(reason: str | None) -> list[tuple[str, float]]:
+    """[(member_id, similarity)] named in a possible-duplicate flag's reason."""
+    return [(member, float(similarity)) for member, similarity in _CANDIDATE_RE.findall(reason or "")]
 
 
 # In the projection's distance units (dlib-like: same person ~0.4, verification threshold ~0.6).
@@ -792,7 +804,9 @@ def flag_possible_duplicates(session: Session, row, result) -> list[Candidate]:
         )
         candidates = _still_enrolled(session, found)
     if candidates:
-        names = "; ".join(f"member {c.member_id} (similarity {c.similarity:.3f})" for c in candidates)
+        names = "; ".join(
+            _CANDIDATE_FORMAT.format(member=c.member_id, similarity=c.similarity) for c in candidates
+        )
         flag = Flag(
             POSSIBLE_DUPLICATE,
             f"{names} - at or above the duplicate threshold {index.duplicate_threshold:.3f}",

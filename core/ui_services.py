@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import re
 import threading
 import time
 import traceback
@@ -34,7 +33,7 @@ from PIL import Image, ImageDraw
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import audit, batches, importer, kpi_targets, queries
+from core import audit, batches, importer, kpi_targets, queries, search
 from core.db import utcnow
 from core.errors import FaceVerifyError, ImageError
 from core.i18n import flag_text, t
@@ -237,12 +236,8 @@ def flag_params(flag: Flag | dict, similarity, band, registered, predicted, conf
     elif code == BAD_IMAGE:
         params.update(detail=reason)
     elif code == POSSIBLE_DUPLICATE:
-        params.update(candidates=_DUPLICATE_RE.findall(reason or ""))
+        params.update(candidates=search.candidates_in_reason(reason))
     return params
-
-
-# core.search names the candidates as "member ID (similarity 0.987)"; the page lists them in its language.
-_DUPLICATE_RE = re.compile(r"member (\S+) \(similarity ([0-9.]+)\)")
 
 
 def describe_flags(result: VerificationResult | ResultRow, lang: str) -> list[dict]:

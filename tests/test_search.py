@@ -335,3 +335,11 @@ def test_stand_in_engine_results_are_stored_unchanged(session, add_member, make_
     session.commit()
     assert session.scalar(select(func.count(Embedding.id))) == 0
     assert row.status == AUTO_APPROVED
+
+
+def test_duplicate_flag_names_candidates_the_pages_can_read():
+    reason = "; ".join(
+        search._CANDIDATE_FORMAT.format(member=m, similarity=s) for m, s in [("M-7", 0.9991), ("김1", 1.0)]
+    )
+    assert search.candidates_in_reason(reason) == [("M-7", 0.999), ("김1", 1.0)]
+    assert search.candidates_in_reason(None) == []
