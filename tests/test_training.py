@@ -464,3 +464,28 @@ def test_background_run_in_its_own_process(
     with session_factory() as session:
         assert registry.active_version(session, models_copy) != run.model_version
     assert (models_copy / run.model_version / "siamese.keras").is_file()
+
+
+def test_negative_pairs_draw_people_alike_not_photos():
+    """One person with most of the photos must not be in most different-person pairs."""
+    from core.training import make_pairs
+
+    people = np.array(["big"] * 500 + [f"p{k}" for k in range(20) for _ in range(5)])
+    pairs, labels = make_pairs(people, positives_per_person=10, negatives_per_positive=2, seed=1)
+    negatives = pairs[labels == 0]
+    assert (people[negatives[:, 0]] != people[negatives[:, 1]]).all()
+    with_big = np.mean((people[negatives] == "big").any(axis=1))
+    assert with_big < 0.2, f"{with_big:.0%} of negatives involve the person with most photos"
+
+
+def test_midpoint_threshold_is_where_both_classes_are_equally_likely():
+    from core.training import midpoint_threshold
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(2000), np.zeros(2000)]
+    different = 1 / (1 + np.exp(-rng.normal(-1, 1, 2000)))  # logit -1 +- 1
+    same = 1 / (1 + np.exp(-rng.normal(1, 1, 2000)))  # logit 1 +- 1: equally likely at logit 0
+    assert abs(midpoint_threshold(np.r_[same, different], labels) - 0.5) < 0.03
+    # same person at logit -1, different at -3: equally likely at logit -2, similarity 0.12
+    lower = 1 / (1 + np.exp(-rng.normal(-3, 1, 2000)))
+    assert abs(midpoint_threshold(np.r_[different, lower], labels) - 0.12) < 0.03
