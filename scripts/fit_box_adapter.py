@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"fitted on {len(x)} photos; residual std {report['residual_std']} (unadapted {report['unadapted_std']})")
+    print(
+        f"fitted on {len(x)} photos; residual std {report['residual_std']} (unadapted {report['unadapted_std']})"
+    )
 
 
 if __name__ == "__main__":

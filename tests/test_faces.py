@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLE_DIR, SAMPLE_IMAGES
+from conftest import ROOT, SAMPLE_IMAGES
 
 from core import faces, features
 from core.imaging import decode_image
@@ -48,7 +48,9 @@ def test_adapted_box_lands_on_dlibs_own_box(main_faces):
         adapted.append(fit.overlap(faces.landmark_box(face), hog_box))
         raw.append(fit.overlap((x, y, x + w - 1, y + h - 1), hog_box))
     assert len(adapted) >= 100
-    assert np.median(adapted) >= 0.8, f"median overlap {np.median(adapted):.2f} (raw box {np.median(raw):.2f})"
+    assert np.median(adapted) >= 0.8, (
+        f"median overlap {np.median(adapted):.2f} (raw box {np.median(raw):.2f})"
+    )
     assert np.median(adapted) > np.median(raw) + 0.05, (np.median(adapted), np.median(raw))
 
 
