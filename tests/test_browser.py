@@ -171,7 +171,8 @@ def _upload(page, index: int, photo: Path) -> None:
         _settle(page)
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').nth(index).set_input_files(str(photo))
         try:
-            page.get_by_role("button", name=f"Remove {photo.name}").wait_for(timeout=10000)
+            # a busy machine (CI beside other jobs) can take well over 10 s to register the upload
+            page.get_by_role("button", name=f"Remove {photo.name}").wait_for(timeout=30000)
             _settle(page)
             return
         except PlaywrightTimeout:
