@@ -34,7 +34,7 @@ SEVERAL_FACES_MIN_RELATIVE_WIDTH = 0.5
 # dlib's 5-point landmark model was trained on boxes from dlib's own HOG detector and is sensitive
 # to where the box sits. On 24 held-out lfw_dev people, raw dlib distances on chips from MediaPipe
 # boxes moved up 6% scored 98.88% (AUC 0.99878); from HOG boxes 99.31% (0.99966); from MediaPipe
-# boxes mapped by the adapter 99.32% (0.99957), at no extra time.
+# boxes mapped by the adapter 99.26% (0.99949), at no extra time.
 BOX_ADAPTER_FILE = Path(__file__).resolve().parent.parent / "models" / "pretrained" / "box_adapter.json"
 
 # MediaPipe graphs are not safe to call from several threads at once (Streamlit and the API
