@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from core import importer, kpi_targets
-from core.models_db import ADMIN, STAFF
-from core.ui_services import PAGES, target_text, today_local, today_summary
+from core.dashboard import kpi_targets
+from core.dashboard.ui_services import PAGES, target_text, today_local, today_summary
+from core.storage.schema import ADMIN, STAFF
+from core.workflows import importer
 from ui.common import PROJECT_ROOT, engine_or_message, get_jobs, setup_page
 from ui.widgets import job_progress
 

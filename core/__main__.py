@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--model", help="model version (default: models/DEFAULT)")
     args = parser.parse_args(argv)
 
-    from core.engine import Engine
     from core.errors import FaceVerifyError
-    from core.genders import optional_gender
+    from core.verification.engine import Engine
+    from core.verification.genders import optional_gender
 
     try:
         gender = optional_gender(args.gender)

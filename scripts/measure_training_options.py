@@ -24,8 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import train  # noqa: E402
-from core.training import TrainParams  # noqa: E402
+from core.training.fitting import (
+    TrainParams,  # noqa: E402
+    pipeline,  # noqa: E402
+)
 
 KEYS = (
     "verification_accuracy",
@@ -43,7 +45,7 @@ OPTIONS = {
 }
 
 
-def subset(feats: train.FeatureSet, kinds: list[str], view_of: np.ndarray) -> train.FeatureSet:
+def subset(feats: pipeline.FeatureSet, kinds: list[str], view_of: np.ndarray) -> pipeline.FeatureSet:
     keep = np.isin(view_of, kinds) if kinds else np.zeros(len(view_of), bool)
     return replace(
         feats,
@@ -61,11 +63,11 @@ def main() -> int:
     parser.add_argument("--splits", type=int, default=5)
     args = parser.parse_args()
 
-    factory = train._cli_session_factory(False)
-    data = train.collect(train.DataChoice(args.images, args.people), factory)
+    factory = pipeline._cli_session_factory(False)
+    data = pipeline.collect(pipeline.DataChoice(args.images, args.people), factory)
     all_views = TrainParams(augment="blur,jitter,gray")
     start = time.perf_counter()
-    feats = train.build_features(
+    feats = pipeline.build_features(
         data,
         all_views,
         factory,
@@ -95,7 +97,7 @@ def main() -> int:
         runs = []
         for seed in range(1, args.splits + 1):
             start = time.perf_counter()
-            out = train.train_and_evaluate(fs, TrainParams(seed=seed))
+            out = pipeline.train_and_evaluate(fs, TrainParams(seed=seed))
             runs.append({k: out["metrics"][k] for k in KEYS} | {"seconds": time.perf_counter() - start})
             sys.stderr.write(f"{name} seed {seed}: {runs[-1]}\n")
         results[name] = {

@@ -14,7 +14,7 @@ half is skipped locally but FAILS when CI=true, so CI can never pass without hav
     users             {role: User} one active user per role, password USER_PASSWORD
     new_database_url  factory: URL of another empty, *unmigrated* database of the same backend
     make_photo        factory: make_photo(seed) -> distinct small JPEG bytes
-    make_result       factory: a core.result.VerificationResult built by hand (engine_result)
+    make_result       factory: a core.verification.result.VerificationResult built by hand (engine_result)
     add_member        factory: add_member(member_id, gender, seeds) -> Member with stored photos
 """
 
@@ -95,7 +95,7 @@ def mysql_server():
 @pytest.fixture(scope="session")
 def mysql_migrated_url(mysql_server):
     """One migrated database per test session; tests get it emptied (DDL is slow on MariaDB)."""
-    from core.db import init_db, make_engine
+    from core.storage.db import init_db, make_engine
 
     url = mysql_server.create_database()
     engine = make_engine(url)
@@ -107,7 +107,7 @@ def mysql_migrated_url(mysql_server):
 def _empty_all_tables(engine) -> None:
     from sqlalchemy import delete
 
-    from core.models_db import Base
+    from core.storage.schema import Base
 
     with engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
@@ -121,7 +121,7 @@ def backend(request) -> str:
 
 @pytest.fixture
 def db_url(backend, tmp_path, request) -> str:
-    from core.db import init_db, make_engine
+    from core.storage.db import init_db, make_engine
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'faceverify.sqlite3'}"
@@ -138,7 +138,7 @@ def db_url(backend, tmp_path, request) -> str:
 
 @pytest.fixture
 def db_engine(db_url):
-    from core.db import make_engine
+    from core.storage.db import make_engine
 
     engine = make_engine(db_url)
     yield engine
@@ -147,7 +147,7 @@ def db_engine(db_url):
 
 @pytest.fixture
 def session_factory(db_engine):
-    from core.db import session_factory as make_factory
+    from core.storage.db import session_factory as make_factory
 
     return make_factory(db_engine)
 
@@ -175,15 +175,15 @@ def new_database_url(backend, tmp_path, request):
 
 @pytest.fixture
 def photo_store(tmp_path):
-    from core.photostore import PhotoStore
+    from core.storage.photostore import PhotoStore
 
     return PhotoStore(tmp_path / "photo_store", fsync=False)
 
 
 @pytest.fixture
 def users(session):
-    from core.auth import create_user
-    from core.models_db import ROLES
+    from core.storage.schema import ROLES
+    from core.storage.users import create_user
 
     return {role: create_user(session, f"{role}_user", USER_PASSWORD, role) for role in ROLES}
 
@@ -229,8 +229,8 @@ def engine_result(
     latency_ms: float = 100.0,
     model_version: str = "test-v1",
 ):
-    """A core.result.VerificationResult as the engine would return it, built by hand."""
-    from core.result import Flag, PhotoAnalysis, VerificationResult
+    """A core.verification.result.VerificationResult as the engine would return it, built by hand."""
+    from core.verification.result import Flag, PhotoAnalysis, VerificationResult
 
     if same_person is None and similarity is not None:
         same_person = similarity >= threshold
@@ -262,8 +262,7 @@ def add_member(session, photo_store):
     verification photo (seeds pick the photo bytes; equal seeds give the same photo)."""
     import itertools
 
-    from core.db import utcnow
-    from core.models_db import GALLERY, VERIFICATION, Member, Photo
+    from core.storage.schema import GALLERY, VERIFICATION, Member, Photo, utcnow
 
     counter = itertools.count(10_000)
 
@@ -316,11 +315,11 @@ def dashboard_models() -> Path:
 
 @pytest.fixture
 def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
-    from core.auth import create_user
-    from core.db import init_db, make_engine
-    from core.db import session_factory as make_factory
-    from core.models_db import ROLES
-    from core.photostore import PhotoStore
+    from core.storage.db import init_db, make_engine
+    from core.storage.db import session_factory as make_factory
+    from core.storage.photostore import PhotoStore
+    from core.storage.schema import ROLES
+    from core.storage.users import create_user
 
     url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
     store_dir = tmp_path / "app_photos"
@@ -359,7 +358,7 @@ SAMPLE_DIR = ROOT / "data" / "sample"
 def models_copy(tmp_path, monkeypatch, dashboard_models) -> Path:
     import shutil
 
-    from core.heads import default_version
+    from core.verification.heads import default_version
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -372,8 +371,8 @@ def models_copy(tmp_path, monkeypatch, dashboard_models) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_vectors() -> dict:
-    from core import embedding_cache
-    from core.train import lfw_photos
+    from core.storage import embedding_cache
+    from core.training.pipeline import lfw_photos
 
     photos = lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
     found = embedding_cache.featurise([p.ref for p in photos])
@@ -382,7 +381,7 @@ def sample_vectors() -> dict:
 
 @pytest.fixture
 def warm_cache(sample_vectors):
-    from core import embedding_cache
+    from core.storage import embedding_cache
 
     def warm(session_factory) -> None:
         with session_factory() as session:
@@ -396,11 +395,10 @@ def warm_cache(sample_vectors):
 def add_reviewed():
     import csv
 
-    from core import importer
-    from core.db import utcnow
-    from core.models_db import GALLERY, VERIFICATION, Member, Photo
-    from core.models_db import VerificationResult as ResultRow
-    from core.result import APPROVED, REJECTED
+    from core.storage.schema import GALLERY, VERIFICATION, Member, Photo, utcnow
+    from core.storage.schema import VerificationResult as ResultRow
+    from core.verification.result import APPROVED, REJECTED
+    from core.workflows import importer
 
     def add(session_factory, store) -> dict:
         gender_of = {r["person"]: r["gender"] for r in csv.DictReader(open(SAMPLE_DIR / "people.csv"))}

@@ -26,9 +26,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from core import search
 from core.api import create_app, create_key, revoke_key
-from core.models_db import (
+from core.storage.photostore import PhotoStore
+from core.storage.schema import (
     ApiKey,
     AuditEntry,
     Batch,
@@ -38,8 +38,8 @@ from core.models_db import (
     Photo,
     PossibleDuplicate,
 )
-from core.models_db import VerificationResult as ResultRow
-from core.photostore import PhotoStore
+from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import search
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "data" / "sample" / "images"
@@ -71,7 +71,7 @@ ARROYO = ("Gloria_Macapagal_Arroyo_0003",)
 @pytest.fixture(scope="module")
 def engine():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from core.engine import Engine
+    from core.verification.engine import Engine
 
     return Engine.load()
 
@@ -150,7 +150,7 @@ def _start_api(engine, factory, store, tmp_path) -> tuple[Api, LiveServer]:
 
 @pytest.fixture
 def api(engine, tmp_path):
-    from core.db import init_db, make_engine, session_factory
+    from core.storage.db import init_db, make_engine, session_factory
 
     db = make_engine(f"sqlite:///{tmp_path / 'api.sqlite3'}")
     init_db(db)
@@ -308,7 +308,7 @@ def test_photo_without_a_face_is_stored_flagged_like_the_dashboard(api):
     body = out.json()
     assert body["status"] == "flagged" and body["similarity"] is None
     assert "no_face" in [f["code"] for f in body["flags"]]
-    from core.queries import review_queue
+    from core.storage.queries import review_queue
 
     with api.factory() as session:
         assert body["id"] in [item.result_id for item in review_queue(session)]
@@ -333,7 +333,7 @@ def test_second_account_of_the_same_face_is_flagged_as_possible_duplicate(api):
     assert second["possible_duplicates"][0]["similarity"] >= health["duplicate_threshold"]
     assert health["enrolled"] == 3
 
-    from core.queries import review_queue
+    from core.storage.queries import review_queue
 
     with api.factory() as session:
         queue = review_queue(session)
@@ -769,7 +769,7 @@ def test_openapi_properties(api):
 
 @pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
 def test_full_flow_on_mariadb(engine, db_engine, tmp_path):
-    from core.db import session_factory
+    from core.storage.db import session_factory
 
     store = PhotoStore(tmp_path / "photos", fsync=False)
     api, server = _start_api(engine, session_factory(db_engine), store, tmp_path)
@@ -841,7 +841,7 @@ def test_command_line_server(tmp_path):
     )
     assert "app-backend" in listed.stdout and key not in listed.stdout
 
-    from core.db import make_engine
+    from core.storage.db import make_engine
 
     db = make_engine(env["DATABASE_URL"])
     with db.connect() as conn:  # only the hash is stored
@@ -895,9 +895,9 @@ def test_command_line_server(tmp_path):
 
 
 def test_dashboard_verification_runs_the_same_duplicate_check(api):
-    """The Verify page's path (core.ui_services.verify_pair -> core.batches.store_result) flags a
+    """The Verify page's path (core.dashboard.ui_services.verify_pair -> core.workflows.batches.store_result) flags a
     second account against a member the API enrolled, and the API reads the page's result."""
-    from core.ui_services import verify_pair
+    from core.dashboard.ui_services import verify_pair
 
     api.enrol("app-1", photo(BRODY[0]), photo(BRODY[1]))
     outcome = verify_pair(

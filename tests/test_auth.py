@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from core import auth
-from core.models_db import AuditEntry, User
+from core.storage import users as user_store
+from core.storage.schema import AuditEntry, User
 
 USER_PASSWORD = "correct horse battery staple"  # the password of the `users` fixture (conftest)
 
@@ -18,17 +18,17 @@ def test_password_is_stored_as_argon2_hash_only(session, users):
 
 
 def test_authenticate_right_and_wrong(session, users):
-    user = auth.authenticate(session, "  Staff_User ", USER_PASSWORD)  # names are case-folded
+    user = user_store.authenticate(session, "  Staff_User ", USER_PASSWORD)  # names are case-folded
     assert user.username == "staff_user" and user.last_login_at is not None
 
     messages = set()
     for name, password in [("staff_user", "wrong password"), ("nobody", USER_PASSWORD), ("", "x")]:
-        with pytest.raises(auth.AuthenticationFailed) as caught:
-            auth.authenticate(session, name, password)
+        with pytest.raises(user_store.AuthenticationFailed) as caught:
+            user_store.authenticate(session, name, password)
         messages.add(str(caught.value))
-    auth.set_active(session, "staff_user", False, actor="admin_user")
-    with pytest.raises(auth.AuthenticationFailed) as caught:
-        auth.authenticate(session, "staff_user", USER_PASSWORD)
+    user_store.set_active(session, "staff_user", False, actor="admin_user")
+    with pytest.raises(user_store.AuthenticationFailed) as caught:
+        user_store.authenticate(session, "staff_user", USER_PASSWORD)
     messages.add(str(caught.value))
     assert messages == {"Wrong username or password."}, "no message may tell which part was wrong"
     actions = session.scalars(select(AuditEntry.action).where(AuditEntry.target_id == "staff_user")).all()
@@ -36,34 +36,34 @@ def test_authenticate_right_and_wrong(session, users):
 
 
 def test_roles(session, users):
-    assert auth.has_role(users["staff"], "staff")
-    assert not auth.has_role(users["staff"], "manager", "data_scientist")
-    assert auth.has_role(users["manager"], "manager")
-    assert auth.has_role(users["admin"], "staff") and auth.has_role(users["admin"], "data_scientist")
-    assert not auth.has_role(None, "staff")
-    auth.set_role(session, "staff_user", "manager", actor="admin_user")
-    assert auth.has_role(session.scalar(select(User).where(User.username == "staff_user")), "manager")
-    with pytest.raises(auth.UnknownRole):
-        auth.create_user(session, "x", USER_PASSWORD, "superuser")
+    assert user_store.has_role(users["staff"], "staff")
+    assert not user_store.has_role(users["staff"], "manager", "data_scientist")
+    assert user_store.has_role(users["manager"], "manager")
+    assert user_store.has_role(users["admin"], "staff") and user_store.has_role(users["admin"], "data_scientist")
+    assert not user_store.has_role(None, "staff")
+    user_store.set_role(session, "staff_user", "manager", actor="admin_user")
+    assert user_store.has_role(session.scalar(select(User).where(User.username == "staff_user")), "manager")
+    with pytest.raises(user_store.UnknownRole):
+        user_store.create_user(session, "x", USER_PASSWORD, "superuser")
 
 
 def test_create_and_change_password(session, users):
-    with pytest.raises(auth.UserExists):
-        auth.create_user(session, "STAFF_USER", USER_PASSWORD, "staff")
-    with pytest.raises(auth.WeakPassword):
-        auth.create_user(session, "newbie", "short", "staff")
-    with pytest.raises(auth.AuthenticationFailed):
-        auth.change_password(session, "staff_user", "not the old one", "a brand new password")
-    auth.change_password(session, "staff_user", USER_PASSWORD, "a brand new password")
-    assert auth.authenticate(session, "staff_user", "a brand new password")
-    with pytest.raises(auth.AuthenticationFailed):
-        auth.authenticate(session, "staff_user", USER_PASSWORD)
-    assert [u.username for u in auth.list_users(session)] == sorted(f"{r}_user" for r in users)
+    with pytest.raises(user_store.UserExists):
+        user_store.create_user(session, "STAFF_USER", USER_PASSWORD, "staff")
+    with pytest.raises(user_store.WeakPassword):
+        user_store.create_user(session, "newbie", "short", "staff")
+    with pytest.raises(user_store.AuthenticationFailed):
+        user_store.change_password(session, "staff_user", "not the old one", "a brand new password")
+    user_store.change_password(session, "staff_user", USER_PASSWORD, "a brand new password")
+    assert user_store.authenticate(session, "staff_user", "a brand new password")
+    with pytest.raises(user_store.AuthenticationFailed):
+        user_store.authenticate(session, "staff_user", USER_PASSWORD)
+    assert [u.username for u in user_store.list_users(session)] == sorted(f"{r}_user" for r in users)
 
 
 def test_create_admin_command(db_url, monkeypatch, capsys):
-    monkeypatch.setenv(auth.ADMIN_PASSWORD_ENV, "admin password 123")
-    assert auth.main(["--url", db_url, "create-admin", "--username", "boss"]) == 0
+    monkeypatch.setenv(user_store.ADMIN_PASSWORD_ENV, "admin password 123")
+    assert user_store.main(["--url", db_url, "create-admin", "--username", "boss"]) == 0
     assert "Created admin 'boss'" in capsys.readouterr().out
-    assert auth.main(["--url", db_url, "create-admin", "--username", "boss"]) == 1
+    assert user_store.main(["--url", db_url, "create-admin", "--username", "boss"]) == 1
     assert "already exists" in capsys.readouterr().err

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, text, update
 
-from core import batches
-from core.db import make_engine, utcnow
-from core.db import session_factory as make_session_factory
-from core.models_db import Batch, Member
-from core.models_db import VerificationResult as ResultRow
-from core.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, PhotoAnalysis, VerificationResult
+from core.storage.db import make_engine
+from core.storage.db import session_factory as make_session_factory
+from core.storage.schema import Batch, Member, utcnow
+from core.storage.schema import VerificationResult as ResultRow
+from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, PhotoAnalysis, VerificationResult
+from core.workflows import batches
 
 
 class FakeEngine:
-    """Stands in for core.engine.Engine (same analyze_many/compare API), counting its work."""
+    """Stands in for core.verification.engine.Engine (same analyze_many/compare API), counting its work."""
 
     model_version = "fake-v1"
 
@@ -328,16 +328,16 @@ def test_killed_connection_between_results_is_replaced(
 
 @pytest.fixture(scope="session")
 def real_engine():
-    """core.engine.Engine with the shipped model."""
+    """core.verification.engine.Engine with the shipped model."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from core.engine import Engine
+    from core.verification.engine import Engine
 
     return Engine.load()
 
 
 def test_real_engine_batch_resumes_after_drop(session, photo_store, droppable_session_factory, real_engine):
     from core.config import SAMPLE_DIR
-    from core.importer import import_members
+    from core.workflows.importer import import_members
 
     factory, cut, restore = droppable_session_factory
     reports = import_members(session, SAMPLE_DIR / "members.csv", photo_store=photo_store)

@@ -56,12 +56,12 @@ def _require_chromium() -> None:
 def dashboard(tmp_path_factory, dashboard_models):
     """`streamlit run Home.py` on a free port with its own SQLite database and photo store."""
     _require_chromium()
-    from core import importer
-    from core import ui_services as svc
-    from core.auth import create_user
-    from core.db import init_db, make_engine, session_factory
-    from core.models_db import Member
-    from core.photostore import PhotoStore
+    from core.dashboard import ui_services as svc
+    from core.storage.db import init_db, make_engine, session_factory
+    from core.storage.photostore import PhotoStore
+    from core.storage.schema import Member
+    from core.storage.users import create_user
+    from core.workflows import importer
 
     tmp = tmp_path_factory.mktemp("browser")
     url = f"sqlite:///{tmp / 'app.sqlite3'}"
@@ -204,7 +204,7 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
     from playwright.sync_api import expect, sync_playwright
     from sqlalchemy import select
 
-    from core.models_db import Review
+    from core.storage.schema import Review
 
     base, factory, server_pid = dashboard
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
-from core import db
-from core.models_db import Base, Member, Photo
+from core.storage import db
+from core.storage.schema import Base, Member, Photo, utcnow
 
 
 def test_init_db_creates_head_and_models_match_migrations(db_engine):
@@ -57,7 +57,7 @@ def test_upgrade_in_place_keeps_data(new_database_url):
                     "INSERT INTO members (id, gender, status, created_at, updated_at) "
                     "VALUES (:id, :g, 'pending', :t, :t)"
                 ),
-                [{"id": "M-OLD-1", "g": "F", "t": db.utcnow()}, {"id": "회원-2", "g": "M", "t": db.utcnow()}],
+                [{"id": "M-OLD-1", "g": "F", "t": utcnow()}, {"id": "회원-2", "g": "M", "t": utcnow()}],
             )
             conn.execute(
                 text(
@@ -65,7 +65,7 @@ def test_upgrade_in_place_keeps_data(new_database_url):
                     "current, created_at) VALUES ('M-OLD-1', 'gallery', :sha, 'ab/cd/x.jpg', 10, "
                     "'https://example.com/a.jpg', 1, :t)"
                 ),
-                {"sha": "ab" * 32, "t": db.utcnow()},
+                {"sha": "ab" * 32, "t": utcnow()},
             )
 
         db.init_db(engine)

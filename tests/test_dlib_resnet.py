@@ -14,8 +14,9 @@ import face_recognition_models
 import numpy as np
 import pytest
 
-from core import config, dlib_resnet
+from core import config
 from core.errors import ModelError
+from core.verification.networks import dlib_resnet
 
 TOLERANCE = 1e-4
 PEOPLE = 4  # first people in name order ...

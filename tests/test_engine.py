@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import features
 from core.config import PROJECT_ROOT, SAMPLE_DIR
-from core.engine import Engine
-from core.genders import optional_gender
-from core.result import (
+from core.verification import features
+from core.verification.engine import Engine
+from core.verification.genders import optional_gender
+from core.verification.result import (
     AUTO_APPROVED,
     AUTO_REJECTED,
     BAD_IMAGE,
@@ -220,7 +220,7 @@ def test_benchmark_command_writes_every_key(tmp_path):
         [
             sys.executable,
             "-m",
-            "core.benchmark",
+            "core.benchmarks.verification",
             "--pairs",
             str(SAMPLE_DIR / "pairs.csv"),
             "--images",

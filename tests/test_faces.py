@@ -1,5 +1,5 @@
 """Detection and alignment on real photos: the box adapter puts dlib's landmarks where dlib's own
-detector would, which is what dlib's ResNet embeds best (see core/faces.py)."""
+detector would, which is what dlib's ResNet embeds best (see core/verification/faces.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE_IMAGES
 
-from core import faces, features
-from core.imaging import decode_image
+from core.verification import faces, features
+from core.verification.imaging import decode_image
 
 
 def _fit_script():

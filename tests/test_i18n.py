@@ -8,17 +8,22 @@ import string
 from conftest import ROOT
 
 from core import i18n
+from core.dashboard.ui_services import KPI_CHARTS, PAGES
 from core.i18n import EN, KO, flag_text, t
-from core.models_db import BATCH_COMPLETED, MEMBER_STATUSES, ROLES
-from core.result import STATUSES
-from core.ui_services import KPI_CHARTS, PAGES
+from core.storage.schema import BATCH_COMPLETED, MEMBER_STATUSES, ROLES
+from core.verification.result import STATUSES
 
 FILES = [ROOT / "Home.py", *sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py"))]
-FILES += [ROOT / "core" / "ui_services.py"]
+FILES += sorted((ROOT / "core" / "dashboard").glob("*.py"))
 
 
 def _fields(text: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_catalogs_are_one_json_file_per_language():
+    assert sorted(p.stem for p in (ROOT / "core" / "i18n").glob("*.json")) == sorted(i18n.LANGUAGES)
+    assert all(isinstance(v, str) for catalog in i18n.STRINGS.values() for v in catalog.values())
 
 
 def test_both_languages_have_the_same_keys_and_placeholders():
@@ -51,7 +56,7 @@ def test_labels_built_from_codes_exist():
     keys += [f"kpi.chart.{c}" for c in KPI_CHARTS] + [f"kpi.no_points.{c}" for c in KPI_CHARTS]
     keys += [f"home.about.{p.key}" for p in PAGES if p.key != "home"]
     keys += [f"verify.decision.{s}" for s in ("auto_approved", "auto_rejected", "flagged")]
-    from core import result
+    from core.verification import result
 
     codes = [v for k, v in vars(result).items() if k.isupper() and isinstance(v, str) and v not in STATUSES]
     keys += [f"flag.{c}" for c in codes] + [f"flagtext.{c}" for c in codes]

@@ -1,4 +1,4 @@
-"""core.imaging: every bad input gets its error code, every awkward one decodes correctly."""
+"""core.verification.imaging: every bad input gets its error code, every awkward one decodes correctly."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from core.errors import ImageError
-from core.imaging import (
+from core.verification.imaging import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_WORK_SIZE,
     LOW_QUALITY_THRESHOLD,
@@ -40,7 +40,7 @@ def face_rgb() -> np.ndarray:
 # --- refused inputs -------------------------------------------------------------------------------
 
 
-# pytest resets warning filters per test, undoing core.imaging's filter for Pillow's own warning.
+# pytest resets warning filters per test, undoing core.verification.imaging's filter for Pillow's own warning.
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("name", sorted(bad.BAD_INPUTS))
 def test_bad_input_gets_its_code(name):
@@ -250,7 +250,7 @@ def test_pillow_bomb_warning_is_replaced_by_our_limit():
     code = (
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
         "import badimages\n"
-        "from core.imaging import decode_image\n"
+        "from core.verification.imaging import decode_image\n"
         "try:\n"
         "    decode_image(badimages.bomb_png(12000, 10000))\n"
         "except Exception as exc:\n"

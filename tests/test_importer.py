@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import func, select
 
-from core import importer
-from core.importer import IMPORTED, REJECTED, UNCHANGED, UPDATED, ImportFileError, import_members
-from core.models_db import AuditEntry, Member, Photo
+from core.storage.schema import AuditEntry, Member, Photo
+from core.workflows import importer
+from core.workflows.importer import IMPORTED, REJECTED, UNCHANGED, UPDATED, ImportFileError, import_members
 
 HEADER = "member_id,gender,gallery_photo,verification_photo\n"
 

@@ -18,10 +18,10 @@ from conftest import ROOT, USER_PASSWORD, engine_result
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from core import batches, importer, reviews
-from core import ui_services as svc
-from core.models_db import AuditEntry, Batch, BatchItem, Member, Review
-from core.models_db import VerificationResult as ResultRow
+from core.dashboard import ui_services as svc
+from core.storage.schema import AuditEntry, Batch, BatchItem, Member, Review
+from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import batches, importer, reviews
 
 SAMPLE = ROOT / "data" / "sample"
 PAGES = {
@@ -131,13 +131,13 @@ def test_sign_in_with_the_form_then_sign_out(app_env):
 
 
 def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashboard_models):
-    from core.models_db import User
+    from core.storage.schema import User
 
     url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("PHOTO_STORE_DIR", str(tmp_path / "photos"))
     at = open_page("home", role=None)
-    assert "아직 사용자가 없습니다" in texts(at) and "core.auth create-admin" in " ".join(
+    assert "아직 사용자가 없습니다" in texts(at) and "core.storage.users create-admin" in " ".join(
         c.value for c in at.code
     )
     at.text_input[1].input("short")
@@ -148,7 +148,7 @@ def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashbo
     at.text_input[2].input("first-admin-pass")
     at.button[0].click().run()
     assert [b.label for b in at.button if b.label == "로그인"]  # now the sign-in form
-    from core.db import make_engine, session_factory
+    from core.storage.db import make_engine, session_factory
 
     engine = make_engine(url)
     with session_factory(engine)() as session:
@@ -200,7 +200,7 @@ def test_role_refused_on_the_server_and_recorded(app_env, page, role):
 
 
 def test_a_deactivated_user_is_signed_out_on_the_next_page(app_env):
-    from core.auth import set_active
+    from core.storage.users import set_active
 
     at = open_page("home", role="staff")
     with app_env.session() as session:

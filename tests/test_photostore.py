@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from core.photostore import PhotoNotFound, PhotoStore
+from core.storage.photostore import PhotoNotFound, PhotoStore
 
 
 def test_put_is_idempotent_and_content_addressed(photo_store, make_photo):

@@ -7,10 +7,11 @@ from datetime import date, datetime
 import pytest
 from sqlalchemy import func, inspect, select, update
 
-from core import queries, reviews
-from core.batches import store_result
-from core.models_db import AuditEntry, Batch, Member
-from core.models_db import VerificationResult as ResultRow
+from core.storage import queries
+from core.storage.schema import AuditEntry, Batch, Member
+from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import reviews
+from core.workflows.batches import store_result
 
 
 @pytest.fixture

@@ -8,15 +8,15 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from core import registry
-from core.models_db import AuditEntry
-from core.models_db import ModelVersion as VersionRow
+from core.storage.schema import AuditEntry
+from core.storage.schema import ModelVersion as VersionRow
+from core.training import registry
 
 
 def make_version(models_dir, name: str, created_at: str, accuracy: float = 0.9) -> str:
     """A loadable version folder (untrained heads) with the metadata a trained one has."""
-    from core.features import FEATURES_VERSION
-    from core.heads import build_gender, build_siamese, build_tower, save_version
+    from core.verification.features import FEATURES_VERSION
+    from core.verification.heads import build_gender, build_siamese, build_tower, save_version
 
     metadata = {
         "created_at": created_at,

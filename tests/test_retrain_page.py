@@ -14,9 +14,8 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 from test_registry import make_version
 
-from core import registry, train_worker
-from core.db import utcnow
-from core.models_db import AuditEntry, TrainingRun
+from core.storage.schema import AuditEntry, TrainingRun, utcnow
+from core.training import registry, worker
 
 PAGE = "pages/5_Retrain.py"
 
@@ -58,7 +57,7 @@ def retrain_env(app_env, models_copy, tmp_path, monkeypatch):
     shutil.copy(SAMPLE_DIR / "people.csv", lfw / "people.csv")
     monkeypatch.setenv("LFW_DEV_DIR", str(lfw))
     launched = []
-    monkeypatch.setattr(train_worker, "_launch", lambda factory, run_id, store_dir: launched.append(run_id))
+    monkeypatch.setattr(worker, "_launch", lambda factory, run_id, store_dir: launched.append(run_id))
     app_env.models_dir = models_copy
     app_env.launched = launched
     return app_env
@@ -123,7 +122,7 @@ def test_start_then_second_start_refused_then_cancel(retrain_env):
     button(again, "Cancel the run").click().run()
     assert "Cancelling" in texts(again) or f"Run {run.id} was asked to stop." in texts(again)
     with retrain_env.session() as session:
-        run = train_worker.get_run(session, run.id)
+        run = worker.get_run(session, run.id)
         assert run.status == "cancelling" and "Cancelled by data_scientist_user" in run.error
         assert session.scalar(select(AuditEntry).where(AuditEntry.action == "cancel_training")) is not None
 

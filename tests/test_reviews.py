@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
 
-from core import reviews
-from core.batches import store_result
-from core.models_db import AuditEntry, Member, Review
-from core.models_db import VerificationResult as ResultRow
+from core.storage.schema import AuditEntry, Member, Review
+from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import reviews
+from core.workflows.batches import store_result
 
 
 def flagged(session, make_result, member_id="R1", **kwargs):

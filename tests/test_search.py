@@ -1,4 +1,4 @@
-"""The 1:N search index (core.search): ranking on the model's similarity scale, exclusions, threads,
+"""The 1:N search index (core.workflows.search): ranking on the model's similarity scale, exclusions, threads,
 keeping in step with the database, and the duplicate hook on the storing path (SQLite and MariaDB).
 
 No network here: vectors are made up, and the "model" is a stand-in with an identity tower, so
@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from core import batches, search
-from core.heads import similarity_from_projections
-from core.models_db import (
+from core.storage.schema import (
     GALLERY,
     MEMBER_IN_REVIEW,
     Embedding,
@@ -23,8 +21,10 @@ from core.models_db import (
     Photo,
     PossibleDuplicate,
 )
-from core.models_db import VerificationResult as ResultRow
-from core.result import AUTO_APPROVED, FLAGGED, POSSIBLE_DUPLICATE, PhotoAnalysis
+from core.storage.schema import VerificationResult as ResultRow
+from core.verification.heads import similarity_from_projections
+from core.verification.result import AUTO_APPROVED, FLAGGED, POSSIBLE_DUPLICATE, PhotoAnalysis
+from core.workflows import batches, search
 
 DIM = search.EMBEDDING_DIM
 OFFSET, SCALE = 0.6, 12.0
@@ -265,7 +265,7 @@ def test_hook_flags_possible_duplicate_on_the_storing_path(session, add_member, 
     index = search.index_for(session.get_bind(), model.version, sync=False)
     assert index.search(face_y, k=1)[0][0] == "NEW"
     # The review queue puts it first.
-    from core.queries import review_queue
+    from core.storage.queries import review_queue
 
     assert review_queue(session)[0].result_id == row.id
     assert review_queue(session)[0].priority == 0

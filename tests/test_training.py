@@ -15,14 +15,15 @@ import pytest
 from conftest import SAMPLE_DIR, SAMPLE_IMAGES, jpeg_bytes
 from sqlalchemy import func, select
 
-from core import augment, embedding_cache, registry, train, train_worker
-from core.models_db import AuditEntry, Embedding, Photo, TrainingRun
-from core.models_db import ModelVersion as VersionRow
-from core.models_db import VerificationResult as ResultRow
-from core.training import TrainParams
+from core.storage import embedding_cache
+from core.storage.schema import AuditEntry, Embedding, Photo, TrainingRun
+from core.storage.schema import ModelVersion as VersionRow
+from core.storage.schema import VerificationResult as ResultRow
+from core.training import augment, pipeline, registry, worker
+from core.training.fitting import TrainParams
 
 FAST = {"epochs": 3, "gender_epochs": 15, "positives_per_person": 20}
-SAMPLE_CHOICE = train.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv", reviewed=True)
+SAMPLE_CHOICE = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv", reviewed=True)
 
 
 def fast(**changes) -> TrainParams:
@@ -76,7 +77,7 @@ def test_train_from_sample_photos_and_reviewed_decisions(
     warm_cache(session_factory)
 
     stages = []
-    outcome = train.run(
+    outcome = pipeline.run(
         SAMPLE_CHOICE,
         fast(),
         session_factory=session_factory,
@@ -110,11 +111,11 @@ def test_train_from_sample_photos_and_reviewed_decisions(
         assert (models_copy / "DEFAULT").read_text().strip() == active_before
     comparison = outcome.comparison
     assert comparison["new"]["n_pairs"] == comparison["active"]["n_pairs"] == metrics["n_pairs"]
-    for key in train.COMPARED_KEYS:
+    for key in pipeline.COMPARED_KEYS:
         assert key in comparison["new"], key
     assert comparison["new"]["verification_accuracy"] == pytest.approx(metrics["verification_accuracy"])
     # The new version verifies a pair through the one engine path.
-    from core.engine import Engine
+    from core.verification.engine import Engine
 
     engine = Engine.load(outcome.version, models_copy)
     result = engine.verify(SAMPLE_IMAGES / "Kofi_Annan_0026.jpg", SAMPLE_IMAGES / "Kofi_Annan_0014.jpg")
@@ -122,7 +123,7 @@ def test_train_from_sample_photos_and_reviewed_decisions(
 
 
 def test_cache_holds_exactly_what_the_serving_path_computes(session_factory):
-    from core import features
+    from core.verification import features
 
     path = SAMPLE_IMAGES / "Norah_Jones_0004.jpg"
     analysis = features.extract([path])[0]
@@ -148,15 +149,15 @@ def test_cache_holds_exactly_what_the_serving_path_computes(session_factory):
 
 
 def test_second_run_reads_the_cache_and_views_are_cached_too(tmp_path, monkeypatch):
-    from core.db import init_db, session_factory
+    from core.storage.db import init_db, session_factory
 
     factory = session_factory(init_db(f"sqlite:///{tmp_path / 'cache.sqlite3'}"))
-    photos = train.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")[:6]
-    data = train.TrainingData(photos, [])
+    photos = pipeline.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")[:6]
+    data = pipeline.TrainingData(photos, [])
     params = TrainParams(augment="blur,gray")
-    first = train.build_features(data, params, factory)
+    first = pipeline.build_features(data, params, factory)
     assert first.computed == 6 and first.cached == 0 and len(first.aug_of) == 12
-    second = train.build_features(data, params, factory)
+    second = pipeline.build_features(data, params, factory)
     assert second.computed == 0 and second.cached == 6
     assert np.array_equal(first.embeddings, second.embeddings)
     assert np.array_equal(first.aug_embeddings, second.aug_embeddings)
@@ -164,12 +165,12 @@ def test_second_run_reads_the_cache_and_views_are_cached_too(tmp_path, monkeypat
     distance = np.linalg.norm(first.aug_embeddings[:6] - first.embeddings, axis=1)
     assert np.all(distance > 1e-4) and np.all(distance < 0.6)
     # Only a new view is computed when the settings ask for one more.
-    third = train.build_features(data, TrainParams(augment="blur,gray,jitter"), factory)
+    third = pipeline.build_features(data, TrainParams(augment="blur,gray,jitter"), factory)
     assert third.computed == 6 and len(third.aug_of) == 18
 
 
 def test_views_are_deterministic_and_blur_stays_on_its_part():
-    from core.faces import CHIP_PADDING
+    from core.verification.faces import CHIP_PADDING
 
     rng = np.random.default_rng(0)
     chip = rng.integers(0, 255, (150, 150, 3), dtype=np.uint8)
@@ -201,14 +202,14 @@ def test_views_are_deterministic_and_blur_stays_on_its_part():
 @pytest.fixture(scope="module")
 def sample_features(sample_vectors, tmp_path_factory):
     """The sample's FeatureSet, read from a cache database warmed with the session's features."""
-    from core.db import init_db, session_factory
+    from core.storage.db import init_db, session_factory
 
     factory = session_factory(init_db(f"sqlite:///{tmp_path_factory.mktemp('features') / 'cache.sqlite3'}"))
     with factory() as session:
         embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
         session.commit()
-    photos = train.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
-    feats = train.build_features(train.TrainingData(photos, []), TrainParams(), factory)
+    photos = pipeline.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
+    feats = pipeline.build_features(pipeline.TrainingData(photos, []), TrainParams(), factory)
     assert feats.computed == 0
     return feats
 
@@ -220,10 +221,10 @@ def test_same_data_settings_and_seed_give_the_same_model(sample_features):
         [float(sample_features.people[0] == sample_features.people[1]), 0.0], np.float32
     )
     try:
-        a = train.train_and_evaluate(sample_features, fast(seed=11))
-        b = train.train_and_evaluate(sample_features, fast(seed=11))
-        c = train.train_and_evaluate(sample_features, fast(seed=12))
-        t = train.train_and_evaluate(sample_features, fast(seed=11, loss="triplet"))
+        a = pipeline.train_and_evaluate(sample_features, fast(seed=11))
+        b = pipeline.train_and_evaluate(sample_features, fast(seed=11))
+        c = pipeline.train_and_evaluate(sample_features, fast(seed=12))
+        t = pipeline.train_and_evaluate(sample_features, fast(seed=11, loss="triplet"))
     finally:
         sample_features.pairs = np.zeros((0, 2), np.int64)
         sample_features.pair_labels = np.zeros(0, np.float32)
@@ -254,14 +255,14 @@ def test_too_few_people_or_one_gender_refused_before_training(sample_features, t
         sources=sample_features.sources[keep],
     )
     with pytest.raises(ValueError, match="only 4 people with a usable face; at least 6"):
-        train.train_and_evaluate(few, fast())
+        pipeline.train_and_evaluate(few, fast())
 
     men_only = tmp_path / "people.csv"
     lines = (SAMPLE_DIR / "people.csv").read_text().splitlines()
     men_only.write_text("\n".join([lines[0], *[x for x in lines[1:] if ",M," in x]]) + "\n")
-    problems = train.preflight(train.DataChoice(SAMPLE_IMAGES, men_only), fast())
+    problems = pipeline.preflight(pipeline.DataChoice(SAMPLE_IMAGES, men_only), fast())
     assert problems and "no photos of women (gender F)" in problems[0]
-    assert train.preflight(train.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv"), fast()) == []
+    assert pipeline.preflight(pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv"), fast()) == []
 
 
 @pytest.mark.parametrize(
@@ -276,7 +277,9 @@ def test_too_few_people_or_one_gender_refused_before_training(sample_features, t
     ],
 )
 def test_settings_out_of_range(values, message):
-    problems = train.preflight(train.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv"), fast(**values))
+    problems = pipeline.preflight(
+        pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv"), fast(**values)
+    )
     assert len(problems) == 1 and message in problems[0]
 
 
@@ -284,7 +287,7 @@ def test_unknown_setting_and_no_data_refused():
     with pytest.raises(ValueError, match="unknown setting"):
         TrainParams.from_dict({"epochs": 3, "dropout": 0.5})
     assert TrainParams.from_dict({"epochs": "3", "margin": 1}).epochs == 3
-    assert "choose at least one source" in train.preflight(train.DataChoice(), fast())[0]
+    assert "choose at least one source" in pipeline.preflight(pipeline.DataChoice(), fast())[0]
 
 
 def test_reviewed_pairs_without_faces_refused_with_each_reason(session_factory, photo_store, add_member):
@@ -310,10 +313,10 @@ def test_reviewed_pairs_without_faces_refused_with_each_reason(session_factory, 
                 )
             )
         session.commit()
-    data = train.collect(train.DataChoice(reviewed=True), session_factory, photo_store)
+    data = pipeline.collect(pipeline.DataChoice(reviewed=True), session_factory, photo_store)
     assert len(data.pairs) == 3
     with pytest.raises(ValueError) as caught:
-        train.build_features(data, fast(), session_factory)
+        pipeline.build_features(data, fast(), session_factory)
     text = str(caught.value)
     assert "none of the 3 reviewed pairs has a usable face" in text
     assert "(member X1) skipped: the gallery photo has no usable face" in text
@@ -327,13 +330,13 @@ def test_reviewed_pairs_without_faces_refused_with_each_reason(session_factory, 
 
 
 def test_second_concurrent_start_is_refused(session_factory, models_copy):
-    choice = train.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
+    choice = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
     outcomes = []
 
     def press():
         try:
-            outcomes.append(train_worker.start(session_factory, "ds_user", choice, fast(), launch=False))
-        except train_worker.RunInProgress as exc:
+            outcomes.append(worker.start(session_factory, "ds_user", choice, fast(), launch=False))
+        except worker.RunInProgress as exc:
             outcomes.append(exc)
 
     threads = [threading.Thread(target=press) for _ in range(3)]
@@ -342,27 +345,27 @@ def test_second_concurrent_start_is_refused(session_factory, models_copy):
     for thread in threads:
         thread.join()
     started = [o for o in outcomes if isinstance(o, int)]
-    refused = [o for o in outcomes if isinstance(o, train_worker.RunInProgress)]
+    refused = [o for o in outcomes if isinstance(o, worker.RunInProgress)]
     assert len(started) == 1 and len(refused) == 2
     assert all(r.run_id == started[0] and "only one run at a time" in str(r) for r in refused)
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(TrainingRun)) == 1
-        assert train_worker.current_run(session).id == started[0]
+        assert worker.current_run(session).id == started[0]
         starts = session.scalars(select(AuditEntry).where(AuditEntry.action == "start_training")).all()
         assert len(starts) == 1 and starts[0].actor == "ds_user"
 
 
 def test_bad_settings_refused_before_a_run_exists(session_factory):
-    choice = train.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
+    choice = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
     with pytest.raises(ValueError, match="epochs must be between 1 and 500"):
-        train_worker.start(session_factory, "ds_user", choice, fast(epochs=0), launch=False)
+        worker.start(session_factory, "ds_user", choice, fast(epochs=0), launch=False)
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(TrainingRun)) == 0
 
 
 def _queued(session_factory, models_copy, **params):
-    choice = train.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
-    return train_worker.start(session_factory, "ds_user", choice, fast(**params), launch=False)
+    choice = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
+    return worker.start(session_factory, "ds_user", choice, fast(**params), launch=False)
 
 
 def test_cancel_stops_the_run_and_leaves_the_active_model(
@@ -370,18 +373,18 @@ def test_cancel_stops_the_run_and_leaves_the_active_model(
 ):
     warm_cache(session_factory)
     run_id = _queued(session_factory, models_copy, epochs=50)
-    original = train_worker.Reporter.update
+    original = worker.Reporter.update
 
     def update(self, stage, fraction, logs):
         if stage == "siamese" and fraction > 0:
-            train_worker.cancel(session_factory, run_id, "ds_user")
+            worker.cancel(session_factory, run_id, "ds_user")
         return original(self, stage, fraction, logs)
 
-    monkeypatch.setattr(train_worker.Reporter, "update", update)
-    status = train_worker.work(run_id, session_factory, models_copy)
-    assert status == train_worker.CANCELLED
+    monkeypatch.setattr(worker.Reporter, "update", update)
+    status = worker.work(run_id, session_factory, models_copy)
+    assert status == worker.CANCELLED
     with session_factory() as session:
-        run = train_worker.get_run(session, run_id)
+        run = worker.get_run(session, run_id)
         assert run.status == "cancelled" and run.finished_at is not None
         assert "Cancelled by ds_user" in run.error and "during siamese" in run.error
         assert "active model is unchanged" in run.error
@@ -403,10 +406,10 @@ def test_crash_is_reported_and_leaves_the_active_model(session_factory, models_c
     def broken(*args, **kwargs):
         raise RuntimeError("comparison exploded")
 
-    monkeypatch.setattr(train, "compare", broken)  # after the version was saved and registered
-    assert train_worker.work(run_id, session_factory, models_copy) == train_worker.FAILED
+    monkeypatch.setattr(pipeline, "compare", broken)  # after the version was saved and registered
+    assert worker.work(run_id, session_factory, models_copy) == worker.FAILED
     with session_factory() as session:
-        run = train_worker.get_run(session, run_id)
+        run = worker.get_run(session, run_id)
         assert run.status == "failed" and "during compare: RuntimeError: comparison exploded" in run.error
         active = registry.active_version(session, models_copy)
         assert session.scalars(select(VersionRow.version)).all() == [active]
@@ -422,7 +425,7 @@ def test_dead_worker_is_detected_and_says_why(session_factory, models_copy):
     dead.wait()
     (models_copy.parent / "run.log").write_text("Traceback ...\nMemoryError\n")
     with session_factory() as session:
-        train_worker._merge_progress(
+        worker._merge_progress(
             session,
             run_id,
             {
@@ -431,10 +434,10 @@ def test_dead_worker_is_detected_and_says_why(session_factory, models_copy):
                 "heartbeat": "2000-01-01T00:00:00",
                 "log": str(models_copy.parent / "run.log"),
             },
-            train_worker.LIVE,
+            worker.LIVE,
         )
-        assert train_worker.current_run(session) is None  # reaped on the way
-        run = train_worker.get_run(session, run_id)
+        assert worker.current_run(session) is None  # reaped on the way
+        run = worker.get_run(session, run_id)
     assert (
         run.status == "failed" and "killed or ran out of memory" in run.error and "MemoryError" in run.error
     )
@@ -448,16 +451,16 @@ def test_background_run_in_its_own_process(
 ):
     monkeypatch.setenv("CACHE_DIR", str(models_copy.parent / "cache"))
     warm_cache(session_factory)
-    choice = train.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
-    run_id = train_worker.start(session_factory, "ds_user", choice, fast(), store_dir=photo_store.root)
+    choice = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
+    run_id = worker.start(session_factory, "ds_user", choice, fast(), store_dir=photo_store.root)
     deadline = time.time() + 300
     while time.time() < deadline:
         with session_factory() as session:
-            run = train_worker.get_run(session, run_id)
-            if run.status not in train_worker.LIVE:
+            run = worker.get_run(session, run_id)
+            if run.status not in worker.LIVE:
                 break
         time.sleep(1)
-    log = train_worker.log_path(run_id)
+    log = worker.log_path(run_id)
     assert run.status == "succeeded", (run.error, log.read_text() if log.exists() else "")
     assert run.progress["stage"] == "done" and run.progress["siamese_loss"]
     assert run.progress["comparison"]["new"]["model_version"] == run.model_version
@@ -468,7 +471,7 @@ def test_background_run_in_its_own_process(
 
 def test_negative_pairs_draw_people_alike_not_photos():
     """One person with most of the photos must not be in most different-person pairs."""
-    from core.training import make_pairs
+    from core.training.fitting import make_pairs
 
     people = np.array(["big"] * 500 + [f"p{k}" for k in range(20) for _ in range(5)])
     pairs, labels = make_pairs(people, positives_per_person=10, negatives_per_positive=2, seed=1)
@@ -479,7 +482,7 @@ def test_negative_pairs_draw_people_alike_not_photos():
 
 
 def test_midpoint_threshold_is_where_both_classes_are_equally_likely():
-    from core.training import midpoint_threshold
+    from core.training.fitting import midpoint_threshold
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.ones(2000), np.zeros(2000)]

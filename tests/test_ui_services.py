@@ -1,4 +1,4 @@
-"""core.ui_services without Streamlit: roles, upload checks, background batches, KPI frames, photos."""
+"""core.dashboard.ui_services without Streamlit: roles, upload checks, background batches, KPI frames, photos."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 from conftest import ROOT, engine_result
 from PIL import Image
 
-from core import importer, kpi_targets
-from core import ui_services as svc
-from core.models_db import ADMIN, DATA_SCIENTIST, MANAGER, STAFF
-from core.result import PhotoAnalysis
+from core.dashboard import kpi_targets
+from core.dashboard import ui_services as svc
+from core.storage.schema import ADMIN, DATA_SCIENTIST, MANAGER, STAFF
+from core.verification.result import PhotoAnalysis
+from core.workflows import importer
 
 SAMPLE = ROOT / "data" / "sample" / "images"
 
@@ -117,7 +118,7 @@ def test_check_upload_refuses_wrong_columns():
 
 
 class SlowEngine:
-    """Enough of core.engine.Engine for run_batch, waiting for a signal before the first photo."""
+    """Enough of core.verification.engine.Engine for run_batch, waiting for a signal before the first photo."""
 
     model_version = "fake-v1"
 
@@ -139,7 +140,7 @@ def test_a_second_start_of_the_same_members_attaches_to_the_running_batch(
 ):
     from sqlalchemy import func, select
 
-    from core.models_db import Batch
+    from core.storage.schema import Batch
 
     for n in range(3):
         add_member(f"J{n}")
@@ -187,7 +188,7 @@ def test_filter_results():
 
 
 def test_kpi_frame_and_figures(session, add_member):
-    from core import batches
+    from core.workflows import batches
 
     members = [add_member(f"K{n}") for n in range(4)]
     specs = [
@@ -246,7 +247,7 @@ def test_describe_flags_in_both_languages():
 
 
 def test_possible_duplicates_are_named_in_the_page_language():
-    from core.result import Flag
+    from core.verification.result import Flag
 
     result = engine_result("flagged", 0.9)
     result.flags.append(

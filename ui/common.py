@@ -4,7 +4,7 @@ A page starts with
 
     ctx = setup_page("verify")      # stops the page unless a signed-in user with the role is there
 
-and then reads input, calls core (core.ui_services and the data layer), renders.
+and then reads input, calls core (core.dashboard.ui_services and the data layer), renders.
 
 Sign-in state lives in st.session_state (on the server) with an idle expiry. Widgets whose key
 starts with KEEP_PREFIX (e.g. a reviewer's note) are copied aside on every run, so when a session
@@ -23,12 +23,21 @@ import streamlit as st
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from core import auth, config
+from core import config
+from core.dashboard.ui_services import (
+    PAGE_BY_KEY,
+    PAGES,
+    BatchJobs,
+    can_open,
+    log_event,
+    log_refusal,
+    session_expired,
+)
 from core.errors import FaceVerifyError, ModelError
 from core.i18n import DEFAULT_LANG, LANGUAGES, t
-from core.models_db import User
-from core.photostore import PhotoStore
-from core.ui_services import PAGE_BY_KEY, PAGES, BatchJobs, can_open, log_event, log_refusal, session_expired
+from core.storage import users
+from core.storage.photostore import PhotoStore
+from core.storage.schema import User
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AUTH_KEY = "auth"
@@ -49,7 +58,7 @@ def idle_minutes() -> float:
 
 @st.cache_resource(show_spinner=False)
 def _session_factory(url: str):
-    from core.db import init_db, session_factory
+    from core.storage.db import init_db, session_factory
 
     return session_factory(init_db(url))
 
@@ -69,14 +78,14 @@ def get_store() -> PhotoStore:
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _engine(models_dir: str, version: str):
-    from core.engine import Engine
+    from core.verification.engine import Engine
 
     return Engine.load(version, Path(models_dir))
 
 
 def active_model_version() -> str:
     """The registry's active version (re-read every 2 s, so a promotion is noticed); ModelError if none."""
-    from core import registry
+    from core.training import registry
 
     return registry.current_version(get_session_factory(), config.models_dir())
 
@@ -175,7 +184,7 @@ class PageContext:
 
 def _embedded_db() -> bool:
     """SQLite: the embedded demo / single-machine database (server databases are MySQL/MariaDB)."""
-    from core.db import is_sqlite
+    from core.storage.db import is_sqlite
 
     return is_sqlite(config.database_url())
 
@@ -201,8 +210,8 @@ def _login_form(session_factory) -> None:
     if submitted:
         with session_factory() as session:
             try:
-                user = auth.authenticate(session, username, password)
-            except auth.AuthError:
+                user = users.authenticate(session, username, password)
+            except users.AuthError:
                 st.error(tr("auth.failed"))
                 return
             st.session_state[AUTH_KEY] = {
@@ -219,7 +228,7 @@ def _login_form(session_factory) -> None:
 def _first_admin(session_factory) -> None:
     st.subheader(tr("auth.no_users_title"))
     st.markdown(tr("auth.no_users_cli"))
-    st.code(".venv/bin/python -m core.auth create-admin --username admin", language="bash")
+    st.code(".venv/bin/python -m core.storage.users create-admin --username admin", language="bash")
     if not _embedded_db():
         return
     # Only on the embedded (SQLite) database: a server database gets its first admin from the
@@ -239,8 +248,8 @@ def _first_admin(session_factory) -> None:
                 st.error(tr("auth.admin_exists"))
                 return
             try:
-                auth.create_user(session, username, password, auth.ADMIN, actor="first-run")
-            except auth.AuthError as exc:
+                users.create_user(session, username, password, users.ADMIN, actor="first-run")
+            except users.AuthError as exc:
                 st.error(str(exc))
                 return
         st.success(tr("auth.admin_created"))

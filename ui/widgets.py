@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import ui_services as svc
-from core.models_db import GALLERY, VERIFICATION
-from core.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, STATUSES
+from core.dashboard import ui_services as svc
+from core.storage.schema import GALLERY, VERIFICATION
+from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, STATUSES
 from ui.common import PageContext, get_jobs
 
 STATUS_ICON = {AUTO_APPROVED: "✓", AUTO_REJECTED: "✗", FLAGGED: "⚠", "approved": "✓", "rejected": "✗"}

@@ -1,0 +1,238 @@
+"""Accuracy and speed benchmark of the product's path beside the bare pretrained pipeline.
+
+python -m core.benchmarks.verification --pairs PAIRS.csv --images DIR [--people PEOPLE.csv] --json OUT.json
+
+PAIRS.csv: file_x (gallery), file_y (verification), Decision (Yes/No).
+PEOPLE.csv: person, gender; gender is scored on every image in DIR whose person (the LFW file
+name without _NNNN.jpg) is listed.
+Latency is per pair, warm, from file bytes to decision, nothing reused between pairs; the
+baseline (dlib-bin's own embedding, same detection) is timed interleaved in the same run so the
+ratio survives a noisy machine. Throughput is the batch entry point's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+LFW_NAME = re.compile(r"^(?P<person>.+)_\d{4}\.\w+$")
+
+
+class Progress:
+    """A one-line progress bar on stderr (stdout stays clean for piping)."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.start = label, max(total, 1), time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        if done % max(1, self.total // 100) and done != self.total:
+            return
+        width = 30
+        filled = int(width * done / self.total)
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        sys.stderr.write(
+            f"\r{self.label:<22} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {rate:6.1f}/s"
+        )
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def read_pairs(path: Path) -> pd.DataFrame:
+    pairs = pd.read_csv(path)
+    missing = {"file_x", "file_y", "Decision"} - set(pairs.columns)
+    if missing:
+        raise SystemExit(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    pairs["label"] = pairs["Decision"].astype(str).str.strip().str.lower().map({"yes": 1, "no": 0})
+    if pairs["label"].isna().any():
+        raise SystemExit(f"{path}: Decision must be Yes or No")
+    return pairs
+
+
+def percentile(values, q) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def run(
+    pairs_csv: Path,
+    images: Path,
+    people_csv: Path | None,
+    model: str | None = None,
+    baseline_pairs: int = 200,
+    limit: int | None = None,
+    sample: int | None = None,
+) -> dict:
+    from core.benchmarks import baseline
+    from core.training.fitting import gender_metrics, verification_metrics
+    from core.verification.engine import Engine
+    from core.verification.result import AUTO_APPROVED, AUTO_REJECTED
+
+    pairs = read_pairs(pairs_csv)
+    if sample and len(pairs) > sample:
+        # a balanced random subset, e.g. of a model's held-out pairs (thousands)
+        per_class = sample // 2
+        pairs = pd.concat(
+            [group.sample(min(per_class, len(group)), random_state=0) for _, group in pairs.groupby("label")]
+        ).sample(frac=1.0, random_state=0)
+    if limit:
+        pairs = pairs.iloc[:limit]
+    photo_bytes = {name: (images / name).read_bytes() for name in set(pairs.file_x) | set(pairs.file_y)}
+
+    engine = Engine.load(model)
+    first = pairs.iloc[0]
+    for _ in range(3):  # warm both paths: graph tracing, MediaPipe and dlib initialisation
+        engine.verify(photo_bytes[first.file_x], photo_bytes[first.file_y])
+        baseline.verify_pair(photo_bytes[first.file_x], photo_bytes[first.file_y])
+
+    # Per-pair path: accuracy on every pair, latency per pair; the baseline timed on a subset,
+    # interleaved pair by pair with the product.
+    similarities, latencies, failed, automatic = [], [], 0, []
+    base_latencies = []
+    progress = Progress("product per pair", len(pairs))
+    for k, row in enumerate(pairs.itertuples()):
+        g, v = photo_bytes[row.file_x], photo_bytes[row.file_y]
+        start = time.perf_counter()
+        result = engine.verify(g, v)
+        latencies.append((time.perf_counter() - start) * 1000)
+        if result.similarity is None:
+            failed += 1
+        similarities.append(result.similarity if result.similarity is not None else 0.0)
+        automatic.append(result.status in (AUTO_APPROVED, AUTO_REJECTED))
+        if k < baseline_pairs:
+            start = time.perf_counter()
+            baseline.verify_pair(g, v)
+            base_latencies.append((time.perf_counter() - start) * 1000)
+        progress(k + 1)
+
+    labels = pairs["label"].to_numpy()
+    automatic = np.array(automatic)
+    decided_same = np.array(similarities) >= engine.model.threshold
+    report = {
+        "n_pairs": int(len(pairs)),
+        "n_failed": failed,
+        **{k: v for k, v in verification_metrics(similarities, labels, engine.model.threshold).items()},
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p95_ms": percentile(latencies, 95),
+        "latency_mean_ms": float(np.mean(latencies)),
+        # share decided without a person (no flag, outside the uncertain band), and how right
+        "automation_rate": float(automatic.mean()),
+        "automatic_decision_accuracy": (
+            float(np.mean(decided_same[automatic] == labels[automatic])) if automatic.any() else None
+        ),
+    }
+
+    # Batch entry point: each distinct photo analysed once.
+    progress = Progress("product batch", len(pairs))
+    start = time.perf_counter()
+    batch_sims = [
+        r.similarity
+        for r in engine.verify_batch(
+            ((photo_bytes[r.file_x], photo_bytes[r.file_y], None) for r in pairs.itertuples()),
+            progress=progress,
+        )
+    ]
+    report["pairs_per_second"] = len(pairs) / (time.perf_counter() - start)
+    report["batch_matches_per_pair"] = bool(
+        np.allclose([s or 0.0 for s in batch_sims], similarities, atol=1e-4)
+    )
+
+    # Baseline accuracy: dlib's embedding of each distinct photo once (same numbers as per pair).
+    progress = Progress("baseline embeddings", len(photo_bytes))
+    dlib_embeddings = {}
+    for k, (name, data) in enumerate(photo_bytes.items()):
+        dlib_embeddings[name] = baseline.dlib_embedding(data)
+        progress(k + 1)
+    base_correct, base_scores = [], []
+    for row in pairs.itertuples():
+        a, b = dlib_embeddings[row.file_x], dlib_embeddings[row.file_y]
+        distance = float(np.linalg.norm(a - b)) if a is not None and b is not None else 9.0
+        base_correct.append((distance < baseline.DLIB_THRESHOLD) == bool(row.label))
+        base_scores.append(-distance)
+    base = verification_metrics(np.array(base_scores), labels, -baseline.DLIB_THRESHOLD)
+    report.update(
+        {
+            "baseline_verification_accuracy": float(np.mean(base_correct)),
+            "baseline_verification_auc": base["verification_auc"],
+            "baseline_fnmr_at_fmr_0_001": base["fnmr_at_fmr_0_001"],
+            "baseline_latency_p50_ms": percentile(base_latencies, 50),
+            "baseline_latency_p95_ms": percentile(base_latencies, 95),
+            "baseline_timed_pairs": len(base_latencies),
+        }
+    )
+    if report["latency_p95_ms"] and report["baseline_latency_p95_ms"]:
+        report["speedup_p95_vs_baseline"] = report["baseline_latency_p95_ms"] / report["latency_p95_ms"]
+
+    if people_csv:
+        report.update(score_gender(engine, images, people_csv, gender_metrics))
+
+    report.update(
+        {
+            "model_version": engine.model_version,
+            "pairs_file": str(pairs_csv),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        }
+    )
+    return report
+
+
+def score_gender(engine, images: Path, people_csv: Path, gender_metrics) -> dict:
+    people = pd.read_csv(people_csv)
+    if not {"person", "gender"} <= set(people.columns):
+        raise SystemExit(f"{people_csv}: needs columns person, gender")
+    gender_of = dict(zip(people.person, people.gender.str.upper(), strict=True))
+    files = []
+    for path in sorted(images.iterdir()):
+        match = LFW_NAME.match(path.name)
+        if match and match["person"] in gender_of:
+            files.append(path)
+    predicted, truth, failed = [], [], 0
+    progress = Progress("gender", len(files))
+    for first in range(0, len(files), 32):
+        chunk = files[first : first + 32]
+        for path, analysis in zip(chunk, engine.analyze_many(chunk), strict=True):
+            if analysis.gender_probs is None:
+                failed += 1
+                continue
+            predicted.append("MF"[int(np.argmax(analysis.gender_probs))])
+            truth.append(gender_of[LFW_NAME.match(path.name)["person"]])
+        progress(first + len(chunk))
+    return {**gender_metrics(predicted, truth), "gender_failed": failed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m core.benchmarks.verification", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--people", type=Path)
+    parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
+    parser.add_argument("--model", help="model version (default: models/DEFAULT)")
+    parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs timed for the baseline")
+    parser.add_argument("--limit", type=int, help="use only the first N pairs")
+    parser.add_argument("--sample", type=int, help="a balanced random N pairs (seeded) from PAIRS.csv")
+    args = parser.parse_args(argv)
+    report = run(
+        args.pairs, args.images, args.people, args.model, args.baseline_pairs, args.limit, args.sample
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""What the Retrain page shows, without Streamlit: settings with their explanations, loss curves,
+the new-versus-active comparison, the version list, the data available.
+
+    SETTINGS                              the form's fields: name, kind, bounds, step (labels in i18n)
+    data_available(session) -> dict       LFW development set present? how many reviewed pairs?
+    loss_figure(progress, lang) -> go.Figure
+    comparison_rows(comparison, lang) -> list[dict]
+    versions_rows(versions, lang) -> list[dict]
+    stage_text(run, lang) -> str
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.i18n import t
+from core.storage.schema import VerificationResult as ResultRow
+from core.training.fitting import AUGMENTATIONS, TrainParams
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # TrainParams field; labels are "retrain.set.<name>" and "retrain.help.<name>"
+    kind: str  # "int", "float", "choice", "multi"
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    options: tuple = ()
+    advanced: bool = False
+
+
+SETTINGS = (
+    Setting("loss", "choice", options=("contrastive", "triplet")),
+    Setting("epochs", "int", 1, 500, 1),
+    Setting("augment", "multi", options=AUGMENTATIONS),
+    Setting("augment_views", "int", 1, 4, 1),
+    Setting("reviewed_weight", "int", 1, 50, 1),
+    Setting("seed", "int", 0, 2**31 - 1, 1),
+    Setting("margin", "float", 0.05, 2.0, 0.05, advanced=True),
+    Setting("learning_rate", "float", 1e-5, 0.1, 1e-4, advanced=True),
+    Setting("identity_weight", "float", 0.0, 1.0, 0.05, advanced=True),
+    Setting("positives_per_person", "int", 1, 10000, 10, advanced=True),
+    Setting("negatives_per_positive", "int", 1, 20, 1, advanced=True),
+    Setting("gender_epochs", "int", 1, 1000, 10, advanced=True),
+    Setting("gender_init", "choice", options=("auto", "pretrained", "random"), advanced=True),
+    Setting("gender_hidden", "int", 0, 1024, 16, advanced=True),
+    Setting("gender_l2", "float", 0.0, 1.0, 1e-3, advanced=True),
+    Setting("holdout_fraction", "float", 0.05, 0.5, 0.05, advanced=True),
+    Setting("target_fmr_outside_band", "float", 0.0001, 0.1, 0.0005, advanced=True),
+)
+
+DEFAULTS = TrainParams()
+
+
+def data_available(session: Session) -> dict:
+    """The sources a run can use: the LFW development set (if on this machine) and reviewed pairs."""
+    from core.training.pipeline import LFW_NAME, lfw_dev_dir
+
+    folder = lfw_dev_dir()
+    photos = 0
+    if folder is not None:
+        photos = sum(1 for p in (folder / "images").iterdir() if LFW_NAME.match(p.name))
+    reviewed = session.scalar(
+        select(func.count())
+        .select_from(ResultRow)
+        .where(ResultRow.ground_truth_same.is_not(None), ResultRow.decided_by.is_not(None))
+    )
+    same = session.scalar(
+        select(func.count())
+        .select_from(ResultRow)
+        .where(ResultRow.ground_truth_same.is_(True), ResultRow.decided_by.is_not(None))
+    )
+    return {
+        "lfw_dir": str(folder) if folder else None,
+        "lfw_photos": photos,
+        "reviewed_pairs": int(reviewed or 0),
+        "reviewed_same": int(same or 0),
+    }
+
+
+def loss_figure(progress: dict, lang: str) -> go.Figure:
+    """Loss by epoch: the Siamese head (left) and the gender head (right), each on its own axes."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(t("retrain.loss.siamese", lang), t("retrain.loss.gender", lang)),
+        horizontal_spacing=0.12,
+    )
+    for col, key in ((1, "siamese_loss"), (2, "gender_loss")):
+        points = (progress or {}).get(key) or []
+        fig.add_trace(
+            go.Scatter(
+                x=[e for e, _ in points],
+                y=[v for _, v in points],
+                mode="lines+markers" if len(points) <= 30 else "lines",
+                name=t(f"retrain.loss.{key.split('_')[0]}", lang),
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title_text=t("retrain.loss.epoch", lang), row=1, col=col)
+    fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+# Metric, whether higher is better, how to show it.
+COMPARED = (
+    ("verification_accuracy", True, "pct"),
+    ("verification_auc", True, "f4"),
+    ("fnmr_at_fmr_0_001", False, "pct"),
+    ("gender_accuracy", True, "pct"),
+    ("gender_balanced_accuracy", True, "pct"),
+    ("latency_p50_ms", False, "ms"),
+    ("latency_p95_ms", False, "ms"),
+    ("n_pairs", None, "int"),
+    ("n_gender", None, "int"),
+    ("heldout_people_seen_in_training", None, "int"),
+)
+
+
+def _shown(value, how: str) -> str:
+    if value is None:
+        return "—"
+    if how == "pct":
+        return f"{value * 100:.2f}%"
+    if how == "ms":
+        return f"{value:,.0f} ms"
+    if how == "int":
+        return f"{int(value):,}"
+    return f"{value:.4f}"
+
+
+def comparison_rows(comparison: dict, lang: str) -> list[dict]:
+    """One row per figure: new, active, and which is better (latency within 10% counts as equal)."""
+    new = comparison.get("new") or {}
+    active = comparison.get("active") or {}
+    col_new = t("retrain.cmp.new", lang, version=new.get("model_version", ""))
+    col_active = t("retrain.cmp.active", lang, version=active.get("model_version", "—"))
+    rows = []
+    for key, higher, how in COMPARED:
+        a, b = new.get(key), active.get(key)
+        verdict = ""
+        if higher is not None and a is not None and b is not None:
+            tolerance = 0.1 * max(abs(b), 1e-9) if how == "ms" else 1e-9
+            if abs(a - b) <= tolerance:
+                verdict = t("retrain.cmp.same", lang)
+            elif (a > b) == higher:
+                verdict = t("retrain.cmp.better", lang)
+            else:
+                verdict = t("retrain.cmp.worse", lang)
+        rows.append(
+            {
+                t("retrain.cmp.metric", lang): t(f"retrain.metric.{key}", lang),
+                col_new: _shown(a, how),
+                col_active: _shown(b, how),
+                t("retrain.cmp.verdict", lang): verdict,
+            }
+        )
+    return rows
+
+
+def versions_rows(versions, lang: str) -> list[dict]:
+    from core.dashboard.ui_services import local_time
+
+    rows = []
+    for v in versions:
+        m = v.metrics or {}
+        rows.append(
+            {
+                t("retrain.ver.version", lang): v.version,
+                t("retrain.ver.status", lang): t(f"retrain.status.{v.status}", lang),
+                t("retrain.ver.created", lang): local_time(v.created_at),
+                t("retrain.ver.by", lang): v.created_by or "",
+                t("retrain.metric.verification_accuracy", lang): _shown(
+                    m.get("verification_accuracy"), "pct"
+                ),
+                t("retrain.metric.verification_auc", lang): _shown(m.get("verification_auc"), "f4"),
+                t("retrain.metric.fnmr_at_fmr_0_001", lang): _shown(m.get("fnmr_at_fmr_0_001"), "pct"),
+                t("retrain.metric.gender_accuracy", lang): _shown(m.get("gender_accuracy"), "pct"),
+                t("retrain.ver.promoted", lang): local_time(v.promoted_at),
+                t("retrain.ver.promoted_by", lang): v.promoted_by or "",
+            }
+        )
+    return rows
+
+
+def stage_text(progress: dict, lang: str) -> str:
+    """'Training the Siamese head: epoch 3 of 10' and the like."""
+    progress = progress or {}
+    stage = progress.get("stage") or "queued"
+    text = t(f"retrain.stage.{stage}", lang)
+    if stage == "features" and progress.get("features"):
+        f = progress["features"]
+        text += " · " + t("retrain.stage.photos", lang, done=f["done"], total=f["total"])
+    elif stage in ("siamese", "gender") and progress.get("epoch"):
+        text += " · " + t("retrain.stage.epoch", lang, epoch=progress["epoch"])
+    return text
+
+
+# Share of the whole run each stage ends at (features dominate on a cold cache).
+STAGE_END = {
+    "queued": 0.0,
+    "starting": 0.01,
+    "data": 0.02,
+    "features": 0.6,
+    "siamese": 0.85,
+    "gender": 0.93,
+    "evaluate": 0.95,
+    "save": 0.96,
+    "compare": 0.995,
+    "done": 1.0,
+}
+
+
+def overall_fraction(progress: dict) -> float:
+    """0..1 for the whole run, from the stage and the fraction of that stage."""
+    progress = progress or {}
+    stages = list(STAGE_END)
+    stage = progress.get("stage") or "queued"
+    if stage not in STAGE_END:
+        return 0.0
+    k = stages.index(stage)
+    start = STAGE_END[stages[k - 1]] if k else 0.0
+    fraction = min(max(float(progress.get("fraction") or 0.0), 0.0), 1.0)
+    return start + (STAGE_END[stage] - start) * fraction

@@ -1,0 +1,341 @@
+"""ORM classes: the tables of the data layer.
+
+The schema itself is created and changed only by the Alembic revisions in core/storage/migrations; these
+classes must match the newest revision (tests/test_db_schema.py checks that they do).
+
+Who did something is stored as the username string (not a foreign key), so the audit trail and
+reviews survive when a user is deactivated or removed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamp: both backends store DATETIME without a zone, so we keep everything in UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# Constraint names fixed by convention, so later migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Microsecond timestamps on MySQL (its DATETIME drops fractions by default); SQLite keeps them anyway.
+DateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Binary collation on MySQL: member IDs compare case-sensitively, as they do on SQLite.
+TABLE_ARGS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+ID_LEN = 64  # member IDs, usernames, model versions
+SHA_LEN = 64
+
+# Roles
+STAFF, MANAGER, DATA_SCIENTIST, ADMIN = "staff", "manager", "data_scientist", "admin"
+ROLES = (STAFF, MANAGER, DATA_SCIENTIST, ADMIN)
+
+# Member statuses: pending until a verification result exists.
+MEMBER_PENDING, MEMBER_IN_REVIEW, MEMBER_VERIFIED, MEMBER_REJECTED = (
+    "pending",
+    "in_review",
+    "verified",
+    "rejected",
+)
+MEMBER_STATUSES = (MEMBER_PENDING, MEMBER_IN_REVIEW, MEMBER_VERIFIED, MEMBER_REJECTED)
+
+GALLERY, VERIFICATION = "gallery", "verification"
+PHOTO_KINDS = (GALLERY, VERIFICATION)
+
+# Batch statuses
+BATCH_PENDING, BATCH_RUNNING, BATCH_COMPLETED, BATCH_INTERRUPTED, BATCH_FAILED = (
+    "pending",
+    "running",
+    "completed",
+    "interrupted",
+    "failed",
+)
+
+# Training run statuses
+TRAINING_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(ID_LEN), unique=True)
+    password_hash: Mapped[str] = mapped_column(sa.String(255))  # argon2id, never the password
+    role: Mapped[str] = mapped_column(sa.String(32))
+    display_name: Mapped[str | None] = mapped_column(sa.String(128))
+    active: Mapped[bool] = mapped_column(sa.Boolean, default=True, server_default=sa.true())
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    password_changed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    def __repr__(self) -> str:
+        return f"User({self.username!r}, role={self.role!r})"
+
+
+class Member(Base):
+    __tablename__ = "members"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[str] = mapped_column(sa.String(ID_LEN), primary_key=True)  # the customer's member ID
+    gender: Mapped[str] = mapped_column(sa.String(1))  # registered gender, "M" / "F"
+    status: Mapped[str] = mapped_column(
+        sa.String(20), default=MEMBER_PENDING, server_default=MEMBER_PENDING, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_verified_at: Mapped[datetime | None] = mapped_column(DateTime)
+    source: Mapped[str | None] = mapped_column(sa.String(255))  # file the member last came from
+
+    photos: Mapped[list[Photo]] = relationship(back_populates="member", order_by="Photo.id")
+
+
+class Photo(Base):
+    """One photo of one member. The file lives once per content hash in the photo store."""
+
+    __tablename__ = "photos"
+    __table_args__ = (sa.UniqueConstraint("member_id", "kind", "sha256"), TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[str] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # gallery / verification
+    sha256: Mapped[str] = mapped_column(sa.String(SHA_LEN), index=True)
+    stored_path: Mapped[str] = mapped_column(sa.String(255))  # relative to the photo store
+    size_bytes: Mapped[int] = mapped_column(sa.Integer)
+    source: Mapped[str | None] = mapped_column(sa.String(2048))  # link or path as the file gave it
+    # The member's photo of this kind now; replaced photos stay for the history.
+    current: Mapped[bool] = mapped_column(sa.Boolean, default=True, server_default=sa.true())
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Added in revision 0002.
+    width: Mapped[int | None] = mapped_column(sa.Integer)
+    height: Mapped[int | None] = mapped_column(sa.Integer)
+
+    member: Mapped[Member] = relationship(back_populates="photos")
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    source: Mapped[str | None] = mapped_column(sa.String(64))  # page, import, api, benchmark...
+    created_by: Mapped[str] = mapped_column(sa.String(ID_LEN))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    model_version: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default=BATCH_PENDING, server_default=BATCH_PENDING)
+    n_items: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Set by the runner that holds the batch; the heartbeat lets a later run take over a dead one.
+    run_token: Mapped[str | None] = mapped_column(sa.String(36))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+    items: Mapped[list[BatchItem]] = relationship(back_populates="batch", order_by="BatchItem.position")
+
+
+class BatchItem(Base):
+    __tablename__ = "batch_items"
+    __table_args__ = (sa.UniqueConstraint("batch_id", "position"), TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(sa.ForeignKey("batches.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(sa.Integer)
+    member_id: Mapped[str] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    gallery_photo_id: Mapped[int] = mapped_column(sa.ForeignKey("photos.id"))
+    verification_photo_id: Mapped[int] = mapped_column(sa.ForeignKey("photos.id"))
+    registered_gender: Mapped[str | None] = mapped_column(sa.String(1))
+
+    batch: Mapped[Batch] = relationship(back_populates="items")
+    gallery_photo: Mapped[Photo] = relationship(foreign_keys=[gallery_photo_id])
+    verification_photo: Mapped[Photo] = relationship(foreign_keys=[verification_photo_id])
+
+
+class VerificationResult(Base):
+    """Everything core.verification.result.VerificationResult says about one pair, plus review state."""
+
+    __tablename__ = "verification_results"
+    __table_args__ = (
+        sa.Index("ix_verification_results_status_created_at", "status", "created_at"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int | None] = mapped_column(sa.ForeignKey("batches.id", ondelete="SET NULL"), index=True)
+    # Unique: the runner's resume relies on "at most one result per batch item".
+    batch_item_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("batch_items.id", ondelete="SET NULL"), unique=True
+    )
+    member_id: Mapped[str | None] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    gallery_photo_id: Mapped[int | None] = mapped_column(sa.ForeignKey("photos.id"))
+    verification_photo_id: Mapped[int | None] = mapped_column(sa.ForeignKey("photos.id"))
+    same_person: Mapped[bool | None] = mapped_column(sa.Boolean)
+    similarity: Mapped[float | None] = mapped_column(sa.Double)
+    threshold: Mapped[float] = mapped_column(sa.Double)
+    band_low: Mapped[float] = mapped_column(sa.Double)
+    band_high: Mapped[float] = mapped_column(sa.Double)
+    predicted_gender: Mapped[str | None] = mapped_column(sa.String(1))
+    gender_confidence: Mapped[float | None] = mapped_column(sa.Double)
+    registered_gender: Mapped[str | None] = mapped_column(sa.String(1))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    flags: Mapped[list] = mapped_column(sa.JSON, default=list)
+    gallery_analysis: Mapped[dict | None] = mapped_column(sa.JSON)  # faces, quality, error, timings
+    verification_analysis: Mapped[dict | None] = mapped_column(sa.JSON)
+    timings: Mapped[dict | None] = mapped_column(sa.JSON)
+    latency_ms: Mapped[float | None] = mapped_column(sa.Double)
+    model_version: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
+    # Copied out of flags at insert time so the review queue can sort on them portably.
+    gender_mismatch: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    possible_duplicate: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    ground_truth_same: Mapped[bool | None] = mapped_column(sa.Boolean)
+    ground_truth_gender: Mapped[str | None] = mapped_column(sa.String(1))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime)
+    decided_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    # Every ORM update checks and bumps it, so two editors can never silently overwrite each other.
+    version: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
+
+    __mapper_args__ = {"version_id_col": version}
+
+    member: Mapped[Member | None] = relationship()
+    batch: Mapped[Batch | None] = relationship()
+    review: Mapped[Review | None] = relationship(back_populates="result", uselist=False)
+    duplicates: Mapped[list[PossibleDuplicate]] = relationship(back_populates="result")
+
+
+class PossibleDuplicate(Base):
+    __tablename__ = "possible_duplicates"
+    __table_args__ = (sa.UniqueConstraint("result_id", "candidate_member_id"), TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_id: Mapped[int] = mapped_column(sa.ForeignKey("verification_results.id", ondelete="CASCADE"))
+    candidate_member_id: Mapped[str] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    similarity: Mapped[float] = mapped_column(sa.Double)
+
+    result: Mapped[VerificationResult] = relationship(back_populates="duplicates")
+
+
+class Review(Base):
+    __tablename__ = "reviews"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Unique: one decision per result, a second guard behind the conditional update.
+    result_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("verification_results.id", ondelete="CASCADE"), unique=True
+    )
+    reviewer: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
+    decision: Mapped[str] = mapped_column(sa.String(16))  # approve / reject
+    same_person: Mapped[bool | None] = mapped_column(sa.Boolean)
+    true_gender: Mapped[str | None] = mapped_column(sa.String(1))
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+    result: Mapped[VerificationResult] = relationship(back_populates="review")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(sa.String(ID_LEN), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(32), default="verifier", server_default="verifier")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    threshold: Mapped[float | None] = mapped_column(sa.Double)
+    band_low: Mapped[float | None] = mapped_column(sa.Double)
+    band_high: Mapped[float | None] = mapped_column(sa.Double)
+    metrics: Mapped[dict | None] = mapped_column(sa.JSON)
+    params: Mapped[dict | None] = mapped_column(sa.JSON)
+    data_summary: Mapped[dict | None] = mapped_column(sa.JSON)
+    path: Mapped[str | None] = mapped_column(sa.String(512))
+    active: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    promoted_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    notes: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_by: Mapped[str] = mapped_column(sa.String(ID_LEN))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued", server_default="queued")
+    stage: Mapped[str | None] = mapped_column(sa.String(64))
+    progress: Mapped[dict | None] = mapped_column(sa.JSON)
+    params: Mapped[dict | None] = mapped_column(sa.JSON)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    model_version: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("model_versions.version", ondelete="SET NULL")
+    )
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        sa.Index("ix_audit_log_target_type_target_id", "target_type", "target_id"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
+    action: Mapped[str] = mapped_column(sa.String(64))  # view_member, decide, import_member, login...
+    target_type: Mapped[str | None] = mapped_column(sa.String(32))
+    target_id: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    detail: Mapped[dict | None] = mapped_column(sa.JSON)
+
+
+# Revision 0002: embedding cache and API keys.
+
+
+class Embedding(Base):
+    """Pretrained embedding of a photo: the cache for retraining and the 1:N duplicate search."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (sa.UniqueConstraint("photo_sha256", "model_id"), TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    photo_sha256: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    model_id: Mapped[str] = mapped_column(sa.String(ID_LEN))  # which pretrained network made it
+    dim: Mapped[int] = mapped_column(sa.Integer)
+    vector: Mapped[bytes] = mapped_column(sa.LargeBinary)  # float32 little-endian, dim * 4 bytes
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN), unique=True)  # sha256 of the key
+    key_prefix: Mapped[str] = mapped_column(sa.String(12))  # shown in lists to tell keys apart
+    name: Mapped[str] = mapped_column(sa.String(128))
+    role: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)

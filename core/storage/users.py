@@ -1,0 +1,268 @@
+"""Users, roles and passwords (argon2id hashes only; the password itself is never stored).
+
+create_user(session, username, password, role, display_name=None, actor="system") -> User
+authenticate(session, username, password) -> User        raises AuthenticationFailed
+change_password(session, username, old_password, new_password) -> None
+set_password(session, username, new_password, actor) -> None      (admin reset)
+set_role(session, username, role, actor) / set_active(session, username, active, actor)
+list_users(session) -> list[User]
+has_role(user, *roles) -> bool                            admin is allowed everywhere
+
+Each action commits its own transaction (with its audit entry).
+
+Command line:
+    python -m core.storage.users create-admin --username NAME      password from a prompt, or from
+                                                          FACEVERIFY_ADMIN_PASSWORD for scripts
+    python -m core.storage.users create-user --username NAME --role staff
+    python -m core.storage.users list
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from functools import lru_cache
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.errors import FaceVerifyError
+from core.storage import audit
+from core.storage.schema import ADMIN, ROLES, User, utcnow
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # argon2 copes with more, but nobody types it and it costs memory
+ADMIN_PASSWORD_ENV = "FACEVERIFY_ADMIN_PASSWORD"
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+
+
+class AuthError(FaceVerifyError):
+    code = "auth_error"
+
+
+class AuthenticationFailed(AuthError):
+    """Same message whether the user is unknown, inactive or the password is wrong."""
+
+    code = "authentication_failed"
+
+    def __init__(self):
+        super().__init__("Wrong username or password.")
+
+
+class UserExists(AuthError):
+    code = "user_exists"
+
+
+class UnknownUser(AuthError):
+    code = "unknown_user"
+
+
+class WeakPassword(AuthError):
+    code = "weak_password"
+
+
+class UnknownRole(AuthError):
+    code = "unknown_role"
+
+
+def normalise_username(username: str) -> str:
+    # Case-folded so "Kim" and "kim" cannot be two accounts.
+    name = (username or "").strip().lower()
+    if not name or len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
+        raise AuthError("A username is 1 to 64 visible characters without spaces.")
+    return name
+
+
+def _check_password(password: str) -> None:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
+        raise WeakPassword(f"The password needs at least {MIN_PASSWORD_LENGTH} characters.")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise WeakPassword(f"The password may have at most {MAX_PASSWORD_LENGTH} characters.")
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UnknownRole(f"Unknown role {role!r}; use one of {', '.join(ROLES)}.")
+    return role
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return _hasher.hash("not-a-real-password-used-only-to-spend-the-same-time")
+
+
+def _find(session: Session, username: str) -> User | None:
+    return session.scalar(select(User).where(User.username == username))
+
+
+def create_user(
+    session: Session,
+    username: str,
+    password: str,
+    role: str,
+    display_name: str | None = None,
+    actor: str = "system",
+) -> User:
+    username = normalise_username(username)
+    _check_role(role)
+    _check_password(password)
+    if _find(session, username) is not None:
+        raise UserExists(f"A user named {username!r} already exists.")
+    user = User(
+        username=username,
+        password_hash=hash_password(password),
+        role=role,
+        display_name=display_name,
+        active=True,
+        created_at=utcnow(),
+        password_changed_at=utcnow(),
+    )
+    session.add(user)
+    audit.log(session, actor, audit.CREATE_USER, "user", username, {"role": role})
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()  # created by someone else between our check and our insert
+        raise UserExists(f"A user named {username!r} already exists.") from None
+    return user
+
+
+def _verify(user: User | None, password: str) -> bool:
+    """Always runs one argon2 verification, so timing does not tell whether the user exists."""
+    stored = user.password_hash if user is not None else _dummy_hash()
+    try:
+        _hasher.verify(stored, password or "")
+        return user is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def authenticate(session: Session, username: str, password: str) -> User:
+    try:
+        name = normalise_username(username)
+    except AuthError:
+        _verify(None, password)
+        raise AuthenticationFailed() from None
+    user = _find(session, name)
+    ok = _verify(user, password)
+    if not ok or user is None or not user.active:
+        audit.log(session, name, audit.LOGIN_FAILED, "user", name)
+        session.commit()
+        raise AuthenticationFailed()
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)  # parameters got stronger since it was hashed
+    user.last_login_at = utcnow()
+    audit.log(session, name, audit.LOGIN, "user", name)
+    session.commit()
+    return user
+
+
+def _get(session: Session, username: str) -> User:
+    user = _find(session, normalise_username(username))
+    if user is None:
+        raise UnknownUser(f"There is no user named {username!r}.")
+    return user
+
+
+def change_password(session: Session, username: str, old_password: str, new_password: str) -> None:
+    user = _find(session, normalise_username(username))
+    if not _verify(user, old_password) or user is None:
+        raise AuthenticationFailed()
+    _check_password(new_password)
+    user.password_hash = hash_password(new_password)
+    user.password_changed_at = utcnow()
+    audit.log(session, user.username, audit.CHANGE_PASSWORD, "user", user.username)
+    session.commit()
+
+
+def set_password(session: Session, username: str, new_password: str, actor: str) -> None:
+    user = _get(session, username)
+    _check_password(new_password)
+    user.password_hash = hash_password(new_password)
+    user.password_changed_at = utcnow()
+    audit.log(session, actor, audit.CHANGE_PASSWORD, "user", user.username, {"reset": True})
+    session.commit()
+
+
+def set_role(session: Session, username: str, role: str, actor: str) -> None:
+    user = _get(session, username)
+    old = user.role
+    user.role = _check_role(role)
+    audit.log(session, actor, audit.CHANGE_ROLE, "user", user.username, {"from": old, "to": role})
+    session.commit()
+
+
+def set_active(session: Session, username: str, active: bool, actor: str) -> None:
+    user = _get(session, username)
+    user.active = bool(active)
+    audit.log(session, actor, "activate_user" if active else "deactivate_user", "user", user.username)
+    session.commit()
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def has_role(user: User | None, *roles: str) -> bool:
+    """True when the user is active and holds one of the roles; admins may do everything."""
+    if user is None or not user.active:
+        return False
+    return user.role == ADMIN or user.role in roles
+
+
+def _read_new_password() -> str:
+    password = os.environ.get(ADMIN_PASSWORD_ENV)
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise AuthError(f"No terminal to ask for a password: set {ADMIN_PASSWORD_ENV} instead.")
+    first = getpass.getpass("New password: ")
+    if first != getpass.getpass("Repeat it: "):
+        raise AuthError("The two passwords differ.")
+    return first
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.storage.db import init_db, session_factory
+
+    parser = argparse.ArgumentParser(
+        prog="python -m core.storage.users", description="Manage dashboard users."
+    )
+    parser.add_argument("--url", help="SQLAlchemy URL (default: DATABASE_URL setting)")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    admin = sub.add_parser("create-admin", help="create an admin user")
+    admin.add_argument("--username", required=True)
+    user = sub.add_parser("create-user", help="create a user with a role")
+    user.add_argument("--username", required=True)
+    user.add_argument("--role", required=True, choices=ROLES)
+    sub.add_parser("list", help="list users and roles")
+    args = parser.parse_args(argv)
+
+    engine = init_db(args.url)
+    with session_factory(engine)() as session:
+        try:
+            if args.cmd in ("create-admin", "create-user"):
+                role = ADMIN if args.cmd == "create-admin" else args.role
+                created = create_user(session, args.username, _read_new_password(), role, actor="cli")
+                print(f"Created {created.role} {created.username!r}.")
+            else:
+                for u in list_users(session):
+                    print(f"{u.username:<24} {u.role:<16} {'active' if u.active else 'inactive'}")
+        except AuthError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Retraining the heads and managing model versions.
+
+pipeline   data -> cached features -> heads -> evaluation by person -> registered version (`python -m core.train`)
+fitting    pure training and evaluation functions on arrays, split by person
+augment    training-time views of an aligned face
+worker     a training run in a background process, with progress and cancel
+registry   which versions exist and which is active; promote, rollback, discard
+
+May import: core.verification, core.storage."""

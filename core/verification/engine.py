@@ -1,0 +1,242 @@
+"""The one path of a verification, whoever calls it (pages, API, batch runner, benchmark, tests).
+
+    photo bytes -> decode -> detect (MediaPipe) -> main face -> align (dlib 5 points) -> chips
+    chips (mirrored, rotated) -> dlib's ResNet in Keras -> embedding       } core/verification/features.py
+    gender chip (and mirror) -> Cydral's gender CNN in Keras -> log-odds   }
+    embedding -> Siamese tower -> projection; [log-odds, embedding] -> gender head -> probabilities
+    two projections -> similarity -> rules -> VerificationResult
+
+Engine.load() once per process; then verify(), or analyze_many() + compare() when photos repeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ModelError
+from core.verification import features
+from core.verification.features import PhotoInput, read_photo
+from core.verification.genders import optional_gender
+from core.verification.heads import GENDERS, ModelVersion, load_version, similarity_from_projections
+from core.verification.result import (
+    AUTO_APPROVED,
+    AUTO_REJECTED,
+    FLAGGED,
+    GENDER_MISMATCH,
+    UNCERTAIN_GENDER,
+    UNCERTAIN_SIMILARITY,
+    Flag,
+    PhotoAnalysis,
+    VerificationResult,
+)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+class Engine:
+    """A loaded model version with the pretrained networks, ready to verify pairs."""
+
+    def __init__(self, model: ModelVersion):
+        import tensorflow as tf
+
+        trained_on = model.metadata.get("features_version")
+        if trained_on != features.FEATURES_VERSION:
+            raise ModelError(
+                f"Model {model.version} was trained on features {trained_on!r}, this code computes "
+                f"{features.FEATURES_VERSION!r}: retrain it (python -m core.training.pipeline)."
+            )
+        self.model = model
+        tower, gender = model.tower, model.gender
+        self._offset, self._scale = model.similarity_params()
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, 128], tf.float32), tf.TensorSpec([None, 129], tf.float32)],
+            reduce_retracing=True,
+        )
+        def heads_graph(embedding, gender_input):
+            return tower(embedding, training=False), gender(gender_input, training=False)
+
+        self._heads_graph = heads_graph
+
+    @classmethod
+    def load(cls, version: str | None = None, models_dir: Path | None = None) -> Engine:
+        """Load a model version (default: the one named in models/DEFAULT) and warm it up."""
+        engine = cls(load_version(version, models_dir))
+        engine._heads_graph(np.zeros((1, 128), np.float32), np.zeros((1, 129), np.float32))
+        return engine
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version
+
+    # -- per photo -------------------------------------------------------------------------
+
+    def analyze_many(self, photos: list[PhotoInput]) -> list[PhotoAnalysis]:
+        """Analyse photos: all faces through the networks together. Never raises for bad input."""
+        analyses = features.extract(photos)
+        ready = [a for a in analyses if a.embedding is not None]
+        if ready:
+            start = time.perf_counter()
+            embedding, gender_input = features.head_inputs(
+                np.stack([a.embedding for a in ready]), np.array([a.gender_logit for a in ready])
+            )
+            projection, gender_probs = (t.numpy() for t in self._heads_graph(embedding, gender_input))
+            per_photo = _ms(start) / len(ready)
+            for i, analysis in enumerate(ready):
+                analysis.projection = projection[i]
+                analysis.gender_probs = gender_probs[i]
+                analysis.timings_ms["embed"] += per_photo
+        return analyses
+
+    def analyze(self, photo: PhotoInput) -> PhotoAnalysis:
+        return self.analyze_many([photo])[0]
+
+    # -- per pair --------------------------------------------------------------------------
+
+    def compare(
+        self,
+        gallery: PhotoAnalysis,
+        verification: PhotoAnalysis,
+        registered_gender: str | None = None,
+    ) -> VerificationResult:
+        """Decide one pair from two analysed photos, applying the flagging rules."""
+        start = time.perf_counter()
+        threshold = self.model.threshold
+        low, high = self.model.uncertain_band
+        flags = [Flag(f.code, f.reason, "gallery") for f in gallery.flags]
+        flags += [Flag(f.code, f.reason, "verification") for f in verification.flags]
+
+        similarity = same_person = None
+        if gallery.usable and verification.usable:
+            similarity = similarity_from_projections(
+                gallery.projection, verification.projection, self._offset, self._scale
+            )
+            same_person = similarity >= threshold
+            if low <= similarity < high:
+                flags.append(
+                    Flag(
+                        UNCERTAIN_SIMILARITY,
+                        f"Similarity {similarity:.3f} is in the uncertain band {low:.3f}-{high:.3f}.",
+                    )
+                )
+
+        predicted_gender = gender_confidence = None
+        if verification.gender_probs is not None:
+            best = int(np.argmax(verification.gender_probs))
+            predicted_gender = GENDERS[best]
+            gender_confidence = float(verification.gender_probs[best])
+            if registered_gender and gender_confidence < self.model.gender_min_confidence:
+                flags.append(
+                    Flag(
+                        UNCERTAIN_GENDER,
+                        f"Gender cannot be confirmed (confidence {gender_confidence:.2f}).",
+                        "verification",
+                    )
+                )
+            elif registered_gender and predicted_gender != registered_gender:
+                flags.append(
+                    Flag(
+                        GENDER_MISMATCH,
+                        f"Registered gender {registered_gender}, the photo looks {predicted_gender} "
+                        f"(confidence {gender_confidence:.2f}).",
+                        "verification",
+                    )
+                )
+
+        if flags or same_person is None:
+            status = FLAGGED
+        else:
+            status = AUTO_APPROVED if same_person else AUTO_REJECTED
+
+        timings: dict[str, float] = {}
+        for stage in ("decode", "detect", "align", "embed"):
+            timings[stage] = gallery.timings_ms.get(stage, 0.0) + verification.timings_ms.get(stage, 0.0)
+        timings["decide"] = _ms(start)
+        timings["total"] = sum(timings.values())
+        return VerificationResult(
+            same_person=same_person,
+            similarity=similarity,
+            threshold=threshold,
+            uncertain_band=(low, high),
+            predicted_gender=predicted_gender,
+            gender_confidence=gender_confidence,
+            registered_gender=registered_gender,
+            status=status,
+            flags=flags,
+            gallery=gallery,
+            verification=verification,
+            timings_ms=timings,
+            model_version=self.model_version,
+        )
+
+    def verify(
+        self, gallery: PhotoInput, verification: PhotoInput, registered_gender: str | None = None
+    ) -> VerificationResult:
+        """Verify one pair: both photos through the network together, then the decision."""
+        start = time.perf_counter()
+        gallery_analysis, verification_analysis = self.analyze_many([gallery, verification])
+        result = self.compare(gallery_analysis, verification_analysis, optional_gender(registered_gender))
+        result.timings_ms["total"] = _ms(start)
+        return result
+
+    def verify_batch(
+        self,
+        pairs: Iterable[tuple[PhotoInput, PhotoInput, str | None]],
+        progress: Callable[[int], None] | None = None,
+        chunk_pairs: int = 16,
+        keep_crops: bool = False,
+    ) -> Iterator[VerificationResult]:
+        """Verify many pairs, analysing each distinct photo once (by content hash).
+
+        Yields results in input order. Crops are dropped after use unless keep_crops, so memory
+        stays flat on large batches. progress(n) is called after each result.
+        """
+        seen: dict[str, PhotoAnalysis] = {}
+        pending: list[tuple[bytes, bytes, str | None]] = []
+        done = 0
+
+        def flush():
+            nonlocal done
+            new: dict[str, bytes] = {}
+            for g, v, _ in pending:
+                for data in (g, v):
+                    key = hashlib.sha256(data).hexdigest()
+                    if key not in seen:
+                        new[key] = data
+            for key, analysis in zip(new, self.analyze_many(list(new.values())), strict=True):
+                if not keep_crops:
+                    analysis.crop = analysis.gender_crop = None
+                seen[key] = analysis
+            for g, v, gender in pending:
+                result = self.compare(
+                    seen[hashlib.sha256(g).hexdigest()],
+                    seen[hashlib.sha256(v).hexdigest()],
+                    optional_gender(gender),
+                )
+                done += 1
+                if progress:
+                    progress(done)
+                yield result
+            pending.clear()
+
+        for gallery, verification, gender in pairs:
+            pending.append((_read_or_empty(gallery), _read_or_empty(verification), gender))
+            if len(pending) >= chunk_pairs:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+
+def _read_or_empty(photo: PhotoInput) -> bytes:
+    """In a batch a missing file must not stop the others: empty bytes decode to a clear error."""
+    try:
+        return read_photo(photo)
+    except OSError:
+        return b""

@@ -1,0 +1,166 @@
+"""The trainable Keras heads on top of the pretrained face network, and their saved versions.
+
+Siamese head: one projection tower applied with the same weights to both photos' pretrained
+embeddings; the distance between the two projections becomes a similarity in 0..1 through a
+learned logistic (PairSimilarity). Gender head: a small classifier on the same embedding.
+
+A model version is a folder under models/: siamese.keras, gender.keras and metadata.json
+(threshold, uncertain band, metrics, training data summary, parameters, date).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from core import config
+from core.errors import ModelError
+
+EMBEDDING_DIM = 128
+GENDERS = ("M", "F")  # index order of the gender head's output
+
+
+@keras.saving.register_keras_serializable(package="faceverify")
+class PairSimilarity(keras.layers.Layer):
+    """sigmoid(scale * (offset - ||a - b||)): distance in, probability-like similarity out."""
+
+    def __init__(self, initial_offset: float = 0.6, initial_scale: float = 12.0, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_offset = initial_offset
+        self.initial_scale = initial_scale
+
+    def build(self, input_shape):
+        self.offset = self.add_weight(
+            name="offset", shape=(), initializer=keras.initializers.Constant(self.initial_offset)
+        )
+        self.scale = self.add_weight(
+            name="scale", shape=(), initializer=keras.initializers.Constant(self.initial_scale)
+        )
+
+    def call(self, inputs):
+        a, b = inputs
+        distance = keras.ops.sqrt(keras.ops.sum(keras.ops.square(a - b), axis=-1) + 1e-12)
+        return keras.ops.sigmoid(self.scale * (self.offset - distance))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "initial_offset": self.initial_offset,
+            "initial_scale": self.initial_scale,
+        }
+
+
+def build_tower(dim: int = EMBEDDING_DIM) -> keras.Model:
+    """Linear projection starting at the identity: before training it is exactly dlib's metric.
+
+    No unit normalisation: dlib's embeddings are not unit length and their raw Euclidean distance
+    is what the network was trained for (normalising cost accuracy on lfw_dev).
+    """
+    inp = keras.Input((dim,), name="embedding")
+    out = keras.layers.Dense(dim, kernel_initializer="identity", bias_initializer="zeros", name="project")(
+        inp
+    )
+    return keras.Model(inp, out, name="tower")
+
+
+def build_siamese(tower: keras.Model, initial_offset: float = 0.6) -> keras.Model:
+    """Two inputs through the same tower (shared weights), similarity out."""
+    a = keras.Input((tower.input_shape[-1],), name="gallery")
+    b = keras.Input((tower.input_shape[-1],), name="verification")
+    sim = PairSimilarity(initial_offset=initial_offset, name="similarity")([tower(a), tower(b)])
+    return keras.Model([a, b], sim, name="siamese")
+
+
+GENDER_INPUT_DIM = 1 + EMBEDDING_DIM  # the pretrained gender log-odds, then the embedding
+
+
+def build_gender(dim: int = GENDER_INPUT_DIM, hidden: int = 0, l2: float = 1e-3) -> keras.Model:
+    """Logistic layer (or one hidden layer) on [pretrained gender log-odds, face embedding].
+
+    Measured by person on lfw_dev, extra capacity on the embedding overfits the few people we
+    have, so the default is logistic with L2: it mostly recalibrates the pretrained network and
+    lets the embedding correct it where the company's own reviewed data says so.
+    """
+    inp = keras.Input((dim,), name="gender_input")
+    x = inp
+    if hidden:
+        x = keras.layers.Dense(hidden, activation="relu", name="hidden")(x)
+    out = keras.layers.Dense(
+        len(GENDERS), activation="softmax", kernel_regularizer=keras.regularizers.L2(l2), name="gender"
+    )(x)
+    return keras.Model(inp, out, name="gender_head")
+
+
+@dataclass
+class ModelVersion:
+    """A loaded model version: the Keras heads plus the decision settings stored with them."""
+
+    version: str
+    siamese: keras.Model
+    gender: keras.Model
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def tower(self) -> keras.Model:
+        return self.siamese.get_layer("tower")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata["threshold"])
+
+    @property
+    def uncertain_band(self) -> tuple[float, float]:
+        low, high = self.metadata["uncertain_band"]
+        return float(low), float(high)
+
+    @property
+    def gender_min_confidence(self) -> float:
+        return float(self.metadata.get("gender_min_confidence", 0.9))
+
+    def similarity_params(self) -> tuple[float, float]:
+        layer = self.siamese.get_layer("similarity")
+        return float(layer.offset.numpy()), float(layer.scale.numpy())
+
+
+def similarity_from_projections(a: np.ndarray, b: np.ndarray, offset: float, scale: float) -> float:
+    """The PairSimilarity formula on two projected embeddings (numpy, for the per-pair path)."""
+    distance = float(np.sqrt(np.sum((a - b) ** 2) + 1e-12))
+    return float(1.0 / (1.0 + np.exp(-scale * (offset - distance))))
+
+
+def save_version(
+    directory: Path, version: str, siamese: keras.Model, gender: keras.Model, metadata: dict
+) -> Path:
+    directory = Path(directory) / version
+    directory.mkdir(parents=True, exist_ok=False)
+    siamese.save(directory / "siamese.keras")
+    gender.save(directory / "gender.keras")
+    (directory / "metadata.json").write_text(json.dumps({**metadata, "version": version}, indent=2))
+    return directory
+
+
+def default_version(models_dir: Path | None = None) -> str:
+    """The version named in models/DEFAULT (the shipped model)."""
+    path = Path(models_dir or config.models_dir()) / "DEFAULT"
+    if not path.exists():
+        raise ModelError(
+            f"No model version given and {path} does not exist; train one with python -m core.training.pipeline"
+        )
+    return path.read_text().strip()
+
+
+def load_version(version: str | None = None, models_dir: Path | None = None) -> ModelVersion:
+    models_dir = Path(models_dir or config.models_dir())
+    version = version or default_version(models_dir)
+    directory = models_dir / version
+    try:
+        metadata = json.loads((directory / "metadata.json").read_text())
+        siamese = keras.saving.load_model(directory / "siamese.keras")
+        gender = keras.saving.load_model(directory / "gender.keras")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"Model version {version!r} in {directory} cannot be loaded: {exc}") from exc
+    return ModelVersion(version=version, siamese=siamese, gender=gender, metadata=metadata)

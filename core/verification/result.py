@@ -1,0 +1,126 @@
+"""The result objects of one verification: plain dataclasses, JSON-ready through to_dict().
+
+Everyone reads these: the pages render them, the data layer stores them, the API returns them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# Flag codes. The photo a flag is about is given separately ("gallery" / "verification").
+NO_FACE = "no_face"
+SEVERAL_FACES = "several_faces"
+LOW_QUALITY = "low_quality"
+BAD_IMAGE = "bad_image"
+UNCERTAIN_SIMILARITY = "uncertain_similarity"
+GENDER_MISMATCH = "gender_mismatch"
+UNCERTAIN_GENDER = "uncertain_gender"
+POSSIBLE_DUPLICATE = "possible_duplicate"
+
+# Statuses of a stored result. auto_* are decided without a person; flagged waits for review.
+AUTO_APPROVED = "auto_approved"
+AUTO_REJECTED = "auto_rejected"
+FLAGGED = "flagged"
+APPROVED = "approved"
+REJECTED = "rejected"
+STATUSES = (AUTO_APPROVED, AUTO_REJECTED, FLAGGED, APPROVED, REJECTED)
+
+
+@dataclass
+class Flag:
+    code: str
+    reason: str  # one sentence for the reviewer, English; pages translate by code
+    photo: str | None = None  # "gallery", "verification" or None for the pair
+
+
+@dataclass
+class Face:
+    """One detected face, in the pixel coordinates of the decoded (EXIF-rotated) photo."""
+
+    box: tuple[int, int, int, int]  # x, y, width, height
+    score: float  # detector confidence 0..1
+    keypoints: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class PhotoAnalysis:
+    """What the pipeline learned about one photo; reused when a photo appears in several pairs."""
+
+    sha256: str
+    width: int = 0
+    height: int = 0
+    faces: list[Face] = field(default_factory=list)
+    main_face: int | None = None  # index into faces of the face used
+    crop: np.ndarray | None = None  # aligned face chip, uint8 RGB (150x150)
+    gender_crop: np.ndarray | None = None  # the gender network's chip (32x32), same landmarks
+    embedding: np.ndarray | None = None  # pretrained 128-d embedding (face and mirror averaged)
+    projection: np.ndarray | None = None  # the Siamese tower's output for this face
+    gender_logit: float | None = None  # pretrained gender network: log-odds of male over female
+    gender_probs: np.ndarray | None = (
+        None  # gender head output, in the order of core.verification.heads.GENDERS
+    )
+    quality: float | None = None  # 0..1, higher is better (sharpness and size)
+    flags: list[Flag] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # message when the photo could not be used at all
+
+    @property
+    def usable(self) -> bool:
+        return self.embedding is not None
+
+
+@dataclass
+class VerificationResult:
+    same_person: bool | None  # None when no decision could be made (no face, bad image)
+    similarity: float | None  # 0..1
+    threshold: float
+    uncertain_band: tuple[float, float]
+    predicted_gender: str | None  # "M" / "F"
+    gender_confidence: float | None  # 0.5..1
+    registered_gender: str | None
+    status: str  # one of STATUSES (auto_approved, auto_rejected or flagged here)
+    flags: list[Flag]
+    gallery: PhotoAnalysis
+    verification: PhotoAnalysis
+    timings_ms: dict[str, float]  # per stage, plus "total"
+    model_version: str
+
+    @property
+    def flagged(self) -> bool:
+        return self.status == FLAGGED
+
+    def to_dict(self, include_crops: bool = False) -> dict:
+        """JSON-ready dict. Crops and embeddings are left out unless asked (they are large)."""
+
+        def photo(p: PhotoAnalysis) -> dict:
+            d = {
+                "sha256": p.sha256,
+                "width": p.width,
+                "height": p.height,
+                "faces": [asdict(f) for f in p.faces],
+                "main_face": p.main_face,
+                "quality": p.quality,
+                "error": p.error,
+                "timings_ms": p.timings_ms,
+            }
+            if include_crops and p.crop is not None:
+                d["crop"] = p.crop.tolist()
+            return d
+
+        return {
+            "same_person": self.same_person,
+            "similarity": self.similarity,
+            "threshold": self.threshold,
+            "uncertain_band": list(self.uncertain_band),
+            "predicted_gender": self.predicted_gender,
+            "gender_confidence": self.gender_confidence,
+            "registered_gender": self.registered_gender,
+            "status": self.status,
+            "flags": [asdict(f) for f in self.flags],
+            "gallery": photo(self.gallery),
+            "verification": photo(self.verification),
+            "timings_ms": self.timings_ms,
+            "model_version": self.model_version,
+        }
