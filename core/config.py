@@ -1,7 +1,11 @@
 """Settings read from one place: environment variables, else .streamlit/secrets.toml, else defaults.
 
 DATABASE_URL     SQLAlchemy URL, e.g. mysql+pymysql://user:pass@host/db (default: SQLite under data/runtime)
-PHOTO_STORE_DIR  where photos are stored by content hash (default: data/runtime/photos)
+PHOTO_STORE_URL  where photos are stored by content hash: a folder path, or s3://BUCKET/PREFIX for an
+                 S3-compatible object store (core.storage.s3store); default: PHOTO_STORE_DIR
+PHOTO_STORE_DIR  the folder form of the same (default: data/runtime/photos)
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
+                 boto3's own settings for an s3:// store (also read from secrets.toml)
 MODELS_DIR       versioned model artifacts (default: models/)
 CACHE_DIR        derived caches such as the converted pretrained weights (default: data/cache)
 """

@@ -39,7 +39,9 @@ def test_roles(session, users):
     assert user_store.has_role(users["staff"], "staff")
     assert not user_store.has_role(users["staff"], "manager", "data_scientist")
     assert user_store.has_role(users["manager"], "manager")
-    assert user_store.has_role(users["admin"], "staff") and user_store.has_role(users["admin"], "data_scientist")
+    assert user_store.has_role(users["admin"], "staff") and user_store.has_role(
+        users["admin"], "data_scientist"
+    )
     assert not user_store.has_role(None, "staff")
     user_store.set_role(session, "staff_user", "manager", actor="admin_user")
     assert user_store.has_role(session.scalar(select(User).where(User.username == "staff_user")), "manager")

@@ -1,8 +1,21 @@
-"""Photos stored once per content hash: <store>/ab/cd/<sha256>.<ext>.
+"""Photos stored once per content hash: <store>/ab/cd/<sha256>.<ext>, in a folder or a bucket.
 
-The database keeps only the hash and the relative path. Writing is atomic (temporary file, then
-rename) and idempotent (same bytes, same file), so a crash never leaves a half-written photo under
-its final name, and two imports of the same photo share one file.
+The database keeps only the hash and the relative path, which is the same in every backend.
+open_photo_store() picks the backend from one setting, PHOTO_STORE_URL: a folder path (the
+embedded default, data/runtime/photos; PHOTO_STORE_DIR is still read) or s3://BUCKET/PREFIX for an
+S3-compatible object store (core.storage.s3store). Both implement the same interface:
+
+    put(data, ext) -> StoredPhoto      once per hash; atomic; created=False when already there
+    get(sha256, verify=False) -> bytes
+    read(relative_path) -> bytes       by the path the database stored, never outside the store
+    exists(sha256) -> bool
+    delete(sha256) -> int              files removed (erasure)
+    iterate() -> Iterator[StoredEntry] every stored photo
+    url                                where it is, as PHOTO_STORE_URL would name it
+
+Writing to a folder is atomic (temporary file, then rename) and idempotent (same bytes, same
+file), so a crash never leaves a half-written photo under its final name, and two imports of the
+same photo share one file.
 """
 
 from __future__ import annotations
@@ -11,18 +24,27 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from core import config
 from core.errors import FaceVerifyError
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
+_CONTENT_PATH_RE = re.compile(r"^([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,8})$")
 
 
 class PhotoNotFound(FaceVerifyError):
     code = "photo_not_found"
+
+
+class PhotoStoreUnavailable(FaceVerifyError, OSError):
+    """The store cannot be reached or refuses us (an OSError, as a full disk is for the folder)."""
+
+    code = "photo_store_unavailable"
 
 
 @dataclass(frozen=True)
@@ -33,22 +55,62 @@ class StoredPhoto:
     created: bool  # False when the file was already there
 
 
+@dataclass(frozen=True)
+class StoredEntry:
+    sha256: str
+    relative_path: str
+    size_bytes: int
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def content_path(sha256: str, ext: str) -> str:
+    """ab/cd/<sha256>.<ext>, the relative path of a photo in every backend."""
+    if not isinstance(sha256, str) or not _SHA_RE.match(sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    ext = ext.lower().lstrip(".") or "bin"
+    if not _EXT_RE.match(ext):
+        raise ValueError(f"unusable file extension: {ext!r}")
+    return f"{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
+
+
+def parse_content_path(relative_path: str) -> str | None:
+    """The hash of a well-formed relative path (its folders matching the hash), else None."""
+    match = _CONTENT_PATH_RE.match(relative_path or "")
+    if not match or match[3][:2] != match[1] or match[3][2:4] != match[2]:
+        return None
+    return match[3]
+
+
+class PhotoStoreBackend(Protocol):
+    url: str
+
+    def put(self, data: bytes, ext: str = "jpg") -> StoredPhoto: ...
+    def get(self, sha256: str, *, verify: bool = False) -> bytes: ...
+    def read(self, relative_path: str) -> bytes: ...
+    def exists(self, sha256: str) -> bool: ...
+    def delete(self, sha256: str) -> int: ...
+    def iterate(self) -> Iterator[StoredEntry]: ...
+
+
 class PhotoStore:
+    """The folder backend."""
+
     def __init__(self, root: str | Path | None = None, *, fsync: bool = True):
         self.root = Path(root) if root is not None else config.photo_store_dir()
         self.fsync = fsync
 
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"PhotoStore({str(self.root)!r})"
+
     def relative_path(self, sha256: str, ext: str) -> str:
-        if not _SHA_RE.match(sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-        ext = ext.lower().lstrip(".") or "bin"
-        if not _EXT_RE.match(ext):
-            raise ValueError(f"unusable file extension: {ext!r}")
-        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
+        return content_path(sha256, ext)
 
     def put(self, data: bytes, ext: str = "jpg") -> StoredPhoto:
         sha = sha256_hex(data)
@@ -71,12 +133,15 @@ class PhotoStore:
             raise
         return StoredPhoto(sha, rel, len(data), created=True)
 
-    def path_for(self, sha256: str) -> Path:
-        """The stored file for a hash, whatever its extension."""
-        if not _SHA_RE.match(sha256):
+    def _files_for(self, sha256: str) -> list[Path]:
+        if not isinstance(sha256, str) or not _SHA_RE.match(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         folder = self.root / sha256[:2] / sha256[2:4]
-        for candidate in sorted(folder.glob(f"{sha256}.*")):
+        return sorted(folder.glob(f"{sha256}.*"))
+
+    def path_for(self, sha256: str) -> Path:
+        """The stored file for a hash, whatever its extension."""
+        for candidate in self._files_for(sha256):
             return candidate
         raise PhotoNotFound(f"Photo {sha256[:12]}… is not in the photo store at {self.root}.")
 
@@ -99,8 +164,43 @@ class PhotoStore:
             ) from None
 
     def exists(self, sha256: str) -> bool:
-        try:
-            self.path_for(sha256)
-            return True
-        except PhotoNotFound:
-            return False
+        return bool(self._files_for(sha256))
+
+    def delete(self, sha256: str) -> int:
+        """Remove every stored file of this hash; the number removed (0 when there was none)."""
+        removed = 0
+        for path in self._files_for(sha256):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def iterate(self) -> Iterator[StoredEntry]:
+        """Every stored photo (hash, relative path, size) in path order; temporary files skipped."""
+        if not self.root.is_dir():
+            return
+        for first in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for second in sorted(p for p in first.iterdir() if p.is_dir()):
+                for path in sorted(second.iterdir()):
+                    rel = f"{first.name}/{second.name}/{path.name}"
+                    sha = parse_content_path(rel)
+                    if sha is not None and path.is_file():
+                        yield StoredEntry(sha, rel, path.stat().st_size)
+
+
+def photo_store_url() -> str:
+    """PHOTO_STORE_URL, else PHOTO_STORE_DIR, else the embedded folder under data/runtime."""
+    return config.setting("PHOTO_STORE_URL") or str(config.photo_store_dir())
+
+
+def open_photo_store(url: str | Path | None = None, *, fsync: bool = True) -> PhotoStoreBackend:
+    """The store a URL names: s3://BUCKET/PREFIX, file:///path or a plain folder path."""
+    url = str(url) if url is not None else photo_store_url()
+    if url.startswith("s3://"):
+        from core.storage.s3store import S3PhotoStore
+
+        return S3PhotoStore.from_url(url)
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.\-]+://", url):
+        raise ValueError(f"PHOTO_STORE_URL {url!r}: use a folder path or s3://BUCKET/PREFIX")
+    return PhotoStore(url, fsync=fsync)

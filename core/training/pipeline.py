@@ -238,9 +238,9 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
         if session_factory is None:
             raise ValueError("Cannot use reviewed decisions: no database is configured.")
         if store is None:
-            from core.storage.photostore import PhotoStore
+            from core.storage.photostore import open_photo_store
 
-            store = PhotoStore()
+            store = open_photo_store()
         with session_factory() as session:
             db_photos, pairs = reviewed_data(session, store)
         if not pairs:

@@ -266,10 +266,11 @@ def start(
     return run_id
 
 
-def _store(store_dir: Path | None):
-    from core.storage.photostore import PhotoStore
+def _store(store_dir: Path | str | None):
+    """The photo store named by store_dir (a folder or s3:// URL), else the configured one."""
+    from core.storage.photostore import open_photo_store
 
-    return PhotoStore(store_dir) if store_dir else PhotoStore()
+    return open_photo_store(store_dir) if store_dir else open_photo_store()
 
 
 def log_path(run_id: int) -> Path:
@@ -284,7 +285,7 @@ def _launch(session_factory, run_id: int, store_dir: Path | None) -> subprocess.
         DATABASE_URL=bind.url.render_as_string(hide_password=False),
         MODELS_DIR=str(config.models_dir()),
         CACHE_DIR=str(config.cache_dir()),
-        PHOTO_STORE_DIR=str(store_dir or config.photo_store_dir()),
+        PHOTO_STORE_URL=_store(store_dir).url,
         TF_CPP_MIN_LOG_LEVEL="3",
         PYTHONPATH=os.pathsep.join(filter(None, [str(config.PROJECT_ROOT), env.get("PYTHONPATH")])),
     )

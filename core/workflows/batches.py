@@ -7,7 +7,8 @@ store_result(session, result, ...) -> stored row     (also for single verificati
 
 run_batch processes only items that have no stored result yet, so running an interrupted batch
 again resumes it. Every result is committed on its own as soon as it is computed: when the
-database connection drops halfway, everything finished before stays, and BatchInterrupted says so.
+database connection drops halfway, or the photo store stops answering, everything finished before
+stays, and BatchInterrupted says so.
 A batch runs at most once at a time: starting it is a compare-and-set on its status, and a
 runner that died is taken over only when its heartbeat is older than `stale_after`.
 """
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from core.errors import FaceVerifyError
 from core.storage import audit
-from core.storage.photostore import PhotoNotFound, PhotoStore
+from core.storage.photostore import PhotoNotFound, PhotoStoreBackend, PhotoStoreUnavailable, open_photo_store
 from core.storage.schema import (
     BATCH_COMPLETED,
     BATCH_FAILED,
@@ -87,13 +88,21 @@ class BatchInterrupted(BatchError):
 
     code = "batch_interrupted"
 
-    def __init__(self, batch_id: int, done: int, remaining: int, cause: str, token: str):
+    def __init__(
+        self,
+        batch_id: int,
+        done: int,
+        remaining: int,
+        cause: str,
+        token: str,
+        what: str = "the database connection was lost",
+    ):
         self.batch_id, self.done, self.remaining = batch_id, done, remaining
         # Pass as run_batch(..., resume_token=) to resume at once, even if the database never
         # heard that this run stopped (it still says "running").
         self.token = token
         super().__init__(
-            f"Batch {batch_id} stopped: the database connection was lost ({cause}). "
+            f"Batch {batch_id} stopped: {what} ({cause}). "
             f"{done} result(s) of this run are saved; run the batch again to finish the other {remaining}."
         )
 
@@ -384,7 +393,9 @@ def _unreadable(sha256: str, message: str) -> PhotoAnalysis:
     return analysis
 
 
-def _analyse(engine, store: PhotoStore, photos: dict[str, str], cache: dict[str, PhotoAnalysis]) -> None:
+def _analyse(
+    engine, store: PhotoStoreBackend, photos: dict[str, str], cache: dict[str, PhotoAnalysis]
+) -> None:
     """Analyse each photo (sha -> stored path) not yet in the cache; once per photo per run."""
     todo = {sha: path for sha, path in photos.items() if sha not in cache}
     if not todo:
@@ -419,7 +430,7 @@ def run_batch(
     batch_id: int,
     progress: Callable[[int, int, ResultRow], None] | None = None,
     *,
-    photo_store: PhotoStore | None = None,
+    photo_store: PhotoStoreBackend | None = None,
     actor: str = "runner",
     stale_after: timedelta = DEFAULT_STALE_AFTER,
     chunk_pairs: int = CHUNK_PAIRS,
@@ -431,10 +442,11 @@ def run_batch(
     resume_token: the .token of a BatchInterrupted from an earlier call, to resume that run at
     once even though the database still says it is running (it never heard that it stopped).
     Raises BatchAlreadyRunning, BatchNotFound, BatchError (engine of another model version),
-    BatchInterrupted when the database connection is lost (results so far are kept).
+    BatchInterrupted when the database connection is lost or the photo store cannot be reached
+    (results so far are kept).
     """
     started = time.perf_counter()
-    store = photo_store or PhotoStore()
+    store = photo_store or open_photo_store()
     token = uuid.uuid4().hex
     with session_factory() as session:
         batch = session.get(Batch, batch_id)
@@ -509,6 +521,17 @@ def run_batch(
             raise BatchInterrupted(batch_id, done_now, len(pending) - done_now, cause, token) from exc
         _release(session_factory, batch_id, token, BATCH_FAILED, str(exc)[:2000])
         raise
+    except PhotoStoreUnavailable as exc:
+        _safe_rollback(session)
+        _release(session_factory, batch_id, token, BATCH_INTERRUPTED, "photo store unavailable")
+        raise BatchInterrupted(
+            batch_id,
+            done_now,
+            len(pending) - done_now,
+            str(exc),
+            token,
+            "the photo store could not be reached",
+        ) from exc
     except BaseException as exc:
         _safe_rollback(session)
         _release(session_factory, batch_id, token, BATCH_FAILED, f"{type(exc).__name__}: {exc}"[:2000])

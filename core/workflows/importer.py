@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from core import config
 from core.errors import FaceVerifyError, ImageError
 from core.storage import audit
-from core.storage.photostore import PhotoStore, sha256_hex
+from core.storage.photostore import PhotoStoreBackend, open_photo_store, sha256_hex
 from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, utcnow
 from core.verification import imaging
 from core.verification.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
@@ -517,7 +517,7 @@ def _prepare(
     values: dict,
     loader: PhotoLoader,
     duplicate_rows: dict[str, list[int]],
-    store: PhotoStore,
+    store: PhotoStoreBackend,
 ) -> _PreparedRow:
     """Validate one row completely and put its photos in the store, outside any transaction.
 
@@ -563,7 +563,7 @@ def _prepare(
                 photo.data = b""  # the bytes are on disk now; keep memory flat on large files
         except OSError as exc:
             prepared.errors.append(
-                f"the photo store at {store.root} cannot save the photo ({exc.strerror or exc})"
+                f"the photo store at {store.url} cannot save the photo ({exc.strerror or exc})"
             )
     return prepared
 
@@ -684,7 +684,7 @@ def import_members(
     actor: str = "system",
     *,
     filename: str | None = None,
-    photo_store: PhotoStore | None = None,
+    photo_store: PhotoStoreBackend | None = None,
     allow_local_files: bool | None = None,
     fetch: Callable[[str], tuple[bytes, str | None]] = fetch_url,
     workers: int = PREFETCH_WORKERS,
@@ -723,7 +723,7 @@ def import_members(
 
     photo_zip = PhotoZip(zip_bytes) if zip_bytes is not None else None
     loader = PhotoLoader(photo_zip, Path(base_dir) if base_dir else None, allow_local_files, fetch)
-    store = photo_store or PhotoStore()
+    store = photo_store or open_photo_store()
     reports: list[RowReport] = []
     try:
         work = ((row_number, values, loader, duplicate_rows, store) for row_number, values in table)
@@ -790,7 +790,7 @@ def format_report(reports: list[RowReport], only_problems: bool = False) -> str:
 
 
 def load_sample_members(
-    session: Session, actor: str = "demo", photo_store: PhotoStore | None = None
+    session: Session, actor: str = "demo", photo_store: PhotoStoreBackend | None = None
 ) -> list[RowReport]:
     """Import the demo members of data/sample/members.csv (idempotent)."""
     return import_members(session, config.SAMPLE_DIR / "members.csv", actor=actor, photo_store=photo_store)

@@ -906,9 +906,9 @@ def enrol_missing(session_factory, engine, store=None, *, limit: int | None = No
 
     Bounded: at most `limit` photos (all when None), `chunk` photos per engine call.
     """
-    from core.storage.photostore import PhotoNotFound, PhotoStore
+    from core.storage.photostore import PhotoNotFound, open_photo_store
 
-    store = store or PhotoStore()
+    store = store or open_photo_store()
     model_id = pretrained_model_id()
     done = 0
     with session_factory() as session:
