@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.storage.schema import AuditEntry, Member, Photo
-from core.workflows import importer
+from core.workflows import importer, links
 from core.workflows.importer import IMPORTED, REJECTED, UNCHANGED, UPDATED, ImportFileError, import_members
 
 HEADER = "member_id,gender,gallery_photo,verification_photo\n"
@@ -20,11 +20,13 @@ HEADER = "member_id,gender,gallery_photo,verification_photo\n"
 
 @pytest.fixture(scope="module")
 def http_server():
-    """A local web server: routes[path] = (status, content type, body)."""
+    """A local web server: routes[path] = (status, content type, body); allow-listed as the
+    customer's photo host (core.workflows.links refuses loopback otherwise)."""
     routes: dict[str, tuple[int, str, bytes]] = {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            requests.append(self.path)
             status, content_type, body = routes.get(self.path, (404, "text/plain", b"not found"))
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -35,10 +37,13 @@ def http_server():
         def log_message(self, *args):
             pass
 
+    requests: list[str] = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", routes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(links.ALLOW_SETTING, f"127.0.0.1:{server.server_port}")
+        yield f"http://127.0.0.1:{server.server_port}", routes, requests
     server.shutdown()
     server.server_close()
 
@@ -134,7 +139,7 @@ def test_xlsx_with_numbers_korean_genders_and_hyperlinks(
 ):
     import openpyxl
 
-    base, routes = http_server
+    base, routes, _ = http_server
     routes["/xlsx-gallery.jpg"] = (200, "image/jpeg", make_photo(11))
     write_photos(tmp_path / "img", make_photo, [12, 13, 14])
     workbook = openpyxl.Workbook()
@@ -268,7 +273,7 @@ def test_bad_rows_get_their_own_message(session, photo_store, tmp_path, make_pho
 
 
 def test_links_broken_non_image_and_valid(session, photo_store, make_photo, http_server):
-    base, routes = http_server
+    base, routes, _ = http_server
     routes["/ok-g.jpg"] = (200, "image/jpeg", make_photo(41))
     routes["/ok-v.jpg"] = (200, "image/jpeg", make_photo(42))
     routes["/page"] = (200, "text/html; charset=utf-8", b"<html><body>Sign in to Drive</body></html>")
@@ -289,7 +294,8 @@ def test_links_broken_non_image_and_valid(session, photo_store, make_photo, http
     assert "HTTP 404" in reports["L2"].message
     assert "web page, not an image" in reports["L3"].message
     assert "PDF document, not a photo" in reports["L4"].message
-    assert "HTTP 500" in reports["L5"].message and "cannot be reached" in reports["L5"].message
+    # Another port of the allow-listed machine is not the photo host: refused, never contacted.
+    assert "HTTP 500" in reports["L5"].message and links.REFUSED_MESSAGE in reports["L5"].message
     assert {m for (m,) in session.execute(select(Member.id))} == {"L1"}
 
 
@@ -371,12 +377,18 @@ def test_wrong_file_types_are_refused(session, photo_store, tmp_path):
 def test_korean_excel_csv_and_sql_looking_ids(session, photo_store, tmp_path, make_photo, db_engine):
     write_photos(tmp_path, make_photo, [81, 82])
     path = tmp_path / "회원.csv"
-    path.write_bytes((HEADER + "'; DROP TABLE members; --,남자,p81.jpg,p82.jpg\n").encode("cp949"))
+    path.write_bytes(
+        (HEADER + "회원_81,남자,p81.jpg,p82.jpg\n'; DROP TABLE members; --,남자,p81.jpg,p82.jpg\n").encode(
+            "cp949"
+        )
+    )
 
-    (report,) = import_members(session, path, photo_store=photo_store)
+    korean, sql = import_members(session, path, photo_store=photo_store)
 
-    assert report.status == IMPORTED, report.message
-    assert session.get(Member, "'; DROP TABLE members; --").gender == "M"
+    assert korean.status == IMPORTED, korean.message
+    assert session.get(Member, "회원_81").gender == "M"
+    # Member ids are identifiers: SQL-looking text is refused as an id, and nothing was run.
+    assert sql.status == REJECTED and "member_id may hold only letters" in sql.message
     from sqlalchemy import inspect
 
     assert "members" in inspect(db_engine).get_table_names()
@@ -426,3 +438,66 @@ def test_load_sample_members(session, photo_store):
         r for r in reports if r.status != IMPORTED
     ]
     assert all(r.status == UNCHANGED for r in importer.load_sample_members(session, photo_store=photo_store))
+
+
+def test_links_to_the_server_itself_are_refused_and_never_fetched(
+    session, photo_store, make_photo, http_server
+):
+    """Loopback in every spelling, the API's own port, the metadata address: one message, no request."""
+    base, routes, requests = http_server
+    routes["/ok.jpg"] = (200, "image/jpeg", make_photo(43))
+    port = base.rsplit(":", 1)[1]
+    refused = [
+        f"http://localhost:{port}/ok.jpg",
+        f"http://0x7f000001:{port}/ok.jpg",
+        f"http://2130706433:{port}/ok.jpg",
+        f"http://127.1:{port}/ok.jpg",
+        f"http://[::ffff:127.0.0.1]:{port}/ok.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:3306/",
+    ]
+    table = HEADER + "".join(f"S{i},M,{url},{base}/ok.jpg\n" for i, url in enumerate(refused))
+    before = len(requests)
+    reports = import_members(session, table.encode(), filename="links.csv", photo_store=photo_store)
+    assert [r.status for r in reports] == [REJECTED] * len(refused)
+    messages = {r.message.split(": ", 1)[1] for r in reports}
+    assert messages == {links.REFUSED_MESSAGE}, messages
+    # Only the allow-listed verification links were fetched (rows are validated completely).
+    assert set(requests[before:]) == {"/ok.jpg"} and len(requests[before:]) == len(refused)
+    assert session.scalar(select(func.count()).select_from(Member)) == 0
+
+
+@pytest.mark.parametrize(
+    "member_id",
+    [
+        '"=HYPERLINK(""http://evil.example/x"",""click"")"',
+        "\"=cmd|' /C calc'!A0\"",
+        "@SUM(1+1)",
+        "+1-1",
+        "-1",
+    ],
+)
+def test_member_ids_that_spreadsheets_would_run_are_rejected(
+    session, photo_store, tmp_path, make_photo, member_id
+):
+    write_photos(tmp_path, make_photo, [81, 82])
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + f"{member_id},M,p81.jpg,p82.jpg\n")
+    (report,) = import_members(session, path, photo_store=photo_store)
+    assert report.status == REJECTED and "member_id may hold only letters" in report.message
+    assert session.scalar(select(func.count()).select_from(Member)) == 0
+
+
+def test_xlsx_formula_cell_refuses_the_file_naming_its_row(session, photo_store, tmp_path, make_photo):
+    import openpyxl
+
+    write_photos(tmp_path, make_photo, [83, 84])
+    workbook = openpyxl.Workbook()
+    workbook.active.append(list(importer.EXPECTED_COLUMNS))
+    workbook.active.append(["X1", "M", "p83.jpg", "p84.jpg"])
+    workbook.active.append(['=HYPERLINK("http://evil.example/x","click")', "M", "p83.jpg", "p84.jpg"])
+    path = tmp_path / "m.xlsx"
+    workbook.save(path)
+    with pytest.raises(ImportFileError, match=r"Row\(s\) 3 hold formulas \(cells A3\)"):
+        import_members(session, path, photo_store=photo_store)
+    assert session.scalar(select(func.count()).select_from(Member)) == 0

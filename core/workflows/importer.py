@@ -25,9 +25,7 @@ import re
 import sys
 import time
 import unicodedata
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,18 +43,17 @@ from core.storage.photostore import PhotoStoreBackend, open_photo_store, sha256_
 from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, utcnow
 from core.verification import imaging
 from core.verification.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
+from core.workflows import links, spreadsheets
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
 
 MAX_TABLE_BYTES = 20 * 1024 * 1024  # a 100,000-row CSV of links is ~10 MB
 MAX_ROWS = 100_000
-MAX_XLSX_UNPACKED_BYTES = 200 * 1024 * 1024  # the XML inside an .xlsx (ZIP bombs)
+MAX_XLSX_UNPACKED_BYTES = spreadsheets.MAX_UNPACKED_BYTES  # the XML inside an .xlsx (ZIP bombs)
 MAX_PHOTO_BYTES = 25 * 1024 * 1024  # same limit as core.verification.imaging
 MAX_ZIP_ENTRIES = 200_000
-HTTP_TIMEOUT_S = 10.0  # per connect/read
-HTTP_TOTAL_S = 30.0  # a server trickling bytes cannot hold a row longer than this
-MAX_ID_LENGTH = 64
+MAX_ID_LENGTH = spreadsheets.MAX_MEMBER_ID_LENGTH
 PREFETCH_WORKERS = 4  # photo reading and decoding overlap with the database work of earlier rows
 
 IMPORTED, UPDATED, UNCHANGED, REJECTED = "imported", "updated", "unchanged", "rejected"
@@ -112,14 +109,8 @@ class _PreparedRow:
 
 
 def _check_member_id(value: str) -> str:
-    member_id = unicodedata.normalize("NFC", value).strip()
-    if not member_id:
-        raise ValueError("member_id is empty")
-    if len(member_id) > MAX_ID_LENGTH:
-        raise ValueError(f"member_id is longer than {MAX_ID_LENGTH} characters")
-    if any(not ch.isprintable() for ch in member_id):
-        raise ValueError("member_id contains control characters (tabs, line breaks)")
-    return member_id
+    """An identifier by core.workflows.spreadsheets.MEMBER_ID_RULE, else ValueError."""
+    return spreadsheets.check_member_id(value)
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -212,56 +203,12 @@ def _read_csv(data: bytes) -> tuple[list, list[tuple[int, list]]]:
     return header, rows
 
 
-_HYPERLINK_FORMULA = re.compile(r'^=\s*HYPERLINK\(\s*"([^"]+)"', re.IGNORECASE)
-
-
 def _read_xlsx(data: bytes) -> tuple[list, list[tuple[int, list]]]:
-    import openpyxl
-
+    """The first sheet, read as a stream with limits; formulas refuse the file (row named)."""
     try:
-        # An .xlsx is a ZIP of XML; refuse one that would unpack to far more than it weighs.
-        with zipfile.ZipFile(io.BytesIO(data)) as parts:
-            unpacked = sum(info.file_size for info in parts.infolist())
-    except zipfile.BadZipFile:
-        raise ImportFileError("The Excel file is damaged (not a valid .xlsx).") from None
-    if unpacked > MAX_XLSX_UNPACKED_BYTES:
-        raise ImportFileError(
-            f"The Excel file unpacks to {unpacked / 1e6:.0f} MB; the limit is "
-            f"{MAX_XLSX_UNPACKED_BYTES / 1e6:.0f} MB. Save it as CSV or split it."
-        )
-    try:
-        # Not read-only: read-only sheets drop hyperlinks, and a "link" column is often a
-        # hyperlink whose visible text is just "photo".
-        workbook = openpyxl.load_workbook(io.BytesIO(data), data_only=False)
-    except Exception as exc:
-        raise ImportFileError(
-            f"The Excel file cannot be read ({type(exc).__name__}: {_short(str(exc))})."
-        ) from None
-    sheet = workbook.worksheets[0]
-    if sheet.max_row > MAX_ROWS + 1:
-        raise ImportFileError(f"The sheet has {sheet.max_row - 1} rows; the limit is {MAX_ROWS}. Split it.")
-    rows_iter = sheet.iter_rows()
-    try:
-        header = [_xlsx_cell_text(c) for c in next(rows_iter)]
-    except StopIteration:
-        raise ImportFileError("The Excel sheet is empty.") from None
-    rows = [(cells[0].row, [_xlsx_cell_text(c) for c in cells]) for cells in rows_iter]
-    return header, rows
-
-
-def _xlsx_cell_text(cell) -> str:
-    link = getattr(cell, "hyperlink", None)
-    if link is not None and getattr(link, "target", None):
-        return link.target
-    value = cell.value
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        match = _HYPERLINK_FORMULA.match(value)
-        return match.group(1) if match else value
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # member IDs typed as numbers: 1001, not 1001.0
-    return str(value)
+        return spreadsheets.read_xlsx(data, max_unpacked_bytes=MAX_XLSX_UNPACKED_BYTES, max_rows=MAX_ROWS)
+    except spreadsheets.SpreadsheetError as exc:
+        raise ImportFileError(str(exc)) from None
 
 
 def check_columns(columns: list[str]) -> None:
@@ -383,47 +330,15 @@ class PhotoZip:
         self.zip.close()
 
 
-class _NoRedirectToOtherSchemes(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
-            raise PhotoRefError(f"the link redirects to {_short(newurl)!r}, which is not http(s)")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_opener = urllib.request.build_opener(_NoRedirectToOtherSchemes)
-
-
 def fetch_url(url: str) -> tuple[bytes, str | None]:
-    """Bytes and Content-Type of an http(s) link, with timeouts and a size cap."""
-    request = urllib.request.Request(url, headers={"User-Agent": "faceverify-importer/1.0"})
-    deadline = time.monotonic() + HTTP_TOTAL_S
+    """Bytes and Content-Type of an http(s) photo link, through core.workflows.links' guard:
+    public addresses (or the PHOTO_LINK_ALLOW host) only, redirects re-checked, timeouts and a
+    size cap, and no text from the remote side in the message."""
     try:
-        with _opener.open(request, timeout=HTTP_TIMEOUT_S) as response:
-            content_type = response.headers.get("Content-Type")
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > MAX_PHOTO_BYTES:
-                raise PhotoRefError(
-                    f"the link returns {int(length) / 1e6:.1f} MB; the limit is {MAX_PHOTO_BYTES / 1e6:.0f} MB"
-                )
-            chunks, total = [], 0
-            while chunk := response.read(256 * 1024):
-                chunks.append(chunk)
-                total += len(chunk)
-                if total > MAX_PHOTO_BYTES:
-                    raise PhotoRefError(f"the link returns more than {MAX_PHOTO_BYTES / 1e6:.0f} MB")
-                if time.monotonic() > deadline:
-                    raise PhotoRefError(f"the link took longer than {HTTP_TOTAL_S:.0f} s to download")
-            return b"".join(chunks), content_type
-    except urllib.error.HTTPError as exc:
-        raise PhotoRefError(f"the link returned HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise PhotoRefError(f"the link cannot be reached ({exc.reason})") from None
-    except TimeoutError:
-        raise PhotoRefError(f"the link did not answer within {HTTP_TIMEOUT_S:.0f} s") from None
-    except (OSError, ValueError) as exc:  # connection reset, malformed URL, bad HTTP
-        raise PhotoRefError(
-            f"the link cannot be fetched ({type(exc).__name__}: {_short(str(exc))})"
-        ) from None
+        fetched = links.fetch_photo_link(url, max_bytes=MAX_PHOTO_BYTES)
+    except links.LinkError as exc:
+        raise PhotoRefError(str(exc)) from None
+    return fetched.data, fetched.content_type
 
 
 class PhotoLoader:
