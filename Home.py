@@ -3,7 +3,9 @@
 import streamlit as st
 
 from core.dashboard import kpi_targets
-from core.dashboard.ui_services import PAGES, target_text, today_local, today_summary
+from core.dashboard.access import PAGES
+from core.dashboard.formatting import target_text, today_local
+from core.dashboard.home import today_summary
 from core.storage.schema import ADMIN, STAFF
 from core.workflows import importer
 from ui.common import PROJECT_ROOT, engine_or_message, get_jobs, setup_page

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from core.dashboard import ui_services as svc
+from core.dashboard import uploads
+from core.dashboard import verify as svc
 from core.storage import queries
 from core.storage.schema import GALLERY, VERIFICATION, Batch, Member
 from ui.common import engine_or_message, get_jobs, model_available, setup_page
@@ -71,7 +72,7 @@ def pair_tab():
             key="verify_gender",
         )
         upload = st.file_uploader(
-            ctx.t("verify.gallery_upload"), type=svc.PHOTO_TYPES, key="verify_gallery_file"
+            ctx.t("verify.gallery_upload"), type=uploads.PHOTO_TYPES, key="verify_gallery_file"
         )
         gallery_bytes = upload.getvalue() if upload else None
 
@@ -85,7 +86,7 @@ def pair_tab():
     )
     if source == "upload":
         upload = st.file_uploader(
-            ctx.t("verify.verification_upload"), type=svc.PHOTO_TYPES, key="verify_verification_file"
+            ctx.t("verify.verification_upload"), type=uploads.PHOTO_TYPES, key="verify_verification_file"
         )
         verification_bytes = upload.getvalue() if upload else None
     elif source == "camera":
@@ -168,14 +169,14 @@ def batch_tab():
         st.caption(ctx.t("batch.manifest_help"))
         st.download_button(
             ctx.t("batch.template"),
-            svc.manifest_template(),
+            uploads.manifest_template(),
             file_name="manifest_template.csv",
             mime="text/csv",
             key="batch_template",
         )
         cols = st.columns(2)
         manifest = cols[0].file_uploader(
-            ctx.t("batch.manifest"), type=svc.MANIFEST_TYPES, key="batch_manifest"
+            ctx.t("batch.manifest"), type=uploads.MANIFEST_TYPES, key="batch_manifest"
         )
         photo_zip = cols[1].file_uploader(ctx.t("batch.zip"), type=["zip"], key="batch_zip")
         name = st.text_input(ctx.t("batch.name"), key="batch_name_zip")
@@ -186,7 +187,7 @@ def batch_tab():
                 st.error(ctx.t("batch.need_files"))
             else:
                 manifest_bytes, zip_bytes = manifest.getvalue(), photo_zip.getvalue()
-                check = svc.check_batch_upload(manifest_bytes, manifest.name, zip_bytes)
+                check = uploads.check_batch_upload(manifest_bytes, manifest.name, zip_bytes)
                 if not check.ok:
                     st.error(ctx.t("batch.refused", n=len(check.problems)))
                     for key, params in check.problems[:50]:

@@ -7,7 +7,8 @@ expired session: it is shown again after signing in.
 
 import streamlit as st
 
-from core.dashboard import ui_services as svc
+from core.dashboard import formatting, photos
+from core.dashboard import review as svc
 from core.storage.schema import GALLERY, VERIFICATION
 from core.workflows import reviews
 from ui.common import drop_draft, restore_draft, setup_page
@@ -60,7 +61,7 @@ def decide_submitted() -> None:
                 f"review.saved_{decision}",
                 member=member,
                 who=saved.reviewer,
-                at=svc.local_time(saved.decided_at),
+                at=formatting.local_time(saved.decided_at),
             ),
         )
     except reviews.AlreadyDecided as exc:
@@ -71,7 +72,7 @@ def decide_submitted() -> None:
                 "review.already_decided",
                 member=member,
                 who=exc.decided_by or "?",
-                at=svc.local_time(exc.decided_at),
+                at=formatting.local_time(exc.decided_at),
                 status=ctx.t(f"status.{exc.status}"),
             ),
         )
@@ -108,7 +109,7 @@ st.caption(
     ctx.t(
         "review.item_meta",
         batch=item.batch_id or "—",
-        created=svc.local_time(item.created_at),
+        created=formatting.local_time(item.created_at),
         model=item.model_version,
     )
 )
@@ -116,13 +117,13 @@ if item.priority == 0:
     st.error(ctx.t("review.priority_high"), icon=":material/flag:")
 
 st.markdown(f"**{ctx.t('verify.flags')}**")
-flags_list(ctx, svc.describe_flags(row, ctx.lang))
+flags_list(ctx, formatting.describe_flags(row, ctx.lang))
 
 top = st.columns([1, 2, 1.2])
 top[0].metric(ctx.t("verify.similarity"), "—" if row.similarity is None else f"{row.similarity:.3f}")
 top[0].caption(ctx.t("verify.threshold_line", threshold=row.threshold, low=row.band_low, high=row.band_high))
 top[1].plotly_chart(
-    svc.similarity_figure(row.similarity, row.threshold, (row.band_low, row.band_high), ctx.lang),
+    photos.similarity_figure(row.similarity, row.threshold, (row.band_low, row.band_high), ctx.lang),
     width="stretch",
     config={"displayModeBar": False},
     key="review_similarity",
@@ -139,7 +140,7 @@ photo_column(
     GALLERY,
     detail.gallery_bytes,
     row.gallery_analysis,
-    svc.crop_from_analysis(detail.gallery_bytes, row.gallery_analysis) if detail.gallery_bytes else None,
+    photos.crop_from_analysis(detail.gallery_bytes, row.gallery_analysis) if detail.gallery_bytes else None,
 )
 photo_column(
     ctx,
@@ -147,7 +148,7 @@ photo_column(
     VERIFICATION,
     detail.verification_bytes,
     row.verification_analysis,
-    svc.crop_from_analysis(detail.verification_bytes, row.verification_analysis)
+    photos.crop_from_analysis(detail.verification_bytes, row.verification_analysis)
     if detail.verification_bytes
     else None,
 )

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from core.dashboard import ui_services as svc
+from core.dashboard import formatting, uploads
+from core.dashboard import members as svc
 from core.storage import queries
 from core.storage.schema import MEMBER_STATUSES
 from core.workflows import importer
@@ -47,7 +48,7 @@ with tab_list:
             created_to=created_to,
             page=st.session_state.get("members_page", 1),
             page_size=page_size,
-            tz=svc.DISPLAY_TZ,
+            tz=formatting.DISPLAY_TZ,
         )
     with st.container(horizontal=True, vertical_alignment="center"):
         if st.button(
@@ -91,7 +92,8 @@ with tab_list:
             with ctx.session() as session:
                 history = queries.member_history(session, member_id, viewer=ctx.username)
                 photos = [
-                    (p.kind, p.current, p.stored_path, svc.local_time(p.created_at)) for p in history.photos
+                    (p.kind, p.current, p.stored_path, formatting.local_time(p.created_at))
+                    for p in history.photos
                 ]
                 results = svc.history_frame(history)
                 entries = svc.audit_frame(history.audit)
@@ -102,8 +104,8 @@ with tab_list:
                     "members.detail_meta",
                     gender=ctx.t(f"gender.{member.gender}"),
                     status=ctx.t(f"member_status.{member.status}"),
-                    created=svc.local_time(member.created_at),
-                    verified=svc.local_time(member.last_verified_at) or "—",
+                    created=formatting.local_time(member.created_at),
+                    verified=formatting.local_time(member.last_verified_at) or "—",
                 )
             )
             current = [p for p in photos if p[1]]
@@ -152,7 +154,7 @@ with tab_import:
         st.session_state["members_import_reports"] = reports
     cols = st.columns(2)
     table = cols[0].file_uploader(
-        ctx.t("members.import_file"), type=svc.MANIFEST_TYPES, key="members_import_file"
+        ctx.t("members.import_file"), type=uploads.MANIFEST_TYPES, key="members_import_file"
     )
     photo_zip = cols[1].file_uploader(ctx.t("members.import_zip"), type=["zip"], key="members_import_zip")
     if st.button(

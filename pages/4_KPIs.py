@@ -4,14 +4,14 @@ from datetime import timedelta
 
 import streamlit as st
 
-from core.dashboard import kpi_targets
-from core.dashboard import ui_services as svc
+from core.dashboard import formatting, kpi_targets
+from core.dashboard import kpis as svc
 from ui.common import setup_page
 
 ctx = setup_page("kpis")
 st.title(ctx.t("page.kpis"))
 
-today = svc.today_local()
+today = formatting.today_local()
 with ctx.session() as session:
     versions = svc.model_versions(session)
 
@@ -63,7 +63,7 @@ with st.expander(ctx.t("kpi.targets_title")):
         [
             {
                 ctx.t("kpi.target_kpi"): ctx.t(f"kpi.target_name.{target.name}"),
-                ctx.t("kpi.target_value"): svc.target_text(target),
+                ctx.t("kpi.target_value"): formatting.target_text(target),
                 ctx.t("kpi.target_owner"): ctx.t(f"kpi.owner.{target.owner}"),
             }
             for target in kpi_targets.ALL
@@ -85,7 +85,7 @@ for first in range(0, len(charts), 2):
             )
             st.download_button(
                 ctx.t("kpi.download"),
-                svc.to_csv_bytes(svc.chart_frame(frame, chart)),
+                formatting.to_csv_bytes(svc.chart_frame(frame, chart)),
                 file_name=f"kpi_{chart}_{per}.csv",
                 mime="text/csv",
                 key=f"kpi_download_{chart}",
@@ -96,7 +96,7 @@ with st.expander(ctx.t("kpi.all_figures")):
     st.dataframe(frame.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch")
     st.download_button(
         ctx.t("kpi.download_all"),
-        svc.to_csv_bytes(frame),
+        formatting.to_csv_bytes(frame),
         file_name=f"kpi_all_{per}.csv",
         mime="text/csv",
         key="kpi_download_all",

@@ -10,7 +10,7 @@ import streamlit as st
 from sqlalchemy import select
 
 from core.dashboard import retrain as view
-from core.dashboard.ui_services import local_time
+from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
 from core.storage.schema import AuditEntry
 from core.training import pipeline, registry, worker

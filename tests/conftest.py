@@ -332,7 +332,7 @@ def add_member(session, photo_store):
 
 
 # ----------------------------------------------------------------------------------------------
-# Dashboard (tests/test_pages.py, tests/test_browser.py, tests/test_ui_services.py)
+# Dashboard (tests/test_pages.py, tests/test_browser.py, tests/test_dashboard_*.py)
 #
 #     app_env          a fresh SQLite database + photo store for the Streamlit app, set through
 #                      DATABASE_URL / PHOTO_STORE_DIR, with one user per role (password USER_PASSWORD)

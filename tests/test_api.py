@@ -895,9 +895,9 @@ def test_command_line_server(tmp_path):
 
 
 def test_dashboard_verification_runs_the_same_duplicate_check(api):
-    """The Verify page's path (core.dashboard.ui_services.verify_pair -> core.workflows.batches.store_result) flags a
+    """The Verify page's path (core.dashboard.verify.verify_pair -> core.workflows.batches.store_result) flags a
     second account against a member the API enrolled, and the API reads the page's result."""
-    from core.dashboard.ui_services import verify_pair
+    from core.dashboard.verify import verify_pair
 
     api.enrol("app-1", photo(BRODY[0]), photo(BRODY[1]))
     outcome = verify_pair(

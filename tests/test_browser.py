@@ -56,7 +56,7 @@ def _require_chromium() -> None:
 def dashboard(tmp_path_factory, dashboard_models):
     """`streamlit run Home.py` on a free port with its own SQLite database and photo store."""
     _require_chromium()
-    from core.dashboard import ui_services as svc
+    from core.dashboard import verify
     from core.storage.db import init_db, make_engine, session_factory
     from core.storage.photostore import PhotoStore
     from core.storage.schema import Member
@@ -75,7 +75,7 @@ def dashboard(tmp_path_factory, dashboard_models):
         # One flagged pair for certain, whatever the model decides about the uploaded pair.
         member = session.get(Member, "M0011")
         photos = {p.kind: p.id for p in member.photos if p.current}
-        svc.record_single_result(
+        verify.record_single_result(
             session,
             "test",
             engine_result(

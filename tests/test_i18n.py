@@ -8,7 +8,8 @@ import string
 from conftest import ROOT
 
 from core import i18n
-from core.dashboard.ui_services import KPI_CHARTS, PAGES
+from core.dashboard.access import PAGES
+from core.dashboard.kpis import KPI_CHARTS
 from core.i18n import EN, KO, flag_text, t
 from core.storage.schema import BATCH_COMPLETED, MEMBER_STATUSES, ROLES
 from core.verification.result import STATUSES

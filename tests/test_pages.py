@@ -18,7 +18,7 @@ from conftest import ROOT, USER_PASSWORD, engine_result
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from core.dashboard import ui_services as svc
+from core.dashboard import verify
 from core.storage.schema import AuditEntry, Batch, BatchItem, Member, Review
 from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import batches, importer, reviews
@@ -94,7 +94,7 @@ def flagged_result(app_env, member_id: str, flags=("gender_mismatch",), similari
         result = engine_result(
             "flagged", similarity, flags=flags, registered_gender=member.gender, predicted_gender=predicted
         )
-        _, result_id = svc.record_single_result(
+        _, result_id = verify.record_single_result(
             session, "test", result, member_id, photos["gallery"], photos["verification"], member.gender
         )
     return result_id

@@ -4,7 +4,7 @@ A page starts with
 
     ctx = setup_page("verify")      # stops the page unless a signed-in user with the role is there
 
-and then reads input, calls core (core.dashboard.ui_services and the data layer), renders.
+and then reads input, calls core (its own core.dashboard module and the data layer), renders.
 
 Sign-in state lives in st.session_state (on the server) with an idle expiry. Widgets whose key
 starts with KEEP_PREFIX (e.g. a reviewer's note) are copied aside on every run, so when a session
@@ -24,15 +24,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import config
-from core.dashboard.ui_services import (
-    PAGE_BY_KEY,
-    PAGES,
-    BatchJobs,
-    can_open,
-    log_event,
-    log_refusal,
-    session_expired,
-)
+from core.dashboard.access import PAGE_BY_KEY, PAGES, can_open, log_event, log_refusal, session_expired
+from core.dashboard.jobs import BatchJobs
 from core.errors import FaceVerifyError, ModelError
 from core.i18n import DEFAULT_LANG, LANGUAGES, t
 from core.storage import users

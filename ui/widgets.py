@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.dashboard import ui_services as svc
+from core.dashboard import formatting, jobs, photos, verify
 from core.storage.schema import GALLERY, VERIFICATION
 from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, STATUSES
 from ui.common import PageContext, get_jobs
@@ -22,7 +22,7 @@ def photo_column(ctx: PageContext, container, kind: str, data: bytes | None, ana
     if data is None:
         container.warning(ctx.t("photo.missing"))
         return
-    annotated = svc.annotate_photo(data, analysis)
+    annotated = photos.annotate_photo(data, analysis)
     if annotated is None:
         container.error(ctx.t("photo.unusable"))
         return
@@ -32,7 +32,7 @@ def photo_column(ctx: PageContext, container, kind: str, data: bytes | None, ana
         side.image(crop, caption=ctx.t("photo.crop"), width=150)
     else:
         side.caption(ctx.t("photo.no_crop"))
-    faces, _ = svc.faces_of(analysis)
+    faces, _ = photos.faces_of(analysis)
     quality = analysis.quality if hasattr(analysis, "quality") else (analysis or {}).get("quality")
     lines = [ctx.t("photo.faces_found", n=len(faces))]
     if quality is not None:
@@ -70,7 +70,7 @@ def gender_text(ctx: PageContext, predicted, confidence, registered) -> str:
     return text
 
 
-def pair_result(ctx: PageContext, outcome: svc.PairOutcome) -> None:
+def pair_result(ctx: PageContext, outcome: verify.PairOutcome) -> None:
     """Everything about one verified pair, as the Verify page shows it."""
     result = outcome.result
     decision_banner(ctx, result.status)
@@ -86,7 +86,7 @@ def pair_result(ctx: PageContext, outcome: svc.PairOutcome) -> None:
         )
     )
     top[1].plotly_chart(
-        svc.similarity_figure(similarity, result.threshold, result.uncertain_band, ctx.lang),
+        photos.similarity_figure(similarity, result.threshold, result.uncertain_band, ctx.lang),
         width="stretch",
         config={"displayModeBar": False},
         key="similarity_bar",
@@ -101,7 +101,7 @@ def pair_result(ctx: PageContext, outcome: svc.PairOutcome) -> None:
 
     left, right = st.columns(2)
     photo_column(
-        ctx, left, GALLERY, outcome.gallery_bytes, result.gallery, svc.chip_image(result.gallery.crop)
+        ctx, left, GALLERY, outcome.gallery_bytes, result.gallery, photos.chip_image(result.gallery.crop)
     )
     photo_column(
         ctx,
@@ -109,11 +109,11 @@ def pair_result(ctx: PageContext, outcome: svc.PairOutcome) -> None:
         VERIFICATION,
         outcome.verification_bytes,
         result.verification,
-        svc.chip_image(result.verification.crop),
+        photos.chip_image(result.verification.crop),
     )
 
     st.markdown(f"**{ctx.t('verify.flags')}**")
-    flags_list(ctx, svc.describe_flags(result, ctx.lang))
+    flags_list(ctx, formatting.describe_flags(result, ctx.lang))
 
     with st.expander(ctx.t("verify.timings"), expanded=False):
         stages = [s for s in ("decode", "detect", "align", "embed", "decide") if s in result.timings_ms]
@@ -154,9 +154,9 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
         current = get_jobs().get(job_key)
         if current is None:
             return
-        if current.phase in (svc.IMPORTING, svc.RUNNING):
+        if current.phase in (jobs.IMPORTING, jobs.RUNNING):
             total = max(current.total, 1)
-            label = "batch.importing" if current.phase == svc.IMPORTING else "batch.running"
+            label = "batch.importing" if current.phase == jobs.IMPORTING else "batch.running"
             st.progress(
                 min(current.done / total, 1.0), text=ctx.t(label, done=current.done, total=current.total)
             )
@@ -175,7 +175,7 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
                     ],
                     hide_index=True,
                 )
-        if current.phase == svc.FAILED:
+        if current.phase == jobs.FAILED:
             key, params = current.error or ("batch.failed", {"detail": ""})
             st.error(ctx.t(key, **params))
         else:
@@ -189,7 +189,7 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
 def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
     """A batch's results: filters, the table, CSV download of what is shown."""
     with ctx.session() as session:
-        frame = svc.batch_results_frame(session, batch_id)
+        frame = verify.batch_results_frame(session, batch_id)
     if frame.empty:
         st.info(ctx.t("batch.no_results"))
         return
@@ -210,7 +210,7 @@ def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
         placeholder=ctx.t("members.any"),
     )
     search = cols[2].text_input(ctx.t("batch.filter_member"), key=f"{key}_member")
-    shown = svc.filter_results(frame, statuses, chosen, search)
+    shown = verify.filter_results(frame, statuses, chosen, search)
     counts = frame["status"].value_counts().to_dict()
     st.caption(
         ctx.t("batch.summary", shown=len(shown), total=len(frame))
@@ -228,7 +228,7 @@ def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
     st.dataframe(display, hide_index=True, width="stretch")
     st.download_button(
         ctx.t("batch.download"),
-        svc.to_csv_bytes(shown),
+        formatting.to_csv_bytes(shown),
         file_name=f"batch_{batch_id}_results.csv",
         mime="text/csv",
         key=f"{key}_download",

@@ -167,7 +167,7 @@ def comparison_rows(comparison: dict, lang: str) -> list[dict]:
 
 
 def versions_rows(versions, lang: str) -> list[dict]:
-    from core.dashboard.ui_services import local_time
+    from core.dashboard.formatting import local_time
 
     rows = []
     for v in versions:

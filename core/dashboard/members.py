@@ -1,0 +1,84 @@
+"""The Members page: a page of members, one member's history and audit trail as tables.
+
+members_frame(page), history_frame(history), audit_frame(entries)
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from core.dashboard.formatting import local_time
+from core.storage import queries
+
+
+def members_frame(page: queries.Page) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "member_id": m.id,
+                "gender": m.gender,
+                "status": m.status,
+                "registered_at": local_time(m.created_at),
+                "last_verified_at": local_time(m.last_verified_at),
+                "latest_result": m.latest_result_status or "",
+                "similarity": None if m.latest_similarity is None else round(m.latest_similarity, 3),
+            }
+            for m in page.items
+        ],
+        columns=[
+            "member_id",
+            "gender",
+            "status",
+            "registered_at",
+            "last_verified_at",
+            "latest_result",
+            "similarity",
+        ],
+    )
+
+
+def history_frame(history: queries.MemberHistory) -> pd.DataFrame:
+    rows = []
+    for r in history.results:
+        review = r.review
+        rows.append(
+            {
+                "result_id": r.id,
+                "batch_id": r.batch_id,
+                "created_at": local_time(r.created_at),
+                "status": r.status,
+                "similarity": None if r.similarity is None else round(r.similarity, 3),
+                "predicted_gender": r.predicted_gender,
+                "flags": " ".join(f["code"] for f in r.flags or []),
+                "reviewer": review.reviewer if review else "",
+                "decided_at": local_time(review.decided_at) if review else "",
+                "note": (review.note or "") if review else "",
+                "model_version": r.model_version,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "result_id",
+            "batch_id",
+            "created_at",
+            "status",
+            "similarity",
+            "predicted_gender",
+            "flags",
+            "reviewer",
+            "decided_at",
+            "note",
+            "model_version",
+        ],
+    )
+
+
+def audit_frame(entries) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"at": local_time(e.at), "actor": e.actor, "action": e.action, "detail": e.detail or ""}
+            for e in entries
+        ],
+        columns=["at", "actor", "action", "detail"],
+    )

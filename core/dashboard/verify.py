@@ -1,0 +1,346 @@
+"""The Verify page: one pair verified and stored as a batch of one, the recent batches and a
+batch's results.
+
+    verify_pair(...) -> PairOutcome (PairInputError: nothing saved), record_single_result(...),
+    recent_batches(session), resumable(...), batch_results_frame(session, batch_id), filter_results(...)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import time
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.dashboard.formatting import local_time
+from core.dashboard.jobs import SINGLE_SOURCE
+from core.errors import FaceVerifyError, ImageError
+from core.i18n import t
+from core.storage.photostore import PhotoNotFound, PhotoStore
+from core.storage.schema import (
+    BATCH_COMPLETED,
+    BATCH_RUNNING,
+    GALLERY,
+    VERIFICATION,
+    Batch,
+    BatchItem,
+    Member,
+    Photo,
+    utcnow,
+)
+from core.storage.schema import VerificationResult as ResultRow
+from core.verification.imaging import decode_image
+from core.verification.result import VerificationResult
+from core.workflows import batches, importer
+
+
+@dataclass
+class PairOutcome:
+    result: VerificationResult
+    result_id: int
+    batch_id: int
+    member_id: str
+    gallery_bytes: bytes
+    verification_bytes: bytes
+    seconds: float  # verify + store, what the page waited for
+    import_note: str | None = None
+
+
+class PairInputError(FaceVerifyError):
+    """The pair cannot be verified as given (bad photo, missing member); nothing was saved."""
+
+    code = "pair_input"
+
+    def __init__(self, key: str, **params):
+        self.key, self.params = key, params
+        super().__init__(t(key, "en", **params))
+
+    def text(self, lang: str) -> str:
+        params = dict(self.params)
+        if params.get("which") in (GALLERY, VERIFICATION):
+            params["which"] = t(f"photo.{params['which']}", lang)
+        return t(self.key, lang, **params)
+
+
+def _check_photo(data: bytes | None, which: str) -> None:
+    if not data:
+        raise PairInputError("verify.need_photo", which=which)
+    try:
+        decode_image(data)
+    except ImageError as exc:
+        raise PairInputError(f"image_error.{exc.code}", detail=str(exc), which=which) from None
+
+
+def _store_member_photos(
+    session: Session,
+    store: PhotoStore,
+    actor: str,
+    member_id: str,
+    gender: str,
+    gallery: bytes,
+    verification: bytes,
+    source: str,
+) -> importer.RowReport:
+    """Member and both photos through the member importer (one row, photos in an in-memory ZIP)."""
+    names = ("gallery.jpg", "verification.jpg")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(names[0], gallery)
+        zf.writestr(names[1], verification)
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(importer.EXPECTED_COLUMNS)
+    writer.writerow([member_id, gender, names[0], names[1]])
+    reports = importer.import_members(
+        session,
+        table.getvalue().encode("utf-8"),
+        zip_bytes=buffer.getvalue(),
+        actor=actor,
+        filename=source,
+        photo_store=store,
+        workers=1,
+    )
+    return reports[0]
+
+
+def _current_photo(session: Session, member_id: str, kind: str) -> Photo | None:
+    return session.scalar(
+        select(Photo)
+        .where(Photo.member_id == member_id, Photo.kind == kind, Photo.current.is_(True))
+        .order_by(Photo.id.desc())
+    )
+
+
+def record_single_result(
+    session: Session,
+    actor: str,
+    result: VerificationResult,
+    member_id: str,
+    gallery_photo_id: int,
+    verification_photo_id: int,
+    registered_gender: str | None,
+    source: str = SINGLE_SOURCE,
+) -> tuple[int, int]:
+    """Store one computed result as a completed batch of one item: (batch id, result id).
+
+    create_batch commits the batch and its item first; the result and the batch's final status
+    then commit together. If that second commit fails, the batch stays pending with no result,
+    and running it (core.workflows.batches.run_batch) finishes it: nothing is half saved.
+    """
+    spec = batches.BatchItemSpec(member_id, gallery_photo_id, verification_photo_id, registered_gender)
+    batch = batches.create_batch(
+        session, actor, [spec], result.model_version, source=source, name=f"{member_id} (1)"
+    )
+    item_id = session.scalar(select(BatchItem.id).where(BatchItem.batch_id == batch.id))
+    now = utcnow()
+    row = batches.store_result(
+        session,
+        result,
+        batch_id=batch.id,
+        batch_item_id=item_id,
+        member_id=member_id,
+        gallery_photo_id=gallery_photo_id,
+        verification_photo_id=verification_photo_id,
+    )
+    batch = session.get(Batch, batch.id)
+    batch.status, batch.started_at, batch.finished_at, batch.heartbeat_at = BATCH_COMPLETED, now, now, now
+    session.commit()
+    return batch.id, row.id
+
+
+def verify_pair(
+    session_factory: sessionmaker,
+    engine,
+    store: PhotoStore,
+    actor: str,
+    member_id: str,
+    *,
+    registered_gender: str | None = None,
+    gallery_bytes: bytes | None = None,
+    verification_bytes: bytes | None = None,
+) -> PairOutcome:
+    """Verify one member's pair and save it (member, photos, batch of one, result).
+
+    Photos not given are the member's current stored ones. A new member needs the registered
+    gender. Raises PairInputError (nothing saved) for unusable input.
+    """
+    started = time.perf_counter()
+    member_id = (member_id or "").strip()
+    if not member_id:
+        raise PairInputError("verify.need_member")
+    with session_factory() as session:
+        member = session.get(Member, member_id)
+        member_gender = member.gender if member is not None else None
+        gender = registered_gender
+        if gender:
+            try:
+                gender = importer.normalise_gender(gender)
+            except ValueError:
+                raise PairInputError("verify.bad_gender", value=gender) from None
+        else:
+            gender = member_gender
+        if member is None and not gender:
+            raise PairInputError("verify.new_member_needs_gender", member=member_id)
+        stored: dict[str, tuple[str, str] | None] = {}  # kind -> (sha256, stored path)
+        for kind in (GALLERY, VERIFICATION):
+            photo = _current_photo(session, member_id, kind) if member is not None else None
+            stored[kind] = None if photo is None else (photo.sha256, photo.stored_path)
+    try:
+        if gallery_bytes is None:
+            if stored[GALLERY] is None:
+                raise PairInputError("verify.need_photo", which=GALLERY)
+            gallery_bytes = store.read(stored[GALLERY][1])
+        if verification_bytes is None:
+            if stored[VERIFICATION] is None:
+                raise PairInputError("verify.need_photo", which=VERIFICATION)
+            verification_bytes = store.read(stored[VERIFICATION][1])
+    except PhotoNotFound as exc:
+        raise PairInputError("verify.photo_missing", detail=str(exc)) from None
+
+    _check_photo(gallery_bytes, GALLERY)
+    _check_photo(verification_bytes, VERIFICATION)
+    result = engine.verify(gallery_bytes, verification_bytes, gender)
+
+    import_note = None
+    with session_factory() as session:
+        hashes = (hashlib.sha256(gallery_bytes).hexdigest(), hashlib.sha256(verification_bytes).hexdigest())
+        same_as_stored = member_gender == gender and (
+            stored[GALLERY] is not None
+            and stored[VERIFICATION] is not None
+            and (stored[GALLERY][0], stored[VERIFICATION][0]) == hashes
+        )
+        if not same_as_stored:
+            report = _store_member_photos(
+                session, store, actor, member_id, gender, gallery_bytes, verification_bytes, "verify-page"
+            )
+            if report.status == importer.REJECTED:
+                raise PairInputError("verify.not_saved", detail=report.message)
+            if report.warnings:
+                import_note = "; ".join(report.warnings)
+        gallery_photo = _current_photo(session, member_id, GALLERY)
+        verification_photo = _current_photo(session, member_id, VERIFICATION)
+        batch_id, result_id = record_single_result(
+            session, actor, result, member_id, gallery_photo.id, verification_photo.id, gender
+        )
+    return PairOutcome(
+        result,
+        result_id,
+        batch_id,
+        member_id,
+        gallery_bytes,
+        verification_bytes,
+        time.perf_counter() - started,
+        import_note,
+    )
+
+
+def recent_batches(session: Session, limit: int = 20) -> pd.DataFrame:
+    rows = session.scalars(select(Batch).order_by(Batch.id.desc()).limit(limit)).all()
+    return pd.DataFrame(
+        [
+            {
+                "batch_id": b.id,
+                "name": b.name or "",
+                "source": b.source or "",
+                "created_by": b.created_by,
+                "created_at": local_time(b.created_at),
+                "status": b.status,
+                "items": b.n_items,
+                "model_version": b.model_version,
+            }
+            for b in rows
+        ],
+        columns=[
+            "batch_id",
+            "name",
+            "source",
+            "created_by",
+            "created_at",
+            "status",
+            "items",
+            "model_version",
+        ],
+    )
+
+
+def resumable(status: str, heartbeat_at: datetime | None, token_known: bool = False) -> bool:
+    """A batch that stopped (interrupted, failed) or whose runner went quiet can be run again."""
+    if status == BATCH_RUNNING:
+        return token_known or heartbeat_at is None or utcnow() - heartbeat_at > batches.DEFAULT_STALE_AFTER
+    return status != BATCH_COMPLETED
+
+
+RESULT_COLUMNS = [
+    "position",
+    "member_id",
+    "status",
+    "similarity",
+    "threshold",
+    "same_person",
+    "registered_gender",
+    "predicted_gender",
+    "gender_confidence",
+    "flags",
+    "reasons",
+    "latency_ms",
+    "result_id",
+    "created_at",
+]
+
+
+def batch_results_frame(session: Session, batch_id: int) -> pd.DataFrame:
+    """The results of a batch in item order, one row each, ready to show, filter and download."""
+    stmt = (
+        select(ResultRow, BatchItem.position)
+        .join(BatchItem, BatchItem.id == ResultRow.batch_item_id, isouter=True)
+        .where(ResultRow.batch_id == batch_id)
+        .order_by(BatchItem.position, ResultRow.id)
+    )
+    rows = []
+    for r, position in session.execute(stmt):
+        rows.append(
+            {
+                "position": None if position is None else position + 1,
+                "member_id": r.member_id,
+                "status": r.status,
+                "similarity": None if r.similarity is None else round(r.similarity, 4),
+                "threshold": round(r.threshold, 4),
+                "same_person": r.same_person,
+                "registered_gender": r.registered_gender,
+                "predicted_gender": r.predicted_gender,
+                "gender_confidence": None if r.gender_confidence is None else round(r.gender_confidence, 3),
+                "flags": " ".join(f["code"] for f in r.flags or []),
+                "reasons": " | ".join(f.get("reason", "") for f in r.flags or []),
+                "latency_ms": None if r.latency_ms is None else round(r.latency_ms, 1),
+                "result_id": r.id,
+                "created_at": local_time(r.created_at),
+            }
+        )
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def filter_results(
+    frame: pd.DataFrame,
+    statuses: Iterable[str] | None = None,
+    flag_codes: Iterable[str] | None = None,
+    member_search: str | None = None,
+) -> pd.DataFrame:
+    out = frame
+    statuses = list(statuses or [])
+    if statuses:
+        out = out[out["status"].isin(statuses)]
+    codes = list(flag_codes or [])
+    if codes:
+        out = out[out["flags"].apply(lambda text: any(c in (text or "").split() for c in codes))]
+    if member_search:
+        needle = member_search.strip().lower()
+        out = out[out["member_id"].fillna("").str.lower().str.contains(needle, regex=False)]
+    return out
