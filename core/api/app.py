@@ -1,0 +1,68 @@
+"""create_app(): the FastAPI application with its middleware, error handlers and routers."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from sqlalchemy.orm import sessionmaker
+
+from core.api.errors import add_error_handlers
+from core.api.guard import GuardMiddleware
+from core.api.routers import health, members, verifications
+from core.api.routers import search as search_routes
+from core.api.settings import API_VERSION, MAX_BODY_BYTES
+from core.api.state import AppState, load_engine_in_background
+from core.storage.photostore import PhotoStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    session_factory: sessionmaker | None = None,
+    engine=None,
+    *,
+    photo_store: PhotoStore | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    load_engine: bool = True,
+) -> FastAPI:
+    """The API. Without a session factory: the configured database (migrated on start).
+    Without an engine: core.verification.engine.Engine.load() in the background (503 until it is ready)."""
+    if session_factory is None:
+        from core.storage.db import init_db
+        from core.storage.db import session_factory as make_factory
+
+        session_factory = make_factory(init_db())
+    state = AppState(session_factory, photo_store or PhotoStore())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if engine is not None:
+            await anyio.to_thread.run_sync(state.set_engine, engine)
+        elif load_engine:
+            load_engine_in_background(state)
+        else:
+            state.model_error = "no engine configured"
+        yield
+        if state.worker is not None:
+            await anyio.to_thread.run_sync(state.worker.stop)
+
+    app = FastAPI(
+        title="Face verification service API",
+        version=API_VERSION,
+        description=(
+            "Verifications for the app backend: submit a member's photos, get the same result the "
+            "dashboard shows (stored; flagged results go to the review queue), read a result and a "
+            "member's history, search enrolled members by photo. Send the API key as X-API-Key."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.api = state
+    app.add_middleware(GuardMiddleware, state=state, max_body_bytes=max_body_bytes)
+
+    add_error_handlers(app)
+    for router in (health.router, verifications.router, members.router, search_routes.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,49 @@
+"""GET /health: liveness and readiness, no key needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.api.deps import State
+from core.api.schemas import (
+    HealthOut,
+)
+from core.api.settings import API_VERSION
+from core.errors import ModelError
+from core.workflows import search
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+def health(state: State):
+    """Liveness and readiness: 200 when the model is loaded and the database answers, else 503."""
+    database = "ok"
+    try:
+        with state.factory() as session:
+            session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        database = f"unreachable: {type(getattr(exc, 'orig', exc)).__name__}"
+    enrolled = dup = None
+    if state.engine is not None and database == "ok":
+        try:
+            index = search.index_for(state.factory.kw["bind"], state.engine.model_version)
+            enrolled, dup = len(index), index.duplicate_threshold
+        except (SQLAlchemyError, ModelError):
+            pass
+    model_loaded = state.engine is not None
+    status = "ok" if model_loaded and database == "ok" else ("starting" if state.loading else "degraded")
+    body = {
+        "status": status,
+        "model_loaded": model_loaded,
+        "model_version": state.engine.model_version if model_loaded else None,
+        "model_error": state.model_error,
+        "database": database,
+        "enrolled": enrolled,
+        "duplicate_threshold": dup,
+        "api_version": API_VERSION,
+    }
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)

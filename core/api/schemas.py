@@ -1,0 +1,193 @@
+"""Request and response bodies (pydantic), as the OpenAPI description shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.api.settings import MAX_BASE64_CHARS, SHA256_PATTERN
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(
+        description="machine-readable code, e.g. invalid_api_key, unknown_member, not_an_image"
+    )
+    message: str = Field(description="what went wrong and what to do, in one or two sentences")
+    details: list[Any] | None = None
+
+
+class FaceOut(BaseModel):
+    box: list[float] = Field(description="x, y, width, height in pixels of the (EXIF-rotated) photo")
+    score: float
+    keypoints: list[list[float]] = []
+
+
+class PhotoOut(BaseModel):
+    sha256: str
+    width: int
+    height: int
+    faces: list[FaceOut] = []
+    main_face: int | None = None
+    quality: float | None = None
+    error: str | None = None
+    timings_ms: dict[str, float] = {}
+
+
+class FlagOut(BaseModel):
+    code: str = Field(
+        description="no_face, several_faces, low_quality, bad_image, uncertain_similarity, "
+        "gender_mismatch, uncertain_gender or possible_duplicate"
+    )
+    reason: str
+    photo: str | None = Field(None, description="gallery, verification, or null for the pair")
+
+
+class DuplicateOut(BaseModel):
+    member_id: str
+    similarity: float
+
+
+class ReviewOut(BaseModel):
+    decision: str
+    reviewer: str
+    decided_at: datetime
+    same_person: bool | None = None
+    true_gender: str | None = None
+
+
+class VerificationOut(BaseModel):
+    id: int
+    member_id: str | None
+    batch_id: int | None
+    source: str | None = Field(None, description="api, verify_page, page, import ... (who asked)")
+    created_at: datetime
+    status: str = Field(
+        description="auto_approved, auto_rejected, flagged (waits for a reviewer), approved, rejected"
+    )
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    review: ReviewOut | None = None
+    same_person: bool | None
+    similarity: float | None
+    threshold: float
+    uncertain_band: list[float]
+    predicted_gender: str | None
+    gender_confidence: float | None
+    registered_gender: str | None
+    flags: list[FlagOut]
+    possible_duplicates: list[DuplicateOut] = Field(
+        description="other members whose enrolled face is at or above the duplicate threshold"
+    )
+    gallery_photo_sha256: str | None = None
+    verification_photo_sha256: str | None = None
+    gallery: PhotoOut | None = None
+    verification: PhotoOut | None = None
+    timings_ms: dict[str, float] | None = None
+    latency_ms: float | None = None
+    model_version: str
+
+
+class VerificationSummary(BaseModel):
+    id: int
+    created_at: datetime
+    status: str
+    same_person: bool | None
+    similarity: float | None
+    flags: list[str]
+    possible_duplicate: bool
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    batch_id: int | None
+    source: str | None = None
+    model_version: str
+
+
+class MemberHistoryOut(BaseModel):
+    member_id: str
+    gender: str
+    status: str
+    total: int
+    limit: int
+    offset: int
+    items: list[VerificationSummary]
+
+
+class CandidateOut(BaseModel):
+    member_id: str
+    similarity: float
+    possible_duplicate: bool = Field(description="at or above the duplicate threshold")
+
+
+class SearchOut(BaseModel):
+    model_version: str
+    duplicate_threshold: float
+    enrolled: int = Field(description="enrolled gallery photos searched")
+    search_ms: float
+    face: PhotoOut
+    candidates: list[CandidateOut]
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="ok, starting or degraded")
+    model_loaded: bool
+    model_version: str | None = None
+    model_error: str | None = None
+    database: str
+    enrolled: int | None = None
+    duplicate_threshold: float | None = None
+    api_version: str
+
+
+MemberId = Annotated[
+    str,
+    Field(min_length=1, max_length=64, description="the app's member ID (1-64 visible characters)"),
+]
+
+
+class VerificationRequest(BaseModel):
+    """Photos not given are the member's current stored ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    member_id: MemberId
+    registered_gender: str | None = Field(
+        None,
+        max_length=16,
+        description="M or F (male/female, 남/여 ...); default: the member's stored gender",
+    )
+    enrol: bool = Field(
+        False,
+        description="true: create the member when the ID is unknown (needs registered_gender and both photos)",
+    )
+    gallery_base64: str | None = Field(None, max_length=MAX_BASE64_CHARS, description="gallery photo, base64")
+    gallery_sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN, description="a stored photo of this member, by content hash"
+    )
+    verification_base64: str | None = Field(None, max_length=MAX_BASE64_CHARS, description="selfie, base64")
+    verification_sha256: str | None = Field(None, pattern=SHA256_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_source_per_photo(self):
+        for which in ("gallery", "verification"):
+            if getattr(self, f"{which}_base64") is not None and getattr(self, f"{which}_sha256") is not None:
+                raise ValueError(f"give {which}_base64 or {which}_sha256, not both")
+        return self
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    photo_base64: str | None = Field(None, max_length=MAX_BASE64_CHARS)
+    photo_sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN, description="a stored photo, by content hash"
+    )
+    k: int = Field(10, ge=1, le=50, description="how many members to return")
+    exclude_member: str | None = Field(None, max_length=64, description="leave this member out")
+
+    @model_validator(mode="after")
+    def _exactly_one_photo(self):
+        if (self.photo_base64 is None) == (self.photo_sha256 is None):
+            raise ValueError("give exactly one of photo_base64 and photo_sha256")
+        return self

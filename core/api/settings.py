@@ -1,0 +1,36 @@
+"""Limits, header names and audit action names of the API, in one place."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from core.verification.imaging import DEFAULT_MAX_BYTES
+
+API_VERSION = "1.0.0"
+MAX_BODY_BYTES = 30 * 1024 * 1024
+MAX_PHOTO_BYTES = DEFAULT_MAX_BYTES  # 25 MB, core.verification.imaging's limit
+MAX_BASE64_CHARS = (MAX_BODY_BYTES * 4) // 3 + 4
+MAX_QUEUE = 64  # verifications waiting for the engine before new ones get 503
+ENGINE_BATCH = 8  # requests whose photos go through the network together
+ENGINE_TIMEOUT_S = 120.0  # a request never waits longer than this for the engine
+STORE_CONCURRENCY = 4  # transactions at once (each may also use a second connection to sync the index)
+KEY_HEADER = "X-API-Key"
+KEY_PREFIX = "fvk_"
+LAST_USED_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
+
+BACKEND, READER = "backend", "reader"
+API_ROLES = (BACKEND, READER)
+CREATE_API_KEY, REVOKE_API_KEY, API_VERIFY, API_SEARCH = (
+    "create_api_key",
+    "revoke_api_key",
+    "api_verify",
+    "api_search",
+)
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+_SHA_RE = re.compile(SHA256_PATTERN)
+
+
+def megabytes(n: int) -> str:
+    """Bytes in MB as people count them for upload limits (1 MB = 1024 * 1024 bytes)."""
+    return f"{n / (1024 * 1024):.1f}".removesuffix(".0")

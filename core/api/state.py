@@ -1,0 +1,161 @@
+"""The application's state: database, photo store and the engine worker, which runs the engine on one thread
+so that concurrent requests share its network calls."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import sessionmaker
+
+from core.api.errors import ApiError
+from core.api.settings import ENGINE_BATCH, MAX_QUEUE, STORE_CONCURRENCY
+from core.errors import ModelError
+from core.storage.photostore import PhotoStore
+from core.workflows import search
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineJob:
+    photos: list[bytes]
+    gender: str | None = None
+    pair: bool = True
+    submitted: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+
+
+class EngineWorker:
+    """Runs analyze_many + compare for queued requests, up to ENGINE_BATCH requests per network call.
+
+    This is Engine.verify() (analyze both photos, then compare) with the photos of requests that
+    arrive together analysed in one call; results are the same as one by one.
+    """
+
+    def __init__(self, engine, max_queue: int = MAX_QUEUE):
+        self.engine = engine
+        self._queue: queue.Queue[EngineJob | None] = queue.Queue()
+        self._max_queue = max_queue
+        self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: EngineJob) -> Future:
+        if self._queue.qsize() >= self._max_queue:
+            raise ApiError(
+                503,
+                "busy",
+                f"{self._max_queue} verifications are already waiting for the engine; retry in a few seconds.",
+                headers={"Retry-After": "2"},
+            )
+        self._queue.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            while len(jobs) < ENGINE_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this round
+                    break
+                jobs.append(nxt)
+            try:
+                self._process(jobs)
+            except BaseException as exc:  # the engine failed: every waiting request hears it
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+
+    def _process(self, jobs: list[EngineJob]) -> None:
+        distinct: dict[str, bytes] = {}
+        for job in jobs:
+            for data in job.photos:
+                distinct.setdefault(hashlib.sha256(data).hexdigest(), data)
+        analyses = dict(zip(distinct, self.engine.analyze_many(list(distinct.values())), strict=True))
+        for job in jobs:
+            shas = [hashlib.sha256(d).hexdigest() for d in job.photos]
+            if job.pair:
+                result = self.engine.compare(analyses[shas[0]], analyses[shas[1]], job.gender)
+                wall = (time.perf_counter() - job.submitted) * 1000
+                result.timings_ms["queue"] = max(
+                    0.0, wall - sum(v for k, v in result.timings_ms.items() if k != "total")
+                )
+                result.timings_ms["total"] = wall  # what the caller waited, as Engine.verify reports it
+                job.future.set_result(result)
+            else:
+                job.future.set_result(analyses[shas[0]])
+
+
+@dataclass
+class AppState:
+    factory: sessionmaker
+    store: PhotoStore
+    engine: Any = None
+    worker: EngineWorker | None = None
+    model_error: str | None = None
+    loading: bool = False
+    store_slots: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(STORE_CONCURRENCY)
+    )
+
+    def set_engine(self, engine) -> None:
+        search.register_engine(engine)
+        self.engine = engine
+        self.worker = EngineWorker(engine)
+        self.model_error = None
+        try:  # build the duplicate index now rather than on the first request
+            search.index_for(self.factory.kw["bind"], engine.model_version)
+        except (SQLAlchemyError, ModelError) as exc:
+            log.warning("search index not built at start: %s", exc)
+
+    def require_engine(self) -> EngineWorker:
+        if self.worker is None:
+            if self.loading:
+                raise ApiError(
+                    503,
+                    "model_loading",
+                    "The model is still loading; retry in a few seconds.",
+                    headers={"Retry-After": "5"},
+                )
+            raise ApiError(
+                503, "model_unavailable", f"No model is loaded: {self.model_error or 'unknown reason'}"
+            )
+        return self.worker
+
+
+def load_engine_in_background(state: AppState) -> None:
+    state.loading = True
+
+    def load():
+        try:
+            from core.training import registry
+            from core.verification.engine import Engine
+
+            # The registry's active version (models/DEFAULT until a promotion): a promotion on the
+            # Retrain page takes effect in the API at its next start.
+            state.set_engine(Engine.load(registry.current_version(state.factory)))
+        except (ModelError, OSError, ValueError, SQLAlchemyError) as exc:
+            state.model_error = str(exc)
+            log.error("model not loaded: %s", exc)
+        finally:
+            state.loading = False
+
+    threading.Thread(target=load, name="engine-load", daemon=True).start()

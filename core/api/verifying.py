@@ -1,0 +1,273 @@
+"""A verification request: resolve the member and photos, run the engine, store everything in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from core.api.errors import ApiError
+from core.api.inputs import PhotoIn, checked_gender, checked_member_id
+from core.api.keys import Caller
+from core.api.output import result_out
+from core.api.settings import API_VERIFY, ENGINE_TIMEOUT_S
+from core.api.state import AppState, EngineJob
+from core.storage import audit
+from core.storage.photostore import PhotoNotFound
+from core.storage.schema import (
+    BATCH_COMPLETED,
+    GALLERY,
+    MEMBER_IN_REVIEW,
+    MEMBER_PENDING,
+    VERIFICATION,
+    Batch,
+    BatchItem,
+    Member,
+    Photo,
+    utcnow,
+)
+from core.storage.schema import VerificationResult as ResultRow
+from core.verification.result import FLAGGED
+from core.workflows import batches, search
+
+
+@dataclass
+class _Resolved:
+    member_exists: bool
+    gender: str | None
+    photos: dict[str, PhotoIn]
+    stored: dict[str, tuple[int, str, str]]  # kind -> (photo id, sha256, stored path) for references
+    data: dict[str, bytes]
+
+
+def _resolve(
+    state: AppState, member_id: str, gender: str | None, enrol: bool, photos: dict[str, PhotoIn]
+) -> _Resolved:
+    with state.factory() as session:
+        member = session.get(Member, member_id)
+        if member is None:
+            if not enrol:
+                raise ApiError(
+                    404,
+                    "unknown_member",
+                    f"There is no member {member_id!r}. To enrol a new member, send enrol=true with "
+                    "registered_gender and both photos.",
+                )
+            problems = []
+            if gender is None:
+                problems.append("registered_gender")
+            problems += [f"{w} photo (uploaded)" for w in (GALLERY, VERIFICATION) if photos[w].data is None]
+            if problems:
+                raise ApiError(422, "enrol_incomplete", f"A new member needs {', '.join(problems)}.")
+        effective_gender = gender or (member.gender if member else None)
+        stored: dict[str, tuple[int, str, str]] = {}
+        data: dict[str, bytes] = {}
+        for which in (GALLERY, VERIFICATION):
+            photo = photos[which]
+            if photo.data is not None:
+                data[which] = photo.data
+                continue
+            if photo.sha256 is not None:
+                row = session.scalar(
+                    select(Photo)
+                    .where(Photo.member_id == member_id, Photo.sha256 == photo.sha256)
+                    .order_by(Photo.current.desc(), Photo.id.desc())
+                )
+                if row is None:
+                    raise ApiError(
+                        404,
+                        "unknown_photo",
+                        f"Member {member_id!r} has no stored photo {photo.sha256[:12]}….",
+                    )
+            else:
+                row = session.scalar(
+                    select(Photo)
+                    .where(Photo.member_id == member_id, Photo.kind == which, Photo.current.is_(True))
+                    .order_by(Photo.id.desc())
+                )
+                if row is None:
+                    raise ApiError(
+                        422,
+                        "photo_required",
+                        f"Member {member_id!r} has no stored {which} photo; upload one.",
+                    )
+            try:
+                data[which] = state.store.read(row.stored_path)
+            except PhotoNotFound as exc:
+                raise ApiError(404, "photo_missing", str(exc)) from None
+            stored[which] = (row.id, row.sha256, row.stored_path)
+        session.rollback()
+    return _Resolved(member is not None, effective_gender, photos, stored, data)
+
+
+def _attach_photo(
+    session: Session, member_id: str, photo: PhotoIn, stored_path: str, now
+) -> tuple[Photo, bool]:
+    """Make the uploaded photo the member's current one of its kind (importer semantics)."""
+    sha = hashlib.sha256(photo.data).hexdigest()
+    current = session.scalars(
+        select(Photo).where(Photo.member_id == member_id, Photo.kind == photo.which, Photo.current.is_(True))
+    ).all()
+    if any(p.sha256 == sha for p in current):
+        return next(p for p in current if p.sha256 == sha), False
+    for p in current:
+        p.current = False
+    again = session.scalar(
+        select(Photo).where(Photo.member_id == member_id, Photo.kind == photo.which, Photo.sha256 == sha)
+    )
+    if again is not None:
+        again.current = True
+        return again, True
+    row = Photo(
+        member_id=member_id,
+        kind=photo.which,
+        sha256=sha,
+        stored_path=stored_path,
+        size_bytes=len(photo.data),
+        source="api",
+        current=True,
+        created_at=now,
+        width=photo.width,
+        height=photo.height,
+    )
+    session.add(row)
+    return row, True
+
+
+def _store_verification(
+    state: AppState, caller: Caller, member_id: str, resolved: _Resolved, result, paths: dict[str, str]
+) -> int:
+    """Member, photos, batch of one, result, duplicates and audit: one transaction. Returns the result id."""
+    with state.factory() as session:
+        now = utcnow()
+        member = session.get(Member, member_id)
+        changes: list[str] = []
+        if member is None:
+            member = Member(
+                id=member_id, gender=resolved.gender, created_at=now, updated_at=now, source="api"
+            )
+            session.add(member)
+            changes.append("new member")
+        elif resolved.gender and member.gender != resolved.gender:
+            changes.append(f"gender {member.gender} → {resolved.gender}")
+            member.gender = resolved.gender
+        photo_ids: dict[str, int] = {}
+        for which in (GALLERY, VERIFICATION):
+            if which in resolved.stored:
+                photo_ids[which] = resolved.stored[which][0]
+                continue
+            row, changed = _attach_photo(session, member_id, resolved.photos[which], paths[which], now)
+            if changed:
+                changes.append(f"new {which} photo")
+            session.flush()
+            photo_ids[which] = row.id
+        if changes:
+            member.updated_at = now
+            member.source = "api"
+            member.status = MEMBER_PENDING  # new photos: the earlier verification no longer speaks for them
+            audit.log(
+                session,
+                caller.actor,
+                audit.IMPORT_MEMBER,
+                "member",
+                member_id,
+                {"source": "api", "changes": changes},
+            )
+
+        batch = Batch(
+            name=f"{member_id} (api)"[:200],
+            source="api",
+            created_by=caller.actor,
+            created_at=now,
+            model_version=result.model_version,
+            status=BATCH_COMPLETED,
+            n_items=1,
+            started_at=now,
+            finished_at=now,
+            heartbeat_at=now,
+        )
+        session.add(batch)
+        session.flush()
+        item = BatchItem(
+            batch_id=batch.id,
+            position=0,
+            member_id=member_id,
+            gallery_photo_id=photo_ids[GALLERY],
+            verification_photo_id=photo_ids[VERIFICATION],
+            registered_gender=resolved.gender,
+        )
+        session.add(item)
+        session.flush()
+        row = batches.store_result(
+            session,
+            result,
+            batch_id=batch.id,
+            batch_item_id=item.id,
+            member_id=member_id,
+            gallery_photo_id=photo_ids[GALLERY],
+            verification_photo_id=photo_ids[VERIFICATION],
+            latency_ms=result.timings_ms.get("total"),
+        )
+        if not search.was_checked(row):
+            # core.workflows.batches.store_result does not call the duplicate hook (yet): call it here.
+            search.flag_possible_duplicates(session, row, result)
+            if row.status == FLAGGED:
+                session.execute(update(Member).where(Member.id == member_id).values(status=MEMBER_IN_REVIEW))
+        session.flush()
+        audit.log(
+            session,
+            caller.actor,
+            API_VERIFY,
+            "result",
+            row.id,
+            {"member_id": member_id, "status": row.status, "batch_id": batch.id},
+        )
+        session.commit()
+        return row.id
+
+
+def verify_request(
+    state: AppState, caller: Caller, member_id: str, gender: str | None, enrol: bool, photos: dict
+) -> dict:
+    worker = state.require_engine()
+    member_id = checked_member_id(member_id)
+    gender = checked_gender(gender)
+    resolved = _resolve(state, member_id, gender, enrol, photos)
+    # Files first (idempotent, content-addressed); the database rows come in one transaction after.
+    paths = {}
+    for which, photo in photos.items():
+        if photo.data is not None:
+            try:
+                paths[which] = state.store.put(photo.data, photo.ext).relative_path
+            except OSError as exc:
+                raise ApiError(
+                    503, "photo_store_unavailable", f"The photo store cannot save the photo: {exc}"
+                ) from None
+    future = worker.submit(EngineJob([resolved.data[GALLERY], resolved.data[VERIFICATION]], resolved.gender))
+    result = future.result(timeout=ENGINE_TIMEOUT_S)
+    with state.store_slots:
+        for attempt in (1, 2, 3):
+            try:
+                result_id = _store_verification(state, caller, member_id, resolved, result, paths)
+                break
+            except IntegrityError as exc:
+                # Another request changed the same member at the same moment: try again once more.
+                if attempt == 3:
+                    raise ApiError(
+                        409, "conflict", "The member was changed by another request at the same time; retry."
+                    ) from exc
+            except OperationalError as exc:
+                if attempt == 3 or not _is_retryable(exc):
+                    raise
+                time.sleep(0.05 * attempt)
+        with state.factory() as session:
+            return result_out(session, session.get(ResultRow, result_id))
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    text_ = str(getattr(exc, "orig", exc)).lower()
+    return "deadlock" in text_ or "lock wait timeout" in text_ or "database is locked" in text_
