@@ -11,8 +11,9 @@
 A run is a row of training_runs. start() checks and inserts it under a lock (MySQL GET_LOCK, or
 SQLite's write lock), so two people pressing Start at the same moment get one run and one refusal;
 then it launches this module as a separate process (start_new_session: it does not belong to the
-Streamlit script run, the page can be left and reopened). The worker claims the row
-(queued -> running), and writes stage, epoch, losses and a heartbeat into progress at every step
+Streamlit script run, the page can be left and reopened), or, with a job broker configured
+(JOB_BROKER_URL), enqueues it for a queue worker (core.jobs), which calls work() the same way.
+The worker claims the row (queued -> running), and writes stage, epoch, losses and a heartbeat into progress at every step
 and at least every HEARTBEAT_S seconds from a thread. Cancel sets the status to "cancelling"; the
 worker's next write matches no running row, so it stops between two chunks or epochs and marks
 the run cancelled. A worker that dies without a word (killed, out of memory) stops heartbeating:
@@ -257,8 +258,13 @@ def start(
             session.commit()
         run_id = run.id
     if launch:
+        from core import jobs
+
         try:
-            _launch(session_factory, run_id, store_dir)
+            if jobs.configured():
+                jobs.submit_training(run_id)  # a queue worker trains it (python -m core.jobs.worker)
+            else:
+                _launch(session_factory, run_id, store_dir)
         except OSError as exc:
             with session_factory() as session:
                 _finish(session, run_id, FAILED, f"The training process could not be started: {exc}")

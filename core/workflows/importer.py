@@ -743,6 +743,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(reports)} rows in {time.perf_counter() - start:.1f} s: "
         + ", ".join(f"{n} {status}" for status, n in counts.items())
     )
+    from core import jobs
+
+    if jobs.configured() and (counts[IMPORTED] or counts[UPDATED]):
+        # The new members join the 1:N index now, not only when they are first verified.
+        print(f"enrolment queued ({jobs.submit_enrolment()})")
     return 1 if counts[REJECTED] else 0
 
 

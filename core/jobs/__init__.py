@@ -1,0 +1,97 @@
+"""Background work as jobs: batch verification, enrolment, re-verification after a promotion, training.
+
+    configured() -> bool                       a broker is set (JOB_BROKER_URL)
+    submit_batch(batch_id, actor)              verify a batch (or finish one that stopped)
+    submit_enrolment(limit=None)               embed current gallery photos that have none (1:N index)
+    submit_training(run_id)                    train a queued training run
+    wait_for_batch(session_factory, batch_id)  poll the database until the batch has finished
+
+With JOB_BROKER_URL=redis://HOST:6379/DB a job is a message on a Dramatiq queue (fv_batches,
+fv_training), run by worker processes, `python -m core.jobs.worker`, that load the models once.
+The pages and the API only enqueue and read progress from the database. Without a broker the same
+job function runs on a thread of the calling process: the embedded default, ./run.sh, needs none.
+
+Every job is idempotent on the database, so a message delivered twice (its worker died half-way
+and the broker handed it to another) finishes what is left and redoes nothing: a batch computes
+only items without a result and stores each under the item's unique key (core.workflows.batches);
+enrolment embeds only photos without an embedding, written insert-or-ignore; a training run is
+claimed once (queued -> running) and a run whose worker died is marked failed, never re-run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from core import config
+from core.errors import FaceVerifyError
+from core.jobs import tasks
+
+VERIFY_BATCH, ENROL, TRAIN = "verify_batch", "enrol_missing", "train"
+
+
+class QueueUnavailable(FaceVerifyError, OSError):
+    """The broker cannot take the job (down, refused); nothing was enqueued."""
+
+    code = "queue_unavailable"
+
+
+def broker_url() -> str | None:
+    return config.setting("JOB_BROKER_URL")
+
+
+def configured() -> bool:
+    return bool(broker_url())
+
+
+def _submit(kind: str, **kwargs) -> str:
+    """A message id on the queue, or the name of the thread running it here."""
+    if configured():
+        from core.jobs import queue
+
+        try:
+            return queue.send(kind, **kwargs)
+        except FaceVerifyError:
+            raise
+        except Exception as exc:  # redis.ConnectionError, timeouts: say which broker and why
+            raise QueueUnavailable(f"The job queue at {broker_url()} cannot take the job: {exc}") from exc
+    thread = threading.Thread(
+        target=tasks.run_logged, args=(kind,), kwargs=kwargs, name=f"job-{kind}", daemon=True
+    )
+    thread.start()
+    return thread.name
+
+
+def submit_batch(batch_id: int, actor: str) -> str:
+    return _submit(VERIFY_BATCH, batch_id=int(batch_id), actor=str(actor))
+
+
+def submit_enrolment(limit: int | None = None) -> str:
+    return _submit(ENROL, limit=limit)
+
+
+def submit_training(run_id: int) -> str:
+    return _submit(TRAIN, run_id=int(run_id))
+
+
+def wait_for_batch(
+    session_factory, batch_id: int, progress=None, *, poll_s: float = 0.5, timeout_s: float | None = None
+) -> dict:
+    """Block until the batch is completed, failed or interrupted; progress(done, total) as it goes.
+
+    What a page's background watcher (or a test) does when the work runs in a queue worker.
+    """
+    from core.storage.schema import BATCH_PENDING, BATCH_RUNNING
+    from core.workflows import batches
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        with session_factory() as session:
+            state = batches.batch_progress(session, batch_id)
+        if progress:
+            progress(state["done"], state["total"])
+        if state["status"] not in (BATCH_PENDING, BATCH_RUNNING):
+            return state
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"Batch {batch_id} still {state['status']} after {timeout_s:.0f} s.")
+        time.sleep(poll_s)

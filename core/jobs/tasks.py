@@ -1,0 +1,75 @@
+"""The job bodies: plain functions of JSON-able arguments, the same in a queue worker and in-process.
+
+Each takes what it needs (database, photo store, a loaded engine) from core.jobs.resources, which
+loads each of them once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from core import config
+from core.jobs import resources
+
+log = logging.getLogger(__name__)
+
+# A queue worker that stopped heartbeating for this long is dead: another one takes its batch over.
+# The in-process default (10 minutes) is longer, because there nobody else could take it over.
+DEFAULT_JOB_STALE_S = 60.0
+
+
+def job_stale_after() -> timedelta:
+    return timedelta(seconds=float(config.setting("JOB_STALE_S") or DEFAULT_JOB_STALE_S))
+
+
+def verify_batch(batch_id: int, actor: str = "queue") -> dict:
+    """Run (or finish) a batch on the model version it was created for. Returns its summary."""
+    from dataclasses import asdict
+
+    from core.storage.schema import Batch
+    from core.workflows import batches
+
+    factory = resources.session_factory()
+    with factory() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise batches.BatchNotFound(f"There is no batch {batch_id}.")
+        version = batch.model_version
+    summary = batches.run_batch(
+        factory,
+        resources.engine(version),
+        batch_id,
+        photo_store=resources.photo_store(),
+        actor=actor,
+        stale_after=job_stale_after(),
+    )
+    return asdict(summary)
+
+
+def enrol_missing(limit: int | None = None) -> int:
+    """Embed every current gallery photo that has no embedding yet (imported members join 1:N)."""
+    from core.workflows import search
+
+    return search.enrol_missing(
+        resources.session_factory(), resources.engine(), resources.photo_store(), limit=limit
+    )
+
+
+def train(run_id: int) -> str:
+    """Train a queued run (claimed once; a run already claimed by a worker that died is not re-run)."""
+    from core.training import worker
+
+    return worker.work(run_id, resources.session_factory(), store=resources.photo_store())
+
+
+TASKS = {"verify_batch": verify_batch, "enrol_missing": enrol_missing, "train": train}
+
+
+def run_logged(kind: str, **kwargs):
+    """Run a job on a thread of this process; a failure is logged (the database row says why)."""
+    try:
+        return TASKS[kind](**kwargs)
+    except Exception:
+        log.exception("job %s %s failed", kind, kwargs)
+        return None
