@@ -165,6 +165,22 @@ def bomb_png(width: int = BOMB_SIZE[0], height: int = BOMB_SIZE[1]) -> bytes:
     )
 
 
+def grey16_png(width: int = 9950, height: int = 9950) -> bytes:
+    """A complete 16-bit greyscale PNG of width x height mid-grey pixels: at the default 99
+    megapixels it is about 200 KB on disk and 198 MB in Pillow's 16-bit buffer (the photo that
+    took one verification to 3.6 GB before decoding had a memory budget)."""
+    comp = zlib.compressobj(9)
+    row = b"\x00" + b"\x80\x00" * width
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def tiny_image(size: int = 10) -> bytes:
     """A size x size PNG, far too small to hold a face."""
     return _save(_face().resize((size, size), Image.Resampling.LANCZOS), "PNG")
@@ -322,6 +338,7 @@ BAD_INPUTS = {
     "oversized": (oversized_bytes, "too_large"),
     "bomb_png": (bomb_png, "too_many_pixels"),
     "bomb_png_120mp": (lambda: bomb_png(12000, 10000), "too_many_pixels"),
+    "bomb_png_99mp_rgb": (lambda: bomb_png(9950, 9950), "too_many_pixels"),  # 396 MB to decode
     "tiny_10x10": (tiny_image, "too_small"),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from core.errors import ImageError
+from core.verification import imaging
 from core.verification.imaging import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_WORK_SIZE,
@@ -25,7 +27,7 @@ from core.verification.imaging import (
     image_quality,
 )
 
-CODES = {"empty", "not_an_image", "corrupt", "too_large", "too_many_pixels", "too_small"}
+CODES = {"empty", "not_an_image", "corrupt", "too_large", "too_many_pixels", "too_small", "busy"}
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -369,3 +371,82 @@ def test_quality_accepts_any_crop_layout():
     assert abs(image_quality(big) - score) < 0.15  # measured at 150 px whatever the crop size
     assert image_quality(np.zeros((0, 0, 3), np.uint8)) == 0.0
     assert isinstance(score, float)
+
+
+# --- memory budget -------------------------------------------------------------------------------
+
+
+def test_decoder_memory_is_judged_by_pixel_format_from_the_header():
+    # 99 MP is under the pixel limit, but as RGB it would need 378 MiB of decoder memory.
+    with pytest.raises(ImageError) as info:
+        decode_image(bad.bomb_png(9950, 9950))
+    assert info.value.code == "too_many_pixels"
+    assert "377.7 MB of memory, above the limit of 256.0 MB" in str(info.value)
+    assert imaging.decode_cost_bytes("I;16", (9950, 9950)) == 9950 * 9950 * 2
+    assert imaging.decode_cost_bytes("P", (100, 100)) == 100 * 100 * 5  # converted before shrinking
+    assert imaging.decode_cost_bytes("RGB", (100, 100)) == 100 * 100 * 4
+
+
+def test_99_megapixel_16bit_grey_png_decodes_at_reduced_scale_in_little_memory():
+    """The photo that took 3.6 GB: decoded in its own 16-bit format, shrunk at once, then converted.
+    Measured in a fresh process (peak resident memory, imports included)."""
+    code = (
+        "import resource, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+        "import badimages\n"
+        "from core.verification.imaging import decode_image\n"
+        "data = badimages.grey16_png()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "d = decode_image(data)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "import json; print(json.dumps([len(data), d.original_size, d.rgb.shape, float(d.rgb.mean()), (after - before) // 1024]))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(root / "tests")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    size, original, shape, mean, grown_mb = json.loads(done.stdout)
+    assert size < 250_000 and original == [9950, 9950] and shape == [1280, 1280, 3]
+    assert round(mean) == 128  # 0x8000 / 257: scaled, not clipped
+    # 190 MiB for Pillow's 16-bit buffer plus a 1/9 copy (it took 2.5 GB and 27 s before).
+    assert grown_mb < 300, done.stdout
+
+
+def test_photos_decoded_at_once_share_the_process_budget(monkeypatch):
+    data = bad.grey16_png(3000, 3000)  # 18 MB to decode
+    cost = imaging.decode_cost_bytes("I;16", (3000, 3000))
+    budget = imaging.DecodeBudget(int(cost * 1.5))  # room for one at a time, not two
+    monkeypatch.setattr(imaging, "_budget", budget)
+    monkeypatch.setattr(imaging, "DECODE_WAIT_S", 600.0)  # a busy test machine must not time out
+    results, errors = [], []
+
+    def decode():
+        try:
+            results.append(decode_image(data).rgb.shape)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    import threading
+
+    threads = [threading.Thread(target=decode) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 4
+    assert budget.peak == cost and budget.in_use == 0
+
+
+def test_a_full_budget_answers_busy_instead_of_waiting_forever(monkeypatch):
+    budget = imaging.DecodeBudget(10_000_000)
+    monkeypatch.setattr(imaging, "_budget", budget)
+    monkeypatch.setattr(imaging, "DECODE_WAIT_S", 0.2)
+    with budget.hold(10_000_000):
+        with pytest.raises(ImageError) as info:
+            decode_image(bad.grey16_png(2000, 2000))
+    assert info.value.code == "busy"
+    assert budget.in_use == 0
+    assert decode_image(bad.grey16_png(2000, 2000)).rgb.shape == (1280, 1280, 3)

@@ -11,7 +11,9 @@ ImageError.code is one of:
     not_an_image     text, PDF, ZIP, HEIC or any format not in ALLOWED_FORMATS
     corrupt          a known format whose pixels cannot be decoded (truncated, broken)
     too_large        more bytes than max_bytes
-    too_many_pixels  more pixels than max_pixels (decompression bombs), rejected before decoding
+    too_many_pixels  more pixels than max_pixels (decompression bombs), or more decoder memory than
+                     max_decode_bytes for its pixel format; rejected from the header, before decoding
+    busy             the process-wide decode budget stayed full for DECODE_WAIT_S (retry later)
     too_small        shorter side under min_side pixels: too small to hold a usable face
 
 No Streamlit here: pages, the batch runner, the API and the tests all call these functions.
@@ -24,14 +26,16 @@ import io
 import math
 import re
 import struct
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
+from core import config
 from core.errors import ImageError
 
 try:  # littlecms ships with Pillow's wheels, but a source build may lack it
@@ -43,6 +47,14 @@ DEFAULT_MAX_BYTES = 25 * 1024 * 1024  # 25 MB: above any phone photo, below what
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: above any phone or DSLR photo (50 MP is accepted)
 DEFAULT_WORK_SIZE = 1280  # long side after scaling: a face filling 1/10 of the photo is still 128 px
 DEFAULT_MIN_SIDE = 48  # a face must fit inside the photo; the aligned chip is 150 px
+# Memory the decoder may take for one photo, whatever its format and bit depth: Pillow keeps 1
+# byte per pixel for L and P, 2 for 16-bit grey, 4 for RGB, RGBA, CMYK, 32-bit and float. A 50 MP
+# RGB PNG needs 200 MB and is accepted; a 99 MP RGB PNG (396 MB) is refused from its header.
+DEFAULT_MAX_DECODE_BYTES = 256 * 1024 * 1024
+# All photos being decoded at once in this process share this much (setting DECODE_MEMORY_MB): a
+# burst of requests waits for its turn instead of taking the process past its memory budget.
+DEFAULT_DECODE_BUDGET_BYTES = 320 * 1024 * 1024
+DECODE_WAIT_S = 120.0
 
 # Formats Pillow may open. Anything else (HEIC without a plugin, PSD, EPS, PDF, ...) is not a photo
 # for us; listing them also stops Pillow from probing exotic decoders on untrusted bytes.
@@ -119,20 +131,27 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     work_size: int = DEFAULT_WORK_SIZE,
     min_side: int = DEFAULT_MIN_SIDE,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> DecodedImage:
     """Decode photo bytes into an upright RGB uint8 array of at most `work_size` px on the long side.
 
     In:  the raw bytes of an uploaded file (bytes, bytearray or memoryview).
     Out: DecodedImage (see its docstring).
     Raises ImageError with .code "empty", "not_an_image", "corrupt", "too_large",
-    "too_many_pixels" or "too_small" and a message naming the limit.
+    "too_many_pixels", "too_small" or "busy" and a message naming the limit.
+
+    Memory: the decoder's buffer for the photo's pixel format is known from the header; above
+    max_decode_bytes the photo is refused before decoding, and every decode holds its share of
+    the process-wide budget (decode_budget()) while it runs. Photos much larger than work_size
+    are shrunk by an integer factor right after decoding (box filter, in the decoded format), so
+    conversions (16-bit to 8-bit, alpha on white, colour profile) work on the small copy.
 
     Transparent images are composited on white (a transparent background is usually white in the
     app that made it; black would hide dark hair and make a face detector see a different photo).
     Animated images use their first frame. Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by
     libjpeg itself (Image.draft), so a 50 MP photo costs about as much as a 3 MP one; the result
     is then resized with a Lanczos filter to exactly `work_size` on the long side. Other formats
-    have no such shortcut: a 50 MP PNG is decoded in full (about 150 MB) before it is scaled.
+    have no such shortcut: a 50 MP PNG is decoded in full (about 200 MB) before it is scaled.
     Truncated files are reported as "corrupt", never decoded partly (Pillow's
     LOAD_TRUNCATED_IMAGES must stay False; it is a process-wide switch).
     """
@@ -188,22 +207,37 @@ def decode_image(
         if im.size != before:
             notes.append(f"JPEG decoded at reduced scale {im.size[0]}x{im.size[1]} (draft)")
 
-    try:
-        im.load()
-    except Image.DecompressionBombError as exc:
-        raise _too_many_pixels(width, height, max_pixels) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error) as exc:
-        # Pillow signals truncated or broken data with OSError ("image file is truncated",
-        # "broken data stream"), SyntaxError (broken PNG chunks) and a few others.
+    cost = decode_cost_bytes(im.mode, im.size)
+    if cost > max_decode_bytes:
         raise ImageError(
-            f"The {fmt} file is damaged or incomplete and cannot be read ({_short(exc)}). "
-            "Please upload the photo again.",
-            code="corrupt",
-        ) from exc
+            f"The photo is {width} x {height} pixels in {_mode_name(im.mode)}; decoding it would take "
+            f"{_mb(cost)} of memory, above the limit of {_mb(max_decode_bytes)}. Please send a "
+            "smaller photo (a phone photo as JPEG is always fine).",
+            code="too_many_pixels",
+        )
+    with decode_budget().hold(cost):
+        try:
+            im.load()
+        except Image.DecompressionBombError as exc:
+            raise _too_many_pixels(width, height, max_pixels) from exc
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error) as exc:
+            # Pillow signals truncated or broken data with OSError ("image file is truncated",
+            # "broken data stream"), SyntaxError (broken PNG chunks) and a few others.
+            raise ImageError(
+                f"The {fmt} file is damaged or incomplete and cannot be read ({_short(exc)}). "
+                "Please upload the photo again.",
+                code="corrupt",
+            ) from exc
+        im = _shrink_early(im, work_size, notes)
+        return _finish(im, fmt, width, height, orientation, upright, sha256, notes, work_size, min_side)
 
+
+def _finish(im, fmt, width, height, orientation, upright, sha256, notes, work_size, min_side):
+    """EXIF rotation, RGB conversion and the final Lanczos scaling of the (already small) image."""
     if orientation not in (None, 1):
         try:
-            im = ImageOps.exif_transpose(im)
+            # By the tag read from the header: the shrunk copy need not carry the EXIF block.
+            im = im.transpose(_ORIENTATION_TRANSPOSE[orientation])
             notes.append(f"EXIF orientation {orientation} applied")
         except Exception as exc:  # a broken EXIF block must not lose the photo
             notes.append(f"EXIF orientation {orientation} could not be applied ({_short(exc)})")
@@ -238,6 +272,122 @@ def decode_image(
         format=fmt,
         notes=notes,
     )
+
+
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# Bytes per pixel of Pillow's own storage, by mode (Pillow pads RGB to 4 bytes).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Modes Image.reduce() cannot shrink: they are converted at full size first (P to RGBA is 4
+# bytes a pixel more, 1 to L one more).
+_CONVERTED_BEFORE_SHRINK = {"P": ("RGBA", 4), "1": ("L", 1)}
+
+
+def decode_cost_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Peak bytes that decoding a photo of this Pillow mode and (drafted) size takes here."""
+    pixels = int(size[0]) * int(size[1])
+    per_pixel = _BYTES_PER_PIXEL.get(mode, 4)
+    per_pixel += _CONVERTED_BEFORE_SHRINK.get(mode, ("", 0))[1]
+    return pixels * per_pixel
+
+
+def _mode_name(mode: str) -> str:
+    names = {"L": "8-bit grey", "P": "palette colour", "1": "black and white", "RGB": "RGB colour"}
+    if mode.startswith("I;16"):
+        return "16-bit grey"
+    return names.get(mode, f"{mode} mode")
+
+
+def _shrink_early(im: Image.Image, work_size: int, notes: list[str]) -> Image.Image:
+    """An integer box-filter reduction of a photo far above work_size, in its own mode.
+
+    The result keeps at least 2 x work_size on the long side, so the final Lanczos step has the
+    same headroom as before; everything after this works on a copy 1/k^2 the size.
+    """
+    factor = max(im.size) // (2 * work_size)
+    if factor < 2:
+        return im
+    before = im.size
+    if im.mode in _CONVERTED_BEFORE_SHRINK:
+        im = im.convert(_CONVERTED_BEFORE_SHRINK[im.mode][0])
+    if im.mode.startswith("I;16"):  # reduce() has no 16-bit path; resize's box filter does
+        target = (max(1, im.size[0] // factor), max(1, im.size[1] // factor))
+        im = im.resize(target, Image.Resampling.BOX)
+    else:
+        im = im.reduce(factor)
+    notes.append(
+        f"shrunk {factor}x right after decoding ({before[0]}x{before[1]} -> {im.size[0]}x{im.size[1]})"
+    )
+    return im
+
+
+class DecodeBudget:
+    """Bytes of decoder memory the photos being decoded in this process may hold together.
+
+    hold(cost) waits until the photo's cost fits (a photo larger than the whole budget waits until
+    nothing else is decoding), then keeps it until the block ends. ImageError "busy" after
+    DECODE_WAIT_S, so a caller can answer "retry" instead of hanging.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = int(capacity)
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def hold(self, cost: int) -> _Held:
+        return _Held(self, min(int(cost), self.capacity))
+
+    def _acquire(self, cost: int) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.in_use + cost <= self.capacity, DECODE_WAIT_S):
+                raise ImageError(
+                    "The server is decoding too many large photos at once; please try again shortly.",
+                    code="busy",
+                )
+            self.in_use += cost
+            self.peak = max(self.peak, self.in_use)
+
+    def _release(self, cost: int) -> None:
+        with self._cond:
+            self.in_use -= cost
+            self._cond.notify_all()
+
+
+class _Held:
+    def __init__(self, budget: DecodeBudget, cost: int):
+        self.budget, self.cost = budget, cost
+
+    def __enter__(self):
+        self.budget._acquire(self.cost)
+        return self
+
+    def __exit__(self, *exc):
+        self.budget._release(self.cost)
+        return False
+
+
+_budget: DecodeBudget | None = None
+_budget_lock = threading.Lock()
+
+
+def decode_budget() -> DecodeBudget:
+    """The process's budget, sized by the DECODE_MEMORY_MB setting on first use."""
+    global _budget
+    with _budget_lock:
+        if _budget is None:
+            mb = config.setting("DECODE_MEMORY_MB")
+            capacity = int(float(mb) * 1024 * 1024) if mb else DEFAULT_DECODE_BUDGET_BYTES
+            _budget = DecodeBudget(max(capacity, 16 * 1024 * 1024))
+        return _budget
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -350,7 +500,7 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
 
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # convert("L") clips 16-bit values at 255 (an almost white picture); scale instead.
-        arr = np.asarray(im).astype(np.float64)
+        arr = np.asarray(im).astype(np.float32)  # float32: half of float64's memory, exact to 1/257
         if mode == "F" and arr.size and float(np.nanmax(arr)) <= 1.0:
             arr = arr * 255.0
         elif mode.startswith("I;16") or (arr.size and float(arr.max()) > 255.0):
