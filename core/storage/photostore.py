@@ -12,6 +12,10 @@ S3-compatible object store (core.storage.s3store). Both implement the same inter
     delete(sha256) -> int              files removed (erasure)
     iterate() -> Iterator[StoredEntry] every stored photo
     url                                where it is, as PHOTO_STORE_URL would name it
+    read_raw(relative_path) / write_raw(relative_path, blob)   the bytes as stored (key rotation)
+    keys                               encryption at rest (core.storage.encryption): with
+                                       PHOTO_ENCRYPTION_KEY set, put() seals and get()/read() open;
+                                       the hash and the path are always those of the plain photo
 
 Writing to a folder is atomic (temporary file, then rename) and idempotent (same bytes, same
 file), so a crash never leaves a half-written photo under its final name, and two imports of the
@@ -31,6 +35,8 @@ from typing import Protocol
 
 from core import config
 from core.errors import FaceVerifyError
+from core.storage import encryption
+from core.storage.encryption import KeyRing
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
@@ -86,6 +92,7 @@ def parse_content_path(relative_path: str) -> str | None:
 
 class PhotoStoreBackend(Protocol):
     url: str
+    keys: KeyRing
 
     def put(self, data: bytes, ext: str = "jpg") -> StoredPhoto: ...
     def get(self, sha256: str, *, verify: bool = False) -> bytes: ...
@@ -93,14 +100,43 @@ class PhotoStoreBackend(Protocol):
     def exists(self, sha256: str) -> bool: ...
     def delete(self, sha256: str) -> int: ...
     def iterate(self) -> Iterator[StoredEntry]: ...
+    def read_raw(self, relative_path: str) -> bytes: ...
+    def write_raw(self, relative_path: str, blob: bytes) -> None: ...
 
 
-class PhotoStore:
+class Sealing:
+    """Encryption at rest, the same for every backend: sealed on the way in, opened on the way out.
+
+    keys: a core.storage.encryption.KeyRing; by default from the settings (no key: plain files,
+    as before; a sealed file then fails with a clear PhotoKeyError rather than as a bad image).
+    """
+
+    keys: KeyRing
+
+    def _init_keys(self, keys: KeyRing | None) -> None:
+        self.keys = keys if keys is not None else KeyRing.from_settings()
+
+    def _seal(self, data: bytes, sha256: str) -> bytes:
+        if self.keys.current is None:
+            return data
+        return encryption.seal(data, sha256, self.keys.current)
+
+    def _open(self, blob: bytes, sha256: str) -> bytes:
+        return encryption.unseal(blob, sha256, self.keys)
+
+    @staticmethod
+    def _already_stored(size: int | None, plain_size: int) -> bool:
+        """A stored object of this size is this photo (plain, or sealed under some key)."""
+        return size in (plain_size, plain_size + encryption.OVERHEAD)
+
+
+class PhotoStore(Sealing):
     """The folder backend."""
 
-    def __init__(self, root: str | Path | None = None, *, fsync: bool = True):
+    def __init__(self, root: str | Path | None = None, *, fsync: bool = True, keys: KeyRing | None = None):
         self.root = Path(root) if root is not None else config.photo_store_dir()
         self.fsync = fsync
+        self._init_keys(keys)
 
     @property
     def url(self) -> str:
@@ -116,13 +152,17 @@ class PhotoStore:
         sha = sha256_hex(data)
         rel = self.relative_path(sha, ext)
         final = self.root / rel
-        if final.exists() and final.stat().st_size == len(data):
+        if final.exists() and self._already_stored(final.stat().st_size, len(data)):
             return StoredPhoto(sha, rel, len(data), created=False)
+        self._write(final, self._seal(data, sha))
+        return StoredPhoto(sha, rel, len(data), created=True)
+
+    def _write(self, final: Path, blob: bytes) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(blob)
                 if self.fsync:
                     f.flush()
                     os.fsync(f.fileno())
@@ -131,7 +171,6 @@ class PhotoStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return StoredPhoto(sha, rel, len(data), created=True)
 
     def _files_for(self, sha256: str) -> list[Path]:
         if not isinstance(sha256, str) or not _SHA_RE.match(sha256):
@@ -146,22 +185,35 @@ class PhotoStore:
         raise PhotoNotFound(f"Photo {sha256[:12]}… is not in the photo store at {self.root}.")
 
     def get(self, sha256: str, *, verify: bool = False) -> bytes:
-        data = self.path_for(sha256).read_bytes()
+        data = self._open(self.path_for(sha256).read_bytes(), sha256)
         if verify and sha256_hex(data) != sha256:
             raise PhotoNotFound(f"Photo {sha256[:12]}… in the photo store is damaged (hash differs).")
         return data
 
     def read(self, relative_path: str) -> bytes:
         """Read by the path the database stored (never outside the store root)."""
+        return self._open(self.read_raw(relative_path), Path(relative_path).name.split(".")[0])
+
+    def _inside(self, relative_path: str) -> Path:
         path = (self.root / relative_path).resolve()
         if not path.is_relative_to(self.root.resolve()):
             raise PhotoNotFound(f"Stored path {relative_path!r} points outside the photo store.")
+        return path
+
+    def read_raw(self, relative_path: str) -> bytes:
+        """The file as stored (sealed when encrypted)."""
         try:
-            return path.read_bytes()
+            return self._inside(relative_path).read_bytes()
         except FileNotFoundError:
             raise PhotoNotFound(
                 f"Photo file {relative_path} is missing from the photo store at {self.root}."
             ) from None
+
+    def write_raw(self, relative_path: str, blob: bytes) -> None:
+        """Replace a stored file atomically (key rotation); only content-addressed paths."""
+        if parse_content_path(relative_path) is None:
+            raise PhotoNotFound(f"Stored path {relative_path!r} is not a photo path of the store.")
+        self._write(self._inside(relative_path), blob)
 
     def exists(self, sha256: str) -> bool:
         return bool(self._files_for(sha256))

@@ -30,7 +30,7 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from core.storage import audit
-from core.storage.schema import MEMBER_STATUSES, AuditEntry, Batch, Member, Photo
+from core.storage.schema import MEMBER_ERASED, MEMBER_STATUSES, AuditEntry, Batch, Member, Photo
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.genders import normalise_gender
 from core.verification.result import APPROVED, AUTO_APPROVED, AUTO_REJECTED, FLAGGED, REJECTED
@@ -217,7 +217,12 @@ def member_history(session: Session, member_id: str, viewer: str | None = None) 
 
 
 def _queue_conditions(model_version: str | None, batch_id: int | None) -> list:
-    conditions = [ResultRow.status == FLAGGED]
+    # An erased member's pairs have no photos left to review (core.workflows.privacy).
+    erased = select(Member.id).where(Member.status == MEMBER_ERASED)
+    conditions = [
+        ResultRow.status == FLAGGED,
+        or_(ResultRow.member_id.is_(None), ResultRow.member_id.not_in(erased)),
+    ]
     if model_version:
         conditions.append(ResultRow.model_version == model_version)
     if batch_id is not None:

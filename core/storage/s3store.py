@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from functools import cached_property
 
 from core import config
+from core.storage.encryption import KeyRing
 from core.storage.photostore import (
     PhotoNotFound,
     PhotoStoreUnavailable,
+    Sealing,
     StoredEntry,
     StoredPhoto,
     content_path,
@@ -87,17 +89,18 @@ def _error_code(exc: Exception) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
-class S3PhotoStore:
+class S3PhotoStore(Sealing):
     """The photo store interface (see core.storage.photostore) on one bucket and prefix."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, client=None):
+    def __init__(self, bucket: str, prefix: str = "", *, client=None, keys: KeyRing | None = None):
         self.bucket, self.prefix = parse_s3_url(f"s3://{bucket}/{prefix}")
         self._client = client
+        self._init_keys(keys)
 
     @classmethod
-    def from_url(cls, url: str, *, client=None) -> S3PhotoStore:
+    def from_url(cls, url: str, *, client=None, keys: KeyRing | None = None) -> S3PhotoStore:
         bucket, prefix = parse_s3_url(url)
-        return cls(bucket, prefix, client=client)
+        return cls(bucket, prefix, client=client, keys=keys)
 
     @property
     def url(self) -> str:
@@ -177,27 +180,29 @@ class S3PhotoStore:
         rel = content_path(sha, ext)
         key = self.prefix + rel
         size = self._size(key)
-        if size == len(data):
+        if self._already_stored(size, len(data)):
             return StoredPhoto(sha, rel, len(data), created=False)
-        extra = {}
-        if size is None:
-            extra["IfNoneMatch"] = "*"  # a damaged object (wrong size) is overwritten, as on disk
         try:
-            self._call(
-                "save the photo",
-                self.client.put_object,
-                Key=key,
-                Body=data,
-                ContentType=_CONTENT_TYPES.get(rel.rsplit(".", 1)[-1], "application/octet-stream"),
-                # The store checks the bytes it received against the hash before it keeps them.
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(),
-                **extra,
-            )
+            # A damaged object (wrong size) is overwritten, as on disk.
+            self._put_object(key, rel, self._seal(data, sha), only_new=size is None)
         except ClientError as exc:
             if _error_code(exc) in _LOST_RACE:  # a concurrent writer of the same bytes won
                 return StoredPhoto(sha, rel, len(data), created=False)
             raise
         return StoredPhoto(sha, rel, len(data), created=True)
+
+    def _put_object(self, key: str, rel: str, blob: bytes, *, only_new: bool) -> None:
+        extra = {"IfNoneMatch": "*"} if only_new else {}
+        self._call(
+            "save the photo",
+            self.client.put_object,
+            Key=key,
+            Body=blob,
+            ContentType=_CONTENT_TYPES.get(rel.rsplit(".", 1)[-1], "application/octet-stream"),
+            # The store checks the bytes it received against their hash before it keeps them.
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256_hex(blob))).decode(),
+            **extra,
+        )
 
     def _size(self, key: str) -> int | None:
         from botocore.exceptions import ClientError
@@ -239,17 +244,27 @@ class S3PhotoStore:
         keys = self._keys_for(sha256)  # content_path() has refused anything that is not a hash
         if not keys:
             raise PhotoNotFound(f"Photo {sha256[:12]}… is not in the photo store at {self.url}.")
-        data = self._get_key(keys[0], keys[0][len(self.prefix) :])
+        data = self._open(self._get_key(keys[0], keys[0][len(self.prefix) :]), sha256)
         if verify and sha256_hex(data) != sha256:
             raise PhotoNotFound(f"Photo {sha256[:12]}… in the photo store is damaged (hash differs).")
         return data
 
     def read(self, relative_path: str) -> bytes:
         """Read by the path the database stored; only content-addressed paths are accepted."""
+        return self._open(self.read_raw(relative_path), parse_content_path(relative_path) or "")
+
+    def read_raw(self, relative_path: str) -> bytes:
+        """The object as stored (sealed when encrypted)."""
         if parse_content_path(relative_path) is None:
             # Keys are plain strings in S3, but some stores normalise '..': refuse anything else.
             raise PhotoNotFound(f"Stored path {relative_path!r} points outside the photo store.")
         return self._get_key(self.prefix + relative_path, relative_path)
+
+    def write_raw(self, relative_path: str, blob: bytes) -> None:
+        """Replace a stored object (key rotation): one PUT, all or nothing."""
+        if parse_content_path(relative_path) is None:
+            raise PhotoNotFound(f"Stored path {relative_path!r} is not a photo path of the store.")
+        self._put_object(self.prefix + relative_path, relative_path, blob, only_new=False)
 
     def exists(self, sha256: str) -> bool:
         return bool(self._keys_for(sha256))

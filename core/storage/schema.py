@@ -51,7 +51,9 @@ MEMBER_PENDING, MEMBER_IN_REVIEW, MEMBER_VERIFIED, MEMBER_REJECTED = (
     "verified",
     "rejected",
 )
-MEMBER_STATUSES = (MEMBER_PENDING, MEMBER_IN_REVIEW, MEMBER_VERIFIED, MEMBER_REJECTED)
+# Erased on request (core.privacy): photos and embeddings gone, decisions and audit kept.
+MEMBER_ERASED = "erased"
+MEMBER_STATUSES = (MEMBER_PENDING, MEMBER_IN_REVIEW, MEMBER_VERIFIED, MEMBER_REJECTED, MEMBER_ERASED)
 
 GALLERY, VERIFICATION = "gallery", "verification"
 PHOTO_KINDS = (GALLERY, VERIFICATION)
@@ -339,3 +341,27 @@ class ApiKey(Base):
     created_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+# Revision 0003: erasures.
+
+
+class MemberErasure(Base):
+    """One removal of a member's biometric data: an erasure on request or a retention rule.
+
+    Also the erasure generation every process's 1:N index checks before it searches: a row it has
+    not seen yet means "drop this member's rows now" (core.search).
+    """
+
+    __tablename__ = "member_erasures"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[str] = mapped_column(
+        sa.String(ID_LEN), index=True
+    )  # no FK: the record outlives anything
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(sa.String(ID_LEN))
+    reason: Mapped[str] = mapped_column(sa.String(16))  # request / retention
+    via: Mapped[str] = mapped_column(sa.String(32))  # cli / api / page / retention
+    detail: Mapped[dict | None] = mapped_column(sa.JSON)  # what was removed (counts)

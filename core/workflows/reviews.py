@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import FaceVerifyError
 from core.storage import audit
-from core.storage.schema import MEMBER_REJECTED, MEMBER_VERIFIED, Member, Review, utcnow
+from core.storage.schema import MEMBER_ERASED, MEMBER_REJECTED, MEMBER_VERIFIED, Member, Review, utcnow
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.genders import normalise_gender
 from core.verification.result import APPROVED, FLAGGED, REJECTED
@@ -152,7 +152,7 @@ def _update_member(session: Session, result: ResultRow, approve: bool, now: date
     if newest == result.id:
         session.execute(
             update(Member)
-            .where(Member.id == result.member_id)
+            .where(Member.id == result.member_id, Member.status != MEMBER_ERASED)  # erased stays erased
             .values(
                 status=MEMBER_VERIFIED if approve else MEMBER_REJECTED, last_verified_at=now, updated_at=now
             )

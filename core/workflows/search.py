@@ -52,7 +52,7 @@ from sqlalchemy.orm import Session
 
 from core import config
 from core.errors import FaceVerifyError, ModelError
-from core.storage.schema import GALLERY, Embedding, Member, Photo, PossibleDuplicate
+from core.storage.schema import GALLERY, Embedding, Member, MemberErasure, Photo, PossibleDuplicate
 from core.verification.result import FLAGGED, POSSIBLE_DUPLICATE, Flag
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class SearchIndex:
         # Database bookkeeping (see sync()).
         self.last_photo_id = 0
         self.last_embedding_id = 0
+        self.last_erasure_id = 0
         self.last_sync = 0.0
         self.last_verify = 0.0
         self.loaded_from_db = False
@@ -452,6 +453,9 @@ class SearchIndex:
         Uses its own connection, never the caller's transaction.
         """
         now = time.monotonic()
+        if self.loaded_from_db:
+            # Not rate-limited: a member erased in any process is never found again (core.privacy).
+            self._apply_erasures(bind)
         if not force_verify and self.loaded_from_db and now - self.last_sync < SYNC_INTERVAL_S:
             return
         if not self._sync_lock.acquire(blocking=not self.loaded_from_db):
@@ -470,9 +474,26 @@ class SearchIndex:
         finally:
             self._sync_lock.release()
 
+    def _apply_erasures(self, bind) -> None:
+        """Drop the rows of members erased since the last look: one primary-key query per call."""
+        with _connect(bind) as conn:
+            latest = conn.scalar(select(func.max(MemberErasure.id))) or 0
+            if latest <= self.last_erasure_id:
+                return
+            erased = conn.scalars(
+                select(MemberErasure.member_id).where(
+                    MemberErasure.id > self.last_erasure_id, MemberErasure.id <= latest
+                )
+            ).all()
+        for member_id in set(erased):
+            self.remove_member(member_id)
+        self.last_erasure_id = max(self.last_erasure_id, latest)
+
     def _reload(self, conn: Connection, projector) -> None:
         started = time.perf_counter()
         model_id = pretrained_model_id()
+        # Read first: the rows loaded below already lack every member erased up to here.
+        last_erasure = conn.scalar(select(func.max(MemberErasure.id))) or 0
         max_photo = conn.scalar(select(func.max(Photo.id))) or 0
         max_embedding = conn.scalar(select(func.max(Embedding.id))) or 0
         members: list[str] = []
@@ -499,6 +520,7 @@ class SearchIndex:
         matrix = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
         self.replace_all(members, matrix, photo_ids, shas)
         self.last_photo_id, self.last_embedding_id = max_photo, max_embedding
+        self.last_erasure_id = max(self.last_erasure_id, last_erasure)
         self.loaded_from_db = True
         self.last_verify = time.monotonic()
         self.reloads += 1
@@ -677,6 +699,16 @@ def index_for(bind: Engine | Connection, model_version: str, *, sync: bool = Tru
     if sync:
         index.sync(bind, context.project)
     return index
+
+
+def forget_member(bind: Engine | Connection, member_id: str) -> None:
+    """Drop a member from this process's indexes of this database at once (other processes drop
+    them before their next search, from the member_erasures table)."""
+    key = _bind_key(bind)
+    with _indexes_lock:
+        targets = [index for (url, _version), index in _indexes.items() if url == key]
+    for index in targets:
+        index.remove_member(member_id)
 
 
 def reset_indexes() -> None:
