@@ -37,3 +37,35 @@ def test_possible_duplicates_are_named_in_the_page_language():
         flag["text"]
         == "다른 회원과 같은 사람일 수 있습니다: 회원 M0008 (유사도 0.999), 회원 M0100 (유사도 0.991)"
     )
+
+
+def test_csv_downloads_escape_cells_that_would_run_as_formulas():
+    import csv
+    import io
+
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "member_id": [
+                '=HYPERLINK("http://evil.example/x","click")',
+                "=cmd|' /C calc'!A0",
+                "@SUM(1+1)",
+                "+1-1",
+                "M1",
+            ],
+            "similarity": [0.9, -0.1, 0.5, 0.4, 0.3],
+            "note": ["\tx", "\rx", "-2", "ok", ""],
+        }
+    )
+    text = formatting.to_csv_bytes(frame).decode("utf-8-sig")
+    header, *rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert [r[0] for r in rows] == [
+        '\'=HYPERLINK("http://evil.example/x","click")',
+        "'=cmd|' /C calc'!A0",
+        "'@SUM(1+1)",
+        "'+1-1",
+        "M1",
+    ]
+    assert [r[2] for r in rows] == ["'\tx", "'\rx", "'-2", "ok", ""]
+    assert [r[1] for r in rows] == ["0.9", "-0.1", "0.5", "0.4", "0.3"]  # numbers stay numbers

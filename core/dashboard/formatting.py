@@ -27,7 +27,7 @@ from core.verification.result import (
     PhotoAnalysis,
     VerificationResult,
 )
-from core.workflows import search
+from core.workflows import search, spreadsheets
 
 DISPLAY_TZ = "Asia/Seoul"  # the staff work in Korea: days and times are shown in KST
 
@@ -117,8 +117,11 @@ def describe_flags(result: VerificationResult | ResultRow, lang: str) -> list[di
 
 
 def to_csv_bytes(frame: pd.DataFrame) -> bytes:
-    """UTF-8 with a byte-order mark, so Korean Excel opens it with the right encoding."""
-    return frame.to_csv(index=False).encode("utf-8-sig")
+    """UTF-8 with a byte-order mark, so Korean Excel opens it with the right encoding. Every text
+    cell that a spreadsheet would run as a formula (= + - @ tab CR first) gets a leading ' (OWASP's
+    rule), so a member id such as =HYPERLINK(...) imported earlier is shown, never run."""
+    # CRLF rows, as Excel writes them; it also makes the csv writer quote a cell holding a lone CR.
+    return spreadsheets.escape_frame(frame).to_csv(index=False, lineterminator="\r\n").encode("utf-8-sig")
 
 
 def target_text(target: kpi_targets.Target) -> str:
