@@ -169,7 +169,7 @@ def start_form() -> None:
         folder = pipeline.lfw_dev_dir()
         choice = pipeline.DataChoice(folder / "images", folder / "people.csv", reviewed=use_reviewed)
     try:
-        run_id = worker.start(ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.root)
+        run_id = worker.start(ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.url)
     except worker.RunInProgress as exc:
         st.warning(ctx.t("retrain.refused", id=exc.run_id, who=exc.started_by))
         return

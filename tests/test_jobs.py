@@ -205,6 +205,16 @@ def test_worker_killed_mid_batch_another_finishes_it_exactly_once(
         for batch_id in batch_ids:
             state = jobs.wait_for_batch(session_factory, batch_id, timeout_s=300)
             assert state["status"] == BATCH_COMPLETED, (state, second.log.read_text()[-2000:])
+
+        # The pages' path: the dashboard's thread creates and enqueues, the worker computes.
+        from core.dashboard.jobs import DONE, BatchJobs
+        from core.jobs import resources
+
+        page_engine = resources.engine(_default_version())
+        job, started = BatchJobs().start_members(session_factory, page_engine, store, "manager_user", None)
+        job.thread.join(timeout=300)
+        assert started and (job.phase, job.done, job.total) == (DONE, 20, 20), job.error
+        batch_ids.append(job.batch_id)
     finally:
         first.kill()
         if second is not None:
@@ -212,7 +222,7 @@ def test_worker_killed_mid_batch_another_finishes_it_exactly_once(
 
     with session_factory() as s:
         items, results, distinct = _results_per_item(s, batch_ids)
-    assert items == results == distinct == 3 * 240, "every item has exactly one result"
+    assert items == results == distinct == 3 * 240 + 20, "every item has exactly one result"
     assert at_kill["done"] > 0, "what the killed worker finished stayed finished"
     found = re.search(
         rf"batch {batch_ids[0]}: (\d+) new result\(s\), (\d+) already done", second.log.read_text()

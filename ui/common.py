@@ -29,7 +29,7 @@ from core.dashboard.jobs import BatchJobs
 from core.errors import FaceVerifyError, ModelError
 from core.i18n import DEFAULT_LANG, LANGUAGES, t
 from core.storage import users
-from core.storage.photostore import PhotoStore
+from core.storage.photostore import PhotoStoreBackend, open_photo_store, photo_store_url
 from core.storage.schema import User
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +61,13 @@ def get_session_factory():
 
 
 @st.cache_resource(show_spinner=False)
-def _photo_store(root: str) -> PhotoStore:
-    return PhotoStore(root)
+def _photo_store(url: str) -> PhotoStoreBackend:
+    return open_photo_store(url)
 
 
-def get_store() -> PhotoStore:
-    return _photo_store(str(config.photo_store_dir()))
+def get_store() -> PhotoStoreBackend:
+    """The photo store PHOTO_STORE_URL names (a folder by default, or an S3 bucket), once per process."""
+    return _photo_store(photo_store_url())
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -161,7 +162,7 @@ class PageContext:
     display_name: str | None
     lang: str
     session_factory: object
-    store: PhotoStore
+    store: PhotoStoreBackend
 
     def t(self, key: str, **fmt) -> str:
         return t(key, self.lang, **fmt)

@@ -15,7 +15,7 @@ from core.api.routers import health, members, verifications
 from core.api.routers import search as search_routes
 from core.api.settings import API_VERSION, MAX_BODY_BYTES
 from core.api.state import AppState, load_engine_in_background
-from core.storage.photostore import PhotoStore
+from core.storage.photostore import PhotoStoreBackend, open_photo_store
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def create_app(
     session_factory: sessionmaker | None = None,
     engine=None,
     *,
-    photo_store: PhotoStore | None = None,
+    photo_store: PhotoStoreBackend | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     load_engine: bool = True,
 ) -> FastAPI:
@@ -35,7 +35,7 @@ def create_app(
         from core.storage.db import session_factory as make_factory
 
         session_factory = make_factory(init_db())
-    state = AppState(session_factory, photo_store or PhotoStore())
+    state = AppState(session_factory, photo_store or open_photo_store())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from core.api.errors import ApiError
 from core.api.settings import ENGINE_BATCH, MAX_QUEUE, STORE_CONCURRENCY
 from core.errors import ModelError
-from core.storage.photostore import PhotoStore
+from core.storage.photostore import PhotoStoreBackend
 from core.workflows import search
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class EngineWorker:
 @dataclass
 class AppState:
     factory: sessionmaker
-    store: PhotoStore
+    store: PhotoStoreBackend
     engine: Any = None
     worker: EngineWorker | None = None
     model_error: str | None = None

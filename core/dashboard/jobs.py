@@ -1,5 +1,8 @@
 """Batches run on background threads for the pages (Home's sample members, Verify's uploads and
 member batches): BatchJobs, one per process, and the phases a page shows.
+
+With a job broker configured (JOB_BROKER_URL, core.jobs) the thread only imports, creates the batch
+and enqueues it; a queue worker computes it and the thread follows its progress in the database.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import jobs
 from core.errors import FaceVerifyError
-from core.storage.photostore import PhotoStore
+from core.storage.photostore import PhotoStoreBackend
+from core.storage.schema import BATCH_COMPLETED
 from core.workflows import batches, importer
 
 
@@ -121,19 +126,25 @@ class BatchJobs:
         job.thread.start()
         return job, True
 
-    def _run(self, job: Job, session_factory, engine, store: PhotoStore, batch_id: int) -> None:
+    def _run(self, job: Job, session_factory, engine, store: PhotoStoreBackend, batch_id: int) -> None:
         job.batch_id, job.phase = batch_id, RUNNING
 
-        def progress(done, total, _row):
+        def progress(done, total, _row=None):
             job.done, job.total = done, total
 
+        if jobs.configured():
+            jobs.submit_batch(batch_id, job.actor)
+            state = jobs.wait_for_batch(session_factory, batch_id, progress, queued=True)
+            if state["status"] != BATCH_COMPLETED:
+                raise batches.BatchError(state["error"] or f"Batch {batch_id} {state['status']}.")
+            return
         batches.run_batch(session_factory, engine, batch_id, progress, photo_store=store, actor=job.actor)
 
     def start_upload(
         self,
         session_factory: sessionmaker,
         engine,
-        store: PhotoStore,
+        store: PhotoStoreBackend,
         actor: str,
         manifest: bytes,
         manifest_name: str,
@@ -173,7 +184,7 @@ class BatchJobs:
         self,
         session_factory: sessionmaker,
         engine,
-        store: PhotoStore,
+        store: PhotoStoreBackend,
         actor: str,
         member_ids: Iterable[str] | None,
         *,
@@ -208,7 +219,7 @@ class BatchJobs:
         return self._start(key, actor, work)
 
     def resume(
-        self, session_factory: sessionmaker, engine, store: PhotoStore, actor: str, batch_id: int
+        self, session_factory: sessionmaker, engine, store: PhotoStoreBackend, actor: str, batch_id: int
     ) -> tuple[Job, bool]:
         """Run an interrupted batch again: only its items without a result are computed."""
         return self._start(

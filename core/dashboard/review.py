@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from core.storage import queries
-from core.storage.photostore import PhotoNotFound, PhotoStore
+from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
 from core.storage.schema import GALLERY, VERIFICATION
 from core.storage.schema import VerificationResult as ResultRow
 
@@ -25,7 +25,7 @@ class ReviewItem:
     missing: list[str]
 
 
-def load_review_item(session: Session, store: PhotoStore, item: queries.QueueItem) -> ReviewItem:
+def load_review_item(session: Session, store: PhotoStoreBackend, item: queries.QueueItem) -> ReviewItem:
     row = session.get(ResultRow, item.result_id)
     photos: dict[str, bytes | None] = {}
     missing = []

@@ -24,7 +24,7 @@ from core.dashboard.formatting import local_time
 from core.dashboard.jobs import SINGLE_SOURCE
 from core.errors import FaceVerifyError, ImageError
 from core.i18n import t
-from core.storage.photostore import PhotoNotFound, PhotoStore
+from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
 from core.storage.schema import (
     BATCH_COMPLETED,
     BATCH_RUNNING,
@@ -81,7 +81,7 @@ def _check_photo(data: bytes | None, which: str) -> None:
 
 def _store_member_photos(
     session: Session,
-    store: PhotoStore,
+    store: PhotoStoreBackend,
     actor: str,
     member_id: str,
     gender: str,
@@ -159,7 +159,7 @@ def record_single_result(
 def verify_pair(
     session_factory: sessionmaker,
     engine,
-    store: PhotoStore,
+    store: PhotoStoreBackend,
     actor: str,
     member_id: str,
     *,

@@ -75,14 +75,23 @@ def submit_training(run_id: int) -> str:
 
 
 def wait_for_batch(
-    session_factory, batch_id: int, progress=None, *, poll_s: float = 0.5, timeout_s: float | None = None
+    session_factory,
+    batch_id: int,
+    progress=None,
+    *,
+    queued: bool = False,
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
 ) -> dict:
     """Block until the batch is completed, failed or interrupted; progress(done, total) as it goes.
 
     What a page's background watcher (or a test) does when the work runs in a queue worker.
+    queued: the batch's job is on the queue, which retries an interrupted batch: wait on.
     """
-    from core.storage.schema import BATCH_PENDING, BATCH_RUNNING
+    from core.storage.schema import BATCH_INTERRUPTED, BATCH_PENDING, BATCH_RUNNING
     from core.workflows import batches
+
+    waiting = (BATCH_PENDING, BATCH_RUNNING, BATCH_INTERRUPTED) if queued else (BATCH_PENDING, BATCH_RUNNING)
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
@@ -90,7 +99,7 @@ def wait_for_batch(
             state = batches.batch_progress(session, batch_id)
         if progress:
             progress(state["done"], state["total"])
-        if state["status"] not in (BATCH_PENDING, BATCH_RUNNING):
+        if state["status"] not in waiting:
             return state
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Batch {batch_id} still {state['status']} after {timeout_s:.0f} s.")
