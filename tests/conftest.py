@@ -412,7 +412,7 @@ def models_copy(tmp_path, monkeypatch, dashboard_models) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_vectors() -> dict:
-    from core.storage import embedding_cache
+    from core.training import embedding_cache
     from core.training.pipeline import lfw_photos
 
     photos = lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
@@ -422,7 +422,7 @@ def sample_vectors() -> dict:
 
 @pytest.fixture
 def warm_cache(sample_vectors):
-    from core.storage import embedding_cache
+    from core.training import embedding_cache
 
     def warm(session_factory) -> None:
         with session_factory() as session:

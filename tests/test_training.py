@@ -15,7 +15,7 @@ import pytest
 from conftest import SAMPLE_DIR, SAMPLE_IMAGES, jpeg_bytes
 from sqlalchemy import func, select
 
-from core.storage import embedding_cache
+from core.training import embedding_cache
 from core.storage.schema import AuditEntry, Embedding, Photo, TrainingRun
 from core.storage.schema import ModelVersion as VersionRow
 from core.storage.schema import VerificationResult as ResultRow

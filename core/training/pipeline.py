@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from core import config  # noqa: E402
-from core.storage.embedding_cache import PhotoRef  # noqa: E402
+from core.training.embedding_cache import PhotoRef  # noqa: E402
 from core.training.fitting import (  # noqa: E402
     TrainParams,
     gender_metrics,
@@ -300,7 +300,7 @@ def build_features(
 
     Reviewed pairs whose photos have no usable face are reported in notes and left out.
     """
-    from core.storage import embedding_cache
+    from core.training import embedding_cache
 
     found = embedding_cache.featurise(
         [p.ref for p in data.photos], params.view_names(), session_factory, progress, should_stop
@@ -790,7 +790,7 @@ def run(
     run with Cancelled. Any failure removes the half-written version folder: a run never touches the
     active model (promotion is its own, confirmed action: core.training.registry.promote).
     """
-    from core.storage import embedding_cache
+    from core.training import embedding_cache
     from core.training import registry
 
     models_dir = Path(models_dir or config.models_dir())

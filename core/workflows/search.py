@@ -84,7 +84,7 @@ def pretrained_model_id() -> str:
     """model_id of the rows written here: the feature recipe and the pretrained network's weights.
 
     core.verification.features.FEATURES_VERSION names the recipe (a model version records it too); "/emb128"
-    marks these 128-d embedding rows apart from core.storage.embedding_cache's 129-d training rows, and
+    marks these 128-d embedding rows apart from core.training.embedding_cache's 129-d training rows, and
     the hash of dlib's weights keeps another network's vectors out.
     """
     from core.verification.networks import dlib_resnet

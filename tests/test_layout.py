@@ -1,0 +1,71 @@
+"""The package rules of core/ (README, Layout): who may import whom, and no Streamlit anywhere in core."""
+
+from __future__ import annotations
+
+import ast
+
+from conftest import ROOT
+
+CORE = ROOT / "core"
+SHARED = {"config", "errors"}  # settings and typed errors: every package uses them
+# package -> the packages of core it may import (besides itself and SHARED)
+ALLOWED = {
+    "verification": set(),
+    "i18n": set(),
+    "storage": {"verification"},
+    "workflows": {"storage", "verification"},
+    "training": {"storage", "verification"},
+    "jobs": {"workflows", "training", "storage", "verification"},
+    "api": {"jobs", "workflows", "training", "storage", "verification", "i18n"},
+    "dashboard": {"jobs", "workflows", "training", "storage", "verification", "i18n"},
+    "benchmarks": {"api", "jobs", "workflows", "training", "storage", "verification", "i18n"},
+}
+
+
+def _imports(path):
+    """Every module name imported anywhere in the file (top level or inside functions)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "core":
+                yield from (f"core.{alias.name}" for alias in node.names)
+            else:
+                yield node.module
+
+
+def test_every_package_is_declared():
+    packages = {p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages <= set(ALLOWED), f"add {sorted(packages - set(ALLOWED))} to ALLOWED with its rule"
+
+
+def test_packages_import_only_what_the_layout_allows():
+    wrong = []
+    for package, allowed in ALLOWED.items():
+        for path in sorted((CORE / package).rglob("*.py")):
+            for name in _imports(path):
+                parts = name.split(".")
+                if parts[0] != "core" or len(parts) < 2:
+                    continue
+                target = parts[1]
+                if target not in {package, *SHARED, *allowed}:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_core_never_imports_streamlit():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted(CORE.rglob("*.py"))
+        if any(name.split(".")[0] == "streamlit" for name in _imports(path))
+    ]
+    assert not offenders, offenders
+
+
+def test_each_package_says_what_it_holds():
+    for package in ALLOWED:
+        init = CORE / package / "__init__.py"
+        if init.exists():
+            assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), (
+                f"{package} has no docstring"
+            )
