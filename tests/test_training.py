@@ -15,11 +15,10 @@ import pytest
 from conftest import SAMPLE_DIR, SAMPLE_IMAGES, jpeg_bytes
 from sqlalchemy import func, select
 
-from core.training import embedding_cache
 from core.storage.schema import AuditEntry, Embedding, Photo, TrainingRun
 from core.storage.schema import ModelVersion as VersionRow
 from core.storage.schema import VerificationResult as ResultRow
-from core.training import augment, pipeline, registry, worker
+from core.training import augment, embedding_cache, pipeline, registry, worker
 from core.training.fitting import TrainParams
 
 FAST = {"epochs": 3, "gender_epochs": 15, "positives_per_person": 20}

@@ -790,8 +790,7 @@ def run(
     run with Cancelled. Any failure removes the half-written version folder: a run never touches the
     active model (promotion is its own, confirmed action: core.training.registry.promote).
     """
-    from core.training import embedding_cache
-    from core.training import registry
+    from core.training import embedding_cache, registry
 
     models_dir = Path(models_dir or config.models_dir())
 
