@@ -129,6 +129,9 @@ class Photo(Base):
     # Added in revision 0002.
     width: Mapped[int | None] = mapped_column(sa.Integer)
     height: Mapped[int | None] = mapped_column(sa.Integer)
+    # Added in revision 0004: perceptual hashes (core.verification.fraud.photo_hashes), set when
+    # the photo is first verified; the reuse check compares new photos with them.
+    photo_hashes: Mapped[str | None] = mapped_column(sa.String(200))
 
     member: Mapped[Member] = relationship(back_populates="photos")
 
@@ -213,6 +216,8 @@ class VerificationResult(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime)
     decided_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    # Added in revision 0004: evidence of the fraud checks (reuse matches, EXIF date, challenge).
+    checks: Mapped[dict | None] = mapped_column(sa.JSON)
     # Every ORM update checks and bumps it, so two editors can never silently overwrite each other.
     version: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
 
@@ -365,3 +370,24 @@ class MemberErasure(Base):
     reason: Mapped[str] = mapped_column(sa.String(16))  # request / retention
     via: Mapped[str] = mapped_column(sa.String(32))  # cli / api / page / retention
     detail: Mapped[dict | None] = mapped_column(sa.JSON)  # what was removed (counts)
+
+
+# Revision 0004: pose challenges.
+
+
+class Challenge(Base):
+    """A pose challenge handed to a caller: single use, and only until it expires."""
+
+    __tablename__ = "challenges"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token: Mapped[str] = mapped_column(sa.String(64), unique=True)  # random, what the caller sends back
+    # Not a foreign key: a member who is being enrolled asks for a challenge before it exists.
+    member_id: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # core.verification.fraud.CHALLENGES
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime)
+    result_id: Mapped[int | None] = mapped_column(sa.Integer)  # the verification that used it

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ModelError
-from core.verification import features
+from core.verification import features, fraud
 from core.verification.features import PhotoInput, read_photo
 from core.verification.genders import optional_gender
 from core.verification.heads import GENDERS, ModelVersion, load_version, similarity_from_projections
@@ -78,9 +78,14 @@ class Engine:
 
     # -- per photo -------------------------------------------------------------------------
 
-    def analyze_many(self, photos: list[PhotoInput]) -> list[PhotoAnalysis]:
-        """Analyse photos: all faces through the networks together. Never raises for bad input."""
-        analyses = features.extract(photos)
+    def analyze_many(
+        self, photos: list[PhotoInput], measure_pose: list[bool] | None = None
+    ) -> list[PhotoAnalysis]:
+        """Analyse photos: all faces through the networks together. Never raises for bad input.
+
+        measure_pose: per photo, whether to estimate the head pose (for a pose challenge).
+        """
+        analyses = features.extract(photos, measure_pose)
         ready = [a for a in analyses if a.embedding is not None]
         if ready:
             start = time.perf_counter()
@@ -105,8 +110,13 @@ class Engine:
         gallery: PhotoAnalysis,
         verification: PhotoAnalysis,
         registered_gender: str | None = None,
+        challenge: str | None = None,
     ) -> VerificationResult:
-        """Decide one pair from two analysed photos, applying the flagging rules."""
+        """Decide one pair from two analysed photos, applying the flagging rules.
+
+        challenge: the pose challenge (core.verification.fraud.CHALLENGES) the verification photo
+        must show; its pose must have been measured (analyze_many(..., measure_pose=)).
+        """
         start = time.perf_counter()
         threshold = self.model.threshold
         low, high = self.model.uncertain_band
@@ -150,6 +160,22 @@ class Engine:
                     )
                 )
 
+        # Fraud checks on the pair; the storing step compares with the member's other photos too.
+        checks: dict = {}
+        max_distance = fraud.reuse_distance(features.FEATURES_VERSION)
+        matches = fraud.reuse_matches(
+            fraud.fingerprint(verification, "verification photo"),
+            [fraud.fingerprint(gallery, "gallery photo", kind="gallery")],
+            max_distance,
+        )
+        checks["reuse"] = fraud.reuse_evidence(matches, max_distance)
+        if matches:
+            flags.append(fraud.reuse_flag(matches))
+        if challenge:
+            challenge_flag, checks["challenge"] = fraud.challenge_flag(challenge, verification.pose)
+            if challenge_flag:
+                flags.append(challenge_flag)
+
         if flags or same_person is None:
             status = FLAGGED
         else:
@@ -174,15 +200,24 @@ class Engine:
             verification=verification,
             timings_ms=timings,
             model_version=self.model_version,
+            checks=checks,
         )
 
     def verify(
-        self, gallery: PhotoInput, verification: PhotoInput, registered_gender: str | None = None
+        self,
+        gallery: PhotoInput,
+        verification: PhotoInput,
+        registered_gender: str | None = None,
+        challenge: str | None = None,
     ) -> VerificationResult:
         """Verify one pair: both photos through the network together, then the decision."""
         start = time.perf_counter()
-        gallery_analysis, verification_analysis = self.analyze_many([gallery, verification])
-        result = self.compare(gallery_analysis, verification_analysis, optional_gender(registered_gender))
+        gallery_analysis, verification_analysis = self.analyze_many(
+            [gallery, verification], measure_pose=[False, challenge is not None]
+        )
+        result = self.compare(
+            gallery_analysis, verification_analysis, optional_gender(registered_gender), challenge
+        )
         result.timings_ms["total"] = _ms(start)
         return result
 

@@ -179,3 +179,31 @@ def align_face(rgb: np.ndarray, face: Face, adapt_box: bool = True) -> AlignedFa
         gender_chip=np.asarray(gender_chip, dtype=np.uint8),
         landmarks=landmarks,
     )
+
+
+@lru_cache(maxsize=1)
+def _face_mesh():
+    import mediapipe as mp
+
+    return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
+
+
+def face_mesh(rgb: np.ndarray, face: Face) -> np.ndarray | None:
+    """MediaPipe FaceMesh's 468 points (x, y, depth in photo pixels) of this face, or None.
+
+    Run on a square around the face twice its size, so that FaceMesh's own detector finds the
+    member's face and not a background one. Used for the head pose of a pose challenge.
+    """
+    x, y, w, h = face.box
+    cx, cy, side = x + w / 2, y + h / 2, 2.0 * max(w, h)
+    x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    x1, y1 = int(min(rgb.shape[1], cx + side / 2)), int(min(rgb.shape[0], cy + side / 2))
+    crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    with _lock:
+        found = _face_mesh().process(crop)
+    if not found.multi_face_landmarks:
+        return None
+    width, height = crop.shape[1], crop.shape[0]
+    return np.array(
+        [(p.x * width + x0, p.y * height + y0, p.z * width) for p in found.multi_face_landmarks[0].landmark]
+    )

@@ -20,7 +20,7 @@ import numpy as np
 
 from core.errors import ImageError
 from core.verification import faces as face_ops
-from core.verification import imaging
+from core.verification import fraud, imaging
 from core.verification.result import BAD_IMAGE, LOW_QUALITY, NO_FACE, SEVERAL_FACES, Flag, PhotoAnalysis
 
 # Test-time augmentation measured on lfw_dev (5-fold by person): averaging the face with its
@@ -57,8 +57,11 @@ def _rotations(chip: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def locate(data: bytes) -> PhotoAnalysis:
-    """Decode, detect and align one photo. Bad input becomes an error and a flag, never a raise."""
+def locate(data: bytes, measure_pose: bool = False) -> PhotoAnalysis:
+    """Decode, detect and align one photo. Bad input becomes an error and a flag, never a raise.
+
+    measure_pose: also estimate the head pose (FaceMesh, ~15 ms), for a pose challenge.
+    """
     analysis = PhotoAnalysis(sha256=hashlib.sha256(data).hexdigest())
     start = time.perf_counter()
     try:
@@ -70,6 +73,8 @@ def locate(data: bytes) -> PhotoAnalysis:
         return analysis
     rgb = decoded.rgb
     analysis.height, analysis.width = rgb.shape[:2]
+    taken_at = fraud.exif_taken_at(data)
+    analysis.taken_at = taken_at.isoformat() if taken_at else None
     analysis.timings_ms["decode"] = _ms(start)
 
     start = time.perf_counter()
@@ -94,11 +99,19 @@ def locate(data: bytes) -> PhotoAnalysis:
     analysis.crop = aligned.chip
     analysis.gender_crop = aligned.gender_chip
     analysis.quality = imaging.image_quality(aligned.chip)
+    analysis.hashes, analysis.hashes_mirror = fraud.photo_hashes(
+        rgb, analysis.faces[analysis.main_face].box, aligned.chip
+    )
     if analysis.quality < imaging.LOW_QUALITY_THRESHOLD:
         analysis.flags.append(
             Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
         )
     analysis.timings_ms["align"] = _ms(start)
+    if measure_pose:
+        start = time.perf_counter()
+        mesh = face_ops.face_mesh(rgb, analysis.faces[analysis.main_face])
+        analysis.pose = None if mesh is None else fraud.head_pose(mesh).as_dict()
+        analysis.timings_ms["pose"] = _ms(start)
     return analysis
 
 
@@ -158,10 +171,14 @@ def embed(analyses: list[PhotoAnalysis]) -> None:
             analysis.timings_ms["embed"] = per_photo
 
 
-def extract(photos: list[PhotoInput]) -> list[PhotoAnalysis]:
-    """locate() each photo, then embed() all of them. Unreadable files become flagged analyses."""
+def extract(photos: list[PhotoInput], measure_pose: list[bool] | None = None) -> list[PhotoAnalysis]:
+    """locate() each photo, then embed() all of them. Unreadable files become flagged analyses.
+
+    measure_pose: per photo, whether to estimate its head pose (default: none).
+    """
     analyses = []
-    for photo in photos:
+    poses = measure_pose or [False] * len(photos)
+    for photo, pose in zip(photos, poses, strict=True):
         try:
             data = read_photo(photo)
         except OSError as exc:
@@ -169,7 +186,7 @@ def extract(photos: list[PhotoInput]) -> list[PhotoAnalysis]:
             analysis.flags.append(Flag(BAD_IMAGE, analysis.error))
             analyses.append(analysis)
             continue
-        analyses.append(locate(data))
+        analyses.append(locate(data, measure_pose=True) if pose else locate(data))
     embed(analyses)
     return analyses
 

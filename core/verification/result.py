@@ -18,6 +18,13 @@ UNCERTAIN_SIMILARITY = "uncertain_similarity"
 GENDER_MISMATCH = "gender_mismatch"
 UNCERTAIN_GENDER = "uncertain_gender"
 POSSIBLE_DUPLICATE = "possible_duplicate"
+# Fraud checks (core.verification.fraud): the verification photo copies one of the member's photos,
+# EXIF dates it before the upload window, or it does not show the pose challenge asked for.
+REUSED_PHOTO = "reused_photo"
+STALE_PHOTO = "stale_photo"
+CHALLENGE_FAILED = "challenge_failed"
+# A gallery photo added to an existing member that does not clearly show the same person.
+GALLERY_PHOTO_DIFFERS = "gallery_photo_differs"
 
 # Statuses of a stored result. auto_* are decided without a person; flagged waits for review.
 AUTO_APPROVED = "auto_approved"
@@ -33,6 +40,7 @@ class Flag:
     code: str
     reason: str  # one sentence for the reviewer, English; pages translate by code
     photo: str | None = None  # "gallery", "verification" or None for the pair
+    params: dict | None = None  # the figures behind the reason, so pages can word it in any language
 
 
 @dataclass
@@ -62,6 +70,10 @@ class PhotoAnalysis:
         None  # gender head output, in the order of core.verification.heads.GENDERS
     )
     quality: float | None = None  # 0..1, higher is better (sharpness and size)
+    hashes: str | None = None  # perceptual hashes "chip:whole:region" (core.verification.fraud)
+    hashes_mirror: str | None = None  # the same of the mirror image: a mirrored copy matches it
+    taken_at: str | None = None  # EXIF DateTimeOriginal, ISO format; None when the photo has none
+    pose: dict | None = None  # yaw, pitch, roll in degrees, measured only when a challenge asks
     flags: list[Flag] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # message when the photo could not be used at all
@@ -86,6 +98,8 @@ class VerificationResult:
     verification: PhotoAnalysis
     timings_ms: dict[str, float]  # per stage, plus "total"
     model_version: str
+    # Evidence of the fraud checks: "reuse" (matches, thresholds), "exif", "challenge".
+    checks: dict = field(default_factory=dict)
 
     @property
     def flagged(self) -> bool:
@@ -102,6 +116,9 @@ class VerificationResult:
                 "faces": [asdict(f) for f in p.faces],
                 "main_face": p.main_face,
                 "quality": p.quality,
+                "hashes": p.hashes,
+                "taken_at": p.taken_at,
+                "pose": p.pose,
                 "error": p.error,
                 "timings_ms": p.timings_ms,
             }
@@ -123,4 +140,5 @@ class VerificationResult:
             "verification": photo(self.verification),
             "timings_ms": self.timings_ms,
             "model_version": self.model_version,
+            "checks": self.checks,
         }

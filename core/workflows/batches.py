@@ -59,7 +59,7 @@ from core.verification.result import (
     PhotoAnalysis,
     VerificationResult,
 )
-from core.workflows import search
+from core.workflows import photo_checks, search
 
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
 CHUNK_PAIRS = 8  # pairs whose new photos go through the network together
@@ -277,6 +277,7 @@ def store_result(
     )
     session.add(row)
     search.flag_possible_duplicates(session, row, result)  # 1:N check; may flag it, so before the member
+    photo_checks.apply(session, row, result)  # reused, stale, shared file: may flag it too
     if update_member and member_id is not None and result.status in _MEMBER_STATUS_AFTER:
         session.execute(
             update(Member)
