@@ -71,3 +71,42 @@ def test_each_package_says_what_it_holds():
             assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), (
                 f"{package} has no docstring"
             )
+
+
+def _module_name(path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path, modules: set[str]):
+    """core modules imported when the file is loaded (imports inside functions run later)."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        yield from (n for n in names if n in modules)
+
+
+def test_no_import_cycles():
+    paths = sorted(CORE.rglob("*.py"))
+    modules = {_module_name(p) for p in paths}
+    graph = {_module_name(p): set(_top_level_imports(p, modules)) - {_module_name(p)} for p in paths}
+    done, stack = set(), []
+
+    def visit(node):
+        if node in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(node) :] + [node]))
+        if node in done:
+            return
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if not nxt.startswith(node + "."):  # a package importing its own modules is no cycle
+                visit(nxt)
+        stack.pop()
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module)
