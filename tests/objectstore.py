@@ -41,14 +41,14 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def free_ports(n: int) -> list[int]:
-    """n free TCP ports on 127.0.0.1, inside TEST_SEAWEEDFS_PORTS when that is set."""
-    span = os.environ.get("TEST_SEAWEEDFS_PORTS")
+def free_ports(n: int, env: str = "TEST_SEAWEEDFS_PORTS") -> list[int]:
+    """n free TCP ports on 127.0.0.1, inside the range the variable `env` (LOW-HIGH) gives, if set."""
+    span = os.environ.get(env)
     if span:
         low, high = (int(x) for x in span.split("-"))
         ports = [p for p in range(low, high + 1) if _port_free(p)][:n]
         if len(ports) < n:
-            raise RuntimeError(f"fewer than {n} free ports in TEST_SEAWEEDFS_PORTS={span}")
+            raise RuntimeError(f"fewer than {n} free ports in {env}={span}")
         return ports
     sockets = []
     try:

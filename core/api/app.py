@@ -9,12 +9,13 @@ import anyio
 from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
+from core import config
 from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
 from core.api.routers import health, members, verifications
 from core.api.routers import search as search_routes
 from core.api.settings import API_VERSION, MAX_BODY_BYTES
-from core.api.state import AppState, load_engine_in_background
+from core.api.state import AppState, load_engine_in_background, watch_promotions
 from core.storage.photostore import PhotoStoreBackend, open_photo_store
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,11 @@ def create_app(
             await anyio.to_thread.run_sync(state.set_engine, engine)
         elif load_engine:
             load_engine_in_background(state)
+            watch_promotions(state)  # a promotion made anywhere reaches this process by itself
         else:
             state.model_error = "no engine configured"
         yield
+        state.stopping.set()
         if state.worker is not None:
             await anyio.to_thread.run_sync(state.worker.stop)
 
@@ -66,3 +69,13 @@ def create_app(
     for router in (health.router, verifications.router, members.router, search_routes.router):
         app.include_router(router)
     return app
+
+
+def app_from_settings() -> FastAPI:
+    """The app each process of `python -m core.api --workers N` serves, from the settings
+    (DATABASE_URL, PHOTO_STORE_URL, MODELS_DIR; API_MAX_BODY_BYTES); the parent migrated the database."""
+    from core.storage.db import make_engine
+    from core.storage.db import session_factory as make_factory
+
+    max_body = int(config.setting("API_MAX_BODY_BYTES") or MAX_BODY_BYTES)
+    return create_app(make_factory(make_engine()), max_body_bytes=max_body)

@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_BYTES / 1024 / 1024)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port (each loads the model, ~1 GB; default 1)",
+    )
     sub = parser.add_subparsers(dest="cmd")
     create = sub.add_parser("create-key", help="create an API key (printed once)")
     create.add_argument("--name", required=True)
@@ -70,7 +76,24 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
-    app = create_app(factory, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    max_body = int(args.max_body_mb * 1024 * 1024)
+    if args.workers > 1:
+        # Each worker process builds its own app from the settings: pass ours on to them.
+        if args.url:
+            os.environ["DATABASE_URL"] = args.url
+        os.environ["API_MAX_BODY_BYTES"] = str(max_body)
+        db.dispose()
+        uvicorn.run(
+            "core.api.app:app_from_settings",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+        )
+        return 0
+    app = create_app(factory, max_body_bytes=max_body)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0
 

@@ -138,6 +138,10 @@ class HealthOut(BaseModel):
     enrolled: int | None = None
     duplicate_threshold: float | None = None
     api_version: str
+    model_reload_error: str | None = Field(None, description="why a newly promoted version is not answering")
+    worker_pid: int = Field(
+        description="the API worker process that answered (python -m core.api --workers N)"
+    )
 
 
 MemberId = Annotated[

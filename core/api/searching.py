@@ -35,13 +35,14 @@ def run_search(
             raise ApiError(404, "photo_missing", str(exc)) from None
     else:
         checked_photo("search", data)
-    analysis = worker.submit(EngineJob([data], pair=False)).result(timeout=ENGINE_TIMEOUT_S)
+    job = EngineJob([data], pair=False)
+    analysis = worker.submit(job).result(timeout=ENGINE_TIMEOUT_S)
     if analysis.projection is None:
         raise ApiError(
             422, "no_usable_face", f"The photo cannot be searched: {analysis.error or 'no usable face'}"
         )
     with state.factory() as session:
-        index = search.index_for(session.get_bind(), state.engine.model_version)
+        index = search.index_for(session.get_bind(), job.model_version)  # the version that analysed it
         started = time.perf_counter()
         found = index.search_candidates(analysis.projection, k, exclude_member=exclude)
         elapsed = (time.perf_counter() - started) * 1000
@@ -68,7 +69,7 @@ def run_search(
         "timings_ms": {k_: float(v) for k_, v in analysis.timings_ms.items()},
     }
     return {
-        "model_version": state.engine.model_version,
+        "model_version": job.model_version,
         "duplicate_threshold": index.duplicate_threshold,
         "enrolled": len(index),
         "search_ms": elapsed,

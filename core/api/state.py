@@ -1,5 +1,12 @@
 """The application's state: database, photo store and the engine worker, which runs the engine on one thread
-so that concurrent requests share its network calls."""
+so that concurrent requests share its network calls.
+
+A promotion (or rollback) reaches a running API by itself: a watcher thread reads the registry's
+active version every MODEL_POLL_S seconds (default 2), loads the new version completely (heads,
+warm-up, its 1:N index) beside the old one, then switches to it. Requests already queued on the old
+engine are answered by it; a request arriving at the old worker after the switch is handed to the
+new one. Each answer is computed by one engine from start to end, so it names one whole version.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
+from core import config
 from core.api.errors import ApiError
 from core.api.settings import ENGINE_BATCH, MAX_QUEUE, STORE_CONCURRENCY
 from core.errors import ModelError
@@ -31,6 +39,7 @@ class EngineJob:
     pair: bool = True
     submitted: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
+    model_version: str | None = None  # of the engine that computed it, set before the result
 
 
 class EngineWorker:
@@ -44,22 +53,39 @@ class EngineWorker:
         self.engine = engine
         self._queue: queue.Queue[EngineJob | None] = queue.Queue()
         self._max_queue = max_queue
+        self._lock = threading.Lock()
+        self._successor: EngineWorker | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
         self._thread.start()
 
     def submit(self, job: EngineJob) -> Future:
-        if self._queue.qsize() >= self._max_queue:
+        with self._lock:
+            if not self._closed:
+                if self._queue.qsize() >= self._max_queue:
+                    raise ApiError(
+                        503,
+                        "busy",
+                        f"{self._max_queue} verifications are already waiting for the engine; retry in a few seconds.",
+                        headers={"Retry-After": "2"},
+                    )
+                self._queue.put(job)
+                return job.future
+            successor = self._successor
+        if successor is None:
             raise ApiError(
-                503,
-                "busy",
-                f"{self._max_queue} verifications are already waiting for the engine; retry in a few seconds.",
-                headers={"Retry-After": "2"},
+                503, "model_unavailable", "The engine is shutting down.", headers={"Retry-After": "2"}
             )
-        self._queue.put(job)
-        return job.future
+        return successor.submit(job)  # this worker was retired by a promotion: the new model answers
+
+    def retire(self, successor: EngineWorker | None) -> None:
+        """Answer what is queued, then stop; later submissions go to the successor."""
+        with self._lock:
+            self._closed, self._successor = True, successor
+            self._queue.put(None)
 
     def stop(self) -> None:
-        self._queue.put(None)
+        self.retire(None)
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
@@ -99,8 +125,10 @@ class EngineWorker:
                     0.0, wall - sum(v for k, v in result.timings_ms.items() if k != "total")
                 )
                 result.timings_ms["total"] = wall  # what the caller waited, as Engine.verify reports it
+                job.model_version = self.engine.model_version
                 job.future.set_result(result)
             else:
+                job.model_version = self.engine.model_version
                 job.future.set_result(analyses[shas[0]])
 
 
@@ -112,19 +140,25 @@ class AppState:
     worker: EngineWorker | None = None
     model_error: str | None = None
     loading: bool = False
+    reload_error: str | None = None  # why the last promoted version could not be loaded
+    stopping: threading.Event = field(default_factory=threading.Event)
     store_slots: threading.BoundedSemaphore = field(
         default_factory=lambda: threading.BoundedSemaphore(STORE_CONCURRENCY)
     )
 
     def set_engine(self, engine) -> None:
+        """Switch to a loaded engine (at start, or after a promotion): everything ready first."""
         search.register_engine(engine)
-        self.engine = engine
-        self.worker = EngineWorker(engine)
-        self.model_error = None
         try:  # build the duplicate index now rather than on the first request
             search.index_for(self.factory.kw["bind"], engine.model_version)
         except (SQLAlchemyError, ModelError) as exc:
             log.warning("search index not built at start: %s", exc)
+        new_worker = EngineWorker(engine)
+        old_worker = self.worker
+        self.worker, self.engine = new_worker, engine
+        self.model_error = None
+        if old_worker is not None:
+            old_worker.retire(new_worker)
 
     def require_engine(self) -> EngineWorker:
         if self.worker is None:
@@ -149,8 +183,8 @@ def load_engine_in_background(state: AppState) -> None:
             from core.training import registry
             from core.verification.engine import Engine
 
-            # The registry's active version (models/DEFAULT until a promotion): a promotion on the
-            # Retrain page takes effect in the API at its next start.
+            # The registry's active version (models/DEFAULT until a promotion); later promotions
+            # are picked up by watch_promotions().
             state.set_engine(Engine.load(registry.current_version(state.factory)))
         except (ModelError, OSError, ValueError, SQLAlchemyError) as exc:
             state.model_error = str(exc)
@@ -159,3 +193,41 @@ def load_engine_in_background(state: AppState) -> None:
             state.loading = False
 
     threading.Thread(target=load, name="engine-load", daemon=True).start()
+
+
+def model_poll_s() -> float:
+    return float(config.setting("MODEL_POLL_S") or 2.0)
+
+
+def watch_promotions(state: AppState, interval_s: float | None = None) -> threading.Thread:
+    """Load and switch to the registry's active version whenever it changes (promotion, rollback)."""
+    interval_s = model_poll_s() if interval_s is None else interval_s
+
+    def loop():
+        from core.training import registry
+        from core.verification.engine import Engine
+
+        failed: set[str] = set()
+        while not state.stopping.wait(interval_s):
+            if state.engine is None or state.loading:
+                continue
+            try:
+                version = registry.current_version(state.factory, max_age_s=0)
+            except (ModelError, SQLAlchemyError) as exc:
+                log.warning("active model version not read: %s", exc)
+                continue
+            if version == state.engine.model_version or version in failed:
+                continue
+            log.info("model %s promoted: loading it", version)
+            try:
+                state.set_engine(Engine.load(version))
+                state.reload_error = None
+                log.info("now answering with model %s", version)
+            except (ModelError, OSError, ValueError) as exc:
+                failed.add(version)  # keep answering with the loaded one; say why in /health
+                state.reload_error = f"model {version} could not be loaded: {exc}"
+                log.error("%s", state.reload_error)
+
+    thread = threading.Thread(target=loop, name="model-watch", daemon=True)
+    thread.start()
+    return thread

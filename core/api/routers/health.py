@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -45,5 +47,7 @@ def health(state: State):
         "enrolled": enrolled,
         "duplicate_threshold": dup,
         "api_version": API_VERSION,
+        "model_reload_error": state.reload_error,
+        "worker_pid": os.getpid(),
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
