@@ -54,6 +54,32 @@ with ctx.session() as session:
             st.info(ctx.t("kpi.only_single"))
 
 st.caption(ctx.t("kpi.definitions"))
+
+with st.expander(ctx.t("kpi.compare_title")):
+    if len(versions) < 2:
+        st.caption(ctx.t("kpi.compare_none"))
+    else:
+        pick = st.columns(2)
+        older = pick[0].selectbox(
+            ctx.t("kpi.compare_old"), versions, index=len(versions) - 2, key="kpi_cmp_old"
+        )
+        newer = pick[1].selectbox(
+            ctx.t("kpi.compare_new"), versions, index=len(versions) - 1, key="kpi_cmp_new"
+        )
+        if older == newer:
+            st.caption(ctx.t("kpi.compare_same"))
+        else:
+            with ctx.session() as session:
+                figures, changed, summary = svc.version_comparison(session, older, newer, ctx.lang)
+            if not summary["members"]:
+                st.caption(ctx.t("kpi.compare_none"))
+            else:
+                st.markdown(ctx.t("kpi.compare_summary", **summary))
+                st.dataframe(figures, hide_index=True, width="stretch")
+                if changed:
+                    st.markdown(f"**{ctx.t('kpi.compare_changed', n=len(changed))}**")
+                    st.dataframe(changed, hide_index=True, width="stretch")
+
 if frame.empty:
     st.info(ctx.t("kpi.no_data"))
     st.stop()

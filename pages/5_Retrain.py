@@ -15,6 +15,7 @@ from core.errors import FaceVerifyError, ModelError
 from core.storage.schema import AuditEntry
 from core.training import pipeline, registry, worker
 from core.training.fitting import TrainParams
+from core.workflows import reverification
 from ui.common import setup_page
 
 ctx = setup_page("retrain")
@@ -317,6 +318,60 @@ def versions_panel() -> None:
             st.rerun()
 
 
+@st.fragment(run_every=2)
+def reverify_progress() -> None:
+    with ctx.session() as session:
+        recent = view.reverify_batches(session)
+    if not recent:
+        return
+    st.markdown(f"**{ctx.t('retrain.reverify_recent')}**")
+    for b in recent:
+        st.progress(
+            b["done"] / b["total"] if b["total"] else 0.0,
+            text=ctx.t(
+                "retrain.reverify_progress",
+                id=b["batch_id"],
+                version=b["model_version"],
+                done=b["done"],
+                total=b["total"],
+                status=ctx.t(f"batch_status.{b['status']}"),
+            ),
+        )
+
+
+def reverify_panel() -> None:
+    """Re-run members on the active version as a background job; the KPI page compares the two."""
+    if not active:
+        return
+    with st.container(border=True):
+        st.markdown(f"**{ctx.t('retrain.reverify_title', version=active)}**")
+        st.caption(ctx.t("retrain.reverify_intro", version=active))
+        with ctx.session() as session:
+            counts = view.reverify_counts(session, active)
+        scope = st.radio(
+            ctx.t("retrain.reverify_scope"),
+            list(reverification.SCOPES[::-1]),
+            format_func=lambda s: ctx.t(f"retrain.reverify_scope.{s}", version=active, n=counts[s]),
+            key="retrain_reverify_scope",
+        )
+        if st.button(
+            ctx.t("retrain.reverify_start"),
+            disabled=counts[scope] == 0,
+            key="retrain_reverify",
+            icon=":material/replay:",
+        ):
+            try:
+                batch_id = reverification.start(ctx.session_factory, ctx.username, active, scope)
+            except (FaceVerifyError, OSError) as exc:
+                st.error(ctx.t("retrain.reverify_failed", detail=str(exc)))
+            else:
+                if batch_id is None:
+                    st.info(ctx.t("retrain.reverify_nothing", version=active))
+                else:
+                    st.success(ctx.t("retrain.reverify_started", id=batch_id))
+        reverify_progress()
+
+
 def history_panel() -> None:
     actions = [
         registry.REGISTER,
@@ -362,4 +417,5 @@ else:
     if last is not None and last.status not in worker.LIVE:
         outcome_panel(last)
 versions_panel()
+reverify_panel()
 history_panel()

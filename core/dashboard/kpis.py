@@ -195,3 +195,41 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
     if ratio:
         fig.update_yaxes(range=[0, 101])
     return fig
+
+
+def version_comparison(
+    session: Session, old: str, new: str, lang: str
+) -> tuple[list[dict], list[dict], dict]:
+    """(figure rows, changed decisions, summary) of two versions on the members that have both."""
+    from core.workflows.reverification import compare_versions
+
+    c = compare_versions(session, old, new)
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    num = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    figures = []
+    for key, value in (
+        ("approved", lambda s: str(s.approved)),
+        ("rejected", lambda s: str(s.rejected)),
+        ("flagged", lambda s: str(s.flagged)),
+        ("automation", lambda s: pct(s.automation)),
+        ("mean_similarity", lambda s: num(s.mean_similarity)),
+    ):
+        figures.append(
+            {
+                t("kpi.compare_figure", lang): t(f"kpi.compare.{key}", lang),
+                old: value(c.old),
+                new: value(c.new),
+            }
+        )
+    changed = [
+        {
+            t("col.member_id", lang): member,
+            old: t(f"status.{before}", lang) if before in STATUS_KEYS else before,
+            new: t(f"status.{after}", lang) if after in STATUS_KEYS else after,
+        }
+        for member, before, after in c.changed
+    ]
+    return figures, changed, {"members": c.members, "agreement": pct(c.agreement)}
+
+
+STATUS_KEYS = ("auto_approved", "auto_rejected", "flagged")

@@ -230,3 +230,28 @@ def overall_fraction(progress: dict) -> float:
     start = STAGE_END[stages[k - 1]] if k else 0.0
     fraction = min(max(float(progress.get("fraction") or 0.0), 0.0), 1.0)
     return start + (STAGE_END[stage] - start) * fraction
+
+
+# ----------------------------------------------------------------------------------------------
+# Re-verification after a promotion
+
+
+def reverify_counts(session: Session, version: str) -> dict[str, int]:
+    """Members each scope would re-run on `version` (for the choice on the page)."""
+    from core.workflows import reverification
+
+    return {
+        scope: len(reverification.members_to_reverify(session, version, scope))
+        for scope in reverification.SCOPES
+    }
+
+
+def reverify_batches(session: Session, limit: int = 5) -> list[dict]:
+    """The latest re-verification batches with their progress, newest first."""
+    from core.storage.schema import Batch
+    from core.workflows import batches, reverification
+
+    rows = session.scalars(
+        select(Batch).where(Batch.source == reverification.SOURCE).order_by(Batch.id.desc()).limit(limit)
+    ).all()
+    return [batches.batch_progress(session, b.id) | {"model_version": b.model_version} for b in rows]
