@@ -204,7 +204,10 @@ def _login_form(session_factory) -> None:
     if submitted:
         with session_factory() as session:
             try:
-                user = users.authenticate(session, username, password)
+                user = users.authenticate(session, username, password, client=_client_address())
+            except users.SignInThrottled as exc:
+                st.error(tr("auth.throttled", seconds=exc.retry_after))
+                return
             except users.AuthError:
                 st.error(tr("auth.failed"))
                 return
@@ -217,6 +220,14 @@ def _login_form(session_factory) -> None:
         st.session_state.pop(NOTICE_KEY, None)
         st.session_state.pop("login_password", None)
         st.rerun()
+
+
+def _client_address() -> str | None:
+    """The browser's address as Streamlit sees it (behind a proxy: the proxy's, unless it forwards)."""
+    try:
+        return st.context.ip_address
+    except Exception:  # outside a browser session (AppTest)
+        return None
 
 
 def _first_admin(session_factory) -> None:

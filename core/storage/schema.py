@@ -314,6 +314,10 @@ class AuditEntry(Base):
     target_type: Mapped[str | None] = mapped_column(sa.String(32))
     target_id: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
     detail: Mapped[dict | None] = mapped_column(sa.JSON)
+    # Revision 0005: the hash chain (core.storage.audit). seq orders the chain (commit order),
+    # entry_hash = sha256(previous entry_hash + this entry's content).
+    seq: Mapped[int | None] = mapped_column(sa.BigInteger, unique=True)
+    entry_hash: Mapped[str | None] = mapped_column(sa.String(SHA_LEN))
 
 
 # Revision 0002: embedding cache and API keys.
@@ -391,3 +395,32 @@ class Challenge(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime)
     used_at: Mapped[datetime | None] = mapped_column(DateTime)
     result_id: Mapped[int | None] = mapped_column(sa.Integer)  # the verification that used it
+
+
+# Revision 0005: the audit chain's head and sign-in / API key throttling.
+
+
+class AuditChainHead(Base):
+    """One row (id 1): the newest entry's seq and hash, locked briefly by each committing writer."""
+
+    __tablename__ = "audit_chain"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+
+
+class AuthThrottle(Base):
+    """Failed sign-ins or API key attempts of one user name or one client (core.storage.throttle)."""
+
+    __tablename__ = "auth_throttle"
+    __table_args__ = (sa.UniqueConstraint("kind", "subject"), TABLE_ARGS)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # user / client / api_client
+    subject: Mapped[str] = mapped_column(sa.String(128))
+    failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    first_failed_at: Mapped[datetime] = mapped_column(DateTime)
+    last_failed_at: Mapped[datetime] = mapped_column(DateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)

@@ -1,7 +1,10 @@
 """Users, roles and passwords (argon2id hashes only; the password itself is never stored).
 
 create_user(session, username, password, role, display_name=None, actor="system") -> User
-authenticate(session, username, password) -> User        raises AuthenticationFailed
+authenticate(session, username, password, client=None) -> User
+                                                          raises AuthenticationFailed, or
+                                                          SignInThrottled after repeated failures
+                                                          for the name or the client (throttle)
 change_password(session, username, old_password, new_password) -> None
 set_password(session, username, new_password, actor) -> None      (admin reset)
 set_role(session, username, role, actor) / set_active(session, username, active, actor)
@@ -32,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import FaceVerifyError
-from core.storage import audit
+from core.storage import audit, throttle
 from core.storage.schema import ADMIN, ROLES, User, utcnow
 
 MIN_PASSWORD_LENGTH = 8
@@ -53,6 +56,16 @@ class AuthenticationFailed(AuthError):
 
     def __init__(self):
         super().__init__("Wrong username or password.")
+
+
+class SignInThrottled(AuthError):
+    """Too many failed sign-ins for this name or from this client (core.storage.throttle)."""
+
+    code = "sign_in_throttled"
+
+    def __init__(self, retry_after: int, locked: bool):
+        self.retry_after, self.locked = retry_after, locked
+        super().__init__(f"Too many failed sign-ins; try again in {retry_after} s.")
 
 
 class UserExists(AuthError):
@@ -147,21 +160,34 @@ def _verify(user: User | None, password: str) -> bool:
         return False
 
 
-def authenticate(session: Session, username: str, password: str) -> User:
+def authenticate(session: Session, username: str, password: str, client: str | None = None) -> User:
+    """The user, or AuthenticationFailed (same for an unknown name, an inactive user or a wrong
+    password). Failures slow down and then lock the name, and the client, for a while."""
     try:
         name = normalise_username(username)
     except AuthError:
         _verify(None, password)
         raise AuthenticationFailed() from None
+    subjects = [(throttle.USER, name)] + ([(throttle.CLIENT, client)] if client else [])
+    try:
+        for kind, subject in subjects:
+            throttle.check(session, kind, subject)
+    except throttle.Throttled as exc:
+        session.commit()  # a lock that ran out is recorded even when another one still holds
+        raise SignInThrottled(exc.retry_after, exc.locked) from None
     user = _find(session, name)
     ok = _verify(user, password)
     if not ok or user is None or not user.active:
-        audit.log(session, name, audit.LOGIN_FAILED, "user", name)
+        audit.log(session, name, audit.LOGIN_FAILED, "user", name, {"client": client} if client else None)
+        for kind, subject in subjects:
+            throttle.record_failure(session, kind, subject, name)
         session.commit()
         raise AuthenticationFailed()
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)  # parameters got stronger since it was hashed
     user.last_login_at = utcnow()
+    # The name's failures are forgiven; the client's are not (one good account must not reset them).
+    throttle.record_success(session, throttle.USER, name)
     audit.log(session, name, audit.LOGIN, "user", name)
     session.commit()
     return user
