@@ -12,7 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from core import config
 from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
-from core.api.routers import health, members, verifications
+from core.api.routers import challenges, health, members, verifications
 from core.api.routers import search as search_routes
 from core.api.settings import API_VERSION, MAX_BODY_BYTES
 from core.api.state import AppState, load_engine_in_background, watch_promotions
@@ -66,7 +66,13 @@ def create_app(
     app.add_middleware(GuardMiddleware, state=state, max_body_bytes=max_body_bytes)
 
     add_error_handlers(app)
-    for router in (health.router, verifications.router, members.router, search_routes.router):
+    for router in (
+        health.router,
+        verifications.router,
+        challenges.router,
+        members.router,
+        search_routes.router,
+    ):
         app.include_router(router)
     return app
 

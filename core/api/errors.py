@@ -53,6 +53,11 @@ ERRORS = {
     401: {"model": ErrorOut, "description": "missing, unknown or revoked API key"},
     403: {"model": ErrorOut, "description": "the key's role may not do this"},
     404: {"model": ErrorOut, "description": "unknown member, result or stored photo"},
+    409: {
+        "model": ErrorOut,
+        "description": "refused: gallery not replaceable, challenge already used, conflict",
+    },
+    410: {"model": ErrorOut, "description": "the pose challenge expired"},
     413: {"model": ErrorOut, "description": "request or photo too large"},
     415: {"model": ErrorOut, "description": "not an image, or the wrong content type"},
     422: {"model": ErrorOut, "description": "well-formed but unusable request"},

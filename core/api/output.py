@@ -80,6 +80,7 @@ def result_out(session: Session, row: ResultRow) -> dict:
         "timings_ms": row.timings,
         "latency_ms": row.latency_ms,
         "model_version": row.model_version,
+        "checks": row.checks,
     }
 
 

@@ -38,10 +38,12 @@ class PhotoOut(BaseModel):
 class FlagOut(BaseModel):
     code: str = Field(
         description="no_face, several_faces, low_quality, bad_image, uncertain_similarity, "
-        "gender_mismatch, uncertain_gender or possible_duplicate"
+        "gender_mismatch, uncertain_gender, possible_duplicate, reused_photo, stale_photo, "
+        "challenge_failed or gallery_photo_differs"
     )
     reason: str
     photo: str | None = Field(None, description="gallery, verification, or null for the pair")
+    params: dict | None = Field(None, description="the figures behind the reason (angle, EXIF date, ...)")
 
 
 class DuplicateOut(BaseModel):
@@ -87,6 +89,11 @@ class VerificationOut(BaseModel):
     timings_ms: dict[str, float] | None = None
     latency_ms: float | None = None
     model_version: str
+    checks: dict | None = Field(
+        None,
+        description="evidence of the fraud checks: reuse (matching stored photos, hash bits, face "
+        "distance), exif (date taken, or why it could not be checked), challenge (kind, measured angles)",
+    )
 
 
 class VerificationSummary(BaseModel):
@@ -171,6 +178,11 @@ class VerificationRequest(BaseModel):
     )
     verification_base64: str | None = Field(None, max_length=MAX_BASE64_CHARS, description="selfie, base64")
     verification_sha256: str | None = Field(None, pattern=SHA256_PATTERN)
+    challenge_id: str | None = Field(
+        None,
+        max_length=64,
+        description="a pose challenge from POST /v1/challenges for this member: the selfie must show it",
+    )
 
     @model_validator(mode="after")
     def _one_source_per_photo(self):
@@ -195,3 +207,31 @@ class SearchRequest(BaseModel):
         if (self.photo_base64 is None) == (self.photo_sha256 is None):
             raise ValueError("give exactly one of photo_base64 and photo_sha256")
         return self
+
+
+class ChallengeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    member_id: MemberId
+
+
+class ChallengeOut(BaseModel):
+    challenge_id: str = Field(description="send it back as challenge_id with the verification")
+    member_id: str
+    kind: str = Field(description="turn_left, turn_right, tilt or chin_up")
+    instruction: dict[str, str] = Field(description="what to show the member, by language (ko, en)")
+    expires_at: datetime = Field(description="single use, valid until then")
+
+
+class GalleryPhotoRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    photo_base64: str = Field(max_length=MAX_BASE64_CHARS, description="the new gallery photo, base64")
+
+
+class GalleryPhotoOut(BaseModel):
+    accepted: bool = Field(
+        description="true: it is the member's gallery photo now; false: it waits for review"
+    )
+    photo_sha256: str
+    verification: VerificationOut = Field(description="the comparison with the member's gallery photo")

@@ -37,6 +37,7 @@ class EngineJob:
     photos: list[bytes]
     gender: str | None = None
     pair: bool = True
+    challenge: str | None = None  # a pose challenge the second photo must show
     submitted: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
     model_version: str | None = None  # of the engine that computed it, set before the result
@@ -112,14 +113,25 @@ class EngineWorker:
 
     def _process(self, jobs: list[EngineJob]) -> None:
         distinct: dict[str, bytes] = {}
+        posed: set[str] = set()  # photos whose head pose a challenge needs
         for job in jobs:
             for data in job.photos:
                 distinct.setdefault(hashlib.sha256(data).hexdigest(), data)
-        analyses = dict(zip(distinct, self.engine.analyze_many(list(distinct.values())), strict=True))
+            if job.challenge and job.pair:
+                posed.add(hashlib.sha256(job.photos[1]).hexdigest())
+        photos = list(distinct.values())
+        if posed:
+            analysed = self.engine.analyze_many(photos, measure_pose=[sha in posed for sha in distinct])
+        else:
+            analysed = self.engine.analyze_many(photos)
+        analyses = dict(zip(distinct, analysed, strict=True))
         for job in jobs:
             shas = [hashlib.sha256(d).hexdigest() for d in job.photos]
             if job.pair:
-                result = self.engine.compare(analyses[shas[0]], analyses[shas[1]], job.gender)
+                pair = (analyses[shas[0]], analyses[shas[1]], job.gender)
+                result = (
+                    self.engine.compare(*pair, job.challenge) if job.challenge else self.engine.compare(*pair)
+                )
                 wall = (time.perf_counter() - job.submitted) * 1000
                 result.timings_ms["queue"] = max(
                     0.0, wall - sum(v for k, v in result.timings_ms.items() if k != "total")

@@ -16,7 +16,7 @@ from core.api.keys import Caller
 from core.api.output import result_out
 from core.api.settings import API_VERIFY, ENGINE_TIMEOUT_S
 from core.api.state import AppState, EngineJob
-from core.storage import audit
+from core.storage import audit, challenges
 from core.storage.photostore import PhotoNotFound
 from core.storage.schema import (
     BATCH_COMPLETED,
@@ -32,7 +32,7 @@ from core.storage.schema import (
 )
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import FLAGGED
-from core.workflows import batches, search
+from core.workflows import batches, gallery, search
 
 
 @dataclass
@@ -66,6 +66,8 @@ def _resolve(
         effective_gender = gender or (member.gender if member else None)
         stored: dict[str, tuple[int, str, str]] = {}
         data: dict[str, bytes] = {}
+        if member is not None:
+            _check_gallery_kept(session, member_id, photos[GALLERY])
         for which in (GALLERY, VERIFICATION):
             photo = photos[which]
             if photo.data is not None:
@@ -104,6 +106,24 @@ def _resolve(
     return _Resolved(member is not None, effective_gender, photos, stored, data)
 
 
+def _check_gallery_kept(session: Session, member_id: str, photo: PhotoIn) -> None:
+    """An existing member is verified against the gallery photo it has: never a new one (issue 12)."""
+    if photo.data is None and photo.sha256 is None:
+        return  # the stored one
+    sha = photo.sha256 or hashlib.sha256(photo.data).hexdigest()
+    if (
+        photo.sha256 is not None
+        and session.scalar(select(Photo.id).where(Photo.member_id == member_id, Photo.sha256 == sha).limit(1))
+        is None
+    ):
+        return  # not a photo of this member at all: the lookup below says so (404)
+    try:
+        gallery.check_not_replaced(session, member_id, sha)
+    except gallery.GalleryLocked as exc:
+        session.rollback()
+        raise ApiError(409, exc.code, str(exc)) from None
+
+
 def _attach_photo(
     session: Session, member_id: str, photo: PhotoIn, stored_path: str, now
 ) -> tuple[Photo, bool]:
@@ -139,7 +159,13 @@ def _attach_photo(
 
 
 def _store_verification(
-    state: AppState, caller: Caller, member_id: str, resolved: _Resolved, result, paths: dict[str, str]
+    state: AppState,
+    caller: Caller,
+    member_id: str,
+    resolved: _Resolved,
+    result,
+    paths: dict[str, str],
+    challenge_row_id: int | None = None,
 ) -> int:
     """Member, photos, batch of one, result, duplicates and audit: one transaction. Returns the result id."""
     with state.factory() as session:
@@ -218,6 +244,8 @@ def _store_verification(
             if row.status == FLAGGED:
                 session.execute(update(Member).where(Member.id == member_id).values(status=MEMBER_IN_REVIEW))
         session.flush()
+        if challenge_row_id is not None:
+            challenges.attach_result(session, challenge_row_id, row.id)
         audit.log(
             session,
             caller.actor,
@@ -230,13 +258,38 @@ def _store_verification(
         return row.id
 
 
+_CHALLENGE_STATUS = {
+    challenges.UnknownChallenge: 404,
+    challenges.ChallengeForAnotherMember: 422,
+    challenges.ChallengeUsed: 409,
+    challenges.ChallengeExpired: 410,
+}
+
+
+def _use_challenge(state: AppState, caller: Caller, member_id: str, token: str):
+    """Consume the caller's pose challenge (once), or refuse the request with a clear error."""
+    with state.factory() as session:
+        try:
+            return challenges.consume(session, token, member_id, caller.actor)
+        except challenges.ChallengeError as exc:
+            raise ApiError(_CHALLENGE_STATUS.get(type(exc), 422), exc.code, str(exc)) from None
+
+
 def verify_request(
-    state: AppState, caller: Caller, member_id: str, gender: str | None, enrol: bool, photos: dict
+    state: AppState,
+    caller: Caller,
+    member_id: str,
+    gender: str | None,
+    enrol: bool,
+    photos: dict,
+    challenge_id: str | None = None,
 ) -> dict:
     worker = state.require_engine()
     member_id = checked_member_id(member_id)
     gender = checked_gender(gender)
     resolved = _resolve(state, member_id, gender, enrol, photos)
+    # After the request is known to be usable, so a bad photo does not cost the member its challenge.
+    challenge = _use_challenge(state, caller, member_id, challenge_id) if challenge_id else None
     # Files first (idempotent, content-addressed); the database rows come in one transaction after.
     paths = {}
     for which, photo in photos.items():
@@ -247,12 +300,20 @@ def verify_request(
                 raise ApiError(
                     503, "photo_store_unavailable", f"The photo store cannot save the photo: {exc}"
                 ) from None
-    future = worker.submit(EngineJob([resolved.data[GALLERY], resolved.data[VERIFICATION]], resolved.gender))
+    future = worker.submit(
+        EngineJob(
+            [resolved.data[GALLERY], resolved.data[VERIFICATION]],
+            resolved.gender,
+            challenge=challenge.kind if challenge else None,
+        )
+    )
     result = future.result(timeout=ENGINE_TIMEOUT_S)
     with state.store_slots:
         for attempt in (1, 2, 3):
             try:
-                result_id = _store_verification(state, caller, member_id, resolved, result, paths)
+                result_id = _store_verification(
+                    state, caller, member_id, resolved, result, paths, challenge.id if challenge else None
+                )
                 break
             except IntegrityError as exc:
                 # Another request changed the same member at the same moment: try again once more.

@@ -242,8 +242,13 @@ def store_result(
     verification_photo_id: int | None = None,
     latency_ms: float | None = None,
     update_member: bool = True,
+    verification_photo_checks: bool = True,
 ) -> ResultRow:
-    """Add the engine's result (every field) to the session; the caller commits."""
+    """Add the engine's result (every field) to the session; the caller commits.
+
+    verification_photo_checks=False: the photo is not a verification selfie (a gallery addition),
+    so it is not judged as a reused or stale selfie; its file is still looked up among other members.
+    """
     as_dict = _plain(result.to_dict())
     codes = {flag.code for flag in result.flags}
     if latency_ms is None:
@@ -277,7 +282,7 @@ def store_result(
     )
     session.add(row)
     search.flag_possible_duplicates(session, row, result)  # 1:N check; may flag it, so before the member
-    photo_checks.apply(session, row, result)  # reused, stale, shared file: may flag it too
+    photo_checks.apply(session, row, result, selfie=verification_photo_checks)  # may flag it too
     if update_member and member_id is not None and result.status in _MEMBER_STATUS_AFTER:
         session.execute(
             update(Member)

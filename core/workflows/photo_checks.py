@@ -196,14 +196,22 @@ def _remember_hashes(session: Session, row, result: VerificationResult) -> None:
             )
 
 
-def apply(session: Session, row, result: VerificationResult) -> None:
-    """Run the checks on a result row that is in the session (not yet committed); flags in place."""
+def apply(session: Session, row, result: VerificationResult, selfie: bool = True) -> None:
+    """Run the checks on a result row that is in the session (not yet committed); flags in place.
+
+    selfie=False (a gallery addition): only the other members' files are looked up.
+    """
     checks = dict(result.checks or {})
-    _remember_hashes(session, row, result)
-    if row.member_id is not None:
-        _reuse(session, row, result, checks)
-        _shared_file(session, row, result, checks)
-    _stale(session, row, result, checks)
+    # No autoflush: the new row is inserted once, with its final flags (not inserted, then updated,
+    # which would count as an edit in its version).
+    with session.no_autoflush:
+        _remember_hashes(session, row, result)
+        if row.member_id is not None and selfie:
+            _reuse(session, row, result, checks)
+        if row.member_id is not None:
+            _shared_file(session, row, result, checks)
+        if selfie:
+            _stale(session, row, result, checks)
     result.checks = checks
     row.checks = _json_ready(checks)
 

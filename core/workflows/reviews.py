@@ -23,6 +23,7 @@ from core.storage.schema import MEMBER_ERASED, MEMBER_REJECTED, MEMBER_VERIFIED,
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.genders import normalise_gender
 from core.verification.result import APPROVED, FLAGGED, REJECTED
+from core.workflows import gallery
 
 APPROVE, REJECT = "approve", "reject"
 DECISIONS = (APPROVE, REJECT)
@@ -121,7 +122,9 @@ def decide(
     )
     session.add(review)
     result = session.get(ResultRow, result_id, populate_existing=True)
-    if result.member_id is not None:
+    if gallery.is_addition(session, result):
+        gallery.on_review(session, result, approve, reviewer)  # a gallery photo, not a verification
+    elif result.member_id is not None:
         _update_member(session, result, approve, now)
     audit.log(
         session,

@@ -28,7 +28,7 @@ router = APIRouter(tags=["verifications"])
     response_model=VerificationOut,
     status_code=201,
     dependencies=secured,
-    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
 )
 def submit_verification(body: VerificationRequest, state: State, caller: CallerKey):
     """Verify a member: gallery photo vs. verification selfie (base64 or stored sha256 references).
@@ -42,7 +42,9 @@ def submit_verification(body: VerificationRequest, state: State, caller: CallerK
             photos[which] = checked_photo(which, decode_base64(which, raw))
         else:
             photos[which] = PhotoIn(which, sha256=getattr(body, f"{which}_sha256"))
-    out = verify_request(state, caller, body.member_id, body.registered_gender, body.enrol, photos)
+    out = verify_request(
+        state, caller, body.member_id, body.registered_gender, body.enrol, photos, body.challenge_id
+    )
     return JSONResponse(
         jsonable(out), status_code=201, headers={"Location": f"/v1/verifications/{out['id']}"}
     )
@@ -53,7 +55,7 @@ def submit_verification(body: VerificationRequest, state: State, caller: CallerK
     response_model=VerificationOut,
     status_code=201,
     dependencies=secured,
-    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 503),
 )
 def submit_verification_upload(
     state: State,
@@ -65,6 +67,7 @@ def submit_verification_upload(
     verification: Annotated[UploadFile | None, File(description="verification selfie")] = None,
     gallery_sha256: Annotated[str | None, Form(pattern=SHA256_PATTERN)] = None,
     verification_sha256: Annotated[str | None, Form(pattern=SHA256_PATTERN)] = None,
+    challenge_id: Annotated[str | None, Form(max_length=64)] = None,
 ):
     """The same as POST /v1/verifications with the photos as multipart files."""
     photos = {}
@@ -80,7 +83,7 @@ def submit_verification_upload(
                 f"Give the {which} photo as a file or as {which}_sha256, not both.",
             )
         photos[which] = checked_photo(which, data) if data is not None else PhotoIn(which, sha256=sha)
-    out = verify_request(state, caller, member_id, registered_gender, enrol, photos)
+    out = verify_request(state, caller, member_id, registered_gender, enrol, photos, challenge_id)
     return JSONResponse(
         jsonable(out), status_code=201, headers={"Location": f"/v1/verifications/{out['id']}"}
     )
