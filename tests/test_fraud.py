@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
+from sqlalchemy import func, select
 
 from core.config import SAMPLE_DIR
 from core.storage.schema import GALLERY, VERIFICATION, Member, Photo, utcnow
@@ -302,3 +303,96 @@ def test_stale_exif_dates_are_flagged_and_missing_ones_said(session, photo_store
     _, row = _store(session, engine, g2, v2, gallery, recent)
     reason = next(f["reason"] for f in row.flags if f["code"] == STALE_PHOTO)
     assert "before the gallery photo was submitted" in reason
+
+
+# -- the same gallery rule in the importer and on the Verify page ----------------------------
+
+
+def test_the_importer_never_replaces_an_existing_members_gallery(session, photo_store, tmp_path):
+    from core.workflows.importer import IMPORTED, REJECTED, import_members
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in (
+        "Norah_Jones_0004.jpg",
+        "Norah_Jones_0001.jpg",
+        "Kofi_Annan_0026.jpg",
+        "Kofi_Annan_0014.jpg",
+    ):
+        (folder / name).write_bytes((IMAGES / name).read_bytes())
+    table = tmp_path / "members.csv"
+    table.write_text(
+        "member_id,gender,gallery_photo,verification_photo\nM0003,F,photos/Norah_Jones_0004.jpg,photos/Norah_Jones_0001.jpg\n"
+    )
+    assert [r.status for r in import_members(session, table, photo_store=photo_store)] == [IMPORTED]
+    before = (
+        session.execute(
+            select(Photo.sha256).where(
+                Photo.member_id == "M0003", Photo.kind == GALLERY, Photo.current.is_(True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    # the swap: the same member with someone else's two photos
+    table.write_text(
+        "member_id,gender,gallery_photo,verification_photo\nM0003,F,photos/Kofi_Annan_0026.jpg,photos/Kofi_Annan_0014.jpg\n"
+    )
+    (report,) = import_members(session, table, photo_store=photo_store)
+    assert report.status == REJECTED and "gallery" in report.message
+    session.expire_all()
+    after = (
+        session.execute(
+            select(Photo.sha256).where(
+                Photo.member_id == "M0003", Photo.kind == GALLERY, Photo.current.is_(True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    assert after == before
+    assert session.scalar(select(func.count()).select_from(Photo).where(Photo.member_id == "M0003")) == 2
+
+
+def test_the_verify_page_never_replaces_an_existing_members_gallery(session_factory, photo_store, engine):
+    from core.dashboard.verify import PairInputError, verify_pair
+
+    norah = (IMAGES / "Norah_Jones_0004.jpg").read_bytes(), (IMAGES / "Norah_Jones_0001.jpg").read_bytes()
+    first = verify_pair(
+        session_factory,
+        engine,
+        photo_store,
+        "staff",
+        "M0003",
+        registered_gender="F",
+        gallery_bytes=norah[0],
+        verification_bytes=norah[1],
+    )
+    with pytest.raises(PairInputError) as refused:
+        verify_pair(
+            session_factory,
+            engine,
+            photo_store,
+            "staff",
+            "M0003",
+            gallery_bytes=(IMAGES / "Kofi_Annan_0026.jpg").read_bytes(),
+            verification_bytes=(IMAGES / "Kofi_Annan_0014.jpg").read_bytes(),
+        )
+    assert refused.value.key == "verify.gallery_locked"
+    with session_factory() as session:
+        current = session.scalars(
+            select(Photo.sha256).where(
+                Photo.member_id == "M0003", Photo.kind == GALLERY, Photo.current.is_(True)
+            )
+        ).all()
+        assert current == [first.result.gallery.sha256]
+    # the stored gallery photo with a new selfie is fine
+    again = verify_pair(
+        session_factory,
+        engine,
+        photo_store,
+        "staff",
+        "M0003",
+        verification_bytes=(IMAGES / "Norah_Jones_0005.jpg").read_bytes(),
+    )
+    assert again.result.gallery.sha256 == first.result.gallery.sha256

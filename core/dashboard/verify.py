@@ -39,7 +39,7 @@ from core.storage.schema import (
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.imaging import decode_image
 from core.verification.result import VerificationResult
-from core.workflows import batches, importer
+from core.workflows import batches, gallery, importer
 
 
 @dataclass
@@ -207,6 +207,12 @@ def verify_pair(
 
     _check_photo(gallery_bytes, GALLERY)
     _check_photo(verification_bytes, VERIFICATION)
+    if member is not None:  # an existing member is verified against the gallery it has (issue 12)
+        with session_factory() as session:
+            try:
+                gallery.check_not_replaced(session, member_id, hashlib.sha256(gallery_bytes).hexdigest())
+            except gallery.GalleryLocked:
+                raise PairInputError("verify.gallery_locked", member=member_id) from None
     result = engine.verify(gallery_bytes, verification_bytes, gender)
 
     import_note = None

@@ -43,7 +43,7 @@ from core.storage.photostore import PhotoStoreBackend, open_photo_store, sha256_
 from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, utcnow
 from core.verification import imaging
 from core.verification.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
-from core.workflows import links, spreadsheets
+from core.workflows import gallery, links, spreadsheets
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
@@ -516,6 +516,14 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
             changes.append(f"gender {member.gender} → {prepared.gender}")
         stmt = select(Photo).where(Photo.member_id == member_id, Photo.current.is_(True))
         current = {p.kind: p for p in session.scalars(stmt)}
+        # An import never replaces an existing member's gallery (issue 12): the row is refused whole.
+        for photo in prepared.photos:
+            if photo.kind == GALLERY:
+                try:
+                    gallery.check_not_replaced(session, member_id, photo.sha256)
+                except gallery.GalleryLocked as exc:
+                    session.rollback()
+                    return RowReport(prepared.row, member_id, REJECTED, str(exc))
 
     new_shas = []
     for photo in prepared.photos:
