@@ -1,5 +1,7 @@
 """Verify: one pair (a member from the database, or two uploaded photos, or the camera), or a batch."""
 
+import hashlib
+
 import streamlit as st
 
 from core.dashboard import uploads
@@ -32,6 +34,29 @@ tab_pair, tab_batch = st.tabs(
 
 # ----------------------------------------------------------------------------------------------
 # One pair
+
+
+def photo_check(data: bytes):
+    """What the capture check finds on the photo just taken, before it is submitted."""
+    key = (hashlib.sha256(data).hexdigest(), ctx.lang)
+    if st.session_state.get("verify_capture_key") != key:  # once per photo, not on every rerun
+        st.session_state["verify_capture_view"] = svc.check_captured_photo(data, ctx.lang)
+        st.session_state["verify_capture_key"] = key
+    view = st.session_state["verify_capture_view"]
+    st.markdown(f"**{ctx.t('capture.title')}**")
+    if view.error:
+        st.error(view.error)
+        return
+    cols = st.columns([1, 2])
+    cols[0].image(view.image, width="stretch")
+    if view.ok:
+        cols[1].success(ctx.t("capture.ok"))
+        return
+    cols[1].warning(ctx.t("capture.fix_first"))
+    for line in view.lines:
+        (cols[1].error if line["hides_face"] else cols[1].warning)(
+            f"**{line['title']}** — {line['instruction']}"
+        )
 
 
 def pair_tab():
@@ -92,6 +117,8 @@ def pair_tab():
     elif source == "camera":
         shot = st.camera_input(ctx.t("verify.camera"), key="verify_camera")
         verification_bytes = shot.getvalue() if shot else None
+        if verification_bytes:
+            photo_check(verification_bytes)
 
     if st.button(
         ctx.t("verify.run"),

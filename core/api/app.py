@@ -12,7 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from core import config
 from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
-from core.api.routers import challenges, health, members, verifications
+from core.api.routers import challenges, health, members, photo_checks, verifications
 from core.api.routers import search as search_routes
 from core.api.settings import API_VERSION, MAX_BODY_BYTES
 from core.api.state import AppState, load_engine_in_background, watch_promotions
@@ -72,6 +72,7 @@ def create_app(
         challenges.router,
         members.router,
         search_routes.router,
+        photo_checks.router,
     ):
         app.include_router(router)
     return app

@@ -94,6 +94,7 @@ def lookup_key(factory: sessionmaker, key: str) -> Caller | None | str:
 _PERMISSIONS = (
     ("POST", "/v1/verifications", (BACKEND,)),
     ("POST", "/v1/search", (BACKEND,)),
+    ("POST", "/v1/photo-checks", (BACKEND,)),
     ("GET", "/v1/", (BACKEND, READER)),
 )
 

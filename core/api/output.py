@@ -28,6 +28,7 @@ def photo_out(analysis: dict | None) -> dict | None:
         "quality": analysis.get("quality"),
         "error": analysis.get("error"),
         "timings_ms": analysis.get("timings_ms") or {},
+        "capture": analysis.get("capture"),
     }
 
 

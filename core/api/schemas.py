@@ -33,13 +33,18 @@ class PhotoOut(BaseModel):
     quality: float | None = None
     error: str | None = None
     timings_ms: dict[str, float] = {}
+    capture: dict[str, Any] | None = Field(
+        None, description="capture check of the main face: measures and findings (see /v1/photo-checks)"
+    )
 
 
 class FlagOut(BaseModel):
     code: str = Field(
         description="no_face, several_faces, low_quality, bad_image, uncertain_similarity, "
         "gender_mismatch, uncertain_gender, possible_duplicate, reused_photo, stale_photo, "
-        "challenge_failed or gallery_photo_differs"
+        "challenge_failed, gallery_photo_differs, or a capture finding (face_mask, hand_over_face, "
+        "eyes_covered, eyes_closed, blurry, too_dark, too_bright, backlit, face_too_small, "
+        "face_cut_off, head_turned)"
     )
     reason: str
     photo: str | None = Field(None, description="gallery, verification, or null for the pair")
@@ -235,3 +240,33 @@ class GalleryPhotoOut(BaseModel):
     )
     photo_sha256: str
     verification: VerificationOut = Field(description="the comparison with the member's gallery photo")
+
+
+class PhotoCheckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    photo_base64: str = Field(max_length=MAX_BASE64_CHARS, description="the photo to check, base64")
+
+
+class PhotoFindingOut(BaseModel):
+    code: str = Field(
+        description="face_mask, hand_over_face, eyes_covered, eyes_closed, blurry, too_dark, too_bright, "
+        "backlit, face_too_small, face_cut_off, head_turned; or no_face, several_faces, low_quality"
+    )
+    value: float | None = Field(None, description="what was measured (unit in `unit`)")
+    limit: float | None = Field(None, description="the limit it crossed")
+    unit: str | None = None
+    hides_face: bool = Field(description="part of the face is hidden: never decided automatically")
+    instruction: dict[str, str] = Field(description="what the member should do, by language (ko, en)")
+
+
+class PhotoCheckOut(BaseModel):
+    ok: bool = Field(description="no finding: the photo will not be flagged for capture problems")
+    submit: bool = Field(description="false when the face is hidden or missing: take the photo again")
+    width: int
+    height: int
+    faces: int
+    face_box: list[float] | None = Field(None, description="x, y, width, height of the main face")
+    findings: list[PhotoFindingOut]
+    measures: dict[str, float]
+    timings_ms: dict[str, float]

@@ -15,6 +15,7 @@ from core.dashboard.photos import faces_of
 from core.i18n import flag_text, t
 from core.storage.schema import GALLERY, VERIFICATION
 from core.storage.schema import VerificationResult as ResultRow
+from core.verification import capture
 from core.verification.result import (
     BAD_IMAGE,
     GENDER_MISMATCH,
@@ -64,7 +65,22 @@ def flag_params(flag: Flag | dict, similarity, band, registered, predicted, conf
         params.update(detail=reason)
     elif code == POSSIBLE_DUPLICATE:
         params.update(candidates=search.candidates_in_reason(reason))
+    elif code in capture.FINDING_CODES:
+        params.update(capture_figures(analysis, code))
     return params
+
+
+def capture_figures(analysis: PhotoAnalysis | dict | None, code: str) -> dict:
+    """{value, limit} of a capture finding, from a live analysis or a stored one ({} if absent)."""
+    check = analysis.capture if isinstance(analysis, PhotoAnalysis) else (analysis or {}).get("capture")
+    if check is None:
+        return {}
+    findings = check.findings if isinstance(check, capture.CaptureCheck) else check.get("findings", [])
+    for finding in findings:
+        found = finding if isinstance(finding, dict) else vars(finding)
+        if found["code"] == code:
+            return {"value": found["value"], "limit": found["limit"]}
+    return {}
 
 
 def describe_flags(result: VerificationResult | ResultRow, lang: str) -> list[dict]:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.dashboard.formatting import local_time
 from core.dashboard.jobs import SINGLE_SOURCE
+from core.dashboard.photos import annotate_photo
 from core.errors import FaceVerifyError, ImageError
 from core.i18n import t
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
@@ -37,6 +38,7 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
+from core.verification import capture, features
 from core.verification.imaging import decode_image
 from core.verification.result import VerificationResult
 from core.workflows import batches, gallery, importer
@@ -350,3 +352,35 @@ def filter_results(
         needle = member_search.strip().lower()
         out = out[out["member_id"].fillna("").str.lower().str.contains(needle, regex=False)]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Camera mode: the capture check on the photo just taken, before staff submit it
+
+
+@dataclass
+class CaptureView:
+    image: object  # PIL image: the photo as the engine sees it, with the face box; None if unusable
+    lines: list[dict]  # [{code, title, instruction, hides_face}], what to fix, most important first
+    error: str | None = None  # the photo cannot be used at all
+
+    @property
+    def ok(self) -> bool:
+        return not self.lines and self.error is None
+
+
+def check_captured_photo(data: bytes, lang: str) -> CaptureView:
+    """The same capture check the verification will run (features.locate), nothing stored."""
+    analysis = features.locate(data)
+    if analysis.width == 0:
+        return CaptureView(image=None, lines=[], error=analysis.error)
+    lines = [
+        {
+            "code": f["code"],
+            "title": t(f"flag.{f['code']}", lang),
+            "instruction": t(f["instruction_key"], lang),
+            "hides_face": f["hides_face"],
+        }
+        for f in sorted(capture.photo_findings(analysis), key=lambda f: not f["hides_face"])
+    ]
+    return CaptureView(image=annotate_photo(data, analysis), lines=lines)

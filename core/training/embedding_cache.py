@@ -201,7 +201,7 @@ def _compute(chunk: list[PhotoRef], views: list[str]) -> dict[str, dict[str, np.
         except Exception as exc:  # a missing or unreadable file is this photo's problem only
             out[""][ref.sha256] = f"The photo cannot be read: {exc}"
             continue
-        analysis = features.locate(data)
+        analysis = features.locate(data, check_capture=False)  # features only
         if analysis.crop is None:
             out[""][ref.sha256] = analysis.error or "No face was found in the photo."
             continue

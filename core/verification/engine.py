@@ -182,7 +182,7 @@ class Engine:
             status = AUTO_APPROVED if same_person else AUTO_REJECTED
 
         timings: dict[str, float] = {}
-        for stage in ("decode", "detect", "align", "embed"):
+        for stage in ("decode", "detect", "align", "capture", "embed"):
             timings[stage] = gallery.timings_ms.get(stage, 0.0) + verification.timings_ms.get(stage, 0.0)
         timings["decide"] = _ms(start)
         timings["total"] = sum(timings.values())

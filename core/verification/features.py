@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from core.errors import ImageError
+from core.verification import capture, fraud, imaging
 from core.verification import faces as face_ops
-from core.verification import fraud, imaging
 from core.verification.result import BAD_IMAGE, LOW_QUALITY, NO_FACE, SEVERAL_FACES, Flag, PhotoAnalysis
 
 # Test-time augmentation measured on lfw_dev (5-fold by person): averaging the face with its
@@ -57,8 +57,9 @@ def _rotations(chip: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def locate(data: bytes, measure_pose: bool = False) -> PhotoAnalysis:
-    """Decode, detect and align one photo. Bad input becomes an error and a flag, never a raise.
+def locate(data: bytes, measure_pose: bool = False, check_capture: bool = True) -> PhotoAnalysis:
+    """Decode, detect and align one photo, then the capture check (unless told not to: training
+    only needs the features). Bad input becomes an error and a flag, never a raise.
 
     measure_pose: also estimate the head pose (FaceMesh, ~15 ms), for a pose challenge.
     """
@@ -112,6 +113,15 @@ def locate(data: bytes, measure_pose: bool = False) -> PhotoAnalysis:
         mesh = face_ops.face_mesh(rgb, analysis.faces[analysis.main_face])
         analysis.pose = None if mesh is None else fraud.head_pose(mesh).as_dict()
         analysis.timings_ms["pose"] = _ms(start)
+    if not check_capture:
+        return analysis
+
+    # What the member should fix (mask, sunglasses, light, distance, ...): each finding is a flag,
+    # so the pair goes to review; the measures and instructions travel with the analysis.
+    face = analysis.faces[analysis.main_face]
+    analysis.capture = capture.check_capture(rgb, face.box, face.keypoints, aligned.chip, decoded.scale)
+    analysis.flags += [Flag(f.code, capture.reason(f)) for f in analysis.capture.findings]
+    analysis.timings_ms["capture"] = analysis.capture.time_ms
     return analysis
 
 

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from core.verification.capture import CaptureCheck
+
 # Flag codes. The photo a flag is about is given separately ("gallery" / "verification").
 NO_FACE = "no_face"
 SEVERAL_FACES = "several_faces"
@@ -77,6 +79,7 @@ class PhotoAnalysis:
     flags: list[Flag] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # message when the photo could not be used at all
+    capture: CaptureCheck | None = None  # measures and findings of the capture check
 
     @property
     def usable(self) -> bool:
@@ -120,6 +123,7 @@ class VerificationResult:
                 "taken_at": p.taken_at,
                 "pose": p.pose,
                 "error": p.error,
+                "capture": p.capture.to_dict() if p.capture else None,
                 "timings_ms": p.timings_ms,
             }
             if include_crops and p.crop is not None:

@@ -1,0 +1,139 @@
+"""Capture check on real sample photos and synthetic problems drawn on them in the test."""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from core.benchmarks import capture_variants as variants
+from core.config import SAMPLE_DIR
+from core.i18n import EN, KO, flag_text, t
+from core.verification import capture, faces, features, imaging
+from core.verification.engine import Engine
+from core.verification.result import AUTO_APPROVED, FLAGGED
+
+IMAGES = SAMPLE_DIR / "images"
+# photos of the sample whose people the shipped model held out (tests grade on unseen faces)
+PHOTOS = [
+    "Adrien_Brody_0001.jpg",
+    "Charles_Moose_0003.jpg",
+    "David_Beckham_0010.jpg",
+    "John_Negroponte_0004.jpg",
+    "Julianne_Moore_0003.jpg",
+    "Queen_Elizabeth_II_0002.jpg",
+    "Richard_Gephardt_0001.jpg",
+]
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    return buf.tobytes()
+
+
+def _photo(name: str):
+    rgb = imaging.decode_image((IMAGES / name).read_bytes()).rgb
+    found = faces.detect_faces(rgb)
+    face = found[faces.main_face_index(found, rgb.shape[1], rgb.shape[0])]
+    return rgb, face, variants.landmarks68(rgb, faces.landmark_box(face))
+
+
+def _variant(name: str, kind: str, seed: int = 0) -> bytes:
+    rgb, face, points = _photo(name)
+    return _jpeg(variants.make_variant(rgb, points, face.box[2], kind, np.random.default_rng(seed)))
+
+
+def _codes(data: bytes) -> set[str]:
+    analysis = features.locate(data)
+    assert analysis.capture is not None, analysis.error
+    return set(analysis.capture.codes)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load()
+
+
+def test_unmodified_sample_photos_raise_no_occlusion():
+    for path in sorted(IMAGES.glob("*.jpg")):
+        analysis = features.locate(path.read_bytes())
+        if analysis.capture is None:
+            continue
+        hidden = set(analysis.capture.codes) & set(capture.HIDDEN_FACE_CODES)
+        assert not hidden, (path.name, analysis.capture.findings)
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("mask", {capture.FACE_MASK, capture.HAND_OVER_FACE}),
+        ("hand", {capture.FACE_MASK, capture.HAND_OVER_FACE}),
+        ("sunglasses", {capture.EYES_COVERED}),
+        ("dark", {capture.TOO_DARK, capture.BACKLIT}),
+        ("blur", {capture.BLURRY}),
+        ("small", {capture.FACE_TOO_SMALL}),
+    ],
+)
+def test_synthetic_problems_are_found(kind, expected):
+    found = [bool(_codes(_variant(name, kind, seed)) & expected) for seed, name in enumerate(PHOTOS)]
+    assert sum(found) >= len(PHOTOS) - 2, (kind, found)  # measured: 92-100% of held-out photos
+
+
+def test_findings_carry_value_limit_and_instruction():
+    analysis = features.locate(_variant(PHOTOS[0], "mask"))
+    finding = next(f for f in analysis.capture.findings if f.code in capture.HIDDEN_FACE_CODES)
+    assert finding.value > finding.limit and finding.unit == "probability"
+    assert t(finding.instruction_key, "en") == (
+        "Please take off your mask."
+        if finding.code == capture.FACE_MASK
+        else t("capture.hand_over_face", "en")
+    )
+    flag = next(f for f in analysis.flags if f.code == finding.code)
+    assert f"{finding.value:.2f}" in flag.reason
+    as_dict = analysis.capture.to_dict()
+    assert as_dict["findings"][0]["code"] in capture.FINDING_CODES and "sharpness" in as_dict["measures"]
+
+
+def test_small_face_is_measured_in_the_original_photos_pixels():
+    rgb, face, points = _photo(PHOTOS[1])
+    big = cv2.resize(rgb, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
+    analysis = features.locate(_jpeg(big))
+    assert analysis.capture.measures["face_width_px"] == pytest.approx(2 * face.box[2], rel=0.1)
+    assert capture.FACE_TOO_SMALL not in analysis.capture.codes
+
+
+def test_masked_verification_photo_is_never_approved_automatically(engine):
+    gallery = (IMAGES / "Queen_Elizabeth_II_0005.jpg").read_bytes()
+    same_person = (IMAGES / "Queen_Elizabeth_II_0011.jpg").read_bytes()
+    plain = engine.verify(gallery, same_person, "F")
+    assert plain.status == AUTO_APPROVED, plain.flags  # the control: unmodified, it is decided
+    for seed in range(3):
+        rgb = imaging.decode_image(same_person).rgb
+        found = faces.detect_faces(rgb)
+        face = found[faces.main_face_index(found, rgb.shape[1], rgb.shape[0])]
+        points = variants.landmarks68(rgb, faces.landmark_box(face))
+        masked = _jpeg(variants.make_variant(rgb, points, face.box[2], "mask", np.random.default_rng(seed)))
+        result = engine.verify(gallery, masked, "F")
+        assert result.status == FLAGGED
+        assert {f.code for f in result.flags if f.photo == "verification"} & set(capture.HIDDEN_FACE_CODES)
+        stored = result.to_dict()["verification"]["capture"]
+        assert stored["findings"] and stored["measures"]["p_mask"] > 0.5
+
+
+def test_every_instruction_and_flag_sentence_exists_in_both_languages():
+    hangul = re.compile(r"[\uac00-\ud7a3]")
+    for code in (*capture.FINDING_CODES, "no_face", "several_faces", "low_quality"):
+        for lang, catalog in (("en", EN), ("ko", KO)):
+            assert f"capture.{code}" in catalog, (lang, code)
+        assert hangul.search(KO[f"capture.{code}"]) and not hangul.search(EN[f"capture.{code}"])
+    for code in capture.FINDING_CODES:
+        assert f"flag.{code}" in EN and f"flag.{code}" in KO
+        for lang in ("en", "ko"):
+            text = flag_text(code, lang, value=0.93, limit=0.5, detail="x")
+            assert "0.93" in text or "93%" in text or "1" in text, (code, lang, text)
+    assert t("capture.face_mask", "en") == "Please take off your mask."
+    assert t("capture.face_too_small", "en") == "Move closer."
+    assert t("capture.too_dark", "en") == "Find more light."
