@@ -247,6 +247,10 @@ def test_a_copy_of_an_older_gallery_photo_is_flagged(session, photo_store, engin
     assert any(m["photo_id"] == old_row.id for m in row.checks["reuse"]["matches"])
     assert session.get(Member, "F1").status == "in_review"
     assert session.get(Photo, old_row.id, populate_existing=True).photo_hashes
+    # counted on the KPI page
+    from core.storage import queries
+
+    assert sum(k.fraud_flags[REUSED_PHOTO] for k in queries.kpis_per_batch(session)) == 1
 
 
 def test_a_verification_photo_stored_for_another_member_is_a_possible_duplicate(session, photo_store, engine):

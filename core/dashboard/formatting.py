@@ -50,6 +50,10 @@ def flag_params(flag: Flag | dict, similarity, band, registered, predicted, conf
     photo = flag.photo if isinstance(flag, Flag) else flag.get("photo")
     reason = flag.reason if isinstance(flag, Flag) else flag.get("reason", "")
     params: dict = {"detail": reason}
+    # Fraud flags carry their own figures (photo id, EXIF date, measured angle): None leaves the
+    # sentence to fall back on the English reason.
+    own = flag.params if isinstance(flag, Flag) else flag.get("params")
+    params.update({k: v for k, v in (own or {}).items() if v is not None})
     analysis = analyses.get(photo) if photo else None
     if code == UNCERTAIN_SIMILARITY and similarity is not None:
         params.update(similarity=similarity, low=band[0], high=band[1])
@@ -116,6 +120,8 @@ def describe_flags(result: VerificationResult | ResultRow, lang: str) -> list[di
             confidence,
             analyses,
         )
+        if params.get("challenge"):
+            params["challenge_label"] = t(f"challenge.{params['challenge']}", lang)
         if params.get("candidates"):
             params["detail"] = ", ".join(
                 t("flag.duplicate_candidate", lang, member=m, similarity=float(v))

@@ -32,6 +32,10 @@ KPI_COLUMNS = [
     "latency_p95_ms",
     "automation_rate",
     "backlog",
+    "n_reused_photo",
+    "n_stale_photo",
+    "n_challenge_failed",
+    "n_gallery_photo_differs",
     "model_versions",
 ]
 
@@ -123,6 +127,7 @@ def kpi_frame(
                 "latency_p95_ms": k.latency_p95_ms,
                 "automation_rate": k.automation_rate,
                 "backlog": k.n_flagged_open,
+                **{f"n_{code}": k.fraud_flags.get(code, 0) for code in queries.FRAUD_FLAGS},
                 "model_versions": " ".join(k.model_versions),
             }
         )

@@ -33,7 +33,17 @@ from core.storage import audit
 from core.storage.schema import MEMBER_ERASED, MEMBER_STATUSES, AuditEntry, Batch, Member, Photo
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.genders import normalise_gender
-from core.verification.result import APPROVED, AUTO_APPROVED, AUTO_REJECTED, FLAGGED, REJECTED
+from core.verification.result import (
+    APPROVED,
+    AUTO_APPROVED,
+    AUTO_REJECTED,
+    CHALLENGE_FAILED,
+    FLAGGED,
+    GALLERY_PHOTO_DIFFERS,
+    REJECTED,
+    REUSED_PHOTO,
+    STALE_PHOTO,
+)
 
 MAX_PAGE_SIZE = 500
 MAX_SEARCH_LENGTH = 200
@@ -109,6 +119,8 @@ class Kpi:
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     model_versions: list[str] = field(default_factory=list)
+    # results carrying each fraud flag (issue 12), code -> count
+    fraud_flags: dict[str, int] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,12 +317,18 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+FRAUD_FLAGS = (REUSED_PHOTO, STALE_PHOTO, CHALLENGE_FAILED, GALLERY_PHOTO_DIFFERS)
+
+
 def _kpi(key, label: str, rows: list) -> Kpi:
     kpi = Kpi(key=key, label=label, n_results=len(rows))
     latencies, verification_hits, gender_hits = [], [], []
     versions = set()
+    kpi.fraud_flags = dict.fromkeys(FRAUD_FLAGS, 0)
     for r in rows:
         versions.add(r.model_version)
+        for code in {f.get("code") for f in (r.flags or []) if isinstance(f, dict)} & set(FRAUD_FLAGS):
+            kpi.fraud_flags[code] += 1
         if r.status in (AUTO_APPROVED, AUTO_REJECTED):
             kpi.n_auto += 1
         elif r.status == FLAGGED:
@@ -351,6 +369,7 @@ def _kpi_rows(session: Session, date_from, date_to, model_version, zone: ZoneInf
         ResultRow.ground_truth_gender,
         ResultRow.latency_ms,
         ResultRow.model_version,
+        ResultRow.flags,
     ).order_by(ResultRow.created_at, ResultRow.id)
     if date_from is not None:
         stmt = stmt.where(ResultRow.created_at >= _day_bounds(date_from, end=False, tz=zone))
