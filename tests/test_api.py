@@ -86,7 +86,12 @@ class LiveServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        from core.api.server import limits
+
+        # The production limits (h11, header size and time, connections), as `python -m core.api` serves.
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", **{**limits(), "timeout_graceful_shutdown": 5}
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
@@ -143,7 +148,8 @@ def _start_api(engine, factory, store, tmp_path) -> tuple[Api, LiveServer]:
     with factory() as session:
         for role in ("backend", "reader"):
             keys[role], _ = create_key(session, f"{role}-key", role, actor="test")
-    server = LiveServer(create_app(factory, engine, photo_store=store)).start()
+    # Room for the concurrency tests' bursts (admission itself: tests/test_api_limits.py).
+    server = LiveServer(create_app(factory, engine, photo_store=store, max_in_flight=32)).start()
     client = httpx.Client(base_url=server.url, timeout=120)
     return Api(server.url, client, keys, factory, store, engine), server
 

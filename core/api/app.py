@@ -14,11 +14,15 @@ from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
 from core.api.routers import challenges, health, members, photo_checks, verifications
 from core.api.routers import search as search_routes
-from core.api.settings import API_VERSION, MAX_BODY_BYTES
+from core.api.settings import API_VERSION, MAX_BODY_BYTES, MAX_IN_FLIGHT
 from core.api.state import AppState, load_engine_in_background, watch_promotions
 from core.storage.photostore import PhotoStoreBackend, open_photo_store
 
 log = logging.getLogger(__name__)
+
+
+def _in_flight() -> int:
+    return max(1, int(config.setting("API_MAX_IN_FLIGHT") or MAX_IN_FLIGHT))
 
 
 def create_app(
@@ -28,6 +32,7 @@ def create_app(
     photo_store: PhotoStoreBackend | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     load_engine: bool = True,
+    max_in_flight: int | None = None,
 ) -> FastAPI:
     """The API. Without a session factory: the configured database (migrated on start).
     Without an engine: core.verification.engine.Engine.load() in the background (503 until it is ready)."""
@@ -63,7 +68,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.api = state
-    app.add_middleware(GuardMiddleware, state=state, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        GuardMiddleware,
+        state=state,
+        max_body_bytes=max_body_bytes,
+        max_in_flight=max_in_flight or _in_flight(),
+    )
 
     add_error_handlers(app)
     for router in (

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"revoked {n} key(s) named {args.name!r}")
         return 0 if n else 1
 
-    import uvicorn
+    from core.api.server import limits, serve
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["DATABASE_URL"] = args.url
         os.environ["API_MAX_BODY_BYTES"] = str(max_body)
         db.dispose()
+        import uvicorn
+
         uvicorn.run(
             "core.api.app:app_from_settings",
             factory=True,
@@ -90,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
-            timeout_graceful_shutdown=10,
+            **limits(),
         )
         return 0
     app = create_app(factory, max_body_bytes=max_body)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    serve(app, args.host, args.port, args.log_level)  # header, connection and slow-client limits
     return 0
 
 

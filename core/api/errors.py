@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.api.schemas import ErrorOut
 from core.errors import FaceVerifyError, ImageError, ModelError
+from core.storage.retry import DatabaseBusy, is_lock_conflict
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def error_response(status: int, code: str, message: str, details=None, headers=N
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
-_IMAGE_STATUS = {"too_large": 413, "too_many_pixels": 413, "not_an_image": 415}
+_IMAGE_STATUS = {"too_large": 413, "too_many_pixels": 413, "not_an_image": 415, "busy": 503}
 
 
 def image_error(which: str, exc: ImageError) -> ApiError:
@@ -117,8 +118,14 @@ def add_error_handlers(app) -> None:
         summary = "; ".join(f"{d['field'] or 'body'}: {d['problem']}" for d in details[:5])
         return error_response(422, "invalid_request", f"The request is not valid: {summary}.", details)
 
+    @app.exception_handler(DatabaseBusy)
+    async def _db_busy(request: Request, exc: DatabaseBusy):
+        return error_response(503, exc.code, str(exc), headers={"Retry-After": "1"})
+
     @app.exception_handler(SQLAlchemyError)
     async def _db_error(request: Request, exc: SQLAlchemyError):
+        if is_lock_conflict(exc):  # a deadlock outside a retried block: busy, not down
+            return error_response(503, DatabaseBusy.code, str(DatabaseBusy()), headers={"Retry-After": "1"})
         log.exception("database error", exc_info=exc)
         return error_response(
             503,
@@ -129,6 +136,8 @@ def add_error_handlers(app) -> None:
     @app.exception_handler(FaceVerifyError)
     async def _core_error(request: Request, exc: FaceVerifyError):
         log.exception("core error", exc_info=exc)
+        if isinstance(exc, ImageError) and exc.code == "busy":
+            return error_response(503, exc.code, str(exc), headers={"Retry-After": "2"})
         return error_response(503 if isinstance(exc, ModelError) else 500, exc.code, str(exc))
 
     @app.exception_handler(Exception)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import unicodedata
 from dataclasses import dataclass
 
 from fastapi import UploadFile
@@ -14,6 +13,7 @@ from core.api.settings import MAX_PHOTO_BYTES, megabytes
 from core.errors import ImageError
 from core.verification import imaging
 from core.verification.imaging import decode_image
+from core.workflows import spreadsheets
 from core.workflows.importer import normalise_gender
 
 
@@ -28,12 +28,11 @@ class PhotoIn:
 
 
 def checked_member_id(raw: str) -> str:
-    member_id = unicodedata.normalize("NFC", raw or "").strip()
-    if not member_id or len(member_id) > 64 or any(not ch.isprintable() for ch in member_id):
-        raise ApiError(
-            422, "bad_member_id", "member_id must be 1 to 64 visible characters (no tabs or line breaks)."
-        )
-    return member_id
+    """The importer's rule (core.workflows.spreadsheets.MEMBER_ID_RULE): one kind of member id."""
+    try:
+        return spreadsheets.check_member_id(raw)
+    except ValueError as exc:
+        raise ApiError(422, "bad_member_id", f"{exc}.") from None
 
 
 def checked_gender(raw: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from sqlalchemy import select
@@ -18,6 +19,8 @@ from core.storage.schema import (
 )
 from core.workflows import search
 
+log = logging.getLogger(__name__)
+
 
 def run_search(
     state: AppState, caller: Caller, data: bytes | None, sha: str | None, k: int, exclude: str | None
@@ -32,7 +35,10 @@ def run_search(
         try:
             data = state.store.read(path)
         except PhotoNotFound as exc:
-            raise ApiError(404, "photo_missing", str(exc)) from None
+            log.warning("%s", exc)  # names the store's location: for the log, not the caller
+            raise ApiError(
+                404, "photo_missing", "The stored photo is missing from the photo store."
+            ) from None
     else:
         checked_photo("search", data)
     job = EngineJob([data], pair=False)

@@ -15,6 +15,12 @@ MAX_QUEUE = 64  # verifications waiting for the engine before new ones get 503
 ENGINE_BATCH = 8  # requests whose photos go through the network together
 ENGINE_TIMEOUT_S = 120.0  # a request never waits longer than this for the engine
 STORE_CONCURRENCY = 4  # transactions at once (each may also use a second connection to sync the index)
+MAX_IN_FLIGHT = 8  # photo requests served at once (setting API_MAX_IN_FLIGHT); the next gets 503
+MAX_HEADERS = 64
+MAX_HEADER_BYTES = 8 * 1024  # one header, name and value
+H11_MAX_HEADER_BYTES = 32 * 1024  # the whole header block, refused by h11 before the app sees it
+HEADER_TIMEOUT_S = 10.0  # a connection must deliver its request line and headers within this
+BODY_CHUNK_TIMEOUT_S = 30.0  # and then each part of its body within this
 KEY_HEADER = "X-API-Key"
 KEY_PREFIX = "fvk_"
 LAST_USED_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key

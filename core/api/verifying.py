@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import time
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.api.errors import ApiError
@@ -18,6 +18,7 @@ from core.api.settings import API_VERIFY, ENGINE_TIMEOUT_S
 from core.api.state import AppState, EngineJob
 from core.storage import audit, challenges
 from core.storage.photostore import PhotoNotFound
+from core.storage.retry import with_retry
 from core.storage.schema import (
     BATCH_COMPLETED,
     GALLERY,
@@ -33,6 +34,8 @@ from core.storage.schema import (
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import FLAGGED
 from core.workflows import batches, gallery, search
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,7 +103,10 @@ def _resolve(
             try:
                 data[which] = state.store.read(row.stored_path)
             except PhotoNotFound as exc:
-                raise ApiError(404, "photo_missing", str(exc)) from None
+                log.warning("%s", exc)  # names the store's location: for the log, not the caller
+                raise ApiError(
+                    404, "photo_missing", f"The stored {which} photo is missing from the photo store."
+                ) from None
             stored[which] = (row.id, row.sha256, row.stored_path)
         session.rollback()
     return _Resolved(member is not None, effective_gender, photos, stored, data)
@@ -297,8 +303,11 @@ def verify_request(
             try:
                 paths[which] = state.store.put(photo.data, photo.ext).relative_path
             except OSError as exc:
+                log.warning("photo store write failed: %s", exc)
                 raise ApiError(
-                    503, "photo_store_unavailable", f"The photo store cannot save the photo: {exc}"
+                    503,
+                    "photo_store_unavailable",
+                    "The photo store cannot save the photo; nothing was stored. Try again.",
                 ) from None
     future = worker.submit(
         EngineJob(
@@ -311,8 +320,11 @@ def verify_request(
     with state.store_slots:
         for attempt in (1, 2, 3):
             try:
-                result_id = _store_verification(
-                    state, caller, member_id, resolved, result, paths, challenge.id if challenge else None
+                # Deadlocks and lock waits: retried with backoff to a deadline, then 503 database_busy.
+                result_id = with_retry(
+                    lambda: _store_verification(
+                        state, caller, member_id, resolved, result, paths, challenge.id if challenge else None
+                    )
                 )
                 break
             except IntegrityError as exc:
@@ -321,14 +333,5 @@ def verify_request(
                     raise ApiError(
                         409, "conflict", "The member was changed by another request at the same time; retry."
                     ) from exc
-            except OperationalError as exc:
-                if attempt == 3 or not _is_retryable(exc):
-                    raise
-                time.sleep(0.05 * attempt)
         with state.factory() as session:
             return result_out(session, session.get(ResultRow, result_id))
-
-
-def _is_retryable(exc: OperationalError) -> bool:
-    text_ = str(getattr(exc, "orig", exc)).lower()
-    return "deadlock" in text_ or "lock wait timeout" in text_ or "database is locked" in text_
