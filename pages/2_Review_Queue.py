@@ -1,5 +1,9 @@
 """Review queue: flagged pairs in priority order, decided one after the other, from the keyboard.
 
+The machine's verdict comes first, in a sentence. When it said "different people", could not tell,
+or raised a gender mismatch or a fraud flag, no button is the default and Approve needs the
+reviewer's explicit confirmation (checked on the server, whatever key was pressed).
+
 Keys (Streamlit button shortcuts): Alt+A approve, Alt+X reject, Alt+S skip. Shortcuts do not fire
 inside a text field, so after typing a note press Tab, then the shortcut. The note survives an
 expired session: it is shown again after signing in.
@@ -9,7 +13,9 @@ import streamlit as st
 
 from core.dashboard import formatting, photos
 from core.dashboard import review as svc
+from core.storage import queries
 from core.storage.schema import GALLERY, VERIFICATION
+from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import reviews
 from ui.common import drop_draft, restore_draft, setup_page
 from ui.widgets import flags_list, gender_text, photo_column
@@ -36,6 +42,13 @@ def decide_submitted() -> None:
         skipped.append(result_id)
         return
     decision = reviews.APPROVE if pressed[0] == "approve" else reviews.REJECT
+    if decision == reviews.APPROVE and not st.session_state.get(f"review_confirm_{result_id}"):
+        with ctx.session() as session:
+            row = session.get(ResultRow, result_id)
+            needs = row is not None and svc.approve_needs_confirmation(row)
+        if needs:
+            st.session_state["review_notice"] = ("error", ctx.t("review.confirm_needed"))
+            return
     note_key = f"keep_note_{result_id}"
     note = (st.session_state.get(note_key) or "").strip() or None
     same_person = {"follow": None, "same": True, "different": False}[
@@ -87,7 +100,24 @@ if notice:
     {"success": st.success, "warning": st.warning, "error": st.error}[kind](text)
 
 with ctx.session() as session:
-    item, backlog = svc.next_queue_item(session, skipped)
+    flag_counts = queries.queue_flag_counts(session)
+controls = st.columns([3, 2])
+chosen_flags = controls[0].multiselect(
+    ctx.t("review.filter_flags"),
+    list(flag_counts),
+    format_func=lambda code: f"{ctx.t(f'flag.{code}')} ({flag_counts.get(code, 0)})",
+    key="review_filter_flags",
+    placeholder=ctx.t("review.filter_any"),
+)
+order = controls[1].selectbox(
+    ctx.t("review.order"),
+    list(queries.QUEUE_ORDERS),
+    format_func=lambda o: ctx.t(f"review.order.{o}"),
+    key="review_order",
+)
+
+with ctx.session() as session:
+    item, backlog = svc.next_queue_item(session, skipped, flags=chosen_flags, order=order)
     detail = svc.load_review_item(session, ctx.store, item) if item is not None else None
 
 info = st.columns([3, 1])
@@ -98,7 +128,10 @@ if skipped and info[1].button(ctx.t("review.unskip"), key="review_unskip"):
 
 if item is None:
     st.session_state.pop("review_current", None)
-    st.success(ctx.t("review.empty"), icon=":material/celebration:")
+    if chosen_flags and backlog:
+        st.info(ctx.t("review.empty_filtered"))
+    else:
+        st.success(ctx.t("review.empty"), icon=":material/celebration:")
     st.stop()
 st.session_state["review_current"] = item.result_id
 st.session_state["review_current_member"] = item.member_id
@@ -113,8 +146,16 @@ st.caption(
         model=item.model_version,
     )
 )
-if item.priority == 0:
-    st.error(ctx.t("review.priority_high"), icon=":material/flag:")
+# The machine's verdict first, in one sentence.
+verdict = svc.machine_verdict(row)
+needs_confirmation = svc.approve_needs_confirmation(row)
+verdict_line = svc.verdict_text(row, ctx.lang)
+if verdict == svc.SAME and not needs_confirmation:
+    st.info(verdict_line, icon=":material/smart_toy:")
+elif verdict == svc.DIFFERENT or svc.objections(row):
+    st.error(verdict_line, icon=":material/smart_toy:")
+else:
+    st.warning(verdict_line, icon=":material/smart_toy:")
 
 st.markdown(f"**{ctx.t('verify.flags')}**")
 flags_list(ctx, formatting.describe_flags(row, ctx.lang))
@@ -171,11 +212,13 @@ with st.form(f"decide_{item.result_id}", enter_to_submit=False, border=True):
             format_func=lambda g: ctx.t(f"gender.{g}") if g else ctx.t("review.gender_follow"),
             key=f"review_gender_{item.result_id}",
         )
-    buttons = st.columns(3)
     rid = item.result_id
+    if needs_confirmation:
+        st.checkbox(ctx.t("review.confirm_approve"), key=f"review_confirm_{rid}")
+    buttons = st.columns(3)
     buttons[0].form_submit_button(
         ctx.t("review.approve"),
-        type="primary",
+        type="secondary" if needs_confirmation else "primary",
         shortcut="Alt+A",
         width="stretch",
         icon=":material/check:",

@@ -277,10 +277,20 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
             member_id, result_id = re.match(r"회원 (\S+) · 결과 (\d+)", heading.inner_text()).groups()
             _wait_images(page)
             _shot(page, "03_review_queue.png")
+            # The machine said "different people" (and a gender mismatch): its verdict comes first,
+            # and Alt+A alone does not approve; the reviewer confirms explicitly, then approves.
+            expect(page.get_by_text("기계 판정: 다른 사람", exact=False)).to_be_visible()
             note = page.get_by_label("메모")
             note.click()
             note.fill("브라우저 테스트: 같은 사람으로 확인")
             note.press("Tab")  # out of the text field: shortcuts do not fire inside one
+            page.keyboard.press("Alt+A")
+            expect(
+                page.get_by_text("저장되지 않았습니다: 기계가 이 쌍에 이의를 제기했습니다", exact=False)
+            ).to_be_visible(timeout=30000)
+            page.get_by_text("사진을 직접 비교했습니다", exact=False).click()
+            _settle(page)
+            page.get_by_role("button", name="승인").focus()
             page.keyboard.press("Alt+A")
             expect(page.get_by_text(f"회원 {member_id} 승인 — admin_user 님이", exact=False)).to_be_visible(
                 timeout=30000

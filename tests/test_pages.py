@@ -425,7 +425,8 @@ def test_review_queue_decides_with_a_note_and_moves_on(app_env):
     at = open_page("review", role="staff")
     shown = texts(at)
     assert "회원 M0011" in shown  # gender mismatch first
-    assert "성별 불일치" in shown and "우선 검토" in shown
+    assert "성별 불일치" in shown
+    assert "기계 판정: 다른 사람 (유사도 0.450, 기준값 0.500). 기계의 이의: 성별 불일치." in shown
     assert n_images(at) >= 2
     at.text_area(key=f"keep_note_{first}").input("사진 속 인물이 다릅니다")
     at.button[[b.label for b in at.button].index("거부")].click().run()
@@ -441,6 +442,44 @@ def test_review_queue_decides_with_a_note_and_moves_on(app_env):
     assert "검토할 것이 없습니다" in texts(at)
     with app_env.session() as session:
         assert session.get(ResultRow, second).status == "approved"
+
+
+def test_review_approve_against_a_different_verdict_needs_an_explicit_confirmation(app_env):
+    sample_members(app_env)
+    result_id = flagged_result(app_env, "M0015", flags=("uncertain_similarity",), similarity=0.0)
+    at = open_page("review", role="staff", lang="en")
+    shown = texts(at)
+    assert (
+        "Machine's verdict: different people (similarity 0.000, threshold 0.500). Reject if you agree"
+        in shown
+    )
+    approve = at.button(key=f"review_approve_{result_id}")
+    assert approve.proto.type != "primary"  # nothing is the default against the machine
+    approve.click().run()  # what Alt+A does
+    assert "Not saved: the machine objects to this pair" in texts(at)
+    with app_env.session() as session:
+        assert session.get(ResultRow, result_id).status == "flagged"
+    at.checkbox(key=f"review_confirm_{result_id}").check()
+    at.button(key=f"review_approve_{result_id}").click().run()
+    assert "Approved member M0015" in texts(at)
+    with app_env.session() as session:
+        assert session.get(ResultRow, result_id).status == "approved"
+
+
+def test_review_queue_filtered_by_flag_and_sorted_by_risk(app_env):
+    sample_members(app_env)
+    hard = flagged_result(app_env, "M0003", flags=("uncertain_similarity",), similarity=0.49)
+    risky = flagged_result(app_env, "M0004", flags=("uncertain_similarity",), similarity=0.41)
+    faceless = flagged_result(app_env, "M0005", flags=("no_face",), similarity=None)
+    at = open_page("review", role="staff", lang="en")
+    assert f"result {hard}" in texts(at)  # closest to the threshold first
+    at.selectbox(key="review_order").select("risk").run()
+    assert f"result {risky}" in texts(at)  # the likeliest impostor first
+    flags = at.multiselect(key="review_filter_flags")
+    assert flags.options[0].startswith("Uncertain similarity (2)")
+    flags.select("no_face").run()
+    assert f"result {faceless}" in texts(at)
+    assert "Machine's verdict: none, it could not compare the faces (No face)" in texts(at)
 
 
 def test_review_concurrent_decision_shows_already_decided(app_env):

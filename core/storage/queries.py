@@ -3,7 +3,8 @@
 list_members(session, search=None, gender=None, status=None, created_from=None, created_to=None,
              page=1, page_size=50) -> Page[MemberRow]
 member_history(session, member_id, viewer=None) -> MemberHistory | None
-review_queue(session, limit=50, offset=0, model_version=None, batch_id=None) -> list[QueueItem]
+review_queue(session, limit=50, offset=0, model_version=None, batch_id=None, order="priority") -> list[QueueItem]
+queue_flag_counts(session) -> {flag code: waiting pairs}
 backlog_count(session, model_version=None, batch_id=None) -> int
 kpis_per_batch(session, date_from=None, date_to=None, model_version=None) -> list[Kpi]
 kpis_per_day(session, date_from=None, date_to=None, model_version=None, tz="UTC") -> list[Kpi]
@@ -228,6 +229,9 @@ def member_history(session: Session, member_id: str, viewer: str | None = None) 
 # Review queue
 
 
+QUEUE_ORDERS = ("priority", "risk", "oldest")
+
+
 def _queue_conditions(model_version: str | None, batch_id: int | None) -> list:
     # An erased member's pairs have no photos left to review (core.workflows.privacy).
     erased = select(Member.id).where(Member.status == MEMBER_ERASED)
@@ -249,15 +253,26 @@ def review_queue(
     offset: int = 0,
     model_version: str | None = None,
     batch_id: int | None = None,
+    order: str = "priority",
 ) -> list[QueueItem]:
-    """Flagged, undecided results in the order a reviewer should take them:
-    gender mismatches and possible duplicates first, then the similarity closest to the threshold
-    (the hardest calls), results without a similarity (no face) after those, oldest first on ties.
+    """Flagged, undecided results in the order a reviewer should take them.
+
+    order "priority" (default): gender mismatches and possible duplicates first, then the
+    similarity closest to the threshold (the hardest calls), results without a similarity (no
+    face) after those, oldest first on ties. "risk": the same first group, then the lowest
+    similarity first (the likeliest impostors). "oldest": by time verified.
     """
+    if order not in QUEUE_ORDERS:
+        raise ValueError(f"order must be one of {', '.join(QUEUE_ORDERS)}, not {order!r}")
     priority = case(
         (or_(ResultRow.gender_mismatch.is_(True), ResultRow.possible_duplicate.is_(True)), 0), else_=1
     )
     distance = func.abs(ResultRow.similarity - ResultRow.threshold)
+    ordering = {
+        "priority": (priority, ResultRow.similarity.is_(None), distance),
+        "risk": (priority, ResultRow.similarity.is_(None), ResultRow.similarity),
+        "oldest": (),
+    }
     gallery, verification = aliased(Photo), aliased(Photo)
     stmt = (
         select(
@@ -270,7 +285,7 @@ def review_queue(
         .outerjoin(gallery, gallery.id == ResultRow.gallery_photo_id)
         .outerjoin(verification, verification.id == ResultRow.verification_photo_id)
         .where(*_queue_conditions(model_version, batch_id))
-        .order_by(priority, ResultRow.similarity.is_(None), distance, ResultRow.created_at, ResultRow.id)
+        .order_by(*ordering[order], ResultRow.created_at, ResultRow.id)
         .limit(max(1, min(int(limit), MAX_PAGE_SIZE)))
         .offset(max(0, int(offset)))
     )
@@ -295,6 +310,16 @@ def review_queue(
         )
         for r, prio, dist, g_path, v_path in session.execute(stmt)
     ]
+
+
+def queue_flag_counts(session: Session) -> dict[str, int]:
+    """How many waiting pairs carry each flag code (a pair with two flags counts for both)."""
+    counts: dict[str, int] = {}
+    for flags in session.scalars(select(ResultRow.flags).where(ResultRow.status == FLAGGED)):
+        for code in {f.get("code") for f in flags or [] if isinstance(f, dict)}:
+            if code:
+                counts[code] = counts.get(code, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def backlog_count(session: Session, *, model_version: str | None = None, batch_id: int | None = None) -> int:

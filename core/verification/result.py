@@ -27,6 +27,8 @@ STALE_PHOTO = "stale_photo"
 CHALLENGE_FAILED = "challenge_failed"
 # A gallery photo added to an existing member that does not clearly show the same person.
 GALLERY_PHOTO_DIFFERS = "gallery_photo_differs"
+# Flags that suggest someone is cheating: a reviewer must approve these against the machine explicitly.
+FRAUD_FLAGS = (POSSIBLE_DUPLICATE, REUSED_PHOTO, STALE_PHOTO, CHALLENGE_FAILED, GALLERY_PHOTO_DIFFERS)
 
 # Statuses of a stored result. auto_* are decided without a person; flagged waits for review.
 AUTO_APPROVED = "auto_approved"
