@@ -2,10 +2,9 @@
 
 import streamlit as st
 
-from core.dashboard import kpi_targets
+from core.dashboard import home
 from core.dashboard.access import PAGES
-from core.dashboard.formatting import target_text, today_local
-from core.dashboard.home import today_summary
+from core.dashboard.formatting import MIN_COUNT, basis_text, target_text, today_local
 from core.storage.schema import ADMIN, STAFF
 from core.workflows import importer
 from ui.common import PROJECT_ROOT, engine_or_message, get_jobs, setup_page
@@ -16,7 +15,7 @@ st.title(ctx.t("app.title"))
 st.caption(ctx.t("home.welcome", name=ctx.display_name or ctx.username, role=ctx.t(f"role.{ctx.role}")))
 
 with ctx.session() as session:
-    summary = today_summary(session)
+    summary = home.today_summary(session)
 kpi = summary.kpi
 
 st.subheader(ctx.t("home.today", day=today_local().isoformat()))
@@ -24,29 +23,16 @@ if kpi.n_results == 0:
     st.info(ctx.t("home.no_results_today"))
 
 
-def _shown(value, unit):
-    if value is None:
-        return "—"
-    if unit == "ratio":
-        return f"{value * 100:.1f}%"
-    if unit == "ms":
-        return f"{value:,.0f} ms"
-    return f"{value:,.0f}"
-
-
-cards = [
-    ("kpi.col.verification_accuracy", kpi.verification_accuracy, kpi_targets.VERIFICATION_ACCURACY),
-    ("kpi.col.gender_accuracy", kpi.gender_accuracy, kpi_targets.GENDER_ACCURACY),
-    ("kpi.col.latency_p95_ms", kpi.latency_p95_ms, kpi_targets.LATENCY_CONTRACT_MS),
-    ("kpi.col.automation_rate", kpi.automation_rate, kpi_targets.AUTOMATION_RATE),
-    ("home.backlog", summary.backlog_total, kpi_targets.BACKLOG),
-]
-for column, (label, value, target) in zip(st.columns(len(cards)), cards, strict=True):
-    met = target.met(value)
-    state = {True: "home.met", False: "home.missed", None: "home.no_data"}[met]
+for column, card in zip(st.columns(len(cards := home.cards(summary))), cards, strict=True):
     with column.container(border=True):
-        st.metric(ctx.t(label), _shown(value, target.unit))
-        st.caption(f"{ctx.t('home.target')} {target_text(target)} · {ctx.t(state)}")
+        st.metric(ctx.t(card.label), card.shown)
+        st.caption(
+            f"{ctx.t('home.target')} {target_text(card.target)} · {ctx.t(f'home.state.{card.state}', min=MIN_COUNT)}"
+        )
+        if card.rate is not None:
+            st.caption(basis_text(card.rate, card.what, ctx.lang, say_too_few=False))
+        elif card.count:
+            st.caption(ctx.t("home.latency_basis", n=card.count))
 st.caption(
     ctx.t(
         "home.counts",

@@ -52,6 +52,7 @@ with ctx.session() as session:
         frame = svc.kpi_frame(session, date_from, date_to, version or None, per=per, include_single=True)
         if not frame.empty:
             st.info(ctx.t("kpi.only_single"))
+    period_lines = svc.period_basis(session, date_from, date_to, version or None, ctx.lang)
 
 st.caption(ctx.t("kpi.definitions"))
 
@@ -109,6 +110,8 @@ for first in range(0, len(charts), 2):
                 key=f"kpi_chart_{chart}",
                 config={"displaylogo": False},
             )
+            if chart in period_lines:
+                st.caption(period_lines[chart])
             st.download_button(
                 ctx.t("kpi.download"),
                 formatting.to_csv_bytes(svc.chart_frame(frame, chart)),
@@ -119,7 +122,7 @@ for first in range(0, len(charts), 2):
             )
 
 with st.expander(ctx.t("kpi.all_figures")):
-    st.dataframe(frame.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch")
+    st.dataframe(svc.kpi_table(frame, ctx.lang), hide_index=True, width="stretch")
     st.download_button(
         ctx.t("kpi.download_all"),
         formatting.to_csv_bytes(frame),

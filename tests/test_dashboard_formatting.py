@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import engine_result
 
 from core.dashboard import formatting
@@ -69,3 +70,30 @@ def test_csv_downloads_escape_cells_that_would_run_as_formulas():
     ]
     assert [r[2] for r in rows] == ["'\tx", "'\rx", "'-2", "ok", ""]
     assert [r[1] for r in rows] == ["0.9", "-0.1", "0.5", "0.4", "0.3"]  # numbers stay numbers
+
+
+@pytest.mark.parametrize(
+    ("hits", "n", "low", "high"),
+    [(1, 2, 0.0945, 0.9055), (0, 10, 0.0, 0.2775), (95, 100, 0.8882, 0.9785), (30, 30, 0.8865, 1.0)],
+)
+def test_wilson_interval_matches_the_textbook_values(hits, n, low, high):
+    got = formatting.wilson_interval(hits, n)
+    assert got == pytest.approx((low, high), abs=5e-5)
+
+
+def test_a_rate_says_what_it_rests_on_in_both_languages():
+    few = formatting.Rate(1, 2)
+    assert formatting.basis_text(few, "reviewed_pairs", "en") == (
+        "1 of 2 reviewed pairs · 95% interval 9.5–90.5% · too few to judge (fewer than 30)"
+    )
+    assert formatting.basis_text(few, "reviewed_pairs", "ko") == (
+        "검토된 쌍 2건 중 1건 · 95% 신뢰구간 9.5–90.5% · 판단하기에 너무 적음 (30건 미만)"
+    )
+    many = formatting.rate_of(0.97, 1200)
+    assert many.hits == 1164 and many.enough
+    assert formatting.basis_text(many, "results", "en") == "1,164 of 1,200 pairs · 95% interval 95.9–97.8%"
+    assert formatting.basis_text(formatting.rate_of(None, 0), "gender_truth", "en") == (
+        "no photos with a known gender yet"
+    )
+    assert formatting.wilson_interval(0, 0) is None and formatting.percent(None) == "—"
+    assert formatting.milliseconds(568.759) == "569 ms" and formatting.percent(0.5) == "50.0%"

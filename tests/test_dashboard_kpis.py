@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import engine_result
 
 from core.dashboard import kpi_targets, kpis
@@ -46,5 +47,20 @@ def test_kpi_frame_and_figures(session, add_member):
         lines = [shape for shape in fig.layout.shapes if shape.type == "line"]
         assert len(lines) == len(kpis.KPI_CHARTS[chart][1])  # one line per target
         assert list(kpis.chart_frame(frame, chart).columns)[:3] == ["batch_id", "batch", "first_result"]
+    # automation 3 of 4: its interval beside it, in the table formatted and marked as too few
+    assert row["n_auto"] == 3 and row["automation_rate_low"] == pytest.approx(0.3006, abs=1e-4)
+    table = kpis.kpi_table(frame, "en").iloc[0]
+    assert table["Automation rate"] == "75.0% · too few" and table["Automation 95% interval"] == "30.1–95.4%"
+    assert table["p95 (ms)"] == "50 ms" and table["Verification accuracy"] == "—"
+    assert kpis.kpi_table(frame, "ko").iloc[0]["자동화율"] == "75.0% · 너무 적음"
+    trace = kpis.kpi_figure(frame, "automation_rate", "en").data[0]
+    assert list(trace.marker.symbol) == ["circle-open"]  # too few decisions: hollow
+    assert trace.error_y.array[0] == pytest.approx(95.44 - 75, abs=0.01)
+    assert trace.customdata[0].startswith("3 of 4 pairs · 95% interval 30.1–95.4%")
+    lines = kpis.period_basis(session, None, None, None, "en")
+    assert lines["automation_rate"].startswith("Whole period: 75.0% — 3 of 4 pairs")
+    assert lines["latency"] == (
+        "Whole period: p50 50 ms, p95 50 ms over 4 pairs (engine time per pair; storing not included)"
+    )
     assert kpis.kpi_frame(session, model_version="other").empty
     assert len(kpis.kpi_frame(session, per="day")) == 1

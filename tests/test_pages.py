@@ -616,7 +616,11 @@ def test_kpis_charts_with_targets_and_downloads(app_env):
     assert "계약 목표 ≥ 80%" in annotations and "계약 목표 ≤ 2,000 ms" in annotations  # target lines
     assert "제품 목표 ≥ 99%" in annotations and "엔지니어링 목표 ≤ 80 ms" in annotations
     assert len(at.get("download_button")) == 6
-    assert "인증 정확도 (검토로 확인된 정답 기준)" in texts(at)
+    shown = texts(at)
+    assert "인증 정확도 (검토로 확인된 정답 기준)" in shown
+    assert "전체 기간: 75.0% — 쌍 4건 중 3건 · 95% 신뢰구간 30.1–95.4% · 판단하기에 너무 적음 (30건 미만)" in shown
+    table = next(d.value for d in at.dataframe if "자동화율" in d.value.columns)
+    assert table.iloc[0]["자동화율"] == "75.0% · 너무 적음" and table.iloc[0]["p95 (ms)"].endswith(" ms")
     at.selectbox(key="kpi_version").set_value("test-v1").run()
     assert len(at.get("plotly_chart")) == 5
     at.radio(key="kpi_per").set_value("day").run()
@@ -633,6 +637,7 @@ def test_home_shows_today_against_targets_and_the_backlog(app_env):
     seed_kpi_results(app_env)
     at = open_page("home", role="staff")
     shown = texts(at)
-    assert "자동화율 75.0%" in shown and "목표 ≥ 90%" in shown
+    assert "자동화율 75.0%" in shown and "목표 ≥ 90% · 판단하기에 너무 적음 (30건 미만)" in shown
+    assert "쌍 4건 중 3건 · 95% 신뢰구간 30.1–95.4%" in shown
     assert "검토 대기 1" in shown
     assert "검토 대기열 열기 (1건 대기)" in " ".join(link.proto.label for link in at.get("page_link"))

@@ -1,10 +1,15 @@
-"""Values and flags in the page's words: local times (Korea), target texts, flag sentences, CSV.
+"""Values and flags in the page's words: local times (Korea), target texts, flag sentences, CSV,
+and every rate with what it rests on (its count and 95% Wilson interval).
 
 local_time(value), today_local(), target_text(target), describe_flags(result, lang), to_csv_bytes(frame)
+Rate(hits, n), rate_of(value, n), wilson_interval(hits, n), basis_text(rate, what, lang)
+percent(value), number(value), milliseconds(value)
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
@@ -154,3 +159,87 @@ def target_text(target: kpi_targets.Target) -> str:
     if target.unit == "ms":
         return f"{sign} {target.value:,.0f} ms"
     return f"{sign} {target.value:,.0f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Rates with their counts
+
+MIN_COUNT = 30  # under this many decisions a rate is shown as "too few to judge"
+Z_95 = 1.959964  # two-sided 95% of the normal distribution
+
+
+def wilson_interval(hits: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """The 95% Wilson score interval of a share hits/n (None without any decision). Unlike the
+    normal approximation it stays inside 0..1 and is honest for small n and rates near 100%."""
+    if n <= 0:
+        return None
+    p = hits / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A share with what it rests on: hits of n decisions, its interval, whether n is enough."""
+
+    hits: int
+    n: int
+
+    @property
+    def value(self) -> float | None:
+        return self.hits / self.n if self.n else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return wilson_interval(self.hits, self.n)
+
+    @property
+    def enough(self) -> bool:
+        return self.n >= MIN_COUNT
+
+
+def rate_of(value: float | None, n: int | None) -> Rate:
+    """A Rate from a stored share and its count (hits are whole decisions)."""
+    n = int(n or 0)
+    if value is None or n == 0 or (isinstance(value, float) and math.isnan(value)):
+        return Rate(0, n if value is not None else 0)
+    return Rate(round(value * n), n)
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value * 100:.{digits}f}%"
+
+
+def number(value: float | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def milliseconds(value: float | None) -> str:
+    shown = number(value)
+    return shown if shown == "—" else f"{shown} ms"
+
+
+def interval_text(rate: Rate) -> str:
+    """'9.5–90.5%'; '—' without decisions."""
+    interval = rate.interval
+    if interval is None:
+        return "—"
+    return f"{interval[0] * 100:.1f}–{interval[1] * 100:.1f}%"
+
+
+def basis_text(rate: Rate, what: str, lang: str, say_too_few: bool = True) -> str:
+    """What a rate rests on: "1 of 2 reviewed pairs · 95% interval 9.5–90.5% · too few to judge
+    (fewer than 30)". `what` names the decisions (an i18n key under figure.what.)."""
+    noun = t(f"figure.what.{what}", lang)
+    if rate.n == 0:
+        return t("figure.none", lang, what=noun)
+    text = t("figure.basis", lang, hits=rate.hits, n=rate.n, what=noun, interval=interval_text(rate))
+    if say_too_few and not rate.enough:
+        text += " · " + t("figure.too_few", lang, min=MIN_COUNT)
+    return text

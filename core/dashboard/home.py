@@ -1,6 +1,6 @@
-"""Home: today's figures (Korea time) for the cards against their targets.
+"""Home: today's figures (Korea time) for the cards against their targets, each with its count.
 
-today_summary(session) -> TodaySummary
+today_summary(session) -> TodaySummary;  cards(summary) -> [Card]
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.dashboard.formatting import DISPLAY_TZ, today_local
+from core.dashboard import kpi_targets
+from core.dashboard.formatting import DISPLAY_TZ, Rate, milliseconds, number, percent, rate_of, today_local
 from core.storage import queries
 from core.storage.schema import Batch
 
@@ -36,3 +37,69 @@ def today_summary(session: Session, tz: str = DISPLAY_TZ) -> TodaySummary:
         ).all()
     )
     return TodaySummary(kpi, queries.backlog_count(session), n_batches)
+
+
+MET, MISSED, NO_DATA, TOO_FEW = "met", "missed", "no_data", "too_few"
+
+
+@dataclass
+class Card:
+    """One figure on Home: its label, shown value, target and what it rests on."""
+
+    label: str  # i18n key
+    shown: str
+    target: kpi_targets.Target
+    value: float | None
+    rate: Rate | None = None  # rates: hits of n decisions
+    what: str = "results"  # what the count counts (i18n figure.what.<what>)
+    count: int = 0  # other figures: the pairs behind it
+
+    @property
+    def state(self) -> str:
+        """met / missed against the target; no_data; too_few for a rate on too few decisions."""
+        if self.value is None:
+            return NO_DATA
+        if self.rate is not None and not self.rate.enough:
+            return TOO_FEW
+        return MET if self.target.met(self.value) else MISSED
+
+
+def cards(summary: TodaySummary) -> list[Card]:
+    kpi = summary.kpi
+    verification = rate_of(kpi.verification_accuracy, kpi.n_verification_truth)
+    gender = rate_of(kpi.gender_accuracy, kpi.n_gender_truth)
+    automation = Rate(kpi.n_auto, kpi.n_results)
+    return [
+        Card(
+            "kpi.col.verification_accuracy",
+            percent(verification.value),
+            kpi_targets.VERIFICATION_ACCURACY,
+            verification.value,
+            verification,
+            "reviewed_pairs",
+        ),
+        Card(
+            "kpi.col.gender_accuracy",
+            percent(gender.value),
+            kpi_targets.GENDER_ACCURACY,
+            gender.value,
+            gender,
+            "gender_truth",
+        ),
+        Card(
+            "kpi.col.latency_p95_ms",
+            milliseconds(kpi.latency_p95_ms),
+            kpi_targets.LATENCY_CONTRACT_MS,
+            kpi.latency_p95_ms,
+            count=kpi.n_results,
+        ),
+        Card(
+            "kpi.col.automation_rate",
+            percent(automation.value),
+            kpi_targets.AUTOMATION_RATE,
+            automation.value,
+            automation,
+            "results",
+        ),
+        Card("home.backlog", number(summary.backlog_total), kpi_targets.BACKLOG, summary.backlog_total),
+    ]

@@ -12,7 +12,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.dashboard import kpi_targets
-from core.dashboard.formatting import DISPLAY_TZ, local_time, target_text
+from core.dashboard.formatting import (
+    DISPLAY_TZ,
+    Rate,
+    basis_text,
+    interval_text,
+    local_time,
+    milliseconds,
+    number,
+    percent,
+    rate_of,
+    target_text,
+)
 from core.dashboard.jobs import SINGLE_SOURCE
 from core.i18n import t
 from core.storage import queries
@@ -26,11 +37,18 @@ KPI_COLUMNS = [
     "n_results",
     "verification_accuracy",
     "n_verification_truth",
+    "verification_accuracy_low",
+    "verification_accuracy_high",
     "gender_accuracy",
     "n_gender_truth",
+    "gender_accuracy_low",
+    "gender_accuracy_high",
     "latency_p50_ms",
     "latency_p95_ms",
     "automation_rate",
+    "n_auto",
+    "automation_rate_low",
+    "automation_rate_high",
     "backlog",
     "n_reused_photo",
     "n_stale_photo",
@@ -38,6 +56,13 @@ KPI_COLUMNS = [
     "n_gallery_photo_differs",
     "model_versions",
 ]
+
+# rate column -> (the column counting its decisions, what they are: i18n figure.what.<what>)
+RATE_BASIS = {
+    "verification_accuracy": ("n_verification_truth", "reviewed_pairs"),
+    "gender_accuracy": ("n_gender_truth", "gender_truth"),
+    "automation_rate": ("n_results", "results"),
+}
 
 
 # chart id -> (columns plotted, target lines)
@@ -54,10 +79,14 @@ KPI_CHARTS = {
 
 
 KPI_CHART_EXTRA = {
-    "verification_accuracy": ["n_verification_truth"],
-    "gender_accuracy": ["n_gender_truth"],
+    "verification_accuracy": [
+        "n_verification_truth",
+        "verification_accuracy_low",
+        "verification_accuracy_high",
+    ],
+    "gender_accuracy": ["n_gender_truth", "gender_accuracy_low", "gender_accuracy_high"],
     "latency": ["n_results"],
-    "automation_rate": ["n_results"],
+    "automation_rate": ["n_results", "n_auto", "automation_rate_low", "automation_rate_high"],
     "backlog": ["n_results"],
 }
 
@@ -113,8 +142,17 @@ def kpi_frame(
     rows = []
     for k in kpis:
         label, when = labels[k.key]
+        intervals = {}
+        for column, rate in (
+            ("verification_accuracy", rate_of(k.verification_accuracy, k.n_verification_truth)),
+            ("gender_accuracy", rate_of(k.gender_accuracy, k.n_gender_truth)),
+            ("automation_rate", Rate(k.n_auto, k.n_results)),
+        ):
+            low, high = rate.interval or (None, None)
+            intervals[f"{column}_low"], intervals[f"{column}_high"] = low, high
         rows.append(
             {
+                **intervals,
                 "batch_id": k.key if per != "day" else None,
                 "batch": label,
                 "first_result": when,
@@ -126,6 +164,7 @@ def kpi_frame(
                 "latency_p50_ms": k.latency_p50_ms,
                 "latency_p95_ms": k.latency_p95_ms,
                 "automation_rate": k.automation_rate,
+                "n_auto": k.n_auto,
                 "backlog": k.n_flagged_open,
                 **{f"n_{code}": k.fraud_flags.get(code, 0) for code in queries.FRAUD_FLAGS},
                 "model_versions": " ".join(k.model_versions),
@@ -151,17 +190,55 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
     for column in columns:
         values = frame[column].astype("float64")
         shown = values * 100 if ratio else values
+        extra: dict = {}
+        if column in RATE_BASIS:
+            # The 95% interval as error bars; points on too few decisions drawn hollow.
+            count, what = RATE_BASIS[column]
+            rates = [
+                Rate(int(hits), int(n))
+                for hits, n in zip(
+                    (frame["n_auto"] if column == "automation_rate" else (values * frame[count]).round())
+                    .fillna(0)
+                    .tolist(),
+                    frame[count].fillna(0).tolist(),
+                    strict=True,
+                )
+            ]
+            low = frame[f"{column}_low"].astype("float64") * 100
+            high = frame[f"{column}_high"].astype("float64") * 100
+            extra = {
+                "error_y": {
+                    "type": "data",
+                    "array": (high - shown).tolist(),
+                    "arrayminus": (shown - low).tolist(),
+                    "thickness": 1.5,
+                    "width": 4,
+                },
+                "marker": {
+                    "size": 9,
+                    "symbol": ["circle" if r.enough else "circle-open" for r in rates],
+                },
+                "customdata": [basis_text(r, what, lang) for r in rates],
+                "hovertemplate": "%{x}<br>%{y:.1f}%<br>%{customdata}<extra></extra>",
+            }
+        elif column.endswith("_ms"):
+            counts = frame["n_results"].fillna(0).astype(int).tolist()
+            extra = {
+                "customdata": [t("kpi.latency_hover", lang, n=n) for n in counts],
+                "hovertemplate": "%{x}<br>%{y:,.0f} ms<br>%{customdata}<extra></extra>",
+            }
         fig.add_trace(
             go.Scatter(
-                x=x,
-                y=shown,
-                mode="lines+markers",
-                marker={"size": 9},
-                name=t(f"kpi.col.{column}", lang),
-                connectgaps=False,
-                hovertemplate="%{x}<br>%{y:.1f}"
-                + ("%" if ratio else " ms" if "ms" in column else "")
-                + "<extra></extra>",
+                **{
+                    "x": x,
+                    "y": shown,
+                    "mode": "lines+markers",
+                    "marker": {"size": 9},
+                    "name": t(f"kpi.col.{column}", lang),
+                    "connectgaps": False,
+                    "hovertemplate": "%{x}<br>%{y:,.0f}<extra></extra>",
+                    **extra,
+                }
             )
         )
     for target in targets:
@@ -238,3 +315,66 @@ def version_comparison(
 
 
 STATUS_KEYS = ("auto_approved", "auto_rejected", "flagged")
+
+
+def period_basis(
+    session: Session, date_from, date_to, model_version, lang: str, tz: str = DISPLAY_TZ
+) -> dict:
+    """chart id -> one line on the whole period's figure and what it rests on, for each rate chart."""
+    kpi = queries.kpi_totals(
+        session, date_from=date_from, date_to=date_to, model_version=model_version, tz=tz
+    )
+    rates = {
+        "verification_accuracy": rate_of(kpi.verification_accuracy, kpi.n_verification_truth),
+        "gender_accuracy": rate_of(kpi.gender_accuracy, kpi.n_gender_truth),
+        "automation_rate": Rate(kpi.n_auto, kpi.n_results),
+    }
+    lines = {
+        chart: t(
+            "kpi.period_line",
+            lang,
+            value=percent(rate.value),
+            basis=basis_text(rate, RATE_BASIS[chart][1], lang),
+        )
+        for chart, rate in rates.items()
+    }
+    lines["latency"] = t(
+        "kpi.latency_line",
+        lang,
+        p50=milliseconds(kpi.latency_p50_ms),
+        p95=milliseconds(kpi.latency_p95_ms),
+        n=kpi.n_results,
+    )
+    return lines
+
+
+def kpi_table(frame: pd.DataFrame, lang: str) -> pd.DataFrame:
+    """The KPI figures as the page shows them: formatted in the page's language, each rate beside
+    its count and 95% interval, "too few to judge" where it rests on fewer than MIN_COUNT."""
+    rows = []
+    for record in frame.to_dict("records"):
+        row = {
+            t("col.batch", lang): record["batch"],
+            t("col.first_result", lang): record["first_result"],
+            t("col.n_results", lang): number(record["n_results"]),
+        }
+        for column, (count, _what) in RATE_BASIS.items():
+            value = record[column]
+            value = None if value is None or pd.isna(value) else float(value)
+            if column == "automation_rate":
+                rate = Rate(int(record["n_auto"]), int(record["n_results"]))
+            else:
+                rate = rate_of(value, int(record[count] or 0))
+            shown = percent(value)
+            if value is not None and not rate.enough:
+                shown += " · " + t("kpi.too_few_short", lang)
+            row[t(f"col.{column}", lang)] = shown
+            if column != "automation_rate":
+                row[t(f"col.{count}", lang)] = number(record[count])
+            row[t(f"col.{column}_interval", lang)] = interval_text(rate)
+        row[t("col.latency_p50_ms", lang)] = milliseconds(record["latency_p50_ms"])
+        row[t("col.latency_p95_ms", lang)] = milliseconds(record["latency_p95_ms"])
+        row[t("col.backlog", lang)] = number(record["backlog"])
+        row[t("col.model_versions", lang)] = record["model_versions"]
+        rows.append(row)
+    return pd.DataFrame(rows)
