@@ -69,3 +69,29 @@ def test_create_admin_command(db_url, monkeypatch, capsys):
     assert "Created admin 'boss'" in capsys.readouterr().out
     assert user_store.main(["--url", db_url, "create-admin", "--username", "boss"]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_reset_password_must_be_changed_and_the_last_administrator_stays(session, users):
+    user_store.set_password(session, "staff_user", "temporary-pass-1", actor="admin_user")
+    staff = user_store.authenticate(session, "staff_user", "temporary-pass-1")
+    assert staff.must_change_password
+    with pytest.raises(user_store.WeakPassword):  # the same password again is no change
+        user_store.change_password(session, "staff_user", "temporary-pass-1", "temporary-pass-1")
+    user_store.change_password(session, "staff_user", "temporary-pass-1", "my-own-password")
+    session.refresh(staff)
+    assert not staff.must_change_password
+
+    assert [u.username for u in user_store.list_users(session) if u.role == "admin"] == ["admin_user"]
+    for change in (
+        lambda: user_store.set_active(session, "admin_user", False, actor="admin_user"),
+        lambda: user_store.set_role(session, "admin_user", "staff", actor="admin_user"),
+    ):
+        with pytest.raises(user_store.LastAdministrator):
+            change()
+    admin = session.scalar(select(User).where(User.username == "admin_user"))
+    assert admin.active and admin.role == "admin"
+    user_store.set_role(session, "manager_user", "admin", actor="admin_user")
+    user_store.set_active(session, "admin_user", False, actor="manager_user")  # another admin exists now
+    assert not session.scalar(select(User.active).where(User.username == "admin_user"))
+    user_store.set_language(session, "manager_user", "en")
+    assert session.scalar(select(User.language).where(User.username == "manager_user")) == "en"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 import zipfile
 
@@ -30,6 +31,7 @@ PAGES = {
     "review": "pages/2_Review_Queue.py",
     "members": "pages/3_Members.py",
     "kpis": "pages/4_KPIs.py",
+    "users": "pages/6_Users.py",
 }
 ENGINE_TIMEOUT = 240  # the first page that verifies loads TensorFlow and the model
 
@@ -148,6 +150,7 @@ def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashbo
     at.text_input[2].input("first-admin-pass")
     at.button[0].click().run()
     assert [b.label for b in at.button if b.label == "로그인"]  # now the sign-in form
+    assert "관리자 admin (관리자) 계정을 만들었습니다" in texts(at)  # it says what it created
     from core.storage.db import make_engine, session_factory
 
     engine = make_engine(url)
@@ -618,7 +621,10 @@ def test_kpis_charts_with_targets_and_downloads(app_env):
     assert len(at.get("download_button")) == 6
     shown = texts(at)
     assert "인증 정확도 (검토로 확인된 정답 기준)" in shown
-    assert "전체 기간: 75.0% — 쌍 4건 중 3건 · 95% 신뢰구간 30.1–95.4% · 판단하기에 너무 적음 (30건 미만)" in shown
+    assert (
+        "전체 기간: 75.0% — 쌍 4건 중 3건 · 95% 신뢰구간 30.1–95.4% · 판단하기에 너무 적음 (30건 미만)"
+        in shown
+    )
     table = next(d.value for d in at.dataframe if "자동화율" in d.value.columns)
     assert table.iloc[0]["자동화율"] == "75.0% · 너무 적음" and table.iloc[0]["p95 (ms)"].endswith(" ms")
     at.selectbox(key="kpi_version").set_value("test-v1").run()
@@ -641,3 +647,97 @@ def test_home_shows_today_against_targets_and_the_backlog(app_env):
     assert "쌍 4건 중 3건 · 95% 신뢰구간 30.1–95.4%" in shown
     assert "검토 대기 1" in shown
     assert "검토 대기열 열기 (1건 대기)" in " ".join(link.proto.label for link in at.get("page_link"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Users (administrators)
+
+
+def _sign_in(at: AppTest, username: str, password: str) -> None:
+    at.text_input(key="login_username").input(username)
+    at.text_input(key="login_password").input(password)
+    at.button[[b.label for b in at.button].index("Sign in")].click().run()
+    assert not at.exception
+
+
+def test_users_page_creates_a_staff_user_who_chooses_a_password_at_first_sign_in(app_env):
+    from core.storage.schema import User
+
+    at = open_page("users", role="admin", lang="en")
+    at.text_input(key="users_new_name").input("Kim")
+    at.selectbox(key="users_new_role").select("staff")
+    at.button[[b.label for b in at.button].index("Create user")].click().run()
+    shown = texts(at)
+    assert "Created kim (Verification staff). Temporary password: " in shown
+    password = re.search(r"Temporary password: (\S+) —", shown).group(1)
+    with app_env.session() as session:
+        user = session.scalar(select(User).where(User.username == "kim"))
+        assert user.role == "staff" and user.must_change_password
+        assert (
+            session.scalar(
+                select(AuditEntry).where(AuditEntry.action == "create_user", AuditEntry.target_id == "kim")
+            ).actor
+            == "admin_user"
+        )
+
+    fresh = open_page("home", role=None, lang="en")
+    _sign_in(fresh, "kim", password)
+    assert "Choose your password" in texts(fresh) and "Your pages" not in texts(fresh)
+    fresh.text_input(key="pw_old").input(password)
+    fresh.text_input(key="pw_new").input("kims-own-password")
+    fresh.text_input(key="pw_repeat").input("kims-own-password")
+    fresh.button[[b.label for b in fresh.button].index("Save the new password")].click().run()
+    assert "Your pages" in texts(fresh)
+    with app_env.session() as session:
+        assert not session.scalar(select(User).where(User.username == "kim")).must_change_password
+
+
+def test_users_page_role_deactivate_reset_and_the_last_administrator(app_env):
+    from core.storage.schema import User
+
+    at = open_page("users", role="admin", lang="en")
+    at.selectbox(key="users_pick").select("staff_user").run()
+    at.selectbox(key="users_role_staff_user").select("manager").run()
+    at.button(key="users_save_role").click().run()
+    assert "staff_user is now: Manager." in texts(at)
+    at.selectbox(key="users_pick").select("staff_user").run()
+    at.button(key="users_toggle").click().run()
+    assert "staff_user is deactivated" in texts(at)
+    at.selectbox(key="users_pick").select("staff_user").run()
+    at.button(key="users_reset").click().run()
+    assert "New temporary password for staff_user" in texts(at)
+    with app_env.session() as session:
+        user = session.scalar(select(User).where(User.username == "staff_user"))
+        assert (user.role, user.active, user.must_change_password) == ("manager", False, True)
+        actions = set(session.scalars(select(AuditEntry.action).where(AuditEntry.target_id == "staff_user")))
+    assert {"change_role", "deactivate_user", "change_password"} <= actions
+    # admin_user is the only administrator: it can neither be demoted nor deactivated
+    at.selectbox(key="users_pick").select("admin_user").run()
+    at.button(key="users_toggle").click().run()
+    assert "the last active administrator" in texts(at)
+    at.selectbox(key="users_role_admin_user").select("staff").run()
+    at.button(key="users_save_role").click().run()
+    assert "the last active administrator" in texts(at)
+    with app_env.session() as session:
+        admin = session.scalar(select(User).where(User.username == "admin_user"))
+        assert admin.active and admin.role == "admin"
+
+
+def test_the_language_is_kept_per_user_and_in_the_address(app_env):
+    from core.storage.schema import User
+
+    def sign_in_in_korean(at: AppTest) -> None:
+        at.text_input(key="login_username").input("manager_user")
+        at.text_input(key="login_password").input(USER_PASSWORD)
+        at.button[[b.label for b in at.button].index("로그인")].click().run()
+        assert not at.exception
+
+    at = open_page("home", role=None)
+    sign_in_in_korean(at)
+    at.radio(key="_lang_widget").set_value("en").run()
+    assert "Your pages" in texts(at) and at.query_params["lang"] in ("en", ["en"])  # kept on reload
+    with app_env.session() as session:
+        assert session.scalar(select(User).where(User.username == "manager_user")).language == "en"
+    again = open_page("home", role=None)  # another browser signs in: the user's language again
+    sign_in_in_korean(again)
+    assert "Your pages" in texts(again)

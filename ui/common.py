@@ -38,6 +38,7 @@ LANG_KEY = "lang"
 DRAFTS_KEY = "drafts"
 KEEP_PREFIX = "keep_"
 NOTICE_KEY = "auth_notice"
+CREATED_KEY = "first_admin_created"
 
 
 def idle_minutes() -> float:
@@ -109,12 +110,24 @@ def tr(key: str, **fmt) -> str:
 
 def _language_switch() -> None:
     # The widget has its own key; the choice is kept under LANG_KEY so it survives page changes
-    # (Streamlit forgets a widget's state on pages that do not draw it).
-    st.session_state.setdefault(LANG_KEY, DEFAULT_LANG)
+    # (Streamlit forgets a widget's state on pages that do not draw it), in the address (?lang=en)
+    # so a reload keeps it, and for a signed-in user in the database (their next sign-in uses it).
+    if LANG_KEY not in st.session_state:
+        st.session_state[LANG_KEY] = st.query_params.get(LANG_KEY, DEFAULT_LANG)
     st.session_state["_lang_widget"] = lang()
+    if st.query_params.get(LANG_KEY) != lang():
+        st.query_params[LANG_KEY] = lang()
 
     def changed():
         st.session_state[LANG_KEY] = st.session_state["_lang_widget"]
+        st.query_params[LANG_KEY] = st.session_state[LANG_KEY]
+        current = st.session_state.get(AUTH_KEY)
+        if current:
+            try:
+                with get_session_factory()() as session:
+                    users.set_language(session, current["username"], st.session_state[LANG_KEY])
+            except (SQLAlchemyError, FaceVerifyError):
+                pass  # the choice still holds for this session
 
     st.sidebar.radio(
         ":material/language: Language / 언어",
@@ -187,6 +200,9 @@ def _login_form(session_factory) -> None:
     notice = st.session_state.get(NOTICE_KEY)
     if notice:
         st.warning(tr(notice))
+    created = st.session_state.get(CREATED_KEY)
+    if created:
+        st.success(tr("auth.admin_created", username=created, role=tr(f"role.{users.ADMIN}")))
     if st.session_state.get(DRAFTS_KEY):
         st.info(tr("auth.drafts_kept"))
     with session_factory() as session:
@@ -216,8 +232,12 @@ def _login_form(session_factory) -> None:
                 "role": user.role,
                 "display_name": user.display_name,
                 "last_seen": time.time(),
+                "must_change_password": bool(user.must_change_password),
             }
+            if user.language in LANGUAGES:
+                st.session_state[LANG_KEY] = user.language
         st.session_state.pop(NOTICE_KEY, None)
+        st.session_state.pop(CREATED_KEY, None)
         st.session_state.pop("login_password", None)
         st.rerun()
 
@@ -253,12 +273,42 @@ def _first_admin(session_factory) -> None:
                 st.error(tr("auth.admin_exists"))
                 return
             try:
-                users.create_user(session, username, password, users.ADMIN, actor="first-run")
+                user = users.create_user(session, username, password, users.ADMIN, actor="first-run")
             except users.AuthError as exc:
                 st.error(str(exc))
                 return
-        st.success(tr("auth.admin_created"))
+            st.session_state[CREATED_KEY] = user.username
         st.rerun()
+
+
+def _change_password_form(session_factory, username: str) -> None:
+    st.subheader(tr("auth.change_title"))
+    st.info(tr("auth.change_needed"))
+    with st.form("change_password", enter_to_submit=True):
+        old = st.text_input(tr("auth.temporary_password"), type="password", key="pw_old")
+        new = st.text_input(
+            tr("auth.new_password"), type="password", key="pw_new", autocomplete="new-password"
+        )
+        repeat = st.text_input(tr("auth.password_repeat"), type="password", key="pw_repeat")
+        submitted = st.form_submit_button(tr("auth.change_button"), type="primary")
+    if not submitted:
+        return
+    if new != repeat:
+        st.error(tr("auth.passwords_differ"))
+        return
+    with session_factory() as session:
+        try:
+            users.change_password(session, username, old, new)
+        except users.AuthenticationFailed:
+            st.error(tr("auth.temporary_wrong"))
+            return
+        except users.AuthError as exc:
+            st.error(tr(f"users.error.{exc.code}", detail=str(exc)))
+            return
+    for key in ("pw_old", "pw_new", "pw_repeat"):
+        st.session_state.pop(key, None)
+    st.session_state[AUTH_KEY]["must_change_password"] = False
+    st.rerun()
 
 
 def sign_out(session_factory) -> None:
@@ -317,10 +367,23 @@ def setup_page(page_key: str) -> PageContext:
             st.session_state[NOTICE_KEY] = "auth.account_disabled"
             current = None
         else:
-            current.update(role=user.role, display_name=user.display_name, last_seen=now)
+            current.update(
+                role=user.role,
+                display_name=user.display_name,
+                last_seen=now,
+                must_change_password=bool(user.must_change_password),
+            )
     if not current:
         st.title(tr("app.title"))
         _login_form(session_factory)
+        st.stop()
+    if current.get("must_change_password"):
+        # A reset or new account: nothing else is shown until the user has chosen a password.
+        st.title(tr("app.title"))
+        _change_password_form(session_factory, current["username"])
+        if st.sidebar.button(tr("auth.sign_out"), key="sign_out", icon=":material/logout:"):
+            sign_out(session_factory)
+            st.rerun()
         st.stop()
 
     ctx = PageContext(

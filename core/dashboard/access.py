@@ -31,6 +31,7 @@ PAGES = (
     PageInfo("kpis", "pages/4_KPIs.py", (MANAGER, DATA_SCIENTIST, ADMIN), ":material/monitoring:"),
     # Built by the retraining issue; listed here so navigation and the role check are ready.
     PageInfo("retrain", "pages/5_Retrain.py", (DATA_SCIENTIST, ADMIN), ":material/model_training:"),
+    PageInfo("users", "pages/6_Users.py", (ADMIN,), ":material/manage_accounts:"),
 )
 
 

@@ -1,9 +1,9 @@
 """The review queue page: the next flagged pair to decide, its photos, and the machine's verdict.
 
-    next_queue_item(session, skipped, flags=None, order="priority") -> (QueueItem | None, backlog)
-    load_review_item(session, store, item) -> ReviewItem
-    machine_verdict(row) -> "same" | "different" | "none";  verdict_text(row, lang)
-    approve_needs_confirmation(row): the machine objects, so Approve is never the default
+next_queue_item(session, skipped, flags=None, order="priority") -> (QueueItem | None, backlog)
+load_review_item(session, store, item) -> ReviewItem
+machine_verdict(row) -> "same" | "different" | "none";  verdict_text(row, lang)
+approve_needs_confirmation(row): the machine objects, so Approve is never the default
 """
 
 from __future__ import annotations

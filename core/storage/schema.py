@@ -88,6 +88,9 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     password_changed_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Set by an administrator's password reset: the next sign-in must choose a new password first.
+    must_change_password: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    language: Mapped[str | None] = mapped_column(sa.String(8))  # the dashboard language the user chose
 
     def __repr__(self) -> str:
         return f"User({self.username!r}, role={self.role!r})"

@@ -1,13 +1,17 @@
 """Users, roles and passwords (argon2id hashes only; the password itself is never stored).
 
-create_user(session, username, password, role, display_name=None, actor="system") -> User
+create_user(session, username, password, role, display_name=None, actor="system",
+            must_change_password=False) -> User
 authenticate(session, username, password, client=None) -> User
                                                           raises AuthenticationFailed, or
                                                           SignInThrottled after repeated failures
                                                           for the name or the client (throttle)
 change_password(session, username, old_password, new_password) -> None
-set_password(session, username, new_password, actor) -> None      (admin reset)
+set_password(session, username, new_password, actor, must_change=True)   (admin reset: the user
+                                                          chooses a new password at the next sign-in)
 set_role(session, username, role, actor) / set_active(session, username, active, actor)
+                                                          LastAdministrator: never the last active admin
+set_language(session, username, lang) -> None            the dashboard language the user chose
 list_users(session) -> list[User]
 has_role(user, *roles) -> bool                            admin is allowed everywhere
 
@@ -80,6 +84,12 @@ class WeakPassword(AuthError):
     code = "weak_password"
 
 
+class LastAdministrator(AuthError):
+    """The change would leave no active administrator, so nobody could manage the users."""
+
+    code = "last_administrator"
+
+
 class UnknownRole(AuthError):
     code = "unknown_role"
 
@@ -125,6 +135,7 @@ def create_user(
     role: str,
     display_name: str | None = None,
     actor: str = "system",
+    must_change_password: bool = False,
 ) -> User:
     username = normalise_username(username)
     _check_role(role)
@@ -139,6 +150,7 @@ def create_user(
         active=True,
         created_at=utcnow(),
         password_changed_at=utcnow(),
+        must_change_password=must_change_password,
     )
     session.add(user)
     audit.log(session, actor, audit.CREATE_USER, "user", username, {"role": role})
@@ -205,34 +217,74 @@ def change_password(session: Session, username: str, old_password: str, new_pass
     if not _verify(user, old_password) or user is None:
         raise AuthenticationFailed()
     _check_password(new_password)
+    if _verify(user, new_password):
+        raise WeakPassword("The new password must differ from the old one.")
     user.password_hash = hash_password(new_password)
     user.password_changed_at = utcnow()
+    user.must_change_password = False
     audit.log(session, user.username, audit.CHANGE_PASSWORD, "user", user.username)
     session.commit()
 
 
-def set_password(session: Session, username: str, new_password: str, actor: str) -> None:
+def set_password(
+    session: Session, username: str, new_password: str, actor: str, must_change: bool = True
+) -> None:
+    """An administrator's reset: by default the user must choose a new password at the next sign-in."""
     user = _get(session, username)
     _check_password(new_password)
     user.password_hash = hash_password(new_password)
     user.password_changed_at = utcnow()
-    audit.log(session, actor, audit.CHANGE_PASSWORD, "user", user.username, {"reset": True})
+    user.must_change_password = bool(must_change)
+    audit.log(
+        session,
+        actor,
+        audit.CHANGE_PASSWORD,
+        "user",
+        user.username,
+        {"reset": True, "must_change": must_change},
+    )
     session.commit()
+
+
+def _keep_an_administrator(session: Session, user: User) -> None:
+    """Refuse (before anything changes) when `user` is the last active administrator. The other
+    administrators' rows are locked, so two administrators demoting each other cannot both win."""
+    others = session.scalars(
+        select(User.id).where(User.role == ADMIN, User.active.is_(True), User.id != user.id).with_for_update()
+    ).all()
+    if not others:
+        session.rollback()
+        raise LastAdministrator(
+            f"{user.username!r} is the last active administrator; make another administrator first."
+        )
 
 
 def set_role(session: Session, username: str, role: str, actor: str) -> None:
     user = _get(session, username)
     old = user.role
-    user.role = _check_role(role)
+    role = _check_role(role)
+    if old == ADMIN and role != ADMIN and user.active:
+        _keep_an_administrator(session, user)
+    user.role = role
     audit.log(session, actor, audit.CHANGE_ROLE, "user", user.username, {"from": old, "to": role})
     session.commit()
 
 
 def set_active(session: Session, username: str, active: bool, actor: str) -> None:
     user = _get(session, username)
+    if not active and user.active and user.role == ADMIN:
+        _keep_an_administrator(session, user)
     user.active = bool(active)
     audit.log(session, actor, "activate_user" if active else "deactivate_user", "user", user.username)
     session.commit()
+
+
+def set_language(session: Session, username: str, lang: str) -> None:
+    """Remember the dashboard language a user chose (not audited: it changes nothing they may do)."""
+    user = _get(session, username)
+    if user.language != lang:
+        user.language = lang
+        session.commit()
 
 
 def list_users(session: Session) -> list[User]:
