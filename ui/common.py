@@ -245,9 +245,10 @@ def _login_form(session_factory) -> None:
 def _client_address() -> str | None:
     """The browser's address as Streamlit sees it (behind a proxy: the proxy's, unless it forwards)."""
     try:
-        return st.context.ip_address
-    except Exception:  # outside a browser session (AppTest)
+        address = st.context.ip_address
+    except Exception:  # outside a browser session
         return None
+    return address if isinstance(address, str) else None  # AppTest hands out a mock
 
 
 def _first_admin(session_factory) -> None:
