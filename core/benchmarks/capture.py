@@ -59,10 +59,10 @@ TARGETS = {
     capture.EYES_CLOSED: (("eyes_closed",), 0.02, 0.90),
     capture.BLURRY: (("blur",), 0.02, 0.90),
     capture.TOO_DARK: (("dark",), 0.02, 0.90),
-    capture.TOO_BRIGHT: (("bright",), 0.02, None),
-    capture.BACKLIT: (("backlit",), 0.02, None),
+    capture.TOO_BRIGHT: (("bright",), 0.005, None),
+    capture.BACKLIT: (("backlit",), 0.005, None),
     capture.FACE_TOO_SMALL: (("small",), 0.02, 0.90),
-    capture.FACE_CUT_OFF: (("cut_off",), 0.02, None),
+    capture.FACE_CUT_OFF: (("cut_off",), 0.005, None),
     capture.HEAD_TURNED: ((), 0.01, None),
 }
 FINDING_OF = {capture.FACE_MASK: "lower_face_covered", capture.HAND_OVER_FACE: "lower_face_covered"}
@@ -266,10 +266,12 @@ def fit(set_path: Path, strength: float, folds: int = 5) -> dict:
     clean = (data.split == "train") & data.detected & (data.kind == "clean")
     limits[capture.BLURRY] = -_limit_above(-data.column("sharpness")[clean], 0.02)
     limits[capture.TOO_DARK] = -_limit_above(-data.column("face_luminance")[clean], 0.02)
-    limits[capture.TOO_BRIGHT] = max(0.01, _limit_above(data.column("face_clipped")[clean], 0.02))
+    # Findings the issue sets no detection target for are held to a quarter of the false alarms
+    # (0.5%): each costs automation on ordinary photos and the pair is reviewed anyway.
+    limits[capture.TOO_BRIGHT] = max(0.01, _limit_above(data.column("face_clipped")[clean], 0.005))
     backlight = data.column("background_luminance") - data.column("face_luminance")
-    limits[capture.BACKLIT] = _limit_above(backlight[clean], 0.02)
-    limits[capture.FACE_CUT_OFF] = max(0.02, _limit_above(data.column("face_outside")[clean], 0.02))
+    limits[capture.BACKLIT] = _limit_above(backlight[clean], 0.005)
+    limits[capture.FACE_CUT_OFF] = max(0.02, _limit_above(data.column("face_outside")[clean], 0.005))
     # Pose cannot be drawn. The networks' figures were measured on LFW photos like the training
     # people's, so they are known to cope up to the widest turn those photos show: that is the limit.
     limits["yaw"] = float(np.nanmax(np.abs(data.column("yaw")[clean])))
@@ -443,7 +445,7 @@ def print_report(figures: dict) -> None:
         f"{'finding':20} {'detected':>9} {'by person':>10} {'worst':>6} {'false al.':>9} {'worst':>6}  target"
     )
     for name, f in figures["findings"].items():
-        target = f"{'>=' + format(f['target_detected'], '.0%') if f['target_detected'] else '-':>5} / <= {f['target_false_alarms']:.0%}"
+        target = f"{'>=' + format(f['target_detected'], '.0%') if f['target_detected'] else '-':>5} / <= {f['target_false_alarms']:.1%}"
 
         def pct(v):
             return "-" if v is None else f"{v:.1%}"
