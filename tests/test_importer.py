@@ -501,3 +501,51 @@ def test_xlsx_formula_cell_refuses_the_file_naming_its_row(session, photo_store,
     with pytest.raises(ImportFileError, match=r"Row\(s\) 3 hold formulas \(cells A3\)"):
         import_members(session, path, photo_store=photo_store)
     assert session.scalar(select(func.count()).select_from(Member)) == 0
+
+
+def test_command_line_paths_stay_inside_the_base_folder(session, photo_store, tmp_path, make_photo):
+    base = tmp_path / "table"
+    write_photos(base / "photos", make_photo, [95, 96])
+    write_photos(tmp_path / "outside", make_photo, [97])
+    (base / "link.jpg").symlink_to(tmp_path / "outside" / "p97.jpg")
+    path = base / "m.csv"
+    path.write_text(
+        HEADER + "P1,M,photos/p95.jpg,photos/p96.jpg\n"
+        "P2,M,../outside/p97.jpg,photos/p96.jpg\n"
+        f"P3,M,{tmp_path / 'outside' / 'p97.jpg'},photos/p96.jpg\n"
+        "P4,M,link.jpg,photos/p96.jpg\n"
+        "P5,M,photos/../../outside/p97.jpg,photos/p96.jpg\n"
+    )
+    reports = by_member(import_members(session, path, photo_store=photo_store))
+    assert reports["P1"].status == IMPORTED
+    for member in ("P2", "P3", "P4", "P5"):
+        assert reports[member].status == REJECTED and "outside the base folder" in reports[member].message
+        assert str(tmp_path) not in reports[member].message.replace(str(tmp_path / "outside" / "p97.jpg"), "")
+    reports = by_member(import_members(session, path, photo_store=photo_store, allow_outside=True))
+    assert {m: r.status for m, r in reports.items()} == {
+        "P1": UNCHANGED,
+        "P2": IMPORTED,
+        "P3": IMPORTED,
+        "P4": IMPORTED,
+        "P5": IMPORTED,
+    }
+
+
+def test_command_line_allow_outside_flag(tmp_path, make_photo, db_url):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_photos(tmp_path / "outside", make_photo, [98, 99])
+    (tmp_path / "t").mkdir()
+    path = tmp_path / "t" / "m.csv"
+    path.write_text(HEADER + "Q1,M,../outside/p98.jpg,../outside/p99.jpg\n")
+    root = Path(__file__).resolve().parent.parent
+    env = {"PHOTO_STORE_DIR": str(tmp_path / "store"), "PATH": "/usr/bin:/bin"}
+    base = [sys.executable, "-m", "core.importer", str(path), "--url", db_url]
+    refused = subprocess.run(base, capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    assert refused.returncode == 1 and "outside the base folder" in refused.stdout
+    allowed = subprocess.run(
+        base + ["--allow-outside"], capture_output=True, text=True, cwd=root, env=env, timeout=300
+    )
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr

@@ -350,11 +350,13 @@ class PhotoLoader:
         base_dir: Path | None,
         allow_local_files: bool,
         fetch: Callable[[str], tuple[bytes, str | None]] = fetch_url,
+        allow_outside: bool = False,
     ):
         self.photo_zip = photo_zip
         self.base_dir = base_dir
         self.allow_local_files = allow_local_files
         self.fetch = fetch
+        self.allow_outside = allow_outside
 
     def _read(self, reference: str) -> tuple[bytes, str | None]:
         scheme = urllib.parse.urlsplit(reference).scheme.lower()
@@ -379,6 +381,13 @@ class PhotoLoader:
             path = self.base_dir / path
         where = " (nor in the photo ZIP)" if self.photo_zip is not None else ""
         try:
+            if self.base_dir is not None and not self.allow_outside:
+                # ../.., absolute paths and symbolic links leading out are all judged where they land.
+                if not path.resolve().is_relative_to(self.base_dir.resolve()):
+                    raise PhotoRefError(
+                        f"file {reference!r} is outside the base folder (the table's folder or --base-dir); "
+                        "pass --allow-outside to read it"
+                    )
             if not path.is_file():
                 raise PhotoRefError(f"file {reference!r} does not exist{where}")
             if path.stat().st_size > MAX_PHOTO_BYTES:
@@ -478,7 +487,7 @@ def _prepare(
                 photo.data = b""  # the bytes are on disk now; keep memory flat on large files
         except OSError as exc:
             prepared.errors.append(
-                f"the photo store at {store.url} cannot save the photo ({exc.strerror or exc})"
+                f"the photo store cannot save the photo ({exc.strerror or type(exc).__name__})"
             )
     return prepared
 
@@ -612,12 +621,15 @@ def import_members(
     fetch: Callable[[str], tuple[bytes, str | None]] = fetch_url,
     workers: int = PREFETCH_WORKERS,
     progress: Callable[[int, int], None] | None = None,
+    allow_outside: bool = False,
 ) -> list[RowReport]:
     """Import members from a table; returns one RowReport per data row.
 
     rows_source: a path, bytes (with filename= to tell .csv from .xlsx) or an uploaded file object.
     zip_bytes: the photo ZIP (bytes or a path) for photos given as paths inside it.
     base_dir: folder for relative photo paths (default: the table's folder when it is a path).
+    allow_outside: read local photo paths outside base_dir too (the command line's --allow-outside);
+        by default ../ and absolute paths leading out of it are rejected.
     allow_local_files: read photo paths from this machine's disk. Default: only when the table is
         a path on disk (the command line); an uploaded table may name only ZIP entries and links,
         so nobody can read server files through an upload.
@@ -645,7 +657,9 @@ def import_members(
     duplicate_rows = {k: v for k, v in ids.items() if len(v) > 1}
 
     photo_zip = PhotoZip(zip_bytes) if zip_bytes is not None else None
-    loader = PhotoLoader(photo_zip, Path(base_dir) if base_dir else None, allow_local_files, fetch)
+    loader = PhotoLoader(
+        photo_zip, Path(base_dir) if base_dir else None, allow_local_files, fetch, allow_outside=allow_outside
+    )
     store = photo_store or open_photo_store()
     reports: list[RowReport] = []
     try:
@@ -726,6 +740,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", help="table with member_id, gender, gallery_photo, verification_photo")
     parser.add_argument("--zip", dest="zip_path", help="ZIP holding the photos named in the table")
     parser.add_argument("--base-dir", help="folder for relative photo paths (default: the table's folder)")
+    parser.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="read photo paths outside the base folder too (../, absolute)",
+    )
     parser.add_argument("--url", help="SQLAlchemy database URL (default: DATABASE_URL setting)")
     parser.add_argument("--actor", default="cli", help="name recorded in the audit log")
     parser.add_argument("--only-problems", action="store_true", help="print only rejected rows and warnings")
@@ -738,7 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     with session_factory(engine)() as session:
         try:
             reports = import_members(
-                session, args.file, zip_bytes=args.zip_path, base_dir=args.base_dir, actor=args.actor
+                session,
+                args.file,
+                zip_bytes=args.zip_path,
+                base_dir=args.base_dir,
+                actor=args.actor,
+                allow_outside=args.allow_outside,
             )
         except ImportFileError as exc:
             print("The file was not imported:", file=sys.stderr)
