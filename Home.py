@@ -2,10 +2,10 @@
 
 import streamlit as st
 
+from core import config
 from core.dashboard import home
 from core.dashboard.access import PAGES
 from core.dashboard.formatting import MIN_COUNT, basis_text, target_text, today_local
-from core.storage.schema import ADMIN, STAFF
 from core.workflows import importer
 from ui.common import PROJECT_ROOT, engine_or_message, get_jobs, setup_page
 from ui.widgets import job_progress
@@ -58,7 +58,7 @@ for page in PAGES:
         page.path, label=f"{ctx.t(f'page.{page.key}')} — {ctx.t(f'home.about.{page.key}')}", icon=page.icon
     )
 
-if ctx.role in (STAFF, ADMIN):
+if home.demo_data_allowed(ctx.role, config.database_url()):
     st.subheader(ctx.t("home.demo"))
     st.caption(ctx.t("home.demo_help"))
     left, right = st.columns(2)

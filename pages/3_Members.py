@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from core.dashboard import formatting, uploads
+from core import config
+from core.dashboard import formatting, home, uploads
 from core.dashboard import members as svc
 from core.storage import queries
 from core.storage.schema import MEMBER_STATUSES
@@ -148,7 +149,8 @@ with tab_list:
 
 with tab_import:
     st.caption(ctx.t("members.import_help"))
-    if st.button(ctx.t("home.load_sample"), key="members_load_sample", icon=":material/download:"):
+    demo = home.demo_data_allowed(ctx.role, config.database_url())  # admins, embedded database only
+    if demo and st.button(ctx.t("home.load_sample"), key="members_load_sample", icon=":material/download:"):
         with st.spinner(ctx.t("members.importing")), ctx.session() as session:
             reports = importer.load_sample_members(session, actor=ctx.username, photo_store=ctx.store)
         st.session_state["members_import_reports"] = reports

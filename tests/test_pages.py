@@ -741,3 +741,24 @@ def test_the_language_is_kept_per_user_and_in_the_address(app_env):
     again = open_page("home", role=None)  # another browser signs in: the user's language again
     sign_in_in_korean(again)
     assert "Your pages" in texts(again)
+
+
+def test_demo_data_only_for_an_administrator_on_the_embedded_database(app_env, monkeypatch):
+    from core.dashboard.home import demo_data_allowed
+
+    assert not {"load_sample", "run_sample"} & {b.key for b in open_page("home", role="staff").button}
+    assert "load_sample" in [b.key for b in open_page("home", role="admin").button]
+    assert "members_load_sample" not in [b.key for b in open_page("members", role="staff").button]
+    assert demo_data_allowed("admin", "sqlite:///x.sqlite3")
+    assert not demo_data_allowed("admin", "mysql+pymysql://u@db/prod")
+    assert not demo_data_allowed("staff", "sqlite:///x.sqlite3")
+
+
+def test_dashboard_listens_on_loopback_unless_configured():
+    import tomllib
+    from pathlib import Path
+
+    settings = tomllib.loads(
+        (Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
+    )
+    assert settings["server"]["address"] == "127.0.0.1"

@@ -25,6 +25,15 @@ class TodaySummary:
     batches_today: int
 
 
+def demo_data_allowed(role: str | None, database_url: str) -> bool:
+    """The LFW demo members may be loaded only by an administrator, and only into the embedded
+    (SQLite) database: never into the customer's production server database."""
+    from core.storage.db import is_sqlite
+    from core.storage.schema import ADMIN
+
+    return role == ADMIN and is_sqlite(database_url)
+
+
 def today_summary(session: Session, tz: str = DISPLAY_TZ) -> TodaySummary:
     today = today_local(tz)
     kpi = queries.kpi_totals(session, date_from=today, date_to=today, tz=tz)
