@@ -385,7 +385,8 @@ def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
 #     models_copy      a MODELS_DIR in tmp_path holding the shipped version and
 #                      DEFAULT, set in the environment: versions the tests train or register go there,
 #                      never into models/
-#     sample_vectors   the 120 data/sample photos' pretrained features (sha -> 129 floats), computed once
+#     sample_vectors   the 120 data/sample photos' pretrained features (sha -> 129 floats; "sface": sha ->
+#                      SFace's 128), computed once
 #                      per test session; warm_cache(session_factory) puts them into a test database's
 #                      embedding cache so a test trains without running the networks again
 #     add_reviewed     add_reviewed(session_factory, store) -> the 20 sample members imported and each
@@ -416,8 +417,8 @@ def sample_vectors() -> dict:
     from core.training.pipeline import lfw_photos
 
     photos = lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
-    found = embedding_cache.featurise([p.ref for p in photos])
-    return {"": found.vectors[""], "failed": found.failed}
+    found = embedding_cache.featurise([p.ref for p in photos], networks=("dlib", "sface"))
+    return {"": found.vectors[""], "failed": found.failed, "sface": found.extra["sface"]}
 
 
 @pytest.fixture
@@ -427,6 +428,9 @@ def warm_cache(sample_vectors):
     def warm(session_factory) -> None:
         with session_factory() as session:
             embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
+            embedding_cache.store(
+                session, sample_vectors["sface"], embedding_cache.network_model_id("sface"), dim=128
+            )
             session.commit()
 
     return warm

@@ -96,16 +96,23 @@ def test_gender_mismatch_is_flagged(engine):
     assert result.status == FLAGGED
 
 
-def test_uncertain_band_flags(engine):
-    result = engine.verify(photo("Adrien_Brody_0001.jpg"), photo("Adrien_Brody_0002.jpg"))
-    low, high = result.uncertain_band
-    engine.model.metadata["uncertain_band"] = [0.0, 1.01]  # everything uncertain
+def test_operating_points_come_from_the_model_metadata(engine):
+    result = engine.verify(photo("Jiang_Zemin_0014.jpg"), photo("Jiang_Zemin_0009.jpg"))
+    assert not result.gallery.flags and not result.verification.flags
+    saved = dict(engine.model.metadata)
     try:
+        engine.model.metadata["policy"] = {"reject_below": 0.0, "approve_at": 1.01}  # all to review
         flagged = engine.compare(result.gallery, result.verification)
+        engine.model.metadata["policy"] = {"reject_below": 0.0, "approve_at": result.similarity}
+        approved = engine.compare(result.gallery, result.verification)
+        engine.model.metadata["policy"] = {"reject_below": 1.0, "approve_at": 1.01}
+        rejected = engine.compare(result.gallery, result.verification)
     finally:
-        engine.model.metadata["uncertain_band"] = [low, high]
+        engine.model.metadata.clear()
+        engine.model.metadata.update(saved)
     assert UNCERTAIN_SIMILARITY in {f.code for f in flagged.flags}
-    assert flagged.status == FLAGGED
+    assert flagged.status == FLAGGED and flagged.uncertain_band == (0.0, 1.01)
+    assert approved.status == AUTO_APPROVED and rejected.status == AUTO_REJECTED
 
 
 @pytest.mark.parametrize("name", sorted(badimages.BAD_INPUTS))
@@ -140,6 +147,14 @@ def test_several_faces_uses_main_face_and_flags(engine):
     analysis = engine.analyze(two)
     assert len(analysis.faces) >= 2
     assert SEVERAL_FACES in {f.code for f in analysis.flags}
+    assert analysis.embedding is not None
+
+
+def test_a_cut_off_background_face_does_not_flag_the_photo(engine):
+    # Another man's face, as wide as the subject's but cut off by the top edge of the photo.
+    analysis = engine.analyze(photo("Charles_Moose_0010.jpg"))
+    assert len(analysis.faces) >= 2
+    assert SEVERAL_FACES not in {f.code for f in analysis.flags}
     assert analysis.embedding is not None
 
 

@@ -153,7 +153,7 @@ def test_second_run_reads_the_cache_and_views_are_cached_too(tmp_path, monkeypat
     factory = session_factory(init_db(f"sqlite:///{tmp_path / 'cache.sqlite3'}"))
     photos = pipeline.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")[:6]
     data = pipeline.TrainingData(photos, [])
-    params = TrainParams(augment="blur,gray")
+    params = TrainParams(augment="blur,gray", networks="dlib")
     first = pipeline.build_features(data, params, factory)
     assert first.computed == 6 and first.cached == 0 and len(first.aug_of) == 12
     second = pipeline.build_features(data, params, factory)
@@ -164,7 +164,7 @@ def test_second_run_reads_the_cache_and_views_are_cached_too(tmp_path, monkeypat
     distance = np.linalg.norm(first.aug_embeddings[:6] - first.embeddings, axis=1)
     assert np.all(distance > 1e-4) and np.all(distance < 0.6)
     # Only a new view is computed when the settings ask for one more.
-    third = pipeline.build_features(data, TrainParams(augment="blur,gray,jitter"), factory)
+    third = pipeline.build_features(data, TrainParams(augment="blur,gray,jitter", networks="dlib"), factory)
     assert third.computed == 6 and len(third.aug_of) == 18
 
 

@@ -8,6 +8,12 @@ name without _NNNN.jpg) is listed.
 Latency is per pair, warm, from file bytes to decision, nothing reused between pairs; the
 baseline (dlib-bin's own embedding, same detection) is timed interleaved in the same run so the
 ratio survives a noisy machine. Throughput is the batch entry point's.
+
+Also: the calibration error of the similarity (ECE) and a reliability plot (PNG beside the JSON),
+what the decision policy does (automation and the errors of automatic decisions at the model's
+two operating points), the time of each stage, each identity network alone on the same pairs
+(dlib alone, SFace alone: AUC and FNMR at FMR 0.1% need no threshold; accuracy at each network's
+published threshold, dlib's 0.6 and OpenCV's 0.363 cosine for SFace), and the process's memory.
 """
 
 from __future__ import annotations
@@ -73,10 +79,13 @@ def run(
     baseline_pairs: int = 200,
     limit: int | None = None,
     sample: int | None = None,
+    reliability_png: Path | None = None,
 ) -> dict:
     from core.benchmarks import baseline
     from core.training.fitting import gender_metrics, verification_metrics
+    from core.verification.calibration import expected_calibration_error
     from core.verification.engine import Engine
+    from core.verification.policy import policy_figures
     from core.verification.result import AUTO_APPROVED, AUTO_REJECTED
 
     pairs = read_pairs(pairs_csv)
@@ -99,7 +108,7 @@ def run(
     # Per-pair path: accuracy on every pair, latency per pair; the baseline timed on a subset,
     # interleaved pair by pair with the product.
     similarities, latencies, failed, automatic = [], [], 0, []
-    base_latencies = []
+    base_latencies, stages, embeddings = [], [], []
     progress = Progress("product per pair", len(pairs))
     for k, row in enumerate(pairs.itertuples()):
         g, v = photo_bytes[row.file_x], photo_bytes[row.file_y]
@@ -110,6 +119,8 @@ def run(
             failed += 1
         similarities.append(result.similarity if result.similarity is not None else 0.0)
         automatic.append(result.status in (AUTO_APPROVED, AUTO_REJECTED))
+        stages.append(result.timings_ms)
+        embeddings.append((result.gallery.embedding, result.verification.embedding))
         if k < baseline_pairs:
             start = time.perf_counter()
             baseline.verify_pair(g, v)
@@ -131,6 +142,13 @@ def run(
         "automatic_decision_accuracy": (
             float(np.mean(decided_same[automatic] == labels[automatic])) if automatic.any() else None
         ),
+        "networks": list(engine.networks),
+        "calibration_error": expected_calibration_error(similarities, labels),
+        # The policy alone (operating points on the similarity, no photo flags): what it automates
+        # and how often each automatic call errs.
+        "policy": policy_figures(similarities, labels, engine.model.operating_points),
+        "stage_ms": stage_figures(stages),
+        "networks_alone": networks_alone(embeddings, labels, engine.networks, verification_metrics),
     }
 
     # Batch entry point: each distinct photo analysed once.
@@ -176,6 +194,12 @@ def run(
 
     if people_csv:
         report.update(score_gender(engine, images, people_csv, gender_metrics))
+    report["process_rss_mb"] = resident_mb()  # the engine, both identity networks and the baseline's dlib
+    if reliability_png:
+        from core.verification.calibration import reliability_plot
+
+        title = f"{engine.model_version}: {len(labels)} pairs of {pairs_csv.name}"
+        report["reliability_png"] = str(reliability_plot(similarities, labels, reliability_png, title))
 
     report.update(
         {
@@ -186,6 +210,62 @@ def run(
         }
     )
     return report
+
+
+def stage_figures(stages: list[dict]) -> dict:
+    """p50 / mean ms of each stage of a pair (both photos), as the engine timed them."""
+    names = sorted({k for t in stages for k in t if k != "total"})
+    out = {}
+    for name in names:
+        values = [t.get(name, 0.0) for t in stages]
+        out[name] = {"p50": percentile(values, 50), "mean": float(np.mean(values))}
+    return out
+
+
+# Each network's own published rule, so that "alone" needs nothing chosen on these pairs.
+PUBLISHED_THRESHOLDS = {"dlib": ("euclidean", 0.6), "sface": ("cosine", 0.363)}
+
+
+def networks_alone(embeddings: list[tuple], labels: np.ndarray, networks, verification_metrics) -> dict:
+    """AUC, FNMR at FMR 0.1% and accuracy at the published threshold of each network alone."""
+    from core.verification.networks import network_class
+
+    out, start = {}, 0
+    for name in networks:
+        dim = network_class(name).dim
+        scores = []
+        for a, b in embeddings:
+            if a is None or b is None:
+                scores.append(-9.0)
+                continue
+            x, y = np.asarray(a[start : start + dim], float), np.asarray(b[start : start + dim], float)
+            metric, _ = PUBLISHED_THRESHOLDS[name]
+            if metric == "cosine":
+                scores.append(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))))
+            else:
+                scores.append(-float(np.linalg.norm(x - y)))
+        metric, threshold = PUBLISHED_THRESHOLDS[name]
+        cut = threshold if metric == "cosine" else -threshold
+        figures = verification_metrics(np.array(scores), labels, cut)
+        out[name] = {
+            "verification_accuracy": figures["verification_accuracy"],
+            "verification_auc": figures["verification_auc"],
+            "fnmr_at_fmr_0_001": figures["fnmr_at_fmr_0_001"],
+            "rule": f"{metric} {'distance <' if metric == 'euclidean' else 'similarity >='} {threshold}",
+        }
+        start += dim
+    return out
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (VmRSS), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def score_gender(engine, images: Path, people_csv: Path, gender_metrics) -> dict:
@@ -226,8 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, help="a balanced random N pairs (seeded) from PAIRS.csv")
     args = parser.parse_args(argv)
     report = run(
-        args.pairs, args.images, args.people, args.model, args.baseline_pairs, args.limit, args.sample
+        args.pairs,
+        args.images,
+        args.people,
+        args.model,
+        args.baseline_pairs,
+        args.limit,
+        args.sample,
+        reliability_png=args.json.with_suffix(".reliability.png"),
     )
+
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.i18n import t
 from core.storage.schema import VerificationResult as ResultRow
-from core.training.fitting import AUGMENTATIONS, TrainParams
+from core.training.fitting import AUGMENTATIONS, NETWORK_CHOICES, TrainParams
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Setting:
 
 
 SETTINGS = (
+    Setting("networks", "choice", options=NETWORK_CHOICES),
     Setting("loss", "choice", options=("contrastive", "triplet")),
     Setting("epochs", "int", 1, 500, 1),
     Setting("augment", "multi", options=AUGMENTATIONS),
@@ -50,7 +51,8 @@ SETTINGS = (
     Setting("gender_hidden", "int", 0, 1024, 16, advanced=True),
     Setting("gender_l2", "float", 0.0, 1.0, 1e-3, advanced=True),
     Setting("holdout_fraction", "float", 0.05, 0.5, 0.05, advanced=True),
-    Setting("target_fmr_outside_band", "float", 0.0001, 0.1, 0.0005, advanced=True),
+    Setting("max_auto_fmr", "float", 0.0001, 0.1, 0.0005, advanced=True),
+    Setting("max_auto_fnmr", "float", 0.0001, 0.1, 0.0005, advanced=True),
 )
 
 DEFAULTS = TrainParams()
@@ -119,6 +121,11 @@ COMPARED = (
     ("gender_balanced_accuracy", True, "pct"),
     ("latency_p50_ms", False, "ms"),
     ("latency_p95_ms", False, "ms"),
+    ("calibration_error", False, "pct"),
+    ("automation_rate", True, "pct"),
+    ("automatic_decision_accuracy", True, "pct"),
+    ("approve_at", None, "f4"),
+    ("reject_below", None, "f4"),
     ("n_pairs", None, "int"),
     ("n_gender", None, "int"),
     ("heldout_people_seen_in_training", None, "int"),

@@ -45,10 +45,14 @@ class PhotoRef:
 
 @dataclass
 class Features:
-    """Per view ("" is the photo itself): sha -> 129 floats; and the photos without a usable face."""
+    """Per view ("" is the photo itself): sha -> 129 floats; and the photos without a usable face.
+
+    extra: the other identity networks' embeddings of the photos themselves, by network name.
+    """
 
     vectors: dict[str, dict[str, np.ndarray]]
     failed: dict[str, str]  # sha -> reason
+    extra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     computed: int = 0  # photos that went through the networks in this call
     cached: int = 0  # photos whose every view came from the cache
     seconds: float = 0.0
@@ -65,6 +69,14 @@ def base_model_id() -> str:
     return f"{features.FEATURES_VERSION}#{weights[:8]}"
 
 
+def network_model_id(name: str) -> str:
+    """The recipe key of another identity network's embedding rows (the photo itself, no views)."""
+    from core.verification.networks import network
+
+    net = network(name)
+    return f"{net.recipe[: MAX_ID - 18]}#{net.weights_sha256()[:8]}"
+
+
 def model_id(view: str = "") -> str:
     base = base_model_id()
     key = f"{base}:{view}" if view else base
@@ -73,8 +85,10 @@ def model_id(view: str = "") -> str:
     return f"{base[: MAX_ID - 18]}#{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def lookup(session: Session, shas: Iterable[str], model_id: str) -> dict[str, np.ndarray | str]:
-    """Cached rows of these photos: a vector, or the reason no face was found."""
+def lookup(
+    session: Session, shas: Iterable[str], model_id: str, dim: int = VECTOR_DIM
+) -> dict[str, np.ndarray | str]:
+    """Cached rows of these photos: a vector of dim floats, or the reason no face was found."""
     shas = sorted(set(shas))
     out: dict[str, np.ndarray | str] = {}
     for first in range(0, len(shas), LOOKUP_CHUNK):
@@ -84,16 +98,16 @@ def lookup(session: Session, shas: Iterable[str], model_id: str) -> dict[str, np
                 Embedding.model_id == model_id, Embedding.photo_sha256.in_(chunk)
             )
         )
-        for sha, dim, vector in rows:
-            if dim == VECTOR_DIM and len(vector) == VECTOR_DIM * 4:
+        for sha, stored, vector in rows:
+            if stored == dim and len(vector) == dim * 4:
                 out[sha] = np.frombuffer(vector, "<f4").astype(np.float32)
-            elif dim == 0:
+            elif stored == 0:
                 out[sha] = bytes(vector).decode("utf-8", "replace") or "No usable face."
     return out
 
 
-def store(session: Session, rows: dict[str, np.ndarray | str], model_id: str) -> int:
-    """Insert rows that are not there yet (vector, or a no-face reason). The caller commits."""
+def store(session: Session, rows: dict[str, np.ndarray | str], model_id: str, dim: int = VECTOR_DIM) -> int:
+    """Insert rows that are not there yet (vector of dim floats, or a no-face reason). The caller commits."""
     from core.storage.schema import utcnow
 
     if not rows:
@@ -101,11 +115,11 @@ def store(session: Session, rows: dict[str, np.ndarray | str], model_id: str) ->
     records = []
     for sha, value in sorted(rows.items()):
         if isinstance(value, str):
-            dim, blob = 0, value.encode("utf-8")[:1000]
+            stored, blob = 0, value.encode("utf-8")[:1000]
         else:
-            dim, blob = VECTOR_DIM, np.asarray(value, "<f4").reshape(VECTOR_DIM).tobytes()
+            stored, blob = dim, np.asarray(value, "<f4").reshape(dim).tobytes()
         records.append(
-            {"photo_sha256": sha, "model_id": model_id, "dim": dim, "vector": blob, "created_at": utcnow()}
+            {"photo_sha256": sha, "model_id": model_id, "dim": stored, "vector": blob, "created_at": utcnow()}
         )
     session.execute(_insert_ignore(session), records)
     return len(records)
@@ -135,8 +149,12 @@ def featurise(
     session_factory=None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    networks: tuple[str, ...] = ("dlib",),
 ) -> Features:
     """Base features of every photo plus the named augmented views, from the cache when there.
+
+    With networks beyond dlib, each photo's embedding by each of them too (Features.extra), cached
+    under the network's own key; augmented views are dlib's only.
 
     Photos missing anything are decoded, located and aligned once, then every missing view goes
     through the networks; each chunk is written to the cache and committed at once, so a cancelled
@@ -145,19 +163,23 @@ def featurise(
     """
     start = time.perf_counter()
     views = ["", *sorted(set(views) - {""})]
+    extra = [name for name in networks if name != "dlib"]
+    # Another network's rows go through the same bookkeeping as a view of their own.
+    views += [NETWORK_VIEW + name for name in extra]
     # Input order kept (first of each hash): the networks' float sums depend slightly on which
     # photos share a batch, and this order reproduces the features the shipped model saw.
     first_of: dict[str, PhotoRef] = {}
     for ref in refs:
         first_of.setdefault(ref.sha256, ref)
     refs = list(first_of.values())
-    ids = {view: model_id(view) for view in views}
+    ids = {view: _view_id(view) for view in views}
+    dims = {view: _view_dim(view) for view in views}
     vectors: dict[str, dict[str, np.ndarray]] = {view: {} for view in views}
     failed: dict[str, str] = {}
     if session_factory is not None:
         with session_factory() as session:
             for view in views:
-                for sha, value in lookup(session, (r.sha256 for r in refs), ids[view]).items():
+                for sha, value in lookup(session, (r.sha256 for r in refs), ids[view], dims[view]).items():
                     if isinstance(value, str):
                         if view == "":
                             failed[sha] = value
@@ -171,7 +193,9 @@ def featurise(
         if should_stop and should_stop():
             raise Stopped()
         chunk = todo[first : first + COMPUTE_CHUNK]
-        new = _compute(chunk, [v for v in views if any(r.sha256 not in vectors[v] for r in chunk)])
+        new = _compute(
+            chunk, [v for v in views if any(r.sha256 not in vectors[v] for r in chunk)], tuple(networks)
+        )
         for view, rows in new.items():
             for sha, value in rows.items():
                 if isinstance(value, str):
@@ -181,19 +205,41 @@ def featurise(
         if session_factory is not None:
             with session_factory() as session:
                 for view, rows in new.items():
-                    store(session, rows, ids[view])
+                    store(session, rows, ids[view], dims[view])
                 session.commit()
         if progress:
             progress(cached + first + len(chunk), len(refs))
-    return Features(vectors, failed, computed=len(todo), cached=cached, seconds=time.perf_counter() - start)
+    others = {name: vectors.pop(NETWORK_VIEW + name) for name in extra}
+    return Features(
+        vectors, failed, others, computed=len(todo), cached=cached, seconds=time.perf_counter() - start
+    )
 
 
-def _compute(chunk: list[PhotoRef], views: list[str]) -> dict[str, dict[str, np.ndarray | str]]:
+NETWORK_VIEW = "net:"  # internal name of another network's rows
+
+
+def _view_id(view: str) -> str:
+    if view.startswith(NETWORK_VIEW):
+        return network_model_id(view[len(NETWORK_VIEW) :])
+    return model_id(view)
+
+
+def _view_dim(view: str) -> int:
+    if view.startswith(NETWORK_VIEW):
+        from core.verification.networks import network_class
+
+        return network_class(view[len(NETWORK_VIEW) :]).dim
+    return VECTOR_DIM
+
+
+def _compute(
+    chunk: list[PhotoRef], views: list[str], networks: tuple[str, ...] = ("dlib",)
+) -> dict[str, dict[str, np.ndarray | str]]:
     """Locate each photo once, then every view through the pretrained networks in one call each."""
     from core.training import augment
     from core.verification import features
 
-    out: dict[str, dict[str, np.ndarray | str]] = {view: {} for view in views}
+    out: dict[str, dict[str, np.ndarray | str]] = {view: {} for view in ["", *views]}
     located = []
     for ref in chunk:
         try:
@@ -201,7 +247,7 @@ def _compute(chunk: list[PhotoRef], views: list[str]) -> dict[str, dict[str, np.
         except Exception as exc:  # a missing or unreadable file is this photo's problem only
             out[""][ref.sha256] = f"The photo cannot be read: {exc}"
             continue
-        analysis = features.locate(data, check_capture=False)  # features only
+        analysis = features.locate(data, check_capture=False, networks=networks)  # features only
         if analysis.crop is None:
             out[""][ref.sha256] = analysis.error or "No face was found in the photo."
             continue
@@ -210,6 +256,14 @@ def _compute(chunk: list[PhotoRef], views: list[str]) -> dict[str, dict[str, np.
         return out
     graph = features.pretrained_graph()
     for view in views:
+        if view.startswith(NETWORK_VIEW):
+            from core.verification.networks import network
+
+            name = view[len(NETWORK_VIEW) :]
+            embedding = network(name).embed(np.stack([a.chips[name] for _, a in located]))
+            for i, (ref, _) in enumerate(located):
+                out[view][ref.sha256] = embedding[i].astype(np.float32)
+            continue
         if view == "":
             chips = [a.crop for _, a in located]
             gender_chips = [a.gender_crop for _, a in located]

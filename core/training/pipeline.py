@@ -53,9 +53,10 @@ from core.training.fitting import (  # noqa: E402
     split_people,
     train_gender,
     train_siamese,
-    uncertain_band,
     verification_metrics,
 )
+from core.verification.calibration import expected_calibration_error  # noqa: E402
+from core.verification.policy import choose_operating_points, policy_figures  # noqa: E402
 
 # Held-out pairs are drawn like lfw_dev's pairs.csv, each person weighing about alike: a cap on
 # same-person pairs per person keeps one person with hundreds of photos from being most of them.
@@ -271,7 +272,7 @@ class FeatureSet:
     names: np.ndarray  # file names (or photo hashes)
     people: np.ndarray
     genders: np.ndarray  # "M"/"F", "" unknown
-    embeddings: np.ndarray  # N x 128
+    embeddings: np.ndarray  # N x 128, dlib's
     gender_logits: np.ndarray  # N
     failed: list[str]
     shas: np.ndarray | None = None
@@ -287,6 +288,14 @@ class FeatureSet:
     seconds: float = 0.0
     computed: int = 0
     cached: int = 0
+    others: dict[str, np.ndarray] = field(default_factory=dict)  # other networks' N x dim, by name
+
+    def inputs(self, networks: tuple[str, ...] = ("dlib",)) -> np.ndarray:
+        """The Siamese tower's input for a model on these networks: their embeddings side by side."""
+        missing = [n for n in networks if n != "dlib" and n not in self.others]
+        if missing:
+            raise ValueError(f"These features have no embeddings of the network(s) {', '.join(missing)}.")
+        return np.concatenate([self.embeddings, *(self.others[n] for n in networks if n != "dlib")], axis=1)
 
 
 def build_features(
@@ -295,17 +304,30 @@ def build_features(
     session_factory=None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    networks: tuple[str, ...] | None = None,
 ) -> FeatureSet:
     """Features of every photo (and its augmented views) from the cache or the networks.
 
-    Reviewed pairs whose photos have no usable face are reported in notes and left out.
+    networks: the identity networks to compute (default the run's own; a comparison with a model
+    on other networks needs theirs too). Reviewed pairs whose photos have no usable face are
+    reported in notes and left out.
     """
     from core.training import embedding_cache
 
+    networks = tuple(networks or params.network_names())
     found = embedding_cache.featurise(
-        [p.ref for p in data.photos], params.view_names(), session_factory, progress, should_stop
+        [p.ref for p in data.photos],
+        params.view_names(),
+        session_factory,
+        progress,
+        should_stop,
+        networks=networks,
     )
-    base = found.vectors[""]
+    base = {
+        sha: vector
+        for sha, vector in found.vectors[""].items()
+        if all(sha in found.extra[name] for name in found.extra)
+    }
     keep = [p for p in data.photos if p.ref.sha256 in base]
     row_of = {p.ref.sha256: k for k, p in enumerate(keep)}
     vectors = np.array([base[p.ref.sha256] for p in keep], np.float32).reshape(-1, 129)
@@ -359,6 +381,10 @@ def build_features(
         seconds=found.seconds,
         computed=found.computed,
         cached=found.cached,
+        others={
+            name: np.array([rows[p.ref.sha256] for p in keep], np.float32).reshape(len(keep), -1)
+            for name, rows in found.extra.items()
+        },
     )
 
 
@@ -488,7 +514,13 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     # Training rows: the training people's photos, then their augmented views.
     train_rows = np.flatnonzero(train)
     aug_train = np.flatnonzero(train[data.aug_of]) if len(data.aug_of) else np.zeros(0, np.int64)
-    train_embeddings = np.concatenate([data.embeddings[train_rows], data.aug_embeddings[aug_train]])
+    inputs = data.inputs(params.network_names())
+    # Augmented views are dlib's only (TrainParams refuses them with other networks).
+    train_embeddings = (
+        np.concatenate([inputs[train_rows], data.aug_embeddings[aug_train]])
+        if len(aug_train)
+        else inputs[train_rows]
+    )
     train_people = np.concatenate([data.people[train_rows], data.people[data.aug_of[aug_train]]])
     position = {int(r): k for k, r in enumerate(train_rows)}
     both_train = np.array([train[a] and train[b] for a, b in data.pairs], bool)
@@ -507,7 +539,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     tower = siamese.get_layer("tower")
     layer = siamese.get_layer("similarity")
     offset, scale = float(layer.offset.numpy()), float(layer.scale.numpy())
-    projections = tower(data.embeddings, training=False).numpy()
+    projections = tower(inputs, training=False).numpy()
 
     def person_pairs(mask, seed, per_person):
         index = np.where(mask)[0]
@@ -522,7 +554,8 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     train_pairs, train_labels = person_pairs(train, params.seed + 1, 200)
     train_sims = similarities(train_pairs)
     threshold = midpoint_threshold(train_sims, train_labels)
-    band = uncertain_band(train_sims, train_labels, threshold, params.target_fmr_outside_band)
+    points = choose_operating_points(train_sims, train_labels, params.max_auto_fmr, params.max_auto_fnmr)
+    band = (points.reject_below, points.approve_at)
 
     report("gender", 0.0)
     _, gender_input = head_inputs(data.embeddings, data.gender_logits)
@@ -546,12 +579,8 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
         held_labels = np.concatenate([held_labels, data.pair_labels[both_held]])
     held_sims = similarities(held_pairs)
     metrics = verification_metrics(held_sims, held_labels, threshold)
-    in_band = (held_sims >= band[0]) & (held_sims < band[1])
-    outside = ~in_band
-    metrics["automation_rate"] = float(outside.mean())
-    metrics["accuracy_outside_band"] = (
-        float(np.mean((held_sims[outside] >= threshold) == held_labels[outside])) if outside.any() else None
-    )
+    metrics.update(policy_figures(held_sims, held_labels, points))
+    metrics["calibration_error"] = expected_calibration_error(held_sims, held_labels)
     gender_held = np.flatnonzero(held & labelled)
     probs = gender.predict(gender_input[gender_held], verbose=0)
     predicted = np.array(GENDERS)[np.argmax(probs, axis=1)]
@@ -609,6 +638,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
         "gender": gender,
         "threshold": threshold,
         "uncertain_band": band,
+        "policy": points,
         "history": history,
         "metrics": metrics,
         "heldout_pairs": [
@@ -639,19 +669,23 @@ def save_trained(
     """Write the model version folder with its metadata; returns the version name."""
     from core.verification import features
     from core.verification.heads import save_version
-    from core.verification.networks import dlib_resnet, gender_cydral
+    from core.verification.networks import dlib_resnet, gender_cydral, network
 
+    networks = params.network_names()
     models_dir = Path(models_dir or config.models_dir())
     version = new_version_name(models_dir)
     metadata = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "features_version": features.FEATURES_VERSION,
+        "features_version": features.features_version(networks),
+        "networks": list(networks),
         "pretrained": {
             "dlib_resnet_sha256": dlib_resnet.dlib_model_sha256(),
             "gender_network_sha256": gender_cydral.gender_weights_sha256(),
+            **{f"{name}_sha256": network(name).weights_sha256() for name in networks if name != "dlib"},
         },
         "threshold": result["threshold"],
         "uncertain_band": list(result["uncertain_band"]),
+        "policy": {**result["policy"].to_dict(), "chosen_on": "pairs of the training people"},
         "gender_min_confidence": 0.9,
         "metrics": result["metrics"],
         "params": params.to_dict(),
@@ -682,6 +716,13 @@ COMPARED_KEYS = (
     "n_pairs",
     "n_gender",
     "threshold",
+    "calibration_error",
+    "automation_rate",
+    "automatic_decision_accuracy",
+    "auto_approve_fmr",
+    "auto_reject_fnmr",
+    "approve_at",
+    "reject_below",
 )
 
 
@@ -691,12 +732,16 @@ def evaluate_version(model, data: FeatureSet, evaluation: dict) -> dict:
     from core.verification.heads import GENDERS, similarity_from_projections
 
     offset, scale = model.similarity_params()
-    projections = model.tower(data.embeddings, training=False).numpy()
+    from core.verification.networks import networks_of
+
+    projections = model.tower(data.inputs(networks_of(model.metadata)), training=False).numpy()
     pairs, labels = evaluation["pairs"], evaluation["labels"]
     sims = np.array(
         [similarity_from_projections(projections[a], projections[b], offset, scale) for a, b in pairs]
     )
     metrics = verification_metrics(sims, labels, model.threshold)
+    metrics.update(policy_figures(sims, labels, model.operating_points))
+    metrics["calibration_error"] = expected_calibration_error(sims, labels) if len(sims) else None
     rows = evaluation["gender_rows"]
     _, gender_input = head_inputs(data.embeddings[rows], data.gender_logits[rows])
     probs = model.gender.predict(gender_input, verbose=0) if len(rows) else np.zeros((0, 2))
@@ -762,6 +807,24 @@ def compare(result: dict, data: FeatureSet, versions: dict[str, str], models_dir
 # The whole run
 
 
+def _active_networks(session_factory, models_dir: Path) -> tuple[str, ...]:
+    """The identity networks of the active (or default) model version; () when there is none."""
+    from core.errors import ModelError
+    from core.training import registry
+    from core.verification.heads import default_version
+    from core.verification.networks import networks_of
+
+    try:
+        active = None
+        if session_factory is not None:
+            with session_factory() as session:
+                active = registry.active_version(session, models_dir)
+        active = active or default_version(models_dir)
+        return networks_of(json.loads((Path(models_dir) / active / "metadata.json").read_text()))
+    except (ModelError, OSError, ValueError):
+        return ()
+
+
 @dataclass
 class TrainOutcome:
     version: str
@@ -806,6 +869,9 @@ def run(
     data = collect(choice, session_factory, store)
     report("features", 0.0, {"photos": len(data.photos), "reviewed_pairs": len(data.pairs)})
     start = time.perf_counter()
+    networks = params.network_names()
+    if compare_with_active:  # the active model is compared on the same photos: its networks too
+        networks += tuple(n for n in _active_networks(session_factory, models_dir) if n not in networks)
     try:
         feats = build_features(
             data,
@@ -815,6 +881,7 @@ def run(
                 "features", done / max(total, 1), {"done": done, "total": total}
             ),
             should_stop=should_stop,
+            networks=networks,
         )
     except embedding_cache.Stopped:
         raise Cancelled() from None

@@ -23,6 +23,8 @@ from core.verification import features, fraud
 from core.verification.features import PhotoInput, read_photo
 from core.verification.genders import optional_gender
 from core.verification.heads import GENDERS, ModelVersion, load_version, similarity_from_projections
+from core.verification.networks import network, network_class, networks_of
+from core.verification.policy import APPROVE, REVIEW, decide
 from core.verification.result import (
     AUTO_APPROVED,
     AUTO_REJECTED,
@@ -46,18 +48,30 @@ class Engine:
     def __init__(self, model: ModelVersion):
         import tensorflow as tf
 
+        self.networks = networks_of(model.metadata)
+        expected = features.features_version(self.networks)
         trained_on = model.metadata.get("features_version")
-        if trained_on != features.FEATURES_VERSION:
+        if trained_on != expected:
             raise ModelError(
                 f"Model {model.version} was trained on features {trained_on!r}, this code computes "
-                f"{features.FEATURES_VERSION!r}: retrain it (python -m core.training.pipeline)."
+                f"{expected!r} for its networks {list(self.networks)}: retrain it (python -m core.train)."
             )
         self.model = model
         tower, gender = model.tower, model.gender
         self._offset, self._scale = model.similarity_params()
+        self.embedding_dim = sum(network_class(name).dim for name in self.networks)
+        if tower.input_shape[-1] != self.embedding_dim:
+            raise ModelError(
+                f"Model {model.version}: its tower takes {tower.input_shape[-1]} numbers, its networks "
+                f"{list(self.networks)} give {self.embedding_dim}."
+            )
+        self._gender_dim = int(gender.input_shape[-1])
 
         @tf.function(
-            input_signature=[tf.TensorSpec([None, 128], tf.float32), tf.TensorSpec([None, 129], tf.float32)],
+            input_signature=[
+                tf.TensorSpec([None, self.embedding_dim], tf.float32),
+                tf.TensorSpec([None, self._gender_dim], tf.float32),
+            ],
             reduce_retracing=True,
         )
         def heads_graph(embedding, gender_input):
@@ -69,7 +83,11 @@ class Engine:
     def load(cls, version: str | None = None, models_dir: Path | None = None) -> Engine:
         """Load a model version (default: the one named in models/DEFAULT) and warm it up."""
         engine = cls(load_version(version, models_dir))
-        engine._heads_graph(np.zeros((1, 128), np.float32), np.zeros((1, 129), np.float32))
+        engine._heads_graph(
+            np.zeros((1, engine.embedding_dim), np.float32), np.zeros((1, engine._gender_dim), np.float32)
+        )
+        for name in engine.networks:
+            network(name)  # weights read and checked now, not on the first request
         return engine
 
     @property
@@ -85,7 +103,7 @@ class Engine:
 
         measure_pose: per photo, whether to estimate the head pose (for a pose challenge).
         """
-        analyses = features.extract(photos, measure_pose)
+        analyses = features.extract(photos, measure_pose, self.networks)
         ready = [a for a in analyses if a.embedding is not None]
         if ready:
             start = time.perf_counter()
@@ -119,21 +137,24 @@ class Engine:
         """
         start = time.perf_counter()
         threshold = self.model.threshold
-        low, high = self.model.uncertain_band
+        points = self.model.operating_points
+        low, high = points.reject_below, points.approve_at
         flags = [Flag(f.code, f.reason, "gallery") for f in gallery.flags]
         flags += [Flag(f.code, f.reason, "verification") for f in verification.flags]
 
-        similarity = same_person = None
+        similarity = same_person = decision = None
         if gallery.usable and verification.usable:
             similarity = similarity_from_projections(
                 gallery.projection, verification.projection, self._offset, self._scale
             )
             same_person = similarity >= threshold
-            if low <= similarity < high:
+            decision = decide(similarity, points)
+            if decision == REVIEW:
                 flags.append(
                     Flag(
                         UNCERTAIN_SIMILARITY,
-                        f"Similarity {similarity:.3f} is in the uncertain band {low:.3f}-{high:.3f}.",
+                        f"Similarity {similarity:.3f} is between automatic rejection (below {low:.3f}) "
+                        f"and automatic approval (from {high:.3f}).",
                     )
                 )
 
@@ -176,16 +197,19 @@ class Engine:
             if challenge_flag:
                 flags.append(challenge_flag)
 
-        if flags or same_person is None:
+        if flags or decision is None:
             status = FLAGGED
         else:
-            status = AUTO_APPROVED if same_person else AUTO_REJECTED
+            status = AUTO_APPROVED if decision == APPROVE else AUTO_REJECTED
 
         timings: dict[str, float] = {}
         for stage in ("decode", "detect", "align", "capture", "embed"):
             timings[stage] = gallery.timings_ms.get(stage, 0.0) + verification.timings_ms.get(stage, 0.0)
         timings["decide"] = _ms(start)
         timings["total"] = sum(timings.values())
+        # Parts of align and embed per network (already inside those two, not added to the total).
+        for part in sorted({k for k in (*gallery.timings_ms, *verification.timings_ms) if "_" in k}):
+            timings[part] = gallery.timings_ms.get(part, 0.0) + verification.timings_ms.get(part, 0.0)
         return VerificationResult(
             same_person=same_person,
             similarity=similarity,
@@ -248,6 +272,7 @@ class Engine:
             for key, analysis in zip(new, self.analyze_many(list(new.values())), strict=True):
                 if not keep_crops:
                     analysis.crop = analysis.gender_crop = None
+                    analysis.chips = {}
                 seen[key] = analysis
             for g, v, gender in pending:
                 result = self.compare(

@@ -21,6 +21,7 @@ import numpy as np
 from core.errors import ImageError
 from core.verification import capture, fraud, imaging
 from core.verification import faces as face_ops
+from core.verification.networks import DEFAULT_NETWORKS, network, network_class
 from core.verification.result import BAD_IMAGE, LOW_QUALITY, NO_FACE, SEVERAL_FACES, Flag, PhotoAnalysis
 
 # Test-time augmentation measured on lfw_dev (5-fold by person): averaging the face with its
@@ -57,9 +58,24 @@ def _rotations(chip: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def locate(data: bytes, measure_pose: bool = False, check_capture: bool = True) -> PhotoAnalysis:
-    """Decode, detect and align one photo, then the capture check (unless told not to: training
-    only needs the features). Bad input becomes an error and a flag, never a raise.
+def features_version(networks: tuple[str, ...] = DEFAULT_NETWORKS) -> str:
+    """The recipe of the features a model version on these identity networks takes.
+
+    dlib alone keeps the name it always had, so earlier versions and cached rows stay valid.
+    """
+    extra = [network_class(name).recipe for name in networks if name != "dlib"]
+    return "+".join([FEATURES_VERSION, *extra])
+
+
+def locate(
+    data: bytes,
+    measure_pose: bool = False,
+    check_capture: bool = True,
+    networks: tuple[str, ...] = DEFAULT_NETWORKS,
+) -> PhotoAnalysis:
+    """Decode, detect and align one photo, with a chip for each identity network besides dlib, then
+    the capture check (unless told not to: training only needs the features). Bad input becomes an
+    error and a flag, never a raise.
 
     measure_pose: also estimate the head pose (FaceMesh, ~15 ms), for a pose challenge.
     """
@@ -86,7 +102,7 @@ def locate(data: bytes, measure_pose: bool = False, check_capture: bool = True) 
         analysis.error = "No face was found in the photo."
         analysis.flags.append(Flag(NO_FACE, analysis.error))
         return analysis
-    others = face_ops.competing_faces(analysis.faces, analysis.main_face)
+    others = face_ops.competing_faces(analysis.faces, analysis.main_face, analysis.width, analysis.height)
     if others:
         analysis.flags.append(
             Flag(
@@ -108,6 +124,13 @@ def locate(data: bytes, measure_pose: bool = False, check_capture: bool = True) 
             Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
         )
     analysis.timings_ms["align"] = _ms(start)
+    for name in networks:
+        if name == "dlib":
+            continue
+        start = time.perf_counter()
+        analysis.chips[name] = network(name).chip(rgb, analysis.faces[analysis.main_face])
+        analysis.timings_ms[f"align_{name}"] = _ms(start)
+        analysis.timings_ms["align"] += analysis.timings_ms[f"align_{name}"]
     if measure_pose:
         start = time.perf_counter()
         mesh = face_ops.face_mesh(rgb, analysis.faces[analysis.main_face])
@@ -163,25 +186,36 @@ def pretrained_graph():
     return graph
 
 
-def embed(analyses: list[PhotoAnalysis]) -> None:
-    """Fill .embedding and .gender_logit of every located analysis, batched, in place."""
+def embed(analyses: list[PhotoAnalysis], networks: tuple[str, ...] = DEFAULT_NETWORKS) -> None:
+    """Fill .embedding (the networks' embeddings concatenated, dlib first) and .gender_logit of
+    every located analysis, batched, in place."""
     graph = pretrained_graph()
-    ready = [a for a in analyses if a.crop is not None]
+    ready = [a for a in analyses if a.crop is not None and all(n in a.chips for n in networks[1:])]
     for first in range(0, len(ready), CHIPS_PER_CALL):
         group = ready[first : first + CHIPS_PER_CALL]
         start = time.perf_counter()
         chips = np.stack([np.stack(_rotations(a.crop)) for a in group])
         gender_chips = np.stack([a.gender_crop for a in group])
         embedding, gender_log_odds = graph(chips, gender_chips)
-        embedding, gender_log_odds = embedding.numpy(), gender_log_odds.numpy()
-        per_photo = _ms(start) / len(group)
+        parts, gender_log_odds = [embedding.numpy()], gender_log_odds.numpy()
+        per_photo = {"embed_dlib": _ms(start) / len(group)}
+        for name in networks[1:]:
+            start = time.perf_counter()
+            parts.append(network(name).embed(np.stack([a.chips[name] for a in group])))
+            per_photo[f"embed_{name}"] = _ms(start) / len(group)
+        embedding = np.concatenate(parts, axis=1).astype(np.float32)
         for i, analysis in enumerate(group):
             analysis.embedding = embedding[i]
             analysis.gender_logit = float(gender_log_odds[i])
-            analysis.timings_ms["embed"] = per_photo
+            analysis.timings_ms.update(per_photo)
+            analysis.timings_ms["embed"] = sum(per_photo.values())
 
 
-def extract(photos: list[PhotoInput], measure_pose: list[bool] | None = None) -> list[PhotoAnalysis]:
+def extract(
+    photos: list[PhotoInput],
+    measure_pose: list[bool] | None = None,
+    networks: tuple[str, ...] = DEFAULT_NETWORKS,
+) -> list[PhotoAnalysis]:
     """locate() each photo, then embed() all of them. Unreadable files become flagged analyses.
 
     measure_pose: per photo, whether to estimate its head pose (default: none).
@@ -196,13 +230,19 @@ def extract(photos: list[PhotoInput], measure_pose: list[bool] | None = None) ->
             analysis.flags.append(Flag(BAD_IMAGE, analysis.error))
             analyses.append(analysis)
             continue
-        analyses.append(locate(data, measure_pose=True) if pose else locate(data))
-    embed(analyses)
+        analyses.append(locate(data, measure_pose=bool(pose), networks=networks))
+    embed(analyses, networks)
     return analyses
 
 
+GENDER_EMBEDDING_DIMS = 128  # the gender head sees dlib's part of the embedding (see head_inputs)
+
+
 def head_inputs(embedding: np.ndarray, gender_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What the heads take: the Siamese tower the embedding, the gender head [log-odds, embedding]."""
-    embedding = np.asarray(embedding, np.float32).reshape(-1, 128)
+    """What the heads take: the Siamese tower the whole embedding (every network's), the gender
+    head [log-odds, dlib's embedding]. On lfw_dev by person SFace's part did not help the gender
+    head, so versions on either set of networks share one gender recipe."""
+    embedding = np.asarray(embedding, np.float32)
+    embedding = embedding.reshape(-1, embedding.shape[-1] if embedding.ndim else 128)
     gender_logit = np.asarray(gender_logit, np.float32).reshape(-1, 1)
-    return embedding, np.concatenate([gender_logit, embedding], axis=1)
+    return embedding, np.concatenate([gender_logit, embedding[:, :GENDER_EMBEDDING_DIMS]], axis=1)

@@ -304,7 +304,8 @@ def fingerprint(analysis, label: str, photo_id: int | None = None, kind: str | N
         sha256=analysis.sha256,
         hashes=analysis.hashes,
         hashes_mirror=analysis.hashes_mirror,
-        embedding=analysis.embedding,
+        # dlib's part of the embedding (a fused model's has SFace's after it): REUSE_DISTANCE is dlib's.
+        embedding=None if analysis.embedding is None else np.asarray(analysis.embedding)[:128],
         photo_id=photo_id,
         kind=kind,
     )

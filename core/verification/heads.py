@@ -19,8 +19,14 @@ import numpy as np
 
 from core import config
 from core.errors import ModelError
+from core.verification.policy import OperatingPoints, operating_points
 
 EMBEDDING_DIM = 128
+# Weight of each network's distance in the tower's starting metric (see build_tower). SFace 1.3: on the
+# training people of the shipped version (AUC / FNMR at FMR 0.1% of the untrained fusion), 1.3 kept
+# most of the AUC gain at nearly the FNMR of 1.0 (1.0: 0.99980 / 0.39%, 1.3: 0.99986 / 0.40%,
+# 1.6: 0.99989 / 0.44%).
+NETWORK_SCALES = {"dlib": 1.0, "sface": 1.3}
 GENDERS = ("M", "F")  # index order of the gender head's output
 
 
@@ -54,17 +60,28 @@ class PairSimilarity(keras.layers.Layer):
         }
 
 
-def build_tower(dim: int = EMBEDDING_DIM) -> keras.Model:
-    """Linear projection starting at the identity: before training it is exactly dlib's metric.
+def build_tower(dim: int = EMBEDDING_DIM, scales: np.ndarray | None = None) -> keras.Model:
+    """Linear projection starting at diag(scales) (default the identity: exactly dlib's metric).
 
-    No unit normalisation: dlib's embeddings are not unit length and their raw Euclidean distance
-    is what the network was trained for (normalising cost accuracy on lfw_dev).
+    Over several networks' embeddings side by side, the starting distance of two photos is
+    sqrt(sum of each network's squared distance times its scale squared): the score fusion of
+    the networks, which training then refines. No unit normalisation of dlib's part: its raw
+    Euclidean distance is what the network was trained for (normalising cost accuracy on
+    lfw_dev); SFace's part comes unit length (cosine is its metric).
     """
     inp = keras.Input((dim,), name="embedding")
-    out = keras.layers.Dense(dim, kernel_initializer="identity", bias_initializer="zeros", name="project")(
-        inp
-    )
-    return keras.Model(inp, out, name="tower")
+    layer = keras.layers.Dense(dim, kernel_initializer="identity", bias_initializer="zeros", name="project")
+    tower = keras.Model(inp, layer(inp), name="tower")
+    if scales is not None:
+        layer.kernel.assign(np.diag(np.asarray(scales, np.float32)))
+    return tower
+
+
+def tower_scales(networks: tuple[str, ...]) -> np.ndarray:
+    """The starting scale of each number of the tower's input: NETWORK_SCALES per network."""
+    from core.verification.networks import network_class
+
+    return np.concatenate([np.full(network_class(n).dim, NETWORK_SCALES[n], np.float32) for n in networks])
 
 
 def build_siamese(tower: keras.Model, initial_offset: float = 0.6) -> keras.Model:
@@ -113,9 +130,15 @@ class ModelVersion:
         return float(self.metadata["threshold"])
 
     @property
+    def operating_points(self) -> OperatingPoints:
+        """Automatic approval at or above approve_at, rejection below reject_below (core.verification.policy)."""
+        return operating_points(self.metadata)
+
+    @property
     def uncertain_band(self) -> tuple[float, float]:
-        low, high = self.metadata["uncertain_band"]
-        return float(low), float(high)
+        """The review band: the two operating points, (reject_below, approve_at)."""
+        points = self.operating_points
+        return points.reject_below, points.approve_at
 
     @property
     def gender_min_confidence(self) -> float:

@@ -67,6 +67,7 @@ class PhotoAnalysis:
     main_face: int | None = None  # index into faces of the face used
     crop: np.ndarray | None = None  # aligned face chip, uint8 RGB (150x150)
     gender_crop: np.ndarray | None = None  # the gender network's chip (32x32), same landmarks
+    chips: dict[str, np.ndarray] = field(default_factory=dict)  # other identity networks' chips, by name
     embedding: np.ndarray | None = None  # pretrained 128-d embedding (face and mirror averaged)
     projection: np.ndarray | None = None  # the Siamese tower's output for this face
     gender_logit: float | None = None  # pretrained gender network: log-odds of male over female

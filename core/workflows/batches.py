@@ -420,6 +420,7 @@ def _analyse(
         analyses = [engine.analyze(data) for data in readable.values()]
     for sha, analysis in zip(readable, analyses, strict=True):
         analysis.crop = None  # the chips are not stored; dropping them keeps memory flat
+        analysis.chips = {}
         cache[sha] = analysis
 
 

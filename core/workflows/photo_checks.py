@@ -65,10 +65,12 @@ def _embeddings(session: Session, shas: list[str]) -> dict[str, np.ndarray]:
         return {}
     rows = session.execute(
         select(Embedding.photo_sha256, Embedding.vector).where(
-            Embedding.photo_sha256.in_(shas), Embedding.model_id == search.pretrained_model_id()
+            Embedding.photo_sha256.in_(shas),
+            Embedding.model_id.in_([search.pretrained_model_id(n) for n in (("dlib",), ("dlib", "sface"))]),
         )
     )
-    return {sha: np.frombuffer(vector, "<f4") for sha, vector in rows}
+    # dlib's part (the first 128 numbers of every stored row) is what the reuse limit is for.
+    return {sha: np.frombuffer(vector, "<f4")[:128] for sha, vector in rows}
 
 
 def _reuse(session: Session, row, result: VerificationResult, checks: dict) -> None:

@@ -34,6 +34,7 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import re
@@ -53,11 +54,12 @@ from sqlalchemy.orm import Session
 from core import config
 from core.errors import FaceVerifyError, ModelError
 from core.storage.schema import GALLERY, Embedding, Member, MemberErasure, Photo, PossibleDuplicate
+from core.verification.networks import DEFAULT_NETWORKS, networks_of
 from core.verification.result import FLAGGED, POSSIBLE_DUPLICATE, Flag
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_DIM = 128
+EMBEDDING_DIM = 128  # a dlib-only model's; embedding_dim(networks) in general
 MAX_CANDIDATES = 5  # possible duplicates stored per result (the closest ones)
 SYNC_INTERVAL_S = 0.5  # pick up other processes' new rows at most this often
 VERIFY_INTERVAL_S = 5.0  # compare the enrolled-set fingerprint at most this often
@@ -79,21 +81,32 @@ class NoUsableFace(SearchError):
     code = "no_face"
 
 
-@lru_cache(maxsize=1)
-def pretrained_model_id() -> str:
-    """model_id of the rows written here: the feature recipe and the pretrained network's weights.
+@lru_cache(maxsize=8)
+def pretrained_model_id(networks: tuple[str, ...] = DEFAULT_NETWORKS) -> str:
+    """model_id of the rows written here: the feature recipe and the pretrained networks' weights.
 
-    core.verification.features.FEATURES_VERSION names the recipe (a model version records it too); "/emb128"
-    marks these 128-d embedding rows apart from core.training.embedding_cache's 129-d training rows, and
-    the hash of dlib's weights keeps another network's vectors out.
+    core.verification.features names the recipe (a model version records it too); "/emb<dim>"
+    marks these embedding rows apart from core.training.embedding_cache's training rows, and the
+    hash of the networks' weights keeps another network's vectors out. A model on dlib alone keeps
+    the id it always had; one on several networks stores their embeddings concatenated.
     """
-    from core.verification.networks import dlib_resnet
+    from core.verification.features import FEATURES_VERSION
+    from core.verification.networks import network, network_class
 
-    try:
-        from core.verification.features import FEATURES_VERSION
-    except ImportError:  # an engine without core.verification.features: dlib's ResNet, face and mirror
-        FEATURES_VERSION = "dlib-resnet-v1/mirror"
-    return f"{FEATURES_VERSION[:44]}/emb128#{dlib_resnet.dlib_model_sha256()[:8]}"
+    if networks == DEFAULT_NETWORKS:
+        from core.verification.networks import dlib_resnet
+
+        return f"{FEATURES_VERSION[:44]}/emb128#{dlib_resnet.dlib_model_sha256()[:8]}"
+    weights = hashlib.sha256("".join(network(n).weights_sha256() for n in networks).encode()).hexdigest()
+    recipe = "+".join(network_class(n).recipe.split("/")[0] for n in networks)
+    return f"{recipe[:40]}/emb{embedding_dim(networks)}#{weights[:8]}"
+
+
+def embedding_dim(networks: tuple[str, ...] = DEFAULT_NETWORKS) -> int:
+    """Length of the stored embedding of a model on these networks (the tower's input)."""
+    from core.verification.networks import network_class
+
+    return sum(network_class(n).dim for n in networks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +234,9 @@ class SearchIndex:
             else duplicate_threshold(threshold, band, offset=offset, scale=scale)
         )
         self.model_version = model_version
+        # The stored rows it loads (index_for sets them for the model's networks).
+        self.stored_model_id = pretrained_model_id()
+        self.stored_dim = EMBEDDING_DIM
         self._lock = threading.RLock()
         self._sync_lock = threading.Lock()  # one thread syncs with the database at a time
         self._empty(capacity)
@@ -467,7 +483,7 @@ class SearchIndex:
                 else:
                     self._incremental(conn, projector)
                     if force_verify or now - self.last_verify >= VERIFY_INTERVAL_S:
-                        if _db_fingerprint(conn) != self.fingerprint():
+                        if _db_fingerprint(conn, self.stored_model_id, self.stored_dim) != self.fingerprint():
                             self._reload(conn, projector)
                         self.last_verify = time.monotonic()
             self.last_sync = time.monotonic()
@@ -491,7 +507,7 @@ class SearchIndex:
 
     def _reload(self, conn: Connection, projector) -> None:
         started = time.perf_counter()
-        model_id = pretrained_model_id()
+        model_id, dim = self.stored_model_id, self.stored_dim
         # Read first: the rows loaded below already lack every member erased up to here.
         last_erasure = conn.scalar(select(func.max(MemberErasure.id))) or 0
         max_photo = conn.scalar(select(func.max(Photo.id))) or 0
@@ -503,13 +519,13 @@ class SearchIndex:
         last = 0
         while True:  # keyset pages: bounded memory per fetch, no OFFSET scans
             rows = conn.execute(
-                _enrolled_query(model_id).where(Photo.id > last).order_by(Photo.id).limit(LOAD_CHUNK)
+                _enrolled_query(model_id, dim).where(Photo.id > last).order_by(Photo.id).limit(LOAD_CHUNK)
             ).all()
             if not rows:
                 break
-            vectors = np.empty((len(rows), EMBEDDING_DIM), np.float32)
+            vectors = np.empty((len(rows), dim), np.float32)
             for i, (photo_id, member_id, sha, _eid, vector) in enumerate(rows):
-                vectors[i] = np.frombuffer(vector, "<f4", EMBEDDING_DIM)
+                vectors[i] = np.frombuffer(vector, "<f4", dim)
                 members.append(member_id)
                 photo_ids.append(photo_id)
                 shas.append(sha)
@@ -532,7 +548,7 @@ class SearchIndex:
         )
 
     def _incremental(self, conn: Connection, projector) -> None:
-        model_id = pretrained_model_id()
+        model_id, dim = self.stored_model_id, self.stored_dim
         max_photo = conn.scalar(select(func.max(Photo.id))) or 0
         max_embedding = conn.scalar(select(func.max(Embedding.id))) or 0
         if max_photo == self.last_photo_id and max_embedding == self.last_embedding_id:
@@ -540,18 +556,18 @@ class SearchIndex:
         rows = []
         if max_photo > self.last_photo_id:
             rows += conn.execute(
-                _enrolled_query(model_id).where(Photo.id > self.last_photo_id, Photo.id <= max_photo)
+                _enrolled_query(model_id, dim).where(Photo.id > self.last_photo_id, Photo.id <= max_photo)
             ).all()
         if max_embedding > self.last_embedding_id:
             rows += conn.execute(
-                _enrolled_query(model_id).where(
+                _enrolled_query(model_id, dim).where(
                     Embedding.id > self.last_embedding_id, Embedding.id <= max_embedding
                 )
             ).all()
         unique = {row[0]: row for row in rows}
         if unique:
             ordered = [unique[k] for k in sorted(unique)]
-            vectors = np.stack([np.frombuffer(r[4], "<f4", EMBEDDING_DIM) for r in ordered])
+            vectors = np.stack([np.frombuffer(r[4], "<f4", dim) for r in ordered])
             self.add_many(
                 [r[1] for r in ordered],
                 _project(projector, vectors),
@@ -578,7 +594,7 @@ class _NoClose:
         return False
 
 
-def _enrolled_query(model_id: str):
+def _enrolled_query(model_id: str, dim: int = EMBEDDING_DIM):
     return (
         select(Photo.id, Photo.member_id, Photo.sha256, Embedding.id, Embedding.vector)
         .join(Embedding, Embedding.photo_sha256 == Photo.sha256)
@@ -586,13 +602,16 @@ def _enrolled_query(model_id: str):
             Photo.kind == GALLERY,
             Photo.current.is_(True),
             Embedding.model_id == model_id,
-            Embedding.dim == EMBEDDING_DIM,
+            Embedding.dim == dim,
         )
     )
 
 
-def _db_fingerprint(conn: Connection) -> tuple[int, int]:
-    sub = _enrolled_query(pretrained_model_id()).with_only_columns(Photo.id).subquery()
+def _db_fingerprint(
+    conn: Connection, model_id: str | None = None, dim: int = EMBEDDING_DIM
+) -> tuple[int, int]:
+    model_id = model_id or pretrained_model_id()
+    sub = _enrolled_query(model_id, dim).with_only_columns(Photo.id).subquery()
     count, total = conn.execute(select(func.count(), func.coalesce(func.sum(sub.c.id), 0))).one()
     return int(count or 0), int(total or 0)
 
@@ -618,6 +637,7 @@ class _ModelContext:
     band: tuple[float, float]
     metadata: dict
     tower: object = field(repr=False, default=None)
+    networks: tuple[str, ...] = DEFAULT_NETWORKS
 
     def project(self, embeddings: np.ndarray) -> np.ndarray:
         return np.asarray(self.tower(np.asarray(embeddings, np.float32), training=False))
@@ -630,7 +650,14 @@ _contexts_lock = threading.Lock()
 def _context_from_model(model) -> _ModelContext:
     offset, scale = model.similarity_params()
     return _ModelContext(
-        model.version, offset, scale, model.threshold, model.uncertain_band, dict(model.metadata), model.tower
+        model.version,
+        offset,
+        scale,
+        model.threshold,
+        model.uncertain_band,
+        dict(model.metadata),
+        model.tower,
+        networks_of(model.metadata),
     )
 
 
@@ -682,7 +709,7 @@ def index_for(bind: Engine | Connection, model_version: str, *, sync: bool = Tru
         index = _indexes.get(key)
         if index is None:
             index = _indexes[key] = SearchIndex(
-                EMBEDDING_DIM,
+                embedding_dim(context.networks),
                 context.offset,
                 context.scale,
                 threshold=context.threshold,
@@ -696,6 +723,9 @@ def index_for(bind: Engine | Connection, model_version: str, *, sync: bool = Tru
                 ),
                 model_version=model_version,
             )
+            # Which stored rows the index reads: the embeddings of this model's networks.
+            index.stored_model_id = pretrained_model_id(context.networks)
+            index.stored_dim = embedding_dim(context.networks)
     if sync:
         index.sync(bind, context.project)
     return index
@@ -721,26 +751,29 @@ def reset_indexes() -> None:
 # Embeddings table
 
 
-def _vector_bytes(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, "<f4").reshape(EMBEDDING_DIM).tobytes()
+def _vector_bytes(vector: np.ndarray, dim: int = EMBEDDING_DIM) -> bytes:
+    return np.asarray(vector, "<f4").reshape(dim).tobytes()
 
 
-def store_embeddings(session: Session, analyses: Iterable) -> int:
+def store_embeddings(
+    session: Session, analyses: Iterable, networks: tuple[str, ...] = DEFAULT_NETWORKS
+) -> int:
     """Insert the pretrained embedding of each analysed photo that has none yet (caller commits).
 
     Written with the database's insert-or-ignore, so two processes storing the same photo at the
     same moment cannot make the caller's transaction fail.
     """
+    dim = embedding_dim(networks)
     vectors: dict[str, np.ndarray] = {}
     for analysis in analyses:
         emb = getattr(analysis, "embedding", None)
         sha = getattr(analysis, "sha256", "") or ""
-        if emb is None or np.asarray(emb).size != EMBEDDING_DIM or len(sha) != 64:
+        if emb is None or np.asarray(emb).size != dim or len(sha) != 64:
             continue
         vectors.setdefault(sha, emb)
     if not vectors:
         return 0
-    model_id = pretrained_model_id()
+    model_id = pretrained_model_id(networks)
     have = set(
         session.scalars(
             select(Embedding.photo_sha256).where(
@@ -752,8 +785,8 @@ def store_embeddings(session: Session, analyses: Iterable) -> int:
         {
             "photo_sha256": sha,
             "model_id": model_id,
-            "dim": EMBEDDING_DIM,
-            "vector": _vector_bytes(vec),
+            "dim": dim,
+            "vector": _vector_bytes(vec, dim),
             "created_at": _utcnow(),
         }
         for sha, vec in vectors.items()
@@ -818,8 +851,8 @@ def flag_possible_duplicates(session: Session, row, result) -> list[Candidate]:
     gallery, verification = result.gallery, result.verification
     if getattr(verification, "projection", None) is None and getattr(gallery, "projection", None) is None:
         return []
-    store_embeddings(session, [gallery, verification])
     context = _context(result.model_version)
+    store_embeddings(session, [gallery, verification], context.networks if context else DEFAULT_NETWORKS)
     if context is None:
         return []
     bind = session.get_bind()
@@ -941,7 +974,8 @@ def enrol_missing(session_factory, engine, store=None, *, limit: int | None = No
     from core.storage.photostore import PhotoNotFound, open_photo_store
 
     store = store or open_photo_store()
-    model_id = pretrained_model_id()
+    networks = getattr(engine, "networks", DEFAULT_NETWORKS)
+    model_id = pretrained_model_id(networks)
     done = 0
     with session_factory() as session:
         have = select(Embedding.photo_sha256).where(Embedding.model_id == model_id)
@@ -962,7 +996,7 @@ def enrol_missing(session_factory, engine, store=None, *, limit: int | None = No
                 log.warning("enrol-missing: %s", exc)
         analyses = engine.analyze_many(datas) if datas else []
         with session_factory() as session:
-            done += store_embeddings(session, analyses)
+            done += store_embeddings(session, analyses, networks)
             session.commit()
     return done
 
