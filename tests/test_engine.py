@@ -161,7 +161,9 @@ def test_a_cut_off_background_face_does_not_flag_the_photo(engine):
 def test_batch_analyses_each_distinct_photo_once(engine, sample_pairs, monkeypatch):
     located = []
     real_locate = features.locate
-    monkeypatch.setattr(features, "locate", lambda data: located.append(data) or real_locate(data))
+    monkeypatch.setattr(
+        features, "locate", lambda data, *networks: located.append(data) or real_locate(data, *networks)
+    )
     rows = list(sample_pairs.itertuples())[:12]
     pairs = [(photo(r.file_x), photo(r.file_y), None) for r in rows]
     pairs += pairs[:4]  # repeated pairs must not be analysed again

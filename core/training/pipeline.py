@@ -47,6 +47,7 @@ from core import config  # noqa: E402
 from core.training.embedding_cache import PhotoRef  # noqa: E402
 from core.training.fitting import (  # noqa: E402
     TrainParams,
+    calibrate,
     gender_metrics,
     make_pairs,
     midpoint_threshold,
@@ -488,6 +489,40 @@ def split_by_source(data: FeatureSet, params: TrainParams) -> tuple[np.ndarray, 
     return ~held, held
 
 
+CALIBRATION_FOLDS = 5
+
+
+def out_of_fold_distances(inputs: np.ndarray, people: np.ndarray, params: TrainParams, progress=None):
+    """(distances, labels) of pairs of the training people, each pair scored by a tower trained
+    without its person (CALIBRATION_FOLDS folds by person), or None with too few people to fold.
+
+    The similarity's calibration, the threshold and the two operating points are fitted on these:
+    the final tower meets new people the way each fold's tower met its fold. The folds train on
+    the person-based pairs only (reviewed pairs go into the final tower).
+    """
+    unique = np.unique(people)
+    folds = min(CALIBRATION_FOLDS, len(unique) // 3)
+    if folds < 2:
+        return None
+    rng = np.random.default_rng(params.seed + 3)
+    distances, labels = [], []
+    for k, group in enumerate(np.array_split(rng.permutation(unique), folds)):
+        inside = np.isin(people, group)
+        fold_tower = train_siamese(inputs[~inside], people[~inside], params)[0].get_layer("tower")
+        rows = np.flatnonzero(inside)
+        pairs, y = make_pairs(people[rows], 200, 1, params.seed + 1)
+        if not len(pairs) or len(set(y)) < 2:
+            continue
+        projections = fold_tower(inputs[rows], training=False).numpy()
+        distances.append(np.linalg.norm(projections[pairs[:, 0]] - projections[pairs[:, 1]], axis=1))
+        labels.append(y)
+        if progress:
+            progress(k + 1)
+    if not labels or len(set(np.concatenate(labels))) < 2:
+        return None
+    return np.concatenate(distances), np.concatenate(labels)
+
+
 def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> dict:
     """Split by person, train both heads, choose threshold and band, evaluate on held-out people.
 
@@ -538,6 +573,14 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     )
     tower = siamese.get_layer("tower")
     layer = siamese.get_layer("similarity")
+    # Calibration, threshold and operating points from towers that did not see the people they score.
+    unseen = out_of_fold_distances(
+        inputs[train_rows], data.people[train_rows], params, lambda f: report("siamese", 1.0, {"fold": f})
+    )
+    if unseen is not None:
+        offset, scale = calibrate(*unseen)
+        layer.offset.assign(offset)
+        layer.scale.assign(scale)
     offset, scale = float(layer.offset.numpy()), float(layer.scale.numpy())
     projections = tower(inputs, training=False).numpy()
 
@@ -551,8 +594,14 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
             [similarity_from_projections(projections[a], projections[b], offset, scale) for a, b in pairs]
         )
 
-    train_pairs, train_labels = person_pairs(train, params.seed + 1, 200)
-    train_sims = similarities(train_pairs)
+    if unseen is not None:
+        chosen_on = f"out-of-fold pairs of the training people ({CALIBRATION_FOLDS} folds by person)"
+        train_labels = unseen[1]
+        train_sims = 1.0 / (1.0 + np.exp(-scale * (offset - unseen[0])))
+    else:  # too few people to fold: the training people's pairs, seen by the tower
+        chosen_on = "pairs of the training people"
+        train_pairs, train_labels = person_pairs(train, params.seed + 1, 200)
+        train_sims = similarities(train_pairs)
     threshold = midpoint_threshold(train_sims, train_labels)
     points = choose_operating_points(train_sims, train_labels, params.max_auto_fmr, params.max_auto_fnmr)
     band = (points.reject_below, points.approve_at)
@@ -639,6 +688,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
         "threshold": threshold,
         "uncertain_band": band,
         "policy": points,
+        "policy_chosen_on": chosen_on,
         "history": history,
         "metrics": metrics,
         "heldout_pairs": [
@@ -685,7 +735,7 @@ def save_trained(
         },
         "threshold": result["threshold"],
         "uncertain_band": list(result["uncertain_band"]),
-        "policy": {**result["policy"].to_dict(), "chosen_on": "pairs of the training people"},
+        "policy": {**result["policy"].to_dict(), "chosen_on": result["policy_chosen_on"]},
         "gender_min_confidence": 0.9,
         "metrics": result["metrics"],
         "params": params.to_dict(),
