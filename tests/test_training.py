@@ -206,6 +206,9 @@ def sample_features(sample_vectors, tmp_path_factory):
     factory = session_factory(init_db(f"sqlite:///{tmp_path_factory.mktemp('features') / 'cache.sqlite3'}"))
     with factory() as session:
         embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
+        embedding_cache.store(
+            session, sample_vectors["sface"], embedding_cache.network_model_id("sface"), dim=128
+        )
         session.commit()
     photos = pipeline.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
     feats = pipeline.build_features(pipeline.TrainingData(photos, []), TrainParams(), factory)
