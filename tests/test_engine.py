@@ -58,6 +58,44 @@ def test_sample_pairs_decided_correctly(engine, sample_pairs):
             assert result.status == (AUTO_APPROVED if same else AUTO_REJECTED)
 
 
+def test_shipped_version_fuses_both_networks(engine):
+    assert engine.networks == ("dlib", "sface")
+    assert engine.model.metadata["features_version"] == features.features_version(("dlib", "sface"))
+    points = engine.model.operating_points
+    assert points.max_fmr == 0.001 and points.max_fnmr == 0.001
+    assert 0 < points.reject_below < engine.model.threshold < points.approve_at < 1
+
+
+def test_kidman_in_a_film_role_is_not_rejected_by_the_machine(engine):
+    # One person (a film role and a red carpet): dlib alone gave 0.00001 and rejected it unflagged.
+    result = engine.verify(photo("Nicole_Kidman_0006.jpg"), photo("Nicole_Kidman_0011.jpg"))
+    assert result.status != AUTO_REJECTED
+    assert result.similarity >= engine.model.operating_points.reject_below
+
+
+def test_a_dlib_only_version_still_loads_and_verifies(sample_pairs):
+    dlib_only = Engine.load("v20261122-053418")
+    assert dlib_only.networks == ("dlib",) and dlib_only.embedding_dim == 128
+    rows = list(sample_pairs.itertuples())[:8]
+    results = [dlib_only.verify(photo(r.file_x), photo(r.file_y)) for r in rows]
+    assert [r.same_person for r in results] == [r.same for r in rows]
+    assert all(r.verification.embedding.shape == (128,) for r in results)
+
+
+def test_similarity_rises_with_the_tower_distance_falling(engine):
+    # The calibration is monotone: a closer pair never gets a lower similarity.
+    a = engine.analyze(photo("Jiang_Zemin_0014.jpg"))
+    others = [
+        engine.analyze(photo(n))
+        for n in ("Jiang_Zemin_0009.jpg", "Jiang_Zemin_0005.jpg", "Howard_Dean_0010.jpg")
+    ]
+    pairs = sorted(
+        (float(np.linalg.norm(a.projection - b.projection)), engine.compare(a, b).similarity) for b in others
+    )
+    sims = [s for _, s in pairs]
+    assert sims == sorted(sims, reverse=True) and sims[0] > sims[-1]
+
+
 def test_result_carries_everything_a_reviewer_needs(engine):
     result = engine.verify(photo("Adrien_Brody_0001.jpg"), photo("Adrien_Brody_0002.jpg"), "M")
     assert result.same_person is True
@@ -67,7 +105,8 @@ def test_result_carries_everything_a_reviewer_needs(engine):
     for analysis in (result.gallery, result.verification):
         assert analysis.faces and analysis.main_face is not None
         assert analysis.crop.shape == (150, 150, 3) and analysis.crop.dtype == np.uint8
-        assert analysis.embedding.shape == (128,)
+        assert analysis.embedding.shape == (engine.embedding_dim,) == (256,)
+        assert analysis.chips["sface"].shape == (112, 112, 3)
     for stage in ("decode", "detect", "align", "embed", "decide", "total"):
         assert result.timings_ms[stage] >= 0
     as_json = json.loads(json.dumps(result.to_dict()))
