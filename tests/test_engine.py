@@ -201,7 +201,9 @@ def test_batch_analyses_each_distinct_photo_once(engine, sample_pairs, monkeypat
     located = []
     real_locate = features.locate
     monkeypatch.setattr(
-        features, "locate", lambda data, *networks: located.append(data) or real_locate(data, *networks)
+        features,
+        "locate",
+        lambda data, *args, **kwargs: located.append(data) or real_locate(data, *args, **kwargs),
     )
     rows = list(sample_pairs.itertuples())[:12]
     pairs = [(photo(r.file_x), photo(r.file_y), None) for r in rows]
