@@ -765,7 +765,7 @@ def test_openapi_properties(api):
                 assert mode == GenerationMode.NEGATIVE and operation.label == "GET /health", operation.label
                 continue
             tried.append(f"{operation.label} {mode.value}")
-    assert len(tried) == 2 * 9 - 1, tried  # 9 operations, incl. challenges and gallery photos
+    assert len(tried) == 2 * 11 - 1, tried  # 11 operations, incl. challenges, gallery photos, privacy
     assert api.client.get("/health").json()["status"] == "ok"  # still serving
 
 
@@ -922,3 +922,71 @@ def test_dashboard_verification_runs_the_same_duplicate_check(api):
     # And the other way round: the API sees the page's member as enrolled.
     third = api.enrol("app-2", photo(BRODY[2]), reencoded(BRODY[2]))
     assert "page-1" in [d["member_id"] for d in third["possible_duplicates"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Privacy: photo downloads audited, erasure on request (core.workflows.privacy)
+
+
+def test_member_photo_download_is_audited(api):
+    api.enrol("priv-1", photo(BRODY[0]), photo(BRODY[1]))
+    got = api.client.get("/v1/members/priv-1/photos/gallery", headers=api.headers())
+    assert got.status_code == 200, got.text
+    assert got.content == photo(BRODY[0]) and got.headers["content-type"] == "image/jpeg"
+    assert got.headers["cache-control"] == "no-store"
+    assert api.client.get("/v1/members/priv-1/photos/verification", headers=api.headers()).content == photo(
+        BRODY[1]
+    )
+    refused = api.client.get("/v1/members/priv-1/photos/gallery", headers=api.headers("reader"))
+    assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
+    assert api.client.get("/v1/members/nobody/photos/gallery", headers=api.headers()).status_code == 404
+    assert api.client.get("/v1/members/priv-1/photos/passport", headers=api.headers()).status_code == 422
+    with api.factory() as session:
+        downloads = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "download_photo").order_by(AuditEntry.id)
+        ).all()
+    assert [(e.actor, e.target_id, e.detail["kind"]) for e in downloads] == [
+        ("api:backend-key", "priv-1", "gallery"),
+        ("api:backend-key", "priv-1", "verification"),
+    ]
+    assert downloads[0].detail["why"] == "api:GET /v1/members/{member_id}/photos/{kind}"
+
+
+def test_erase_member_over_the_api(api):
+    api.enrol("priv-1", photo(BRODY[0]), photo(BRODY[1]))
+    api.enrol("priv-2", photo(BECKHAM[0]), photo(BECKHAM[1]))
+
+    def found() -> list[str]:
+        body = api.client.post(
+            "/v1/search/upload",
+            files={"photo": ("q.jpg", photo(BRODY[2]), "image/jpeg")},
+            data={"k": "5"},
+            headers=api.headers(),
+        ).json()
+        return [c["member_id"] for c in body["candidates"]]
+
+    assert found()[0] == "priv-1"
+    refused = api.client.delete("/v1/members/priv-1", headers=api.headers("reader"))
+    assert refused.status_code == 403
+    erased = api.client.delete("/v1/members/priv-1", headers=api.headers())
+    assert erased.status_code == 200, erased.text
+    body = erased.json()
+    assert body["member_id"] == "priv-1" and not body["already_erased"]
+    assert (
+        body["removed"]["photos"] == 2
+        and body["removed"]["files"] == 2
+        and body["removed"]["embeddings"] == 2
+    )
+    assert "priv-1" not in found()
+    assert api.client.get("/v1/members/priv-1/photos/gallery", headers=api.headers()).status_code == 404
+    history = api.client.get("/v1/members/priv-1/verifications", headers=api.headers("reader")).json()
+    assert history["status"] == "erased" and history["total"] == 1  # the decision is kept
+    result = api.client.get(f"/v1/verifications/{history['items'][0]['id']}", headers=api.headers()).json()
+    assert result["gallery"] is None and result["verification"] is None and result["status"]
+    again = api.client.delete("/v1/members/priv-1", headers=api.headers())
+    assert again.status_code == 200 and again.json()["already_erased"] is True
+    assert api.client.delete("/v1/members/nobody", headers=api.headers()).status_code == 404
+    with api.factory() as session:
+        assert session.scalar(select(func.count()).select_from(Photo).where(Photo.member_id == "priv-1")) == 0
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "erase_member")).first()
+        assert (entry.actor, entry.target_id, entry.detail["via"]) == ("api:backend-key", "priv-1", "api")

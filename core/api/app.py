@@ -12,7 +12,7 @@ from sqlalchemy.orm import sessionmaker
 from core import config
 from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
-from core.api.routers import challenges, health, members, photo_checks, verifications
+from core.api.routers import challenges, health, members, photo_checks, privacy, verifications
 from core.api.routers import search as search_routes
 from core.api.settings import API_VERSION, MAX_BODY_BYTES, MAX_IN_FLIGHT
 from core.api.state import AppState, load_engine_in_background, watch_promotions
@@ -81,6 +81,7 @@ def create_app(
         verifications.router,
         challenges.router,
         members.router,
+        privacy.router,
         search_routes.router,
         photo_checks.router,
     ):

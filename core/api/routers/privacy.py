@@ -1,0 +1,105 @@
+"""A member's photos (every download audited) and the erasure of a member's biometric data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from core.api.deps import CallerKey, State, secured
+from core.api.errors import ApiError, error_responses
+from core.api.inputs import checked_member_id
+from core.api.keys import BACKEND
+from core.storage.photostore import PhotoNotFound
+from core.storage.schema import Member, Photo
+from core.workflows import privacy
+
+router = APIRouter(tags=["privacy"])
+
+MEDIA_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+PHOTO_ENDPOINT = "GET /v1/members/{member_id}/photos/{kind}"
+
+
+class RemovedOut(BaseModel):
+    photos: int
+    files: int
+    files_kept_shared: int
+    embeddings: int
+    results: int
+    audit_entries: int
+
+
+class ErasureOut(BaseModel):
+    member_id: str
+    already_erased: bool
+    removed: RemovedOut
+    erasure_id: int
+    at: datetime
+
+
+@router.get(
+    "/v1/members/{member_id:path}/photos/{kind}",
+    dependencies=secured,
+    response_class=Response,
+    responses={
+        200: {"content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))}, "description": "the photo"},
+        **error_responses(401, 403, 404, 422, 503),
+    },
+)
+def member_photo(
+    state: State,
+    caller: CallerKey,
+    member_id: Annotated[str, Path(min_length=1, max_length=64)],
+    kind: Annotated[str, Path(pattern="^(gallery|verification)$")],
+):
+    """The member's current gallery or verification photo, for the backend key only. Each
+    download is in the audit log (who, when, this endpoint) and in the member's access history."""
+    if caller.role != BACKEND:
+        raise ApiError(
+            403, "forbidden", f"The key {caller.name!r} has the role {caller.role!r}; photos need 'backend'."
+        )
+    member_id = checked_member_id(member_id)
+    with state.factory() as session:
+        if session.get(Member, member_id) is None:
+            raise ApiError(404, "unknown_member", f"There is no member {member_id!r}.")
+        photo = session.scalars(
+            select(Photo)
+            .where(Photo.member_id == member_id, Photo.kind == kind, Photo.current.is_(True))
+            .order_by(Photo.id.desc())
+            .limit(1)
+        ).first()
+        if photo is None:
+            raise ApiError(404, "no_photo", f"Member {member_id!r} has no {kind} photo.")
+        try:
+            data = state.store.read(photo.stored_path)
+        except PhotoNotFound as exc:
+            raise ApiError(404, "photo_missing", str(exc)) from None
+        privacy.record_photo_view(
+            session, caller.actor, photo, f"api:{PHOTO_ENDPOINT}", action=privacy.DOWNLOAD_PHOTO, repeat_s=0
+        )
+    media_type = MEDIA_TYPES.get(photo.stored_path.rsplit(".", 1)[-1], "image/jpeg")
+    return Response(data, media_type=media_type, headers={"Cache-Control": "no-store"})
+
+
+@router.delete(
+    "/v1/members/{member_id:path}",
+    response_model=ErasureOut,
+    dependencies=secured,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+def erase_member(
+    state: State, caller: CallerKey, member_id: Annotated[str, Path(min_length=1, max_length=64)]
+):
+    """Erase the member's biometric data on request: photos, embeddings, 1:N index rows (in every
+    process), the analyses in their results. Decisions and the audit log are kept, the erasure is
+    recorded. Erasing an erased member again answers 200 with already_erased true."""
+    member_id = checked_member_id(member_id)
+    try:
+        report = privacy.erase_member(state.factory, state.store, member_id, actor=caller.actor, via="api")
+    except privacy.UnknownMember as exc:
+        raise ApiError(404, "unknown_member", str(exc)) from None
+    return JSONResponse(report.to_dict())
