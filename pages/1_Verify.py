@@ -7,7 +7,7 @@ import streamlit as st
 from core.dashboard import uploads
 from core.dashboard import verify as svc
 from core.storage import queries
-from core.storage.schema import GALLERY, VERIFICATION, Batch, Member
+from core.storage.schema import GALLERY, VERIFICATION, Batch
 from ui.common import engine_or_message, get_jobs, model_available, setup_page
 from ui.widgets import job_progress, pair_result, results_view
 
@@ -157,22 +157,22 @@ def pair_tab():
         outcome = None  # another member was picked since: show that member, not the old answer
     if outcome is not None:
         st.divider()
+        with ctx.session() as session:
+            svc.record_pair_views(session, outcome.result_id, ctx.username)
         pair_result(ctx, outcome)
     elif mode == "member" and member_id:
         # Before the first run: the member's stored photos, so staff see whom they verify.
+        kinds = [GALLERY] if source != "stored" else [GALLERY, VERIFICATION]
         with ctx.session() as session:
-            member = session.get(Member, member_id)
-            photos = {p.kind: p for p in member.photos if p.current} if member else {}
+            shown = svc.stored_photos_for_view(session, ctx.store, member_id, kinds, ctx.username)
         preview = st.columns(4)
-        for i, kind in enumerate((GALLERY, VERIFICATION)):
-            photo = photos.get(kind)
-            if photo is not None and not (kind == VERIFICATION and source != "stored"):
-                try:
-                    preview[i].image(
-                        ctx.store.read(photo.stored_path), caption=ctx.t(f"photo.{kind}"), width=180
-                    )
-                except Exception:
-                    preview[i].caption(ctx.t("photo.missing"))
+        for i, kind in enumerate(kinds):
+            if kind not in shown:
+                continue
+            if shown[kind] is None:
+                preview[i].caption(ctx.t("photo.missing"))
+            else:
+                preview[i].image(shown[kind], caption=ctx.t(f"photo.{kind}"), width=180)
 
 
 # ----------------------------------------------------------------------------------------------

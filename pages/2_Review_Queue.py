@@ -118,7 +118,7 @@ order = controls[1].selectbox(
 
 with ctx.session() as session:
     item, backlog = svc.next_queue_item(session, skipped, flags=chosen_flags, order=order)
-    detail = svc.load_review_item(session, ctx.store, item) if item is not None else None
+    detail = svc.load_review_item(session, ctx.store, item, ctx.username) if item is not None else None
 
 info = st.columns([3, 1])
 info[0].caption(ctx.t("review.backlog", n=backlog, skipped=len(skipped)))

@@ -6,8 +6,8 @@ from core import config
 from core.dashboard import formatting, home, uploads
 from core.dashboard import members as svc
 from core.storage import queries
-from core.storage.schema import MEMBER_STATUSES
-from core.workflows import importer
+from core.storage.schema import ADMIN, MEMBER_STATUSES
+from core.workflows import importer, privacy
 from ui.common import setup_page
 from ui.widgets import status_label
 
@@ -89,16 +89,22 @@ with tab_list:
             key="members_open",
             placeholder=ctx.t("members.open_hint"),
         )
+        notice = st.session_state.pop("members_notice", None)
+        if notice:
+            st.success(notice)
         if member_id:
             with ctx.session() as session:
-                history = queries.member_history(session, member_id, viewer=ctx.username)
-                photos = [
-                    (p.kind, p.current, p.stored_path, formatting.local_time(p.created_at))
-                    for p in history.photos
-                ]
+                history = queries.member_history(session, member_id, viewer=ctx.username, why=svc.PAGE)
+                shown = svc.photos_for_view(session, ctx.store, history.photos, ctx.username)
+                photos = [(p.kind, p.current, data, formatting.local_time(p.created_at)) for p, data in shown]
                 results = svc.history_frame(history)
                 entries = svc.audit_frame(history.audit)
                 member = history.member
+                access = (
+                    svc.access_frame(privacy.access_history(session, member_id))
+                    if ctx.role == ADMIN
+                    else None
+                )
             st.subheader(ctx.t("members.detail", member=member.id))
             st.caption(
                 ctx.t(
@@ -112,25 +118,21 @@ with tab_list:
             current = [p for p in photos if p[1]]
             old = [p for p in photos if not p[1]]
             pcols = st.columns(4)
-            for i, (kind, _current, path, created) in enumerate(current[:4]):
-                try:
-                    pcols[i].image(
-                        ctx.store.read(path), caption=f"{ctx.t(f'photo.{kind}')} · {created}", width=200
-                    )
-                except Exception:
+            for i, (kind, _current, data, created) in enumerate(current[:4]):
+                if data is None:
                     pcols[i].warning(ctx.t("photo.missing"))
+                else:
+                    pcols[i].image(data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width=200)
             if old:
                 with st.expander(ctx.t("members.old_photos", n=len(old))):
                     ocols = st.columns(4)
-                    for i, (kind, _current, path, created) in enumerate(old):
-                        try:
-                            ocols[i % 4].image(
-                                ctx.store.read(path),
-                                caption=f"{ctx.t(f'photo.{kind}')} · {created}",
-                                width=150,
-                            )
-                        except Exception:
+                    for i, (kind, _current, data, created) in enumerate(old):
+                        if data is None:
                             ocols[i % 4].warning(ctx.t("photo.missing"))
+                        else:
+                            ocols[i % 4].image(
+                                data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width=150
+                            )
             st.markdown(f"**{ctx.t('members.history')}**")
             if results.empty:
                 st.caption(ctx.t("members.no_history"))
@@ -146,6 +148,54 @@ with tab_list:
                 st.dataframe(
                     entries.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch"
                 )
+            if access is not None:  # administrators: who saw this member's data, export, erasure
+                st.markdown(f"**{ctx.t('members.access_history')}**")
+                if access.empty:
+                    st.caption(ctx.t("members.no_access"))
+                else:
+                    st.dataframe(
+                        access.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch"
+                    )
+                cols = st.columns(2)
+                if cols[0].button(ctx.t("members.export", member=member.id), key="members_export"):
+                    with ctx.session() as session:
+                        data = privacy.export_member(
+                            session, ctx.store, member.id, ctx.username, why=svc.PAGE
+                        )
+                    st.session_state["members_export_zip"] = (member.id, data)
+                ready = st.session_state.get("members_export_zip")
+                if ready and ready[0] == member.id:
+                    cols[0].download_button(
+                        ctx.t("members.export_download", member=member.id),
+                        ready[1],
+                        file_name=f"member-{member.id}.zip",
+                        mime="application/zip",
+                        key="members_export_download",
+                        on_click="ignore",
+                    )
+                with cols[1].expander(ctx.t("members.erase", member=member.id)):
+                    st.warning(ctx.t("members.erase_warning", member=member.id))
+                    typed = st.text_input(
+                        ctx.t("members.erase_confirm", member=member.id),
+                        key=f"members_erase_typed_{member.id}",
+                    )
+                    if st.button(
+                        ctx.t("members.erase_button", member=member.id),
+                        type="primary",
+                        disabled=typed.strip() != member.id,
+                        key="members_erase",
+                    ):
+                        report = privacy.erase_member(
+                            ctx.session_factory, ctx.store, member.id, actor=ctx.username, via="page"
+                        )
+                        st.session_state.pop("members_export_zip", None)
+                        st.session_state["members_notice"] = ctx.t(
+                            "members.erased",
+                            member=member.id,
+                            photos=report.removed.photos,
+                            embeddings=report.removed.embeddings,
+                        )
+                        st.rerun()
 
 with tab_import:
     st.caption(ctx.t("members.import_help"))

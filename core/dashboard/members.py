@@ -1,14 +1,50 @@
 """The Members page: a page of members, one member's history and audit trail as tables.
 
 members_frame(page), history_frame(history), audit_frame(entries)
+photos_for_view(session, store, photos, viewer) -> [(Photo, bytes | None)]   each one an audited view
+access_frame(entries)   an administrator's view of who saw the member's data (core.workflows.privacy)
 """
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 
 from core.dashboard.formatting import local_time
 from core.storage import queries
+from core.storage.photostore import PhotoNotFound
+from core.workflows import privacy
+
+PAGE = "page:members"  # why, in the audit entry of each photo shown
+
+
+def photos_for_view(session, store, photos, viewer: str) -> list:
+    """The photos' bytes for the page to show (None: missing from the store), each an audited view."""
+    out = []
+    for photo in photos:
+        try:
+            out.append((photo, privacy.show_photo(session, store, photo, viewer, PAGE)))
+        except PhotoNotFound:
+            out.append((photo, None))
+    return out
+
+
+def access_frame(entries) -> pd.DataFrame:
+    """Who viewed, downloaded or exported the member's data, when and where (page or endpoint)."""
+    return pd.DataFrame(
+        [
+            {
+                "at": local_time(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                "why": (e.detail or {}).get("why", ""),
+                "photo": (e.detail or {}).get("kind", ""),
+            }
+            for e in entries
+        ],
+        columns=["at", "actor", "action", "why", "photo"],
+    )
 
 
 def members_frame(page: queries.Page) -> pd.DataFrame:
@@ -77,7 +113,13 @@ def history_frame(history: queries.MemberHistory) -> pd.DataFrame:
 def audit_frame(entries) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"at": local_time(e.at), "actor": e.actor, "action": e.action, "detail": e.detail or ""}
+            {
+                "at": local_time(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                # Text, one type for the column (a table cannot mix objects and empty cells).
+                "detail": json.dumps(e.detail, ensure_ascii=False, default=str) if e.detail else "",
+            }
             for e in entries
         ],
         columns=["at", "actor", "action", "detail"],

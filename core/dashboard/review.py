@@ -1,7 +1,7 @@
 """The review queue page: the next flagged pair to decide, its photos, and the machine's verdict.
 
 next_queue_item(session, skipped, flags=None, order="priority") -> (QueueItem | None, backlog)
-load_review_item(session, store, item) -> ReviewItem
+load_review_item(session, store, item, viewer) -> ReviewItem (the photos shown are recorded as views)
 machine_verdict(row) -> "same" | "different" | "none";  verdict_text(row, lang)
 approve_needs_confirmation(row): the machine objects, so Approve is never the default
 """
@@ -17,13 +17,15 @@ from core.dashboard.formatting import describe_flags
 from core.i18n import t
 from core.storage import queries
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
-from core.storage.schema import GALLERY, VERIFICATION
+from core.storage.schema import GALLERY, VERIFICATION, Photo
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import FRAUD_FLAGS, GENDER_MISMATCH
+from core.workflows import privacy
 
 SAME, DIFFERENT, NO_VERDICT = "same", "different", "none"
 # Flags that make a pair checked first and make Approve an explicit choice against the machine.
 OBJECTION_FLAGS = (GENDER_MISMATCH, *FRAUD_FLAGS)
+PAGE = "page:review_queue"  # why, in the audit entry of each photo shown
 
 
 @dataclass
@@ -35,18 +37,22 @@ class ReviewItem:
     missing: list[str]
 
 
-def load_review_item(session: Session, store: PhotoStoreBackend, item: queries.QueueItem) -> ReviewItem:
+def load_review_item(
+    session: Session, store: PhotoStoreBackend, item: queries.QueueItem, viewer: str
+) -> ReviewItem:
+    """The result and its two photos, for `viewer` to see: each photo shown is an audited view."""
     row = session.get(ResultRow, item.result_id)
     photos: dict[str, bytes | None] = {}
     missing = []
-    for kind, path in ((GALLERY, item.gallery_path), (VERIFICATION, item.verification_path)):
+    for kind, photo_id in ((GALLERY, row.gallery_photo_id), (VERIFICATION, row.verification_photo_id)):
         photos[kind] = None
-        if path:
-            try:
-                photos[kind] = store.read(path)
-            except PhotoNotFound:
-                missing.append(kind)
-        else:
+        photo = session.get(Photo, photo_id) if photo_id is not None else None
+        if photo is None:
+            missing.append(kind)
+            continue
+        try:
+            photos[kind] = privacy.show_photo(session, store, photo, viewer, PAGE)
+        except PhotoNotFound:
             missing.append(kind)
     return ReviewItem(row, item, photos[GALLERY], photos[VERIFICATION], missing)
 

@@ -3,6 +3,8 @@ batch's results.
 
     verify_pair(...) -> PairOutcome (PairInputError: nothing saved), record_single_result(...),
     recent_batches(session), resumable(...), batch_results_frame(session, batch_id), filter_results(...)
+    stored_photos_for_view(session, store, member_id, kinds, viewer), record_pair_views(session, result_id, viewer)
+        every member photo the page shows is an audited view (core.workflows.privacy)
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from core.storage.schema import VerificationResult as ResultRow
 from core.verification import capture, features
 from core.verification.imaging import decode_image
 from core.verification.result import VerificationResult
-from core.workflows import batches, gallery, importer
+from core.workflows import batches, gallery, importer, privacy
+
+PAGE = "page:verify"  # why, in the audit entry of each photo shown
 
 
 @dataclass
@@ -384,3 +388,29 @@ def check_captured_photo(data: bytes, lang: str) -> CaptureView:
         for f in sorted(capture.photo_findings(analysis), key=lambda f: not f["hides_face"])
     ]
     return CaptureView(image=annotate_photo(data, analysis), lines=lines)
+
+
+def stored_photos_for_view(
+    session: Session, store: PhotoStoreBackend, member_id: str, kinds: Iterable[str], viewer: str
+) -> dict[str, bytes | None]:
+    """The member's current photos of these kinds for the page to show (None: missing), each an
+    audited view."""
+    out: dict[str, bytes | None] = {}
+    for kind in kinds:
+        photo = _current_photo(session, member_id, kind)
+        if photo is None:
+            continue
+        try:
+            out[kind] = privacy.show_photo(session, store, photo, viewer, PAGE)
+        except PhotoNotFound:
+            out[kind] = None
+    return out
+
+
+def record_pair_views(session: Session, result_id: int, viewer: str) -> None:
+    """The two photos shown with a verified pair are the member's photos now: audited views."""
+    row = session.get(ResultRow, result_id)
+    for photo_id in (row.gallery_photo_id, row.verification_photo_id) if row is not None else ():
+        photo = session.get(Photo, photo_id) if photo_id is not None else None
+        if photo is not None:
+            privacy.record_photo_view(session, viewer, photo, PAGE)

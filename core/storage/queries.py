@@ -2,7 +2,7 @@
 
 list_members(session, search=None, gender=None, status=None, created_from=None, created_to=None,
              page=1, page_size=50) -> Page[MemberRow]
-member_history(session, member_id, viewer=None) -> MemberHistory | None
+member_history(session, member_id, viewer=None, why=None) -> MemberHistory | None
 review_queue(session, limit=50, offset=0, model_version=None, batch_id=None, order="priority") -> list[QueueItem]
 queue_flag_counts(session) -> {flag code: waiting pairs}
 backlog_count(session, model_version=None, batch_id=None) -> int
@@ -197,10 +197,13 @@ def list_members(
     return Page(items, total, page, page_size)
 
 
-def member_history(session: Session, member_id: str, viewer: str | None = None) -> MemberHistory | None:
+def member_history(
+    session: Session, member_id: str, viewer: str | None = None, why: str | None = None
+) -> MemberHistory | None:
     """Photos, results with their reviews and the audit trail of one member.
 
-    With `viewer`, the viewing itself is written to the audit log (and committed).
+    With `viewer`, the viewing itself is written to the audit log (and committed), with `why`
+    (the page) when given.
     """
     member = session.get(Member, member_id)
     if member is None:
@@ -220,7 +223,7 @@ def member_history(session: Session, member_id: str, viewer: str | None = None) 
     )
     entries = audit.entries_for(session, "member", member_id)
     if viewer:
-        audit.log(session, viewer, audit.VIEW_MEMBER, "member", member_id)
+        audit.log(session, viewer, audit.VIEW_MEMBER, "member", member_id, {"why": why} if why else None)
         session.commit()
     return MemberHistory(member, photos, results, entries)
 

@@ -1,0 +1,131 @@
+"""The pages' side of privacy (AppTest): every member photo a page shows is an audited view; the
+Members page shows administrators a member's access history, exports the member's data and erases
+the member after a confirmation that names them. Real sample photos, the embedded database.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from conftest import engine_result
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from core.dashboard import verify
+from core.storage.schema import MEMBER_ERASED, AuditEntry, Member, Photo
+from core.workflows import importer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def open_page(page: str, role: str, lang: str = "en") -> AppTest:
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
+    at.session_state["auth"] = {
+        "username": f"{role}_user",
+        "role": role,
+        "display_name": None,
+        "last_seen": time.time(),
+    }
+    at.session_state["lang"] = lang
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def views(app_env, member_id: str) -> list[tuple[str, str, str]]:
+    with app_env.session() as session:
+        entries = session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.action == "view_photo", AuditEntry.target_id == member_id)
+            .order_by(AuditEntry.id)
+        ).all()
+    return sorted((e.actor, e.detail["kind"], e.detail["why"]) for e in entries)
+
+
+def load_sample(app_env) -> None:
+    with app_env.session() as session:
+        importer.load_sample_members(session, actor="test", photo_store=app_env.store)
+
+
+def test_members_page_views_are_audited_and_only_admins_see_access_history(app_env):
+    load_sample(app_env)
+    staff = open_page("pages/3_Members.py", "staff")
+    staff.selectbox(key="members_open").set_value("M0007").run()
+    assert len(staff.image) == 2
+    assert views(app_env, "M0007") == [
+        ("staff_user", "gallery", "page:members"),
+        ("staff_user", "verification", "page:members"),
+    ]
+    staff.run()  # drawn again at once: the same views, not new ones
+    assert len(views(app_env, "M0007")) == 2
+    keys = {b.key for b in staff.button}
+    assert "members_erase" not in keys and "members_export" not in keys
+    assert "Access history" not in " ".join(m.value for m in staff.markdown)
+
+    admin = open_page("pages/3_Members.py", "admin")
+    admin.selectbox(key="members_open").set_value("M0007").run()
+    assert "Access history (administrators only)" in " ".join(m.value for m in admin.markdown)
+    history = admin.dataframe[-1].value
+    assert {"staff_user", "admin_user"} <= set(history["Who"]) and set(history["Where"]) == {"page:members"}
+    admin.button(key="members_export").click().run()
+    assert not admin.exception
+    with app_env.session() as session:
+        exported = session.scalars(select(AuditEntry).where(AuditEntry.action == "export_member")).one()
+    assert (exported.actor, exported.target_id, exported.detail["why"]) == (
+        "admin_user",
+        "M0007",
+        "page:members",
+    )
+    assert admin.get("download_button"), "the ZIP is offered for download"
+
+
+def test_members_page_erases_a_member_after_typing_their_id(app_env):
+    load_sample(app_env)
+    with app_env.session() as session:
+        paths = [p.stored_path for p in session.scalars(select(Photo).where(Photo.member_id == "M0003"))]
+    assert all((app_env.store_dir / p).exists() for p in paths)
+    at = open_page("pages/3_Members.py", "admin")
+    at.selectbox(key="members_open").set_value("M0003").run()
+    assert "Erase member M0003 now" in [b.label for b in at.button]
+    assert at.button(key="members_erase").disabled
+    at.text_input(key="members_erase_typed_M0003").input("M0033").run()
+    assert at.button(key="members_erase").disabled  # another ID: still refused
+    at.text_input(key="members_erase_typed_M0003").input("M0003").run()
+    assert not at.button(key="members_erase").disabled
+    at.button(key="members_erase").click().run()
+    assert not at.exception
+    assert any("Member M0003 erased: 2 photos" in s.value for s in at.success)
+    with app_env.session() as session:
+        assert session.get(Member, "M0003").status == MEMBER_ERASED
+        assert session.scalar(select(func.count()).select_from(Photo).where(Photo.member_id == "M0003")) == 0
+        erased = session.scalars(select(AuditEntry).where(AuditEntry.action == "erase_member")).one()
+    assert (erased.actor, erased.detail["via"]) == ("admin_user", "page")
+    assert not any((app_env.store_dir / p).exists() for p in paths)
+    # The member still opens: status erased, no photos, the history kept.
+    at.selectbox(key="members_open").set_value("M0003").run()
+    assert len(at.image) == 0 and not at.exception
+
+
+def test_review_queue_and_verify_page_views_are_audited(app_env):
+    load_sample(app_env)
+    with app_env.session() as session:
+        member = session.get(Member, "M0011")
+        photos = {p.kind: p.id for p in member.photos if p.current}
+        result = engine_result("flagged", 0.45, flags=("uncertain_similarity",), registered_gender="M")
+        verify.record_single_result(
+            session, "test", result, "M0011", photos["gallery"], photos["verification"], "M"
+        )
+    review = open_page("pages/2_Review_Queue.py", "staff")
+    assert len(review.image) >= 2
+    assert views(app_env, "M0011") == [
+        ("staff_user", "gallery", "page:review_queue"),
+        ("staff_user", "verification", "page:review_queue"),
+    ]
+    # The Verify page previews the first member's stored photos before a run.
+    open_page("pages/1_Verify.py", "staff")
+    assert views(app_env, "M0001") == [
+        ("staff_user", "gallery", "page:verify"),
+        ("staff_user", "verification", "page:verify"),
+    ]
