@@ -76,6 +76,7 @@ def queue_env(db_url, redis_url, seaweedfs, seaweedfs_bucket, monkeypatch, tmp_p
         "JOB_HEARTBEAT_TIMEOUT_MS": "3000",  # a killed worker's message is handed on within seconds
         "JOB_MAINTENANCE_CHANCE": "1000000",
         "JOB_STALE_S": "5",
+        "RETENTION_EVERY_HOURS": "off",  # no retention job among the batches these tests count
         "MODELS_DIR": str(ROOT / "models"),
         "CACHE_DIR": str(ROOT / "data" / "cache"),
         **seaweedfs.env(),

@@ -160,6 +160,7 @@ def test_erasure_removes_photos_embeddings_index_rows_and_analyses(
             r.id: (r.status, r.similarity, r.same_person)
             for r in session.scalars(select(ResultRow).filter_by(member_id="M0001"))
         }
+        assert all(r.checks for r in session.scalars(select(ResultRow).filter_by(member_id="M0001")))
         assert decided and all(
             r.gallery_analysis for r in session.scalars(select(ResultRow).filter_by(member_id="M0001"))
         )
@@ -198,7 +199,7 @@ def test_erasure_removes_photos_embeddings_index_rows_and_analyses(
         for r in session.scalars(select(ResultRow).filter_by(member_id="M0001")):
             # The decision stays provable; what the photos showed does not.
             assert (r.status, r.similarity, r.same_person) == decided[r.id]
-            assert r.gallery_analysis is None and r.verification_analysis is None
+            assert r.gallery_analysis is None and r.verification_analysis is None and r.checks is None
             assert r.gallery_photo_id is None and r.verification_photo_id is None
         erasure = session.scalars(select(MemberErasure).filter_by(member_id="M0001")).one()
         assert (erasure.actor, erasure.reason, erasure.via) == ("admin_user", "request", "test")
@@ -586,3 +587,61 @@ def test_key_settings_are_checked(monkeypatch):
     monkeypatch.delenv("PHOTO_ENCRYPTION_KEY")
     monkeypatch.delenv("PHOTO_ENCRYPTION_OLD_KEYS", raising=False)
     assert not KeyRing.from_settings().enabled
+
+
+# ----------------------------------------------------------------------------------------------
+# Retention as a job (core.jobs): in-process without a broker, scheduled once per period on Redis
+
+RETENTION_REDIS_URL = os.environ.get("TEST_RETENTION_REDIS_URL", "redis://127.0.0.1:6379/7")
+
+
+def test_retention_job_runs_and_workers_schedule_it_once_per_period(
+    db_url, session_factory, tmp_path, monkeypatch
+):
+    import threading
+
+    from core import jobs
+    from core.jobs import queue, resources
+
+    store_dir = tmp_path / "job_store"
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("PHOTO_STORE_DIR", str(store_dir))
+    monkeypatch.delenv("PHOTO_STORE_URL", raising=False)
+    monkeypatch.delenv("JOB_BROKER_URL", raising=False)
+    monkeypatch.setenv("RETENTION_REJECTED_MEMBER_DAYS", "0")
+    store = PhotoStore(store_dir, fsync=False, keys=KeyRing.from_texts(None))
+    with session_factory() as session:
+        importer.load_sample_members(session, actor="staff_user", photo_store=store)
+    _decide_all(session_factory, store, rejected={"M0015"}, days_ago=1)
+
+    name = jobs.submit_retention()  # no broker: a thread of this process runs the same job
+    next(t for t in threading.enumerate() if t.name == name).join(timeout=120)
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Photo).filter_by(member_id="M0015")) == 0
+        assert session.scalar(select(func.count()).select_from(Photo)) == 38
+    resources._factory.cache_clear()
+    resources._store.cache_clear()
+
+    import redis
+
+    client = redis.Redis.from_url(RETENTION_REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {RETENTION_REDIS_URL} is not reachable: {exc}", pytrace=False)
+        pytest.skip(f"Redis at {RETENTION_REDIS_URL} is not reachable: {exc}")
+    monkeypatch.setenv("JOB_BROKER_URL", RETENTION_REDIS_URL)
+    monkeypatch.setattr(queue, "_state", {})
+    try:
+        for key in client.scan_iter(f"{queue.NAMESPACE}*"):
+            client.delete(key)
+        assert queue.schedule_retention(3600) is True  # the first worker to look enqueues it
+        assert queue.schedule_retention(3600) is False  # every other worker, this period: not again
+        assert queue.queue_sizes()[queue.QUEUE_BATCHES] == 1
+        assert 0 < client.ttl(f"{queue.NAMESPACE}:retention-scheduled") <= 3600
+    finally:
+        for key in client.scan_iter(f"{queue.NAMESPACE}*"):
+            client.delete(key)
+        queue.broker().close()
+        client.close()

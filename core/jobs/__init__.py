@@ -4,6 +4,8 @@
     submit_batch(batch_id, actor)              verify a batch (or finish one that stopped)
     submit_enrolment(limit=None)               embed current gallery photos that have none (1:N index)
     submit_training(run_id)                    train a queued training run
+    submit_retention(dry_run=False)            apply the retention settings (core.workflows.privacy);
+                                               queue workers also enqueue it every RETENTION_EVERY_HOURS
     wait_for_batch(session_factory, batch_id)  poll the database until the batch has finished
 
 With JOB_BROKER_URL=redis://HOST:6379/DB a job is a message on a Dramatiq queue (fv_batches,
@@ -27,7 +29,7 @@ from core import config
 from core.errors import FaceVerifyError
 from core.jobs import tasks
 
-VERIFY_BATCH, ENROL, TRAIN = "verify_batch", "enrol_missing", "train"
+VERIFY_BATCH, ENROL, TRAIN, RETENTION = "verify_batch", "enrol_missing", "train", "retention"
 
 
 class QueueUnavailable(FaceVerifyError, OSError):
@@ -72,6 +74,10 @@ def submit_enrolment(limit: int | None = None) -> str:
 
 def submit_training(run_id: int) -> str:
     return _submit(TRAIN, run_id=int(run_id))
+
+
+def submit_retention(dry_run: bool = False) -> str:
+    return _submit(RETENTION, dry_run=bool(dry_run))
 
 
 def wait_for_batch(

@@ -64,6 +64,10 @@ def _train(run_id: int) -> None:
     log.info("training run %s: %s", run_id, tasks.train(run_id))
 
 
+def _retention(dry_run: bool = False) -> None:
+    tasks.retention(dry_run)
+
+
 def broker():
     """The process's broker with the actors declared on it (made once)."""
     with _lock:
@@ -99,6 +103,7 @@ def broker():
                 ("verify_batch", _verify_batch, QUEUE_BATCHES, 24 * HOUR_MS, 200),
                 ("enrol_missing", _enrol, QUEUE_BATCHES, 6 * HOUR_MS, 20),
                 ("train", _train, QUEUE_TRAINING, 12 * HOUR_MS, 0),
+                ("retention", _retention, QUEUE_BATCHES, 6 * HOUR_MS, 20),
             )
         }
         _state["broker"] = b
@@ -113,6 +118,15 @@ def actors() -> dict:
 def send(kind: str, **kwargs) -> str:
     """Enqueue a job; its message id."""
     return actors()[kind].send(**kwargs).message_id
+
+
+def schedule_retention(every_s: float) -> bool:
+    """Enqueue the retention job unless some worker already did in this period: a Redis key set
+    only if absent, expiring after the period, so many workers enqueue it once per period."""
+    if not broker().client.set(f"{NAMESPACE}:retention-scheduled", "1", nx=True, ex=max(1, int(every_s))):
+        return False
+    send("retention")
+    return True
 
 
 def queue_sizes() -> dict[str, int]:

@@ -63,7 +63,28 @@ def train(run_id: int) -> str:
     return worker.work(run_id, resources.session_factory(), store=resources.photo_store())
 
 
-TASKS = {"verify_batch": verify_batch, "enrol_missing": enrol_missing, "train": train}
+def retention(dry_run: bool = False) -> dict:
+    """Remove what the retention settings say is past its time (safe to run twice or interrupt)."""
+    from core.workflows import privacy
+
+    report = privacy.apply_retention(resources.session_factory(), resources.photo_store(), dry_run=dry_run)
+    for line in report.lines():
+        log.info("retention: %s", line)
+    return report.to_dict()
+
+
+def retention_interval_s() -> float | None:
+    """RETENTION_EVERY_HOURS (default 24; 'off': queue workers never schedule it)."""
+    raw = (config.setting("RETENTION_EVERY_HOURS") or "24").strip().lower()
+    if raw in ("off", "never", "0"):
+        return None
+    hours = float(raw)
+    if hours <= 0:
+        raise ValueError(f"RETENTION_EVERY_HOURS must be positive or 'off', not {raw!r}")
+    return hours * 3600.0
+
+
+TASKS = {"verify_batch": verify_batch, "enrol_missing": enrol_missing, "train": train, "retention": retention}
 
 
 def run_logged(kind: str, **kwargs):

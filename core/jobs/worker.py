@@ -6,6 +6,9 @@ Run as many of these as there are cores to spare (each holds one engine, ~1 GB).
 time per thread and one message fetched ahead of none: the others stay in the queue for the other
 workers. SIGTERM or SIGINT stops it after the jobs in hand; SIGKILL (or a crash) loses nothing:
 the broker gives the unfinished message to another worker, which finishes what is left.
+
+Every worker also keeps the retention clock: once per RETENTION_EVERY_HOURS (default 24, 'off' to
+stop) one of them enqueues the retention job (core.workflows.privacy), whichever gets there first.
 """
 
 from __future__ import annotations
@@ -16,7 +19,19 @@ import signal
 import sys
 import threading
 
-from core.jobs import queue, resources
+from core.jobs import queue, resources, tasks
+
+RETENTION_CHECK_S = 600.0  # how often a worker looks whether this period's retention job is due
+
+
+def _retention_clock(stop: threading.Event, every_s: float, log) -> None:
+    while not stop.is_set():
+        try:
+            if queue.schedule_retention(every_s):
+                log.info("retention job enqueued (every %.0f h)", every_s / 3600)
+        except Exception as exc:  # the broker is away for a moment: try again at the next look
+            log.warning("retention not scheduled: %s", exc)
+        stop.wait(min(every_s, RETENTION_CHECK_S))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     worker.start()
+    every = tasks.retention_interval_s()
+    if every:
+        threading.Thread(target=_retention_clock, args=(stop, every, log), daemon=True).start()
     log.info("worker ready on %s", ", ".join(sorted(args.queues)))
     print("worker ready", flush=True)  # the line tests and process managers wait for
     stop.wait()

@@ -14,7 +14,8 @@ What erasure removes and keeps (the README's privacy section says the same):
            hash: then the file and its embeddings stay until the last owner is gone), the photo
            rows, every embedding row of those photos (search and training cache alike), the
            member's rows in every process's 1:N index, and in each of the member's results the
-           per-photo analyses (face boxes, landmarks, quality) and the links to the photos;
+           per-photo analyses (face boxes, landmarks, quality), the fraud checks' evidence drawn
+           from the photos (`checks`) and the links to the photos;
            photo hashes named in audit entries are blanked
   kept     the member row (ID, registered gender, dates; status "erased"), every result's
            decision, similarity, flags and who decided when, reviews, audit entries
@@ -149,6 +150,7 @@ def _remove_photo_rows(
         values = {column.key: None}
         if clear_analyses:
             values[analysis.key] = null()  # SQL NULL, not the JSON value null
+            values[ResultRow.checks.key] = null()  # the fraud checks' evidence drawn from the photos
         session.execute(
             update(ResultRow)
             .where(column.in_(ids))
@@ -263,18 +265,26 @@ def erase_member(
         # Analyses of results no photo row led to (an earlier, interrupted erasure; removed photos).
         left = [
             rid
-            for rid, g, v in session.execute(
-                select(ResultRow.id, ResultRow.gallery_analysis, ResultRow.verification_analysis).where(
-                    ResultRow.member_id == member_id
-                )
+            for rid, g, v, c in session.execute(
+                select(
+                    ResultRow.id,
+                    ResultRow.gallery_analysis,
+                    ResultRow.verification_analysis,
+                    ResultRow.checks,
+                ).where(ResultRow.member_id == member_id)
             )
-            if g is not None or v is not None
+            if g is not None or v is not None or c is not None
         ]
         if left:
             session.execute(
                 update(ResultRow)
                 .where(ResultRow.id.in_(left))
-                .values(gallery_analysis=null(), verification_analysis=null(), version=ResultRow.version + 1)
+                .values(
+                    gallery_analysis=null(),
+                    verification_analysis=null(),
+                    checks=null(),
+                    version=ResultRow.version + 1,
+                )
                 .execution_options(synchronize_session=False)
             )
         removed.results += len(left)
