@@ -185,7 +185,7 @@ def test_erasure_removes_photos_embeddings_index_rows_and_analyses(
 
     assert not report.already_erased
     assert report.removed.photos == 2 and report.removed.files == 2 and report.removed.embeddings == 2
-    assert report.removed.results == len(decided) and report.removed.audit_entries == 1
+    assert report.removed.results == len(decided)
     assert_no_byte_left(store, m1)
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Photo).filter_by(member_id="M0001")) == 0
@@ -204,10 +204,10 @@ def test_erasure_removes_photos_embeddings_index_rows_and_analyses(
         erasure = session.scalars(select(MemberErasure).filter_by(member_id="M0001")).one()
         assert (erasure.actor, erasure.reason, erasure.via) == ("admin_user", "request", "test")
         assert session.scalar(select(func.count()).select_from(AuditEntry)) == audit_before + 1
-        for entry in session.scalars(select(AuditEntry)):
-            assert not any(sha in json.dumps(entry.detail or {}) + (entry.target_id or "") for sha in m1)
+        # The audit log is kept as it was: its hash chain still verifies after the erasure.
         search_entry = session.scalars(select(AuditEntry).filter_by(action="api_search")).one()
-        assert (search_entry.actor, search_entry.target_id) == ("app-backend", "erased")
+        assert (search_entry.actor, search_entry.target_id) == ("app-backend", searched)
+        assert audit.verify_chain(session).ok
     # Every process: this one at once, another before its next search (no reload needed).
     assert "M0001" not in found_members(here, db_engine, engine, probe)
     assert "M0001" not in found_members(elsewhere, db_engine, engine, probe)

@@ -15,10 +15,11 @@ What erasure removes and keeps (the README's privacy section says the same):
            rows, every embedding row of those photos (search and training cache alike), the
            member's rows in every process's 1:N index, and in each of the member's results the
            per-photo analyses (face boxes, landmarks, quality), the fraud checks' evidence drawn
-           from the photos (`checks`) and the links to the photos;
-           photo hashes named in audit entries are blanked
+           from the photos (`checks`) and the links to the photos
   kept     the member row (ID, registered gender, dates; status "erased"), every result's
-           decision, similarity, flags and who decided when, reviews, audit entries
+           decision, similarity, flags and who decided when, reviews, audit entries (unchanged: the
+           log is a hash chain; it holds no photo, embedding or face geometry, at most the content
+           hash of a photo, which does not give the photo back)
   recorded a member_erasures row (also the signal other processes' indexes act on) and an
            audit entry "erase_member"
 
@@ -39,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, case, cast, delete, func, null, or_, select, update
+from sqlalchemy import case, delete, func, null, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import config
@@ -74,7 +75,6 @@ RETENTION = "retention"
 ACCESS_ACTIONS = (VIEW_PHOTO, DOWNLOAD_PHOTO, EXPORT_MEMBER, audit.VIEW_MEMBER)
 
 REQUEST, BY_RETENTION = "request", "retention"  # MemberErasure.reason
-ERASED_HASH = "erased"  # what a blanked photo hash reads in the audit log
 
 DECIDED = (AUTO_APPROVED, AUTO_REJECTED, APPROVED, REJECTED)
 CHUNK = 200  # photos per retention transaction
@@ -99,7 +99,6 @@ class Removed:
     files_kept_shared: int = 0  # files kept because another member's photo has the same content
     embeddings: int = 0  # embedding rows deleted
     results: int = 0  # results whose analyses and photo links were cleared
-    audit_entries: int = 0  # audit entries whose photo hashes were blanked
 
     def add(self, other: Removed) -> None:
         for name, value in asdict(other).items():
@@ -181,40 +180,7 @@ def _remove_photo_rows(
             session.execute(update(Batch).where(Batch.id == batch_id).values(n_items=Batch.n_items - n))
         session.execute(delete(BatchItem).where(BatchItem.id.in_(item_ids)))
     out.photos = session.execute(delete(Photo).where(Photo.id.in_(ids))).rowcount
-    out.audit_entries = _blank_hashes_in_audit(session, gone)
     return out
-
-
-def _blank(value, shas: set[str]):
-    if isinstance(value, str):
-        for sha in shas:
-            if sha in value:
-                value = value.replace(sha, ERASED_HASH)
-        return value
-    if isinstance(value, list):
-        return [_blank(v, shas) for v in value]
-    if isinstance(value, dict):
-        return {k: _blank(v, shas) for k, v in value.items()}
-    return value
-
-
-def _blank_hashes_in_audit(session: Session, shas: set[str]) -> int:
-    """Audit entries keep who did what and when; the hashes of erased photos are blanked.
-
-    One scan of the log for all the hashes (erasures are rare; the log can be long).
-    """
-    if not shas:
-        return 0
-    text = cast(AuditEntry.detail, String)
-    matches = [AuditEntry.target_id.in_(shas), *(text.contains(sha) for sha in sorted(shas))]
-    entries = session.scalars(select(AuditEntry).where(or_(*matches))).all()
-    for entry in entries:
-        if entry.target_id in shas:
-            entry.target_id = ERASED_HASH
-        if entry.detail is not None:
-            entry.detail = _blank(entry.detail, shas)
-    session.flush()
-    return len(entries)
 
 
 # ----------------------------------------------------------------------------------------------

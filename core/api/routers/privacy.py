@@ -30,7 +30,6 @@ class RemovedOut(BaseModel):
     files_kept_shared: int
     embeddings: int
     results: int
-    audit_entries: int
 
 
 class ErasureOut(BaseModel):
