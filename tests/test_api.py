@@ -765,7 +765,8 @@ def test_openapi_properties(api):
                 assert mode == GenerationMode.NEGATIVE and operation.label == "GET /health", operation.label
                 continue
             tried.append(f"{operation.label} {mode.value}")
-    assert len(tried) == 2 * 11 - 1, tried  # 11 operations, incl. challenges, gallery photos, privacy
+    # 13 operations (incl. challenges, gallery photos, photo checks, privacy), both modes but one
+    assert len(tried) == 2 * 13 - 1, tried
     assert api.client.get("/health").json()["status"] == "ok"  # still serving
 
 
