@@ -450,3 +450,27 @@ def test_a_full_budget_answers_busy_instead_of_waiting_forever(monkeypatch):
     assert info.value.code == "busy"
     assert budget.in_use == 0
     assert decode_image(bad.grey16_png(2000, 2000)).rgb.shape == (1280, 1280, 3)
+
+
+def test_concurrent_decodes_of_the_worst_png_stay_within_the_budget():
+    """Eight threads at once, in a fresh process: the budget holds the peak (Pillow's PNG getexif()
+    used to decode each photo in full before the budget was taken: 1.6 GB here)."""
+    code = (
+        "import resource, sys, threading; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+        "import badimages\n"
+        "from core.verification.imaging import decode_image\n"
+        "data = badimages.grey16_png()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "ts = [threading.Thread(target=decode_image, args=(data,)) for _ in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(root / "tests")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) < 450, done.stdout  # one 190 MiB buffer at a time, not eight

@@ -192,10 +192,6 @@ def decode_image(
         # (MPO's extra frames are the camera's preview or depth images, not an animation.)
         notes.append(f"animated {fmt} with {getattr(im, 'n_frames', '?')} frames: first frame used")
 
-    orientation = _exif_orientation(im)
-    # Orientations 5-8 swap width and height; the upright size is what callers see.
-    upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
     if fmt in ("JPEG", "MPO") and max(width, height) > work_size:
         # Ask libjpeg for the smallest 1/2^k scale that is still at least work_size on the long
         # side. Measured on the test's 50 MP JPEG: 0.08 s at 1/4 scale instead of 0.39 s, and
@@ -228,6 +224,11 @@ def decode_image(
                 "Please upload the photo again.",
                 code="corrupt",
             ) from exc
+        # After load(), inside the budget: Pillow's PNG getexif() decodes the whole image to look
+        # for an eXIf chunk after the pixels (that was a full decode outside any budget).
+        orientation = _exif_orientation(im)
+        # Orientations 5-8 swap width and height; the upright size is what callers see.
+        upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         im = _shrink_early(im, work_size, notes)
         return _finish(im, fmt, width, height, orientation, upright, sha256, notes, work_size, min_side)
 
@@ -374,6 +375,22 @@ class _Held:
         self.budget._release(self.cost)
         return False
 
+
+def _return_big_buffers_to_the_system() -> None:
+    """glibc keeps freed blocks of up to 32 MB in each thread's heap for reuse; a decoder buffer
+    freed on one request thread then stays resident while the next thread allocates its own, and
+    the process grows by a photo's buffer per thread. A fixed 1 MB mmap threshold makes every
+    large buffer (Pillow's 16 MB blocks, numpy arrays) its own mapping, unmapped when freed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD (fixes it: no dynamic raising)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        pass
+
+
+_return_big_buffers_to_the_system()
 
 _budget: DecodeBudget | None = None
 _budget_lock = threading.Lock()
