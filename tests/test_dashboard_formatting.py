@@ -18,7 +18,7 @@ def test_describe_flags_in_both_languages():
     )
     ko = formatting.describe_flags(result, "ko")
     en = formatting.describe_flags(result, "en")
-    assert ko[0]["title"] == "성별 불일치" and "등록 성별은 여성인데 사진은 남성로" in ko[0]["text"]
+    assert ko[0]["title"] == "성별 불일치" and "등록 성별은 여성인데 사진은 남성으로" in ko[0]["text"]
     assert en[1]["text"] == "Similarity 0.550 is in the uncertain band 0.400–0.600."
 
 

@@ -25,4 +25,4 @@ def test_filter_results():
 @pytest.mark.parametrize("lang", ["ko", "en"])
 def test_pair_input_errors_speak_the_page_language(lang):
     error = verify.PairInputError("verify.need_photo", which="gallery")
-    assert error.text(lang) == {"ko": "등록 사진이(가) 없습니다.", "en": "Missing: Gallery photo."}[lang]
+    assert error.text(lang) == {"ko": "등록 사진이 없습니다.", "en": "Missing: Gallery photo."}[lang]

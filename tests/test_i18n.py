@@ -70,6 +70,6 @@ def test_formatting_never_breaks_a_page():
     assert t("no.such.key", "ko") == "no.such.key"
     assert t("verify.run", "fr") == "인증 실행"  # unknown language: the default
     text = flag_text("uncertain_similarity", "ko", similarity=0.52, low=0.4, high=0.6)
-    assert text == "유사도 0.520가 판단이 애매한 구간 0.400–0.600에 있습니다."
+    assert text == "유사도 0.520이 판단이 애매한 구간 0.400–0.600에 있습니다."
     assert flag_text("uncertain_similarity", "en", detail="engine says so") == "engine says so"
     assert flag_text("something_new", "en", detail="the engine's words") == "the engine's words"

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.i18n import korean
+
 DEFAULT_LANG = "ko"
 LANGUAGES = {"ko": "한국어", "en": "English"}
 CATALOG_DIR = Path(__file__).resolve().parent
@@ -30,7 +32,7 @@ EN, KO = STRINGS["en"], STRINGS["ko"]
 
 def _fill(template: str, fmt: dict) -> str | None:
     try:
-        return template.format(**fmt)
+        return korean.fill(template, **fmt)  # str.format, plus Korean particles: "{name:(으)로}"
     except (KeyError, IndexError, ValueError, TypeError):
         return None
 
