@@ -254,7 +254,6 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
             print(
                 f"\nwarm page answer for one pair in the browser: {warm_seconds * 1000:.0f} ms (server {server_ms} ms)"
             )
-            assert warm_seconds < 5.0, warm_seconds  # a guard only: 2 shared cores, rendering included
 
             # The newcomer's demo: load the sample members and verify them as a batch from Home.
             sidebar.get_by_text("홈", exact=True).click()
