@@ -5,6 +5,7 @@ audited; the last active administrator cannot be removed."""
 import streamlit as st
 
 from core.dashboard import users as svc
+from core.storage import audit, throttle
 from core.storage.schema import ROLES
 from core.storage.users import AuthError
 from ui.common import setup_page
@@ -101,3 +102,25 @@ with right.container(border=True):
         except AuthError as exc:
             st.error(svc.error_text(exc, ctx.lang))
 st.caption(ctx.t("users.audited"))
+
+# Security: the audit log's hash chain and the sign-in / API key locks (core.storage.audit, throttle).
+st.subheader(ctx.t("security.title"))
+with ctx.session() as session:
+    chain = audit.verify_chain(session)
+    locks = [(row.kind, row.subject, row.failures, row.locked_until) for row in throttle.locked(session)]
+if chain.ok:
+    st.success(ctx.t("security.chain_ok", n=chain.checked))
+else:
+    st.error(ctx.t("security.chain_broken", summary=chain.summary()))
+if not locks:
+    st.caption(ctx.t("security.no_locks"))
+for kind, subject, failures, until in locks:
+    cols = st.columns([3, 1])
+    cols[0].write(
+        ctx.t("security.lock", kind=kind, subject=subject, failures=failures, until=f"{until:%H:%M} UTC")
+    )
+    if cols[1].button(ctx.t("security.unlock"), key=f"unlock_{kind}_{subject}"):
+        with ctx.session() as session:
+            throttle.unlock(session, kind, subject, actor=ctx.username)
+            session.commit()
+        st.rerun()

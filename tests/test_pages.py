@@ -765,3 +765,32 @@ def test_dashboard_listens_on_loopback_unless_configured():
         (Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
     )
     assert settings["server"]["address"] == "127.0.0.1"
+
+
+def test_users_page_shows_the_audit_chain_and_unlocks_a_locked_name(app_env):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from core.storage import throttle
+    from core.storage.schema import AuditEntry, utcnow
+
+    with app_env.session() as session:
+        for _ in range(throttle.LOCK_AFTER[throttle.USER]):
+            throttle.record_failure(
+                session, throttle.USER, "staff_user", "staff_user", now=utcnow() - timedelta(minutes=1)
+            )
+        session.commit()
+    at = open_page("users", role="admin")
+    assert "unlock_user_staff_user" in [b.key for b in at.button], texts(at)
+    at.button(key="unlock_user_staff_user").click().run()
+    with app_env.session() as session:
+        assert not throttle.locked(session)
+        entry = session.query(AuditEntry).filter(AuditEntry.action == throttle.UNLOCKED).one()
+        assert entry.actor == "admin_user"
+    assert "감사 로그가 온전합니다" in " ".join(s.value for s in at.success)
+    with app_env.session() as session:  # tamper: the page names the first broken link
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 1).values(actor="nobody"))
+        session.commit()
+    at = open_page("users", role="admin")
+    assert any("entry #1" in e.value for e in at.error), [e.value for e in at.error]
