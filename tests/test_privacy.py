@@ -87,17 +87,13 @@ def verify_members(session_factory, store, engine, member_ids) -> None:
 
 def other_process_index(db_engine, engine) -> search.SearchIndex:
     """An index loaded the way another process (the API, a second dashboard) loads its own."""
-    context = search._context(engine.model_version)
-    index = search.SearchIndex(
-        search.EMBEDDING_DIM,
-        context.offset,
-        context.scale,
-        threshold=context.threshold,
-        band=context.band,
-        model_version=engine.model_version,
-    )
-    index.sync(db_engine, context.project)
-    return index
+    saved = dict(search._indexes)  # this process's own indexes, put back afterwards
+    search._indexes.clear()  # so index_for makes a fresh, separate one
+    try:
+        return search.index_for(db_engine, engine.model_version)
+    finally:
+        search._indexes.clear()
+        search._indexes.update(saved)
 
 
 def found_members(index, db_engine, engine, data: bytes) -> list[str]:
