@@ -206,10 +206,13 @@ def _check_switchable(session: Session, version: str, models_dir: Path) -> Versi
     for name in ("siamese.keras", "gender.keras"):
         if not (models_dir / version / name).is_file():
             raise ModelError(f"Model version {version} is missing {name} in {models_dir / version}.")
-    if meta.get("features_version") != features.FEATURES_VERSION:
+    from core.verification.networks import networks_of
+
+    expected = features.features_version(networks_of(meta))  # for the networks the version names
+    if meta.get("features_version") != expected:
         raise ModelError(
             f"Model version {version} was trained on features {meta.get('features_version')!r}; this code "
-            f"computes {features.FEATURES_VERSION!r}, so it cannot be made active."
+            f"computes {expected!r}, so it cannot be made active."
         )
     return row
 
