@@ -62,12 +62,17 @@ ERRORS = {
     413: {"model": ErrorOut, "description": "request or photo too large"},
     415: {"model": ErrorOut, "description": "not an image, or the wrong content type"},
     422: {"model": ErrorOut, "description": "well-formed but unusable request"},
+    429: {"model": ErrorOut, "description": "too many failed API keys from this client; see Retry-After"},
     503: {"model": ErrorOut, "description": "model loading, engine busy or database unavailable"},
 }
 
 
 def error_responses(*codes: int) -> dict:
-    return {code: ERRORS[code] for code in codes}
+    """The documented error answers of an endpoint. Every endpoint that takes a key (401) can also
+    answer 429: the guard throttles a client whose keys keep failing, whatever the path."""
+    if 401 in codes:
+        codes = (*codes, 429)
+    return {code: ERRORS[code] for code in sorted(set(codes))}
 
 
 def add_error_handlers(app) -> None:
