@@ -176,7 +176,7 @@ def test_worker_killed_mid_batch_another_finishes_it_exactly_once(
     session, session_factory, queue_env, tmp_path
 ):
     from core import jobs
-    from core.storage.photostore import open_photo_store
+    from core.storage.stores import open_photo_store
 
     store = open_photo_store()
     batch_ids = _sample_batches(session, store, n_batches=3, repeats=12)  # 3 x 240 pairs

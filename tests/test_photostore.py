@@ -13,14 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.storage import photo_copy
-from core.storage.photostore import (
-    PhotoNotFound,
-    PhotoStore,
-    PhotoStoreUnavailable,
-    content_path,
-    open_photo_store,
-)
+from core.storage.photostore import PhotoNotFound, PhotoStore, PhotoStoreUnavailable, content_path
 from core.storage.s3store import S3PhotoStore, parse_s3_url
+from core.storage.stores import open_photo_store
 
 
 def _overwrite(store, relative_path: str, data: bytes) -> None:

@@ -29,8 +29,9 @@ from core.dashboard.jobs import BatchJobs
 from core.errors import FaceVerifyError, ModelError
 from core.i18n import DEFAULT_LANG, LANGUAGES, t
 from core.storage import users
-from core.storage.photostore import PhotoStoreBackend, open_photo_store, photo_store_url
+from core.storage.photostore import PhotoStoreBackend
 from core.storage.schema import User
+from core.storage.stores import open_photo_store, photo_store_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AUTH_KEY = "auth"

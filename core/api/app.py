@@ -16,7 +16,8 @@ from core.api.routers import challenges, health, members, photo_checks, privacy,
 from core.api.routers import search as search_routes
 from core.api.settings import API_VERSION, MAX_BODY_BYTES, MAX_IN_FLIGHT
 from core.api.state import AppState, load_engine_in_background, watch_promotions
-from core.storage.photostore import PhotoStoreBackend, open_photo_store
+from core.storage.photostore import PhotoStoreBackend
+from core.storage.stores import open_photo_store
 
 log = logging.getLogger(__name__)
 

@@ -32,13 +32,13 @@ def session_factory():
 
 @lru_cache(maxsize=4)
 def _store(url: str):
-    from core.storage.photostore import open_photo_store
+    from core.storage.stores import open_photo_store
 
     return open_photo_store(url)
 
 
 def photo_store():
-    from core.storage.photostore import photo_store_url
+    from core.storage.stores import photo_store_url
 
     return _store(photo_store_url())
 

@@ -26,9 +26,9 @@ from core.storage.photostore import (
     PhotoStoreBackend,
     PhotoStoreUnavailable,
     StoredEntry,
-    open_photo_store,
     sha256_hex,
 )
+from core.storage.stores import open_photo_store
 
 COPIED, SKIPPED, REPLACED, DAMAGED_SOURCE, FAILED = (
     "copied",

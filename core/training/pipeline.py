@@ -240,7 +240,7 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
         if session_factory is None:
             raise ValueError("Cannot use reviewed decisions: no database is configured.")
         if store is None:
-            from core.storage.photostore import open_photo_store
+            from core.storage.stores import open_photo_store
 
             store = open_photo_store()
         with session_factory() as session:

@@ -274,7 +274,7 @@ def start(
 
 def _store(store_dir: Path | str | None):
     """The photo store named by store_dir (a folder or s3:// URL), else the configured one."""
-    from core.storage.photostore import open_photo_store
+    from core.storage.stores import open_photo_store
 
     return open_photo_store(store_dir) if store_dir else open_photo_store()
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from core.errors import FaceVerifyError
 from core.storage import audit
-from core.storage.photostore import PhotoNotFound, PhotoStoreBackend, PhotoStoreUnavailable, open_photo_store
+from core.storage.photostore import PhotoNotFound, PhotoStoreBackend, PhotoStoreUnavailable
 from core.storage.schema import (
     BATCH_COMPLETED,
     BATCH_FAILED,
@@ -48,6 +48,7 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
+from core.storage.stores import open_photo_store
 from core.verification.result import (
     AUTO_APPROVED,
     AUTO_REJECTED,

@@ -39,8 +39,9 @@ from sqlalchemy.orm import Session
 from core import config
 from core.errors import FaceVerifyError, ImageError
 from core.storage import audit
-from core.storage.photostore import PhotoStoreBackend, open_photo_store, sha256_hex
+from core.storage.photostore import PhotoStoreBackend, sha256_hex
 from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, utcnow
+from core.storage.stores import open_photo_store
 from core.verification import imaging
 from core.verification.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
 from core.workflows import gallery, links, spreadsheets

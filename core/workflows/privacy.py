@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import config
 from core.errors import FaceVerifyError
 from core.storage import audit, encryption
-from core.storage.photostore import PhotoNotFound, PhotoStoreBackend, open_photo_store, sha256_hex
+from core.storage.photostore import PhotoNotFound, PhotoStoreBackend, sha256_hex
 from core.storage.schema import (
     GALLERY,
     MEMBER_ERASED,
@@ -63,6 +63,7 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
+from core.storage.stores import open_photo_store
 from core.verification.result import APPROVED, AUTO_APPROVED, AUTO_REJECTED, REJECTED
 from core.workflows import search
 

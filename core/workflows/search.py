@@ -971,7 +971,8 @@ def enrol_missing(session_factory, engine, store=None, *, limit: int | None = No
 
     Bounded: at most `limit` photos (all when None), `chunk` photos per engine call.
     """
-    from core.storage.photostore import PhotoNotFound, open_photo_store
+    from core.storage.photostore import PhotoNotFound
+    from core.storage.stores import open_photo_store
 
     store = store or open_photo_store()
     networks = getattr(engine, "networks", DEFAULT_NETWORKS)
