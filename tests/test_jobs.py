@@ -208,7 +208,7 @@ def test_worker_killed_mid_batch_another_finishes_it_exactly_once(
             assert state["status"] == BATCH_COMPLETED, (state, second.log.read_text()[-2000:])
 
         # The pages' path: the dashboard's thread creates and enqueues, the worker computes.
-        from core.dashboard.jobs import DONE, BatchJobs
+        from core.dashboard.page_batches import DONE, BatchJobs
         from core.jobs import resources
 
         page_engine = resources.engine(_default_version())

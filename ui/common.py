@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import config
 from core.dashboard.access import PAGE_BY_KEY, PAGES, can_open, log_event, log_refusal, session_expired
-from core.dashboard.jobs import BatchJobs
+from core.dashboard.page_batches import BatchJobs
 from core.errors import FaceVerifyError, ModelError
 from core.i18n import DEFAULT_LANG, LANGUAGES, t
 from core.storage import users

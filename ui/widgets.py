@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.dashboard import formatting, jobs, photos, verify
+from core.dashboard import formatting, page_batches, photos, verify
 from core.storage.schema import GALLERY, VERIFICATION
 from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, STATUSES
 from ui.common import PageContext, get_jobs
@@ -154,9 +154,9 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
         current = get_jobs().get(job_key)
         if current is None:
             return
-        if current.phase in (jobs.IMPORTING, jobs.RUNNING):
+        if current.phase in (page_batches.IMPORTING, page_batches.RUNNING):
             total = max(current.total, 1)
-            label = "batch.importing" if current.phase == jobs.IMPORTING else "batch.running"
+            label = "batch.importing" if current.phase == page_batches.IMPORTING else "batch.running"
             st.progress(
                 min(current.done / total, 1.0), text=ctx.t(label, done=current.done, total=current.total)
             )
@@ -175,7 +175,7 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
                     ],
                     hide_index=True,
                 )
-        if current.phase == jobs.FAILED:
+        if current.phase == page_batches.FAILED:
             key, params = current.error or ("batch.failed", {"detail": ""})
             st.error(ctx.t(key, **params))
         else:

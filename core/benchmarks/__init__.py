@@ -5,5 +5,8 @@ baseline      the bare dlib-bin pipeline the benchmark compares with
 search        1:N search latency over N enrolled members
 imports       the member importer into a fresh database
 load_test     the HTTP API under a fixed request rate
+scale_out     one API worker against two, each held to one core
+capture       the capture check on synthetic variants (capture_variants draws them)
+fraud         reused-photo, pose-challenge and turned-face figures
 
 May import anything in core."""

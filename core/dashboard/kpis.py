@@ -24,7 +24,7 @@ from core.dashboard.formatting import (
     rate_of,
     target_text,
 )
-from core.dashboard.jobs import SINGLE_SOURCE
+from core.dashboard.page_batches import SINGLE_SOURCE
 from core.i18n import t
 from core.storage import queries
 from core.storage.schema import Batch

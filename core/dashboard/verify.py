@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.dashboard.formatting import local_time
-from core.dashboard.jobs import SINGLE_SOURCE
+from core.dashboard.page_batches import SINGLE_SOURCE
 from core.dashboard.photos import annotate_photo
 from core.errors import FaceVerifyError, ImageError
 from core.i18n import t

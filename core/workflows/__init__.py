@@ -5,5 +5,11 @@ importer   members from .xlsx/.csv with photos from files, a ZIP or links
 batches    run the engine over pairs and store each result as it comes
 reviews    reviewers' decisions on flagged pairs
 search     the in-memory 1:N index over enrolled members, duplicate-account check
+photo_checks  the fraud checks against the member's stored photos, run when a result is stored
+gallery    adding a gallery photo to an existing member (compared, reviewed when it differs)
+reverification  re-run members on a newly promoted model
+privacy    erasure, retention, audited photo views, export, key rotation
+links      photo links fetched only from public hosts
+spreadsheets  .xlsx/.csv read safely; downloads escaped against formulas
 
-May import: core.verification, core.storage."""
+May import: core.verification, core.storage, core.jobs (to hand work to the queue)."""

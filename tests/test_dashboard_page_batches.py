@@ -1,4 +1,4 @@
-"""Background batches for the pages (core.dashboard.jobs)."""
+"""Background batches for the pages (core.dashboard.page_batches)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 from conftest import engine_result
 
-from core.dashboard import jobs
+from core.dashboard import page_batches
 from core.verification.result import PhotoAnalysis
 
 
@@ -37,7 +37,7 @@ def test_a_second_start_of_the_same_members_attaches_to_the_running_batch(
 
     for n in range(3):
         add_member(f"J{n}")
-    runner, engine = jobs.BatchJobs(), SlowEngine()
+    runner, engine = page_batches.BatchJobs(), SlowEngine()
     first, started = runner.start_members(
         session_factory, engine, photo_store, "staff_user", ["J0", "J1", "J2"]
     )
@@ -47,7 +47,7 @@ def test_a_second_start_of_the_same_members_attaches_to_the_running_batch(
     assert started and not started_again and again is first
     engine.go.set()
     first.thread.join(30)
-    assert first.phase == jobs.DONE and first.done == first.total == 3
+    assert first.phase == page_batches.DONE and first.done == first.total == 3
     with session_factory() as session:
         assert session.scalar(select(func.count(Batch.id))) == 1
     # Once finished, the same selection may run again (a new batch).
@@ -56,7 +56,7 @@ def test_a_second_start_of_the_same_members_attaches_to_the_running_batch(
 
 
 def test_nothing_to_run_is_reported_not_raised(session_factory, photo_store):
-    runner = jobs.BatchJobs()
+    runner = page_batches.BatchJobs()
     job, _ = runner.start_members(session_factory, SlowEngine(), photo_store, "staff_user", ["nobody"])
     job.thread.join(30)
-    assert job.phase == jobs.FAILED and job.error == ("batch.nothing_to_run", {})
+    assert job.phase == page_batches.FAILED and job.error == ("batch.nothing_to_run", {})
