@@ -287,10 +287,11 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
             expect(
                 page.get_by_text("저장되지 않았습니다: 기계가 이 쌍에 이의를 제기했습니다", exact=False)
             ).to_be_visible(timeout=30000)
-            page.get_by_text("사진을 직접 비교했습니다", exact=False).click()
+            # The banner names the box too, so the box is found by its widget, not by its text.
+            page.locator('[data-testid="stCheckbox"]').filter(has_text="사진을 직접 비교했습니다").click()
+            expect(page.get_by_role("checkbox", name=re.compile("사진을 직접 비교했습니다"))).to_be_checked()
             _settle(page)
-            page.get_by_role("button", name="승인").focus()
-            page.keyboard.press("Alt+A")
+            page.get_by_role("button", name="승인").click()
             expect(page.get_by_text(f"회원 {member_id} 승인 — admin_user 님이", exact=False)).to_be_visible(
                 timeout=30000
             )
