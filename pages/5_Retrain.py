@@ -6,10 +6,13 @@ two seconds and can cancel it, so it can be left and reopened. Every promotion, 
 start and cancel is written to the audit log by the core functions.
 """
 
+from pathlib import Path
+
 import streamlit as st
 from sqlalchemy import select
 
 from core.dashboard import retrain as view
+from core.dashboard import training_sets
 from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
 from core.storage.schema import AuditEntry
@@ -122,28 +125,144 @@ def setting_widget(setting: view.Setting, container):
     )
 
 
+def summary_line(summary: training_sets.SetSummary) -> str:
+    return ctx.t(
+        "retrain.data.summary",
+        photos=summary.photos,
+        people=summary.people,
+        with_pairs=summary.people_with_pairs,
+        men=summary.men,
+        women=summary.women,
+    )
+
+
+def show_set(summary: training_sets.SetSummary) -> None:
+    """What one source holds and whether it is enough on its own."""
+    text = summary_line(summary)
+    if summary.enough:
+        st.caption(f"{text} · {ctx.t('retrain.data.enough')}")
+    else:
+        st.caption(f"{text} · {ctx.t('retrain.data.not_enough', detail='; '.join(summary.problems))}")
+
+
+def uploaded_set() -> tuple[Path, Path] | None:
+    """The uploaded ZIP, checked and unpacked once per file (kept in the session by its id)."""
+    upload = st.file_uploader(
+        ctx.t("retrain.data.zip"),
+        type=["zip"],
+        help=ctx.t(
+            "retrain.data.zip_help",
+            photos=training_sets.MAX_UPLOAD_PHOTOS,
+            gb=training_sets.MAX_UNPACKED_BYTES // 2**30,
+        ),
+        key="retrain_zip",
+    )
+    if upload is None:
+        st.info(ctx.t("retrain.data.zip_wanted"))
+        return None
+    unpacked = st.session_state.get("retrain_zip_unpacked") or {}
+    if unpacked.get("file_id") != upload.file_id:
+        with st.spinner(ctx.t("retrain.data.unpacking")):
+            try:
+                folder, left_out = training_sets.unpack_upload(upload.getvalue())
+                unpacked = {"file_id": upload.file_id, "folder": str(folder), "left_out": left_out}
+            except training_sets.TrainingSetError as exc:
+                unpacked = {"file_id": upload.file_id, "problems": exc.problems}
+            except OSError as exc:
+                unpacked = {"file_id": upload.file_id, "problems": [str(exc)]}
+        st.session_state["retrain_zip_unpacked"] = unpacked
+    if unpacked.get("problems"):
+        st.error(ctx.t("retrain.data.unusable", detail=" ".join(unpacked["problems"])))
+        return None
+    if unpacked["left_out"]:
+        names = ", ".join(unpacked["left_out"][:5]) + (" …" if len(unpacked["left_out"]) > 5 else "")
+        st.warning(ctx.t("retrain.data.left_out", n=len(unpacked["left_out"]), names=names))
+    return training_sets.find_folder(unpacked["folder"])
+
+
+def chosen_photo_set(source: str) -> tuple[Path, Path] | None:
+    if source == "lfw":
+        folder = pipeline.lfw_dev_dir()
+        return folder / "images", folder / "people.csv"
+    if source == "upload":
+        return uploaded_set()
+    if source == "folder":
+        path = st.text_input(
+            ctx.t("retrain.data.folder"), help=ctx.t("retrain.data.folder_help"), key="retrain_folder"
+        )
+        if not path.strip():
+            st.info(ctx.t("retrain.data.folder_wanted"))
+            return None
+        try:
+            return training_sets.find_folder(path)
+        except training_sets.TrainingSetError as exc:
+            st.error(ctx.t("retrain.data.unusable", detail=" ".join(exc.problems)))
+            return None
+    return None
+
+
+def data_choice() -> tuple[pipeline.DataChoice | None, str]:
+    """The sources to train on, each with what it holds; (None, why) when they cannot make a run."""
+    st.markdown(f"**{ctx.t('retrain.data')}**")
+    with ctx.session() as session:
+        reviewed = training_sets.reviewed_summary(session)
+    use_reviewed = st.checkbox(
+        ctx.t(
+            "retrain.data.reviewed",
+            n=available["reviewed_pairs"],
+            same=available["reviewed_same"],
+            different=available["reviewed_pairs"] - available["reviewed_same"],
+        ),
+        value=available["reviewed_pairs"] > 0,
+        help=ctx.t("retrain.data.reviewed_help"),
+        key="retrain_use_reviewed",
+    )
+    if reviewed.pairs:
+        show_set(reviewed)
+    sources = ["none", *(["lfw"] if available["lfw_dir"] else []), "upload", "folder"]
+    source = st.radio(
+        ctx.t("retrain.data.source"),
+        sources,
+        index=1 if available["lfw_dir"] else 0,
+        format_func=lambda s: (
+            ctx.t("retrain.data.lfw", n=available["lfw_photos"])
+            if s == "lfw"
+            else ctx.t(f"retrain.data.source.{s}")
+        ),
+        help=ctx.t("retrain.data.source_help"),
+        horizontal=True,
+        key="retrain_photo_set",
+    )
+    photo_set = chosen_photo_set(source)
+    chosen = [reviewed] if use_reviewed else []
+    if photo_set is not None:
+        try:
+            summary = training_sets.folder_summary(*photo_set)
+        except training_sets.TrainingSetError as exc:
+            st.error(ctx.t("retrain.data.unusable", detail=" ".join(exc.problems)))
+            photo_set = None
+        else:
+            if source != "lfw" or not summary.enough:
+                show_set(summary)
+            chosen.append(summary)
+    if not chosen or (photo_set is None and not reviewed.pairs):
+        why = ctx.t("retrain.data.choose")
+        st.warning(ctx.t("retrain.data.missing", detail=why))
+        return None, why
+    total = training_sets.combine(*chosen)
+    if total.problems:
+        why = "; ".join(total.problems)
+        st.warning(ctx.t("retrain.data.missing", detail=why))
+        return None, why
+    st.success(f"{ctx.t('retrain.data.total', summary=summary_line(total))} · {ctx.t('retrain.data.ready')}")
+    images, people = photo_set if photo_set is not None else (None, None)
+    return pipeline.DataChoice(images, people, reviewed=use_reviewed), ""
+
+
 def start_form() -> None:
     st.subheader(ctx.t("retrain.new_run"))
+    choice, why_not = data_choice()
     with st.form("retrain_form"):
-        st.markdown(f"**{ctx.t('retrain.data')}**")
-        use_lfw = st.checkbox(
-            ctx.t("retrain.data.lfw", n=available["lfw_photos"]),
-            value=bool(available["lfw_dir"]),
-            disabled=not available["lfw_dir"],
-            help=ctx.t("retrain.data.lfw_help", path=available["lfw_dir"] or "../shared/data/lfw_dev"),
-            key="retrain_use_lfw",
-        )
-        use_reviewed = st.checkbox(
-            ctx.t(
-                "retrain.data.reviewed",
-                n=available["reviewed_pairs"],
-                same=available["reviewed_same"],
-                different=available["reviewed_pairs"] - available["reviewed_same"],
-            ),
-            value=available["reviewed_pairs"] > 0,
-            help=ctx.t("retrain.data.reviewed_help"),
-            key="retrain_use_reviewed",
-        )
         st.markdown(f"**{ctx.t('retrain.settings')}**")
         st.caption(ctx.t("retrain.settings_help"))
         values = {}
@@ -165,10 +284,9 @@ def start_form() -> None:
     except ValueError as exc:
         st.error(ctx.t("retrain.bad_input", detail=str(exc)))
         return
-    choice = pipeline.DataChoice(reviewed=use_reviewed)
-    if use_lfw and available["lfw_dir"]:
-        folder = pipeline.lfw_dev_dir()
-        choice = pipeline.DataChoice(folder / "images", folder / "people.csv", reviewed=use_reviewed)
+    if choice is None:
+        st.error(ctx.t("retrain.bad_input", detail=why_not))
+        return
     try:
         run_id = worker.start(ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.url)
     except worker.RunInProgress as exc:

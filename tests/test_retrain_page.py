@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, SAMPLE_DIR, SAMPLE_IMAGES
@@ -41,6 +42,7 @@ def texts(at: AppTest) -> str:
     for kind in ("title", "subheader", "markdown", "caption", "error", "warning", "info", "success"):
         parts += [str(e.value) for e in getattr(at, kind)]
     parts += [b.label for b in at.button] + [c.label for c in at.checkbox]
+    parts += [option for r in at.radio for option in r.options]
     return "\n".join(parts)
 
 
@@ -60,6 +62,7 @@ def retrain_env(app_env, models_copy, tmp_path, monkeypatch):
     monkeypatch.setattr(worker, "_launch", lambda factory, run_id, store_dir: launched.append(run_id))
     app_env.models_dir = models_copy
     app_env.launched = launched
+    app_env.lfw_images = lfw / "images"
     return app_env
 
 
@@ -109,6 +112,7 @@ def test_start_then_second_start_refused_then_cancel(retrain_env):
         run = session.scalar(select(TrainingRun))
     assert retrain_env.launched == [run.id] and run.status == "queued"
     assert run.params["data"]["reviewed"] is False  # nothing reviewed yet: unticked by default
+    assert run.params["data"]["lfw_images"] == str(retrain_env.lfw_images)  # the set found on this machine
     assert f"Training run {run.id} started" in texts(first)
     assert "Training run" in texts(first) and "Cancel the run" in texts(first)  # the live panel
 
@@ -232,3 +236,159 @@ def test_failed_run_shows_its_reason(retrain_env):
     at = open_retrain()
     assert "실행이 실패했습니다. 현재 모델은 바뀌지 않았습니다." in texts(at)
     assert "no photos of women" in at.code[0].value
+
+
+# ----------------------------------------------------------------------------------------------
+# Training sets on a fresh install (no lfw_dev on the machine): the reviewed decisions, an
+# uploaded ZIP in the LFW layout, a folder on the server
+
+
+@pytest.fixture
+def fresh_install(app_env, models_copy, tmp_path, monkeypatch):
+    """No LFW development set on this machine, uploads unpacked under tmp_path."""
+    monkeypatch.setenv("LFW_DEV_DIR", str(tmp_path / "no_lfw_here"))
+    monkeypatch.setenv("TRAINING_SETS_DIR", str(tmp_path / "training_sets"))
+    launched = []
+    monkeypatch.setattr(worker, "_launch", lambda factory, run_id, store_dir: launched.append(run_id))
+    app_env.models_dir = models_copy
+    app_env.launched = launched
+    app_env.sets_dir = tmp_path / "training_sets"
+    return app_env
+
+
+def lfw_zip(people_csv: bytes | None = None, extra: dict[str, bytes] | None = None) -> bytes:
+    """data/sample as LFW ships it: lfw/Person_Name/Person_Name_0001.jpg and lfw/people.csv."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr(
+            "lfw/people.csv",
+            people_csv if people_csv is not None else (SAMPLE_DIR / "people.csv").read_bytes(),
+        )
+        for photo in sorted(SAMPLE_IMAGES.iterdir()):
+            z.write(photo, f"lfw/{photo.name.rsplit('_', 1)[0]}/{photo.name}")
+        for name, data in (extra or {}).items():
+            z.writestr(name, data)
+    return buffer.getvalue()
+
+
+def start_run(env, at):
+    button(at, "Start training").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    with env.session() as session:
+        return session.scalar(select(TrainingRun))
+
+
+def test_fresh_install_says_what_is_missing(fresh_install):
+    at = open_retrain(lang="en")
+    assert at.radio(key="retrain_photo_set").value == "none"
+    assert at.radio(key="retrain_photo_set").options == [
+        "None (the reviewed decisions only)",
+        "A ZIP uploaded here (LFW layout)",
+        "A folder on the server",
+    ]  # no LFW development set on this machine
+    assert "Training cannot start yet: choose at least one source" in texts(at)
+    button(at, "Start training").click().run()
+    assert "Not started: choose at least one source" in texts(at)
+    with fresh_install.session() as session:
+        assert session.scalar(select(TrainingRun)) is None
+
+
+def test_train_from_the_reviewed_decisions_alone(fresh_install, add_reviewed):
+    add_reviewed(fresh_install.session_factory, fresh_install.store)
+    at = open_retrain(lang="en")
+    assert at.checkbox(key="retrain_use_reviewed").value  # decisions exist: ticked
+    page = texts(at)
+    assert "Reviewed decisions in the database (20 pairs" in page
+    assert "Enough to train." in page and "Ready: training can start" in page
+    run = start_run(fresh_install, at)
+    assert run.params["data"] == {"lfw_images": None, "lfw_people": None, "reviewed": True}
+    assert fresh_install.launched == [run.id]
+
+
+def test_train_from_an_uploaded_zip_in_the_lfw_layout(fresh_install):
+    at = open_retrain()  # Korean
+    at.radio(key="retrain_photo_set").set_value("upload").run()
+    assert "학습할 ZIP을 올려 주세요." in texts(at)
+    at.file_uploader(key="retrain_zip").set_value(("lfw.zip", lfw_zip(), "application/zip")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "사진 120장, 24명" in texts(at) and "준비됨" in texts(at)
+    at.checkbox(key="retrain_use_reviewed").uncheck().run()
+    button(at, "학습 시작").click().run()
+    with fresh_install.session() as session:
+        run = session.scalar(select(TrainingRun))
+    images = Path(run.params["data"]["lfw_images"])
+    assert images.parent.parent == fresh_install.sets_dir and len(list(images.iterdir())) == 120
+    from core.training import pipeline
+
+    assert len(pipeline.read_lfw_folder(images, Path(run.params["data"]["lfw_people"]))) == 120
+
+
+@pytest.mark.parametrize(
+    "zip_of, expected",
+    [
+        (lambda: b"not a zip at all", "cannot be opened"),
+        (lambda: lfw_zip(extra={"../../escape.jpg": b"x"}), "point outside it"),
+        (lambda: lfw_zip(people_csv=b"name,sex\nA,M\n"), "needs the columns person,gender"),
+        (lambda: lfw_zip(people_csv=b"person,gender\nAdrien_Brody,X\n"), "must be M or F"),
+        (lambda: lfw_zip(extra={"other/people.csv": b"person,gender\n"}), "exactly one people.csv"),
+        (lambda: lfw_zip(people_csv=b"person,gender\nNobody_Here,F\n"), "No photo in the ZIP"),
+    ],
+)
+def test_a_bad_zip_is_refused_with_its_reason_and_nothing_is_kept(fresh_install, zip_of, expected):
+    at = open_retrain(lang="en")
+    at.radio(key="retrain_photo_set").set_value("upload").run()
+    at.file_uploader(key="retrain_zip").set_value(("set.zip", zip_of(), "application/zip")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "This set cannot be used" in texts(at) and expected in texts(at)
+    assert not fresh_install.sets_dir.exists() or not any(fresh_install.sets_dir.iterdir())
+
+
+def test_a_zip_bomb_stops_at_the_limit(fresh_install, monkeypatch):
+    """A photo whose ZIP header claims a small size but unpacks to more than the cap."""
+    import io
+    import zipfile
+
+    from core.dashboard import training_sets
+
+    monkeypatch.setattr(training_sets, "MAX_UNPACKED_BYTES", 3 * 1024 * 1024)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("people.csv", "person,gender\nA_B,M\n")
+        for k in range(1, 5):
+            z.writestr(f"A_B_{k:04d}.jpg", b"\0" * (1024 * 1024))  # 4 MB of zeros: a few KB packed
+    with pytest.raises(training_sets.TrainingSetError, match="unpacked; the limit is"):
+        training_sets.unpack_upload(buffer.getvalue(), fresh_install.sets_dir)
+    assert not fresh_install.sets_dir.exists() or not any(fresh_install.sets_dir.iterdir())
+
+
+def test_train_from_a_folder_on_the_server(fresh_install, tmp_path):
+    at = open_retrain(lang="en")
+    at.radio(key="retrain_photo_set").set_value("folder").run()
+    at.text_input(key="retrain_folder").input(str(tmp_path / "missing")).run()
+    assert "There is no folder" in texts(at)
+    at.text_input(key="retrain_folder").input("data/sample").run()
+    page = texts(at)
+    assert "120 photos of 24 people (24 with two photos or more; 69 photos of men, 51 of women)" in page
+    run = start_run(fresh_install, at)
+    assert run.params["data"]["lfw_images"] == str(SAMPLE_IMAGES)
+    assert run.params["data"]["lfw_people"] == str(SAMPLE_DIR / "people.csv")
+
+
+def test_too_small_a_folder_says_why(fresh_install, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "people.csv").write_text("person,gender\nAdrien_Brody,M\nCharles_Moose,M\n")
+    for photo in (
+        sorted(SAMPLE_IMAGES.glob("Adrien_Brody_*"))[:2] + sorted(SAMPLE_IMAGES.glob("Charles_Moose_*"))[:2]
+    ):
+        shutil.copy(photo, small / photo.name)
+    at = open_retrain(lang="en")
+    at.radio(key="retrain_photo_set").set_value("folder").run()
+    at.text_input(key="retrain_folder").input(str(small)).run()
+    page = texts(at)
+    assert "4 photos of 2 people" in page and "Not enough on its own" in page
+    assert "only 2 people with a usable face" in page and "no photos of women" in page
+    assert "Training cannot start yet" in page

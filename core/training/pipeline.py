@@ -3,10 +3,10 @@
 python -m core.training.pipeline --images DIR --people PEOPLE.csv --json OUT.json [--promote] [--seed N]
                      [--reviewed] [--augment blur,jitter,gray] [--no-cache] [--no-compare]
 
-DIR holds NAME_NNNN.jpg photos; PEOPLE.csv has person,gender. --reviewed adds the reviewers'
-decisions from the database (approved: same person, rejected: different people, the reviewer's
-gender for the verification photo). People are split into training and held-out sets (never
-photos); the heads are trained on the first, the threshold and uncertain band chosen on the
+DIR holds NAME_NNNN.jpg photos (flat, or NAME/NAME_NNNN.jpg as LFW ships them); PEOPLE.csv has
+person,gender. --reviewed adds the reviewers' decisions from the database (approved: same
+person, rejected: different people, the reviewer's gender for the verification photo). People are split into training and held-out sets
+(never photos); the heads are trained on the first, the threshold and uncertain band chosen on the
 training people, and every reported figure comes from the held-out people. The new version is
 written under MODELS_DIR and registered in the database as a candidate; without --promote the
 active model stays as it is. With --promote it becomes the active version (core.training.registry) and
@@ -147,7 +147,8 @@ class TrainingData:
 
 
 def read_lfw_folder(images: Path, people_csv: Path) -> pd.DataFrame:
-    """Rows (path, person, gender) for every photo in images whose person is in people_csv."""
+    """Rows (path, person, gender) for every photo in images (flat or one folder per person)
+    whose person is in people_csv."""
     people = pd.read_csv(people_csv)
     missing = {"person", "gender"} - set(people.columns)
     if missing:
@@ -157,11 +158,23 @@ def read_lfw_folder(images: Path, people_csv: Path) -> pd.DataFrame:
     if bad:
         raise ValueError(f"{people_csv}: gender must be M or F, found {bad}")
     rows = []
-    for path in sorted(Path(images).iterdir()):
+    for path in lfw_photo_files(Path(images)):
         match = LFW_NAME.match(path.name)
-        if match and match["person"] in gender_of:
+        if match["person"] in gender_of:
             rows.append((path, match["person"], gender_of[match["person"]]))
     return pd.DataFrame(rows, columns=["path", "person", "gender"])
+
+
+def lfw_photo_files(images: Path) -> list[Path]:
+    """Photos named like LFW's (Person_Name_0001.jpg), flat in images or in one folder per person
+    (LFW's own layout, Person_Name/Person_Name_0001.jpg)."""
+    found = []
+    for path in sorted(images.iterdir()):
+        if path.is_dir() and not path.name.startswith("."):
+            found += [p for p in sorted(path.iterdir()) if p.is_file() and LFW_NAME.match(p.name)]
+        elif path.is_file() and LFW_NAME.match(path.name):
+            found.append(path)
+    return found
 
 
 def _file_ref(path: Path) -> PhotoRef:
@@ -399,7 +412,8 @@ def extract_features(table: pd.DataFrame, progress=None, session_factory=None) -
 # Checks before training
 
 
-def _problems(people: np.ndarray, genders: np.ndarray) -> list[str]:
+def data_problems(people: np.ndarray, genders: np.ndarray) -> list[str]:
+    """Why these labelled photos are not enough for an honest run (empty when they are)."""
     unique = np.unique(people)
     counts = pd.Series(people).value_counts()
     with_pairs = int((counts >= 2).sum())
@@ -421,7 +435,7 @@ def _problems(people: np.ndarray, genders: np.ndarray) -> list[str]:
 
 def check_trainable(data: FeatureSet, params: TrainParams) -> None:
     """Refuse, before any training, data that cannot give an honest held-out evaluation."""
-    problems = _problems(data.people, data.genders)
+    problems = data_problems(data.people, data.genders)
     if problems:
         raise ValueError("Cannot train: " + "; ".join(problems) + ".")
 
@@ -440,10 +454,10 @@ def preflight(choice: DataChoice, params: TrainParams, session_factory=None, sto
     except (ValueError, OSError) as exc:
         return [str(exc)]
     if choice.reviewed and not choice.lfw_images and not data.pairs:
-        return ["Cannot train: there are no reviewed decisions in the database yet; add the LFW set."]
+        return ["Cannot train: there are no reviewed decisions in the database yet; choose a photo set too."]
     people = np.array([p.person for p in data.photos])
     genders = np.array([p.gender for p in data.photos])
-    problems = _problems(people, genders)
+    problems = data_problems(people, genders)
     return ["Cannot train: " + "; ".join(problems) + "."] if problems else []
 
 
