@@ -183,3 +183,22 @@ def test_promotion_reaches_every_worker_and_each_answer_is_one_version(
     late = [v for sent, _, v, _ in answers if sent > promoted_at + pickup_s + 1]
     assert late and set(late) == {NEW_VERSION}, "after the switch only the promoted version answers"
     assert pickup_s <= 20, f"the promoted version took {pickup_s:.1f} s to reach both workers (target 10 s)"
+
+
+def test_several_api_workers_share_the_cores_between_their_network_threads(monkeypatch):
+    """--workers N: each process's TF, OpenMP and OpenCV get cores // N threads, not one per core."""
+    from core.api.cli import THREAD_SETTINGS, share_cores
+
+    for name in THREAD_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an operator's own choice is kept
+    cores = len(os.sched_getaffinity(0))
+    assert share_cores(2) == max(1, cores // 2)
+    assert (
+        os.environ["TF_NUM_INTRAOP_THREADS"]
+        == os.environ["OPENCV_FOR_THREADS_NUM"]
+        == str(max(1, cores // 2))
+    )
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    assert share_cores(cores * 4) == 1 and os.environ["TF_NUM_INTRAOP_THREADS"] == "1"

@@ -1,5 +1,6 @@
-"""Background jobs: in-process without a broker; on Redis with real worker processes, one of them
-killed (SIGKILL) in the middle of a batch. MariaDB + SeaweedFS + Redis, the production shape.
+"""Background jobs: in-process without a broker; on Redis and on RabbitMQ with real worker
+processes, one of them killed (SIGKILL) in the middle of a batch. MariaDB + SeaweedFS + the broker,
+the production shape.
 
 The killed worker's message goes back to the queue, a second worker takes the batch over and
 finishes it: every item ends with exactly one result, none is lost, none is computed twice.
@@ -24,6 +25,13 @@ from core.workflows import batches, importer
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _unreachable(message: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " (CI=true: the queue tests must run, not skip)", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -35,25 +43,45 @@ def redis_url():
     try:
         client.ping()
     except Exception as exc:
-        message = f"Redis at {REDIS_URL} is not reachable: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: the queue tests must run, not skip)", pytrace=False)
-        pytest.skip(message)
+        _unreachable(f"Redis at {REDIS_URL} is not reachable: {exc}")
     finally:
         client.close()
     return REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_url():
+    """The RabbitMQ server of the machine; skipped when down, FAILS with CI=true."""
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL + "?socket_timeout=3")).close()
+    except Exception as exc:
+        _unreachable(f"RabbitMQ at {RABBITMQ_URL} is not reachable: {exc!r}")
+    return RABBITMQ_URL
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request):
+    return request.getfixturevalue(f"{request.param}_url")
+
+
 def _clear_queues(url: str) -> None:
-    import redis
+    """Empty the queues on the broker at url (this process's broker is made again afterwards)."""
+    from core.jobs import queue
 
-    from core.jobs.queue import NAMESPACE
-
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(f"{NAMESPACE}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    saved = os.environ.get("JOB_BROKER_URL")
+    os.environ["JOB_BROKER_URL"] = url
+    queue._state.clear()
+    try:
+        queue.flush()
+        queue.broker().close()
+    finally:
+        queue._state.clear()
+        if saved is None:
+            os.environ.pop("JOB_BROKER_URL")
+        else:
+            os.environ["JOB_BROKER_URL"] = saved
 
 
 def _default_version() -> str:
@@ -63,7 +91,7 @@ def _default_version() -> str:
 
 
 @pytest.fixture
-def queue_env(db_url, redis_url, seaweedfs, seaweedfs_bucket, monkeypatch, tmp_path):
+def queue_env(db_url, broker_url, seaweedfs, seaweedfs_bucket, monkeypatch, tmp_path):
     """Settings shared by this test process and its worker processes; fresh queues."""
     import uuid
 
@@ -72,8 +100,8 @@ def queue_env(db_url, redis_url, seaweedfs, seaweedfs_bucket, monkeypatch, tmp_p
     env = {
         "DATABASE_URL": db_url,
         "PHOTO_STORE_URL": f"s3://{seaweedfs_bucket}/jobs-{uuid.uuid4().hex[:8]}",
-        "JOB_BROKER_URL": redis_url,
-        "JOB_HEARTBEAT_TIMEOUT_MS": "3000",  # a killed worker's message is handed on within seconds
+        "JOB_BROKER_URL": broker_url,
+        "JOB_HEARTBEAT_TIMEOUT_MS": "3000",  # Redis: a killed worker's message is handed on within seconds
         "JOB_MAINTENANCE_CHANCE": "1000000",
         "JOB_STALE_S": "5",
         "RETENTION_EVERY_HOURS": "off",  # no retention job among the batches these tests count
@@ -83,11 +111,11 @@ def queue_env(db_url, redis_url, seaweedfs, seaweedfs_bucket, monkeypatch, tmp_p
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    _clear_queues(redis_url)
+    _clear_queues(broker_url)
     queue._state.clear()  # the broker of this process, made again from these settings
     yield env
     queue._state.clear()
-    _clear_queues(redis_url)
+    _clear_queues(broker_url)
 
 
 class WorkerProcess:
@@ -234,9 +262,12 @@ def test_worker_killed_mid_batch_another_finishes_it_exactly_once(
     )
 
 
+DEAD_BROKERS = {"redis": "redis://127.0.0.1:1/0", "rabbitmq": "amqp://guest:guest@127.0.0.1:1/%2F"}
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_training_start_enqueues_for_a_queue_worker_and_a_dead_broker_fails_the_run(
-    session_factory, redis_url, monkeypatch
+    session_factory, broker_url, monkeypatch
 ):
     from test_training import SAMPLE_CHOICE, fast
 
@@ -244,8 +275,8 @@ def test_training_start_enqueues_for_a_queue_worker_and_a_dead_broker_fails_the_
     from core.storage.schema import TrainingRun
     from core.training import worker
 
-    monkeypatch.setenv("JOB_BROKER_URL", redis_url)
-    _clear_queues(redis_url)
+    monkeypatch.setenv("JOB_BROKER_URL", broker_url)
+    _clear_queues(broker_url)
     queue._state.clear()
     try:
         run_id = worker.start(session_factory, "ds_user", SAMPLE_CHOICE, fast())
@@ -257,13 +288,49 @@ def test_training_start_enqueues_for_a_queue_worker_and_a_dead_broker_fails_the_
             s.get(TrainingRun, run_id).status = worker.CANCELLED  # make room for the next start
             s.commit()
 
-        monkeypatch.setenv("JOB_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+        monkeypatch.setenv("JOB_BROKER_URL", DEAD_BROKERS[queue.kind_of(broker_url)])  # nothing listens
         queue._state.clear()
         with pytest.raises(OSError, match="job queue"):
             worker.start(session_factory, "ds_user", SAMPLE_CHOICE, fast())
         with session_factory() as s:
             last = s.scalar(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(1))
             assert last.status == worker.FAILED and "job queue" in last.error
+            assert "guest:guest" not in last.error, "the broker's password is not shown"
     finally:
         queue._state.clear()
-        _clear_queues(redis_url)
+        _clear_queues(broker_url)
+
+
+def test_rabbitmq_workers_schedule_retention_once_per_period(rabbitmq_url, monkeypatch):
+    """The marker queue takes one message per period; the retention job is enqueued once."""
+    import uuid
+
+    from core.jobs import queue
+
+    monkeypatch.setenv("JOB_BROKER_URL", rabbitmq_url)
+    _clear_queues(rabbitmq_url)
+    queue._state.clear()
+    period = 3000 + uuid.uuid4().int % 100_000  # a marker queue of its own (its name holds the period)
+    name = f"{queue.NAMESPACE}.retention-scheduled.{period}"
+    try:
+        assert queue.schedule_retention(period) is True  # the first worker to look enqueues it
+        assert queue.schedule_retention(period) is False  # every other worker, this period: not again
+        assert queue.queue_sizes()["fv_batches"] == 1, "one retention job on the queue"
+    finally:
+        queue.broker().channel.queue_delete(name)
+        queue._state.clear()
+        _clear_queues(rabbitmq_url)
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [("redis://h:6379/0", "redis"), ("amqp://u:p@h:5672/%2F", "rabbitmq"), ("amqps://h/", "rabbitmq")],
+)
+def test_the_broker_url_chooses_redis_or_rabbitmq_and_anything_else_is_refused(url, expected):
+    from core.errors import FaceVerifyError
+    from core.jobs import queue
+
+    assert queue.kind_of(url) == expected
+    for bad in ("kafka://h:9092", "127.0.0.1:6379", ""):
+        with pytest.raises(FaceVerifyError, match="JOB_BROKER_URL"):
+            queue.kind_of(bad)

@@ -16,6 +16,26 @@ from core.storage.schema import (
     ApiKey,
 )
 
+THREAD_SETTINGS = (
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENCV_FOR_THREADS_NUM",
+)
+
+
+def share_cores(workers: int) -> int:
+    """Threads per network library in each of `workers` API processes: cores // workers (at least 1).
+
+    Each library (TensorFlow, OpenMP, OpenCV) otherwise starts a thread per core in every process,
+    and N processes x cores threads fight over the cores. Settings already given are kept.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(1, workers))
+    for name in THREAD_SETTINGS:
+        os.environ.setdefault(name, str(threads))
+    return threads
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -78,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
     max_body = int(args.max_body_mb * 1024 * 1024)
     if args.workers > 1:
+        share_cores(args.workers)
         # Each worker process builds its own app from the settings: pass ours on to them.
         if args.url:
             os.environ["DATABASE_URL"] = args.url

@@ -8,8 +8,8 @@
                                                queue workers also enqueue it every RETENTION_EVERY_HOURS
     wait_for_batch(session_factory, batch_id)  poll the database until the batch has finished
 
-With JOB_BROKER_URL=redis://HOST:6379/DB a job is a message on a Dramatiq queue (fv_batches,
-fv_training), run by worker processes, `python -m core.jobs.worker`, that load the models once.
+With JOB_BROKER_URL=redis://HOST:6379/DB (Redis) or amqp://USER:PASSWORD@HOST:5672/VHOST (RabbitMQ)
+a job is a message on a Dramatiq queue (fv_batches, fv_training), run by worker processes, `python -m core.jobs.worker`, that load the models once.
 The pages and the API only enqueue and read progress from the database. Without a broker the same
 job function runs on a thread of the calling process: the embedded default, ./run.sh, needs none.
 
@@ -42,6 +42,18 @@ def broker_url() -> str | None:
     return config.setting("JOB_BROKER_URL")
 
 
+def broker_shown() -> str:
+    """The broker URL without its password, for messages people see."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = broker_url() or ""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 def configured() -> bool:
     return bool(broker_url())
 
@@ -55,8 +67,10 @@ def _submit(kind: str, **kwargs) -> str:
             return queue.send(kind, **kwargs)
         except FaceVerifyError:
             raise
-        except Exception as exc:  # redis.ConnectionError, timeouts: say which broker and why
-            raise QueueUnavailable(f"The job queue at {broker_url()} cannot take the job: {exc}") from exc
+        except (
+            Exception
+        ) as exc:  # redis.ConnectionError, pika's AMQPError, timeouts: say which broker and why
+            raise QueueUnavailable(f"The job queue at {broker_shown()} cannot take the job: {exc}") from exc
     thread = threading.Thread(
         target=tasks.run_logged, args=(kind,), kwargs=kwargs, name=f"job-{kind}", daemon=True
     )
