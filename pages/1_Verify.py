@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.dashboard import uploads
 from core.dashboard import verify as svc
+from core.dashboard.formatting import local_time
 from core.storage import queries
 from core.storage.schema import GALLERY, VERIFICATION, Batch
 from ui.common import engine_or_message, get_jobs, model_available, setup_page
@@ -59,6 +60,40 @@ def photo_check(data: bytes):
         )
 
 
+def challenge_block(member_id: str | None) -> str | None:
+    """The pose challenge for a photo taken now: asked for here, shown in big plain words in both
+    languages (the page's first), used by the next verification. Returns its token."""
+    held = st.session_state.get("verify_challenge")
+    if held is not None and held.member_id != (member_id or "").strip():
+        held = st.session_state["verify_challenge"] = None  # another member now: that pose is not theirs
+    with st.container(border=True):
+        st.markdown(f"**{ctx.t('verify.challenge_title')}**")
+        st.caption(ctx.t("verify.challenge_help"))
+        asked = st.button(
+            ctx.t("verify.challenge_again" if held else "verify.challenge_new"),
+            key="verify_challenge_new",
+            icon=":material/record_voice_over:",
+            disabled=not (member_id or "").strip(),
+        )
+        if asked:
+            try:
+                held = st.session_state["verify_challenge"] = svc.new_challenge(
+                    ctx.session_factory, member_id or "", ctx.username
+                )
+            except svc.PairInputError as exc:
+                st.error(exc.text(ctx.lang))
+        if held is None:
+            return None
+        st.markdown(ctx.t("verify.challenge_say"))
+        # Large type for members in their sixties: the page's language first, the other below.
+        first, *others = sorted(held.instructions, key=lambda lang: lang != ctx.lang)
+        st.header(held.instructions[first], anchor=False)
+        for lang in others:
+            st.subheader(held.instructions[lang], anchor=False)
+        st.caption(ctx.t("verify.challenge_expires", time=local_time(held.expires_at)))
+        return held.token
+
+
 def pair_tab():
     mode = st.radio(
         ctx.t("verify.mode"),
@@ -109,6 +144,7 @@ def pair_tab():
         horizontal=True,
         key=f"verify_source_{mode}",
     )
+    challenge_token = challenge_block(member_id) if source in ("camera", "upload") else None
     if source == "upload":
         upload = st.file_uploader(
             ctx.t("verify.verification_upload"), type=uploads.PHOTO_TYPES, key="verify_verification_file"
@@ -146,10 +182,15 @@ def pair_tab():
                         registered_gender=gender,
                         gallery_bytes=gallery_bytes,
                         verification_bytes=verification_bytes,
+                        challenge_token=challenge_token,
                     )
                 st.session_state["verify_outcome"] = outcome
+                if challenge_token:
+                    st.session_state["verify_challenge"] = None  # used up: the next photo needs a new one
             except svc.PairInputError as exc:
                 st.session_state.pop("verify_outcome", None)
+                if exc.key.startswith("verify.challenge_"):
+                    st.session_state["verify_challenge"] = None
                 st.error(exc.text(ctx.lang))
 
     outcome = st.session_state.get("verify_outcome")

@@ -194,6 +194,22 @@ photo_column(
     else None,
 )
 
+# A reused_photo / possible_duplicate flag: the stored photo it matched, beside the selfie.
+with ctx.session() as session:
+    matched = svc.matched_photos(session, ctx.store, row, ctx.username, ctx.role)
+if matched:
+    st.markdown(f"**{ctx.t('review.matched_title')}**")
+    st.caption(ctx.t("review.matched_help"))
+    for match in matched:
+        pair = st.columns(2)
+        if detail.verification_bytes:
+            pair[0].image(detail.verification_bytes, caption=ctx.t("photo.verification"), width=260)
+        caption = f"{ctx.t(f'flag.{match.flag}')} · {svc.matched_caption(match, ctx.lang)}"
+        if match.data is None:
+            pair[1].warning(f"{caption}  \n{ctx.t('review.matched_missing')}")
+        else:
+            pair[1].image(match.data, caption=caption, width=260)
+
 note_key = f"keep_note_{item.result_id}"
 restore_draft(note_key)
 with st.form(f"decide_{item.result_id}", enter_to_submit=False, border=True):

@@ -112,6 +112,10 @@ def pair_result(ctx: PageContext, outcome: verify.PairOutcome) -> None:
         photos.chip_image(result.verification.crop),
     )
 
+    challenge = verify.challenge_summary(result, ctx.lang)
+    if challenge is not None:
+        shown, sentence = challenge
+        (st.success if shown else st.error)(sentence, icon=":material/accessibility_new:")
     st.markdown(f"**{ctx.t('verify.flags')}**")
     flags_list(ctx, formatting.describe_flags(result, ctx.lang))
 

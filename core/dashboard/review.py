@@ -2,6 +2,8 @@
 
 next_queue_item(session, skipped, flags=None, order="priority") -> (QueueItem | None, backlog)
 load_review_item(session, store, item, viewer) -> ReviewItem (the photos shown are recorded as views)
+matched_photos(session, store, row, viewer, role) -> [MatchedPhoto]: the stored photos a reused_photo
+    or possible_duplicate flag matched (the member's own or the other member's), audited views
 machine_verdict(row) -> "same" | "different" | "none";  verdict_text(row, lang)
 approve_needs_confirmation(row): the machine objects, so Approve is never the default
 """
@@ -11,15 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.dashboard.access import can_open
 from core.dashboard.formatting import describe_flags
 from core.i18n import t
 from core.storage import queries
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
-from core.storage.schema import GALLERY, VERIFICATION, Photo
+from core.storage.schema import GALLERY, VERIFICATION, Photo, PossibleDuplicate
 from core.storage.schema import VerificationResult as ResultRow
-from core.verification.result import FRAUD_FLAGS, GENDER_MISMATCH
+from core.verification.result import FRAUD_FLAGS, GENDER_MISMATCH, POSSIBLE_DUPLICATE, REUSED_PHOTO
 from core.workflows import privacy
 
 SAME, DIFFERENT, NO_VERDICT = "same", "different", "none"
@@ -55,6 +59,112 @@ def load_review_item(
         except PhotoNotFound:
             missing.append(kind)
     return ReviewItem(row, item, photos[GALLERY], photos[VERIFICATION], missing)
+
+
+MAX_MATCHED = 4  # matched photos shown per flag: enough to judge, and each one is a recorded view
+FACE_SEARCH = "face_search"  # how a duplicate was found when it is not the same file
+
+
+class PhotoAccessDenied(PermissionError):
+    """The role may not see members' photos on the review queue (nothing was read or recorded)."""
+
+
+@dataclass
+class MatchedPhoto:
+    """A stored photo that a fraud flag says the verification photo matches."""
+
+    flag: str  # REUSED_PHOTO or POSSIBLE_DUPLICATE
+    member_id: str  # whose photo: the member under review, or the other member
+    own: bool
+    photo_id: int
+    kind: str  # gallery or verification
+    how: str  # same_file, photo_hash, identity (reuse) or face_search (duplicate)
+    score: float | None  # embedding distance (reuse) or similarity (duplicate)
+    data: bytes | None  # None: no longer in the photo store
+
+
+def _reuse_matches(session: Session, row: ResultRow) -> list[tuple[Photo, str, float | None]]:
+    found = []
+    for match in ((row.checks or {}).get("reuse") or {}).get("matches", [])[:MAX_MATCHED]:
+        photo = session.get(Photo, match.get("photo_id")) if match.get("photo_id") is not None else None
+        if photo is not None and photo.member_id == row.member_id:  # reuse is of the member's own photos
+            found.append((photo, match.get("how") or "photo_hash", match.get("embedding_distance")))
+    return found
+
+
+def _duplicate_matches(session: Session, row: ResultRow) -> list[tuple[Photo, str, float | None]]:
+    """Per other member named: the photo holding the same file, else its current gallery photo (the
+    one the 1:N search compares with)."""
+    selfie = session.get(Photo, row.verification_photo_id) if row.verification_photo_id else None
+    found = []
+    duplicates = session.scalars(
+        select(PossibleDuplicate)
+        .where(PossibleDuplicate.result_id == row.id)
+        .order_by(PossibleDuplicate.similarity.desc())
+        .limit(MAX_MATCHED)
+    )
+    for duplicate in duplicates:
+        other = duplicate.candidate_member_id
+        photo = None
+        if selfie is not None:
+            photo = session.scalar(
+                select(Photo).where(Photo.member_id == other, Photo.sha256 == selfie.sha256).limit(1)
+            )
+        how = "same_file" if photo is not None else FACE_SEARCH
+        if photo is None:
+            photo = session.scalar(
+                select(Photo)
+                .where(Photo.member_id == other, Photo.kind == GALLERY, Photo.current.is_(True))
+                .order_by(Photo.id.desc())
+                .limit(1)
+            )
+        if photo is not None:
+            found.append((photo, how, duplicate.similarity))
+    return found
+
+
+def matched_photos(
+    session: Session, store: PhotoStoreBackend, row: ResultRow, viewer: str, role: str | None
+) -> list[MatchedPhoto]:
+    """The stored photos behind the result's reused_photo and possible_duplicate flags, for a
+    reviewer to see beside the selfie. Only a role that may open the review queue sees them
+    (PhotoAccessDenied otherwise); each photo shown is an audited view, under its owner's member
+    id, so another member's photo shows in that member's access history."""
+    if not can_open(role, "review"):
+        raise PhotoAccessDenied(f"role {role!r} may not see members' photos on the review queue")
+    codes = set(flag_codes(row))
+    wanted = []
+    if REUSED_PHOTO in codes:
+        wanted += [(REUSED_PHOTO, *m) for m in _reuse_matches(session, row)]
+    if POSSIBLE_DUPLICATE in codes:
+        wanted += [(POSSIBLE_DUPLICATE, *m) for m in _duplicate_matches(session, row)]
+    shown = []
+    for flag, photo, how, score in wanted:
+        try:
+            data = privacy.show_photo(session, store, photo, viewer, PAGE)
+        except PhotoNotFound:
+            data = None
+        shown.append(
+            MatchedPhoto(
+                flag,
+                photo.member_id,
+                photo.member_id == row.member_id,
+                photo.id,
+                photo.kind,
+                how,
+                None if score is None else float(score),
+                data,
+            )
+        )
+    return shown
+
+
+def matched_caption(match: MatchedPhoto, lang: str) -> str:
+    """'Member M0001's gallery photo #12: the same file', in the page's language."""
+    how = t(f"review.match_how.{match.how}", lang, score=match.score if match.score is not None else 0.0)
+    kind = t(f"photo.{match.kind}", lang)
+    key = "review.matched_own" if match.own else "review.matched_other"
+    return t(key, lang, member=match.member_id, kind=kind, photo_id=match.photo_id, how=how)
 
 
 def flag_codes(row_or_item) -> list[str]:

@@ -1,6 +1,8 @@
 """The Verify page: one pair verified and stored as a batch of one, the recent batches and a
 batch's results.
 
+    new_challenge(session_factory, member_id, actor) -> ChallengeView  a pose the next photo must show
+    challenge_summary(result, lang) -> (shown, sentence with the measured angle) | None
     verify_pair(...) -> PairOutcome (PairInputError: nothing saved), record_single_result(...),
     recent_batches(session), resumable(...), batch_results_frame(session, batch_id), filter_results(...)
     stored_photos_for_view(session, store, member_id, kinds, viewer), record_pair_views(session, result_id, viewer)
@@ -26,7 +28,8 @@ from core.dashboard.formatting import local_time
 from core.dashboard.page_batches import SINGLE_SOURCE
 from core.dashboard.photos import annotate_photo
 from core.errors import FaceVerifyError, ImageError
-from core.i18n import t
+from core.i18n import LANGUAGES, t
+from core.storage import challenges
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
 from core.storage.schema import (
     BATCH_COMPLETED,
@@ -40,7 +43,7 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
-from core.verification import capture, features
+from core.verification import capture, features, fraud
 from core.verification.imaging import decode_image
 from core.verification.result import VerificationResult
 from core.workflows import batches, gallery, importer, privacy
@@ -58,6 +61,57 @@ class PairOutcome:
     verification_bytes: bytes
     seconds: float  # verify + store, what the page waited for
     import_note: str | None = None
+
+
+@dataclass
+class ChallengeView:
+    """A pose challenge as the page shows it: the words in every language, used by one verification."""
+
+    token: str
+    member_id: str
+    kind: str
+    expires_at: datetime
+    instructions: dict[str, str]  # language -> the words to read out
+
+
+def new_challenge(session_factory: sessionmaker, member_id: str, actor: str) -> ChallengeView:
+    """Issue a random pose challenge for the member (audited; single use, CHALLENGE_MINUTES)."""
+    member_id = (member_id or "").strip()
+    if not member_id:
+        raise PairInputError("verify.need_member")
+    with session_factory() as session:
+        challenge = challenges.issue(session, member_id, actor)
+        return ChallengeView(
+            challenge.token,
+            challenge.member_id,
+            challenge.kind,
+            challenge.expires_at,
+            {lang: t(f"challenge.{challenge.kind}", lang) for lang in LANGUAGES},
+        )
+
+
+def challenge_summary(result: VerificationResult, lang: str) -> tuple[bool, str] | None:
+    """(pose shown, the sentence with the measured angle) for a result verified with a challenge."""
+    checked = (result.checks or {}).get("challenge")
+    if not checked:
+        return None
+    kind = checked["kind"]
+    label = t(f"challenge.{kind}", lang)
+    if checked.get("angle") is None:
+        return False, t("verify.challenge_unmeasured", lang, label=label)
+    key = "verify.challenge_met" if checked.get("met") else "verify.challenge_not_met"
+    return bool(checked.get("met")), t(
+        key, lang, label=label, angle=float(checked["angle"]), needed=fraud.needed_angle(kind)
+    )
+
+
+# A challenge the storage refuses, as the page says it (the challenge's own message is English).
+_CHALLENGE_ERRORS = {
+    challenges.UnknownChallenge: "verify.challenge_unknown",
+    challenges.ChallengeForAnotherMember: "verify.challenge_other_member",
+    challenges.ChallengeUsed: "verify.challenge_used",
+    challenges.ChallengeExpired: "verify.challenge_expired",
+}
 
 
 class PairInputError(FaceVerifyError):
@@ -172,11 +226,15 @@ def verify_pair(
     registered_gender: str | None = None,
     gallery_bytes: bytes | None = None,
     verification_bytes: bytes | None = None,
+    challenge_token: str | None = None,
 ) -> PairOutcome:
     """Verify one member's pair and save it (member, photos, batch of one, result).
 
     Photos not given are the member's current stored ones. A new member needs the registered
-    gender. Raises PairInputError (nothing saved) for unusable input.
+    gender. With a challenge (new_challenge), the verification photo must show its pose: the
+    challenge is used up here, once the photos are known to be usable, and the result is flagged
+    challenge_failed with the measured angle when the pose is not shown. Raises PairInputError
+    (nothing saved) for unusable input or a used, expired or unknown challenge.
     """
     started = time.perf_counter()
     member_id = (member_id or "").strip()
@@ -219,7 +277,14 @@ def verify_pair(
                 gallery.check_not_replaced(session, member_id, hashlib.sha256(gallery_bytes).hexdigest())
             except gallery.GalleryLocked:
                 raise PairInputError("verify.gallery_locked", member=member_id) from None
-    result = engine.verify(gallery_bytes, verification_bytes, gender)
+    challenge = None
+    if challenge_token:
+        with session_factory() as session:
+            try:
+                challenge = challenges.consume(session, challenge_token, member_id, actor)
+            except challenges.ChallengeError as exc:
+                raise PairInputError(_CHALLENGE_ERRORS.get(type(exc), "verify.challenge_unknown")) from None
+    result = engine.verify(gallery_bytes, verification_bytes, gender, challenge.kind if challenge else None)
 
     import_note = None
     with session_factory() as session:
@@ -242,6 +307,9 @@ def verify_pair(
         batch_id, result_id = record_single_result(
             session, actor, result, member_id, gallery_photo.id, verification_photo.id, gender
         )
+        if challenge is not None:
+            challenges.attach_result(session, challenge.id, result_id)
+            session.commit()
     return PairOutcome(
         result,
         result_id,
