@@ -183,13 +183,13 @@ class Engine:
 
         # Fraud checks on the pair; the storing step compares with the member's other photos too.
         checks: dict = {}
-        max_distance = fraud.reuse_distance(features.FEATURES_VERSION)
+        limit = fraud.reuse_limit(features.features_version(self.networks))
         matches = fraud.reuse_matches(
             fraud.fingerprint(verification, "verification photo"),
             [fraud.fingerprint(gallery, "gallery photo", kind="gallery")],
-            max_distance,
+            limit,
         )
-        checks["reuse"] = fraud.reuse_evidence(matches, max_distance)
+        checks["reuse"] = fraud.reuse_evidence(matches, limit)
         if matches:
             flags.append(fraud.reuse_flag(matches))
         if challenge:

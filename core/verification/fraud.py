@@ -5,8 +5,9 @@
     exif_taken_at(data) -> datetime | None      EXIF DateTimeOriginal (else DateTimeDigitized)
     stale_reason(taken_at, uploaded_at, gallery_submitted_at, max_age) -> str | None
     head_pose(mesh) -> HeadPose                 yaw, pitch and roll in degrees from FaceMesh points
-    challenge_outcome(kind, pose) -> ChallengeOutcome
-    reuse_matches(photo, others, max_distance) -> list[ReuseMatch]
+    challenge_outcome(kind, pose) -> ChallengeOutcome, needed_angle(kind) -> float
+    reuse_limit(features_version) -> (numbers compared, distance) | None
+    reuse_matches(photo, others, limit) -> list[ReuseMatch]
 
 No database and no network here: core.verification.engine calls these for a pair, the storing
 step (core.workflows.photo_checks) for every other photo of the member. The thresholds were
@@ -38,11 +39,18 @@ REUSE_BITS = {"chip": 48, "whole": 40, "region": 56}
 HASH_PARTS = ("chip", "whole", "region")
 REGION_SCALE = 1.6
 
-# Pretrained embedding distance (face and mirror averaged) at or below which two photos are taken
-# for one capture. The ceiling two separate captures of one person reach on lfw_dev's training
-# people: 0.1% of same-person pairs of distinct photos are closer than 0.191 (0.071 at the least,
-# LFW's re-crops of one photo); the limit sits just under it.
-REUSE_DISTANCE = {"dlib-rn-v1": 0.18}
+# Pretrained embedding distance at or below which two photos are taken for one capture, per
+# feature recipe (core.verification.features.features_version): (how many leading numbers of the
+# embedding are compared, None for all; the limit). Each sits under the ceiling two separate
+# captures of one person reach on lfw_dev's training people, measured with
+# `python -m core.benchmarks.fraud` for both measures (dlib's part, every network's part); see
+# README, Fraud checks. A recipe not listed gets no identity limit (the hashes still apply).
+DLIB_PART = 128  # dlib's numbers come first in every recipe's embedding
+REUSE_DISTANCE: dict[str, tuple[int | None, float]] = {
+    # dlib alone: 0.1% of training same-person distinct pairs closer than 0.191
+    "dlib-rn-v1+cydral-gender-v1/boxfit/mirror": (DLIB_PART, 0.18),
+    "dlib-rn-v1+cydral-gender-v1/boxfit/mirror+sface-2021dec-int8bq/yunet5": (DLIB_PART, 0.18),
+}
 
 
 def _dct_hash(gray: np.ndarray) -> str:
@@ -132,18 +140,26 @@ class ReuseMatch:
         return f"a copy of the {self.label} ({', '.join(parts)})"
 
 
-def reuse_distance(embedding_model: str) -> float | None:
-    """The identity limit for an embedding network (None: not measured for it, not applied)."""
-    for prefix, distance in REUSE_DISTANCE.items():
-        if embedding_model.startswith(prefix):
-            return distance
-    return None
+def reuse_limit(features_version: str) -> tuple[int | None, float] | None:
+    """(numbers compared, identity limit) for a feature recipe; None: not measured, not applied."""
+    return REUSE_DISTANCE.get(features_version)
+
+
+def embedding_distance(a, b, dims: int | None = None) -> float | None:
+    """Euclidean distance over the first `dims` numbers (all: None); None when either is missing
+    or they come from different networks (their lengths differ)."""
+    if a is None or b is None:
+        return None
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if a.shape != b.shape:
+        return None
+    return float(np.linalg.norm(a[:dims] - b[:dims]))
 
 
 def reuse_matches(
-    photo: Fingerprint, others: list[Fingerprint], max_distance: float | None
+    photo: Fingerprint, others: list[Fingerprint], limit: tuple[int | None, float] | None
 ) -> list[ReuseMatch]:
-    """The photos among `others` that `photo` is a copy of."""
+    """The photos among `others` that `photo` is a copy of (limit: reuse_limit(), None for hashes only)."""
     matches = []
     for other in others:
         if other.sha256 and other.sha256 == photo.sha256:
@@ -152,11 +168,11 @@ def reuse_matches(
         bits = distance = None
         if photo.hashes and other.hashes:
             bits = hash_distances(photo.hashes, photo.hashes_mirror, other.hashes)
-        if max_distance is not None and photo.embedding is not None and other.embedding is not None:
-            distance = float(np.linalg.norm(np.asarray(photo.embedding) - np.asarray(other.embedding)))
+        if limit is not None:
+            distance = embedding_distance(photo.embedding, other.embedding, limit[0])
         if bits and any(bits[part] <= REUSE_BITS[part] for part in bits):
             matches.append(ReuseMatch(other.label, other.photo_id, other.kind, "photo_hash", bits, distance))
-        elif distance is not None and distance <= max_distance:
+        elif distance is not None and distance <= limit[1]:
             matches.append(ReuseMatch(other.label, other.photo_id, other.kind, "identity", bits, distance))
     return matches
 
@@ -304,8 +320,7 @@ def fingerprint(analysis, label: str, photo_id: int | None = None, kind: str | N
         sha256=analysis.sha256,
         hashes=analysis.hashes,
         hashes_mirror=analysis.hashes_mirror,
-        # dlib's part of the embedding (a fused model's has SFace's after it): REUSE_DISTANCE is dlib's.
-        embedding=None if analysis.embedding is None else np.asarray(analysis.embedding)[:128],
+        embedding=analysis.embedding,  # every network's part: REUSE_DISTANCE is keyed by the recipe
         photo_id=photo_id,
         kind=kind,
     )
@@ -330,8 +345,13 @@ def reuse_flag(matches: list[ReuseMatch]) -> Flag | None:
     )
 
 
-def reuse_evidence(matches: list[ReuseMatch], max_distance: float | None) -> dict:
-    return {"matches": [m.as_dict() for m in matches], "max_bits": REUSE_BITS, "max_distance": max_distance}
+def reuse_evidence(matches: list[ReuseMatch], limit: tuple[int | None, float] | None) -> dict:
+    return {
+        "matches": [m.as_dict() for m in matches],
+        "max_bits": REUSE_BITS,
+        "max_distance": None if limit is None else limit[1],
+        "distance_numbers": None if limit is None else limit[0],  # leading numbers compared; None: all
+    }
 
 
 def challenge_flag(kind: str, pose: dict | None) -> tuple[Flag | None, dict]:
@@ -344,9 +364,10 @@ def challenge_flag(kind: str, pose: dict | None) -> tuple[Flag | None, dict]:
     evidence = outcome.as_dict()
     if outcome.met:
         return None, evidence
-    params = {"challenge": kind, "angle": round(outcome.angle, 1), "needed": _needed(kind)}
+    params = {"challenge": kind, "angle": round(outcome.angle, 1), "needed": needed_angle(kind)}
     return Flag(CHALLENGE_FAILED, outcome.reason, "verification", params=params), evidence
 
 
-def _needed(kind: str) -> float:
+def needed_angle(kind: str) -> float:
+    """Degrees of the asked movement a photo must show for the challenge."""
     return {TURN_LEFT: MIN_TURN, TURN_RIGHT: MIN_TURN, TILT: MIN_TILT, CHIN_UP: MIN_CHIN_UP}[kind]

@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 from core import config
 from core.storage.schema import Embedding, Photo, PossibleDuplicate, utcnow
 from core.verification import fraud
-from core.verification.features import FEATURES_VERSION
 from core.verification.result import (
     FLAGGED,
     POSSIBLE_DUPLICATE,
@@ -60,7 +59,8 @@ def _drop_flag(row, result: VerificationResult, code: str) -> None:
     row.flags = [f for f in (row.flags or []) if f.get("code") != code]
 
 
-def _embeddings(session: Session, shas: list[str]) -> dict[str, np.ndarray]:
+def _embeddings(session: Session, shas: list[str], width: int) -> dict[str, np.ndarray]:
+    """Stored pretrained embeddings of these photos from the same networks as the verification's."""
     if not shas:
         return {}
     rows = session.execute(
@@ -69,15 +69,18 @@ def _embeddings(session: Session, shas: list[str]) -> dict[str, np.ndarray]:
             Embedding.model_id.in_([search.pretrained_model_id(n) for n in (("dlib",), ("dlib", "sface"))]),
         )
     )
-    # dlib's part (the first 128 numbers of every stored row) is what the reuse limit is for.
-    return {sha: np.frombuffer(vector, "<f4")[:128] for sha, vector in rows}
+    vectors = ((sha, np.frombuffer(vector, "<f4")) for sha, vector in rows)
+    return {sha: v for sha, v in vectors if len(v) == width}
 
 
 def _reuse(session: Session, row, result: VerificationResult, checks: dict) -> None:
     """Every photo of the member against the verification photo; one reused_photo flag for all."""
     verification = result.verification
-    max_distance = fraud.reuse_distance(FEATURES_VERSION)
-    evidence = checks.get("reuse") or fraud.reuse_evidence([], max_distance)
+    # The engine chose the limit for its networks' recipe; without its evidence, no identity limit.
+    evidence = checks.get("reuse") or fraud.reuse_evidence([], None)
+    limit = None
+    if evidence.get("max_distance") is not None:
+        limit = (evidence.get("distance_numbers", fraud.DLIB_PART), evidence["max_distance"])  # older: dlib
     matches = [fraud.ReuseMatch(**m) for m in evidence.get("matches", [])]
     for match in matches:  # the engine's match is the pair's gallery photo
         if match.photo_id is None and match.kind == "gallery":
@@ -95,7 +98,9 @@ def _reuse(session: Session, row, result: VerificationResult, checks: dict) -> N
         if p.id not in skip
     ]
     if others and verification.sha256:
-        vectors = _embeddings(session, [p.sha256 for p in others]) if max_distance is not None else {}
+        vectors = {}
+        if limit is not None and verification.embedding is not None:
+            vectors = _embeddings(session, [p.sha256 for p in others], len(verification.embedding))
         found = fraud.reuse_matches(
             fraud.fingerprint(verification, "verification photo"),
             [
@@ -109,10 +114,10 @@ def _reuse(session: Session, row, result: VerificationResult, checks: dict) -> N
                 )
                 for p in others
             ],
-            max_distance,
+            limit,
         )
         matches += found
-    evidence = fraud.reuse_evidence(matches, max_distance)
+    evidence = fraud.reuse_evidence(matches, limit)
     evidence["compared"] = len(others) + (1 if row.gallery_photo_id is not None else 0)
     checks["reuse"] = evidence
     _drop_flag(row, result, REUSED_PHOTO)
