@@ -1,4 +1,6 @@
-"""SFace behind the network interface, on real sample photos, against OpenCV's own FaceRecognizerSF."""
+"""SFace behind the network interface, on real sample photos: the Keras port against OpenCV's own
+FaceRecognizerSF on the same chips, one at a time and in batches, and inside the one TensorFlow
+call that runs every network."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import pytest
 
 from core.config import SAMPLE_DIR
 from core.errors import ModelError
-from core.verification import faces, imaging
-from core.verification.networks import network, network_class, networks_of, sface
+from core.verification import faces, features, imaging
+from core.verification.networks import network, network_class, networks_of, onnx_file, sface
 
 IMAGES = SAMPLE_DIR / "images"
 
@@ -35,6 +37,71 @@ def test_embedding_matches_opencv_face_recognizer_on_the_same_chip(reference, na
     theirs = reference.feature(cv2.cvtColor(chip, cv2.COLOR_RGB2BGR)).ravel()
     assert np.abs(ours - theirs / np.linalg.norm(theirs)).max() < 1e-5
     assert abs(np.linalg.norm(ours) - 1.0) < 1e-5
+
+
+def _opencv_unit(reference, chip):
+    theirs = reference.feature(cv2.cvtColor(chip, cv2.COLOR_RGB2BGR)).ravel()
+    return theirs / np.linalg.norm(theirs)
+
+
+def test_a_batch_through_the_port_matches_opencv_chip_by_chip(reference):
+    """OpenCV's DNN gave NaNs for batches of this int8 file; the port takes them."""
+    net = network("sface")
+    names = [
+        "Nicole_Kidman_0006.jpg",
+        "Jiang_Zemin_0014.jpg",
+        "Howard_Dean_0010.jpg",
+        "Adrien_Brody_0001.jpg",
+    ]
+    chips = np.stack([net.chip(*located(n)) for n in names])
+    ours = net.embed(chips)
+    assert ours.shape == (4, 128) and np.isfinite(ours).all()
+    for chip, row in zip(chips, ours, strict=True):
+        assert np.abs(row - _opencv_unit(reference, chip)).max() < 1e-5
+
+
+def test_the_one_call_over_all_networks_matches_each_network_alone(reference):
+    """pretrained_graph(("sface",)) (dlib, gender and SFace in one TensorFlow call, what the engine
+    runs) gives dlib's part as the dlib-only graph does and SFace's part as OpenCV does."""
+    names = ["Jiang_Zemin_0014.jpg", "Howard_Dean_0010.jpg"]
+    photos = [located(n) for n in names]
+    aligned = [faces.align_face(rgb, face) for rgb, face in photos]
+    chips = np.stack([a.chip[None] for a in aligned])
+    gender_chips = np.stack([a.gender_chip for a in aligned])
+    sface_chips = np.stack([network("sface").chip(rgb, face) for rgb, face in photos])
+    fused, fused_logit = (
+        t.numpy() for t in features.pretrained_graph(("sface",))(chips, gender_chips, sface_chips)
+    )
+    dlib_only, logit = (t.numpy() for t in features.pretrained_graph()(chips, gender_chips))
+    assert fused.shape == (2, 256)
+    assert np.abs(fused[:, :128] - dlib_only).max() < 1e-5
+    assert np.abs(fused_logit - logit).max() < 1e-4
+    for chip, row in zip(sface_chips, fused[:, 128:], strict=True):
+        assert np.abs(row - _opencv_unit(reference, chip)).max() < 1e-5
+
+
+def test_block_dequantisation_follows_onnx():
+    """DequantizeLinear with blocks: one scale and zero point per block of values along the axis."""
+    q = np.array([[1, 2, 3, 4], [-4, -3, -2, -1]], np.int8)
+    scales = np.array([[0.5, 2.0], [1.0, 0.25]], np.float32)
+    zero = np.array([[1, 0], [0, -1]], np.int8)
+    expected = np.array([[0.0, 0.5, 6.0, 8.0], [-4.0, -3.0, -0.25, 0.0]], np.float32)
+    assert np.array_equal(onnx_file.dequantize(q, scales, zero, axis=1, block_size=2), expected)
+
+
+def test_the_shipped_file_reads_as_the_port_expects():
+    nodes, tensors = onnx_file.read_graph((sface.PRETRAINED / sface.SFACE_FILE).read_bytes())
+    assert sum(n.op_type == "Conv" for n in nodes) == 27
+    assert tensors["pre_fc1_weight_quantized"].shape == (128, 50176)
+    assert tensors["pre_fc1_weight_quantized"].dtype == np.int8
+
+
+def test_an_operator_outside_the_port_is_refused(monkeypatch):
+    nodes, tensors = onnx_file.read_graph((sface.PRETRAINED / sface.SFACE_FILE).read_bytes())
+    nodes.insert(3, onnx_file.Node(op_type="Sigmoid", inputs=["x"], outputs=["y"]))
+    monkeypatch.setattr(onnx_file, "read_graph", lambda data: (nodes, tensors))
+    with pytest.raises(ModelError, match="Sigmoid"):
+        sface.build_keras_model(b"")
 
 
 def test_chip_matches_opencv_align_crop_on_the_same_landmarks(reference):

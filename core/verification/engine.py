@@ -1,8 +1,9 @@
 """The one path of a verification, whoever calls it (pages, API, batch runner, benchmark, tests).
 
     photo bytes -> decode -> detect (MediaPipe) -> main face -> align (dlib 5 points) -> chips
-    chips (mirrored, rotated) -> dlib's ResNet in Keras -> embedding       } core/verification/features.py
-    gender chip (and mirror) -> Cydral's gender CNN in Keras -> log-odds   }
+    chips (mirrored, rotated) -> dlib's ResNet in Keras -> embedding       } core/verification/features.py,
+    gender chip (and mirror) -> Cydral's gender CNN in Keras -> log-odds   } one TensorFlow call for
+    ArcFace chip -> SFace in Keras (when the version uses it) -> embedding } all photos of a pair/batch
     embedding -> Siamese tower -> projection; [log-odds, embedding] -> gender head -> probabilities
     two projections -> similarity -> rules -> VerificationResult
 
@@ -207,7 +208,8 @@ class Engine:
             timings[stage] = gallery.timings_ms.get(stage, 0.0) + verification.timings_ms.get(stage, 0.0)
         timings["decide"] = _ms(start)
         timings["total"] = sum(timings.values())
-        # Parts of align and embed per network (already inside those two, not added to the total).
+        # Parts of align and embed (already inside those two, not added to the total): align per
+        # network, embed_networks the one call that runs every network.
         for part in sorted({k for k in (*gallery.timings_ms, *verification.timings_ms) if "_" in k}):
             timings[part] = gallery.timings_ms.get(part, 0.0) + verification.timings_ms.get(part, 0.0)
         return VerificationResult(

@@ -1,7 +1,8 @@
 """The pretrained identity networks behind one interface, one module each.
 
     dlib_resnet     dlib's face-recognition ResNet (128-d), ported to Keras; dlib's 5-point chip
-    sface           OpenCV Zoo's SFace (128-d, unit length), run by OpenCV's DNN; ArcFace 5-point chip
+    sface           OpenCV Zoo's SFace (128-d, unit length), ported to Keras; ArcFace 5-point chip
+    onnx_file       reads an ONNX file's graph and weights (for the SFace port; no onnx package)
     gender_cydral   Cydral's gender CNN, ported to Keras (not an identity network)
 
 A model version names the identity networks its Siamese head was trained on (metadata
@@ -10,7 +11,8 @@ networks' embeddings concatenated in that order. dlib is always there: its chip 
 gender network, and its embedding also feeds the gender head. Adding a network is one module here
 with one IdentityNetwork subclass and a line in NETWORKS.
 
-    IdentityNetwork     name, dim, recipe, weights_sha256(), chip(rgb, face), embed(chips)
+    IdentityNetwork     name, dim, recipe, weights_sha256(), chip(rgb, face), embed(chips),
+                        graph_embed(chips) (the same in TensorFlow, for one call over all networks)
     network_class(name) -> type            without loading any weights (name, dim, recipe)
     network(name) -> IdentityNetwork       the loaded network (once per process)
     networks_of(metadata) -> tuple[str]    the networks a model version was trained on
@@ -49,6 +51,11 @@ class IdentityNetwork:
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
         """N x dim float32 embeddings of N chips from chip()."""
+        raise NotImplementedError
+
+    def graph_embed(self, chips):
+        """embed() as TensorFlow ops on an N x size x size x 3 uint8 tensor, for a traced graph
+        that runs every network in one call (core.verification.features.pretrained_graph)."""
         raise NotImplementedError
 
 

