@@ -3,6 +3,9 @@
     python -m core.benchmarks.load_test --seconds 60 --rate 10 --json OUT.json
     python -m core.benchmarks.load_test --url http://127.0.0.1:8000 --key KEY --reader-key KEY2 ...   (a running server)
 
+The combined load test (two API workers, a queue worker and a dashboard batch at once on MariaDB +
+SeaweedFS + a broker, with faults) is core.benchmarks.load_combined, built on run() below.
+
 Without --url it starts `python -m core.api` itself on a free port of 127.0.0.1 with a fresh
 SQLite database and photo store in a temporary folder (or --db-url, e.g. a MariaDB database made
 for the test), creates its keys, and stops the server at the end. Only loopback addresses are
@@ -76,6 +79,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def member_id(run_id: str, i: int) -> str:
+    """The member ID request i of a run enrols (warm-up requests have negative i)."""
+    return f"load-{run_id}-{i:05d}" if i >= 0 else f"load-{run_id}-warm{-i}"
 
 
 def sample_pairs() -> list[tuple[bytes, bytes, str]]:
@@ -170,19 +178,36 @@ class Server:
         self.tmp.cleanup()
 
 
-def run(url: str, key: str, reader_key: str, seconds: float, rate: float, workers: int) -> dict:
+def run(
+    url: str | list[str],
+    key: str,
+    reader_key: str,
+    seconds: float,
+    rate: float,
+    workers: int,
+    outcomes_out: list | None = None,
+    on_start=None,
+) -> dict:
+    """The load; url may be several API workers (request i goes to url[i % len(url)], as a proxy
+    in front would spread them). outcomes_out, when given, receives every Outcome; on_start() is
+    called once the warm-up is over, as the timed requests begin."""
     import httpx
 
-    if not _is_loopback(url):
-        raise ValueError(f"{url} is not a loopback address: this load test only targets 127.0.0.0/8 or ::1")
+    urls = [url] if isinstance(url, str) else list(url)
+    for one in urls:
+        if not _is_loopback(one):
+            raise ValueError(
+                f"{one} is not a loopback address: this load test only targets 127.0.0.0/8 or ::1"
+            )
     pairs = sample_pairs()
     n = int(round(seconds * rate))
     run_id = time.strftime("%H%M%S")
     limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
-    client = httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits)
+    clients = [httpx.Client(base_url=u, timeout=REQUEST_TIMEOUT_S, limits=limits) for u in urls]
     headers = {"X-API-Key": key}
 
     def send(i: int, scheduled: float) -> Outcome:
+        client = clients[i % len(clients)]
         gallery, verification, gender = pairs[i % len(pairs)]
         delay = scheduled - time.perf_counter()
         if delay > 0:
@@ -191,7 +216,7 @@ def run(url: str, key: str, reader_key: str, seconds: float, rate: float, worker
         try:
             response = client.post(
                 "/v1/verifications/upload",
-                data={"member_id": f"load-{run_id}-{i:05d}", "registered_gender": gender, "enrol": "true"},
+                data={"member_id": member_id(run_id, i), "registered_gender": gender, "enrol": "true"},
                 files={
                     "gallery": ("gallery.jpg", gallery, "image/jpeg"),
                     "verification": ("selfie.jpg", verification, "image/jpeg"),
@@ -218,22 +243,26 @@ def run(url: str, key: str, reader_key: str, seconds: float, rate: float, worker
         )
 
     # Warm-up (not counted): the first request pays one-off costs (index, connections).
-    warm = send(-1, time.perf_counter())
-    if warm.status != 201:
-        raise RuntimeError(f"the warm-up request failed: {warm.status} {warm.error}")
+    for w in range(len(clients)):
+        warm = send(-1 - w, time.perf_counter())
+        if warm.status != 201:
+            raise RuntimeError(f"the warm-up request failed: {warm.status} {warm.error}")
 
+    if on_start is not None:
+        on_start()
     t0 = time.perf_counter() + 0.5
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load") as pool:
         futures = [pool.submit(send, i, t0 + i / rate) for i in range(n)]
         hard_stop = t0 + seconds + DRAIN_S
-        for future in futures:
+        for i, future in enumerate(futures):
             remaining = max(0.1, hard_stop - time.perf_counter())
             try:
                 outcome = future.result(timeout=remaining)
             except Exception as exc:  # a request that did not finish in time counts as an error
-                outcome = Outcome(-1, 0, 0, time.perf_counter(), 0, error=f"{type(exc).__name__}: {exc}")
+                at = t0 + i / rate
+                outcome = Outcome(i, at, at, time.perf_counter(), 0, error=f"{type(exc).__name__}: {exc}")
             with lock:
                 outcomes.append(outcome)
         for future in futures:
@@ -260,19 +289,23 @@ def run(url: str, key: str, reader_key: str, seconds: float, rate: float, worker
     server_latency = []
     missing = []
     for o in ok:
-        response = client.get(f"/v1/verifications/{o.result_id}", headers=reader)
+        response = clients[o.index % len(clients)].get(f"/v1/verifications/{o.result_id}", headers=reader)
         if response.status_code == 200 and response.json()["id"] == o.result_id:
             stored += 1
             server_latency.append(response.json().get("latency_ms") or np.nan)
         else:
             missing.append(o.result_id)
-    client.close()
+    for client in clients:
+        client.close()
+    if outcomes_out is not None:
+        outcomes_out.extend(outcomes)
     statuses: dict[str, int] = {}
     for o in errors:
         statuses[str(o.status)] = statuses.get(str(o.status), 0) + 1
     server_latency = np.array(server_latency) if server_latency else np.array([np.nan])
     report = {
         "url": url,
+        "run_id": run_id,
         "target_rate": rate,
         "seconds": seconds,
         "sent": len(outcomes),
