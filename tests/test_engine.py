@@ -215,6 +215,27 @@ def test_batch_analyses_each_distinct_photo_once(engine, sample_pairs, monkeypat
     assert np.allclose([r.similarity for r in results], [r.similarity for r in singles], atol=1e-4)
 
 
+def test_photos_located_side_by_side_come_back_in_order_and_as_one_at_a_time(engine, tmp_path):
+    names = [
+        "Jiang_Zemin_0014.jpg",
+        "Howard_Dean_0010.jpg",
+        "Nicole_Kidman_0006.jpg",
+        "Adrien_Brody_0001.jpg",
+    ]
+    photos = [IMAGES / names[0], tmp_path / "missing.jpg", *(IMAGES / n for n in names[1:])]
+    together = features.extract(photos, networks=engine.networks)
+    assert features.LOCATE_THREADS > 1
+    assert together[1].error and together[1].flags[0].code == BAD_IMAGE
+    for path, analysis in zip(photos, together, strict=True):
+        if path.exists():
+            alone = features.extract([path], networks=engine.networks)[0]
+            assert analysis.sha256 == alone.sha256
+            assert np.array_equal(analysis.crop, alone.crop)
+            assert np.abs(analysis.embedding - alone.embedding).max() < 1e-4
+    with pytest.raises(ValueError, match="one entry per photo"):
+        features.extract(photos, measure_pose=[True])
+
+
 def test_batch_survives_missing_files(engine, tmp_path):
     pairs = [(tmp_path / "missing.jpg", IMAGES / "Adrien_Brody_0001.jpg", "M")]
     pairs.append((IMAGES / "Adrien_Brody_0001.jpg", IMAGES / "Adrien_Brody_0002.jpg", "M"))

@@ -11,7 +11,10 @@ embedding cache is keyed by it, so changing the recipe cannot silently mix featu
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -217,26 +220,52 @@ def embed(analyses: list[PhotoAnalysis], networks: tuple[str, ...] = DEFAULT_NET
             analysis.timings_ms["embed"] = per_photo
 
 
+# locate() of the photos of one call runs on this many threads: decoding, MediaPipe, YuNet, dlib's
+# landmarks and the capture check are mostly one core each and release the GIL, so on the 2-core
+# machine the two photos of a pair are located side by side (the shared detectors keep their locks).
+LOCATE_THREADS = 2
+_locate_pool: tuple[int, ThreadPoolExecutor] | None = None  # (process id, pool)
+_pool_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's locate threads (a new pool in a forked child: its parent's threads are gone)."""
+    global _locate_pool
+    with _pool_lock:
+        if _locate_pool is None or _locate_pool[0] != os.getpid():
+            _locate_pool = (os.getpid(), ThreadPoolExecutor(LOCATE_THREADS, thread_name_prefix="locate"))
+        return _locate_pool[1]
+
+
+def _read_and_locate(photo: PhotoInput, pose: bool, networks: tuple[str, ...]) -> PhotoAnalysis:
+    try:
+        data = read_photo(photo)
+    except OSError as exc:
+        analysis = PhotoAnalysis(sha256="", error=f"The photo cannot be read: {exc.strerror or exc}")
+        analysis.flags.append(Flag(BAD_IMAGE, analysis.error))
+        return analysis
+    return locate(data, measure_pose=pose, networks=networks)
+
+
 def extract(
     photos: list[PhotoInput],
     measure_pose: list[bool] | None = None,
     networks: tuple[str, ...] = DEFAULT_NETWORKS,
 ) -> list[PhotoAnalysis]:
-    """locate() each photo, then embed() all of them. Unreadable files become flagged analyses.
+    """locate() each photo (side by side on LOCATE_THREADS), then embed() all of them together.
+    Unreadable files become flagged analyses.
 
     measure_pose: per photo, whether to estimate its head pose (default: none).
     """
-    analyses = []
-    poses = measure_pose or [False] * len(photos)
-    for photo, pose in zip(photos, poses, strict=True):
-        try:
-            data = read_photo(photo)
-        except OSError as exc:
-            analysis = PhotoAnalysis(sha256="", error=f"The photo cannot be read: {exc.strerror or exc}")
-            analysis.flags.append(Flag(BAD_IMAGE, analysis.error))
-            analyses.append(analysis)
-            continue
-        analyses.append(locate(data, measure_pose=bool(pose), networks=networks))
+    poses = [bool(p) for p in (measure_pose or [False] * len(photos))]
+    if len(poses) != len(photos):
+        raise ValueError("measure_pose needs one entry per photo")
+    if len(photos) == 1 or threading.current_thread().name.startswith("locate"):
+        analyses = [
+            _read_and_locate(photo, pose, networks) for photo, pose in zip(photos, poses, strict=True)
+        ]
+    else:
+        analyses = list(_pool().map(_read_and_locate, photos, poses, [networks] * len(photos)))
     embed(analyses, networks)
     return analyses
 
