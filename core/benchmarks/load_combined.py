@@ -353,6 +353,14 @@ def run_combined(
         in_outage = [o for o in outcomes if during(o, faults.store_killed, faults.store_back)]
         outside_errors = [o for o in outcomes if o.status != 201 and o not in in_outage]
         batch_s = (batch_state.get("finished") or time.perf_counter()) - batch_state["started"]
+        # The API's rate while the store was up: answers outside the outage over the time outside it.
+        outage = (
+            max(0.0, min(faults.store_back, outcomes_end(outcomes)) - faults.store_killed)
+            if faults.store_back
+            else 0.0
+        )
+        answered_outside = sum(1 for o in outcomes if o.status == 201 and o not in in_outage)
+        outside_s = max(1e-9, api_report["duration_s"] - outage)
         report = {
             "broker": queue.kind_of(broker_url),
             "api": {k: v for k, v in api_report.items() if k != "error_examples"},
@@ -360,6 +368,7 @@ def run_combined(
             "api_requests_during_store_outage": len(in_outage),
             "api_refused_during_store_outage": sum(1 for o in in_outage if o.status != 201),
             "api_errors_outside_the_outage": len(outside_errors),
+            "api_rate_outside_the_outage": round(answered_outside / outside_s, 2),
             "batch": {
                 "items": items,
                 "results": results,
@@ -399,6 +408,10 @@ def run_combined(
             tmp.cleanup()
 
 
+def outcomes_end(outcomes) -> float:
+    return max((o.finished for o in outcomes), default=0.0)
+
+
 def print_report(report: dict) -> None:
     api, batch, faults = report["api"], report["batch"], report["faults"]
     print(
@@ -407,7 +420,8 @@ def print_report(report: dict) -> None:
         f"latency p50 {api['latency_p50_ms']:.0f} ms, p95 {api['latency_p95_ms']:.0f} ms; "
         f"errors {api['errors']} {api['error_statuses'] or ''} ({report['api_refused_during_store_outage']} "
         f"of {report['api_requests_during_store_outage']} requests during the store outage refused, "
-        f"{report['api_errors_outside_the_outage']} errors outside it)"
+        f"{report['api_errors_outside_the_outage']} errors outside it; "
+        f"{report['api_rate_outside_the_outage']:.2f}/s answered while the store was up)"
     )
     print(
         f"batch: {batch['results']}/{batch['items']} items in {batch['seconds']:.0f} s "

@@ -338,6 +338,10 @@ def run(
     return report
 
 
+def _figure(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"  # no full 10 s window in a shorter run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m core.benchmarks.load_test", description=__doc__.split("\n\n")[0]
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{report['ok']}/{report['sent']} verifications in {report['duration_s']:.1f} s: "
         f"{report['achieved_rate']:.2f}/s (target {report['target_rate']:.1f}/s, lowest 10 s window "
-        f"{report['min_rate_10s_window']:.2f}/s), errors {report['errors']} {report['error_statuses'] or ''}"
+        f"{_figure(report['min_rate_10s_window'])}/s), errors {report['errors']} {report['error_statuses'] or ''}"
     )
     print(
         f"latency p50 {report['latency_p50_ms']:.0f} ms, p95 {report['latency_p95_ms']:.0f} ms, "
