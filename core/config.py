@@ -21,6 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 SAMPLE_DIR = DATA_DIR / "sample"
 RUNTIME_DIR = DATA_DIR / "runtime"
+DISPLAY_TZ = "Asia/Seoul"  # the staff work in Korea: days and times are shown (and grouped) in KST
 
 
 @lru_cache(maxsize=1)

@@ -4,13 +4,13 @@ import hashlib
 
 import streamlit as st
 
-from core.dashboard import uploads
+from core.dashboard import formatting, uploads
 from core.dashboard import verify as svc
 from core.dashboard.formatting import local_time
 from core.storage import queries
 from core.storage.schema import GALLERY, VERIFICATION, Batch
 from ui.common import engine_or_message, get_jobs, model_available, setup_page
-from ui.widgets import job_progress, pair_result, results_view
+from ui.widgets import file_input, job_progress, pair_result, results_view
 
 ctx = setup_page("verify")
 st.title(ctx.t("page.verify"))
@@ -131,9 +131,7 @@ def pair_tab():
             placeholder=ctx.t("verify.choose"),
             key="verify_gender",
         )
-        upload = st.file_uploader(
-            ctx.t("verify.gallery_upload"), type=uploads.PHOTO_TYPES, key="verify_gallery_file"
-        )
+        upload = file_input(ctx, st, "verify.gallery_upload", "photo", "verify_gallery_file")
         gallery_bytes = upload.getvalue() if upload else None
 
     sources = ["stored", "upload", "camera"] if mode == "member" else ["upload", "camera"]
@@ -146,16 +144,18 @@ def pair_tab():
     )
     challenge_token = challenge_block(member_id) if source in ("camera", "upload") else None
     if source == "upload":
-        upload = st.file_uploader(
-            ctx.t("verify.verification_upload"), type=uploads.PHOTO_TYPES, key="verify_verification_file"
-        )
+        upload = file_input(ctx, st, "verify.verification_upload", "photo", "verify_verification_file")
         verification_bytes = upload.getvalue() if upload else None
     elif source == "camera":
-        shot = st.camera_input(ctx.t("verify.camera"), key="verify_camera")
+        shot = st.camera_input(ctx.t("verify.camera"), key="verify_camera", help=ctx.t("verify.camera_help"))
         verification_bytes = shot.getvalue() if shot else None
         if verification_bytes:
             photo_check(verification_bytes)
 
+    # The result shown belongs to this exact input: another mode, member or photo hides it.
+    current_input = svc.input_key(mode, member_id, gender, source, gallery_bytes, verification_bytes)
+    if st.session_state.get("verify_outcome_input") != current_input:
+        st.session_state.pop("verify_outcome", None)
     if st.button(
         ctx.t("verify.run"),
         type="primary",
@@ -185,6 +185,7 @@ def pair_tab():
                         challenge_token=challenge_token,
                     )
                 st.session_state["verify_outcome"] = outcome
+                st.session_state["verify_outcome_input"] = current_input
                 if challenge_token:
                     st.session_state["verify_challenge"] = None  # used up: the next photo needs a new one
             except svc.PairInputError as exc:
@@ -194,8 +195,6 @@ def pair_tab():
                 st.error(exc.text(ctx.lang))
 
     outcome = st.session_state.get("verify_outcome")
-    if outcome is not None and mode == "member" and outcome.member_id != member_id:
-        outcome = None  # another member was picked since: show that member, not the old answer
     if outcome is not None:
         st.divider()
         with ctx.session() as session:
@@ -243,10 +242,8 @@ def batch_tab():
             key="batch_template",
         )
         cols = st.columns(2)
-        manifest = cols[0].file_uploader(
-            ctx.t("batch.manifest"), type=uploads.MANIFEST_TYPES, key="batch_manifest"
-        )
-        photo_zip = cols[1].file_uploader(ctx.t("batch.zip"), type=["zip"], key="batch_zip")
+        manifest = file_input(ctx, cols[0], "batch.manifest", "table", "batch_manifest")
+        photo_zip = file_input(ctx, cols[1], "batch.zip", "zip", "batch_zip")
         name = st.text_input(ctx.t("batch.name"), key="batch_name_zip")
         if st.button(
             ctx.t("batch.start"), type="primary", disabled=not has_model or busy, key="batch_start_zip"
@@ -310,28 +307,32 @@ def batch_tab():
         st.divider()
 
         def show_results(batch_id):
-            st.session_state["verify_open_batch"] = batch_id
+            # A batch that has just finished opens in the picker below, once: the user may then
+            # pick another without being sent back to it.
+            if st.session_state.get("verify_followed_batch") != batch_id:
+                st.session_state["verify_followed_batch"] = batch_id
+                st.session_state["verify_open_select"] = batch_id
 
         job_progress(ctx, st.session_state["verify_job"], "verify_job", on_done=show_results)
 
     st.divider()
     st.subheader(ctx.t("batch.recent"))
     with ctx.session() as session:
-        recent = svc.recent_batches(session)
+        recent = svc.recent_batches(session, lang=ctx.lang)
     if recent.empty:
         st.caption(ctx.t("batch.none_yet"))
     else:
-        shown = recent.copy()
-        shown["status"] = shown["status"].map(lambda s: ctx.t(f"batch_status.{s}"))
-        st.dataframe(shown.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch")
+        st.dataframe(
+            formatting.table(recent, ctx.lang, formats={"status": "batch_status"}),
+            hide_index=True,
+            width="stretch",
+        )
         ids = recent["batch_id"].tolist()
-        default = st.session_state.get("verify_open_batch")
+        if st.session_state.get("verify_open_select") not in ids:
+            st.session_state["verify_open_select"] = ids[0]
+        names = dict(zip(recent["batch_id"], recent["name"], strict=True))
         opened = st.selectbox(
-            ctx.t("batch.open"),
-            ids,
-            index=ids.index(default) if default in ids else 0,
-            format_func=lambda i: f"#{i} {recent.set_index('batch_id').loc[i, 'name']}",
-            key="verify_open_select",
+            ctx.t("batch.open"), ids, format_func=lambda i: f"#{i} {names[i]}", key="verify_open_select"
         )
         with ctx.session() as session:
             batch = session.get(Batch, opened)

@@ -3,13 +3,13 @@
 import streamlit as st
 
 from core import config
-from core.dashboard import formatting, home, uploads
+from core.dashboard import formatting, home
 from core.dashboard import members as svc
 from core.storage import queries
 from core.storage.schema import ADMIN, MEMBER_STATUSES
 from core.workflows import importer, privacy
 from ui.common import setup_page
-from ui.widgets import status_label
+from ui.widgets import file_input
 
 ctx = setup_page("members")
 st.title(ctx.t("page.members"))
@@ -71,24 +71,20 @@ with tab_list:
     if frame.empty:
         st.info(ctx.t("members.none"))
     else:
-        shown = frame.copy()
-        shown["gender"] = shown["gender"].map(lambda g: ctx.t(f"gender.{g}"))
-        shown["status"] = shown["status"].map(lambda s: ctx.t(f"member_status.{s}"))
-        shown["latest_result"] = shown["latest_result"].map(lambda s: status_label(ctx, s) if s else "")
-        st.dataframe(
-            shown.rename(columns=lambda c: ctx.t(f"col.{c}")),
+        # A member opens by clicking its row. The table's key names the page and filters, so
+        # another page or filter starts without a selection (a row number of the old page would
+        # open someone else).
+        st.caption(ctx.t("members.open_hint"))
+        picked = st.dataframe(
+            formatting.table(frame, ctx.lang, formats={"status": "member_status"}),
             hide_index=True,
             width="stretch",
             height="content",
+            on_select="rerun",
+            selection_mode="single-row",
+            key=svc.table_key(page.page, filters),
         )
-
-        member_id = st.selectbox(
-            ctx.t("members.open"),
-            frame["member_id"].tolist(),
-            index=None,
-            key="members_open",
-            placeholder=ctx.t("members.open_hint"),
-        )
+        member_id = svc.selected_member(frame, picked.selection.rows)
         notice = st.session_state.pop("members_notice", None)
         if notice:
             st.success(notice)
@@ -115,7 +111,7 @@ with tab_list:
                     verified=formatting.local_time(member.last_verified_at) or "—",
                 )
             )
-            current = [p for p in photos if p[1]]
+            current = svc.gallery_first([p for p in photos if p[1]])
             old = [p for p in photos if not p[1]]
             pcols = st.columns(4)
             for i, (kind, _current, data, created) in enumerate(current[:4]):
@@ -137,25 +133,30 @@ with tab_list:
             if results.empty:
                 st.caption(ctx.t("members.no_history"))
             else:
-                results["status"] = results["status"].map(lambda s: status_label(ctx, s))
-                results["flags"] = results["flags"].map(
-                    lambda text: ", ".join(ctx.t(f"flag.{c}") for c in text.split())
-                )
                 st.dataframe(
-                    results.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch"
+                    formatting.table(results, ctx.lang),
+                    hide_index=True,
+                    width="stretch",
+                    # Streamlit wraps a cell's text only in rows taller than 4rem: a reviewer's
+                    # note then shows in full over a few lines instead of being cut off.
+                    row_height=svc.WRAP_ROW_HEIGHT,
+                    column_config={ctx.t("col.note"): st.column_config.TextColumn(width="large")},
+                    key="members_history",
                 )
             with st.expander(ctx.t("members.audit")):
                 st.dataframe(
-                    entries.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch"
+                    formatting.table(entries, ctx.lang),
+                    hide_index=True,
+                    width="stretch",
+                    row_height=svc.WRAP_ROW_HEIGHT,
+                    column_config={ctx.t("col.detail"): st.column_config.TextColumn(width="large")},
                 )
             if access is not None:  # administrators: who saw this member's data, export, erasure
                 st.markdown(f"**{ctx.t('members.access_history')}**")
                 if access.empty:
                     st.caption(ctx.t("members.no_access"))
                 else:
-                    st.dataframe(
-                        access.rename(columns=lambda c: ctx.t(f"col.{c}")), hide_index=True, width="stretch"
-                    )
+                    st.dataframe(formatting.table(access, ctx.lang), hide_index=True, width="stretch")
                 cols = st.columns(2)
                 if cols[0].button(ctx.t("members.export", member=member.id), key="members_export"):
                     with ctx.session() as session:
@@ -205,10 +206,8 @@ with tab_import:
             reports = importer.load_sample_members(session, actor=ctx.username, photo_store=ctx.store)
         st.session_state["members_import_reports"] = reports
     cols = st.columns(2)
-    table = cols[0].file_uploader(
-        ctx.t("members.import_file"), type=uploads.MANIFEST_TYPES, key="members_import_file"
-    )
-    photo_zip = cols[1].file_uploader(ctx.t("members.import_zip"), type=["zip"], key="members_import_zip")
+    table = file_input(ctx, cols[0], "members.import_file", "table", "members_import_file")
+    photo_zip = file_input(ctx, cols[1], "members.import_zip", "zip", "members_import_zip")
     if st.button(
         ctx.t("members.import_run"), type="primary", key="members_import_run", disabled=table is None
     ):

@@ -44,12 +44,14 @@ include_single = cols[3].checkbox(
 date_from, date_to = (period[0], period[-1]) if isinstance(period, tuple) and period else (None, None)
 with ctx.session() as session:
     frame = svc.kpi_frame(
-        session, date_from, date_to, version or None, per=per, include_single=include_single
+        session, date_from, date_to, version or None, per=per, include_single=include_single, lang=ctx.lang
     )
 
     if frame.empty and per == "batch" and not include_single:
         # Only one-pair verifications in this period: show them rather than nothing.
-        frame = svc.kpi_frame(session, date_from, date_to, version or None, per=per, include_single=True)
+        frame = svc.kpi_frame(
+            session, date_from, date_to, version or None, per=per, include_single=True, lang=ctx.lang
+        )
         if not frame.empty:
             st.info(ctx.t("kpi.only_single"))
     period_lines = svc.period_basis(session, date_from, date_to, version or None, ctx.lang)

@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 from sqlalchemy import select
 
+from core.dashboard import formatting
 from core.dashboard import retrain as view
 from core.dashboard import training_sets
 from core.dashboard.formatting import local_time
@@ -111,6 +112,7 @@ def setting_widget(setting: view.Setting, container):
                 label,
                 list(setting.options),
                 default=[k for k in str(default).split(",") if k],
+                placeholder=ctx.t("verify.choose"),
                 help=help_text,
                 key=key,
                 format_func=lambda o: ctx.t(f"retrain.opt.{o}"),
@@ -514,10 +516,10 @@ def history_panel() -> None:
             [
                 {
                     ctx.t("col.at"): local_time(e.at),
-                    ctx.t("col.actor"): e.actor,
+                    ctx.t("col.actor"): formatting.actor_text(e.actor, ctx.lang),
                     ctx.t("col.action"): ctx.t(f"retrain.action.{e.action}"),
                     ctx.t("retrain.ver.version"): e.target_id if e.target_type == registry.TARGET else "",
-                    ctx.t("col.detail"): "" if e.detail is None else str(e.detail),
+                    ctx.t("col.detail"): formatting.detail_text(e.detail, ctx.lang),
                 }
                 for e in entries
             ],

@@ -4,6 +4,7 @@ audited; the last active administrator cannot be removed."""
 
 import streamlit as st
 
+from core.dashboard import formatting
 from core.dashboard import users as svc
 from core.storage import audit, throttle
 from core.storage.schema import ROLES
@@ -26,11 +27,7 @@ def done(text: str) -> None:
 
 with ctx.session() as session:
     frame = svc.users_frame(session)
-shown = frame.copy()
-shown["role"] = shown["role"].map(lambda r: ctx.t(f"role.{r}"))
-for column in ("active", "must_change_password"):
-    shown[column] = shown[column].map(lambda v: ctx.t("users.yes") if v else ctx.t("users.no"))
-st.dataframe(shown.rename(columns=lambda c: ctx.t(f"users.col.{c}")), hide_index=True, width="stretch")
+st.dataframe(formatting.table(frame, ctx.lang, heading="users.col"), hide_index=True, width="stretch")
 
 left, right = st.columns(2)
 with left.container(border=True):

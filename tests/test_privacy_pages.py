@@ -11,6 +11,7 @@ from pathlib import Path
 from conftest import engine_result
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
+from test_pages import click_row, open_member
 
 from core.dashboard import verify
 from core.storage.schema import MEMBER_ERASED, AuditEntry, Member, Photo
@@ -52,23 +53,26 @@ def load_sample(app_env) -> None:
 def test_members_page_views_are_audited_and_only_admins_see_access_history(app_env):
     load_sample(app_env)
     staff = open_page("pages/3_Members.py", "staff")
-    staff.selectbox(key="members_open").set_value("M0007").run()
+    open_member(staff, "M0007")
     assert len(staff.image) == 2
     assert views(app_env, "M0007") == [
         ("staff_user", "gallery", "page:members"),
         ("staff_user", "verification", "page:members"),
     ]
+    click_row(staff, "M0007")
     staff.run()  # drawn again at once: the same views, not new ones
+    assert len(staff.image) == 2
     assert len(views(app_env, "M0007")) == 2
     keys = {b.key for b in staff.button}
     assert "members_erase" not in keys and "members_export" not in keys
     assert "Access history" not in " ".join(m.value for m in staff.markdown)
 
     admin = open_page("pages/3_Members.py", "admin")
-    admin.selectbox(key="members_open").set_value("M0007").run()
+    open_member(admin, "M0007")
     assert "Access history (administrators only)" in " ".join(m.value for m in admin.markdown)
     history = admin.dataframe[-1].value
-    assert {"staff_user", "admin_user"} <= set(history["Who"]) and set(history["Where"]) == {"page:members"}
+    assert {"staff_user", "admin_user"} <= set(history["Who"]) and set(history["Where"]) == {"Members page"}
+    click_row(admin, "M0007")
     admin.button(key="members_export").click().run()
     assert not admin.exception
     with app_env.session() as session:
@@ -87,13 +91,16 @@ def test_members_page_erases_a_member_after_typing_their_id(app_env):
         paths = [p.stored_path for p in session.scalars(select(Photo).where(Photo.member_id == "M0003"))]
     assert all((app_env.store_dir / p).exists() for p in paths)
     at = open_page("pages/3_Members.py", "admin")
-    at.selectbox(key="members_open").set_value("M0003").run()
+    open_member(at, "M0003")
     assert "Erase member M0003 now" in [b.label for b in at.button]
     assert at.button(key="members_erase").disabled
+    click_row(at, "M0003")
     at.text_input(key="members_erase_typed_M0003").input("M0033").run()
     assert at.button(key="members_erase").disabled  # another ID: still refused
+    click_row(at, "M0003")
     at.text_input(key="members_erase_typed_M0003").input("M0003").run()
     assert not at.button(key="members_erase").disabled
+    click_row(at, "M0003")
     at.button(key="members_erase").click().run()
     assert not at.exception
     assert any("Member M0003 erased: 2 photos" in s.value for s in at.success)
@@ -104,7 +111,7 @@ def test_members_page_erases_a_member_after_typing_their_id(app_env):
     assert (erased.actor, erased.detail["via"]) == ("admin_user", "page")
     assert not any((app_env.store_dir / p).exists() for p in paths)
     # The member still opens: status erased, no photos, the history kept.
-    at.selectbox(key="members_open").set_value("M0003").run()
+    open_member(at, "M0003")
     assert len(at.image) == 0 and not at.exception
 
 

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from core.dashboard import formatting, page_batches, photos, verify
+from core.dashboard import formatting, page_batches, photos, uploads, verify
 from core.storage.schema import GALLERY, VERIFICATION
 from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, STATUSES
 from ui.common import PageContext, get_jobs
 
-STATUS_ICON = {AUTO_APPROVED: "✓", AUTO_REJECTED: "✗", FLAGGED: "⚠", "approved": "✓", "rejected": "✗"}
+
+def file_input(ctx: PageContext, container, label_key: str, kind: str, key: str):
+    """st.file_uploader with what Streamlit lets a page set in its own language: the label, the
+    help (types and limit, and how to add a file) and the per-file limit it shows and enforces."""
+    types, limit_mb = uploads.UPLOAD_KINDS[kind]
+    return container.file_uploader(
+        ctx.t(label_key),
+        type=types,
+        key=key,
+        help=uploads.uploader_help(kind, ctx.lang),
+        max_upload_size=limit_mb,
+    )
 
 
 def status_label(ctx: PageContext, status: str) -> str:
-    return f"{STATUS_ICON.get(status, '')} {ctx.t(f'status.{status}')}".strip()
+    return formatting.result_status(status, ctx.lang)
 
 
 def photo_column(ctx: PageContext, container, kind: str, data: bytes | None, analysis, crop) -> None:
@@ -158,12 +170,9 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
         current = get_jobs().get(job_key)
         if current is None:
             return
-        if current.phase in (page_batches.IMPORTING, page_batches.RUNNING):
-            total = max(current.total, 1)
-            label = "batch.importing" if current.phase == page_batches.IMPORTING else "batch.running"
-            st.progress(
-                min(current.done / total, 1.0), text=ctx.t(label, done=current.done, total=current.total)
-            )
+        now = current.progress()  # one reading for the bar and its text
+        if now.phase in (page_batches.IMPORTING, page_batches.RUNNING):
+            st.progress(now.fraction, text=ctx.t(now.text_key, done=now.done, total=now.total))
             st.caption(ctx.t("batch.keeps_running"))
             if not current.alive:
                 st.rerun()
@@ -172,13 +181,10 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
             st.rerun()
         if current.rejected:
             with st.expander(ctx.t("batch.rejected_rows", n=len(current.rejected)), expanded=True):
-                st.dataframe(
-                    [
-                        {"row": r.row, "member_id": r.member_id, "message": r.message}
-                        for r in current.rejected
-                    ],
-                    hide_index=True,
+                rejected = pd.DataFrame(
+                    [{"row": r.row, "member_id": r.member_id, "message": r.message} for r in current.rejected]
                 )
+                st.dataframe(formatting.table(rejected, ctx.lang), hide_index=True)
         if current.phase == page_batches.FAILED:
             key, params = current.error or ("batch.failed", {"detail": ""})
             st.error(ctx.t(key, **params))
@@ -221,14 +227,7 @@ def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
         + " · "
         + " · ".join(f"{status_label(ctx, s)} {n}" for s, n in counts.items())
     )
-    display = shown.copy()
-    display["status"] = display["status"].map(lambda s: status_label(ctx, s))
-    for column in ("registered_gender", "predicted_gender"):
-        display[column] = display[column].map(lambda g: ctx.t(f"gender.{g}") if g else "")
-    display["flags"] = display["flags"].map(
-        lambda text: ", ".join(ctx.t(f"flag.{c}") for c in (text or "").split())
-    )
-    display = display.drop(columns=["reasons"]).rename(columns=lambda c: ctx.t(f"col.{c}"))
+    display = formatting.table(shown.drop(columns=["reasons"]), ctx.lang)
     st.dataframe(display, hide_index=True, width="stretch")
     st.download_button(
         ctx.t("batch.download"),

@@ -20,13 +20,10 @@ from core.storage import audit, challenges
 from core.storage.photostore import PhotoNotFound
 from core.storage.retry import with_retry
 from core.storage.schema import (
-    BATCH_COMPLETED,
     GALLERY,
     MEMBER_IN_REVIEW,
     MEMBER_PENDING,
     VERIFICATION,
-    Batch,
-    BatchItem,
     Member,
     Photo,
     utcnow,
@@ -173,7 +170,7 @@ def _store_verification(
     paths: dict[str, str],
     challenge_row_id: int | None = None,
 ) -> int:
-    """Member, photos, batch of one, result, duplicates and audit: one transaction. Returns the result id."""
+    """Member, photos, the day's API batch item, result, duplicates and audit: one transaction. Returns the result id."""
     with state.factory() as session:
         now = utcnow()
         member = session.get(Member, member_id)
@@ -210,34 +207,21 @@ def _store_verification(
                 {"source": "api", "changes": changes},
             )
 
-        batch = Batch(
-            name=f"{member_id} (api)"[:200],
-            source="api",
-            created_by=caller.actor,
-            created_at=now,
-            model_version=result.model_version,
-            status=BATCH_COMPLETED,
-            n_items=1,
-            started_at=now,
-            finished_at=now,
-            heartbeat_at=now,
+        item = batches.add_single_item(
+            session,
+            caller.actor,
+            batches.API_SINGLE,
+            result.model_version,
+            member_id,
+            photo_ids[GALLERY],
+            photo_ids[VERIFICATION],
+            resolved.gender,
+            now=now,
         )
-        session.add(batch)
-        session.flush()
-        item = BatchItem(
-            batch_id=batch.id,
-            position=0,
-            member_id=member_id,
-            gallery_photo_id=photo_ids[GALLERY],
-            verification_photo_id=photo_ids[VERIFICATION],
-            registered_gender=resolved.gender,
-        )
-        session.add(item)
-        session.flush()
         row = batches.store_result(
             session,
             result,
-            batch_id=batch.id,
+            batch_id=item.batch_id,
             batch_item_id=item.id,
             member_id=member_id,
             gallery_photo_id=photo_ids[GALLERY],
@@ -258,7 +242,7 @@ def _store_verification(
             API_VERIFY,
             "result",
             row.id,
-            {"member_id": member_id, "status": row.status, "batch_id": batch.id},
+            {"member_id": member_id, "status": row.status, "batch_id": item.batch_id},
         )
         session.commit()
         return row.id

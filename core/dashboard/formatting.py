@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from core import config
 from core.dashboard import kpi_targets
 from core.dashboard.photos import faces_of
-from core.i18n import flag_text, t
+from core.i18n import STRINGS, flag_text, t
 from core.storage.schema import GALLERY, VERIFICATION
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification import capture
@@ -33,9 +34,9 @@ from core.verification.result import (
     PhotoAnalysis,
     VerificationResult,
 )
-from core.workflows import search, spreadsheets
+from core.workflows import batches, search, spreadsheets
 
-DISPLAY_TZ = "Asia/Seoul"  # the staff work in Korea: days and times are shown in KST
+DISPLAY_TZ = config.DISPLAY_TZ
 
 
 def today_local(tz: str = DISPLAY_TZ) -> date:
@@ -47,6 +48,15 @@ def local_time(value: datetime | None, tz: str = DISPLAY_TZ) -> str:
     if value is None:
         return ""
     return value.replace(tzinfo=UTC).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+def batch_name(name: str | None, group_key: str | None, lang: str) -> str:
+    """A batch's name in the page's language: a day's single verifications by source and day."""
+    group = batches.parse_group_key(group_key)
+    if group is None:
+        return name or ""
+    source, day = group
+    return t(f"batch.group.{source}", lang, day=day) if source in batches.GROUP_SOURCES else name or ""
 
 
 def flag_params(flag: Flag | dict, similarity, band, registered, predicted, confidence, analyses) -> dict:
@@ -243,3 +253,164 @@ def basis_text(rate: Rate, what: str, lang: str, say_too_few: bool = True) -> st
     if say_too_few and not rate.enough:
         text += " · " + t("figure.too_few", lang, min=MIN_COUNT)
     return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables: every cell and heading in the page's words, never a stored code (issue 15)
+
+RESULT_ICON = {"auto_approved": "✓", "auto_rejected": "✗", "flagged": "⚠", "approved": "✓", "rejected": "✗"}
+# Actors that are not people: the shipped model, the system's own jobs, the first-run form.
+MACHINE_ACTORS = ("shipped", "system", "first-run", "sample", "test")
+
+
+def _known(key: str) -> bool:
+    return key in STRINGS["en"]
+
+
+def _humane(code: str) -> str:
+    """A code without a label yet, made readable: 'import_member' -> 'import member'."""
+    return str(code).replace("_", " ").replace("-", " ")
+
+
+def label(prefix: str, code, lang: str) -> str:
+    """The label of a stored code (prefix.code in the catalogs), '' for none; an unknown code is
+    shown readable, not as its raw identifier."""
+    if code is None or (isinstance(code, float) and math.isnan(code)) or code == "":
+        return ""
+    key = f"{prefix}.{code}"
+    return t(key, lang) if _known(key) else _humane(code)
+
+
+def result_status(code, lang: str) -> str:
+    text = label("status", code, lang)
+    return f"{RESULT_ICON.get(code, '')} {text}".strip() if text else ""
+
+
+def yes_no(value, lang: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return t("users.yes" if bool(value) else "users.no", lang)
+
+
+def similarity_text(value) -> str:
+    """Three decimals everywhere (so 1.000 stands beside 0.999, never a bare 1)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{float(value):.3f}"
+
+
+def actor_text(actor, lang: str) -> str:
+    if actor in MACHINE_ACTORS:
+        return t(f"actor.{actor}", lang)
+    return "" if actor is None else str(actor)
+
+
+def why_text(why, lang: str) -> str:
+    """Where a photo was seen: 'page:members' -> the Members page; 'api:...' -> the API."""
+    if not why:
+        return ""
+    where, _, rest = str(why).partition(":")
+    if where == "page" and _known(f"page.{rest}"):
+        return t("why.page", lang, page=t(f"page.{rest}", lang))
+    if where == "api":
+        return t("why.api", lang, endpoint=rest) if rest else t("why.api_only", lang)
+    return label("why", why, lang)
+
+
+_DETAIL_VALUES = {
+    "role": "role",
+    "from": "role",
+    "to": "role",
+    "status": "status",
+    "kind": "photo",
+    "which": "photo",
+    "source": "batch_source",
+    "decision": "status",
+}
+
+
+def _detail_value(key: str, value, lang: str) -> str:
+    if isinstance(value, dict):
+        return "(" + detail_text(value, lang) + ")"
+    if isinstance(value, list | tuple):
+        return ", ".join(_detail_value(key, v, lang) for v in value)
+    if isinstance(value, bool):
+        return yes_no(value, lang)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if key == "why":
+        return why_text(value, lang)
+    prefix = _DETAIL_VALUES.get(key)
+    if prefix and isinstance(value, str) and _known(f"{prefix}.{value}"):
+        return t(f"{prefix}.{value}", lang)
+    return str(value)
+
+
+def detail_text(detail, lang: str) -> str:
+    """An audit entry's detail as 'label: value · label: value', not a Python or JSON dict."""
+    if not detail:
+        return ""
+    if not isinstance(detail, dict):
+        return str(detail)
+    parts = []
+    for key, value in detail.items():
+        name = t(f"detail.{key}", lang) if _known(f"detail.{key}") else _humane(key)
+        parts.append(f"{name}: {_detail_value(key, value, lang)}")
+    return " · ".join(parts)
+
+
+def flags_text(codes, lang: str) -> str:
+    """'gender_mismatch low_quality' (or a list) -> the flags' names, comma separated."""
+    if isinstance(codes, str):
+        codes = codes.split()
+    return ", ".join(label("flag", c, lang) for c in codes or [])
+
+
+def _gender(code, lang: str) -> str:
+    return label("gender", code, lang)
+
+
+# How each column's cells are shown, by column name; a page names its own for a column whose
+# codes depend on the table (the "status" of a member is not the "status" of a result).
+CELL_FORMATS = {
+    "status": result_status,
+    "latest_result": result_status,
+    "gender": _gender,
+    "registered_gender": _gender,
+    "predicted_gender": _gender,
+    "flags": flags_text,
+    "same_person": yes_no,
+    "active": yes_no,
+    "must_change_password": yes_no,
+    "similarity": lambda v, _lang: similarity_text(v),
+    "threshold": lambda v, _lang: similarity_text(v),
+    "gender_confidence": lambda v, _lang: percent(v, 0),
+    "source": lambda v, lang: label("batch_source", v, lang),
+    "action": lambda v, lang: label("audit_action", v, lang),
+    "actor": actor_text,
+    "created_by": actor_text,
+    "reviewer": actor_text,
+    "why": why_text,
+    "detail": detail_text,
+    "photo": lambda v, lang: label("photo", v, lang),
+    "role": lambda v, lang: label("role", v, lang),
+    "import_status": lambda v, lang: label("import_status", v, lang),
+}
+CELL_KINDS = {
+    "member_status": lambda v, lang: label("member_status", v, lang),
+    "batch_status": lambda v, lang: label("batch_status", v, lang),
+}
+
+
+def table(
+    frame: pd.DataFrame, lang: str, *, formats: dict | None = None, heading: str = "col"
+) -> pd.DataFrame:
+    """A frame as a page shows it: every coded column through its label function (CELL_FORMATS,
+    or `formats`: column -> function or a CELL_KINDS name), headings from `heading`.<column>."""
+    shown = frame.copy()
+    own = {c: CELL_KINDS.get(f, f) for c, f in (formats or {}).items()}
+    for column in shown.columns:
+        format_cell = own.get(column) or CELL_FORMATS.get(column)
+        if format_cell is not None:
+            shown[column] = [format_cell(v, lang) for v in shown[column]]
+    return shown.rename(columns=lambda c: t(f"{heading}.{c}", lang))

@@ -16,6 +16,7 @@ from core.dashboard.formatting import (
     DISPLAY_TZ,
     Rate,
     basis_text,
+    batch_name,
     interval_text,
     local_time,
     milliseconds,
@@ -24,11 +25,13 @@ from core.dashboard.formatting import (
     rate_of,
     target_text,
 )
-from core.dashboard.page_batches import SINGLE_SOURCE
 from core.i18n import t
 from core.storage import queries
 from core.storage.schema import Batch
 from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import batches, gallery
+
+SINGLE_SOURCES = {batches.PAGE_SINGLE, batches.API_SINGLE, gallery.ADDITION_SOURCE}
 
 KPI_COLUMNS = [
     "batch_id",
@@ -91,6 +94,10 @@ KPI_CHART_EXTRA = {
 }
 
 
+def _old_batch_of_one(batch: Batch | None) -> bool:
+    return batch is not None and batch.group_key is None and batch.source in SINGLE_SOURCES
+
+
 def model_versions(session: Session) -> list[str]:
     return list(session.scalars(select(ResultRow.model_version).distinct().order_by(ResultRow.model_version)))
 
@@ -104,11 +111,13 @@ def kpi_frame(
     per: str = "batch",
     include_single: bool = False,
     tz: str = DISPLAY_TZ,
+    lang: str = "en",
 ) -> pd.DataFrame:
     """The figures behind all the KPI charts: one row per batch (oldest first) or per local day.
 
-    Per batch, the one-pair batches of the Verify page are left out unless include_single (each
-    would be a point of its own); per day, every result counts.
+    Per batch, a day's single verifications from one source are one batch ("Single verifications
+    2026-12-01 · API"); the batches of one stored before that grouping are left out unless
+    include_single (each would be a point of its own). Per day, every result counts.
     """
     filters = {"date_from": date_from, "date_to": date_to, "model_version": model_version or None, "tz": tz}
     if per == "day":
@@ -117,28 +126,19 @@ def kpi_frame(
     else:
         kpis = queries.kpis_per_batch(session, **filters)
         ids = [k.key for k in kpis if k.key is not None]
-        info = (
-            {
-                b_id: (created, source)
-                for b_id, created, source in session.execute(
-                    select(Batch.id, Batch.created_at, Batch.source).where(Batch.id.in_(ids))
-                )
-            }
-            if ids
-            else {}
-        )
+        info = {b.id: b for b in session.scalars(select(Batch).where(Batch.id.in_(ids)))} if ids else {}
         if not include_single:
-            kpis = [
-                k for k in kpis if k.key is not None and info.get(k.key, (None, None))[1] != SINGLE_SOURCE
-            ]
+            # A day's single verifications are one batch (group_key); batches of one made before
+            # that grouping would each be a point of their own.
+            kpis = [k for k in kpis if k.key is not None and not _old_batch_of_one(info.get(k.key))]
         labels = {}
         for k in kpis:
-            created = info.get(k.key, (None, None))[0]
-            if k.key is None:
+            batch = info.get(k.key)
+            if batch is None:
                 labels[k.key] = ("—", "")
             else:
-                name = "" if k.label == f"Batch {k.key}" else f" {k.label}"
-                labels[k.key] = (f"#{k.key}{name}", local_time(created))
+                name = batch_name(batch.name, batch.group_key, lang)
+                labels[k.key] = (f"#{k.key} {name}".rstrip(), local_time(batch.created_at))
     rows = []
     for k in kpis:
         label, when = labels[k.key]

@@ -1,22 +1,48 @@
 """The Members page: a page of members, one member's history and audit trail as tables.
 
-members_frame(page), history_frame(history), audit_frame(entries)
+members_frame(page), history_frame(history), audit_frame(entries): codes as stored; formatting.table shows them
+table_key(page, filters), selected_member(frame, rows): the member opened by clicking its row
+gallery_first(photos)
 photos_for_view(session, store, photos, viewer) -> [(Photo, bytes | None)]   each one an audited view
 access_frame(entries)   an administrator's view of who saw the member's data (core.workflows.privacy)
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 
 import pandas as pd
 
 from core.dashboard.formatting import local_time
 from core.storage import queries
 from core.storage.photostore import PhotoNotFound
+from core.storage.schema import GALLERY, VERIFICATION
 from core.workflows import privacy
 
 PAGE = "page:members"  # why, in the audit entry of each photo shown
+
+
+WRAP_ROW_HEIGHT = 80  # px: over Streamlit's 4rem, so long notes wrap onto 2-3 lines
+
+
+def table_key(page_number: int, filters) -> str:
+    """The members table's widget key for this page of these filters."""
+    digest = hashlib.sha256(repr((page_number, filters)).encode("utf-8")).hexdigest()[:12]
+    return f"members_table_{digest}"
+
+
+def selected_member(frame: pd.DataFrame, rows) -> str | None:
+    """The member ID of the clicked row (None when no row is selected or it is gone)."""
+    rows = list(rows or [])
+    if not rows or not 0 <= rows[0] < len(frame):
+        return None
+    return str(frame.iloc[rows[0]]["member_id"])
+
+
+def gallery_first(photos: list) -> list:
+    """Current photos as the page shows them: the gallery photo, then the verification photo."""
+    order = {GALLERY: 0, VERIFICATION: 1}
+    return sorted(photos, key=lambda p: order.get(p[0], 2))
 
 
 def photos_for_view(session, store, photos, viewer: str) -> list:
@@ -57,7 +83,7 @@ def members_frame(page: queries.Page) -> pd.DataFrame:
                 "registered_at": local_time(m.created_at),
                 "last_verified_at": local_time(m.last_verified_at),
                 "latest_result": m.latest_result_status or "",
-                "similarity": None if m.latest_similarity is None else round(m.latest_similarity, 3),
+                "similarity": m.latest_similarity,  # shown by formatting.similarity_text, 3 decimals
             }
             for m in page.items
         ],
@@ -83,7 +109,7 @@ def history_frame(history: queries.MemberHistory) -> pd.DataFrame:
                 "batch_id": r.batch_id,
                 "created_at": local_time(r.created_at),
                 "status": r.status,
-                "similarity": None if r.similarity is None else round(r.similarity, 3),
+                "similarity": r.similarity,
                 "predicted_gender": r.predicted_gender,
                 "flags": " ".join(f["code"] for f in r.flags or []),
                 "reviewer": review.reviewer if review else "",
@@ -117,8 +143,7 @@ def audit_frame(entries) -> pd.DataFrame:
                 "at": local_time(e.at),
                 "actor": e.actor,
                 "action": e.action,
-                # Text, one type for the column (a table cannot mix objects and empty cells).
-                "detail": json.dumps(e.detail, ensure_ascii=False, default=str) if e.detail else "",
+                "detail": e.detail or None,  # a dict: formatting.detail_text writes it out
             }
             for e in entries
         ],

@@ -14,12 +14,13 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import jobs
 from core.errors import FaceVerifyError
 from core.storage.photostore import PhotoStoreBackend
-from core.storage.schema import BATCH_COMPLETED
+from core.storage.schema import BATCH_COMPLETED, Batch
 from core.workflows import batches, importer
 
 
@@ -41,6 +42,26 @@ class NothingToRun(FaceVerifyError):
     code = "nothing_to_run"
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One reading of a job's count: the page draws the bar and its text from the same one."""
+
+    phase: str
+    done: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total > 0 else 0.0
+
+    @property
+    def text_key(self) -> str:
+        """i18n key of the line under the bar (it takes done and total)."""
+        if self.total <= 0:
+            return "batch.preparing"  # the count is not known yet: never "0 of 0"
+        return "batch.importing" if self.phase == IMPORTING else "batch.running"
+
+
 @dataclass
 class Job:
     """One background batch: importing (for uploads), then running; then done or failed."""
@@ -55,6 +76,18 @@ class Job:
     rejected: list[importer.RowReport] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     thread: threading.Thread | None = None
+    _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def report(self, done: int, total: int, phase: str | None = None) -> None:
+        """The worker thread's count (and phase), set together so no reader sees half of it."""
+        with self._count_lock:
+            self.done, self.total = done, total
+            if phase is not None:
+                self.phase = phase
+
+    def progress(self) -> Progress:
+        with self._count_lock:
+            return Progress(self.phase, self.done, self.total)
 
     @property
     def alive(self) -> bool:
@@ -127,10 +160,13 @@ class BatchJobs:
         return job, True
 
     def _run(self, job: Job, session_factory, engine, store: PhotoStoreBackend, batch_id: int) -> None:
-        job.batch_id, job.phase = batch_id, RUNNING
+        job.batch_id = batch_id
+        with session_factory() as session:
+            n_items = session.scalar(select(Batch.n_items).where(Batch.id == batch_id)) or 0
+        job.report(0, n_items, RUNNING)  # the import's count ends here: the bar restarts at 0 of n
 
         def progress(done, total, _row=None):
-            job.done, job.total = done, total
+            job.report(done, total)
 
         if jobs.configured():
             jobs.submit_batch(batch_id, job.actor)
@@ -156,7 +192,7 @@ class BatchJobs:
 
         def work(job: Job):
             def progress(done, total):
-                job.done, job.total = done, total
+                job.report(done, total)
 
             with session_factory() as session:
                 reports = importer.import_members(
@@ -213,7 +249,6 @@ class BatchJobs:
                 batch = batches.create_batch(
                     session, actor, items, engine.model_version, source=source, name=name
                 )
-                job.total = len(items)
             self._run(job, session_factory, engine, store, batch.id)
 
         return self._start(key, actor, work)
@@ -229,4 +264,4 @@ class BatchJobs:
         )
 
 
-SINGLE_SOURCE = "verify_page"  # batches of one made by the Verify page
+SINGLE_SOURCE = batches.PAGE_SINGLE  # the Verify page's day batches of single verifications

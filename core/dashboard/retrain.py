@@ -174,7 +174,7 @@ def comparison_rows(comparison: dict, lang: str) -> list[dict]:
 
 
 def versions_rows(versions, lang: str) -> list[dict]:
-    from core.dashboard.formatting import local_time
+    from core.dashboard.formatting import actor_text, local_time
 
     rows = []
     for v in versions:
@@ -184,7 +184,7 @@ def versions_rows(versions, lang: str) -> list[dict]:
                 t("retrain.ver.version", lang): v.version,
                 t("retrain.ver.status", lang): t(f"retrain.status.{v.status}", lang),
                 t("retrain.ver.created", lang): local_time(v.created_at),
-                t("retrain.ver.by", lang): v.created_by or "",
+                t("retrain.ver.by", lang): actor_text(v.created_by, lang),
                 t("retrain.metric.verification_accuracy", lang): _shown(
                     m.get("verification_accuracy"), "pct"
                 ),
@@ -192,7 +192,7 @@ def versions_rows(versions, lang: str) -> list[dict]:
                 t("retrain.metric.fnmr_at_fmr_0_001", lang): _shown(m.get("fnmr_at_fmr_0_001"), "pct"),
                 t("retrain.metric.gender_accuracy", lang): _shown(m.get("gender_accuracy"), "pct"),
                 t("retrain.ver.promoted", lang): local_time(v.promoted_at),
-                t("retrain.ver.promoted_by", lang): v.promoted_by or "",
+                t("retrain.ver.promoted_by", lang): actor_text(v.promoted_by, lang),
             }
         )
     return rows

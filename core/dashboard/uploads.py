@@ -1,6 +1,7 @@
 """What the upload widgets accept and the check of a batch upload before anything is written.
 
 PHOTO_TYPES, MANIFEST_TYPES, MAX_BATCH_PAIRS, check_batch_upload(manifest, name, zip_bytes), manifest_template()
+UPLOAD_KINDS, uploader_help(kind, lang): each upload widget's types, limit and help in the page's language
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.errors import ImageError
+from core.i18n import t
 from core.verification.imaging import decode_image
 from core.workflows import importer
 
@@ -18,6 +20,21 @@ MANIFEST_TYPES = ["csv", "xlsx"]
 
 
 MAX_BATCH_PAIRS = 5000  # per page upload; bigger jobs go through the command line
+
+# What each kind of upload widget takes: file types and the per-file limit in MB (the same limits
+# the importer and the decoder enforce; the ZIP's is the server's maxUploadSize).
+UPLOAD_KINDS = {
+    "photo": (PHOTO_TYPES, importer.MAX_PHOTO_BYTES // (1024 * 1024)),
+    "table": (MANIFEST_TYPES, importer.MAX_TABLE_BYTES // (1024 * 1024)),
+    "zip": (["zip"], 200),
+}
+
+
+def uploader_help(kind: str, lang: str) -> str:
+    """The upload widget's help text in the page's language: how to add a file, which types, the
+    limit. Streamlit 1.60 draws its drop zone's words in English only (README, "Korean")."""
+    types, limit_mb = UPLOAD_KINDS[kind]
+    return t("upload.help", lang, types=", ".join(ext.upper() for ext in types), mb=limit_mb)
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""The Verify page: one pair verified and stored as a batch of one, the recent batches and a
-batch's results.
+"""The Verify page: one pair verified and stored in the day's batch of single verifications, the
+recent batches and a batch's results.
 
     new_challenge(session_factory, member_id, actor) -> ChallengeView  a pose the next photo must show
     challenge_summary(result, lang) -> (shown, sentence with the measured angle) | None
     verify_pair(...) -> PairOutcome (PairInputError: nothing saved), record_single_result(...),
+    input_key(mode, member_id, gender, source, gallery_bytes, verification_bytes): what a shown result came from
     recent_batches(session), resumable(...), batch_results_frame(session, batch_id), filter_results(...)
     stored_photos_for_view(session, store, member_id, kinds, viewer), record_pair_views(session, result_id, viewer)
         every member photo the page shows is an audited view (core.workflows.privacy)
@@ -24,7 +25,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.dashboard.formatting import local_time
+from core.dashboard.formatting import batch_name, local_time
 from core.dashboard.page_batches import SINGLE_SOURCE
 from core.dashboard.photos import annotate_photo
 from core.errors import FaceVerifyError, ImageError
@@ -130,6 +131,24 @@ class PairInputError(FaceVerifyError):
         return t(self.key, lang, **params)
 
 
+def input_key(
+    mode: str,
+    member_id: str | None,
+    gender: str | None,
+    source: str,
+    gallery_bytes: bytes | None,
+    verification_bytes: bytes | None,
+) -> str:
+    """Fingerprint of what a pair is verified from (mode, member, gender, photo source, the photos'
+    bytes): the page shows a result only while the form still holds the input it came from."""
+    digest = hashlib.sha256()
+    for part in (mode, (member_id or "").strip(), gender or "", source):
+        digest.update(part.encode("utf-8") + b"\0")
+    for data in (gallery_bytes, verification_bytes):
+        digest.update(b"-" if data is None else hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
+
 def _check_photo(data: bytes | None, which: str) -> None:
     if not data:
         raise PairInputError("verify.need_photo", which=which)
@@ -189,31 +208,31 @@ def record_single_result(
     registered_gender: str | None,
     source: str = SINGLE_SOURCE,
 ) -> tuple[int, int]:
-    """Store one computed result as a completed batch of one item: (batch id, result id).
+    """Store one computed result as the next item of the day's Verify page batch: (batch id, result id).
 
-    create_batch commits the batch and its item first; the result and the batch's final status
-    then commit together. If that second commit fails, the batch stays pending with no result,
-    and running it (core.workflows.batches.run_batch) finishes it: nothing is half saved.
+    The item, the result and the batch's count commit together (nothing half saved).
     """
-    spec = batches.BatchItemSpec(member_id, gallery_photo_id, verification_photo_id, registered_gender)
-    batch = batches.create_batch(
-        session, actor, [spec], result.model_version, source=source, name=f"{member_id} (1)"
+    item = batches.add_single_item(
+        session,
+        actor,
+        source,
+        result.model_version,
+        member_id,
+        gallery_photo_id,
+        verification_photo_id,
+        registered_gender,
     )
-    item_id = session.scalar(select(BatchItem.id).where(BatchItem.batch_id == batch.id))
-    now = utcnow()
     row = batches.store_result(
         session,
         result,
-        batch_id=batch.id,
-        batch_item_id=item_id,
+        batch_id=item.batch_id,
+        batch_item_id=item.id,
         member_id=member_id,
         gallery_photo_id=gallery_photo_id,
         verification_photo_id=verification_photo_id,
     )
-    batch = session.get(Batch, batch.id)
-    batch.status, batch.started_at, batch.finished_at, batch.heartbeat_at = BATCH_COMPLETED, now, now, now
     session.commit()
-    return batch.id, row.id
+    return item.batch_id, row.id
 
 
 def verify_pair(
@@ -228,7 +247,7 @@ def verify_pair(
     verification_bytes: bytes | None = None,
     challenge_token: str | None = None,
 ) -> PairOutcome:
-    """Verify one member's pair and save it (member, photos, batch of one, result).
+    """Verify one member's pair and save it (member, photos, an item of the day's batch, result).
 
     Photos not given are the member's current stored ones. A new member needs the registered
     gender. With a challenge (new_challenge), the verification photo must show its pose: the
@@ -322,13 +341,15 @@ def verify_pair(
     )
 
 
-def recent_batches(session: Session, limit: int = 20) -> pd.DataFrame:
+def recent_batches(session: Session, limit: int = 20, lang: str = "en") -> pd.DataFrame:
+    """The newest batches; a day's single verifications named in `lang` (the other cells are codes,
+    formatting.table shows them)."""
     rows = session.scalars(select(Batch).order_by(Batch.id.desc()).limit(limit)).all()
     return pd.DataFrame(
         [
             {
                 "batch_id": b.id,
-                "name": b.name or "",
+                "name": batch_name(b.name, b.group_key, lang),
                 "source": b.source or "",
                 "created_by": b.created_by,
                 "created_at": local_time(b.created_at),

@@ -157,6 +157,9 @@ class Batch(Base):
     run_token: Mapped[str | None] = mapped_column(sa.String(36))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    # Revision 0007: "<source>:<local day>:<model version>" for the batch that gathers a day's
+    # single verifications from one source (core.workflows.batches.add_single_item); else NULL.
+    group_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
 
     items: Mapped[list[BatchItem]] = relationship(back_populates="batch", order_by="BatchItem.position")
 

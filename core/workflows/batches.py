@@ -4,6 +4,9 @@ items_for_members(session, member_ids=None, only_pending=False) -> list[BatchIte
 create_batch(session, created_by, items, model_version, source="page", name=None) -> Batch
 run_batch(session_factory, engine, batch_id, progress=None, ...) -> BatchRunSummary
 store_result(session, result, ...) -> stored row     (also for single verifications from a page)
+add_single_item(session, actor, source, model_version, member_id, ...) -> BatchItem
+    a single verification (Verify page, API, gallery addition) joins its day's batch for that
+    source, "Single verifications 2026-12-01 · API", instead of becoming a batch of its own
 
 run_batch processes only items that have no stored result yet, so running an interrupted batch
 again resumes it. Every result is committed on its own as soon as it is computed: when the
@@ -19,13 +22,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from core import config
 from core.errors import FaceVerifyError
 from core.storage import audit
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend, PhotoStoreUnavailable
@@ -205,6 +210,125 @@ def create_batch(
     )
     session.commit()
     return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Single verifications: one batch per local day, source and model version, not a batch each
+
+PAGE_SINGLE, API_SINGLE = "verify_page", "api"  # Batch.source of the Verify page's and the API's pairs
+# The stored (English) name of a day's batch; pages show it in their language from group_key.
+_GROUP_NAMES = {
+    PAGE_SINGLE: "Single verifications {day} · Verify page",
+    API_SINGLE: "Single verifications {day} · API",
+    "gallery-addition": "New gallery photos {day} · API",
+}
+
+
+GROUP_SOURCES = tuple(_GROUP_NAMES)
+
+
+def group_name(source: str, day: str) -> str:
+    return _GROUP_NAMES.get(source, "Single verifications {day} · " + source).format(day=day)
+
+
+def group_key(source: str, day: str, model_version: str) -> str:
+    return f"{source}:{day}:{model_version}"[:200]
+
+
+def parse_group_key(key: str | None) -> tuple[str, str] | None:
+    """(source, local day) of a day batch's group key; None for an ordinary batch."""
+    if not key:
+        return None
+    source, day, _version = key.split(":", 2)
+    return source, day
+
+
+def local_day(when: datetime, tz: str | None = None) -> str:
+    """The day (YYYY-MM-DD) a naive-UTC time falls on where the staff work (config.DISPLAY_TZ)."""
+    return when.replace(tzinfo=UTC).astimezone(ZoneInfo(tz or config.DISPLAY_TZ)).date().isoformat()
+
+
+def _upsert(session: Session, on_conflict: dict):
+    """INSERT INTO batches that, on a duplicate group_key, updates the existing row instead."""
+    dialect = session.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        return mysql_insert(Batch).on_duplicate_key_update(**on_conflict)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(Batch).on_conflict_do_update(index_elements=[Batch.group_key], set_=on_conflict)
+
+
+def add_single_item(
+    session: Session,
+    actor: str,
+    source: str,
+    model_version: str,
+    member_id: str,
+    gallery_photo_id: int,
+    verification_photo_id: int,
+    registered_gender: str | None,
+    *,
+    now: datetime | None = None,
+) -> BatchItem:
+    """One single verification as the next item of its day's batch (made on first use); the caller
+    stores the result with it and commits.
+
+    The day batch is completed from the start: it counts its items as they come, and its
+    finished_at is its latest pair. Counting the pair (an UPDATE) comes first and holds the
+    batch row until the caller commits (as the audit chain does), so concurrent singles of the
+    same day take positions one after another, each reading back its own count.
+    """
+    now = now or utcnow()
+    key = group_key(source, local_day(now), model_version)
+    advance = (
+        update(Batch)
+        .where(Batch.group_key == key)
+        .values(n_items=Batch.n_items + 1, finished_at=now, heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not session.execute(advance).rowcount:
+        # The day's first pair: make the batch, or, when another process just made it, count this
+        # pair in it. One upsert, which locks the row exclusively at once: an INSERT that fails on
+        # the unique key and then UPDATEs holds a shared lock first, and two such writers deadlock.
+        session.execute(
+            _upsert(session, {"n_items": Batch.n_items + 1, "finished_at": now, "heartbeat_at": now}),
+            {
+                "name": group_name(source, local_day(now)),
+                "source": source,
+                "created_by": actor,
+                "created_at": now,
+                "model_version": model_version,
+                "status": BATCH_COMPLETED,
+                "n_items": 1,
+                "started_at": now,
+                "finished_at": now,
+                "heartbeat_at": now,
+                "group_key": key,
+            },
+        )
+    batch_id, n_items = session.execute(select(Batch.id, Batch.n_items).where(Batch.group_key == key)).one()
+    if n_items == 1:  # this pair made the batch
+        audit.log(
+            session,
+            actor,
+            audit.CREATE_BATCH,
+            "batch",
+            batch_id,
+            {"group": key, "model_version": model_version},
+        )
+    item = BatchItem(
+        batch_id=batch_id,
+        position=n_items - 1,
+        member_id=member_id,
+        gallery_photo_id=gallery_photo_id,
+        verification_photo_id=verification_photo_id,
+        registered_gender=registered_gender,
+    )
+    session.add(item)
+    session.flush()
+    return item
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import FaceVerifyError
 from core.storage import audit
-from core.storage.schema import BATCH_COMPLETED, GALLERY, Batch, BatchItem, Member, Photo, utcnow
+from core.storage.schema import GALLERY, Batch, Member, Photo, utcnow
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import (
     AUTO_APPROVED,
@@ -117,30 +117,18 @@ def store_addition(
         height=photo.height,
     )
     session.add(row)
-    batch = Batch(
-        name=f"{member_id} (new gallery photo)"[:200],
-        source=ADDITION_SOURCE,
-        created_by=actor,
-        created_at=now,
-        model_version=result.model_version,
-        status=BATCH_COMPLETED,
-        n_items=1,
-        started_at=now,
-        finished_at=now,
-        heartbeat_at=now,
-    )
-    session.add(batch)
     session.flush()
-    item = BatchItem(
-        batch_id=batch.id,
-        position=0,
-        member_id=member_id,
-        gallery_photo_id=gallery_photo.id,
-        verification_photo_id=row.id,
-        registered_gender=result.registered_gender,
+    item = batches.add_single_item(
+        session,
+        actor,
+        ADDITION_SOURCE,
+        result.model_version,
+        member_id,
+        gallery_photo.id,
+        row.id,
+        result.registered_gender,
+        now=now,
     )
-    session.add(item)
-    session.flush()
     if result.status != AUTO_APPROVED:
         similarity = result.similarity if result.similarity is not None else 0.0
         result.flags.append(
@@ -157,7 +145,7 @@ def store_addition(
     stored = batches.store_result(
         session,
         result,
-        batch_id=batch.id,
+        batch_id=item.batch_id,
         batch_item_id=item.id,
         member_id=member_id,
         gallery_photo_id=gallery_photo.id,
