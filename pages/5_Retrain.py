@@ -11,9 +11,8 @@ from pathlib import Path
 import streamlit as st
 from sqlalchemy import select
 
-from core.dashboard import formatting
+from core.dashboard import formatting, training_sets, uploads
 from core.dashboard import retrain as view
-from core.dashboard import training_sets
 from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
 from core.storage.schema import AuditEntry
@@ -158,6 +157,7 @@ def uploaded_set() -> tuple[Path, Path] | None:
             gb=training_sets.MAX_UNPACKED_BYTES // 2**30,
         ),
         key="retrain_zip",
+        max_upload_size=uploads.UPLOAD_KINDS["zip"][1],  # the limit it shows is the server's
     )
     if upload is None:
         st.info(ctx.t("retrain.data.zip_wanted"))
