@@ -369,6 +369,12 @@ def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
     monkeypatch.setenv("MODELS_DIR", str(dashboard_models))
     monkeypatch.setenv("FACEVERIFY_WARM_ENGINE", "0")  # tests load the model only where they need it
     monkeypatch.delenv("SESSION_IDLE_MINUTES", raising=False)
+    # The process remembers recent photo views (one view per user, photo id and page for a few
+    # minutes); photo ids start again in each test's new database, so a view made by an earlier
+    # test must not hide this test's.
+    from core.workflows import privacy
+
+    privacy._recent_views.clear()
     engine = make_engine(url)
     init_db(engine)
     factory = make_factory(engine)
