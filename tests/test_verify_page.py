@@ -4,6 +4,8 @@ verifications gather in the day's batch. Through AppTest with the real engine.""
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import func, select
 from test_pages import (
     ENGINE_TIMEOUT,
@@ -123,3 +125,38 @@ def test_progress_text_and_bar_read_one_count():
     )
     job.report(1, 5)
     assert job.progress().fraction == 0.2
+
+
+def _uploaders(at):
+    return list(at.get("file_uploader"))
+
+
+def test_streamlit_texts_a_page_may_set_are_in_the_page_language(app_env):
+    """Upload widgets: label, help (how, types, limit) and the limit Streamlit prints are ours, in
+    Korean; multiselects have a Korean placeholder instead of "Choose options"."""
+    hangul = re.compile(r"[\uac00-\ud7a3]")
+    at = open_page("verify", role="staff")
+    at.radio(key="verify_mode").set_value("upload").run()
+    at.radio(key="verify_source_upload").set_value("upload").run()
+    found = _uploaders(at)  # the gallery and the verification photo
+    at.session_state["verify_tab_index"] = 1
+    at.run()
+    at.radio(key="batch_source").set_value("zip").run()
+    found += _uploaders(at)  # the manifest and the ZIP
+    members = open_page("members", role="admin")
+    found += _uploaders(members)
+    limits = {"photo": 25, "table": 20, "zip": 200}
+    kinds = {}
+    for uploader in found:
+        proto = uploader.proto
+        assert hangul.search(proto.label) and hangul.search(proto.help), proto.label
+        assert "MB" in proto.help and "Upload" in proto.help  # names Streamlit's English button
+        kinds[proto.id] = proto.max_upload_size_mb
+    assert len(found) >= 6 and set(kinds.values()) == set(limits.values())
+
+    at.session_state["verify_tab_index"] = 1
+    at.run()
+    at.radio(key="batch_source").set_value("members").run()
+    for box in at.multiselect:
+        assert box.proto.placeholder and hangul.search(box.proto.placeholder), box.label
+    assert at.multiselect, "the member batch has a multiselect"
