@@ -212,7 +212,7 @@ def pair_tab():
             if shown[kind] is None:
                 preview[i].caption(ctx.t("photo.missing"))
             else:
-                preview[i].image(shown[kind], caption=ctx.t(f"photo.{kind}"), width=180)
+                preview[i].image(shown[kind], caption=ctx.t(f"photo.{kind}"), width="stretch")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 from sqlalchemy import func, select
@@ -25,13 +26,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import config
 from core.dashboard.access import PAGE_BY_KEY, PAGES, can_open, log_event, log_refusal, session_expired
-from core.dashboard.page_batches import BatchJobs
 from core.errors import FaceVerifyError, ModelError
 from core.i18n import DEFAULT_LANG, LANGUAGES, t
 from core.storage import users
 from core.storage.photostore import PhotoStoreBackend
 from core.storage.schema import User
 from core.storage.stores import open_photo_store, photo_store_url
+
+if TYPE_CHECKING:
+    from core.dashboard.page_batches import BatchJobs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AUTH_KEY = "auth"
@@ -93,6 +96,8 @@ def get_engine():
 
 @st.cache_resource(show_spinner=False)
 def get_jobs() -> BatchJobs:
+    from core.dashboard.page_batches import BatchJobs  # here: pandas and the batch runner load slowly
+
     return BatchJobs()
 
 
@@ -397,7 +402,7 @@ def setup_page(page_key: str) -> PageContext:
         store=get_store(),
     )
     _sidebar(ctx, session_factory)
-    if ctx.can("verify") and config.setting("FACEVERIFY_WARM_ENGINE", "1") != "0":
+    if page_key == "verify":  # the other pages do not need the models (Home starts them once drawn)
         warm_engine_in_background()
     if not ctx.can(page_key):
         with session_factory() as session:
@@ -424,7 +429,13 @@ _warm_started: set[str] = set()
 
 
 def warm_engine_in_background() -> None:
-    """Load the model on a background thread once per process, so the first pair is answered fast."""
+    """Load the model on a background thread once per process, so the first pair is answered fast.
+
+    Called once a page has been drawn (the end of Home) or by the Verify page: importing TensorFlow
+    holds the interpreter for seconds, so starting it before a page draws makes that page wait.
+    FACEVERIFY_WARM_ENGINE=0 turns it off (the tests load the model only where they need it)."""
+    if config.setting("FACEVERIFY_WARM_ENGINE", "1") == "0":
+        return
     try:
         key = f"{config.models_dir()}:{active_model_version()}"
     except ModelError:

@@ -41,7 +41,7 @@ def photo_column(ctx: PageContext, container, kind: str, data: bytes | None, ana
     photo, side = container.columns([3, 2])
     photo.image(annotated, width="stretch")
     if crop is not None:
-        side.image(crop, caption=ctx.t("photo.crop"), width=150)
+        side.image(crop, caption=ctx.t("photo.crop"), width="stretch")  # a fixed width overlaps at 1024 px
     else:
         side.caption(ctx.t("photo.no_crop"))
     faces, _ = photos.faces_of(analysis)
