@@ -2,7 +2,13 @@
 
 Signs in, verifies a sample pair by uploading its two photos, sees the result (photos included),
 decides a flagged pair in the review queue from the keyboard (note typed, then Alt+A), and takes a
-screenshot of every page into artifacts/screenshots/ (git-ignored).
+screenshot of every page into artifacts/screenshots/ (git-ignored). Prints the first page's draw,
+Home after signing in and one pair's click-to-result time (figures, not assertions).
+
+The role walk signs each role (admin, staff, manager, data scientist) in, in Korean and English,
+opens every page the role may see at 1024x768 and 1440x900 (no metric cut, no photo or chart over
+another, no sideways scrolling; screenshots in artifacts/screenshots/roles/) and checks that the
+pages it may not see are refused (in one language per role: each costs a sign-in).
 
 Needs /usr/bin/chromium and fonts-noto-cjk (test.sh installs them); without Chromium the test is
 skipped locally and fails when CI=true.
@@ -35,6 +41,10 @@ CHROMIUM_ARGS = [
 SHOTS = ROOT / "artifacts" / "screenshots"
 IMAGES = ROOT / "data" / "sample" / "images"
 FIRST_ANSWER_S = 240  # the first verification loads TensorFlow and the model (2 shared cores)
+WALK_ROLES = ("admin", "staff", "manager", "data_scientist")
+SIZES = ((1024, 768), (1440, 900))
+# Each refused page costs a sign-in (an address typed in is a new session): one language a role.
+REFUSALS_IN = {"admin": "ko", "staff": "en", "manager": "ko", "data_scientist": "en"}
 
 
 def _free_port() -> int:
@@ -71,6 +81,8 @@ def dashboard(tmp_path_factory, dashboard_models):
     factory = session_factory(engine)
     with factory() as session:
         create_user(session, "admin_user", USER_PASSWORD, "admin")
+        for role in WALK_ROLES:  # the role walk's own accounts (their language is never saved)
+            create_user(session, f"walk_{role}", USER_PASSWORD, role)
         importer.load_sample_members(session, actor="test", photo_store=store)
         # One flagged pair for certain, whatever the model decides about the uploaded pair.
         member = session.get(Member, "M0011")
@@ -111,6 +123,8 @@ def dashboard(tmp_path_factory, dashboard_models):
             "127.0.0.1",
             "--browser.gatherUsageStats",
             "false",
+            "--server.fileWatcherType",  # an edit in the tree during a run must not reload modules
+            "none",
         ],
         cwd=ROOT,
         env=env,
@@ -213,12 +227,28 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
         page = browser.new_page(viewport={"width": 1400, "height": 1500}, locale="ko-KR")
         sidebar = page.locator('[data-testid="stSidebar"]')
         try:
-            # Sign in (Korean by default).
+            # The first page after the server is up (the sign-in form), then sign in (Korean by default).
+            started = time.perf_counter()
             page.goto(base)
+            page.get_by_label("아이디").wait_for(timeout=60000)
+            _settle(page)
+            first_ms = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()  # the same page again, its modules loaded: the baseline
+            page.reload()
+            page.get_by_label("아이디").wait_for(timeout=60000)
+            _settle(page)
+            print(
+                f"\nfirst page drawn {first_ms:.0f} ms after the server was up "
+                f"(drawn again: {(time.perf_counter() - started) * 1000:.0f} ms)"
+            )
             page.get_by_label("아이디").fill("admin_user")
             page.get_by_label("비밀번호").fill(USER_PASSWORD)
+            started = time.perf_counter()
             page.get_by_role("button", name="로그인").click()
             expect(page.get_by_text("내 화면")).to_be_visible(timeout=30000)
+            _settle(page)
+            # the models load in the background meanwhile: Home does not wait for them
+            print(f"Home drawn {(time.perf_counter() - started) * 1000:.0f} ms after signing in")
             expect(page.get_by_text("검토 대기열 열기 (1건 대기)")).to_be_visible()
             _shot(page, "01_home.png")
 
@@ -326,3 +356,144 @@ def test_sign_in_verify_and_review_in_chromium(dashboard):
             raise
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Every role, both languages, both screen sizes: the pages it may see hold their layout, the
+# pages it may not see are refused.
+
+LAYOUT_PROBLEMS_JS = """() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  const problems = [];
+  const visible = el => { const r = el.getBoundingClientRect(); return r.width > 1 && r.height > 1; };
+  const label = el => (el.getAttribute('data-testid') || el.tagName.toLowerCase()) + ' "'
+      + (el.innerText || el.getAttribute('alt') || el.src || '').trim().slice(0, 40) + '"';
+  // Text cut: a metric's value or label, or any text shown with an ellipsis, wider than its box.
+  const texts = [...main.querySelectorAll('[data-testid="stMetricValue"], [data-testid="stMetricLabel"]')];
+  const ellipsis = new Set();
+  for (const el of main.querySelectorAll('*')) {
+    if (getComputedStyle(el).textOverflow !== 'ellipsis' || el.closest('[data-testid="stDataFrame"]')) continue;
+    ellipsis.add(el);
+    let up = el.parentElement;
+    while (up && !ellipsis.has(up)) up = up.parentElement;
+    if (!up && !el.closest('[data-testid="stMetric"]')) texts.push(el);  // the outermost one, once
+  }
+  for (const el of texts) {
+    for (const box of [el, ...el.querySelectorAll('*')]) {
+      if (visible(box) && box.scrollWidth > box.clientWidth + 1) {
+        problems.push('cut: ' + label(el) + ' needs ' + box.scrollWidth + ' px, has ' + box.clientWidth);
+        break;
+      }
+    }
+  }
+  // Overlaps: photos, metric cards and charts never cover one another.
+  const boxes = [...main.querySelectorAll('img, [data-testid="stMetric"], [data-testid="stPlotlyChart"]')]
+      .filter(visible).filter(el => !(el.tagName === 'IMG' && el.closest('[data-testid="stPlotlyChart"]')));
+  for (let i = 0; i < boxes.length; i++) {
+    for (let j = i + 1; j < boxes.length; j++) {
+      if (boxes[i].contains(boxes[j]) || boxes[j].contains(boxes[i])) continue;
+      const a = boxes[i].getBoundingClientRect(), b = boxes[j].getBoundingClientRect();
+      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (w > 2 && h > 2) problems.push('overlap: ' + label(boxes[i]) + ' and ' + label(boxes[j]));
+    }
+  }
+  // Nothing wider than the page: no sideways scrolling of the main area.
+  const wide = main.scrollWidth - main.clientWidth;
+  if (wide > 1) problems.push('the main area scrolls sideways by ' + wide + ' px');
+  return problems;
+}"""
+
+
+def _page_url(base: str, path: str, lang: str) -> str:
+    """Streamlit's address of a page file: pages/5_Retrain.py -> /Retrain."""
+    name = "" if path == "Home.py" else Path(path).stem.split("_", 1)[1]
+    return f"{base}/{name}?lang={lang}"
+
+
+def _sign_in(page, username: str, lang: str) -> None:
+    from playwright.sync_api import expect
+
+    from core.i18n import t
+
+    page.get_by_label(t("auth.username", lang), exact=True).fill(username)
+    page.get_by_label(t("auth.password", lang), exact=True).fill(USER_PASSWORD)
+    page.get_by_role("button", name=t("auth.sign_in", lang)).click()
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text(t("auth.sign_out", lang))).to_be_visible(
+        timeout=60000
+    )
+    _settle(page, timeout_ms=60000)
+
+
+def _check_layout(page, where: str) -> list[str]:
+    """At each size: the layout problems found, and a screenshot kept as an artefact."""
+    found = []
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(400)  # the layout settles (charts redraw at the new width)
+        found += [f"{where} at {width}x{height}: {p}" for p in page.evaluate(LAYOUT_PROBLEMS_JS)]
+        page.screenshot(path=SHOTS / "roles" / f"{where}_{width}x{height}.png")
+    return found
+
+
+def test_each_role_in_both_languages_at_both_sizes(dashboard):
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.dashboard.access import PAGES, can_open
+    from core.i18n import t
+
+    base, _factory, _pid = dashboard
+    (SHOTS / "roles").mkdir(parents=True, exist_ok=True)
+    problems, draws = [], []
+    started = time.perf_counter()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for role in WALK_ROLES:
+                for lang in ("ko", "en"):
+                    context = browser.new_context(viewport={"width": 1024, "height": 768})
+                    page = context.new_page()
+                    sidebar = page.locator('[data-testid="stSidebar"]')
+                    try:
+                        page.goto(_page_url(base, "Home.py", lang))
+                        _sign_in(page, f"walk_{role}", lang)
+                        allowed = [pg for pg in PAGES if can_open(role, pg.key)]
+                        listed = [
+                            pg
+                            for pg in PAGES
+                            if sidebar.get_by_text(t(f"page.{pg.key}", lang), exact=True).count()
+                        ]
+                        assert listed == allowed, f"{role} ({lang}) sidebar lists {[pg.key for pg in listed]}"
+                        for pg in allowed:
+                            clicked = time.perf_counter()
+                            sidebar.get_by_text(t(f"page.{pg.key}", lang), exact=True).click()
+                            title = t("app.title" if pg.key == "home" else f"page.{pg.key}", lang)
+                            expect(page.get_by_role("heading", name=title).first).to_be_visible(timeout=60000)
+                            _settle(page, timeout_ms=60000)
+                            draws.append(time.perf_counter() - clicked)
+                            _wait_images(page, timeout_ms=30000)
+                            assert not page.locator('[data-testid="stException"]').count(), f"{role} {pg.key}"
+                            problems += _check_layout(page, f"{role}_{lang}_{pg.key}")
+                            page.set_viewport_size({"width": 1024, "height": 768})
+                        for pg in PAGES:
+                            if can_open(role, pg.key) or lang != REFUSALS_IN[role]:
+                                continue
+                            # Typed into the address bar: a new session, so signed in again, then refused.
+                            page.goto(_page_url(base, pg.path, lang))
+                            _sign_in(page, f"walk_{role}", lang)
+                            refusal = t("auth.refused", lang, role=t(f"role.{role}", lang), allowed="")
+                            expect(page.get_by_text(refusal[:25], exact=False)).to_be_visible()
+                            assert page.locator('[data-testid="stMain"] img').count() == 0
+                    except Exception:
+                        page.screenshot(path=SHOTS / "roles" / f"failure_{role}_{lang}.png", full_page=True)
+                        raise
+                    finally:
+                        context.close()
+        finally:
+            browser.close()
+    draws.sort()
+    print(
+        f"\nrole walk: {len(draws)} page views in {time.perf_counter() - started:.0f} s; click to page drawn "
+        f"median {draws[len(draws) // 2] * 1000:.0f} ms, slowest {draws[-1] * 1000:.0f} ms"
+    )
+    assert not problems, "\n".join(problems)
