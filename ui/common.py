@@ -402,8 +402,6 @@ def setup_page(page_key: str) -> PageContext:
         store=get_store(),
     )
     _sidebar(ctx, session_factory)
-    if page_key == "verify":  # the other pages do not need the models (Home starts them once drawn)
-        warm_engine_in_background()
     if not ctx.can(page_key):
         with session_factory() as session:
             log_refusal(session, ctx.username, page_key, ctx.role)
@@ -411,6 +409,10 @@ def setup_page(page_key: str) -> PageContext:
         allowed = ", ".join(ctx.t(f"role.{r}") for r in info.roles)
         st.error(ctx.t("auth.refused", role=ctx.t(f"role.{ctx.role}"), allowed=allowed))
         st.stop()
+    if page_key == "verify":  # the other pages do not need the models (Home starts them once drawn)
+        warm_engine_in_background()
+        if engine_warming():
+            st.info(ctx.t("engine.warming"), icon=":material/hourglass_top:")
     return ctx
 
 
@@ -426,13 +428,21 @@ def model_available(ctx: PageContext) -> bool:
 
 _warm_lock = threading.Lock()
 _warm_started: set[str] = set()
+_warm_loading: set[str] = set()
+
+
+def engine_warming() -> bool:
+    """Whether the models are still loading in the background (the Verify page says so)."""
+    with _warm_lock:
+        return bool(_warm_loading)
 
 
 def warm_engine_in_background() -> None:
     """Load the model on a background thread once per process, so the first pair is answered fast.
 
-    Called once a page has been drawn (the end of Home) or by the Verify page: importing TensorFlow
-    holds the interpreter for seconds, so starting it before a page draws makes that page wait.
+    Called once a page has been drawn (the end of Home) or by the Verify page: importing
+    TensorFlow holds the interpreter for seconds, so a page it starts before waits (the sign-in
+    form drew in 30 s instead of 4 under load when it started the loading).
     FACEVERIFY_WARM_ENGINE=0 turns it off (the tests load the model only where they need it)."""
     if config.setting("FACEVERIFY_WARM_ENGINE", "1") == "0":
         return
@@ -444,6 +454,7 @@ def warm_engine_in_background() -> None:
         if key in _warm_started:
             return
         _warm_started.add(key)
+        _warm_loading.add(key)
 
     def load():
         try:
@@ -451,6 +462,9 @@ def warm_engine_in_background() -> None:
         except Exception:  # the page that needs the model shows the reason
             with _warm_lock:
                 _warm_started.discard(key)
+        finally:
+            with _warm_lock:
+                _warm_loading.discard(key)
 
     threading.Thread(target=load, name="engine-warmup", daemon=True).start()
 
