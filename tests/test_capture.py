@@ -72,6 +72,7 @@ def test_unmodified_sample_photos_raise_no_occlusion():
         ("mask", {capture.FACE_MASK, capture.HAND_OVER_FACE}),
         ("hand", {capture.FACE_MASK, capture.HAND_OVER_FACE}),
         ("sunglasses", {capture.EYES_COVERED}),
+        ("eyes_closed", {capture.EYES_CLOSED}),
         ("dark", {capture.TOO_DARK, capture.BACKLIT}),
         ("blur", {capture.BLURRY}),
         ("small", {capture.FACE_TOO_SMALL}),
@@ -79,7 +80,7 @@ def test_unmodified_sample_photos_raise_no_occlusion():
 )
 def test_synthetic_problems_are_found(kind, expected):
     found = [bool(_codes(_variant(name, kind, seed)) & expected) for seed, name in enumerate(PHOTOS)]
-    assert sum(found) >= len(PHOTOS) - 2, (kind, found)  # measured: 92-100% of held-out photos
+    assert sum(found) >= len(PHOTOS) - 2, (kind, found)  # measured: 90-100% of held-out photos
 
 
 def test_findings_carry_value_limit_and_instruction():
@@ -94,7 +95,40 @@ def test_findings_carry_value_limit_and_instruction():
     flag = next(f for f in analysis.flags if f.code == finding.code)
     assert f"{finding.value:.2f}" in flag.reason
     as_dict = analysis.capture.to_dict()
-    assert as_dict["findings"][0]["code"] in capture.FINDING_CODES and "sharpness" in as_dict["measures"]
+    assert as_dict["findings"][0]["code"] in capture.FINDING_CODES and "p_blurry" in as_dict["measures"]
+
+
+def test_closed_eyes_variant_closes_the_lids_and_leaves_the_rest():
+    """The lids are drawn from the photo's own skin: the eyes' band changes, the rest stays."""
+    rgb, face, points = _photo(PHOTOS[0])
+    closed = variants.make_variant(rgb, points, face.box[2], "eyes_closed", np.random.default_rng(0))
+    changed = np.abs(closed.astype(int) - rgb.astype(int)).max(axis=2) > 12
+    ys, xs = np.nonzero(changed)
+    eyes = points[36:48]
+    assert changed.sum() > 40
+    assert ys.min() >= points[17:27, 1].min() - 3 and ys.max() <= eyes[:, 1].max() + 4
+    assert xs.min() >= eyes[:, 0].min() - 3 and xs.max() <= eyes[:, 0].max() + 3
+
+
+def test_blur_is_judged_at_the_chips_scale_not_the_photos():
+    """A sharp photo enlarged 3x (a bigger face, the same detail) is not blurry; the same photo
+    blurred is, whatever its size."""
+    rgb, face, points = _photo(PHOTOS[2])
+    big = cv2.resize(rgb, None, fx=3.0, fy=3.0, interpolation=cv2.INTER_LANCZOS4)
+    assert capture.BLURRY not in _codes(_jpeg(big))
+    blurred = cv2.GaussianBlur(rgb, (0, 0), 0.035 * face.box[2])
+    assert capture.BLURRY in _codes(_jpeg(blurred))
+    assert capture.BLURRY in _codes(_jpeg(cv2.resize(blurred, None, fx=3.0, fy=3.0)))
+
+
+def test_darker_skin_in_ordinary_light_is_not_too_dark():
+    """Too dark is read on the lit parts of the face: the sample's darker-skinned man, in press
+    light, is not stopped; the same photo with a twentieth of the light is."""
+    data = (IMAGES / "Charles_Moose_0003.jpg").read_bytes()
+    assert not {capture.TOO_DARK, capture.BACKLIT} & _codes(data)
+    linear = (imaging.decode_image(data).rgb / 255.0) ** 2.2 * 0.05
+    dim = (np.clip(linear, 0, 1) ** (1 / 2.2) * 255).astype(np.uint8)
+    assert capture.TOO_DARK in _codes(_jpeg(dim))
 
 
 def test_small_face_is_measured_in_the_original_photos_pixels():
@@ -121,6 +155,22 @@ def test_masked_verification_photo_is_never_approved_automatically(engine):
         assert {f.code for f in result.flags if f.photo == "verification"} & set(capture.HIDDEN_FACE_CODES)
         stored = result.to_dict()["verification"]["capture"]
         assert stored["findings"] and stored["measures"]["p_mask"] > 0.5
+
+
+def test_closed_eyes_are_told_to_the_member_but_do_not_stop_a_decision(engine):
+    """Closed eyes hide nothing from the networks: the finding travels with the result and the
+    photo check, the pair is still decided. A mask on the same photo is not."""
+    gallery = (IMAGES / "Queen_Elizabeth_II_0005.jpg").read_bytes()
+    closed = _variant("Queen_Elizabeth_II_0011.jpg", "eyes_closed")
+    analysis = features.locate(closed)
+    assert capture.EYES_CLOSED in analysis.capture.codes
+    assert capture.EYES_CLOSED not in {f.code for f in analysis.flags}
+    result = engine.verify(gallery, closed, "F")
+    assert result.status == AUTO_APPROVED, result.flags
+    stored = result.to_dict()["verification"]["capture"]
+    assert capture.EYES_CLOSED in [f["code"] for f in stored["findings"]]
+    masked = engine.verify(gallery, _variant("Queen_Elizabeth_II_0011.jpg", "mask"), "F")
+    assert masked.status == FLAGGED
 
 
 def test_every_instruction_and_flag_sentence_exists_in_both_languages():

@@ -199,27 +199,62 @@ def draw_sunglasses(rgb, pts, rng):
     return _blend(rgb, layer, alpha)
 
 
+def _lid(height_at_middle: float, s: np.ndarray) -> np.ndarray:
+    """A lid's offset across the eye at positions s (0 and 1 are the corners, where lids meet):
+    a parabola through both corners and the lid's middle."""
+    return 4.0 * height_at_middle * s * (1.0 - s)
+
+
 def draw_eyes_closed(rgb, pts, rng):
+    """Both upper lids lowered over the eyes, the way an eye closes.
+
+    In each eye's own frame (along the corners, and down across them) the skin between the crease
+    and the upper lid's edge is stretched down to a closing line near the lower lid: the opening
+    (white, iris) disappears under the person's own lid skin, and the upper lashes end up on the
+    closing line, darkened a little where they meet the lower ones. Nothing is painted from a
+    palette, so the lid keeps the photo's skin, light, grain and make-up.
+    """
     face_width = float(np.linalg.norm(pts[16] - pts[0]))
-    out = rgb.copy()
-    mask = np.zeros(rgb.shape[:2], np.uint8)
-    lash_lines = []
-    for eye in (pts[36:42], pts[42:48]):
-        centre = eye.mean(axis=0)
-        grown = centre + (eye - centre) * np.array([1.15, rng.uniform(1.6, 2.0)])
-        cv2.fillPoly(mask, [grown.astype(np.int32)], 1)
-        # the closed lid's lash line runs a little below the eye's middle, along the lower lid
-        lower = np.array([eye[0], eye[5], eye[4], eye[3]])
-        lash_lines.append(lower * 0.6 + centre * 0.4 + (0, 0.01 * face_width))
-    mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
-    out = cv2.inpaint(out, mask, max(3, int(face_width * 0.05)), cv2.INPAINT_TELEA)
-    lash = np.clip(out[mask > 0].mean(axis=0) * rng.uniform(0.3, 0.5), 0, 255) if mask.any() else (40, 30, 30)
-    thickness = max(1, int(round(face_width * rng.uniform(0.012, 0.02))))
-    for line in lash_lines:
-        cv2.polylines(
-            out, [line.astype(np.int32)], False, tuple(float(c) for c in lash), thickness, cv2.LINE_AA
-        )
-    return out
+    h, w = rgb.shape[:2]
+    map_x, map_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    lashes = np.zeros((h, w), np.float32)
+    # where the lid's edge stops, 0 upper lid .. 1 lower lid: closed, not a squint (which stops short)
+    closing = rng.uniform(0.92, 1.0)
+    for corner_a, upper, corner_b, lower in ((36, [37, 38], 39, [40, 41]), (42, [43, 44], 45, [46, 47])):
+        a, b = pts[corner_a], pts[corner_b]
+        length = float(np.linalg.norm(b - a))
+        if length < 2:
+            continue
+        along = (b - a) / length
+        down = np.array([-along[1], along[0]]) * (1 if along[0] >= 0 else -1)  # points down the face
+        upper_mid = float(np.mean((pts[upper] - a) @ down))  # negative: above the corners' line
+        lower_mid = float(np.mean((pts[lower] - a) @ down))
+        opening = max(lower_mid - upper_mid, 0.04 * length)
+        crease = upper_mid - rng.uniform(0.8, 1.2) * opening  # skin above it stays where it is
+        x0, x1 = int(max(0, min(a[0], b[0]) - 2)), int(min(w, max(a[0], b[0]) + 3))
+        y0 = int(max(0, min(a[1], b[1]) + crease - 3))
+        y1 = int(min(h, max(a[1], b[1]) + lower_mid + 4))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        rel = np.stack([xx - a[0], yy - a[1]], axis=-1)
+        s, t = rel @ along / length, rel @ down
+        inside = (s > 0) & (s < 1)
+        upper_t = np.minimum(_lid(upper_mid, np.clip(s, 0, 1)), -1e-3)
+        close_t = upper_t + closing * (_lid(lower_mid, np.clip(s, 0, 1)) - upper_t)
+        top = np.minimum(crease, upper_t - 1e-3)
+        lid = inside & (t >= top) & (t <= close_t)
+        # rows from the crease down to the closing line show the rows from the crease to the lid's edge
+        source_t = top + (t - top) * (upper_t - top) / np.maximum(close_t - top, 1e-3)
+        source = a + s[..., None] * length * along + source_t[..., None] * down
+        map_x[y0:y1, x0:x1] = np.where(lid, source[..., 0], xx)
+        map_y[y0:y1, x0:x1] = np.where(lid, source[..., 1], yy)
+        width = max(0.6, 0.012 * face_width)
+        band = np.exp(-(((t - close_t) / width) ** 2)) * np.sqrt(np.clip(4 * s * (1 - s), 0, 1))
+        lashes[y0:y1, x0:x1] = np.maximum(lashes[y0:y1, x0:x1], band * inside)
+    out = cv2.remap(np.ascontiguousarray(rgb), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    darker = 1.0 - rng.uniform(0.25, 0.5) * lashes[..., None]
+    return np.clip(out.astype(np.float32) * darker, 0, 255).astype(np.uint8)
 
 
 def blur(rgb, pts, rng):

@@ -145,11 +145,16 @@ def locate(
     if not check_capture:
         return analysis
 
-    # What the member should fix (mask, sunglasses, light, distance, ...): each finding is a flag,
-    # so the pair goes to review; the measures and instructions travel with the analysis.
+    # What the member should fix (mask, sunglasses, light, distance, ...): each finding but the
+    # advisory ones (closed eyes) is a flag, so the pair goes to review; the measures and
+    # instructions travel with the analysis.
     face = analysis.faces[analysis.main_face]
     analysis.capture = capture.check_capture(rgb, face.box, face.keypoints, aligned.chip, decoded.scale)
-    analysis.flags += [Flag(f.code, capture.reason(f)) for f in analysis.capture.findings]
+    analysis.flags += [
+        Flag(f.code, capture.reason(f))
+        for f in analysis.capture.findings
+        if f.code not in capture.ADVISORY_CODES
+    ]
     analysis.timings_ms["capture"] = analysis.capture.time_ms
     return analysis
 
