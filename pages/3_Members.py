@@ -118,7 +118,8 @@ with tab_list:
                 if data is None:
                     pcols[i].warning(ctx.t("photo.missing"))
                 else:
-                    pcols[i].image(data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width=200)
+                    # the column's width: a fixed 200 px overlapped the next column at 1024 px
+                    pcols[i].image(data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width="stretch")
             if old:
                 with st.expander(ctx.t("members.old_photos", n=len(old))):
                     ocols = st.columns(4)
@@ -127,7 +128,7 @@ with tab_list:
                             ocols[i % 4].warning(ctx.t("photo.missing"))
                         else:
                             ocols[i % 4].image(
-                                data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width=150
+                                data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width="stretch"
                             )
             st.markdown(f"**{ctx.t('members.history')}**")
             if results.empty:

@@ -8,7 +8,9 @@ Home after signing in and one pair's click-to-result time (figures, not assertio
 The role walk signs each role (admin, staff, manager, data scientist) in, in Korean and English,
 opens every page the role may see at 1024x768 and 1440x900 (no metric cut, no photo or chart over
 another, no sideways scrolling; screenshots in artifacts/screenshots/roles/) and checks that the
-pages it may not see are refused (in one language per role: each costs a sign-in).
+pages it may not see are refused (in one language per role: each costs a sign-in). On the way,
+staff open one member (its photos held to the same checks), and the administrator creates a staff
+user on the Users page, who signs in in a fresh browser, chooses a password and sees the staff pages.
 
 Needs /usr/bin/chromium and fonts-noto-cjk (test.sh installs them); without Chromium the test is
 skipped locally and fails when CI=true.
@@ -447,15 +449,84 @@ def _check_layout(page, where: str) -> list[str]:
     return found
 
 
+NEW_PASSWORD = "Walk-new-staff-2026"  # what the new staff user chooses at the first sign-in
+
+
+def _create_staff_user(page, lang: str) -> tuple[str, str]:
+    """On the Users page (open, as an administrator): create a staff user; its temporary password."""
+    from playwright.sync_api import expect
+
+    from core.i18n import t
+
+    username = f"walk_new_staff_{lang}"
+    form = page.locator('[data-testid="stForm"]').filter(has_text=t("users.create_button", lang))
+    form.get_by_label(t("auth.username", lang), exact=True).fill(username)
+    form.locator('[data-testid="stSelectbox"]').filter(has_text=t("users.role", lang)).click()
+    page.get_by_role("option", name=t("role.staff", lang), exact=True).click()
+    form.get_by_role("button", name=t("users.create_button", lang)).click()
+    # The notice gives the temporary password once: the text just before it, in this language.
+    before = t("users.created", lang, username=username, role=t("role.staff", lang), password="\0").split(
+        "\0"
+    )[0]
+    notice = page.get_by_text(before, exact=False)
+    expect(notice).to_be_visible(timeout=60000)
+    _settle(page)
+    password = re.search(re.escape(before) + r"([A-Za-z0-9_-]+)", notice.inner_text()).group(1)
+    return username, password
+
+
+def _first_sign_in(page, username: str, temporary: str, lang: str) -> None:
+    """A user an administrator created: signs in with the temporary password, then chooses one."""
+    from playwright.sync_api import expect
+
+    from core.i18n import t
+
+    page.get_by_label(t("auth.username", lang), exact=True).fill(username)
+    page.get_by_label(t("auth.password", lang), exact=True).fill(temporary)
+    page.get_by_role("button", name=t("auth.sign_in", lang)).click()
+    expect(page.get_by_text(t("auth.change_title", lang))).to_be_visible(timeout=60000)
+    page.get_by_label(t("auth.temporary_password", lang), exact=True).fill(temporary)
+    page.get_by_label(t("auth.new_password", lang), exact=True).fill(NEW_PASSWORD)
+    page.get_by_label(t("auth.password_repeat", lang), exact=True).fill(NEW_PASSWORD)
+    page.get_by_role("button", name=t("auth.change_button", lang)).click()
+    # Sign-out is offered on the password form already: the pages' links come once it is done.
+    expect(page.get_by_text(t("auth.change_title", lang))).to_be_hidden(timeout=60000)
+    expect(
+        page.locator('[data-testid="stSidebar"]').get_by_text(t("page.home", lang), exact=True)
+    ).to_be_visible(timeout=60000)
+    _settle(page, timeout_ms=60000)
+
+
+def _open_first_member(page, lang: str) -> None:
+    """On the Members page: tick the first row's box (the grid is a canvas) and wait for the member."""
+    from playwright.sync_api import expect
+
+    from core.i18n import t
+
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)  # row marker column, first row below the header
+    heading = t("members.detail", lang, member="\0").split("\0")[0]
+    member = page.get_by_role("heading", name=re.compile("^" + re.escape(heading)))
+    expect(member).to_be_visible(timeout=60000)
+    _settle(page, timeout_ms=60000)
+    _wait_images(page, timeout_ms=30000)
+    member.scroll_into_view_if_needed()  # the screenshots show its photos, not the table
+
+
 def test_each_role_in_both_languages_at_both_sizes(dashboard):
     from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import select
 
     from core.dashboard.access import PAGES, can_open
     from core.i18n import t
+    from core.storage.schema import User
 
-    base, _factory, _pid = dashboard
+    base, factory, _pid = dashboard
     (SHOTS / "roles").mkdir(parents=True, exist_ok=True)
     problems, draws = [], []
+    extra_s = 0.0  # a member opened, a staff user created and signed in: timed apart
     started = time.perf_counter()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -486,6 +557,40 @@ def test_each_role_in_both_languages_at_both_sizes(dashboard):
                             assert not page.locator('[data-testid="stException"]').count(), f"{role} {pg.key}"
                             problems += _check_layout(page, f"{role}_{lang}_{pg.key}")
                             page.set_viewport_size({"width": 1024, "height": 768})
+                            added = time.perf_counter()
+                            if pg.key == "members" and role == "staff":
+                                # One member open: its photos side by side hold at both sizes too.
+                                _open_first_member(page, lang)
+                                problems += _check_layout(page, f"{role}_{lang}_member")
+                                page.set_viewport_size({"width": 1024, "height": 768})
+                            if pg.key == "users":
+                                # The administrator creates a staff user, who signs in in a fresh
+                                # browser (chooses a password first) and sees the staff pages.
+                                username, temporary = _create_staff_user(page, lang)
+                                newcomer = browser.new_context(viewport={"width": 1024, "height": 768})
+                                fresh = newcomer.new_page()
+                                try:
+                                    fresh.goto(_page_url(base, "Home.py", lang))
+                                    _first_sign_in(fresh, username, temporary, lang)
+                                    side = fresh.locator('[data-testid="stSidebar"]')
+                                    listed = [
+                                        q.key
+                                        for q in PAGES
+                                        if side.get_by_text(t(f"page.{q.key}", lang), exact=True).count()
+                                    ]
+                                    assert listed == [q.key for q in PAGES if can_open("staff", q.key)], (
+                                        listed
+                                    )
+                                    problems += _check_layout(fresh, f"new_staff_{lang}_home")
+                                except Exception:
+                                    fresh.screenshot(path=SHOTS / "roles" / f"failure_new_staff_{lang}.png")
+                                    raise
+                                finally:
+                                    newcomer.close()
+                                with factory() as session:
+                                    user = session.scalar(select(User).where(User.username == username))
+                                assert user.role == "staff" and user.active and not user.must_change_password
+                            extra_s += time.perf_counter() - added
                         if role == "data_scientist":
                             # A fresh install's training set: a folder on the server, counted and judged.
                             sidebar.get_by_text(t("page.retrain", lang), exact=True).click()
@@ -516,6 +621,7 @@ def test_each_role_in_both_languages_at_both_sizes(dashboard):
     draws.sort()
     print(
         f"\nrole walk: {len(draws)} page views in {time.perf_counter() - started:.0f} s; click to page drawn "
-        f"median {draws[len(draws) // 2] * 1000:.0f} ms, slowest {draws[-1] * 1000:.0f} ms"
+        f"median {draws[len(draws) // 2] * 1000:.0f} ms, slowest {draws[-1] * 1000:.0f} ms; of which "
+        f"{extra_s:.0f} s opening a member and creating a staff user who then signs in"
     )
     assert not problems, "\n".join(problems)
