@@ -13,6 +13,7 @@ expires in the middle of typing, the text comes back after signing in again.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -37,6 +38,29 @@ if TYPE_CHECKING:
     from core.dashboard.page_batches import BatchJobs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _clean_after_script_run() -> None:
+    """Streamlit's cleanup after every script run, without its keras.backend.clear_session().
+
+    Streamlit clears Keras after each run for apps that build a model per run. This process loads
+    its models once and shares them, and with them loaded the clear costs most of a second of every
+    rerun (py-spy: more than the verification itself), so only the matplotlib part is kept.
+    """
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+
+
+def _skip_keras_clear_after_runs() -> None:
+    from streamlit.runtime.scriptrunner import script_runner
+
+    # A private hook of Streamlit 1.60: if a later release drops it, there is nothing to skip.
+    if hasattr(script_runner, "_clean_problem_modules"):
+        script_runner._clean_problem_modules = _clean_after_script_run
+
+
+_skip_keras_clear_after_runs()
 AUTH_KEY = "auth"
 LANG_KEY = "lang"
 DRAFTS_KEY = "drafts"
