@@ -1,6 +1,6 @@
 """SFace behind the network interface, on real sample photos: the Keras port against OpenCV's own
-FaceRecognizerSF on the same chips, one at a time and in batches, and inside the one TensorFlow
-call that runs every network."""
+FaceRecognizerSF on the same chips, one at a time and in batches, and as the engine runs it
+(compiled to TensorFlow Lite)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from core.config import SAMPLE_DIR
 from core.errors import ModelError
 from core.verification import faces, features, imaging
-from core.verification.networks import network, network_class, networks_of, onnx_file, sface
+from core.verification.networks import dlib_resnet, network, network_class, networks_of, onnx_file, sface
 
 IMAGES = SAMPLE_DIR / "images"
 
@@ -60,24 +60,19 @@ def test_a_batch_through_the_port_matches_opencv_chip_by_chip(reference):
         assert np.abs(row - _opencv_unit(reference, chip)).max() < 1e-5
 
 
-def test_the_one_call_over_all_networks_matches_each_network_alone(reference):
-    """pretrained_graph(("sface",)) (dlib, gender and SFace in one TensorFlow call, what the engine
-    runs) gives dlib's part as the dlib-only graph does and SFace's part as OpenCV does."""
+def test_the_serving_path_matches_the_port_and_opencv(reference):
+    """What the engine runs (the ports compiled to TensorFlow Lite, core.verification.networks.
+    compiled, through features.embed_one): dlib's part as the Keras port gives it, SFace's part
+    as OpenCV does."""
     names = ["Jiang_Zemin_0014.jpg", "Howard_Dean_0010.jpg"]
-    photos = [located(n) for n in names]
-    aligned = [faces.align_face(rgb, face) for rgb, face in photos]
-    chips = np.stack([a.chip[None] for a in aligned])
-    gender_chips = np.stack([a.gender_chip for a in aligned])
-    sface_chips = np.stack([network("sface").chip(rgb, face) for rgb, face in photos])
-    fused, fused_logit = (
-        t.numpy() for t in features.pretrained_graph(("sface",))(chips, gender_chips, sface_chips)
-    )
-    dlib_only, logit = (t.numpy() for t in features.pretrained_graph()(chips, gender_chips))
-    assert fused.shape == (2, 256)
-    assert np.abs(fused[:, :128] - dlib_only).max() < 1e-5
-    assert np.abs(fused_logit - logit).max() < 1e-4
-    for chip, row in zip(sface_chips, fused[:, 128:], strict=True):
-        assert np.abs(row - _opencv_unit(reference, chip)).max() < 1e-5
+    analyses = features.extract([IMAGES / n for n in names], networks=("dlib", "sface"))
+    for analysis in analyses:
+        assert analysis.embedding.shape == (256,)
+        dlib_part = dlib_resnet.embed_chips(analysis.crop[None], mirror=True)[0]
+        assert np.abs(analysis.embedding[:128] - dlib_part).max() < 1e-5
+        sface_part = analysis.embedding[128:]
+        assert np.abs(sface_part - _opencv_unit(reference, analysis.chips["sface"])).max() < 1e-5
+        assert np.abs(sface_part - network("sface").embed(analysis.chips["sface"][None])[0]).max() < 1e-5
 
 
 def test_block_dequantisation_follows_onnx():

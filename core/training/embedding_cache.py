@@ -32,7 +32,7 @@ from core.storage.schema import Embedding
 
 VECTOR_DIM = 129  # 128-d embedding, then the gender log-odds
 LOOKUP_CHUNK = 500  # hashes per IN (...) query
-COMPUTE_CHUNK = 32  # photos per pass through the networks (features.CHIPS_PER_CALL)
+COMPUTE_CHUNK = 32  # photos located, then embedded, per step (progress and cancel between)
 MAX_ID = 64  # the model_id column's width
 
 
@@ -235,7 +235,7 @@ def _view_dim(view: str) -> int:
 def _compute(
     chunk: list[PhotoRef], views: list[str], networks: tuple[str, ...] = ("dlib",)
 ) -> dict[str, dict[str, np.ndarray | str]]:
-    """Locate each photo once, then every view through the pretrained networks in one call each."""
+    """Locate each photo once, then every view of it through the pretrained networks."""
     from core.training import augment
     from core.verification import features
 
@@ -254,33 +254,21 @@ def _compute(
         located.append((ref, analysis))
     if not located:
         return out
-    graph = features.pretrained_graph()
-    for view in views:
-        if view.startswith(NETWORK_VIEW):
-            from core.verification.networks import network
+    from core.verification.networks import compiled
 
-            name = view[len(NETWORK_VIEW) :]
-            embedding = network(name).embed(np.stack([a.chips[name] for _, a in located]))
-            for i, (ref, _) in enumerate(located):
-                out[view][ref.sha256] = embedding[i].astype(np.float32)
-            continue
-        if view == "":
-            chips = [a.crop for _, a in located]
-            gender_chips = [a.gender_crop for _, a in located]
-        else:
-            pairs = [
-                augment.make_view(
-                    augment.view_kind(view), a.crop, a.gender_crop, augment.view_rng(ref.sha256, view)
-                )
-                for ref, a in located
-            ]
-            chips = [c for c, _ in pairs]
-            gender_chips = [g for _, g in pairs]
-        batch = np.stack([np.stack(features._rotations(c)) for c in chips])
-        embedding, logit = graph(batch, np.stack(gender_chips))
-        embedding, logit = embedding.numpy(), logit.numpy()
-        for i, (ref, _) in enumerate(located):
-            out[view][ref.sha256] = np.concatenate([embedding[i], [logit[i]]]).astype(np.float32)
+    with compiled.runner(networks) as run:  # the engine's networks, as it runs them
+        for view in views:
+            for ref, a in located:
+                if view.startswith(NETWORK_VIEW):
+                    name = view[len(NETWORK_VIEW) :]
+                    out[view][ref.sha256] = features.network_embedding(run, name, a.chips[name])
+                    continue
+                chip, gender_chip = a.crop, a.gender_crop
+                if view:
+                    kind, rng = augment.view_kind(view), augment.view_rng(ref.sha256, view)
+                    chip, gender_chip = augment.make_view(kind, a.crop, a.gender_crop, rng)
+                embedding, logit = features.pretrained_features(run, chip, gender_chip)
+                out[view][ref.sha256] = np.concatenate([embedding, [logit]]).astype(np.float32)
     return out
 
 

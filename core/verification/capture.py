@@ -298,13 +298,15 @@ def _occlusion_graph():
     )
 
 
-def occlusion_probabilities_many(chips: np.ndarray) -> dict[str, np.ndarray]:
+def occlusion_probabilities_many(chips: np.ndarray, predict=None) -> dict[str, np.ndarray]:
     """{"p_mask", "p_hand", "p_lower_face", "p_sunglasses", "p_eyes_closed"} for N aligned chips.
 
-    p_lower_face: the lower face is covered by either (1 - both probabilities of not)."""
+    p_lower_face: the lower face is covered by either (1 - both probabilities of not).
+    predict(face, eyes) -> N x 4: the network as the caller runs it (the verification path: its
+    TensorFlow Lite copy, core.verification.networks.compiled); default this module's Keras one."""
     if len(chips) == 0:
         return {k: np.zeros(0) for k in ("p_mask", "p_hand", "p_lower_face", "p_sunglasses", "p_eyes_closed")}
-    graph = _occlusion_graph()
+    graph = predict or _occlusion_graph()
     parts = []
     for i in range(0, len(chips), _BATCH):
         face, eyes = occlusion_inputs(chips[i : i + _BATCH])
@@ -415,12 +417,20 @@ def findings_from(measures: dict[str, float], lim: dict | None = None) -> list[F
 
 
 def check_capture(
-    rgb: np.ndarray, box: tuple[int, int, int, int], keypoints: list, chip: np.ndarray, scale: float = 1.0
+    rgb: np.ndarray,
+    box: tuple[int, int, int, int],
+    keypoints: list,
+    chip: np.ndarray,
+    scale: float = 1.0,
+    predict_occlusion=None,
 ) -> CaptureCheck:
-    """Measure the main face and list what the member should fix (empty findings: nothing)."""
+    """Measure the main face and list what the member should fix (empty findings: nothing).
+
+    predict_occlusion: see occlusion_probabilities_many's predict."""
     start = time.perf_counter()
     measures = measure(rgb, box, keypoints, chip, scale)
-    measures |= {k: float(v[0]) for k, v in occlusion_probabilities_many(chip[None]).items()}
+    occlusion = occlusion_probabilities_many(chip[None], predict_occlusion)
+    measures |= {k: float(v[0]) for k, v in occlusion.items()}
     measures["p_blurry"] = blurry_probability(measures)
     return CaptureCheck(
         measures=measures, findings=findings_from(measures), time_ms=(time.perf_counter() - start) * 1000.0

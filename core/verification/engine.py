@@ -1,9 +1,10 @@
 """The one path of a verification, whoever calls it (pages, API, batch runner, benchmark, tests).
 
     photo bytes -> decode -> detect (MediaPipe) -> main face -> align (dlib 5 points) -> chips
-    chips (mirrored, rotated) -> dlib's ResNet in Keras -> embedding       } core/verification/features.py,
-    gender chip (and mirror) -> Cydral's gender CNN in Keras -> log-odds   } one TensorFlow call for
-    ArcFace chip -> SFace in Keras (when the version uses it) -> embedding } all photos of a pair/batch
+    chips (mirrored, rotated) -> dlib's ResNet -> embedding                } core/verification/features.py:
+    gender chip (and mirror) -> Cydral's gender CNN -> log-odds            } the Keras ports compiled to
+    ArcFace chip -> SFace (when the version uses it) -> embedding          } TF Lite, each photo on its
+                                                                           } own locate thread
     embedding -> Siamese tower -> projection; [log-odds, embedding] -> gender head -> probabilities
     two projections -> similarity -> rules -> VerificationResult
 
@@ -24,7 +25,7 @@ from core.verification import features, fraud
 from core.verification.features import PhotoInput, read_photo
 from core.verification.genders import optional_gender
 from core.verification.heads import GENDERS, ModelVersion, load_version, similarity_from_projections
-from core.verification.networks import network, network_class, networks_of
+from core.verification.networks import compiled, network, network_class, networks_of
 from core.verification.policy import APPROVE, REVIEW, decide
 from core.verification.result import (
     AUTO_APPROVED,
@@ -89,6 +90,7 @@ class Engine:
         )
         for name in engine.networks:
             network(name)  # weights read and checked now, not on the first request
+        compiled.warm(engine.networks)  # the networks' compiled copies, one per locate thread
         return engine
 
     @property
@@ -209,7 +211,7 @@ class Engine:
         timings["decide"] = _ms(start)
         timings["total"] = sum(timings.values())
         # Parts of align and embed (already inside those two, not added to the total): align per
-        # network, embed_networks the one call that runs every network.
+        # network, embed_networks the networks of the photo (both photos of a pair run side by side).
         for part in sorted({k for k in (*gallery.timings_ms, *verification.timings_ms) if "_" in k}):
             timings[part] = gallery.timings_ms.get(part, 0.0) + verification.timings_ms.get(part, 0.0)
         return VerificationResult(

@@ -10,12 +10,12 @@ embedding cache is keyed by it, so changing the recipe cannot silently mix featu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -24,7 +24,7 @@ import numpy as np
 from core.errors import ImageError
 from core.verification import capture, fraud, imaging
 from core.verification import faces as face_ops
-from core.verification.networks import DEFAULT_NETWORKS, network, network_class
+from core.verification.networks import DEFAULT_NETWORKS, compiled, network, network_class
 from core.verification.result import BAD_IMAGE, LOW_QUALITY, NO_FACE, SEVERAL_FACES, Flag, PhotoAnalysis
 
 # Test-time augmentation measured on lfw_dev (5-fold by person): averaging the face with its
@@ -32,10 +32,6 @@ from core.verification.result import BAD_IMAGE, LOW_QUALITY, NO_FACE, SEVERAL_FA
 # but tripled the network time (a pair would no longer be 3x faster than bare dlib), so off.
 TTA_ROTATIONS = (0.0,)
 FEATURES_VERSION = "dlib-rn-v1+cydral-gender-v1/boxfit/mirror"
-# Photos per TensorFlow call in a batch: amortises the call, bounds memory. SFace's early layers
-# keep 112x112x64 floats a chip: 32 photos a call left the process at 1,563 MB after a batch of
-# 100 pairs, 8 at 1,299 MB (limit 1.5 GB), no slower per photo.
-CHIPS_PER_CALL = 8
 
 PhotoInput = bytes | str | Path
 
@@ -78,12 +74,15 @@ def locate(
     measure_pose: bool = False,
     check_capture: bool = True,
     networks: tuple[str, ...] = DEFAULT_NETWORKS,
+    run: compiled.Runner | None = None,
 ) -> PhotoAnalysis:
     """Decode, detect and align one photo, with a chip for each identity network besides dlib, then
     the capture check (unless told not to: training only needs the features). Bad input becomes an
     error and a flag, never a raise.
 
     measure_pose: also estimate the head pose (FaceMesh, ~15 ms), for a pose challenge.
+    run: the interpreters this thread holds (for the capture check's occlusion network); one is
+    borrowed for the check when not given.
     """
     analysis = PhotoAnalysis(sha256=hashlib.sha256(data).hexdigest())
     start = time.perf_counter()
@@ -149,7 +148,10 @@ def locate(
     # advisory ones (closed eyes) is a flag, so the pair goes to review; the measures and
     # instructions travel with the analysis.
     face = analysis.faces[analysis.main_face]
-    analysis.capture = capture.check_capture(rgb, face.box, face.keypoints, aligned.chip, decoded.scale)
+    with contextlib.nullcontext(run) if run else compiled.runner(networks) as held:
+        analysis.capture = capture.check_capture(
+            rgb, face.box, face.keypoints, aligned.chip, decoded.scale, held.occlusion
+        )
     analysis.flags += [
         Flag(f.code, capture.reason(f))
         for f in analysis.capture.findings
@@ -159,70 +161,35 @@ def locate(
     return analysis
 
 
-@lru_cache(maxsize=4)
-def pretrained_graph(extra_networks: tuple[str, ...] = ()):
-    """tf.function: (N 150x150 chips, N 32x32 gender chips, N chips of each extra network) ->
-    (N x embedding (dlib's 128 then each extra network's), N gender log-odds).
-
-    Every view of every face goes through every network in one call per batch: one call costs
-    less than one per network (measured in the benchmark's stage times), and TensorFlow runs the
-    networks side by side on the two cores.
-    """
-    import tensorflow as tf
-
-    from core.verification.networks import dlib_resnet, gender_cydral
-
-    backbone = dlib_resnet.load_embedding_model()
-    gender = gender_cydral.load_gender_network()
-    extras = [network(name) for name in extra_networks]
-    views = 2 * len(TTA_ROTATIONS)
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, len(TTA_ROTATIONS), 150, 150, 3], tf.uint8),
-            tf.TensorSpec([None, 32, 32, 3], tf.uint8),
-            *(tf.TensorSpec([None, net.chip_size, net.chip_size, 3], tf.uint8) for net in extras),
-        ],
-        reduce_retracing=True,
-    )
-    def graph(chips, gender_chips, *extra_chips):
-        n = tf.shape(chips)[0]
-        flat = tf.reshape(chips, [-1, 150, 150, 3])
-        both = tf.concat([flat, tf.reverse(flat, axis=[2])], axis=0)
-        embeddings = backbone(tf.cast(both, tf.float32), training=False)
-        # rows: [face0 rot0, face0 rot1, ..., faceN rotK] then the same mirrored
-        embeddings = tf.reshape(embeddings, [2, n, len(TTA_ROTATIONS), 128])
-        embedding = tf.reduce_sum(embeddings, axis=[0, 2]) / views
-        g = tf.concat([gender_chips, tf.reverse(gender_chips, axis=[2])], axis=0)
-        probs = gender(tf.cast(g, tf.float32), training=False)  # [female, male]
-        log_odds = tf.math.log(probs[:, 1] + 1e-7) - tf.math.log(probs[:, 0] + 1e-7)
-        gender_log_odds = (log_odds[:n] + log_odds[n:]) / 2.0
-        parts = [embedding, *(net.graph_embed(c) for net, c in zip(extras, extra_chips, strict=True))]
-        return tf.concat(parts, axis=1), gender_log_odds
-
-    return graph
+def pretrained_features(
+    run: compiled.Runner, chip: np.ndarray, gender_chip: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """(dlib's 128-d embedding, gender log-odds) of one face: dlib on the chip's views (each
+    rotation and its mirror image) averaged, the gender network on its chip and mirror, the
+    log-odds averaged. What the engine and the embedding cache both compute."""
+    rotated = _rotations(chip)
+    views = np.stack([*rotated, *(np.ascontiguousarray(r[:, ::-1]) for r in rotated)])
+    embedding = run.dlib(views).mean(axis=0)
+    probs = run.gender(np.stack([gender_chip, gender_chip[:, ::-1]]))  # [female, male]
+    log_odds = np.log(probs[:, 1] + np.float32(1e-7)) - np.log(probs[:, 0] + np.float32(1e-7))
+    return embedding.astype(np.float32), float(log_odds.mean())
 
 
-def embed(analyses: list[PhotoAnalysis], networks: tuple[str, ...] = DEFAULT_NETWORKS) -> None:
-    """Fill .embedding (the networks' embeddings concatenated, dlib first) and .gender_logit of
-    every located analysis, batched, in place: the photos of a pair, or of a batch, go through
-    all networks together."""
-    graph = pretrained_graph(tuple(networks[1:]))
-    ready = [a for a in analyses if a.crop is not None and all(n in a.chips for n in networks[1:])]
-    for first in range(0, len(ready), CHIPS_PER_CALL):
-        group = ready[first : first + CHIPS_PER_CALL]
-        start = time.perf_counter()
-        chips = np.stack([np.stack(_rotations(a.crop)) for a in group])
-        gender_chips = np.stack([a.gender_crop for a in group])
-        extra_chips = [np.stack([a.chips[name] for a in group]) for name in networks[1:]]
-        embedding, gender_log_odds = graph(chips, gender_chips, *extra_chips)
-        embedding, gender_log_odds = embedding.numpy(), gender_log_odds.numpy()
-        per_photo = _ms(start) / len(group)
-        for i, analysis in enumerate(group):
-            analysis.embedding = embedding[i]
-            analysis.gender_logit = float(gender_log_odds[i])
-            analysis.timings_ms["embed_networks"] = per_photo
-            analysis.timings_ms["embed"] = per_photo
+def network_embedding(run: compiled.Runner, name: str, chip: np.ndarray) -> np.ndarray:
+    """An extra identity network's embedding of its chip (e.g. SFace's, unit length)."""
+    return network(name).finish(run.embed(name, chip))[0]
+
+
+def embed_one(analysis: PhotoAnalysis, networks: tuple[str, ...], run: compiled.Runner) -> None:
+    """Fill .embedding (the networks' embeddings concatenated, dlib first) and .gender_logit of a
+    located analysis, on this thread (each locate thread runs its own photo's networks)."""
+    if analysis.crop is None or not all(n in analysis.chips for n in networks[1:]):
+        return
+    start = time.perf_counter()
+    embedding, analysis.gender_logit = pretrained_features(run, analysis.crop, analysis.gender_crop)
+    parts = [embedding, *(network_embedding(run, name, analysis.chips[name]) for name in networks[1:])]
+    analysis.embedding = np.concatenate(parts).astype(np.float32)
+    analysis.timings_ms["embed_networks"] = analysis.timings_ms["embed"] = _ms(start)
 
 
 # locate() of the photos of one call runs on this many threads: decoding, MediaPipe, YuNet, dlib's
@@ -242,14 +209,17 @@ def _pool() -> ThreadPoolExecutor:
         return _locate_pool[1]
 
 
-def _read_and_locate(photo: PhotoInput, pose: bool, networks: tuple[str, ...]) -> PhotoAnalysis:
+def _analyse(photo: PhotoInput, pose: bool, networks: tuple[str, ...]) -> PhotoAnalysis:
     try:
         data = read_photo(photo)
     except OSError as exc:
         analysis = PhotoAnalysis(sha256="", error=f"The photo cannot be read: {exc.strerror or exc}")
         analysis.flags.append(Flag(BAD_IMAGE, analysis.error))
         return analysis
-    return locate(data, measure_pose=pose, networks=networks)
+    with compiled.runner(networks) as run:
+        analysis = locate(data, measure_pose=pose, networks=networks, run=run)
+        embed_one(analysis, networks, run)
+    return analysis
 
 
 def extract(
@@ -257,8 +227,8 @@ def extract(
     measure_pose: list[bool] | None = None,
     networks: tuple[str, ...] = DEFAULT_NETWORKS,
 ) -> list[PhotoAnalysis]:
-    """locate() each photo (side by side on LOCATE_THREADS), then embed() all of them together.
-    Unreadable files become flagged analyses.
+    """locate() and embed_one() each photo, the photos side by side on LOCATE_THREADS (one core
+    each). Unreadable files become flagged analyses.
 
     measure_pose: per photo, whether to estimate its head pose (default: none).
     """
@@ -266,13 +236,8 @@ def extract(
     if len(poses) != len(photos):
         raise ValueError("measure_pose needs one entry per photo")
     if len(photos) == 1 or threading.current_thread().name.startswith("locate"):
-        analyses = [
-            _read_and_locate(photo, pose, networks) for photo, pose in zip(photos, poses, strict=True)
-        ]
-    else:
-        analyses = list(_pool().map(_read_and_locate, photos, poses, [networks] * len(photos)))
-    embed(analyses, networks)
-    return analyses
+        return [_analyse(photo, pose, networks) for photo, pose in zip(photos, poses, strict=True)]
+    return list(_pool().map(_analyse, photos, poses, [networks] * len(photos)))
 
 
 GENDER_EMBEDDING_DIMS = 128  # the gender head sees dlib's part of the embedding (see head_inputs)

@@ -3,6 +3,7 @@
     dlib_resnet     dlib's face-recognition ResNet (128-d), ported to Keras; dlib's 5-point chip
     sface           OpenCV Zoo's SFace (128-d, unit length), ported to Keras; ArcFace 5-point chip
     onnx_file       reads an ONNX file's graph and weights (for the SFace port; no onnx package)
+    compiled        the ports compiled to TensorFlow Lite, as the serving path runs them
     gender_cydral   Cydral's gender CNN, ported to Keras (not an identity network)
 
 A model version names the identity networks its Siamese head was trained on (metadata
@@ -12,7 +13,8 @@ gender network, and its embedding also feeds the gender head. Adding a network i
 with one IdentityNetwork subclass and a line in NETWORKS.
 
     IdentityNetwork     name, dim, recipe, weights_sha256(), chip(rgb, face), embed(chips),
-                        graph_embed(chips) (the same in TensorFlow, for one call over all networks)
+                        graph_embed(chips) (the same in TensorFlow), finish(raw) (after the
+                        compiled copy the serving path runs: compiled.py)
     network_class(name) -> type            without loading any weights (name, dim, recipe)
     network(name) -> IdentityNetwork       the loaded network (once per process)
     networks_of(metadata) -> tuple[str]    the networks a model version was trained on
@@ -54,15 +56,19 @@ class IdentityNetwork:
         raise NotImplementedError
 
     def graph_embed(self, chips):
-        """embed() as TensorFlow ops on an N x size x size x 3 uint8 tensor, for a traced graph
-        that runs every network in one call (core.verification.features.pretrained_graph)."""
+        """embed() as TensorFlow ops on an N x size x size x 3 uint8 tensor."""
         raise NotImplementedError
+
+    def finish(self, raw: np.ndarray) -> np.ndarray:
+        """What embed() does after the network, on the compiled network's raw N x dim output
+        (core.verification.networks.compiled runs the network itself in the serving path)."""
+        return np.asarray(raw, np.float32)
 
 
 class DlibResNet(IdentityNetwork):
     """dlib's ResNet. Its chips come from core.verification.faces.align_face (dlib's own 5 points and
-    get_face_chip); in the serving path it runs in one TensorFlow call with the gender network
-    (core.verification.features.pretrained_graph), so embed() here is for other callers."""
+    get_face_chip); in the serving path it runs compiled to TensorFlow Lite (core.verification.networks.compiled), so embed() here is for
+    other callers."""
 
     name = "dlib"
     dim = 128

@@ -10,8 +10,8 @@ its int8 block-quantised weights dequantised as ONNX's DequantizeLinear does, ea
 normalisation folded into the convolution or dense layer beside it, and the network (a
 MobileNet-style chain of 3x3 depthwise and 1x1 convolutions with PReLU, then one dense layer to
 128) rebuilt in Keras on NHWC chips. It gives OpenCV's own FaceRecognizerSF output on the same
-chip (tests/test_sface.py) and, unlike OpenCV's DNN on this int8 file, takes batches: the engine
-runs it in one TensorFlow call with dlib's ResNet (core.verification.features.pretrained_graph).
+chip (tests/test_sface.py) and, unlike OpenCV's DNN on this int8 file, takes batches. The engine
+runs it compiled to TensorFlow Lite (core.verification.networks.compiled), one chip at a time.
 
 The chip is the ArcFace 112x112 template: a similarity transform (least squares, Umeyama) of the
 face's five points (eye centres, nose tip, mouth corners) onto TEMPLATE, as OpenCV's
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import cv2
@@ -93,9 +93,18 @@ class SFace(IdentityNetwork):
     recipe = "sface-2021dec-int8bq/yunet5"
 
     def __init__(self):
-        self.model = build_keras_model(_checked(SFACE_FILE, SFACE_SHA256).read_bytes())
-        self._infer = _traced(self)
+        _checked(SFACE_FILE, SFACE_SHA256)
         _yunet()  # its landmarks frame every chip: read and checked now, not on the first photo
+
+    @cached_property
+    def model(self):
+        """The Keras port, built on first use: the serving path runs its compiled copy
+        (core.verification.networks.compiled), so a process with that cached never builds it."""
+        return build_keras_model(_checked(SFACE_FILE, SFACE_SHA256).read_bytes())
+
+    @cached_property
+    def _infer(self):
+        return _traced(self)
 
     def weights_sha256(self) -> str:
         return SFACE_SHA256
@@ -117,10 +126,17 @@ class SFace(IdentityNetwork):
             raise ValueError(f"expected N x {CHIP_SIZE} x {CHIP_SIZE} x 3 chips, got shape {chips.shape}")
         return self._infer(np.ascontiguousarray(chips, np.uint8)).numpy()
 
+    def finish(self, raw: np.ndarray) -> np.ndarray:
+        """The compiled network's raw features -> the embedding (unit length, as graph_embed)."""
+        raw = np.asarray(raw, np.float32)
+        return raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), np.float32(1e-12))
+
     def graph_embed(self, chips):
         import tensorflow as tf
 
-        features = self.model(tf.cast(chips, tf.float32), training=False)
+        with tf.init_scope():  # built eagerly: built inside a trace, its weights would not be set
+            model = self.model
+        features = model(tf.cast(chips, tf.float32), training=False)
         return features / tf.maximum(tf.norm(features, axis=1, keepdims=True), 1e-12)
 
 

@@ -1,0 +1,215 @@
+"""The pretrained networks as the serving path runs them: each Keras port compiled once to
+TensorFlow Lite and run by XNNPACK on one thread, one photo at a time.
+
+    runner()  -> a context manager lending this thread one set of interpreters
+    Runner.dlib(views) / .gender(views) / .sface(chip) / .occlusion(face, eyes)
+
+Why: measured in one process on the 2-core machine (under load, same inputs, interleaved), one
+photo's networks (dlib on face + mirror, SFace, gender on face + mirror, the occlusion CNN) took
+27 ms on ONE core through TensorFlow Lite against 50 ms on BOTH cores for the pair's single
+TensorFlow call (SFace's depthwise convolutions and PReLUs are where TensorFlow loses most:
+2 chips 45 ms on two cores, 19 ms on one core in TensorFlow Lite). So each locate thread now
+runs its own photo end to end, and the two photos of a pair use one core each. Outputs match the
+Keras ports to 1e-5 (tests/test_compiled.py; dlib and gender 4e-7, SFace's raw features 1e-5).
+
+The .tflite files are derived data: converted from the Keras ports (whose weights come from the
+shipped files, hash-checked as before) on first use and cached under core.config.cache_dir(),
+named by the source weights' sha256, the TensorFlow version and FORMAT, written atomically. A
+process that finds them never builds the Keras models at all (less memory, faster start).
+Multi-threaded XNNPACK (num_threads=2) is not used: on the shared machine its spinning workers
+took 420 ms where one thread took 19.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from core import config
+
+# Bump when what a file holds changes (batch sizes, inputs, the ports' code), so stale files
+# are not used.
+FORMAT = 1
+# Interpreter sets per process: one per locate thread (core.verification.features.LOCATE_THREADS);
+# a caller past that waits for one to be free (each set holds its own packed weights, ~130 MB).
+POOL_SIZE = 2
+
+
+def _source_sha256(name: str) -> str:
+    if name == "dlib":
+        from core.verification.networks import dlib_resnet
+
+        return dlib_resnet.dlib_model_sha256()
+    if name == "gender":
+        from core.verification.networks import gender_cydral
+
+        return gender_cydral.gender_weights_sha256()
+    if name == "occlusion":
+        from core.verification import capture
+
+        return hashlib.sha256(capture.OCCLUSION_FILE.read_bytes()).hexdigest()
+    if name == "sface":
+        from core.verification.networks import sface
+
+        return sface.SFACE_SHA256
+    raise ValueError(f"no compiled form of {name!r}")
+
+
+def _views() -> int:
+    from core.verification import features
+
+    return 2 * len(features.TTA_ROTATIONS)  # each rotation and its mirror image
+
+
+def _keras_model(name: str):
+    """(the Keras port, fixed batch size) that the compiled file is made from."""
+    if name == "dlib":
+        from core.verification.networks import dlib_resnet
+
+        return dlib_resnet.load_embedding_model(), _views()
+    if name == "gender":
+        from core.verification.networks import gender_cydral
+
+        return gender_cydral.load_gender_network(), 2
+    if name == "occlusion":
+        import keras
+
+        from core.verification import capture
+
+        return keras.saving.load_model(capture.OCCLUSION_FILE, compile=False), 1
+    if name == "sface":
+        from core.verification.networks import network
+
+        return network("sface").model, 1
+    raise ValueError(f"no compiled form of {name!r}")
+
+
+def compiled_path(name: str) -> Path:
+    import tensorflow as tf
+
+    return config.cache_dir() / f"{name}_v{FORMAT}_tf{tf.__version__}_{_source_sha256(name)[:16]}.tflite"
+
+
+def convert(name: str) -> bytes:
+    """The TensorFlow Lite flatbuffer of a Keras port, batch size fixed (XNNPACK plans for it)."""
+    import keras
+    import tensorflow as tf
+
+    model, batch = _keras_model(name)
+    inputs = [keras.Input(tuple(i.shape[1:]), batch_size=batch, dtype="float32") for i in model.inputs]
+    fixed = keras.Model(inputs, model(inputs if len(inputs) > 1 else inputs[0]))
+    with warnings.catch_warnings():  # TF 2.19 (pinned) still ships tf.lite; the notice is for 2.20
+        warnings.simplefilter("ignore")
+        return tf.lite.TFLiteConverter.from_keras_model(fixed).convert()
+
+
+_file_lock = threading.Lock()
+
+
+def compiled_file(name: str) -> Path:
+    """The cached .tflite of a network, converted now when missing."""
+    path = compiled_path(name)
+    with _file_lock:
+        if not path.exists():
+            data = convert(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # atomic: another process never reads half a file
+    return path
+
+
+class _Interpreter:
+    """One single-threaded interpreter with its inputs in the Keras model's order."""
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._it = tf.lite.Interpreter(model_path=str(path), num_threads=1)
+        self._it.allocate_tensors()
+        details = self._it.get_input_details()
+        self._inputs = [(d["index"], tuple(d["shape"])) for d in details]
+        self._output = self._it.get_output_details()[0]["index"]
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        for array in arrays:
+            array = np.ascontiguousarray(array, np.float32)
+            # inputs are told apart by shape (the converter may reorder them)
+            index = next(i for i, shape in self._inputs if shape == array.shape)
+            self._it.set_tensor(index, array)
+        self._it.invoke()  # releases the GIL: the two locate threads run side by side
+        return self._it.get_tensor(self._output).copy()
+
+
+class Runner:
+    """One set of interpreters, used by one thread at a time (lent by runner())."""
+
+    def __init__(self, networks: tuple[str, ...]):
+        self.networks = networks
+        self._nets = {name: _Interpreter(compiled_file(name)) for name in ("dlib", "gender", "occlusion")}
+        for name in networks:
+            if name != "dlib":
+                self._nets[name] = _Interpreter(compiled_file(name))
+
+    def dlib(self, views: np.ndarray) -> np.ndarray:
+        """views x 128 embeddings of one face's views (as _views() counts them)."""
+        return self._nets["dlib"](views)
+
+    def gender(self, views: np.ndarray) -> np.ndarray:
+        """2 x 2 probabilities [female, male] of a gender chip and its mirror."""
+        return self._nets["gender"](views)
+
+    def occlusion(self, face: np.ndarray, eyes: np.ndarray) -> np.ndarray:
+        """1 x 4 sigmoid outputs of the capture check's occlusion CNN (its inputs as it makes them)."""
+        return self._nets["occlusion"](face, eyes)
+
+    def embed(self, name: str, chip: np.ndarray) -> np.ndarray:
+        """The raw output of an extra identity network on one chip (1 x dim)."""
+        return self._nets[name](chip[None])
+
+
+_pools: dict[tuple[int, tuple[str, ...]], queue.LifoQueue] = {}
+_created: dict[tuple[int, tuple[str, ...]], int] = {}
+_pools_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def runner(networks: tuple[str, ...]) -> Iterator[Runner]:
+    """Lend this thread a set of interpreters for these networks (made on first need, at most
+    POOL_SIZE per process and network list; a forked child makes its own)."""
+    key = (os.getpid(), tuple(networks))
+    with _pools_lock:
+        pool = _pools.setdefault(key, queue.LifoQueue())
+        make = pool.empty() and _created.get(key, 0) < POOL_SIZE
+        if make:
+            _created[key] = _created.get(key, 0) + 1
+    if make:
+        try:
+            lent = Runner(tuple(networks))
+        except BaseException:
+            with _pools_lock:
+                _created[key] -= 1
+            raise
+    else:
+        lent = pool.get()
+    try:
+        yield lent
+    finally:
+        pool.put(lent)
+
+
+def warm(networks: tuple[str, ...]) -> None:
+    """Convert what is missing and make the interpreter sets now, not on the first request."""
+    with contextlib.ExitStack() as stack:
+        for _ in range(POOL_SIZE):
+            stack.enter_context(runner(networks))

@@ -1,0 +1,88 @@
+"""The pretrained networks as the serving path runs them (compiled to TensorFlow Lite, one
+interpreter set per locate thread): the same outputs as the Keras ports on real sample chips, the
+capture check's occlusion network as capture.py runs it, and the lending of interpreter sets."""
+
+from __future__ import annotations
+
+import threading
+
+import keras
+import numpy as np
+import pytest
+from conftest import SAMPLE_IMAGES
+
+from core.verification import capture, faces, features, imaging
+from core.verification.networks import compiled, dlib_resnet, gender_cydral, network
+
+NAMES = ["Nicole_Kidman_0006.jpg", "Jiang_Zemin_0014.jpg", "Howard_Dean_0010.jpg"]
+
+
+@pytest.fixture(scope="module")
+def aligned():
+    out = []
+    for name in NAMES:
+        rgb = imaging.decode_image((SAMPLE_IMAGES / name).read_bytes()).rgb
+        found = faces.detect_faces(rgb)
+        face = found[faces.main_face_index(found, rgb.shape[1], rgb.shape[0])]
+        out.append((rgb, face, faces.align_face(rgb, face)))
+    return out
+
+
+def test_each_compiled_network_gives_its_keras_port_output(aligned):
+    gender = gender_cydral.load_gender_network()
+    occlusion = keras.saving.load_model(capture.OCCLUSION_FILE, compile=False)
+    sface = network("sface")
+    with compiled.runner(("dlib", "sface")) as run:
+        for rgb, face, a in aligned:
+            views = np.stack([a.chip, a.chip[:, ::-1]])
+            keras_dlib = dlib_resnet.load_embedding_model()(views.astype(np.float32)).numpy()
+            assert np.abs(run.dlib(views) - keras_dlib).max() < 1e-5
+            g = np.stack([a.gender_chip, a.gender_chip[:, ::-1]])
+            assert np.abs(run.gender(g) - gender(g.astype(np.float32)).numpy()).max() < 1e-5
+            face_in, eyes_in = capture.occlusion_inputs(a.chip[None])
+            assert (
+                np.abs(run.occlusion(face_in, eyes_in) - occlusion([face_in, eyes_in]).numpy()).max() < 1e-5
+            )
+            chip = sface.chip(rgb, face)
+            assert (
+                np.abs(features.network_embedding(run, "sface", chip) - sface.embed(chip[None])[0]).max()
+                < 1e-5
+            )
+
+
+def test_the_capture_check_reads_the_same_with_the_compiled_occlusion_network(aligned):
+    rgb, face, a = aligned[0]
+    keras_check = capture.check_capture(rgb, face.box, face.keypoints, a.chip)
+    with compiled.runner(("dlib",)) as run:
+        ours = capture.check_capture(rgb, face.box, face.keypoints, a.chip, predict_occlusion=run.occlusion)
+    for key in ("p_mask", "p_hand", "p_lower_face", "p_sunglasses", "p_eyes_closed"):
+        assert abs(ours.measures[key] - keras_check.measures[key]) < 1e-5
+    assert ours.codes == keras_check.codes
+
+
+def test_interpreter_sets_are_lent_one_thread_at_a_time_and_reused():
+    networks = ("dlib",)
+    compiled.warm(networks)
+    holders: list[int] = []
+    both_held = threading.Barrier(compiled.POOL_SIZE, timeout=30)
+
+    def hold():
+        with compiled.runner(networks) as run:
+            holders.append(id(run))
+            both_held.wait()  # every set is out at once: each thread has its own
+
+    threads = [threading.Thread(target=hold) for _ in range(compiled.POOL_SIZE)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(holders)) == compiled.POOL_SIZE
+    with compiled.runner(networks) as again:  # no new set past the pool's size
+        assert id(again) in holders
+
+
+def test_the_cached_file_is_named_by_its_source_weights_and_format():
+    path = compiled.compiled_path("dlib")
+    assert dlib_resnet.dlib_model_sha256()[:16] in path.name
+    assert f"_v{compiled.FORMAT}_" in path.name
+    assert compiled.compiled_file("dlib").stat().st_size > 1_000_000
