@@ -442,8 +442,9 @@ def warm_cache(sample_vectors):
     return warm
 
 
-@pytest.fixture
-def add_reviewed():
+def seed_reviewed(session_factory, store) -> dict:
+    """The sample members, each with one decided pair (approved when the truth says same person,
+    rejected otherwise) and the reviewer's gender label: reviewed decisions to train from."""
     import csv
 
     from core.storage.schema import GALLERY, VERIFICATION, Member, Photo, utcnow
@@ -451,38 +452,40 @@ def add_reviewed():
     from core.verification.result import APPROVED, REJECTED
     from core.workflows import importer
 
-    def add(session_factory, store) -> dict:
-        gender_of = {r["person"]: r["gender"] for r in csv.DictReader(open(SAMPLE_DIR / "people.csv"))}
-        truth = {r["member_id"]: r for r in csv.DictReader(open(SAMPLE_DIR / "members_truth.csv"))}
-        ids = {}
-        with session_factory() as session:
-            importer.load_sample_members(session, actor="test", photo_store=store)
-            for member in session.query(Member).order_by(Member.id):
-                photo = {p.kind: p for p in session.query(Photo).filter_by(member_id=member.id, current=True)}
-                case = truth[member.id]
-                same = case["case"] == "same_person"
-                row = ResultRow(
-                    member_id=member.id,
-                    gallery_photo_id=photo[GALLERY].id,
-                    verification_photo_id=photo[VERIFICATION].id,
-                    same_person=same,
-                    similarity=0.5,
-                    threshold=0.4,
-                    band_low=0.1,
-                    band_high=0.9,
-                    registered_gender=member.gender,
-                    status=APPROVED if same else REJECTED,
-                    flags=[],
-                    model_version="test",
-                    ground_truth_same=same,
-                    ground_truth_gender=gender_of[case["verification_person"]],
-                    decided_at=utcnow(),
-                    decided_by="staff_user",
-                )
-                session.add(row)
-                session.flush()
-                ids[member.id] = row.id
-            session.commit()
-        return ids
+    gender_of = {r["person"]: r["gender"] for r in csv.DictReader(open(SAMPLE_DIR / "people.csv"))}
+    truth = {r["member_id"]: r for r in csv.DictReader(open(SAMPLE_DIR / "members_truth.csv"))}
+    ids = {}
+    with session_factory() as session:
+        importer.load_sample_members(session, actor="test", photo_store=store)
+        for member in session.query(Member).order_by(Member.id):
+            photo = {p.kind: p for p in session.query(Photo).filter_by(member_id=member.id, current=True)}
+            case = truth[member.id]
+            same = case["case"] == "same_person"
+            row = ResultRow(
+                member_id=member.id,
+                gallery_photo_id=photo[GALLERY].id,
+                verification_photo_id=photo[VERIFICATION].id,
+                same_person=same,
+                similarity=0.5,
+                threshold=0.4,
+                band_low=0.1,
+                band_high=0.9,
+                registered_gender=member.gender,
+                status=APPROVED if same else REJECTED,
+                flags=[],
+                model_version="test",
+                ground_truth_same=same,
+                ground_truth_gender=gender_of[case["verification_person"]],
+                decided_at=utcnow(),
+                decided_by="staff_user",
+            )
+            session.add(row)
+            session.flush()
+            ids[member.id] = row.id
+        session.commit()
+    return ids
 
-    return add
+
+@pytest.fixture
+def add_reviewed():
+    return seed_reviewed

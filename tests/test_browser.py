@@ -12,12 +12,19 @@ pages it may not see are refused (in one language per role: each costs a sign-in
 staff open one member (its photos held to the same checks), and the administrator creates a staff
 user on the Users page, who signs in in a fresh browser, chooses a password and sees the staff pages.
 
+The fresh install: a second dashboard over a new database that holds only the sample members and
+their reviewed decisions, with no LFW folder on the machine. A data scientist trains from the
+reviewed decisions alone, watches the run to its end and the comparison (Korean), discards the
+candidate, then starts another and cancels it (English), at both sizes; the run writes into that
+install's models folder and the active model never changes.
+
 Needs /usr/bin/chromium and fonts-noto-cjk (test.sh installs them); without Chromium the test is
 skipped locally and fails when CI=true.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -102,14 +109,56 @@ def dashboard(tmp_path_factory, dashboard_models):
         )
     engine.dispose()
 
+    with _streamlit(tmp, url, dashboard_models, warm_engine=True) as (base, pid):
+        yield base, factory, pid
+
+
+@pytest.fixture(scope="module")
+def fresh_dashboard(tmp_path_factory, dashboard_models):
+    """A fresh install: a new database holding only the sample members, their reviewed decisions
+    and one data scientist; its own models folder (the shipped default copied, so a run writes
+    there and not into the checkout); no LFW development set on the machine."""
+    _require_chromium()
+    import shutil
+
+    from conftest import seed_reviewed
+
+    from core.storage.db import init_db, make_engine, session_factory
+    from core.storage.photostore import PhotoStore
+    from core.storage.users import create_user
+    from core.verification.heads import default_version
+
+    tmp = tmp_path_factory.mktemp("fresh_install")
+    models = tmp / "models"
+    version = default_version(dashboard_models)
+    shutil.copytree(dashboard_models / version, models / version)
+    (models / "DEFAULT").write_text(version + "\n")
+    url = f"sqlite:///{tmp / 'app.sqlite3'}"
+    engine = make_engine(url)
+    init_db(engine)
+    factory = session_factory(engine)
+    with factory() as session:
+        create_user(session, "fresh_scientist", USER_PASSWORD, "data_scientist")
+    seed_reviewed(factory, PhotoStore(tmp / "photos", fsync=False))
+    engine.dispose()
+    # No broker: the page launches the worker process itself, as a fresh install does.
+    env = {"LFW_DEV_DIR": str(tmp / "no_lfw_dev"), "CACHE_DIR": str(tmp / "cache"), "JOB_BROKER_URL": ""}
+    with _streamlit(tmp, url, models, warm_engine=False, **env) as (base, _pid):
+        yield base, factory, models
+
+
+@contextlib.contextmanager
+def _streamlit(tmp: Path, url: str, models_dir: Path, *, warm_engine: bool, **extra_env: str):
+    """`streamlit run Home.py` on a free port over this database, store and models; (address, pid)."""
     port = _free_port()
     env = {
         **os.environ,
         "DATABASE_URL": url,
         "PHOTO_STORE_DIR": str(tmp / "photos"),
-        "MODELS_DIR": str(dashboard_models),
+        "MODELS_DIR": str(models_dir),
         "TF_CPP_MIN_LOG_LEVEL": "3",
-        "FACEVERIFY_WARM_ENGINE": "1",
+        "FACEVERIFY_WARM_ENGINE": "1" if warm_engine else "0",
+        **extra_env,
     }
     log = (tmp / "streamlit.log").open("w")
     server = subprocess.Popen(
@@ -146,7 +195,7 @@ def dashboard(tmp_path_factory, dashboard_models):
             if server.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"streamlit did not start: {(tmp / 'streamlit.log').read_text()[-3000:]}")
             time.sleep(0.3)
-        yield base, factory, server.pid
+        yield base, server.pid
     finally:
         server.terminate()
         try:
@@ -624,4 +673,108 @@ def test_each_role_in_both_languages_at_both_sizes(dashboard):
         f"median {draws[len(draws) // 2] * 1000:.0f} ms, slowest {draws[-1] * 1000:.0f} ms; of which "
         f"{extra_s:.0f} s opening a member and creating a staff user who then signs in"
     )
+    assert not problems, "\n".join(problems)
+
+
+TRAINING_S = 300  # a run on the 40 reviewed photos: the worker loads TensorFlow, then about 30 s
+
+
+def _before(key: str, lang: str, **known) -> str:
+    """A message's text up to its first value not known in advance (\\0 stands for it)."""
+    from core.i18n import t
+
+    return t(key, lang, **known).split("\0")[0]
+
+
+def test_data_scientist_trains_from_reviewed_decisions_on_a_fresh_database(fresh_dashboard):
+    """No photo set on the machine: a run from the reviewed decisions alone, watched to its end
+    (Korean) and cancelled (English); the candidate lands in the install's models folder, is
+    compared with the active model and discarded; the active model never changes."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import select
+
+    from core.i18n import t
+    from core.storage.schema import TrainingRun
+    from core.training import registry, worker
+
+    base, factory, models = fresh_dashboard
+    (SHOTS / "roles").mkdir(parents=True, exist_ok=True)
+    shipped = sorted(p.name for p in (ROOT / "models").iterdir())
+    default = (models / "DEFAULT").read_text()
+    problems, timings = [], {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for lang, ending in (("ko", "succeeded"), ("en", "cancelled")):
+                context = browser.new_context(viewport={"width": 1024, "height": 768})
+                page = context.new_page()
+                try:
+                    page.goto(_page_url(base, "pages/5_Retrain.py", lang))
+                    _sign_in(page, "fresh_scientist", lang)
+                    expect(page.get_by_role("heading", name=t("page.retrain", lang)).first).to_be_visible()
+                    reviewed = page.get_by_label(
+                        t("retrain.data.reviewed", lang, n=20, same=14, different=6), exact=True
+                    )
+                    expect(reviewed).to_be_checked()
+                    # No LFW folder here: "none" is the first choice and the reviewed pairs suffice.
+                    expect(page.get_by_label(t("retrain.data.source.none", lang), exact=True)).to_be_checked()
+                    expect(page.get_by_text(t("retrain.data.ready", lang), exact=False)).to_be_visible()
+                    problems += _check_layout(page, f"fresh_{lang}_retrain_ready")
+                    page.set_viewport_size({"width": 1024, "height": 768})
+                    clicked = time.perf_counter()
+                    page.get_by_role("button", name=t("retrain.start", lang)).click()
+                    cancel = page.get_by_role("button", name=t("retrain.cancel", lang))
+                    expect(cancel).to_be_visible(timeout=60000)
+                    expect(page.locator('[data-testid="stProgress"]')).to_be_visible()
+                    with factory() as session:
+                        run = session.scalar(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(1))
+                    assert run.started_by == "fresh_scientist" and run.params["data"]["reviewed"] is True
+                    assert not run.params["data"].get("lfw_images"), run.params["data"]
+                    if ending == "cancelled":
+                        cancel.click()
+                        expect(
+                            page.get_by_text(_before("retrain.cancelled", lang, detail="\0"))
+                        ).to_be_visible(timeout=TRAINING_S * 1000)
+                    else:
+                        page.locator('[data-testid="stProgress"]').scroll_into_view_if_needed()
+                        problems += _check_layout(page, f"fresh_{lang}_retrain_running")
+                        page.set_viewport_size({"width": 1024, "height": 768})
+                        blanks = dict.fromkeys(("version", "total", "features", "training"), "\0")
+                        prefix = _before("retrain.succeeded", lang, **blanks)
+                        done = page.get_by_text(re.compile("^" + re.escape(prefix) + r"v\d"))
+                        expect(done).to_be_visible(timeout=TRAINING_S * 1000)
+                        _settle(page)
+                        timings[lang] = time.perf_counter() - clicked
+                        expect(page.get_by_text(t("retrain.comparison", lang), exact=True)).to_be_visible()
+                        done.scroll_into_view_if_needed()
+                        problems += _check_layout(page, f"fresh_{lang}_retrain_finished")
+                        page.set_viewport_size({"width": 1024, "height": 768})
+                        with factory() as session:
+                            run = session.get(TrainingRun, run.id)
+                        assert run.status == worker.SUCCEEDED and run.model_version, (run.status, run.error)
+                        # The candidate is in this install's models folder, not in the checkout's.
+                        assert (models / run.model_version / "siamese.keras").is_file()
+                        assert run.progress["data"]["photos_by_source"] == {"db": 40}
+                        page.get_by_role("button", name=t("retrain.discard", lang)).click()
+                        expect(
+                            page.get_by_text(t("retrain.discarded", lang, version=run.model_version)).first
+                        ).to_be_visible(timeout=60000)
+                        assert not (models / run.model_version).exists()
+                    with factory() as session:
+                        row = session.get(TrainingRun, run.id)
+                        assert row.status == getattr(worker, ending.upper()), (row.status, row.error)
+                        active = [
+                            v.version for v in registry.list_versions(session) if v.status == registry.ACTIVE
+                        ]
+                    assert active == [default.strip()], active
+                except Exception:
+                    page.screenshot(path=SHOTS / "roles" / f"failure_fresh_{lang}.png", full_page=True)
+                    raise
+                finally:
+                    context.close()
+        finally:
+            browser.close()
+    assert (models / "DEFAULT").read_text() == default
+    assert sorted(p.name for p in (ROOT / "models").iterdir()) == shipped
+    print(f"\nfresh install: a run from 20 reviewed pairs, click to finished {timings['ko']:.0f} s")
     assert not problems, "\n".join(problems)
