@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from core import config
+from core.verification.lending import Lending
 from core.verification.result import Face
 
 CHIP_SIZE = 150
@@ -42,7 +43,8 @@ EDGE_MARGIN_PX = 1  # a box this close to the border was clipped by it: the face
 BOX_ADAPTER_FILE = config.PROJECT_ROOT / "models" / "pretrained" / "box_adapter.json"
 
 # MediaPipe graphs are not safe to call from several threads at once (Streamlit and the API
-# serve requests on threads), so each detector is used under a lock.
+# serve requests on threads): each thread borrows its own pair of detectors (one per locate
+# thread), and the face mesh is used under a lock.
 _lock = threading.Lock()
 
 
@@ -53,8 +55,7 @@ class AlignedFace:
     landmarks: list[tuple[float, float]]  # dlib's 5 points in photo pixels
 
 
-@lru_cache(maxsize=1)
-def _detectors():
+def _make_detectors():
     import mediapipe as mp
 
     fd = mp.solutions.face_detection
@@ -63,6 +64,9 @@ def _detectors():
         fd.FaceDetection(model_selection=0, min_detection_confidence=MIN_DETECTION_CONFIDENCE),
         fd.FaceDetection(model_selection=1, min_detection_confidence=MIN_DETECTION_CONFIDENCE),
     )
+
+
+_detectors = Lending(_make_detectors)
 
 
 @lru_cache(maxsize=1)
@@ -78,8 +82,8 @@ def detect_faces(rgb: np.ndarray) -> list[Face]:
     height, width = rgb.shape[:2]
     rgb = np.ascontiguousarray(rgb)
     faces: list[Face] = []
-    with _lock:
-        for detector in _detectors():
+    with _detectors.lend() as detectors:
+        for detector in detectors:
             result = detector.process(rgb)
             if result.detections:
                 break

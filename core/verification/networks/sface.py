@@ -26,7 +26,6 @@ The five points come from YuNet run on the region around MediaPipe's face box
 from __future__ import annotations
 
 import hashlib
-import threading
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from core import config
 from core.errors import ModelError
+from core.verification.lending import Lending
 from core.verification.networks import IdentityNetwork
 from core.verification.result import Face
 
@@ -94,7 +94,7 @@ class SFace(IdentityNetwork):
 
     def __init__(self):
         _checked(SFACE_FILE, SFACE_SHA256)
-        _yunet()  # its landmarks frame every chip: read and checked now, not on the first photo
+        _yunet_file()  # its landmarks frame every chip: read and checked now, not on the first photo
 
     @cached_property
     def model(self):
@@ -261,12 +261,15 @@ def build_keras_model(data: bytes):
 
 
 @lru_cache(maxsize=1)
-def _yunet():
-    path = _checked(YUNET_FILE, YUNET_SHA256)
-    return cv2.FaceDetectorYN.create(str(path), "", (YUNET_INPUT, YUNET_INPUT), 0.5, 0.3, 20)
+def _yunet_file() -> Path:
+    return _checked(YUNET_FILE, YUNET_SHA256)
 
 
-_yunet_lock = threading.Lock()
+def _make_yunet():
+    return cv2.FaceDetectorYN.create(str(_yunet_file()), "", (YUNET_INPUT, YUNET_INPUT), 0.5, 0.3, 20)
+
+
+_yunets = Lending(_make_yunet)  # one per locate thread: a detector is not thread-safe
 
 
 def landmarks(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
@@ -283,8 +286,8 @@ def landmarks(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | N
     image = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT) if pad else rgb
     region = image[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
     small = cv2.resize(region, (YUNET_INPUT, YUNET_INPUT), interpolation=cv2.INTER_AREA)
-    with _yunet_lock:
-        _, found = _yunet().detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    with _yunets.lend() as yunet:
+        _, found = yunet.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     if found is None or not len(found):
         return None
     centre = YUNET_INPUT / 2
