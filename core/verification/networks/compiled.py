@@ -13,7 +13,7 @@ runs its own photo end to end, and the two photos of a pair use one core each. O
 Keras ports to 1e-5 (tests/test_compiled.py; dlib and gender 4e-7, SFace's raw features 1e-5).
 
 The .tflite files are derived data: converted from the Keras ports (whose weights come from the
-shipped files, hash-checked as before) on first use and cached under core.config.cache_dir(),
+shipped files, hash-checked as before) on first use, in a child process, and cached under core.config.cache_dir(),
 named by the source weights' sha256, the TensorFlow version and FORMAT, written atomically. A
 process that finds them never builds the Keras models at all (less memory, faster start).
 Multi-threaded XNNPACK (num_threads=2) is not used: on the shared machine its spinning workers
@@ -115,15 +115,47 @@ _file_lock = threading.Lock()
 
 
 def compiled_file(name: str) -> Path:
-    """The cached .tflite of a network, converted now when missing."""
-    path = compiled_path(name)
+    """The cached .tflite of a network, converted now (in a child process) when missing."""
+    return compiled_files((name,))[0]
+
+
+def compiled_files(names: tuple[str, ...]) -> list[Path]:
+    """The cached .tflite of each network; the missing ones converted together in one child."""
     with _file_lock:
-        if not path.exists():
-            data = convert(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # atomic: another process never reads half a file
+        missing = [name for name in names if not compiled_path(name).exists()]
+        if missing:
+            _convert_in_child(missing)
+    return [compiled_path(name) for name in names]
+
+
+def _convert_in_child(names: list[str]) -> None:
+    """Build the Keras port and convert it in a short-lived process: done in the serving process,
+    the Keras model and the converter lifted a fresh install's first process to 1.6 GB resident
+    (the limit is 1.5 GB); the cached file then serves every later start."""
+    import subprocess
+    import sys
+
+    from core.errors import ModelError
+
+    done = subprocess.run(
+        [sys.executable, "-m", "core.verification.networks.compiled", *names],
+        cwd=config.PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode or not all(compiled_path(name).exists() for name in names):
+        raise ModelError(f"Could not compile {', '.join(names)} for TensorFlow Lite: {done.stderr[-2000:]}")
+
+
+def write_compiled(name: str) -> Path:
+    """Convert a network and write its cached file atomically (another process never reads half)."""
+    path = compiled_path(name)
+    data = convert(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
     return path
 
 
@@ -156,10 +188,10 @@ class Runner:
 
     def __init__(self, networks: tuple[str, ...]):
         self.networks = networks
-        self._nets = {name: _Interpreter(compiled_file(name)) for name in ("dlib", "gender", "occlusion")}
-        for name in networks:
-            if name != "dlib":
-                self._nets[name] = _Interpreter(compiled_file(name))
+        names = ("dlib", "gender", "occlusion", *(name for name in networks if name != "dlib"))
+        self._nets = {
+            name: _Interpreter(path) for name, path in zip(names, compiled_files(names), strict=True)
+        }
 
     def dlib(self, views: np.ndarray) -> np.ndarray:
         """views x 128 embeddings of one face's views (as _views() counts them)."""
@@ -213,3 +245,10 @@ def warm(networks: tuple[str, ...]) -> None:
     with contextlib.ExitStack() as stack:
         for _ in range(POOL_SIZE):
             stack.enter_context(runner(networks))
+
+
+if __name__ == "__main__":  # python -m core.verification.networks.compiled NAME...: what compiled_file runs
+    import sys
+
+    for network_name in sys.argv[1:]:
+        write_compiled(network_name)
