@@ -187,3 +187,43 @@ def test_every_instruction_and_flag_sentence_exists_in_both_languages():
     assert t("capture.face_mask", "en") == "Please take off your mask."
     assert t("capture.face_too_small", "en") == "Move closer."
     assert t("capture.too_dark", "en") == "Find more light."
+
+
+def test_mirror_averaged_network_answers_the_same_for_a_photo_and_its_mirror_image():
+    """The shipped record averages the occlusion network over the chip and its mirror image (a
+    mask or a hand is the same mirrored): a chip and its mirror then score alike; one view alone
+    does not, so the average is what runs."""
+    chips = []
+    for name in PHOTOS[:3]:
+        analysis = features.locate(_variant(name, "hand"))
+        chips.append(analysis.crop)
+    chips = np.stack(chips)
+    assert capture.mirror_averaged()
+    plain = capture.occlusion_probabilities_many(chips)
+    mirrored = capture.occlusion_probabilities_many(np.ascontiguousarray(chips[:, :, ::-1]))
+    for key in ("p_mask", "p_hand", "p_sunglasses", "p_eyes_closed"):
+        np.testing.assert_allclose(plain[key], mirrored[key], atol=1e-4)
+    assert (plain["p_lower_face"] > capture.limits()["lower_face_covered"]).all()
+
+
+def test_hand_under_the_chin_leaves_the_face_above_the_chin_as_it_was():
+    """The training negative 'hand_near' (a hand under the chin) covers nothing above the chin."""
+    rgb, face, points = _photo(PHOTOS[3])
+    near = variants.make_variant(rgb, points, face.box[2], "hand_near", np.random.default_rng(1))
+    changed = np.abs(near.astype(int) - rgb.astype(int)).max(axis=2) > 12
+    ys, _ = np.nonzero(changed)
+    face_width = float(np.linalg.norm(points[16] - points[0]))
+    assert changed.sum() > 100 and ys.min() >= points[8, 1] - 0.1 * face_width
+    assert ys.min() > points[57, 1]  # the lower lip is not touched
+    assert "hand_near" not in variants.KINDS  # never graded as a problem
+
+
+def test_extra_training_photos_are_training_peoples_only(tmp_path):
+    from core.benchmarks.capture import select_extra_photos
+
+    for name in ("Ann_Lee_0001", "Ann_Lee_0002", "Ann_Lee_0003", "Bo_Kim_0001", "Bo_Kim_0002"):
+        (tmp_path / f"{name}.jpg").write_bytes(b"")
+    picked = select_extra_photos(tmp_path, {"Ann_Lee"}, {"Ann_Lee_0001.jpg"}, per_person=2)
+    assert len(picked) == 1  # two in all, one of them already in the set
+    person, split, path = picked[0]
+    assert (person, split) == ("Ann_Lee", "train") and path.name in {"Ann_Lee_0002.jpg", "Ann_Lee_0003.jpg"}

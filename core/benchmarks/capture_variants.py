@@ -120,7 +120,14 @@ def draw_mask(rgb, pts, rng):
     return _blend(rgb, layer, _soft(mask, face_width))
 
 
-def draw_hand(rgb, pts, rng):
+def draw_hand_near(rgb, pts, rng):
+    """A hand under the chin that leaves the face uncovered (a chin resting on a hand, a gloved
+    hand at the collar): not a finding. The network learns it as one more unmodified face, so
+    that it looks for what covers the mouth and nose, not for a hand anywhere near them."""
+    return draw_hand(rgb, pts, rng, below_chin=True)
+
+
+def draw_hand(rgb, pts, rng, below_chin: bool = False):
     face_width = float(np.linalg.norm(pts[16] - pts[0]))
     if rng.random() < 0.5:
         colour = np.median(rgb[_cheek_pixels(rgb, pts)].reshape(-1, 3), axis=0) * rng.uniform(0.9, 1.15)
@@ -132,10 +139,14 @@ def draw_hand(rgb, pts, rng):
     finger_w = face_width * rng.uniform(0.1, 0.14)
     n_fingers = 4
     first_y = nose_bottom[1] + rng.uniform(-0.3, 0.3) * finger_w
+    if below_chin:  # the top finger along the chin, the rest below it
+        first_y = chin[1] + rng.uniform(0.0, 0.5) * finger_w
     # fingers across the mouth from one side of the face; the palm on that side below the jaw
     edge_x = pts[0, 0] if side < 0 else pts[16, 0]
     tip_reach = rng.uniform(0.55, 0.9) * face_width
     tilt = rng.uniform(-0.35, 0.35)
+    if below_chin:  # level or pointing down: a finger rising from under the chin would cover the mouth
+        tilt = rng.uniform(0.0, 0.35)
     mask = np.zeros(rgb.shape[:2], np.uint8)
     shade = np.zeros(rgb.shape[:2], np.float32)
     layer = _texture(rgb.shape[:2], colour, rng, rng.uniform(2, 5), rng.uniform(0, 2 * np.pi), face_width)
@@ -338,6 +349,7 @@ _DRAW = {
     "bright": bright,
     "backlit": backlit,
     "cut_off": cut_off,
+    "hand_near": draw_hand_near,  # training only: a negative, not one of KINDS
 }
 
 

@@ -18,7 +18,8 @@ What is measured, and from what:
                        with the face's size: a logistic (weights in capture_check.json)
     box                face width in the original photo's pixels
     occlusion network  probabilities of a mask, a hand, sunglasses, closed eyes: a small Keras
-                       CNN on the chip and its eyes' band (models/pretrained/capture_occlusion.keras)
+                       CNN on the chip and its eyes' band (models/pretrained/capture_occlusion.keras),
+                       averaged over the chip and its mirror image when the record says so
 
 Each finding has a code, the measured value, the limit it crossed and an instruction for the
 member (core/i18n: "capture.<code>", Korean and English). The limits and the occlusion model are
@@ -307,10 +308,17 @@ def occlusion_probabilities_many(chips: np.ndarray, predict=None) -> dict[str, n
     if len(chips) == 0:
         return {k: np.zeros(0) for k in ("p_mask", "p_hand", "p_lower_face", "p_sunglasses", "p_eyes_closed")}
     graph = predict or _occlusion_graph()
+    mirror = mirror_averaged()
     parts = []
     for i in range(0, len(chips), _BATCH):
         face, eyes = occlusion_inputs(chips[i : i + _BATCH])
-        parts.append(np.asarray(graph(face, eyes), dtype=np.float64))
+        p = np.asarray(graph(face, eyes), dtype=np.float64)
+        if mirror:
+            # averaged with the mirror image's (a mask or a hand is the same mirrored, a stray
+            # shadow or crease on one side is not); a second call, as the compiled copy's batch is 1
+            flipped = np.ascontiguousarray(face[:, :, ::-1]), np.ascontiguousarray(eyes[:, :, ::-1])
+            p = (p + np.asarray(graph(*flipped), dtype=np.float64)) / 2.0
+        parts.append(p)
     p = dict(zip(OCCLUSION_CLASSES, np.concatenate(parts).T, strict=True))
     return {
         "p_mask": p["mask"],
@@ -335,6 +343,12 @@ def check_record() -> dict:
 def limits() -> dict:
     """The limits chosen on training people."""
     return check_record()["limits"]
+
+
+def mirror_averaged() -> bool:
+    """Whether the occlusion network's probabilities are averaged over the chip and its mirror
+    image (chosen by the fitting command on training people; the record says so)."""
+    return bool(check_record().get("occlusion_network", {}).get("mirror_average", False))
 
 
 def blur_model() -> dict:
