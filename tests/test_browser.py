@@ -163,9 +163,9 @@ def _streamlit(tmp: Path, url: str, models_dir: Path, *, warm_engine: bool, **ex
     log = (tmp / "streamlit.log").open("w")
     server = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "streamlit"),
-            "run",
-            "Home.py",
+            sys.executable,
+            "-m",
+            "ui.serve",  # streamlit run Home.py, as run.sh starts it
             "--server.headless",
             "true",
             "--server.port",

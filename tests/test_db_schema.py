@@ -42,6 +42,38 @@ def test_init_db_is_idempotent(db_engine):
     assert db.current_revision(db_engine) == db.head_revision()
 
 
+def test_head_read_from_the_files_is_alembics_and_an_up_to_date_database_needs_no_alembic(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    assert db._head_in_files() == db.head_revision()
+    url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    db.init_db(db.make_engine(url)).dispose()
+    # A fresh process, as the dashboard's first page is: at head, alembic is never imported.
+    code = (
+        "import sys; from core.storage import db; "
+        f"db.init_db(db.make_engine({url!r})); print('alembic' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_database_behind_head_is_still_upgraded(new_database_url):
+    from alembic import command
+
+    engine = db.make_engine(new_database_url())
+    try:
+        db.init_db(engine)
+        command.downgrade(db.alembic_config(engine), "0006")
+        assert db._stored_revision(engine) == "0006"
+        db.init_db(engine)
+        assert db._stored_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()
+
+
 def test_upgrade_in_place_keeps_data(new_database_url):
     url = new_database_url()
     engine = db.make_engine(url)

@@ -64,9 +64,9 @@ def _source_sha256(name: str) -> str:
 
 
 def _views() -> int:
-    from core.verification import features
+    from core.verification.networks.dlib_resnet import TTA_ROTATIONS
 
-    return 2 * len(features.TTA_ROTATIONS)  # each rotation and its mirror image
+    return 2 * len(TTA_ROTATIONS)  # each rotation and its mirror image
 
 
 def _keras_model(name: str):

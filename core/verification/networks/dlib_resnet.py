@@ -48,6 +48,11 @@ _CACHE_FORMAT = 1
 # CPU box, and thread-pool settings did not beat TF's defaults, so neither is changed here.
 _JIT_COMPILE = False
 
+# Test-time augmentation measured on lfw_dev (5-fold by person): averaging the face with its
+# mirror image gave 99.09% vs 98.94% for the face alone. Adding +-4 degree rotations gave 99.12%
+# but tripled the network time (a pair would no longer be 3x faster than bare dlib), so off.
+TTA_ROTATIONS = (0.0,)
+
 
 # --------------------------------------------------------------------------------------------
 # Where the pretrained file is
