@@ -467,6 +467,21 @@ LAYOUT_PROBLEMS_JS = """() => {
 }"""
 
 
+@contextlib.contextmanager
+def _page_of_new_context(browser, failure: str):
+    """A page in a fresh browser context (its own cookies: a new session) at 1024x768; on a failure
+    a full-page screenshot named `failure` is kept beside the others."""
+    context = browser.new_context(viewport={"width": 1024, "height": 768})
+    page = context.new_page()
+    try:
+        yield page
+    except Exception:
+        page.screenshot(path=SHOTS / "roles" / f"{failure}.png", full_page=True)
+        raise
+    finally:
+        context.close()
+
+
 def _page_url(base: str, path: str, lang: str) -> str:
     """Streamlit's address of a page file: pages/5_Retrain.py -> /Retrain."""
     name = "" if path == "Home.py" else Path(path).stem.split("_", 1)[1]
@@ -582,10 +597,8 @@ def test_each_role_in_both_languages_at_both_sizes(dashboard):
         try:
             for role in WALK_ROLES:
                 for lang in ("ko", "en"):
-                    context = browser.new_context(viewport={"width": 1024, "height": 768})
-                    page = context.new_page()
-                    sidebar = page.locator('[data-testid="stSidebar"]')
-                    try:
+                    with _page_of_new_context(browser, f"failure_{role}_{lang}") as page:
+                        sidebar = page.locator('[data-testid="stSidebar"]')
                         page.goto(_page_url(base, "Home.py", lang))
                         _sign_in(page, f"walk_{role}", lang)
                         allowed = [pg for pg in PAGES if can_open(role, pg.key)]
@@ -616,9 +629,7 @@ def test_each_role_in_both_languages_at_both_sizes(dashboard):
                                 # The administrator creates a staff user, who signs in in a fresh
                                 # browser (chooses a password first) and sees the staff pages.
                                 username, temporary = _create_staff_user(page, lang)
-                                newcomer = browser.new_context(viewport={"width": 1024, "height": 768})
-                                fresh = newcomer.new_page()
-                                try:
+                                with _page_of_new_context(browser, f"failure_new_staff_{lang}") as fresh:
                                     fresh.goto(_page_url(base, "Home.py", lang))
                                     _first_sign_in(fresh, username, temporary, lang)
                                     side = fresh.locator('[data-testid="stSidebar"]')
@@ -631,11 +642,6 @@ def test_each_role_in_both_languages_at_both_sizes(dashboard):
                                         listed
                                     )
                                     problems += _check_layout(fresh, f"new_staff_{lang}_home")
-                                except Exception:
-                                    fresh.screenshot(path=SHOTS / "roles" / f"failure_new_staff_{lang}.png")
-                                    raise
-                                finally:
-                                    newcomer.close()
                                 with factory() as session:
                                     user = session.scalar(select(User).where(User.username == username))
                                 assert user.role == "staff" and user.active and not user.must_change_password
@@ -660,11 +666,6 @@ def test_each_role_in_both_languages_at_both_sizes(dashboard):
                             refusal = t("auth.refused", lang, role=t(f"role.{role}", lang), allowed="")
                             expect(page.get_by_text(refusal[:25], exact=False)).to_be_visible()
                             assert page.locator('[data-testid="stMain"] img').count() == 0
-                    except Exception:
-                        page.screenshot(path=SHOTS / "roles" / f"failure_{role}_{lang}.png", full_page=True)
-                        raise
-                    finally:
-                        context.close()
         finally:
             browser.close()
     draws.sort()
@@ -706,9 +707,7 @@ def test_data_scientist_trains_from_reviewed_decisions_on_a_fresh_database(fresh
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             for lang, ending in (("ko", "succeeded"), ("en", "cancelled")):
-                context = browser.new_context(viewport={"width": 1024, "height": 768})
-                page = context.new_page()
-                try:
+                with _page_of_new_context(browser, f"failure_fresh_{lang}") as page:
                     page.goto(_page_url(base, "pages/5_Retrain.py", lang))
                     _sign_in(page, "fresh_scientist", lang)
                     expect(page.get_by_role("heading", name=t("page.retrain", lang)).first).to_be_visible()
@@ -767,11 +766,6 @@ def test_data_scientist_trains_from_reviewed_decisions_on_a_fresh_database(fresh
                             v.version for v in registry.list_versions(session) if v.status == registry.ACTIVE
                         ]
                     assert active == [default.strip()], active
-                except Exception:
-                    page.screenshot(path=SHOTS / "roles" / f"failure_fresh_{lang}.png", full_page=True)
-                    raise
-                finally:
-                    context.close()
         finally:
             browser.close()
     assert (models / "DEFAULT").read_text() == default
