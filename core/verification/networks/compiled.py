@@ -25,15 +25,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from core import config
+from core.verification.lending import Lending
 
 # Bump when what a file holds changes (batch sizes, inputs, the ports' code), so stale files
 # are not used.
@@ -210,34 +209,18 @@ class Runner:
         return self._nets[name](chip[None])
 
 
-_pools: dict[tuple[int, tuple[str, ...]], queue.LifoQueue] = {}
-_created: dict[tuple[int, tuple[str, ...]], int] = {}
-_pools_lock = threading.Lock()
+_runners: dict[tuple[str, ...], Lending[Runner]] = {}
+_runners_lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def runner(networks: tuple[str, ...]) -> Iterator[Runner]:
+def runner(networks: tuple[str, ...]) -> contextlib.AbstractContextManager[Runner]:
     """Lend this thread a set of interpreters for these networks (made on first need, at most
     POOL_SIZE per process and network list; a forked child makes its own)."""
-    key = (os.getpid(), tuple(networks))
-    with _pools_lock:
-        pool = _pools.setdefault(key, queue.LifoQueue())
-        make = pool.empty() and _created.get(key, 0) < POOL_SIZE
-        if make:
-            _created[key] = _created.get(key, 0) + 1
-    if make:
-        try:
-            lent = Runner(tuple(networks))
-        except BaseException:
-            with _pools_lock:
-                _created[key] -= 1
-            raise
-    else:
-        lent = pool.get()
-    try:
-        yield lent
-    finally:
-        pool.put(lent)
+    key = tuple(networks)
+    with _runners_lock:
+        if key not in _runners:
+            _runners[key] = Lending(lambda: Runner(key), size=POOL_SIZE)
+    return _runners[key].lend()
 
 
 def warm(networks: tuple[str, ...]) -> None:
