@@ -21,6 +21,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 SAMPLE_DIR = DATA_DIR / "sample"
 RUNTIME_DIR = DATA_DIR / "runtime"
+# The developers' LFW development set beside the checkout (LFW_DEV_DIR names another).
+SHARED_LFW_DEV_DIR = PROJECT_ROOT.parent / "shared" / "data" / "lfw_dev"
 DISPLAY_TZ = "Asia/Seoul"  # the staff work in Korea: days and times are shown (and grouped) in KST
 
 

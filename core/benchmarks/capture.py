@@ -54,7 +54,7 @@ from core import config  # noqa: E402
 from core.benchmarks import capture_variants as variants  # noqa: E402
 from core.verification import capture, faces, imaging  # noqa: E402
 
-DEFAULT_IMAGES = config.PROJECT_ROOT.parent / "shared" / "data" / "lfw_dev" / "images"
+DEFAULT_IMAGES = config.SHARED_LFW_DEV_DIR / "images"
 DEFAULT_SET = config.PROJECT_ROOT / "data" / "runtime" / "capture_set.npz"
 DEFAULT_EXTRA = DEFAULT_SET.with_name("capture_extra.npz")
 PHOTOS_PER_PERSON = {"train": 8, "heldout": 20}

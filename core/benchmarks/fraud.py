@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import PROJECT_ROOT
+from core.config import PROJECT_ROOT, SHARED_LFW_DEV_DIR
 
 COPY_KINDS = (
     "same bytes",
@@ -275,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--images", type=Path, default=PROJECT_ROOT.parent / "shared" / "data" / "lfw_dev" / "images"
-    )
+    parser.add_argument("--images", type=Path, default=SHARED_LFW_DEV_DIR / "images")
     parser.add_argument("--every", type=int, default=1, help="analyse every Nth photo only")
     parser.add_argument(
         "--train-copies", type=int, default=150, help="training photos copied to choose the limit"

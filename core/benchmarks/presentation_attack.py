@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.config import PROJECT_ROOT
+from core.config import PROJECT_ROOT, SHARED_LFW_DEV_DIR
 
 MODELS = ("antispoof", "liveness")
 FACE_MARGIN = 1.2  # the square crop around the detected face box, as the package's library crops
@@ -181,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--images", type=Path, default=PROJECT_ROOT.parent / "shared" / "data" / "lfw_dev" / "images"
-    )
+    parser.add_argument("--images", type=Path, default=SHARED_LFW_DEV_DIR / "images")
     parser.add_argument("--models", type=Path, required=True, help="the package's models/ folder")
     parser.add_argument("--every", type=int, default=3, help="score every Nth photo only")
     parser.add_argument("--json", type=Path)
