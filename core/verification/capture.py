@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ import cv2
 import numpy as np
 
 from core import config
+from core.verification.lending import Lending
 
 LIMITS_FILE = config.PROJECT_ROOT / "models" / "pretrained" / "capture_check.json"
 MESH_INPUT = 192  # the face-mesh network's input side
@@ -86,8 +86,6 @@ ADVISORY_CODES = (EYES_CLOSED,)
 
 _FOREHEAD, _CHIN, _EYE_OUTER_LEFT, _EYE_OUTER_RIGHT = 10, 152, 33, 263  # face-mesh indices
 
-_mesh_lock = threading.Lock()  # one TFLite interpreter, used from request threads
-
 
 @dataclass
 class Finding:
@@ -126,8 +124,7 @@ class CaptureCheck:
 # -- face mesh on the detected box -----------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _mesh_interpreter():
+def _make_mesh_interpreter():
     import mediapipe
     import tensorflow as tf
 
@@ -137,6 +134,11 @@ def _mesh_interpreter():
         interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=1)
     interpreter.allocate_tensors()
     return interpreter
+
+
+# One interpreter per locate thread (an interpreter is not thread-safe): with one shared under a
+# lock, the two photos of a pair queued for it.
+_mesh_interpreters = Lending(_make_mesh_interpreter)
 
 
 def _roi_transform(center: np.ndarray, size: float, angle: float) -> np.ndarray:
@@ -160,8 +162,7 @@ def face_mesh(rgb: np.ndarray, box: tuple[int, int, int, int], keypoints: list) 
     size = MESH_ROI_SCALE * max(w, h)
     m = _roi_transform(np.array([x + w / 2, y + h / 2]), size, angle)
     crop = cv2.warpAffine(np.ascontiguousarray(rgb), m, (MESH_INPUT, MESH_INPUT), flags=cv2.INTER_LINEAR)
-    interpreter = _mesh_interpreter()
-    with _mesh_lock:
+    with _mesh_interpreters.lend() as interpreter:
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], (crop / np.float32(255.0))[None])
         interpreter.invoke()
         outputs = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]

@@ -191,8 +191,13 @@ def embed_one(analysis: PhotoAnalysis, networks: tuple[str, ...], run: compiled.
 
 # locate() of the photos of one call runs on this many threads: decoding, MediaPipe, YuNet, dlib's
 # landmarks and the capture check are mostly one core each and release the GIL, so on the 2-core
-# machine the two photos of a pair are located side by side (the shared detectors keep their locks).
+# machine the two photos of a pair are located side by side, each thread with its own detectors and
+# interpreters (core.verification.lending).
 LOCATE_THREADS = 2
+# OpenCV works on the thread that calls it: its own pool of one worker per core made the two
+# photos wait on each other (quiet, 200 held-out pairs: pair p95 46 -> 34 ms, YuNet's stage in
+# the slowest pairs 9.8 -> 4.4 ms) and spins on a core the other photo needs. Same results.
+cv2.setNumThreads(1)
 _locate_pool: tuple[int, ThreadPoolExecutor] | None = None  # (process id, pool)
 _pool_lock = threading.Lock()
 
