@@ -189,13 +189,13 @@ _BLUR_SIGMAS = (0.0, 1.0, 2.0, 4.0)  # pixels of the chip
 BLUR_FEATURES = ("fine", "middle", "coarse", "streak_fine", "streak_middle")
 
 
-def sharpness(chip: np.ndarray) -> float:
-    """log10 of the ratio of fine to coarse gradient energy in the chip's centre.
+def sharpness(energies: list[float]) -> float:
+    """log10 of the ratio of fine to coarse gradient energy in the chip's centre (energies from
+    _gradient_energies).
 
     A ratio, so it does not move with contrast or lighting; on the aligned chip, so it does not
     move with the face's size in the photo. Blur removes the fine gradients first.
     """
-    energies, _ = _gradient_energies(chip)
     return math.log10(energies[0] / energies[2])
 
 
@@ -214,12 +214,11 @@ def _gradient_energies(chip: np.ndarray) -> tuple[list[float], list[float]]:
     return energies, coherence
 
 
-def blur_features(chip: np.ndarray) -> np.ndarray:
+def blur_features(energies: list[float], coherence: list[float]) -> np.ndarray:
     """What the blur model reads: how fast gradient energy falls from one scale to the next (blur
     takes the finest first) and how much the fine gradients run one way (a shake smears along one
     direction). All on the aligned chip, so the face's size in the photo does not enter: a big
     sharp face and a small sharp one look the same there (a face too small has its own finding)."""
-    energies, coherence = _gradient_energies(chip)
     ratios = [math.log10(energies[k] / energies[k + 1]) for k in range(3)]
     return np.array([*ratios, coherence[0], coherence[1]], np.float32)
 
@@ -382,9 +381,10 @@ def measure(
 def chip_measures(chip: np.ndarray, face_width_px: float) -> dict[str, float]:
     """The measures read from the aligned chip alone: sharpness, the blur model's features, the
     face's highlights."""
-    blur = blur_features(chip)
+    energies, coherence = _gradient_energies(chip)  # once: both measures read them
+    blur = blur_features(energies, coherence)
     return {
-        "sharpness": sharpness(chip),
+        "sharpness": sharpness(energies),
         **{f"blur_{name}": float(v) for name, v in zip(BLUR_FEATURES, blur, strict=True)},
         "face_highlight": face_highlight(chip),
     }
