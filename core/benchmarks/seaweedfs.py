@@ -143,6 +143,9 @@ class SeaweedFS:
             "-s3.port.iceberg=0",  # extra listeners the tests do not use
             "-s3.port.lance=0",
             "-master.telemetry=false",
+            # one master: a restart waited out the default 10 s raft election timeout (restarts took
+            # 18-23 s here, and the combined load test's batch once finished in the outage)
+            "-master.electionTimeout=1s",
             "-master.volumeSizeLimitMB=64",  # small volumes: a test store needs megabytes
             "-volume.max=0",
             "-s3.autoCreateBucket=false",  # as on AWS: a missing bucket is an error, not created
