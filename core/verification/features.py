@@ -196,7 +196,7 @@ def embed_one(analysis: PhotoAnalysis, networks: tuple[str, ...], run: compiled.
 LOCATE_THREADS = 2
 # OpenCV works on the thread that calls it: its own pool of one worker per core made the two
 # photos wait on each other (quiet, 200 held-out pairs: pair p95 46 -> 34 ms, YuNet's stage in
-# the slowest pairs 9.8 -> 4.4 ms) and spins on a core the other photo needs. Same results.
+# the slowest pairs 9.8 -> 4.4 ms, same CPU time). Same results.
 cv2.setNumThreads(1)
 _locate_pool: tuple[int, ThreadPoolExecutor] | None = None  # (process id, pool)
 _pool_lock = threading.Lock()
