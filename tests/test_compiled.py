@@ -4,12 +4,14 @@ capture check's occlusion network as capture.py runs it, and the lending of inte
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import keras
 import numpy as np
 import pytest
-from conftest import SAMPLE_IMAGES
+from conftest import ROOT, SAMPLE_IMAGES
 
 from core.verification import capture, faces, features, imaging
 from core.verification.networks import compiled, dlib_resnet, gender_cydral, network
@@ -86,3 +88,12 @@ def test_the_cached_file_is_named_by_its_source_weights_and_format():
     assert dlib_resnet.dlib_model_sha256()[:16] in path.name
     assert f"_v{compiled.FORMAT}_" in path.name
     assert compiled.compiled_file("dlib").stat().st_size > 1_000_000
+
+
+def test_a_process_that_imports_core_loads_tensorflow_lite_without_jax():
+    """tf.lite's optional `import jax` cost every process about 130 MB resident (core/__init__.py
+    stops it); mediapipe's requirements keep jax installed, so nothing else would catch it."""
+    code = "import core, tensorflow as tf, sys; tf.lite.Interpreter; print(sorted(m for m in sys.modules if m.startswith('jax') and sys.modules[m]))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
