@@ -153,7 +153,8 @@ def init_db(url: str | Engine | None = None) -> Engine:
     engine = url if isinstance(url, Engine) else get_engine(url)
     # The usual case (already at head) is told without importing alembic: that import was 0.3 s
     # of the dashboard's first page. Anything else goes through alembic itself.
-    if _stored_revision(engine) == _head_in_files():
+    head = _head_in_files()
+    if head is not None and _stored_revision(engine) == head:
         return engine
     if current_revision(engine) != head_revision():
         upgrade(engine, HEAD)
