@@ -187,8 +187,10 @@ def build(images: Path, out: Path, model: str | None, workers: int, extra_of: Pa
     items = select_photos(images, train, heldout)
     if extra_of is not None:
         made = CaptureSet(extra_of)
-        assert made.model == version, (made.model, version)
-        assert set(made.file) <= {p.name for _, _, p in items}, "the set was built from other photos"
+        if made.model != version:
+            raise SystemExit(f"{extra_of} was built on model {made.model}'s people split, not {version}'s")
+        if not set(made.file) <= {p.name for _, _, p in items}:
+            raise SystemExit(f"{extra_of} was built from other photos than {images}")
         items = [
             (*item, EXTRA_PHOTO_KINDS)
             for item in select_extra_photos(
@@ -487,7 +489,11 @@ def fit(
     main_rows = np.ones(len(data.kind), bool)
     if extra_path is not None and extra_path.exists():
         extra = CaptureSet(extra_path)
-        assert extra.model == data.model and set(extra.split) == {"train"}
+        if extra.model != data.model or set(extra.split) != {"train"}:
+            raise SystemExit(
+                f"{extra_path} must hold training people's photos of model {data.model}'s split "
+                f"(it holds model {extra.model}, splits {sorted(set(extra.split))})"
+            )
         main_rows = np.concatenate([main_rows, np.zeros(len(extra.kind), bool)])
         data.extend(extra)
     train_rows = np.where((data.split == "train") & data.detected)[0]
