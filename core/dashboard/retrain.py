@@ -7,6 +7,7 @@ the new-versus-active comparison, the version list, the data available.
     comparison_rows(comparison, lang) -> list[dict]
     versions_rows(versions, lang) -> list[dict]
     stage_text(run, lang) -> str
+    start_training(session_factory, actor, choice, params, store_dir) -> run id   created and dispatched
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import plotly.graph_objects as go
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core import jobs
 from core.i18n import t
 from core.storage.schema import VerificationResult as ResultRow
 from core.training.fitting import AUGMENTATIONS, NETWORK_CHOICES, TrainParams
@@ -262,3 +264,8 @@ def reverify_batches(session: Session, limit: int = 5) -> list[dict]:
         select(Batch).where(Batch.source == reverification.SOURCE).order_by(Batch.id.desc()).limit(limit)
     ).all()
     return [batches.batch_progress(session, b.id) | {"model_version": b.model_version} for b in rows]
+
+
+def start_training(session_factory, actor: str, choice, params, *, store_dir=None) -> int:
+    """A new training run, trained in the background (core.jobs decides where)."""
+    return jobs.start_training(session_factory, actor, choice, params, store_dir=store_dir)

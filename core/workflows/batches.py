@@ -368,12 +368,24 @@ def store_result(
     latency_ms: float | None = None,
     update_member: bool = True,
     verification_photo_checks: bool = True,
+    replayed: list | None = None,
 ) -> ResultRow:
-    """Add the engine's result (every field) to the session; the caller commits.
+    """Add the engine's result (every field) to the session; the caller commits. The one path by
+    which results are stored: batches, single verifications (core.workflows.verification) and
+    gallery additions; the 1:N duplicate check and the fraud checks run here.
 
     verification_photo_checks=False: the photo is not a verification selfie (a gallery addition),
     so it is not judged as a reused or stale selfie; its file is still looked up among other members.
+    replayed: reuse matches for stored rows that already hold the selfie's file (a replay).
+    A result that says nothing of a pose challenge (a batch of imported, historical photos) is
+    stored saying that none was used and none was required.
     """
+    if "challenge_used" not in (result.checks or {}):
+        result.checks = {
+            **(result.checks or {}),
+            "challenge_used": "challenge" in (result.checks or {}),
+            "challenge_required": False,
+        }
     as_dict = _plain(result.to_dict())
     codes = {flag.code for flag in result.flags}
     if latency_ms is None:
@@ -407,7 +419,9 @@ def store_result(
     )
     session.add(row)
     search.flag_possible_duplicates(session, row, result)  # 1:N check; may flag it, so before the member
-    photo_checks.apply(session, row, result, selfie=verification_photo_checks)  # may flag it too
+    photo_checks.apply(
+        session, row, result, selfie=verification_photo_checks, replayed=replayed
+    )  # may flag it
     if update_member and member_id is not None and result.status in _MEMBER_STATUS_AFTER:
         session.execute(
             update(Member)
