@@ -73,12 +73,16 @@ class ChallengeView:
 
 
 def new_challenge(session_factory: sessionmaker, member_id: str, actor: str) -> ChallengeView:
-    """Issue a random pose challenge for the member (audited; single use, CHALLENGE_MINUTES)."""
+    """Issue a random pose challenge for the member (audited; single use, CHALLENGE_MINUTES; it
+    cancels the member's open one). PairInputError when too many were issued in the last hour."""
     member_id = (member_id or "").strip()
     if not member_id:
         raise PairInputError("verify.need_member")
     with session_factory() as session:
-        challenge = challenges.issue(session, member_id, actor)
+        try:
+            challenge = challenges.issue(session, member_id, actor)
+        except challenges.ChallengeRateLimited as exc:
+            raise PairInputError("verify.challenge_rate_limited", seconds=exc.retry_after_s) from None
         return ChallengeView(
             challenge.token,
             challenge.member_id,
