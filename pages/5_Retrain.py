@@ -483,7 +483,7 @@ def reverify_panel() -> None:
             icon=":material/replay:",
         ):
             try:
-                batch_id = reverification.start(ctx.session_factory, ctx.username, active, scope)
+                batch_id = view.start_reverification(ctx.session_factory, ctx.username, active, scope)
             except (FaceVerifyError, OSError) as exc:
                 st.error(ctx.t("retrain.reverify_failed", detail=str(exc)))
             else:

@@ -13,10 +13,10 @@ ALLOWED = {
     "verification": set(),
     "i18n": set(),
     "storage": {"verification"},
-    # workflows and training hand long work to the queue (jobs.submit_*); jobs runs them, importing
-    # them only inside its task functions, so neither import runs the other at load time
+    # workflows and training create rows and return ids; core.jobs alone decides where the work
+    # runs (the importer's command line still enqueues enrolment until it moves to the CLI)
     "workflows": {"jobs", "storage", "verification"},
-    "training": {"jobs", "storage", "verification"},
+    "training": {"storage", "verification"},
     "jobs": {"workflows", "training", "storage", "verification"},
     "api": {"jobs", "workflows", "training", "storage", "verification", "i18n"},
     "dashboard": {"jobs", "workflows", "training", "storage", "verification", "i18n"},

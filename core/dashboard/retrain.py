@@ -8,6 +8,7 @@ the new-versus-active comparison, the version list, the data available.
     versions_rows(versions, lang) -> list[dict]
     stage_text(run, lang) -> str
     start_training(session_factory, actor, choice, params, store_dir) -> run id   created and dispatched
+    start_reverification(session_factory, actor, version, scope) -> batch id | None   the same
 """
 
 from __future__ import annotations
@@ -269,3 +270,13 @@ def reverify_batches(session: Session, limit: int = 5) -> list[dict]:
 def start_training(session_factory, actor: str, choice, params, *, store_dir=None) -> int:
     """A new training run, trained in the background (core.jobs decides where)."""
     return jobs.start_training(session_factory, actor, choice, params, store_dir=store_dir)
+
+
+def start_reverification(session_factory, actor: str, version: str, scope: str) -> int | None:
+    """Members verified again on a model version, as a background batch; None: nobody needs it."""
+    from core.workflows import reverification
+
+    batch_id = reverification.create(session_factory, actor, version, scope)
+    if batch_id is not None:
+        jobs.submit_batch(batch_id, actor)
+    return batch_id
