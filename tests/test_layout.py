@@ -142,3 +142,37 @@ def test_the_cycle_check_sees_a_package_and_its_own_modules():
     assert _find_cycle(graph) == ["core.jobs", "core.jobs.tasks", "core.training.worker", "core.jobs"]
     assert _find_cycle({"core.a": {"core.a.b"}, "core.a.b": {"core.a"}}) == ["core.a", "core.a.b", "core.a"]
     assert _find_cycle({"core.a": {"core.a.b"}, "core.a.b": set()}) is None
+
+
+# The verification adapters turn input into calls of core.workflows and errors into answers; the
+# use case alone writes.
+ADAPTERS = [
+    "core/api/verifying.py",
+    "core/api/routers/verifications.py",
+    "core/api/routers/challenges.py",
+    "core/dashboard/verify.py",
+    "core/dashboard/page_batches.py",
+]
+WRITES = {"add", "add_all", "commit", "delete", "flush", "merge"}
+
+
+def test_the_verification_adapters_do_not_write_the_schema_themselves():
+    wrong = []
+    for name in ADAPTERS:
+        tree = ast.parse((ROOT / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in WRITES
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "session"
+            ):
+                wrong.append(f"{name}:{node.lineno} session.{node.func.attr}()")
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("insert", "update")
+            ):
+                wrong.append(f"{name}:{node.lineno} {node.func.id}()")
+    assert not wrong, "\n".join(wrong)

@@ -177,31 +177,11 @@ def record_single_result(
     registered_gender: str | None,
     source: str = SINGLE_SOURCE,
 ) -> tuple[int, int]:
-    """Store one computed result as the next item of the day's Verify page batch: (batch id, result id).
-
-    The item, the result and the batch's count commit together (nothing half saved).
-    """
-    item = batches.add_single_item(
-        session,
-        actor,
-        source,
-        result.model_version,
-        member_id,
-        gallery_photo_id,
-        verification_photo_id,
-        registered_gender,
+    """Store one computed result as the next item of the day's Verify page batch: (batch id, result
+    id); core.workflows.batches.store_single_result."""
+    return batches.store_single_result(
+        session, actor, result, member_id, gallery_photo_id, verification_photo_id, registered_gender, source
     )
-    row = batches.store_result(
-        session,
-        result,
-        batch_id=item.batch_id,
-        batch_item_id=item.id,
-        member_id=member_id,
-        gallery_photo_id=gallery_photo_id,
-        verification_photo_id=verification_photo_id,
-    )
-    session.commit()
-    return item.batch_id, row.id
 
 
 # The use case's errors as the page says them: (i18n key, the params it takes from the error).

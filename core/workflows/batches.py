@@ -3,7 +3,8 @@
 items_for_members(session, member_ids=None, only_pending=False) -> list[BatchItemSpec]
 create_batch(session, created_by, items, model_version, source="page", name=None) -> Batch
 run_batch(session_factory, engine, batch_id, progress=None, ...) -> BatchRunSummary
-store_result(session, result, ...) -> stored row     (also for single verifications from a page)
+store_result(session, result, ...) -> stored row     the one path every result is stored by
+store_single_result(session, actor, result, ...) -> (batch id, result id)   a computed single, committed
 add_single_item(session, actor, source, model_version, member_id, ...) -> BatchItem
     a single verification (Verify page, API, gallery addition) joins its day's batch for that
     source, "Single verifications 2026-12-01 · API", instead of becoming a batch of its own
@@ -429,6 +430,41 @@ def store_result(
             .values(status=_MEMBER_STATUS_AFTER[result.status], last_verified_at=now, updated_at=now)
         )
     return row
+
+
+def store_single_result(
+    session: Session,
+    actor: str,
+    result: VerificationResult,
+    member_id: str,
+    gallery_photo_id: int,
+    verification_photo_id: int,
+    registered_gender: str | None,
+    source: str = PAGE_SINGLE,
+) -> tuple[int, int]:
+    """An already computed result as the next item of its day's batch: (batch id, result id).
+    The item, the result and the batch's count commit together (nothing half saved)."""
+    item = add_single_item(
+        session,
+        actor,
+        source,
+        result.model_version,
+        member_id,
+        gallery_photo_id,
+        verification_photo_id,
+        registered_gender,
+    )
+    row = store_result(
+        session,
+        result,
+        batch_id=item.batch_id,
+        batch_item_id=item.id,
+        member_id=member_id,
+        gallery_photo_id=gallery_photo_id,
+        verification_photo_id=verification_photo_id,
+    )
+    session.commit()
+    return item.batch_id, row.id
 
 
 # ----------------------------------------------------------------------------------------------
