@@ -290,7 +290,9 @@ def start_form() -> None:
         st.error(ctx.t("retrain.bad_input", detail=why_not))
         return
     try:
-        run_id = worker.start(ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.url)
+        run_id = view.start_training(
+            ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.url
+        )
     except worker.RunInProgress as exc:
         st.warning(ctx.t("retrain.refused", id=exc.run_id, who=exc.started_by))
         return
@@ -481,7 +483,7 @@ def reverify_panel() -> None:
             icon=":material/replay:",
         ):
             try:
-                batch_id = reverification.start(ctx.session_factory, ctx.username, active, scope)
+                batch_id = view.start_reverification(ctx.session_factory, ctx.username, active, scope)
             except (FaceVerifyError, OSError) as exc:
                 st.error(ctx.t("retrain.reverify_failed", detail=str(exc)))
             else:

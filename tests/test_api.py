@@ -155,9 +155,12 @@ def _start_api(engine, factory, store, tmp_path) -> tuple[Api, LiveServer]:
 
 
 @pytest.fixture
-def api(engine, tmp_path):
+def api(engine, tmp_path, monkeypatch):
     from core.storage.db import init_db, make_engine, session_factory
 
+    # These tests are about what the engine decides; an automatic approval without a pose
+    # challenge (the API's default) is tested on its own in tests/test_verification_use_case.py.
+    monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
     db = make_engine(f"sqlite:///{tmp_path / 'api.sqlite3'}")
     init_db(db)
     store = PhotoStore(tmp_path / "photos", fsync=False)
@@ -243,7 +246,7 @@ def test_enrol_verify_read_and_history(api):
         assert {p.kind for p in member.photos if p.current} == {"gallery", "verification"}
         assert (
             session.scalar(
-                select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "api_verify")
+                select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "verify_member")
             )
             == 1
         )
@@ -251,9 +254,13 @@ def test_enrol_verify_read_and_history(api):
     # Read it back (reader key) and list the history.
     got = api.client.get(f"/v1/verifications/{out['id']}", headers=api.headers("reader"))
     assert got.status_code == 200 and got.json() == out
-    # A second verification from the stored photos only (nothing uploaded), by JSON.
-    again = api.client.post("/v1/verifications", json={"member_id": "m-100"}, headers=api.headers())
+    # Nothing uploaded is not a verification (422 naming the field); re-checking the stored
+    # photos is its own request.
+    missing = api.client.post("/v1/verifications", json={"member_id": "m-100"}, headers=api.headers())
+    assert missing.status_code == 422 and missing.json()["error"] == "verification_photo_required"
+    again = api.client.post("/v1/members/m-100/reverifications", headers=api.headers())
     assert again.status_code == 201, again.text
+    assert again.headers["location"] == f"/v1/verifications/{again.json()['id']}"
     assert again.json()["similarity"] == pytest.approx(out["similarity"], abs=1e-6)
     history = api.client.get("/v1/members/m-100/verifications", headers=api.headers("reader")).json()
     assert history["total"] == 2 and [i["id"] for i in history["items"]] == [again.json()["id"], out["id"]]
@@ -300,6 +307,9 @@ def test_json_base64_and_stored_references(api):
     assert ref.status_code == 201, ref.text
     assert ref.json()["verification_photo_sha256"] == first["verification_photo_sha256"]
     assert ref.json()["similarity"] == pytest.approx(first["similarity"], abs=1e-6)
+    # A selfie already on file is a replay: flagged, never approved automatically.
+    assert ref.json()["status"] == "flagged"
+    assert "reused_photo" in [f["code"] for f in ref.json()["flags"]]
 
 
 def test_photo_without_a_face_is_stored_flagged_like_the_dashboard(api):
@@ -766,7 +776,7 @@ def test_openapi_properties(api):
                 continue
             tried.append(f"{operation.label} {mode.value}")
     # 13 operations (incl. challenges, gallery photos, photo checks, privacy), both modes but one
-    assert len(tried) == 2 * 13 - 1, tried
+    assert len(tried) == 2 * 15 - 1, tried
     assert api.client.get("/health").json()["status"] == "ok"  # still serving
 
 

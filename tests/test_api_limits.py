@@ -222,6 +222,6 @@ def test_120_concurrent_verifications_of_one_member_none_lost_or_doubled(served,
             session.scalar(select(func.count()).select_from(Photo).where(Photo.kind == "verification")) == 2
         )
         audited = session.scalar(
-            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "api_verify")
+            select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "verify_member")
         )
         assert audited == len(results)

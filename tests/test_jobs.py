@@ -271,6 +271,7 @@ def test_training_start_enqueues_for_a_queue_worker_and_a_dead_broker_fails_the_
 ):
     from test_training import SAMPLE_CHOICE, fast
 
+    from core import jobs
     from core.jobs import queue
     from core.storage.schema import TrainingRun
     from core.training import worker
@@ -279,7 +280,7 @@ def test_training_start_enqueues_for_a_queue_worker_and_a_dead_broker_fails_the_
     _clear_queues(broker_url)
     queue._state.clear()
     try:
-        run_id = worker.start(session_factory, "ds_user", SAMPLE_CHOICE, fast())
+        run_id = jobs.start_training(session_factory, "ds_user", SAMPLE_CHOICE, fast())
         assert queue.queue_sizes()["fv_training"] == 1, (
             "a queue worker will train it; no process launched here"
         )
@@ -291,7 +292,7 @@ def test_training_start_enqueues_for_a_queue_worker_and_a_dead_broker_fails_the_
         monkeypatch.setenv("JOB_BROKER_URL", DEAD_BROKERS[queue.kind_of(broker_url)])  # nothing listens
         queue._state.clear()
         with pytest.raises(OSError, match="job queue"):
-            worker.start(session_factory, "ds_user", SAMPLE_CHOICE, fast())
+            jobs.start_training(session_factory, "ds_user", SAMPLE_CHOICE, fast())
         with session_factory() as s:
             last = s.scalar(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(1))
             assert last.status == worker.FAILED and "job queue" in last.error

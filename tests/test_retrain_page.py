@@ -15,6 +15,7 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 from test_registry import make_version
 
+from core import jobs
 from core.storage.schema import AuditEntry, TrainingRun, utcnow
 from core.training import registry, worker
 
@@ -59,7 +60,7 @@ def retrain_env(app_env, models_copy, tmp_path, monkeypatch):
     shutil.copy(SAMPLE_DIR / "people.csv", lfw / "people.csv")
     monkeypatch.setenv("LFW_DEV_DIR", str(lfw))
     launched = []
-    monkeypatch.setattr(worker, "_launch", lambda factory, run_id, store_dir: launched.append(run_id))
+    monkeypatch.setattr(jobs, "_launch_training", lambda factory, run_id, store_dir: launched.append(run_id))
     app_env.models_dir = models_copy
     app_env.launched = launched
     app_env.lfw_images = lfw / "images"
@@ -249,7 +250,7 @@ def fresh_install(app_env, models_copy, tmp_path, monkeypatch):
     monkeypatch.setenv("LFW_DEV_DIR", str(tmp_path / "no_lfw_here"))
     monkeypatch.setenv("TRAINING_SETS_DIR", str(tmp_path / "training_sets"))
     launched = []
-    monkeypatch.setattr(worker, "_launch", lambda factory, run_id, store_dir: launched.append(run_id))
+    monkeypatch.setattr(jobs, "_launch_training", lambda factory, run_id, store_dir: launched.append(run_id))
     app_env.models_dir = models_copy
     app_env.launched = launched
     app_env.sets_dir = tmp_path / "training_sets"

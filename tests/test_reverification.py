@@ -61,7 +61,8 @@ def test_reverify_older_members_then_compare_the_versions(session, session_facto
     with pytest.raises(ValueError):
         reverification.members_to_reverify(session, version, "some")
 
-    batch_id = reverification.start(session_factory, "ds_user", version, "older")
+    batch_id = reverification.create(session_factory, "ds_user", version, "older")
+    jobs.submit_batch(batch_id, "ds_user")  # core.jobs decides where it runs (here: a thread)
     state = jobs.wait_for_batch(session_factory, batch_id, timeout_s=300)
     assert (state["status"], state["done"], state["total"]) == ("completed", 20, 20)
     with session_factory() as s:
@@ -70,7 +71,7 @@ def test_reverify_older_members_then_compare_the_versions(session, session_facto
         assert s.scalar(select(AuditEntry).where(AuditEntry.action == reverification.START_REVERIFICATION))
         assert reverification.members_to_reverify(s, version, "older") == []
         assert len(reverification.members_to_reverify(s, version, "all")) == 20
-        assert reverification.start(session_factory, "ds_user", version, "older") is None
+        assert reverification.create(session_factory, "ds_user", version, "older") is None
 
         comparison = reverification.compare_versions(s, OLD, version)
     assert comparison.members == 12, "only the members with a result under both versions"

@@ -15,6 +15,7 @@ import pytest
 from conftest import SAMPLE_DIR, SAMPLE_IMAGES, jpeg_bytes
 from sqlalchemy import func, select
 
+from core import jobs
 from core.storage.schema import AuditEntry, Embedding, Photo, TrainingRun
 from core.storage.schema import ModelVersion as VersionRow
 from core.storage.schema import VerificationResult as ResultRow
@@ -337,7 +338,7 @@ def test_second_concurrent_start_is_refused(session_factory, models_copy):
 
     def press():
         try:
-            outcomes.append(worker.start(session_factory, "ds_user", choice, fast(), launch=False))
+            outcomes.append(worker.start(session_factory, "ds_user", choice, fast()))
         except worker.RunInProgress as exc:
             outcomes.append(exc)
 
@@ -360,14 +361,14 @@ def test_second_concurrent_start_is_refused(session_factory, models_copy):
 def test_bad_settings_refused_before_a_run_exists(session_factory):
     choice = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
     with pytest.raises(ValueError, match="epochs must be between 1 and 500"):
-        worker.start(session_factory, "ds_user", choice, fast(epochs=0), launch=False)
+        worker.start(session_factory, "ds_user", choice, fast(epochs=0))
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(TrainingRun)) == 0
 
 
 def _queued(session_factory, models_copy, **params):
     choice = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
-    return worker.start(session_factory, "ds_user", choice, fast(**params), launch=False)
+    return worker.start(session_factory, "ds_user", choice, fast(**params))
 
 
 def test_cancel_stops_the_run_and_leaves_the_active_model(
@@ -454,7 +455,7 @@ def test_background_run_in_its_own_process(
     monkeypatch.setenv("CACHE_DIR", str(models_copy.parent / "cache"))
     warm_cache(session_factory)
     choice = pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
-    run_id = worker.start(session_factory, "ds_user", choice, fast(), store_dir=photo_store.root)
+    run_id = jobs.start_training(session_factory, "ds_user", choice, fast(), store_dir=photo_store.root)
     deadline = time.time() + 300
     while time.time() < deadline:
         with session_factory() as session:

@@ -163,7 +163,9 @@ MemberId = Annotated[
 
 
 class VerificationRequest(BaseModel):
-    """Photos not given are the member's current stored ones."""
+    """The verification selfie is required (verification_base64, or verification_sha256 naming a
+    stored photo, which is then flagged as a replay); a gallery photo not given is the member's
+    current one. Re-checking the stored photos is POST /v1/members/{member_id}/reverifications."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -171,7 +173,8 @@ class VerificationRequest(BaseModel):
     registered_gender: str | None = Field(
         None,
         max_length=16,
-        description="M or F (male/female, 남/여 ...); default: the member's stored gender",
+        description="M or F (male/female, 남/여 ...): needed to enrol; for an existing member it must be "
+        "the registered gender (409 otherwise; PUT /v1/members/{member_id}/gender changes it)",
     )
     enrol: bool = Field(
         False,
@@ -181,8 +184,16 @@ class VerificationRequest(BaseModel):
     gallery_sha256: str | None = Field(
         None, pattern=SHA256_PATTERN, description="a stored photo of this member, by content hash"
     )
-    verification_base64: str | None = Field(None, max_length=MAX_BASE64_CHARS, description="selfie, base64")
-    verification_sha256: str | None = Field(None, pattern=SHA256_PATTERN)
+    verification_base64: str | None = Field(
+        None,
+        max_length=MAX_BASE64_CHARS,
+        description="REQUIRED (or verification_sha256): the verification selfie, base64; without it: 422",
+    )
+    verification_sha256: str | None = Field(
+        None,
+        pattern=SHA256_PATTERN,
+        description="a stored photo of this member as the selfie: a replay, flagged reused_photo",
+    )
     challenge_id: str | None = Field(
         None,
         max_length=64,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import jobs
 from core.errors import FaceVerifyError
 from core.storage.photostore import PhotoStoreBackend
-from core.storage.schema import BATCH_COMPLETED, Batch
+from core.storage.schema import Batch
 from core.workflows import batches, importer
 
 
@@ -168,13 +168,10 @@ class BatchJobs:
         def progress(done, total, _row=None):
             job.report(done, total)
 
-        if jobs.configured():
-            jobs.submit_batch(batch_id, job.actor)
-            state = jobs.wait_for_batch(session_factory, batch_id, progress, queued=True)
-            if state["status"] != BATCH_COMPLETED:
-                raise batches.BatchError(state["error"] or f"Batch {batch_id} {state['status']}.")
-            return
-        batches.run_batch(session_factory, engine, batch_id, progress, photo_store=store, actor=job.actor)
+        # core.jobs decides: a queue worker (followed here) or this thread.
+        jobs.run_batch(
+            batch_id, job.actor, progress, session_factory=session_factory, engine=engine, photo_store=store
+        )
 
     def start_upload(
         self,

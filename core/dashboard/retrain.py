@@ -7,6 +7,8 @@ the new-versus-active comparison, the version list, the data available.
     comparison_rows(comparison, lang) -> list[dict]
     versions_rows(versions, lang) -> list[dict]
     stage_text(run, lang) -> str
+    start_training(session_factory, actor, choice, params, store_dir) -> run id   created and dispatched
+    start_reverification(session_factory, actor, version, scope) -> batch id | None   the same
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import plotly.graph_objects as go
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core import jobs
 from core.i18n import t
 from core.storage.schema import VerificationResult as ResultRow
 from core.training.fitting import AUGMENTATIONS, NETWORK_CHOICES, TrainParams
@@ -262,3 +265,18 @@ def reverify_batches(session: Session, limit: int = 5) -> list[dict]:
         select(Batch).where(Batch.source == reverification.SOURCE).order_by(Batch.id.desc()).limit(limit)
     ).all()
     return [batches.batch_progress(session, b.id) | {"model_version": b.model_version} for b in rows]
+
+
+def start_training(session_factory, actor: str, choice, params, *, store_dir=None) -> int:
+    """A new training run, trained in the background (core.jobs decides where)."""
+    return jobs.start_training(session_factory, actor, choice, params, store_dir=store_dir)
+
+
+def start_reverification(session_factory, actor: str, version: str, scope: str) -> int | None:
+    """Members verified again on a model version, as a background batch; None: nobody needs it."""
+    from core.workflows import reverification
+
+    batch_id = reverification.create(session_factory, actor, version, scope)
+    if batch_id is not None:
+        jobs.submit_batch(batch_id, actor)
+    return batch_id

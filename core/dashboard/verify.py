@@ -3,7 +3,8 @@ recent batches and a batch's results.
 
     new_challenge(session_factory, member_id, actor) -> ChallengeView  a pose the next photo must show
     challenge_summary(result, lang) -> (shown, sentence with the measured angle) | None
-    verify_pair(...) -> PairOutcome (PairInputError: nothing saved), record_single_result(...),
+    verify_pair(...) -> PairOutcome (PairInputError: nothing saved), through core.workflows.verification;
+    record_single_result(...) stores an already computed result as the day batch's next item,
     input_key(mode, member_id, gender, source, gallery_bytes, verification_bytes): what a shown result came from
     recent_batches(session), resumable(...), batch_results_frame(session, batch_id), filter_results(...)
     stored_photos_for_view(session, store, member_id, kinds, viewer), record_pair_views(session, result_id, viewer)
@@ -12,11 +13,7 @@ recent batches and a batch's results.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import time
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,7 +44,7 @@ from core.storage.schema import VerificationResult as ResultRow
 from core.verification import capture, features, fraud
 from core.verification.imaging import decode_image
 from core.verification.result import VerificationResult
-from core.workflows import batches, gallery, importer, privacy
+from core.workflows import batches, importer, privacy, verification
 
 PAGE = "page:verify"  # why, in the audit entry of each photo shown
 
@@ -76,12 +73,16 @@ class ChallengeView:
 
 
 def new_challenge(session_factory: sessionmaker, member_id: str, actor: str) -> ChallengeView:
-    """Issue a random pose challenge for the member (audited; single use, CHALLENGE_MINUTES)."""
+    """Issue a random pose challenge for the member (audited; single use, CHALLENGE_MINUTES; it
+    cancels the member's open one). PairInputError when too many were issued in the last hour."""
     member_id = (member_id or "").strip()
     if not member_id:
         raise PairInputError("verify.need_member")
     with session_factory() as session:
-        challenge = challenges.issue(session, member_id, actor)
+        try:
+            challenge = challenges.issue(session, member_id, actor)
+        except challenges.ChallengeRateLimited as exc:
+            raise PairInputError("verify.challenge_rate_limited", seconds=exc.retry_after_s) from None
         return ChallengeView(
             challenge.token,
             challenge.member_id,
@@ -158,38 +159,6 @@ def _check_photo(data: bytes | None, which: str) -> None:
         raise PairInputError(f"image_error.{exc.code}", detail=str(exc), which=which) from None
 
 
-def _store_member_photos(
-    session: Session,
-    store: PhotoStoreBackend,
-    actor: str,
-    member_id: str,
-    gender: str,
-    gallery: bytes,
-    verification: bytes,
-    source: str,
-) -> importer.RowReport:
-    """Member and both photos through the member importer (one row, photos in an in-memory ZIP)."""
-    names = ("gallery.jpg", "verification.jpg")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(names[0], gallery)
-        zf.writestr(names[1], verification)
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(importer.EXPECTED_COLUMNS)
-    writer.writerow([member_id, gender, names[0], names[1]])
-    reports = importer.import_members(
-        session,
-        table.getvalue().encode("utf-8"),
-        zip_bytes=buffer.getvalue(),
-        actor=actor,
-        filename=source,
-        photo_store=store,
-        workers=1,
-    )
-    return reports[0]
-
-
 def _current_photo(session: Session, member_id: str, kind: str) -> Photo | None:
     return session.scalar(
         select(Photo)
@@ -208,31 +177,35 @@ def record_single_result(
     registered_gender: str | None,
     source: str = SINGLE_SOURCE,
 ) -> tuple[int, int]:
-    """Store one computed result as the next item of the day's Verify page batch: (batch id, result id).
+    """Store one computed result as the next item of the day's Verify page batch: (batch id, result
+    id); core.workflows.batches.store_single_result."""
+    return batches.store_single_result(
+        session, actor, result, member_id, gallery_photo_id, verification_photo_id, registered_gender, source
+    )
 
-    The item, the result and the batch's count commit together (nothing half saved).
-    """
-    item = batches.add_single_item(
-        session,
-        actor,
-        source,
-        result.model_version,
-        member_id,
-        gallery_photo_id,
-        verification_photo_id,
-        registered_gender,
-    )
-    row = batches.store_result(
-        session,
-        result,
-        batch_id=item.batch_id,
-        batch_item_id=item.id,
-        member_id=member_id,
-        gallery_photo_id=gallery_photo_id,
-        verification_photo_id=verification_photo_id,
-    )
-    session.commit()
-    return item.batch_id, row.id
+
+# The use case's errors as the page says them: (i18n key, the params it takes from the error).
+def _page_error(exc: Exception, member_id: str) -> PairInputError:
+    if isinstance(exc, challenges.ChallengeError):
+        return PairInputError(_CHALLENGE_ERRORS.get(type(exc), "verify.challenge_unknown"))
+    if isinstance(exc, verification.GalleryLocked):
+        return PairInputError("verify.gallery_locked", member=member_id)
+    if isinstance(exc, verification.EnrolIncomplete):
+        if "registered_gender" in exc.params.get("missing", []):
+            return PairInputError("verify.new_member_needs_gender", member=member_id)
+        return PairInputError("verify.need_photo", which=exc.params["missing"][0])
+    if isinstance(exc, verification.GenderDiffers):
+        return PairInputError(
+            "verify.gender_differs",
+            member=member_id,
+            registered=exc.params["registered"],
+            given=exc.params["given"],
+        )
+    if isinstance(exc, verification.PhotoRequired | verification.SelfieRequired):
+        return PairInputError("verify.need_photo", which=exc.params.get("which", VERIFICATION))
+    if isinstance(exc, verification.PhotoMissing):
+        return PairInputError("verify.photo_missing", detail=str(exc))
+    return PairInputError("verify.not_saved", detail=str(exc))
 
 
 def verify_pair(
@@ -247,97 +220,63 @@ def verify_pair(
     verification_bytes: bytes | None = None,
     challenge_token: str | None = None,
 ) -> PairOutcome:
-    """Verify one member's pair and save it (member, photos, an item of the day's batch, result).
+    """Verify one member's pair and save it (core.workflows.verification.verify_member, the same
+    use case as the API's): member, photos, an item of the day's batch, result.
 
-    Photos not given are the member's current stored ones. A new member needs the registered
-    gender. With a challenge (new_challenge), the verification photo must show its pose: the
-    challenge is used up here, once the photos are known to be usable, and the result is flagged
-    challenge_failed with the measured angle when the pose is not shown. Raises PairInputError
-    (nothing saved) for unusable input or a used, expired or unknown challenge.
+    Photos not given are the member's current stored ones (the page's explicit "stored photos"
+    choice). A new member needs the registered gender; an existing member's registered gender is
+    never changed here. With a challenge (new_challenge), the verification photo must show its
+    pose. Raises PairInputError (nothing saved) for unusable input or a used, expired or unknown
+    challenge.
     """
-    started = time.perf_counter()
     member_id = (member_id or "").strip()
     if not member_id:
         raise PairInputError("verify.need_member")
-    with session_factory() as session:
-        member = session.get(Member, member_id)
-        member_gender = member.gender if member is not None else None
-        gender = registered_gender
-        if gender:
-            try:
-                gender = importer.normalise_gender(gender)
-            except ValueError:
-                raise PairInputError("verify.bad_gender", value=gender) from None
-        else:
-            gender = member_gender
-        if member is None and not gender:
-            raise PairInputError("verify.new_member_needs_gender", member=member_id)
-        stored: dict[str, tuple[str, str] | None] = {}  # kind -> (sha256, stored path)
-        for kind in (GALLERY, VERIFICATION):
-            photo = _current_photo(session, member_id, kind) if member is not None else None
-            stored[kind] = None if photo is None else (photo.sha256, photo.stored_path)
+    gender = registered_gender or None
+    if gender:
+        try:
+            gender = importer.normalise_gender(gender)
+        except ValueError:
+            raise PairInputError("verify.bad_gender", value=gender) from None
+    photos = {}
+    for which, data in ((GALLERY, gallery_bytes), (VERIFICATION, verification_bytes)):
+        if data is not None:
+            _check_photo(data, which)
+        photos[which] = verification.PhotoInput(which, data)
+    with session_factory() as session:  # a new member needs both photos before anything else
+        if session.get(Member, member_id) is None and gender:
+            for which in (GALLERY, VERIFICATION):
+                if photos[which].data is None:
+                    raise PairInputError("verify.need_photo", which=which)
+
+    def run_engine(gallery_data, verification_data, gender_on_file, challenge_kind):
+        return engine.verify(gallery_data, verification_data, gender_on_file, challenge_kind)
+
     try:
-        if gallery_bytes is None:
-            if stored[GALLERY] is None:
-                raise PairInputError("verify.need_photo", which=GALLERY)
-            gallery_bytes = store.read(stored[GALLERY][1])
-        if verification_bytes is None:
-            if stored[VERIFICATION] is None:
-                raise PairInputError("verify.need_photo", which=VERIFICATION)
-            verification_bytes = store.read(stored[VERIFICATION][1])
-    except PhotoNotFound as exc:
-        raise PairInputError("verify.photo_missing", detail=str(exc)) from None
-
-    _check_photo(gallery_bytes, GALLERY)
-    _check_photo(verification_bytes, VERIFICATION)
-    if member is not None:  # an existing member is verified against the gallery it has (issue 12)
-        with session_factory() as session:
-            try:
-                gallery.check_not_replaced(session, member_id, hashlib.sha256(gallery_bytes).hexdigest())
-            except gallery.GalleryLocked:
-                raise PairInputError("verify.gallery_locked", member=member_id) from None
-    challenge = None
-    if challenge_token:
-        with session_factory() as session:
-            try:
-                challenge = challenges.consume(session, challenge_token, member_id, actor)
-            except challenges.ChallengeError as exc:
-                raise PairInputError(_CHALLENGE_ERRORS.get(type(exc), "verify.challenge_unknown")) from None
-    result = engine.verify(gallery_bytes, verification_bytes, gender, challenge.kind if challenge else None)
-
-    import_note = None
-    with session_factory() as session:
-        hashes = (hashlib.sha256(gallery_bytes).hexdigest(), hashlib.sha256(verification_bytes).hexdigest())
-        same_as_stored = member_gender == gender and (
-            stored[GALLERY] is not None
-            and stored[VERIFICATION] is not None
-            and (stored[GALLERY][0], stored[VERIFICATION][0]) == hashes
+        done = verification.verify_member(
+            session_factory,
+            store,
+            actor,
+            member_id,
+            photos,
+            run_engine,
+            gender=gender,
+            source=SINGLE_SOURCE,
+            enrol=True,
+            recheck_stored=verification_bytes is None,
+            challenge_token=challenge_token or None,
         )
-        if not same_as_stored:
-            report = _store_member_photos(
-                session, store, actor, member_id, gender, gallery_bytes, verification_bytes, "verify-page"
-            )
-            if report.status == importer.REJECTED:
-                raise PairInputError("verify.not_saved", detail=report.message)
-            if report.warnings:
-                import_note = "; ".join(report.warnings)
-        gallery_photo = _current_photo(session, member_id, GALLERY)
-        verification_photo = _current_photo(session, member_id, VERIFICATION)
-        batch_id, result_id = record_single_result(
-            session, actor, result, member_id, gallery_photo.id, verification_photo.id, gender
-        )
-        if challenge is not None:
-            challenges.attach_result(session, challenge.id, result_id)
-            session.commit()
+    except (verification.VerifyError, verification.GalleryLocked, challenges.ChallengeError) as exc:
+        raise _page_error(exc, member_id) from None
     return PairOutcome(
-        result,
-        result_id,
-        batch_id,
+        done.result,
+        done.result_id,
+        done.batch_id,
         member_id,
-        gallery_bytes,
-        verification_bytes,
-        time.perf_counter() - started,
-        import_note,
+        done.gallery_bytes,
+        done.verification_bytes,
+        done.seconds,
+        "; ".join(done.warnings) or None,
     )
 
 

@@ -1,17 +1,24 @@
 """Background work as jobs: batch verification, enrolment, re-verification after a promotion, training.
+This package alone decides where a job runs: on the queue, or here (a thread; training, a process
+of its own). Domain code creates the rows and returns their ids; the job names are in one table
+(core.jobs.tasks.JOBS).
 
     configured() -> bool                       a broker is set (JOB_BROKER_URL)
     submit_batch(batch_id, actor)              verify a batch (or finish one that stopped)
+    run_batch(batch_id, actor, progress, ...)  the same, followed to its end by the calling thread
     submit_enrolment(limit=None)               embed current gallery photos that have none (1:N index)
+    start_training(session_factory, actor, choice, params) -> run id
+                                               create a training run and train it in the background
     submit_training(run_id)                    train a queued training run
     submit_retention(dry_run=False)            apply the retention settings (core.workflows.privacy);
                                                queue workers also enqueue it every RETENTION_EVERY_HOURS
     wait_for_batch(session_factory, batch_id)  poll the database until the batch has finished
 
 With JOB_BROKER_URL=redis://HOST:6379/DB (Redis) or amqp://USER:PASSWORD@HOST:5672/VHOST (RabbitMQ)
-a job is a message on a Dramatiq queue (fv_batches, fv_training), run by worker processes, `python -m core.jobs.worker`, that load the models once.
-The pages and the API only enqueue and read progress from the database. Without a broker the same
-job function runs on a thread of the calling process: the embedded default, ./run.sh, needs none.
+a job is a message on a Dramatiq queue (fv_batches, fv_training), run by worker processes that load
+the models once. The pages and the API only enqueue and read progress from the database. Without a
+broker the same job function runs on a thread of the calling process, and training in a process
+started here (core.jobs.local): the embedded default, ./run.sh, needs none.
 
 Every job is idempotent on the database, so a message delivered twice (its worker died half-way
 and the broker handed it to another) finishes what is left and redoes nothing: a batch computes
@@ -22,14 +29,15 @@ claimed once (queued -> running) and a run whose worker died is marked failed, n
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from pathlib import Path
 
 from core import config
 from core.errors import FaceVerifyError
 from core.jobs import tasks
-
-VERIFY_BATCH, ENROL, TRAIN, RETENTION = "verify_batch", "enrol_missing", "train", "retention"
+from core.jobs.tasks import ENROL, JOBS, RETENTION, TRAIN, VERIFY_BATCH  # noqa: F401  (the names callers use)
 
 
 class QueueUnavailable(FaceVerifyError, OSError):
@@ -58,19 +66,22 @@ def configured() -> bool:
     return bool(broker_url())
 
 
+def _enqueue(kind: str, **kwargs) -> str:
+    """A message id on the queue; QueueUnavailable (nothing enqueued) when the broker refuses."""
+    from core.jobs import queue
+
+    try:
+        return queue.send(kind, **kwargs)
+    except FaceVerifyError:
+        raise
+    except Exception as exc:  # redis.ConnectionError, pika's AMQPError, timeouts: say which broker and why
+        raise QueueUnavailable(f"The job queue at {broker_shown()} cannot take the job: {exc}") from exc
+
+
 def _submit(kind: str, **kwargs) -> str:
     """A message id on the queue, or the name of the thread running it here."""
     if configured():
-        from core.jobs import queue
-
-        try:
-            return queue.send(kind, **kwargs)
-        except FaceVerifyError:
-            raise
-        except (
-            Exception
-        ) as exc:  # redis.ConnectionError, pika's AMQPError, timeouts: say which broker and why
-            raise QueueUnavailable(f"The job queue at {broker_shown()} cannot take the job: {exc}") from exc
+        return _enqueue(kind, **kwargs)
     thread = threading.Thread(
         target=tasks.run_logged, args=(kind,), kwargs=kwargs, name=f"job-{kind}", daemon=True
     )
@@ -82,12 +93,85 @@ def submit_batch(batch_id: int, actor: str) -> str:
     return _submit(VERIFY_BATCH, batch_id=int(batch_id), actor=str(actor))
 
 
+def run_batch(batch_id: int, actor: str, progress=None, *, session_factory, engine, photo_store) -> None:
+    """Verify a batch and return when it has finished, for a caller already on a background thread.
+
+    With a broker, a queue worker computes it and this follows its progress in the database (a
+    batch that did not complete raises BatchError with the reason). Without one it runs right here,
+    with the caller's engine and store, so its errors (BatchInterrupted with its resume token,
+    BatchAlreadyRunning) reach the caller as they are.
+    """
+    from core.storage.schema import BATCH_COMPLETED
+    from core.workflows import batches
+
+    if configured():
+        _enqueue(VERIFY_BATCH, batch_id=int(batch_id), actor=str(actor))
+        state = wait_for_batch(session_factory, batch_id, progress, queued=True)
+        if state["status"] != BATCH_COMPLETED:
+            raise batches.BatchError(state["error"] or f"Batch {batch_id} {state['status']}.")
+        return
+    tasks.verify_batch(
+        batch_id,
+        actor,
+        session_factory=session_factory,
+        engine=engine,
+        photo_store=photo_store,
+        progress=progress,
+    )
+
+
 def submit_enrolment(limit: int | None = None) -> str:
     return _submit(ENROL, limit=limit)
 
 
-def submit_training(run_id: int) -> str:
-    return _submit(TRAIN, run_id=int(run_id))
+def submit_training(run_id: int, session_factory=None, store_dir: Path | str | None = None) -> str:
+    """Train a queued run: on the queue, or in a process of its own started here.
+
+    session_factory, store_dir: the database and photo store the process uses (default: the
+    settings'); a queue worker uses its own settings."""
+    if configured():
+        return _enqueue(TRAIN, run_id=int(run_id))
+    pid = _launch_training(session_factory, int(run_id), store_dir)
+    return f"process-{pid}"
+
+
+def _launch_training(session_factory, run_id: int, store_dir: Path | str | None) -> int:
+    """The training process, with this process's database, models, cache and photo store."""
+    from core.jobs import local, resources
+    from core.storage.stores import open_photo_store
+    from core.training import worker
+
+    factory = session_factory or resources.session_factory()
+    bind = factory.kw["bind"]
+    store = open_photo_store(store_dir) if store_dir else open_photo_store()
+    env = {
+        "DATABASE_URL": bind.url.render_as_string(hide_password=False),
+        "MODELS_DIR": str(config.models_dir()),
+        "CACHE_DIR": str(config.cache_dir()),
+        "PHOTO_STORE_URL": store.url,
+    }
+    log = worker.log_path(run_id)
+    child = local.start_process(TRAIN, {"run_id": run_id}, env, log)
+    worker.record_launch(factory, run_id, child.pid, socket.gethostname(), log)
+    return child.pid
+
+
+def start_training(
+    session_factory, actor: str, choice, params, *, store_dir: Path | str | None = None
+) -> int:
+    """Create a training run (core.training.worker.start: checks, one at a time) and dispatch it.
+
+    When it cannot be dispatched (no broker answers, no process can start) the run is marked
+    failed with the reason and the error is raised (an OSError)."""
+    from core.training import worker
+
+    run_id = worker.start(session_factory, actor, choice, params, store_dir=store_dir)
+    try:
+        submit_training(run_id, session_factory, store_dir)
+    except OSError as exc:
+        worker.fail_to_start(session_factory, run_id, exc)
+        raise
+    return run_id
 
 
 def submit_retention(dry_run: bool = False) -> str:

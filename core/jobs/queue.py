@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "fv_dramatiq"
 REDIS_SCHEMES, AMQP_SCHEMES = ("redis", "rediss", "unix"), ("amqp", "amqps")
-QUEUE_BATCHES, QUEUE_TRAINING = "fv_batches", "fv_training"
-HOUR_MS = 3_600_000
+QUEUE_BATCHES, QUEUE_TRAINING = tasks.QUEUE_BATCHES, tasks.QUEUE_TRAINING
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -46,31 +45,21 @@ def _int_setting(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-def _verify_batch(batch_id: int, actor: str) -> None:
-    from core.workflows import batches
+def _actor_body(name: str):
+    """The queue's wrapper of a job: its result logged, a resumable failure retried (TryAgain)."""
+    kind = tasks.JOBS[name]
 
-    try:
-        summary = tasks.verify_batch(batch_id, actor)
-        log.info(
-            "batch %s: %s new result(s), %s already done",
-            batch_id,
-            summary["processed"],
-            summary["already_done"],
-        )
-    except (batches.BatchAlreadyRunning, batches.BatchInterrupted) as exc:
-        raise TryAgain(str(exc)) from exc
+    def body(**kwargs) -> None:
+        try:
+            outcome = kind.run(**kwargs)
+        except Exception as exc:
+            if kind.retry_on is not None and kind.retry_on(exc):
+                raise TryAgain(str(exc)) from exc
+            raise
+        log.info("%s", kind.summary(kwargs, outcome) if kind.summary else f"job {name} {kwargs}: {outcome}")
 
-
-def _enrol(limit: int | None) -> None:
-    log.info("enrolment: %s photo(s) embedded", tasks.enrol_missing(limit))
-
-
-def _train(run_id: int) -> None:
-    log.info("training run %s: %s", run_id, tasks.train(run_id))
-
-
-def _retention(dry_run: bool = False) -> None:
-    tasks.retention(dry_run)
+    body.__name__ = f"fv_{name}"
+    return body
 
 
 def kind_of(url: str | None) -> str:
@@ -115,21 +104,16 @@ def broker():
         dramatiq.set_broker(b)
         common = {"broker": b, "throws": (FaceVerifyError,), "max_backoff": 30_000}
         _state["actors"] = {
-            tasks_name: dramatiq.actor(
-                fn,
-                actor_name=f"fv_{tasks_name}",
-                queue_name=queue_name,
-                time_limit=time_limit,
-                max_retries=max_retries,
+            name: dramatiq.actor(
+                _actor_body(name),
+                actor_name=f"fv_{name}",
+                queue_name=kind.queue,
+                time_limit=kind.time_limit_ms,
+                max_retries=kind.max_retries,
                 min_backoff=1_000,
                 **common,
             )
-            for tasks_name, fn, queue_name, time_limit, max_retries in (
-                ("verify_batch", _verify_batch, QUEUE_BATCHES, 24 * HOUR_MS, 200),
-                ("enrol_missing", _enrol, QUEUE_BATCHES, 6 * HOUR_MS, 20),
-                ("train", _train, QUEUE_TRAINING, 12 * HOUR_MS, 0),
-                ("retention", _retention, QUEUE_BATCHES, 6 * HOUR_MS, 20),
-            )
+            for name, kind in tasks.JOBS.items()
         }
         _state["broker"] = b
         return b
@@ -157,7 +141,7 @@ def schedule_retention(every_s: float) -> bool:
             return False
     elif not _rabbitmq_mark_period(b, period):
         return False
-    send("retention")
+    send(tasks.RETENTION)
     return True
 
 

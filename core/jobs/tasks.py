@@ -1,12 +1,17 @@
-"""The job bodies: plain functions of JSON-able arguments, the same in a queue worker and in-process.
+"""The job bodies and the one table of jobs: plain functions of JSON-able arguments, the same in a
+queue worker, on a thread and in a process of their own.
 
 Each takes what it needs (database, photo store, a loaded engine) from core.jobs.resources, which
-loads each of them once per process.
+loads each of them once per process; a caller on this process may hand over its own instead.
+
+    JOBS: name -> JobKind(run, queue, time limit, retries, how it runs without a broker, retry_on)
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from core import config
@@ -23,26 +28,42 @@ def job_stale_after() -> timedelta:
     return timedelta(seconds=float(config.setting("JOB_STALE_S") or DEFAULT_JOB_STALE_S))
 
 
-def verify_batch(batch_id: int, actor: str = "queue") -> dict:
-    """Run (or finish) a batch on the model version it was created for. Returns its summary."""
+def verify_batch(
+    batch_id: int,
+    actor: str = "queue",
+    *,
+    session_factory=None,
+    engine=None,
+    photo_store=None,
+    progress=None,
+) -> dict:
+    """Run (or finish) a batch on the model version it was created for. Returns its summary.
+
+    session_factory, engine, photo_store, progress: a caller on this process that already holds
+    them (a page's background thread); a queue worker passes none and loads its own."""
     from dataclasses import asdict
 
     from core.storage.schema import Batch
     from core.workflows import batches
 
-    factory = resources.session_factory()
-    with factory() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            raise batches.BatchNotFound(f"There is no batch {batch_id}.")
-        version = batch.model_version
+    here = session_factory is not None
+    factory = session_factory or resources.session_factory()
+    if engine is None:
+        with factory() as session:
+            batch = session.get(Batch, batch_id)
+            if batch is None:
+                raise batches.BatchNotFound(f"There is no batch {batch_id}.")
+            version = batch.model_version
+        engine = resources.engine(version)
     summary = batches.run_batch(
         factory,
-        resources.engine(version),
+        engine,
         batch_id,
-        photo_store=resources.photo_store(),
+        progress,
+        photo_store=photo_store or resources.photo_store(),
         actor=actor,
-        stale_after=job_stale_after(),
+        # Nobody else could take over a batch run on this process: the longer default applies.
+        stale_after=batches.DEFAULT_STALE_AFTER if here else job_stale_after(),
     )
     return asdict(summary)
 
@@ -84,13 +105,68 @@ def retention_interval_s() -> float | None:
     return hours * 3600.0
 
 
-TASKS = {"verify_batch": verify_batch, "enrol_missing": enrol_missing, "train": train, "retention": retention}
+def _batch_may_resume(exc: BaseException) -> bool:
+    """A batch held by a worker that just died, or stopped by a database or store away: try later."""
+    from core.workflows import batches
+
+    return isinstance(exc, batches.BatchAlreadyRunning | batches.BatchInterrupted)
+
+
+VERIFY_BATCH, ENROL, TRAIN, RETENTION = "verify_batch", "enrol_missing", "train", "retention"
+QUEUE_BATCHES, QUEUE_TRAINING = "fv_batches", "fv_training"
+THREAD, PROCESS = "thread", "process"  # how a job runs without a broker
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class JobKind:
+    run: Callable
+    queue: str
+    time_limit_ms: int
+    max_retries: int
+    local: str  # THREAD or PROCESS (training: a process of its own, which a page can leave)
+    retry_on: Callable[[BaseException], bool] | None = None  # a queue retries these with backoff
+    summary: Callable[[dict, object], str] | None = None  # the worker's log line: (arguments, outcome)
+
+
+JOBS: dict[str, JobKind] = {
+    VERIFY_BATCH: JobKind(
+        verify_batch,
+        QUEUE_BATCHES,
+        24 * HOUR_MS,
+        200,
+        THREAD,
+        _batch_may_resume,
+        lambda kw, out: (
+            f"batch {kw['batch_id']}: {out['processed']} new result(s), {out['already_done']} already done"
+        ),
+    ),
+    ENROL: JobKind(
+        enrol_missing,
+        QUEUE_BATCHES,
+        6 * HOUR_MS,
+        20,
+        THREAD,
+        None,
+        lambda kw, n: f"enrolment: {n} photo(s) embedded",
+    ),
+    TRAIN: JobKind(
+        train,
+        QUEUE_TRAINING,
+        12 * HOUR_MS,
+        0,
+        PROCESS,
+        None,
+        lambda kw, status: f"training run {kw['run_id']}: {status}",
+    ),
+    RETENTION: JobKind(retention, QUEUE_BATCHES, 6 * HOUR_MS, 20, THREAD),
+}
 
 
 def run_logged(kind: str, **kwargs):
     """Run a job on a thread of this process; a failure is logged (the database row says why)."""
     try:
-        return TASKS[kind](**kwargs)
+        return JOBS[kind].run(**kwargs)
     except Exception:
-        log.exception("job %s %s failed", kind, kwargs)
+        log.exception("job %s failed", kind)
         return None

@@ -1,6 +1,9 @@
-"""Pose challenges: issued at random, used once, valid for a while (CHALLENGE_MINUTES, default 10).
+"""Pose challenges: issued at random, used once, valid for a short while (CHALLENGE_MINUTES, default 3).
 
-    issue(session, member_id, actor) -> Challenge            random kind, random token; commits
+    issue(session, member_id, actor) -> Challenge            random kind, random token; commits.
+        One open challenge per member: a new one cancels the member's open ones, so poses cannot
+        be shopped for. Issuing is rate-limited per member (CHALLENGES_PER_MEMBER_PER_HOUR,
+        default 5) and per caller (CHALLENGES_PER_CALLER_PER_HOUR, default 300): ChallengeRateLimited
     consume(session, token, member_id) -> Challenge          marks it used, or raises; commits
     attach_result(session, token, result_id)                 which verification used it (caller commits)
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core import config
@@ -23,7 +26,10 @@ from core.storage.schema import Challenge, utcnow
 from core.verification.fraud import CHALLENGES
 
 MINUTES_SETTING = "CHALLENGE_MINUTES"
-DEFAULT_MINUTES = 10
+DEFAULT_MINUTES = 3
+PER_MEMBER_SETTING, DEFAULT_PER_MEMBER = "CHALLENGES_PER_MEMBER_PER_HOUR", 5
+PER_CALLER_SETTING, DEFAULT_PER_CALLER = "CHALLENGES_PER_CALLER_PER_HOUR", 300
+RATE_WINDOW = timedelta(hours=1)
 ISSUE_CHALLENGE, USE_CHALLENGE = "issue_challenge", "use_challenge"
 
 
@@ -47,6 +53,46 @@ class ChallengeForAnotherMember(ChallengeError):
     code = "challenge_member_mismatch"
 
 
+class ChallengeRateLimited(ChallengeError):
+    """Too many challenges issued for this member, or by this caller, in the last hour."""
+
+    code = "challenge_rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+def _limit(name: str, default: int) -> int:
+    raw = config.setting(name)
+    try:
+        return max(int(raw), 1) if raw else default
+    except ValueError:
+        return default
+
+
+def _check_rate(session: Session, member_id: str, actor: str, now) -> None:
+    since = now - RATE_WINDOW
+    for column, value, name, default, whose in (
+        (Challenge.member_id, member_id, PER_MEMBER_SETTING, DEFAULT_PER_MEMBER, f"member {member_id!r}"),
+        (Challenge.created_by, actor, PER_CALLER_SETTING, DEFAULT_PER_CALLER, "this caller"),
+    ):
+        limit = _limit(name, default)
+        recent = session.execute(
+            select(func.count(), func.min(Challenge.created_at)).where(
+                column == value, Challenge.created_at > since
+            )
+        ).one()
+        if recent[0] >= limit:
+            session.rollback()
+            retry = max(int((recent[1] + RATE_WINDOW - now).total_seconds()) + 1, 1)
+            raise ChallengeRateLimited(
+                f"{limit} challenges were issued for {whose} in the last hour, the most allowed; "
+                f"try again in {retry} s.",
+                retry,
+            )
+
+
 def lifetime() -> timedelta:
     raw = config.setting(MINUTES_SETTING)
     try:
@@ -57,8 +103,16 @@ def lifetime() -> timedelta:
 
 
 def issue(session: Session, member_id: str, actor: str) -> Challenge:
-    """A new challenge for a member (who may not be enrolled yet). Commits."""
+    """A new challenge for a member (who may not be enrolled yet); the member's open ones are
+    cancelled. Raises ChallengeRateLimited. Commits."""
     now = utcnow()
+    _check_rate(session, member_id, actor, now)
+    session.execute(  # one open challenge per member: the older ones end now
+        update(Challenge)
+        .where(Challenge.member_id == member_id, Challenge.used_at.is_(None), Challenge.expires_at > now)
+        .values(expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
     challenge = Challenge(
         token=secrets.token_urlsafe(24),
         member_id=member_id,
@@ -102,6 +156,15 @@ def consume(session: Session, token: str, member_id: str, actor: str) -> Challen
             raise ChallengeUsed(
                 f"This challenge was already used at {again.used_at:%Y-%m-%d %H:%M:%S} UTC; a challenge "
                 "is good for one verification. Ask for a new one."
+            )
+        newer = session.scalar(
+            select(Challenge.id).where(Challenge.member_id == member_id, Challenge.id > challenge.id).limit(1)
+        )
+        session.rollback()
+        if newer is not None:
+            raise ChallengeExpired(
+                "This challenge was replaced by a newer one for the same member (one open challenge per "
+                "member); use the newest."
             )
         raise ChallengeExpired(
             f"This challenge expired at {again.expires_at:%Y-%m-%d %H:%M:%S} UTC (challenges last "

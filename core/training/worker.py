@@ -1,19 +1,17 @@
 """Training runs in the background: one at a time, with progress, heartbeat, cancel and a reason.
 
-    start(session_factory, actor, choice, params) -> run id    refuses a second run (RunInProgress)
+    start(session_factory, actor, choice, params) -> run id    the queued run; refuses a second (RunInProgress)
+    record_launch(...), fail_to_start(...)                    what core.jobs reports back when it dispatches
     cancel(session_factory, run_id, actor) -> bool            the worker stops at its next check
     reap_stale(session) -> list[int]                          runs whose worker died: failed, with why
     current_run(session) / latest_run(session) / get_run(session, id)
     work(run_id, ...)                                         the worker's body (tests call it directly)
 
-    python -m core.training.worker RUN_ID                        what start() launches
-
 A run is a row of training_runs. start() checks and inserts it under a lock (MySQL GET_LOCK, or
-SQLite's write lock), so two people pressing Start at the same moment get one run and one refusal;
-then it launches this module as a separate process (start_new_session: it does not belong to the
-Streamlit script run, the page can be left and reopened), or, with a job broker configured
-(JOB_BROKER_URL), enqueues it for a queue worker (core.jobs), which calls work() the same way.
-The worker claims the row (queued -> running), and writes stage, epoch, losses and a heartbeat into progress at every step
+SQLite's write lock), so two people pressing Start at the same moment get one run and one refusal,
+and returns its id; core.jobs (start_training) dispatches it: a queue worker, or a process of its
+own (it does not belong to the Streamlit script run, the page can be left and reopened), both
+calling work(). The worker claims the row (queued -> running), and writes stage, epoch, losses and a heartbeat into progress at every step
 and at least every HEARTBEAT_S seconds from a thread. Cancel sets the status to "cancelling"; the
 worker's next write matches no running row, so it stops between two chunks or epochs and marks
 the run cancelled. A worker that dies without a word (killed, out of memory) stops heartbeating:
@@ -26,7 +24,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -56,8 +53,6 @@ HEARTBEAT_S = 5.0
 STALE_S = 90.0  # no heartbeat for this long: the worker is dead
 START_LOCK = "faceverify_training_start"
 START_TRAINING, CANCEL_TRAINING = "start_training", "cancel_training"
-
-_children: dict[int, subprocess.Popen] = {}  # workers this process launched, reaped by poll()
 
 
 class RunInProgress(FaceVerifyError):
@@ -115,9 +110,6 @@ def _process_gone(run: TrainingRun) -> bool:
     pid, host = progress.get("pid"), progress.get("host")
     if not pid or host != socket.gethostname():
         return False
-    child = _children.get(int(pid))
-    if child is not None and child.poll() is not None:
-        return True
     try:
         state = Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state in ("Z", "X")
@@ -144,9 +136,6 @@ def _log_tail(run: TrainingRun, lines: int = 8) -> str:
 
 def reap_stale(session: Session, stale_after_s: float = STALE_S) -> list[int]:
     """Mark runs whose worker is gone as failed (or cancelled, when a cancel was asked). Commits."""
-    for pid, child in list(_children.items()):  # collect finished workers (no zombies left behind)
-        if child.poll() is not None:
-            _children.pop(pid, None)
     reaped = []
     runs = session.scalars(select(TrainingRun).where(TrainingRun.status.in_(LIVE))).all()
     for run in runs:
@@ -213,10 +202,9 @@ def start(
     choice,
     params,
     *,
-    launch: bool = True,
-    store_dir: Path | None = None,
+    store_dir: Path | str | None = None,
 ) -> int:
-    """Check the settings and the data's labels, then create the run and launch its worker.
+    """Check the settings and the data's labels, then create the queued run; its id.
 
     Raises ValueError with every problem found before any training (bad settings, no data, too
     few people, one gender missing), RunInProgress when a run is live.
@@ -257,18 +245,6 @@ def start(
             )
             session.commit()
         run_id = run.id
-    if launch:
-        from core import jobs
-
-        try:
-            if jobs.configured():
-                jobs.submit_training(run_id)  # a queue worker trains it (python -m core.jobs.worker)
-            else:
-                _launch(session_factory, run_id, store_dir)
-        except OSError as exc:
-            with session_factory() as session:
-                _finish(session, run_id, FAILED, f"The training process could not be started: {exc}")
-            raise
     return run_id
 
 
@@ -283,37 +259,15 @@ def log_path(run_id: int) -> Path:
     return config.cache_dir() / "training_runs" / f"run-{run_id}.log"
 
 
-def _launch(session_factory, run_id: int, store_dir: Path | None) -> subprocess.Popen:
-    """The worker as its own process and session, with this process's settings in its environment."""
-    bind = session_factory.kw["bind"]
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=bind.url.render_as_string(hide_password=False),
-        MODELS_DIR=str(config.models_dir()),
-        CACHE_DIR=str(config.cache_dir()),
-        PHOTO_STORE_URL=_store(store_dir).url,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(config.PROJECT_ROOT), env.get("PYTHONPATH")])),
-    )
-    log = log_path(run_id)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "core.training.worker", str(run_id)],
-            cwd=str(config.PROJECT_ROOT),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _children[child.pid] = child
+def record_launch(session_factory, run_id: int, pid: int, host: str, log: Path) -> None:
+    """The process that will train the run, so a crash before its first heartbeat is seen at once."""
     with session_factory() as session:
-        _merge_progress(
-            session, run_id, {"pid": child.pid, "host": socket.gethostname(), "log": str(log)}, LIVE
-        )
-    return child
+        _merge_progress(session, run_id, {"pid": pid, "host": host, "log": str(log)}, LIVE)
+
+
+def fail_to_start(session_factory, run_id: int, exc: BaseException) -> None:
+    with session_factory() as session:
+        _finish(session, run_id, FAILED, f"The training process could not be started: {exc}")
 
 
 def _merge_progress(session: Session, run_id: int, values: dict, statuses) -> int:

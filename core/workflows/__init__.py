@@ -1,6 +1,8 @@
-"""What happens to members, each step in one database transaction: import, batch verification,
-review decisions and the 1:N duplicate search.
+"""What happens to members, each step in one database transaction: the only layer that decides and
+writes (the API, the pages and the jobs are adapters over it).
 
+verification  verify a member (the page's and the API's one use case); set_current_photos for
+           every writer of a member's photos; the registered gender's own change
 importer   members from .xlsx/.csv with photos from files, a ZIP or links
 batches    run the engine over pairs and store each result as it comes
 reviews    reviewers' decisions on flagged pairs
@@ -12,4 +14,5 @@ privacy    erasure, retention, audited photo views, export, key rotation
 links      photo links fetched only from public hosts
 spreadsheets  .xlsx/.csv read safely; downloads escaped against formulas
 
-May import: core.verification, core.storage, core.jobs (to hand work to the queue)."""
+Domain code creates rows and returns ids; core.jobs decides where long work runs.
+May import: core.verification, core.storage (and core.jobs in the importer's command line only)."""

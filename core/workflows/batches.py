@@ -3,7 +3,8 @@
 items_for_members(session, member_ids=None, only_pending=False) -> list[BatchItemSpec]
 create_batch(session, created_by, items, model_version, source="page", name=None) -> Batch
 run_batch(session_factory, engine, batch_id, progress=None, ...) -> BatchRunSummary
-store_result(session, result, ...) -> stored row     (also for single verifications from a page)
+store_result(session, result, ...) -> stored row     the one path every result is stored by
+store_single_result(session, actor, result, ...) -> (batch id, result id)   a computed single, committed
 add_single_item(session, actor, source, model_version, member_id, ...) -> BatchItem
     a single verification (Verify page, API, gallery addition) joins its day's batch for that
     source, "Single verifications 2026-12-01 · API", instead of becoming a batch of its own
@@ -368,12 +369,24 @@ def store_result(
     latency_ms: float | None = None,
     update_member: bool = True,
     verification_photo_checks: bool = True,
+    replayed: list | None = None,
 ) -> ResultRow:
-    """Add the engine's result (every field) to the session; the caller commits.
+    """Add the engine's result (every field) to the session; the caller commits. The one path by
+    which results are stored: batches, single verifications (core.workflows.verification) and
+    gallery additions; the 1:N duplicate check and the fraud checks run here.
 
     verification_photo_checks=False: the photo is not a verification selfie (a gallery addition),
     so it is not judged as a reused or stale selfie; its file is still looked up among other members.
+    replayed: reuse matches for stored rows that already hold the selfie's file (a replay).
+    A result that says nothing of a pose challenge (a batch of imported, historical photos) is
+    stored saying that none was used and none was required.
     """
+    if "challenge_used" not in (result.checks or {}):
+        result.checks = {
+            **(result.checks or {}),
+            "challenge_used": "challenge" in (result.checks or {}),
+            "challenge_required": False,
+        }
     as_dict = _plain(result.to_dict())
     codes = {flag.code for flag in result.flags}
     if latency_ms is None:
@@ -407,7 +420,9 @@ def store_result(
     )
     session.add(row)
     search.flag_possible_duplicates(session, row, result)  # 1:N check; may flag it, so before the member
-    photo_checks.apply(session, row, result, selfie=verification_photo_checks)  # may flag it too
+    photo_checks.apply(
+        session, row, result, selfie=verification_photo_checks, replayed=replayed
+    )  # may flag it
     if update_member and member_id is not None and result.status in _MEMBER_STATUS_AFTER:
         session.execute(
             update(Member)
@@ -415,6 +430,41 @@ def store_result(
             .values(status=_MEMBER_STATUS_AFTER[result.status], last_verified_at=now, updated_at=now)
         )
     return row
+
+
+def store_single_result(
+    session: Session,
+    actor: str,
+    result: VerificationResult,
+    member_id: str,
+    gallery_photo_id: int,
+    verification_photo_id: int,
+    registered_gender: str | None,
+    source: str = PAGE_SINGLE,
+) -> tuple[int, int]:
+    """An already computed result as the next item of its day's batch: (batch id, result id).
+    The item, the result and the batch's count commit together (nothing half saved)."""
+    item = add_single_item(
+        session,
+        actor,
+        source,
+        result.model_version,
+        member_id,
+        gallery_photo_id,
+        verification_photo_id,
+        registered_gender,
+    )
+    row = store_result(
+        session,
+        result,
+        batch_id=item.batch_id,
+        batch_item_id=item.id,
+        member_id=member_id,
+        gallery_photo_id=gallery_photo_id,
+        verification_photo_id=verification_photo_id,
+    )
+    session.commit()
+    return item.batch_id, row.id
 
 
 # ----------------------------------------------------------------------------------------------

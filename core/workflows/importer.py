@@ -32,7 +32,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -40,11 +39,11 @@ from core import config
 from core.errors import FaceVerifyError, ImageError
 from core.storage import audit
 from core.storage.photostore import PhotoStoreBackend, sha256_hex
-from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, utcnow
+from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, utcnow
 from core.storage.stores import open_photo_store
 from core.verification import imaging
 from core.verification.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
-from core.workflows import gallery, links, spreadsheets
+from core.workflows import gallery, links, spreadsheets, verification
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
@@ -515,7 +514,6 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     member = session.get(Member, member_id)
     is_new = member is None
     changes: list[str] = []
-    current: dict[str, Photo] = {}
     if is_new:
         member = Member(
             id=member_id, gender=prepared.gender, created_at=now, updated_at=now, source=source_name
@@ -524,8 +522,6 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     else:
         if member.gender != prepared.gender:
             changes.append(f"gender {member.gender} → {prepared.gender}")
-        stmt = select(Photo).where(Photo.member_id == member_id, Photo.current.is_(True))
-        current = {p.kind: p for p in session.scalars(stmt)}
         # An import never replaces an existing member's gallery (issue 12): the row is refused whole.
         for photo in prepared.photos:
             if photo.kind == GALLERY:
@@ -535,55 +531,26 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
                     session.rollback()
                     return RowReport(prepared.row, member_id, REJECTED, str(exc))
 
-    new_shas = []
-    for photo in prepared.photos:
-        old = current.get(photo.kind)
-        if old is not None and old.sha256 == photo.sha256:
-            continue
-        new_shas.append(photo.sha256)
-        if old is not None:
-            old.current = False
-            changes.append(f"new {photo.kind} photo")
-        again = None
-        if not is_new:  # a photo replaced earlier may come back
-            again = session.scalar(
-                select(Photo).where(
-                    Photo.member_id == member_id, Photo.kind == photo.kind, Photo.sha256 == photo.sha256
-                )
+    done = verification.set_current_photos(
+        session,
+        member_id,
+        [
+            verification.NewPhoto(
+                photo.kind,
+                photo.sha256,
+                photo.stored_path,
+                photo.size_bytes,
+                _short(photo.reference, 2048),
+                photo.width,
+                photo.height,
             )
-        if again is not None:
-            again.current = True
-        else:
-            session.add(
-                Photo(
-                    member_id=member_id,
-                    kind=photo.kind,
-                    sha256=photo.sha256,
-                    stored_path=photo.stored_path,
-                    size_bytes=photo.size_bytes,
-                    source=_short(photo.reference, 2048),
-                    current=True,
-                    created_at=now,
-                    width=photo.width,
-                    height=photo.height,
-                )
-            )
-
-    warnings: list[str] = []
-    if len({p.sha256 for p in prepared.photos}) == 1 and len(prepared.photos) == 2:
-        warnings.append("the gallery and verification photos are the same file")
-    # The same picture under another member's name is a sign of a duplicate or fake account.
-    if new_shas:
-        shared = session.execute(
-            select(Photo.sha256, Photo.member_id)
-            .where(Photo.sha256.in_(new_shas), Photo.member_id != member_id)
-            .distinct()
-            .limit(10)
-        ).all()
-        for photo in prepared.photos:
-            others = sorted({m for sha, m in shared if sha == photo.sha256})[:3]
-            if others:
-                warnings.append(f"the {photo.kind} photo is also used by member(s) {', '.join(others)}")
+            for photo in prepared.photos
+        ],
+        now,
+        is_new=is_new,
+    )
+    changes += [c for c in done.changes if c not in changes]
+    warnings = done.warnings
 
     if not is_new and not changes:
         session.rollback()

@@ -73,8 +73,13 @@ def _embeddings(session: Session, shas: list[str], width: int) -> dict[str, np.n
     return {sha: v for sha, v in vectors if len(v) == width}
 
 
-def _reuse(session: Session, row, result: VerificationResult, checks: dict) -> None:
-    """Every photo of the member against the verification photo; one reused_photo flag for all."""
+def _reuse(
+    session: Session, row, result: VerificationResult, checks: dict, replayed: list | None = None
+) -> None:
+    """Every photo of the member against the verification photo; one reused_photo flag for all.
+
+    replayed: the rows that held the selfie's file before it was sent (this member's, whichever
+    row it maps to, or another member's): a replay, flagged whatever else is found."""
     verification = result.verification
     # The engine chose the limit for its networks' recipe; without its evidence, no identity limit.
     evidence = checks.get("reuse") or fraud.reuse_evidence([], None)
@@ -97,6 +102,7 @@ def _reuse(session: Session, row, result: VerificationResult, checks: dict) -> N
         )
         if p.id not in skip
     ]
+    matches += list(replayed or [])
     if others and verification.sha256:
         vectors = {}
         if limit is not None and verification.embedding is not None:
@@ -203,10 +209,13 @@ def _remember_hashes(session: Session, row, result: VerificationResult) -> None:
             )
 
 
-def apply(session: Session, row, result: VerificationResult, selfie: bool = True) -> None:
+def apply(
+    session: Session, row, result: VerificationResult, selfie: bool = True, replayed: list | None = None
+) -> None:
     """Run the checks on a result row that is in the session (not yet committed); flags in place.
 
     selfie=False (a gallery addition): only the other members' files are looked up.
+    replayed: reuse matches for rows that already held the selfie's file (see _reuse).
     """
     checks = dict(result.checks or {})
     # No autoflush: the new row is inserted once, with its final flags (not inserted, then updated,
@@ -214,7 +223,7 @@ def apply(session: Session, row, result: VerificationResult, selfie: bool = True
     with session.no_autoflush:
         _remember_hashes(session, row, result)
         if row.member_id is not None and selfie:
-            _reuse(session, row, result, checks)
+            _reuse(session, row, result, checks, replayed)
         if row.member_id is not None:
             _shared_file(session, row, result, checks)
         if selfie:

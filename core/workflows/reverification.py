@@ -4,9 +4,9 @@ compared on the same members.
     members_to_reverify(session, version, scope) -> [member_id]
         scope "all": every member with a current gallery and verification photo;
         "older": those whose latest result is from another version (or who have none yet)
-    start(session_factory, actor, version, scope) -> batch id
-        one batch (source "reverify") submitted as a job: a queue worker runs it when a broker is
-        configured (core.jobs), else a thread of this process; progress is the batch's
+    create(session_factory, actor, version, scope) -> batch id
+        one batch (source "reverify"); the caller hands it to core.jobs (submit_batch), which runs
+        it on a queue worker or a thread of this process; progress is the batch's
     compare_versions(session, old, new) -> VersionComparison
         each member's latest result under each version, on the members that have both
 
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core import jobs
 from core.storage import audit
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED
@@ -59,8 +58,8 @@ def members_to_reverify(session: Session, version: str, scope: str = OLDER) -> l
     return [m for m in members if m not in latest or latest[m][2] != version]
 
 
-def start(session_factory, actor: str, version: str, scope: str = OLDER) -> int | None:
-    """Create and submit the re-verification batch; None when no member needs it."""
+def create(session_factory, actor: str, version: str, scope: str = OLDER) -> int | None:
+    """Create the re-verification batch (audited); None when no member needs it."""
     with session_factory() as session:
         members = members_to_reverify(session, version, scope)
         if not members:
@@ -73,9 +72,7 @@ def start(session_factory, actor: str, version: str, scope: str = OLDER) -> int 
             session, actor, START_REVERIFICATION, "batch", batch.id, {"version": version, "scope": scope}
         )
         session.commit()
-        batch_id = batch.id
-    jobs.submit_batch(batch_id, actor)
-    return batch_id
+        return batch.id
 
 
 @dataclass
