@@ -42,14 +42,14 @@ COMMAND_MODULES = [
 ]
 
 
-def _prog() -> str:
+def program_name() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return "faceverify" if name.startswith("faceverify") else "python -m core"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=_prog(), description="Face verification: the product's command line."
+        prog=program_name(), description="Face verification: the product's command line."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

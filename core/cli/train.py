@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli import command
+from core.cli import command, program_name
 
 HELP = "train a model version (or `train capture-check`: the capture check's models)"
 
@@ -28,7 +28,7 @@ def capture_check_parser() -> argparse.ArgumentParser:
     from core.benchmarks.capture import DEFAULT_EXTRA, DEFAULT_SET
 
     parser = argparse.ArgumentParser(
-        prog="faceverify train capture-check",
+        prog=f"{program_name()} train capture-check",
         description="train the capture check's occlusion network and blur model, and choose every "
         "limit on training people (models/pretrained/capture_check.json)",
     )
