@@ -65,8 +65,11 @@ def register(subparsers) -> None:
         benches, "capture", "the capture check: build the synthetic set, report figures", run_capture
     )
     capture_commands = capture.add_subparsers(dest="capture_command", required=True, metavar="COMMAND")
-    build = capture_commands.add_parser(
-        "build", help="make the synthetic set (slow: every variant through the path)"
+    build = command(
+        capture_commands,
+        "build",
+        "make the synthetic set (slow: every variant through the path)",
+        run_capture,
     )
     build.add_argument("--images", type=Path, default=lfw_images)
     build.add_argument(
@@ -79,7 +82,9 @@ def register(subparsers) -> None:
     )
     build.add_argument("--model", help="model version whose people split is used (default: models/DEFAULT)")
     build.add_argument("--workers", type=int, default=2)
-    report = capture_commands.add_parser("report", help="figures on the held-out people")
+    report = command(
+        capture_commands, "report", "figures of the capture check on the held-out people", run_capture
+    )
     report.add_argument("--set", type=Path, default=None, help="default data/runtime/capture_set.npz")
     report.add_argument("--pairs", type=Path, help="unmodified pairs for the automation effect")
     report.add_argument("--model")
