@@ -1,6 +1,6 @@
-"""Figures of the fraud checks (issue 12) on lfw_dev, through the product's own path.
+"""Figures of the fraud checks on lfw_dev, through the product's own path.
 
-    python -m core.benchmarks.fraud [--images DIR] [--every N] [--train-copies N] [--json OUT.json]
+    faceverify bench fraud [--images DIR] [--every N] [--train-copies N] [--json OUT.json]
 
 Prints, on the people the shipped model held out (models/<version>/metadata.json):
   - reuse: each copy kind (same bytes, JPEG q60, 60% size, mirror, 10% crop, +15% brightness,

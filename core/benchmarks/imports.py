@@ -1,6 +1,6 @@
 """Import benchmark: N members with 2N distinct photos into a fresh database, timed.
 
-    python -m core.benchmarks.imports [--members 1000] [--url URL] [--keep]
+    faceverify bench imports [--members 1000] [--url URL] [--keep]
 
 The photos are the sample LFW photos (data/sample/images) with a few pixels changed per copy, so
 every photo is a real-looking JPEG with its own hash. The table (CSV with local paths) and the

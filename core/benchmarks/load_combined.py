@@ -1,7 +1,7 @@
 """The combined load test: two API workers, a queue worker and a dashboard batch at once, on MariaDB +
 SeaweedFS + a broker (Redis or RabbitMQ), with the object store and the queue worker killed mid-run.
 
-    python -m core.benchmarks.load_combined --db-url mysql+pymysql://root@127.0.0.1:3306/load_combined \
+    faceverify bench load-combined --db-url mysql+pymysql://root@127.0.0.1:3306/load_combined \
         --broker-url redis://127.0.0.1:6379/6 [--seconds 40 --rate 2 --batch-repeats 4] [--json OUT]
 
 The API part is core.benchmarks.load_test's run() (open loop at a fixed rate), over both workers.

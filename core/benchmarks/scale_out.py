@@ -1,7 +1,7 @@
 """Scale-out benchmark: verifications per second of one API worker process held to one core, then of
 two held to one core each, measured in one run on the same database and photo store.
 
-    python -m core.benchmarks.scale_out [--seconds 30] [--per-worker 4] [--rounds 1] [--db-url URL] [--json OUT]
+    faceverify bench scale-out [--seconds 30] [--per-worker 4] [--rounds 1] [--db-url URL] [--json OUT]
 
 Two `faceverify api serve` processes are started once, each under `taskset -c CORE` on its own
 loopback port, each with one thread per network library (TF, OpenMP, OpenCV) and in a session of
