@@ -118,6 +118,7 @@ def test_bench_fraud_on_four_people(few_people, tmp_path):
     assert json.loads(text[: text.rindex("}") + 1]) == figures
 
 
+@pytest.mark.slow
 def test_bench_capture_builds_a_set_and_reports_on_held_out_people(few_people, tmp_path):
     made = tmp_path / "capture_set.npz"
     ok(bench("capture", "build", "--images", str(few_people), "--out", str(made), "--workers", "1"))
