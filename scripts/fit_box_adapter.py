@@ -7,7 +7,7 @@ box it places the landmarks slightly differently and the chips embed worse. This
 (ridge) map from MediaPipe's detection to the HOG box on every photo where both detectors agree
 on the main face, so the pipeline gets HOG-like boxes without running HOG (5 ms a photo).
 
-The people that `python -m core.training.pipeline` holds out with its default seed and fraction are left out
+The people that `faceverify train` holds out with its default seed and fraction are left out
 of the fit, so the held-out figures stay on people nothing was fitted on.
 """
 

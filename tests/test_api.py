@@ -6,7 +6,7 @@ Covers: enrol and verify (multipart and JSON, stored photo references), the same
 dashboard's engine call, storage as a batch of one, the review queue, 1:N duplicates, search by
 photo, status and history, every bad input with its status code and nothing stored half-way,
 concurrent requests, property tests from the OpenAPI description (schemathesis), and the
-`python -m core.api` command itself.
+`python -m core api` commands themselves.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         from core.api.server import limits
 
-        # The production limits (h11, header size and time, connections), as `python -m core.api` serves.
+        # The production limits (h11, header size and time, connections), as `python -m core api serve` serves.
         config = uvicorn.Config(
             app, log_level="warning", lifespan="on", **{**limits(), "timeout_graceful_shutdown": 5}
         )
@@ -821,7 +821,7 @@ def test_full_flow_on_mariadb(engine, db_engine, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# The command: python -m core.api
+# The commands: python -m core api create-key | list-keys | serve
 
 
 def _free_port() -> int:
@@ -838,7 +838,7 @@ def test_command_line_server(tmp_path):
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
     made = subprocess.run(
-        [sys.executable, "-m", "core.api", "create-key", "--name", "app-backend", "--role", "backend"],
+        [sys.executable, "-m", "core", "api", "create-key", "--name", "app-backend", "--role", "backend"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -849,7 +849,7 @@ def test_command_line_server(tmp_path):
     key = made.stdout.strip()
     assert key.startswith("fvk_") and "shown only now" in made.stderr
     listed = subprocess.run(
-        [sys.executable, "-m", "core.api", "list-keys"],
+        [sys.executable, "-m", "core", "api", "list-keys"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -869,7 +869,7 @@ def test_command_line_server(tmp_path):
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "core.api", "--port", str(port)],
+        [sys.executable, "-m", "core", "api", "serve", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,

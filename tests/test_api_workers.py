@@ -1,4 +1,4 @@
-"""Two API worker processes (python -m core.api --workers 2) on one MariaDB database: a version
+"""Two API worker processes (python -m core api serve --workers 2) on one MariaDB database: a version
 promoted while verifications are running reaches both workers by itself, and every answer is
 computed by one whole version (its name and its own threshold), never by a half-loaded one.
 """
@@ -92,7 +92,9 @@ def test_promotion_reaches_every_worker_and_each_answer_is_one_version(
             [
                 sys.executable,
                 "-m",
-                "core.api",
+                "core",
+                "api",
+                "serve",
                 "--workers",
                 "2",
                 "--port",
@@ -187,7 +189,7 @@ def test_promotion_reaches_every_worker_and_each_answer_is_one_version(
 
 def test_several_api_workers_share_the_cores_between_their_network_threads(monkeypatch):
     """--workers N: each process's TF, OpenMP and OpenCV get cores // N threads, not one per core."""
-    from core.api.cli import THREAD_SETTINGS, share_cores
+    from core.api.server import THREAD_SETTINGS, share_cores
 
     for name in THREAD_SETTINGS:
         monkeypatch.delenv(name, raising=False)

@@ -124,7 +124,7 @@ def test_upgrade_backfills_existing_rows_and_the_command_verifies(new_database_u
         db.upgrade(engine, "head")
         root = Path(__file__).resolve().parent.parent
         done = subprocess.run(
-            [sys.executable, "-m", "core.audit", "verify", "--url", url],
+            [sys.executable, "-m", "core", "audit", "verify", "--url", url],
             capture_output=True,
             text=True,
             cwd=root,
@@ -135,7 +135,7 @@ def test_upgrade_backfills_existing_rows_and_the_command_verifies(new_database_u
         with engine.begin() as conn:
             conn.execute(text("UPDATE audit_log SET target_id = 'root' WHERE target_id = 'user1'"))
         done = subprocess.run(
-            [sys.executable, "-m", "core.audit", "verify", "--url", url],
+            [sys.executable, "-m", "core", "audit", "verify", "--url", url],
             capture_output=True,
             text=True,
             cwd=root,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from core import cli
 from core.storage import users as user_store
 from core.storage.schema import AuditEntry, User
 
@@ -65,9 +66,9 @@ def test_create_and_change_password(session, users):
 
 def test_create_admin_command(db_url, monkeypatch, capsys):
     monkeypatch.setenv(user_store.ADMIN_PASSWORD_ENV, "admin password 123")
-    assert user_store.main(["--url", db_url, "create-admin", "--username", "boss"]) == 0
+    assert cli.main(["users", "create-admin", "--username", "boss", "--url", db_url]) == 0
     assert "Created admin 'boss'" in capsys.readouterr().out
-    assert user_store.main(["--url", db_url, "create-admin", "--username", "boss"]) == 1
+    assert cli.main(["users", "create-admin", "--username", "boss", "--url", db_url]) == 1
     assert "already exists" in capsys.readouterr().err
 
 

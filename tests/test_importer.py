@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import func, select
 
+from core import cli
 from core.storage.schema import AuditEntry, Member, Photo
 from core.workflows import importer, links
 from core.workflows.importer import IMPORTED, REJECTED, UNCHANGED, UPDATED, ImportFileError, import_members
@@ -419,13 +420,13 @@ def test_command_line(db_url, tmp_path, make_photo, monkeypatch, capsys):
     path.write_text(HEADER + "C1,M,p101.jpg,p102.jpg\nC2,X,p103.jpg,p104.jpg\n")
     monkeypatch.setenv("PHOTO_STORE_DIR", str(tmp_path / "store"))
 
-    code = importer.main([str(path), "--url", db_url])
+    code = cli.main(["import", str(path), "--url", db_url])
 
     out = capsys.readouterr().out
     assert code == 1  # one row rejected
     assert "C1" in out and "imported" in out and "gender 'X' is not recognised" in out
     assert "1 imported, 0 updated, 0 unchanged, 1 rejected" in out
-    assert importer.main([str(tmp_path / "nope.csv"), "--url", db_url]) == 2
+    assert cli.main(["import", str(tmp_path / "nope.csv"), "--url", db_url]) == 2
 
 
 def test_load_sample_members(session, photo_store):
@@ -542,7 +543,7 @@ def test_command_line_allow_outside_flag(tmp_path, make_photo, db_url):
     path.write_text(HEADER + "Q1,M,../outside/p98.jpg,../outside/p99.jpg\n")
     root = Path(__file__).resolve().parent.parent
     env = {"PHOTO_STORE_DIR": str(tmp_path / "store"), "PATH": "/usr/bin:/bin"}
-    base = [sys.executable, "-m", "core.importer", str(path), "--url", db_url]
+    base = [sys.executable, "-m", "core", "import", str(path), "--url", db_url]
     refused = subprocess.run(base, capture_output=True, text=True, cwd=root, env=env, timeout=300)
     assert refused.returncode == 1 and "outside the base folder" in refused.stdout
     allowed = subprocess.run(

@@ -124,7 +124,7 @@ class WorkerProcess:
         full_env = {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.jobs.worker", "--queues", "fv_batches"],
+                [sys.executable, "-m", "core", "worker", "--queues", "fv_batches"],
                 cwd=str(ROOT),
                 env=full_env,
                 stdout=out,

@@ -21,6 +21,18 @@ ALLOWED = {
     "api": {"jobs", "workflows", "training", "storage", "verification", "i18n"},
     "dashboard": {"jobs", "workflows", "training", "storage", "verification", "i18n"},
     "benchmarks": {"api", "jobs", "workflows", "training", "storage", "verification", "i18n"},
+    # the command line turns arguments into calls of every layer; nothing imports it back
+    "cli": {
+        "api",
+        "jobs",
+        "workflows",
+        "training",
+        "storage",
+        "verification",
+        "i18n",
+        "benchmarks",
+        "dashboard",
+    },
 }
 
 
@@ -53,6 +65,21 @@ def test_packages_import_only_what_the_layout_allows():
                 if target not in {package, *SHARED, *allowed}:
                     wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_imports_the_command_line():
+    """core.cli is the outermost layer: only `python -m core` (core/__main__.py) starts it."""
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted(ROOT.rglob("*.py"))
+        if ".venv" not in path.parts
+        and "cli" not in path.relative_to(ROOT).parts[:2]
+        and path != CORE / "__main__.py"
+        and not path.name.startswith("test_")
+        for name in _imports(path)
+        if name == "core.cli" or name.startswith("core.cli.")
+    ]
+    assert not offenders, offenders
 
 
 def test_core_never_imports_streamlit():

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from core import cli
 from core.storage import photo_copy
 from core.storage.photostore import PhotoNotFound, PhotoStore, PhotoStoreUnavailable, content_path
 from core.storage.s3store import S3PhotoStore, parse_s3_url
@@ -204,7 +205,9 @@ def test_copy_folder_to_bucket_and_back_resumes_and_checks_hashes(
     # And back, by the command line, into an empty folder; a damaged source photo is not copied.
     _overwrite(bucket, stored[5].relative_path, b"damaged in the bucket")
     back = tmp_path / "restored"
-    code = photo_copy.main(["--from", bucket.url, "--to", str(back), "--json", str(tmp_path / "r.json")])
+    code = cli.main(
+        ["store", "copy", "--from", bucket.url, "--to", str(back), "--json", str(tmp_path / "r.json")]
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 1, "a damaged source photo makes the command fail"
     assert report["copied"] == 11 and report["damaged_source"] == [stored[5].relative_path]
@@ -217,4 +220,4 @@ def test_copy_folder_to_bucket_and_back_resumes_and_checks_hashes(
 
 def test_copy_refuses_the_same_store_twice(tmp_path):
     with pytest.raises(SystemExit):
-        photo_copy.main(["--from", str(tmp_path), "--to", str(tmp_path)])
+        cli.main(["store", "copy", "--from", str(tmp_path), "--to", str(tmp_path)])

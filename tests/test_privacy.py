@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from core.storage import audit, encryption
+from core.storage import audit, encryption, key_rotation
 from core.storage.encryption import KeyRing, PhotoKeyError, new_key_text
 from core.storage.photostore import PhotoStore, sha256_hex
 from core.storage.schema import (
@@ -251,7 +251,7 @@ def test_erasure_interrupted_after_the_files_finishes_when_run_again(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(privacy, "_remove_photo_rows", crash)
+        patch.setattr(privacy.removal, "remove_photo_rows", crash)
         with pytest.raises(KeyboardInterrupt):
             privacy.erase_member(session_factory, folder_store, "M0003", actor="admin_user", via="test")
     assert_no_byte_left(folder_store, m3)  # the bytes went first
@@ -403,7 +403,7 @@ def test_retention_removes_what_is_past_its_time_and_is_safe_to_repeat(
     # 91 days after: every verification photo goes, interrupted once half-way; gallery photos stay.
     later = utcnow() + timedelta(days=51)
     calls = {"n": 0}
-    real = privacy._remove_photo_rows
+    real = privacy.removal.remove_photo_rows
 
     def crash_on_second_chunk(*args, **kwargs):
         calls["n"] += 1
@@ -411,9 +411,9 @@ def test_retention_removes_what_is_past_its_time_and_is_safe_to_repeat(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(privacy, "CHUNK", 5)
+    monkeypatch.setattr(privacy.retention, "CHUNK", 5)
     with monkeypatch.context() as patch:
-        patch.setattr(privacy, "_remove_photo_rows", crash_on_second_chunk)
+        patch.setattr(privacy.removal, "remove_photo_rows", crash_on_second_chunk)
         with pytest.raises(KeyboardInterrupt):
             privacy.apply_retention(session_factory, store, policy, now=later)
     resumed = privacy.apply_retention(session_factory, store, policy, now=later)
@@ -538,10 +538,10 @@ def test_encrypted_store_seals_photos_and_rotates_keys(reopen):
     assert raw.startswith(encryption.MAGIC) and photo(names[1])[:200] not in raw
     assert not store.put(photo(names[1])).created  # the same photo again: the sealed file is kept
 
-    assert privacy.rotate_store(store, dry_run=True).rewritten == 1  # the plain one
+    assert key_rotation.rotate_store(store, dry_run=True).rewritten == 1  # the plain one
     assert store.read_raw(stored[0].relative_path) == photo(names[0])  # dry run: untouched
-    assert privacy.rotate_store(store).rewritten == 1
-    assert privacy.rotate_store(store).rewritten == 0  # twice: nothing left to do
+    assert key_rotation.rotate_store(store).rewritten == 1
+    assert key_rotation.rotate_store(store).rewritten == 0  # twice: nothing left to do
     assert all(store.read_raw(s.relative_path).startswith(encryption.MAGIC) for s in stored)
 
     rotated = reopen(KeyRing.from_texts(second, first))
@@ -550,7 +550,7 @@ def test_encrypted_store_seals_photos_and_rotates_keys(reopen):
         stored[0].relative_path, encryption.seal(photo(names[0]), stored[0].sha256, rotated.keys.current)
     )
     assert [rotated.get(s.sha256) for s in stored] == [photo(n) for n in names]
-    report = privacy.rotate_store(rotated)
+    report = key_rotation.rotate_store(rotated)
     assert (report.rewritten, report.unchanged, report.failed) == (2, 1, [])
     only_new = reopen(KeyRing.from_texts(second))
     assert [only_new.get(s.sha256) for s in stored] == [photo(n) for n in names]
@@ -567,7 +567,7 @@ def test_encrypted_store_seals_photos_and_rotates_keys(reopen):
     # Switching encryption off again: the old key opens, rotation writes plain files; the
     # damaged one is reported, not a crash, and left as it was.
     off = reopen(KeyRing.from_texts(None, second))
-    report = privacy.rotate_store(off)
+    report = key_rotation.rotate_store(off)
     assert report.rewritten == 2 and len(report.failed) == 1 and stored[2].sha256[:12] in report.failed[0]
     assert off.read_raw(stored[0].relative_path) == photo(names[0])
     assert off.read_raw(stored[2].relative_path).startswith(encryption.MAGIC)

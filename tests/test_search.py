@@ -23,7 +23,7 @@ from core.storage.schema import (
 )
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.heads import similarity_from_projections
-from core.verification.result import AUTO_APPROVED, FLAGGED, POSSIBLE_DUPLICATE, PhotoAnalysis
+from core.verification.result import AUTO_APPROVED, FLAGGED, POSSIBLE_DUPLICATE, Flag, PhotoAnalysis
 from core.workflows import batches, search
 
 DIM = search.EMBEDDING_DIM
@@ -260,6 +260,10 @@ def test_hook_flags_possible_duplicate_on_the_storing_path(session, add_member, 
     assert "OLD" in stored.flags[0]["reason"]
     dups = session.execute(select(PossibleDuplicate.candidate_member_id, PossibleDuplicate.similarity)).all()
     assert [d[0] for d in dups] == ["OLD"] and dups[0][1] >= 0.8
+    # The candidates travel as the flag's parameters, not only inside its English sentence.
+    params = stored.flags[0]["params"]
+    assert [m for m, _ in params["candidates"]] == ["OLD"] and params["candidates"][0][1] >= 0.8
+    assert search.candidates_of(stored.flags[0]) == [("OLD", params["candidates"][0][1])]
     # Both photos' pretrained embeddings are stored; NEW is enrolled in this process's index at once.
     assert session.scalar(select(func.count(Embedding.id))) == 3
     index = search.index_for(session.get_bind(), model.version, sync=False)
@@ -337,9 +341,17 @@ def test_stand_in_engine_results_are_stored_unchanged(session, add_member, make_
     assert row.status == AUTO_APPROVED
 
 
-def test_duplicate_flag_names_candidates_the_pages_can_read():
-    reason = "; ".join(
-        search._CANDIDATE_FORMAT.format(member=m, similarity=s) for m, s in [("M-7", 0.9991), ("김1", 1.0)]
+def test_duplicate_flag_candidates_the_pages_can_read():
+    flag = Flag(
+        POSSIBLE_DUPLICATE, "two members", "verification", {"candidates": [["M-7", 0.9991], ["김1", 1.0]]}
     )
-    assert search.candidates_in_reason(reason) == [("M-7", 0.999), ("김1", 1.0)]
-    assert search.candidates_in_reason(None) == []
+    assert search.candidates_of(flag) == [("M-7", 0.9991), ("김1", 1.0)]
+    stored = {"code": POSSIBLE_DUPLICATE, "reason": "changed wording", "params": flag.params}
+    assert search.candidates_of(stored) == [("M-7", 0.9991), ("김1", 1.0)]  # never read from the sentence
+    # A flag stored before the candidates were parameters names them only in its reason.
+    legacy = {
+        "code": POSSIBLE_DUPLICATE,
+        "reason": "member M-7 (similarity 0.999); member 김1 (similarity 1.000)",
+    }
+    assert search.candidates_of(legacy) == [("M-7", 0.999), ("김1", 1.0)]
+    assert search.candidates_of({"code": POSSIBLE_DUPLICATE, "reason": None}) == []

@@ -284,7 +284,7 @@ def _client_address() -> str | None:
 def _first_admin(session_factory) -> None:
     st.subheader(tr("auth.no_users_title"))
     st.markdown(tr("auth.no_users_cli"))
-    st.code(".venv/bin/python -m core.storage.users create-admin --username admin", language="bash")
+    st.code(".venv/bin/python -m core users create-admin --username admin", language="bash")
     if not _embedded_db():
         return
     # Only on the embedded (SQLite) database: a server database gets its first admin from the

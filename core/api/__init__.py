@@ -46,16 +46,15 @@ Modules (FastAPI's "bigger applications" layout: one router per resource over sh
     inputs      checking member ids, genders and photos       verifying   resolve, run, store a verification
     searching   1:N search by photo         output   rows -> response bodies
     schemas     pydantic bodies             errors   ApiError and the JSON error responses
-    settings    limits and names            cli      python -m core.api
+    settings    limits and names            server   uvicorn with limits, several workers
 
-Command line:
-    python -m core.api --port PORT [--host 127.0.0.1] [--url DATABASE_URL]    serve
-    python -m core.api create-key --name NAME --role backend|reader        prints the key once
-    python -m core.api list-keys | revoke-key --name NAME
+Command line (core.cli.api):
+    faceverify api serve --port PORT [--host 127.0.0.1] [--url DATABASE_URL] [--workers N]
+    faceverify api create-key --name NAME --role backend|reader        prints the key once
+    faceverify api list-keys | revoke-key --name NAME
 """
 
 from core.api.app import create_app
-from core.api.cli import main
 from core.api.keys import create_key, hash_key, revoke_key
 
-__all__ = ["create_app", "create_key", "hash_key", "main", "revoke_key"]
+__all__ = ["create_app", "create_key", "hash_key", "revoke_key"]

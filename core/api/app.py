@@ -91,7 +91,7 @@ def create_app(
 
 
 def app_from_settings() -> FastAPI:
-    """The app each process of `python -m core.api --workers N` serves, from the settings
+    """The app each process of `faceverify api serve --workers N` serves, from the settings
     (DATABASE_URL, PHOTO_STORE_URL, MODELS_DIR; API_MAX_BODY_BYTES); the parent migrated the database."""
     from core.storage.db import make_engine
     from core.storage.db import session_factory as make_factory

@@ -2,7 +2,7 @@
 
 Pure ASGI, so every check runs before anything reads the body:
 - at most MAX_HEADERS headers of at most MAX_HEADER_BYTES each (431); the server itself (h11,
-  see core.api.cli) refuses a header block above H11_MAX_HEADER_BYTES before it reaches us;
+  see core.api.server) refuses a header block above H11_MAX_HEADER_BYTES before it reaches us;
 - the API key; a client sending wrong keys is slowed down and then locked (core.storage.throttle,
   kind api_client; 429 with Retry-After), checked before the key lookup once it has failed;
 - at most MAX_IN_FLIGHT photo requests (verifications, searches) at once: the next gets 503 with

@@ -53,6 +53,11 @@ def create_key(session: Session, name: str, role: str, actor: str = "cli") -> tu
     return key, row
 
 
+def list_keys(session: Session) -> list[ApiKey]:
+    """Every API key row, oldest first (hashes and prefixes only: the keys themselves are not kept)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+
 def revoke_key(session: Session, name: str, actor: str = "cli") -> int:
     now = utcnow()
     n = session.execute(

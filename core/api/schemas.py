@@ -152,7 +152,7 @@ class HealthOut(BaseModel):
     api_version: str
     model_reload_error: str | None = Field(None, description="why a newly promoted version is not answering")
     worker_pid: int = Field(
-        description="the API worker process that answered (python -m core.api --workers N)"
+        description="the API worker process that answered (faceverify api serve --workers N)"
     )
 
 

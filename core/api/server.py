@@ -12,6 +12,8 @@ The body's size and pace are checked by core.api.guard.
 
 from __future__ import annotations
 
+import os
+
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -71,3 +73,47 @@ def serve(app, host: str, port: int, log_level: str = "info") -> None:
     import uvicorn
 
     uvicorn.Server(uvicorn_config(app, host, port, log_level)).run()
+
+
+THREAD_SETTINGS = (
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENCV_FOR_THREADS_NUM",
+)
+
+
+def share_cores(workers: int) -> int:
+    """Threads per network library in each of `workers` API processes: cores // workers (at least 1).
+
+    Each library (TensorFlow, OpenMP, OpenCV) otherwise starts a thread per core in every process,
+    and N processes x cores threads fight over the cores. Settings already given are kept.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // max(1, workers))
+    for name in THREAD_SETTINGS:
+        os.environ.setdefault(name, str(threads))
+    return threads
+
+
+def serve_workers(
+    workers: int, host: str, port: int, log_level: str, *, database_url: str | None, max_body_bytes: int
+) -> None:
+    """`workers` API processes sharing the port, each building its app from the settings (which
+    get the database URL and body limit given here) and using its share of the cores."""
+    import uvicorn
+
+    share_cores(workers)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    os.environ["API_MAX_BODY_BYTES"] = str(max_body_bytes)
+    uvicorn.run(
+        "core.api.app:app_from_settings",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+        **limits(),
+    )
+

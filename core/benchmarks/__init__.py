@@ -1,6 +1,6 @@
 """Benchmarks and load tests: commands that print measured figures (never run by the product itself).
 
-verification  accuracy and speed beside the bare pretrained pipeline (`python -m core.benchmark`)
+verification  accuracy and speed beside the bare pretrained pipeline (`faceverify bench verification`)
 baseline      the bare dlib-bin pipeline the benchmark compares with
 search        1:N search latency over N enrolled members
 imports       the member importer into a fresh database

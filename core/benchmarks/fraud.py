@@ -1,6 +1,6 @@
-"""Figures of the fraud checks (issue 12) on lfw_dev, through the product's own path.
+"""Figures of the fraud checks on lfw_dev, through the product's own path.
 
-    python -m core.benchmarks.fraud [--images DIR] [--every N] [--train-copies N] [--json OUT.json]
+    faceverify bench fraud [--images DIR] [--every N] [--train-copies N] [--json OUT.json]
 
 Prints, on the people the shipped model held out (models/<version>/metadata.json):
   - reuse: each copy kind (same bytes, JPEG q60, 60% size, mirror, 10% crop, +15% brightness,
@@ -19,17 +19,14 @@ Prints, on the people the shipped model held out (models/<version>/metadata.json
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
-import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from core.config import PROJECT_ROOT, SHARED_LFW_DEV_DIR
+from core.config import PROJECT_ROOT
 
 COPY_KINDS = (
     "same bytes",
@@ -269,30 +266,3 @@ def run(images: Path, every: int = 1, train_copies: int = 150) -> dict:
         g: {"right": r, "of": n, "accuracy": r / max(n, 1)} for g, (r, n) in groups.items()
     }
     return figures
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--images", type=Path, default=SHARED_LFW_DEV_DIR / "images")
-    parser.add_argument("--every", type=int, default=1, help="analyse every Nth photo only")
-    parser.add_argument(
-        "--train-copies", type=int, default=150, help="training photos copied to choose the limit"
-    )
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    if not args.images.is_dir():
-        print(f"No photos at {args.images}; give --images.", file=sys.stderr)
-        return 2
-    figures = run(args.images, max(args.every, 1), args.train_copies)
-    text = json.dumps(figures, indent=1)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Import benchmark: N members with 2N distinct photos into a fresh database, timed.
 
-    python -m core.benchmarks.imports [--members 1000] [--url URL] [--keep]
+    faceverify bench imports [--members 1000] [--url URL] [--keep]
 
 The photos are the sample LFW photos (data/sample/images) with a few pixels changed per copy, so
 every photo is a real-looking JPEG with its own hash. The table (CSV with local paths) and the
@@ -14,10 +14,8 @@ and creates that database, so its name must contain "bench"; for SQLite it uses 
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -103,24 +101,19 @@ def drop_database(url: str) -> None:
     server.dispose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.benchmarks.imports", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--members", type=int, default=1000)
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"database URL (default {DEFAULT_URL})")
-    parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
-    args = parser.parse_args(argv)
+def measure(members: int = 1000, url: str = DEFAULT_URL, keep: bool = False) -> bool:
+    """Import `members` generated members twice into a fresh database; prints the figures, and
+    whether the import met its target with nothing rejected and the second import unchanged."""
 
     with tempfile.TemporaryDirectory(prefix="faceverify-bench-") as tmp:
         folder = Path(tmp)
         start = time.perf_counter()
-        csv_path = prepare(folder, args.members)
+        csv_path = prepare(folder, members)
         print(
-            f"prepared {args.members} members, {2 * args.members} photos in {time.perf_counter() - start:.1f} s"
+            f"prepared {members} members, {2 * members} photos in {time.perf_counter() - start:.1f} s"
         )
 
-        url = fresh_database(args.url, folder)
+        url = fresh_database(url, folder)
         engine = make_engine(url)
         init_db(engine)
         store = PhotoStore(folder / "store")
@@ -140,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 reimport_seconds = time.perf_counter() - start
         finally:
             engine.dispose()
-            if not args.keep:
+            if not keep:
                 drop_database(url)
 
     print(f"database: {shown}")
@@ -152,8 +145,4 @@ def main(argv: list[str] | None = None) -> int:
     print(f"re-import: {reimport_seconds:.1f} s, {again}")
     ok = seconds <= TARGET_SECONDS and counts[REJECTED] == 0 and again["unchanged"] == len(reports)
     print(f"target <= {TARGET_SECONDS:.0f} s: {'met' if ok else 'NOT met'}")
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return ok

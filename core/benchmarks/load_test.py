@@ -1,12 +1,12 @@
 """Load test of the service API on loopback: verifications at a fixed rate for a bounded time.
 
-    python -m core.benchmarks.load_test --seconds 60 --rate 10 --json OUT.json
-    python -m core.benchmarks.load_test --url http://127.0.0.1:8000 --key KEY --reader-key KEY2 ...   (a running server)
+    faceverify bench load --seconds 60 --rate 10 --json OUT.json
+    faceverify bench load --url http://127.0.0.1:8000 --key KEY --reader-key KEY2 ...   (a running server)
 
 The combined load test (two API workers, a queue worker and a dashboard batch at once on MariaDB +
 SeaweedFS + a broker, with faults) is core.benchmarks.load_combined, built on run() below.
 
-Without --url it starts `python -m core.api` itself on a free port of 127.0.0.1 with a fresh
+Without --url it starts `faceverify api serve` itself on a free port of 127.0.0.1 with a fresh
 SQLite database and photo store in a temporary folder (or --db-url, e.g. a MariaDB database made
 for the test), creates its keys, and stops the server at the end. Only loopback addresses are
 accepted as targets.
@@ -25,10 +25,8 @@ Exit code 0 when there was no error, every result was stored and the rate was he
 
 from __future__ import annotations
 
-import argparse
 import csv
 import ipaddress
-import json
 import os
 import socket
 import subprocess
@@ -108,7 +106,7 @@ def sample_pairs() -> list[tuple[bytes, bytes, str]]:
 
 
 class Server:
-    """python -m core.api on a free loopback port with its own temporary database and photo store."""
+    """`faceverify api serve` on a free loopback port with its own temporary database and photo store."""
 
     def __init__(self, db_url: str | None, log_path: Path | None):
         self.tmp = tempfile.TemporaryDirectory(prefix="faceverify-load-")
@@ -126,7 +124,7 @@ class Server:
 
     def _cli(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "core.api", *args],
+            [sys.executable, "-m", "core", "api", *args],
             cwd=config.PROJECT_ROOT,
             env=self.env,
             capture_output=True,
@@ -134,7 +132,7 @@ class Server:
             timeout=300,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"core.api {' '.join(args)} failed: {done.stderr[-1000:]}")
+            raise RuntimeError(f"faceverify api {' '.join(args)} failed: {done.stderr[-1000:]}")
         return done.stdout.strip()
 
     def start(self, timeout_s: float = 300.0) -> tuple[str, str]:
@@ -144,7 +142,7 @@ class Server:
         reader = self._cli("create-key", "--name", "load-test-reader", "--role", "reader")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "core.api", "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", "core", "api", "serve", "--port", str(self.port), "--log-level", "warning"],
             cwd=config.PROJECT_ROOT,
             env=self.env,
             stdout=self.log,
@@ -342,38 +340,7 @@ def _figure(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"  # no full 10 s window in a shorter run
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.benchmarks.load_test", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--rate", type=float, default=10.0, help="verifications per second")
-    parser.add_argument("--workers", type=int, default=24, help="concurrent client connections at most")
-    parser.add_argument("--url", help="a running server on loopback (default: start one)")
-    parser.add_argument("--key", help="backend key for --url")
-    parser.add_argument("--reader-key", help="reader (or backend) key for --url (default: --key)")
-    parser.add_argument("--db-url", help="database for the server started here (default: temporary SQLite)")
-    parser.add_argument("--server-log", type=Path, help="keep the started server's log here")
-    parser.add_argument("--json", type=Path, help="write the report here as JSON")
-    args = parser.parse_args(argv)
-    if not 0 < args.seconds <= MAX_SECONDS or not 0 < args.rate <= MAX_RATE:
-        parser.error(f"--seconds must be in (0, {MAX_SECONDS}] and --rate in (0, {MAX_RATE}]")
-    if args.url and not args.key:
-        parser.error("--url needs --key")
-
-    server = None
-    try:
-        if args.url:
-            url, key, reader_key = args.url, args.key, args.reader_key or args.key
-        else:
-            server = Server(args.db_url, args.server_log)
-            print(f"starting python -m core.api on {server.url} (loading the model) ...", flush=True)
-            key, reader_key = server.start()
-            url = server.url
-        report = run(url, key, reader_key, args.seconds, args.rate, max(1, args.workers))
-    finally:
-        if server is not None:
-            server.stop()
+def print_report(report: dict) -> None:
     print(
         f"{report['ok']}/{report['sent']} verifications in {report['duration_s']:.1f} s: "
         f"{report['achieved_rate']:.2f}/s (target {report['target_rate']:.1f}/s, lowest 10 s window "
@@ -389,12 +356,3 @@ def main(argv: list[str] | None = None) -> int:
         f"({'all' if report['all_stored'] else 'NOT ALL'}); flagged {report['flagged']}, "
         f"with possible duplicates {report['possible_duplicates']}"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return 0 if report["rate_held"] and report["all_stored"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

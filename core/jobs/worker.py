@@ -1,6 +1,6 @@
 """A queue worker process: loads the models once, then runs jobs from the broker until stopped.
 
-    python -m core.jobs.worker [--queues fv_batches fv_training] [--threads 1]
+    faceverify worker [--queues fv_batches fv_training] [--threads 1]     (core.cli.worker)
 
 Run as many of these as there are cores to spare (each holds one engine, ~1 GB). One job at a
 time per thread and one message fetched ahead of none: the others stay in the queue for the other
@@ -13,13 +13,9 @@ stop) one of them enqueues the retention job (core.workflows.privacy), whichever
 
 from __future__ import annotations
 
-import argparse
-import logging
-import signal
-import sys
 import threading
 
-from core.jobs import queue, resources, tasks
+from core.jobs import queue
 
 RETENTION_CHECK_S = 600.0  # how often a worker looks whether this period's retention job is due
 
@@ -32,44 +28,3 @@ def _retention_clock(stop: threading.Event, every_s: float, log) -> None:
         except Exception as exc:  # the broker is away for a moment: try again at the next look
             log.warning("retention not scheduled: %s", exc)
         stop.wait(min(every_s, RETENTION_CHECK_S))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.jobs.worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--queues", nargs="*", default=[queue.QUEUE_BATCHES, queue.QUEUE_TRAINING])
-    parser.add_argument("--threads", type=int, default=1, help="jobs at once in this process (default 1)")
-    parser.add_argument("--no-warm-up", action="store_true", help="load the engine at the first job")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("core.jobs.worker")
-
-    import dramatiq
-
-    broker = queue.broker()
-    broker.emit_after("process_boot")
-    if not args.no_warm_up:
-        try:
-            version = resources.engine().model_version
-            log.info("engine %s loaded", version)
-        except Exception as exc:  # no model yet: jobs that need one will say so
-            log.warning("no engine loaded at start: %s", exc)
-    worker = dramatiq.Worker(broker, queues=set(args.queues), worker_threads=max(1, args.threads))
-    worker.queue_prefetch = max(1, args.threads)  # not 2x: a long batch must not hold a second one
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    worker.start()
-    every = tasks.retention_interval_s()
-    if every:
-        threading.Thread(target=_retention_clock, args=(stop, every, log), daemon=True).start()
-    log.info("worker ready on %s", ", ".join(sorted(args.queues)))
-    print("worker ready", flush=True)  # the line tests and process managers wait for
-    stop.wait()
-    log.info("stopping after the jobs in hand")
-    worker.stop()
-    broker.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Everything that is kept: the database (engine, sessions, schema, Alembic migrations), the photo
 store, the audit log, users and passwords, and the read queries the pages need.
 
-db               engine, sessions, `python -m core.db upgrade|current`
+db               engine, sessions, `faceverify db upgrade|current`
 schema           the ORM tables (must match the newest migration)
 migrations/      Alembic revisions
 retry            deadlocks and lock waits retried with backoff, then "busy, retry"
@@ -9,7 +9,8 @@ photostore       photos once per content hash: the interface and the folder stor
 s3store          the same interface on an S3-compatible bucket
 stores           open the store the settings name (PHOTO_STORE_URL)
 photo_copy       copy a store into another, resumable, checked by hash
-encryption       optional AES-GCM of photos at rest, key rotation
+encryption       optional AES-GCM of photos at rest, the keys
+key_rotation     rewrite a store under the current key
 audit            who saw or decided what, and when, as a hash chain
 users            users, roles, argon2id passwords
 throttle         failed sign-ins and API keys slowed down, then locked

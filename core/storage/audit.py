@@ -10,7 +10,7 @@ and no deadlock can form around it). An entry changed, removed or slipped in aft
 the chain at that place:
 
     verify_chain(session) -> ChainReport      ok, entries checked, the first broken link
-    python -m core.storage.audit verify [--url DATABASE_URL]     exit code 0 intact, 1 broken
+    faceverify audit verify [--url DATABASE_URL]     exit code 0 intact, 1 broken
 
 The chain tells that something was changed. To stop the change in the first place, give the
 application a database user that may only add audit entries (README, "Audit log").
@@ -18,10 +18,8 @@ application a database user that may only add audit entries (README, "Audit log"
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -204,24 +202,3 @@ def recent(session: Session, *, actor: str | None = None, limit: int = 200) -> l
     if actor:
         stmt = stmt.where(AuditEntry.actor == actor)
     return list(session.scalars(stmt))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.storage.audit", description="Audit log tools.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    verify = sub.add_parser(
-        "verify", help="check the hash chain; exit code 1 and the first broken link if broken"
-    )
-    verify.add_argument("--url", help="SQLAlchemy URL (default: DATABASE_URL setting)")
-    args = parser.parse_args(argv)
-
-    from core.storage.db import init_db, session_factory
-
-    with session_factory(init_db(args.url))() as session:
-        report = verify_chain(session)
-    print(report.summary())
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,14 +6,12 @@ session_factory(url=None) -> sessionmaker
 init_db(url=None) -> Engine              creates or upgrades the schema to the newest revision (Alembic)
 
 The URL comes from core.config.database_url() (DATABASE_URL in the environment or in
-.streamlit/secrets.toml). Command line: python -m core.storage.db upgrade|current|history [--url URL]
+.streamlit/secrets.toml). Command line: faceverify db upgrade|current|history|stamp [--url URL]
 """
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 import threading
 from pathlib import Path
 
@@ -122,7 +120,7 @@ def _check_not_foreign(engine: Engine) -> None:
         raise SchemaError(
             f"The database already has tables {sorted(ours)} but no alembic_version table, so its "
             "schema version is unknown. Use an empty database, or stamp it with "
-            "`python -m core.storage.db stamp REVISION` after checking which revision it matches."
+            "`faceverify db stamp REVISION` after checking which revision it matches."
         )
 
 
@@ -187,36 +185,3 @@ def _stored_revision(engine: Engine) -> str | None:
     except SQLAlchemyError:
         return None
     return rows[0][0] if len(rows) == 1 else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.storage.db", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="SQLAlchemy URL (default: DATABASE_URL setting)")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("upgrade", help="upgrade the schema (default: to head)")
-    up.add_argument("revision", nargs="?", default=HEAD)
-    sub.add_parser("current", help="print the schema revision of the database")
-    sub.add_parser("history", help="list the revisions")
-    stamp = sub.add_parser("stamp", help="record a revision without running migrations")
-    stamp.add_argument("revision")
-    args = parser.parse_args(argv)
-
-    from alembic import command
-
-    engine = get_engine(args.url)
-    shown = engine.url.render_as_string(hide_password=True)
-    if args.cmd == "upgrade":
-        upgrade(engine, args.revision)
-        print(f"{shown}: at revision {current_revision(engine)}")
-    elif args.cmd == "current":
-        print(f"{shown}: revision {current_revision(engine)} (head is {head_revision()})")
-    elif args.cmd == "history":
-        command.history(alembic_config(engine))
-    elif args.cmd == "stamp":
-        command.stamp(alembic_config(engine), args.revision)
-        print(f"{shown}: stamped {args.revision}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,9 +11,9 @@ photo's name does not open.
 
 Settings:
     PHOTO_ENCRYPTION_KEY        the key new photos are sealed with: 32 bytes, URL-safe base64
-                                (`python -m core photo-key new` prints one)
+                                (`faceverify store new-key` prints one)
     PHOTO_ENCRYPTION_OLD_KEYS   earlier keys, comma-separated, still accepted for reading while
-                                `python -m core photo-key rotate` rewrites the store
+                                `faceverify store rotate-key` rewrites the store
 """
 
 from __future__ import annotations

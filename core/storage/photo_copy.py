@@ -1,7 +1,7 @@
 """Copy a photo store into another one (a folder into a bucket, or back), resumable, checked by hash.
 
-    python -m core.storage.photo_copy --from data/runtime/photos --to s3://faceverify-photos/photos
-    python -m core.storage.photo_copy --from s3://faceverify-photos/photos --to /srv/photos-restore
+    faceverify store copy --from data/runtime/photos --to s3://faceverify-photos/photos
+    faceverify store copy --from s3://faceverify-photos/photos --to /srv/photos-restore
 
 The relative paths the database keeps are the same in every backend, so after the copy pointing
 PHOTO_STORE_URL at the destination is all the switch takes. Each photo is read from the source,
@@ -13,22 +13,17 @@ re-hashes those too and replaces any that are damaged. The source is never chang
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from core.storage.photostore import (
     PhotoNotFound,
     PhotoStoreBackend,
-    PhotoStoreUnavailable,
     StoredEntry,
     sha256_hex,
 )
-from core.storage.stores import open_photo_store
 
 COPIED, SKIPPED, REPLACED, DAMAGED_SOURCE, FAILED = (
     "copied",
@@ -133,49 +128,3 @@ def copy_store(
                 progress(report)
     report.seconds = round(time.perf_counter() - started, 2)
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.storage.photo_copy", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--from", dest="source", required=True, help="folder path or s3://BUCKET/PREFIX")
-    parser.add_argument("--to", dest="destination", required=True, help="folder path or s3://BUCKET/PREFIX")
-    parser.add_argument("--verify-existing", action="store_true", help="re-hash photos already copied")
-    parser.add_argument(
-        "--create-bucket", action="store_true", help="create the destination bucket if missing"
-    )
-    parser.add_argument("--workers", type=int, default=4, help="photos copied at once (default 4)")
-    parser.add_argument("--json", help="write the report to this file as well")
-    args = parser.parse_args(argv)
-    try:
-        source, destination = open_photo_store(args.source), open_photo_store(args.destination)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if source.url.rstrip("/") == destination.url.rstrip("/"):
-        parser.error("--from and --to name the same store")
-    if args.create_bucket and hasattr(destination, "create_bucket"):
-        destination.create_bucket()
-
-    def show(report: CopyReport) -> None:
-        print(f"{report.seen} seen, {report.copied} copied, {report.skipped} already there", file=sys.stderr)
-
-    try:
-        report = copy_store(
-            source, destination, verify_existing=args.verify_existing, workers=args.workers, progress=show
-        )
-    except PhotoStoreUnavailable as exc:
-        print(
-            f"Stopped: {exc} What was copied is kept; run the same command again to resume.", file=sys.stderr
-        )
-        return 2
-    out = json.dumps(asdict(report), indent=2)
-    print(out)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(out + "\n")
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,19 +17,15 @@ has_role(user, *roles) -> bool                            admin is allowed every
 
 Each action commits its own transaction (with its audit entry).
 
-Command line:
-    python -m core.storage.users create-admin --username NAME      password from a prompt, or from
-                                                          FACEVERIFY_ADMIN_PASSWORD for scripts
-    python -m core.storage.users create-user --username NAME --role staff
-    python -m core.storage.users list
+Command line (core.cli.users):
+    faceverify users create-admin --username NAME      password from a prompt, or from
+                                                       FACEVERIFY_ADMIN_PASSWORD for scripts
+    faceverify users create-user --username NAME --role staff
+    faceverify users list
 """
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import os
-import sys
 from functools import lru_cache
 
 from argon2 import PasswordHasher
@@ -296,51 +292,3 @@ def has_role(user: User | None, *roles: str) -> bool:
     if user is None or not user.active:
         return False
     return user.role == ADMIN or user.role in roles
-
-
-def _read_new_password() -> str:
-    password = os.environ.get(ADMIN_PASSWORD_ENV)
-    if password:
-        return password
-    if not sys.stdin.isatty():
-        raise AuthError(f"No terminal to ask for a password: set {ADMIN_PASSWORD_ENV} instead.")
-    first = getpass.getpass("New password: ")
-    if first != getpass.getpass("Repeat it: "):
-        raise AuthError("The two passwords differ.")
-    return first
-
-
-def main(argv: list[str] | None = None) -> int:
-    from core.storage.db import init_db, session_factory
-
-    parser = argparse.ArgumentParser(
-        prog="python -m core.storage.users", description="Manage dashboard users."
-    )
-    parser.add_argument("--url", help="SQLAlchemy URL (default: DATABASE_URL setting)")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    admin = sub.add_parser("create-admin", help="create an admin user")
-    admin.add_argument("--username", required=True)
-    user = sub.add_parser("create-user", help="create a user with a role")
-    user.add_argument("--username", required=True)
-    user.add_argument("--role", required=True, choices=ROLES)
-    sub.add_parser("list", help="list users and roles")
-    args = parser.parse_args(argv)
-
-    engine = init_db(args.url)
-    with session_factory(engine)() as session:
-        try:
-            if args.cmd in ("create-admin", "create-user"):
-                role = ADMIN if args.cmd == "create-admin" else args.role
-                created = create_user(session, args.username, _read_new_password(), role, actor="cli")
-                print(f"Created {created.role} {created.username!r}.")
-            else:
-                for u in list_users(session):
-                    print(f"{u.username:<24} {u.role:<16} {'active' if u.active else 'inactive'}")
-        except AuthError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

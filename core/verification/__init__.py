@@ -2,6 +2,7 @@
 -> trained heads -> rules -> VerificationResult. Pure computation: no database, no Streamlit.
 
 imaging     decode and check photo bytes (EXIF rotation, RGB, size and pixel limits)
+quality     sharpness-and-contrast score of an aligned face crop (the low-quality flag)
 faces       detection (MediaPipe), main face, 5 landmarks and alignment
 networks/   the pretrained networks, one module each (identity embeddings, gender)
 features    photo -> located face -> pretrained features (shared by the engine and training)

@@ -23,7 +23,7 @@ What is measured, and from what:
 
 Each finding has a code, the measured value, the limit it crossed and an instruction for the
 member (core/i18n: "capture.<code>", Korean and English). The limits and the occlusion model are
-made by `python -m core.benchmarks.capture fit` on synthetic variants of the training people's
+made by `faceverify train capture-check` on synthetic variants of the training people's
 photos only (models/pretrained/capture_check.json records how; NOTICE-capture.md says what the
 network is and how it was made).
 """
@@ -335,7 +335,7 @@ def occlusion_probabilities_many(chips: np.ndarray, predict=None) -> dict[str, n
 @lru_cache(maxsize=1)
 def check_record() -> dict:
     """models/pretrained/capture_check.json: the limits and the blur model, chosen and fitted on
-    training people by `python -m core.benchmarks.capture fit`, and how."""
+    training people by `faceverify train capture-check`, and how."""
     with LIMITS_FILE.open(encoding="utf-8") as f:
         return json.load(f)
 

@@ -57,7 +57,7 @@ class Engine:
         if trained_on != expected:
             raise ModelError(
                 f"Model {model.version} was trained on features {trained_on!r}, this code computes "
-                f"{expected!r} for its networks {list(self.networks)}: retrain it (python -m core.train)."
+                f"{expected!r} for its networks {list(self.networks)}: retrain it (faceverify train)."
             )
         self.model = model
         tower, gender = model.tower, model.gender

@@ -11,7 +11,7 @@
 
 No database and no network here: core.verification.engine calls these for a pair, the storing
 step (core.workflows.photo_checks) for every other photo of the member. The thresholds were
-measured on lfw_dev's training people and are re-measured by `python -m core.benchmarks.fraud`.
+measured on lfw_dev's training people and are re-measured by `faceverify bench fraud`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from core.verification.result import CHALLENGE_FAILED, REUSED_PHOTO, Flag
 # their median (255 bits, 64 hex): the aligned face chip, the whole photo, and a square around the
 # detected face 1.6 times its size. A re-encoded, resized, recoloured or mirrored copy keeps the
 # whole-photo hash; a crop or a screenshot keeps the face hashes. Each is compared as it is and
-# mirrored. Limits chosen on lfw_dev's training people (python -m core.benchmarks.fraud): every
+# mirrored. Limits chosen on lfw_dev's training people (faceverify bench fraud): every
 # copy (same bytes, JPEG q60, 60% size, mirror, 10% crop, +15% brightness, screenshot) was within
 # them or within REUSE_DISTANCE, while 0.055% of same-person pairs of distinct photos were, nearly
 # all LFW's own re-crops of one press photo.
@@ -43,7 +43,7 @@ REGION_SCALE = 1.6
 # feature recipe (core.verification.features.features_version): (how many leading numbers of the
 # embedding are compared, None for all; the limit). Each sits under the ceiling two separate
 # captures of one person reach on lfw_dev's training people, measured with
-# `python -m core.benchmarks.fraud` for both measures (dlib's part, every network's part); see
+# `faceverify bench fraud` for both measures (dlib's part, every network's part); see
 # README, Fraud checks. A recipe not listed gets no identity limit (the hashes still apply).
 DLIB_PART = 128  # dlib's numbers come first in every recipe's embedding
 REUSE_DISTANCE: dict[str, tuple[int | None, float]] = {

@@ -171,7 +171,7 @@ def default_version(models_dir: Path | None = None) -> str:
     path = Path(models_dir or config.models_dir()) / "DEFAULT"
     if not path.exists():
         raise ModelError(
-            f"No model version given and {path} does not exist; train one with python -m core.training.pipeline"
+            f"No model version given and {path} does not exist; train one with faceverify train"
         )
     return path.read_text().strip()
 

@@ -11,19 +11,16 @@ member and both photos, so a row is imported entirely or not at all. Importing t
 changes nothing.
 
 Command line:
-    python -m core.workflows.importer FILE [--zip PHOTOS.zip] [--base-dir DIR] [--url DATABASE_URL]
+    faceverify import FILE [--zip PHOTOS.zip] [--base-dir DIR] [--url DATABASE_URL]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import difflib
 import io
 import re
-import sys
-import time
 import unicodedata
 import urllib.parse
 import zipfile
@@ -699,57 +696,3 @@ def load_sample_members(
 ) -> list[RowReport]:
     """Import the demo members of data/sample/members.csv (idempotent)."""
     return import_members(session, config.SAMPLE_DIR / "members.csv", actor=actor, photo_store=photo_store)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.workflows.importer", description="Import members from .xlsx or .csv."
-    )
-    parser.add_argument("file", help="table with member_id, gender, gallery_photo, verification_photo")
-    parser.add_argument("--zip", dest="zip_path", help="ZIP holding the photos named in the table")
-    parser.add_argument("--base-dir", help="folder for relative photo paths (default: the table's folder)")
-    parser.add_argument(
-        "--allow-outside",
-        action="store_true",
-        help="read photo paths outside the base folder too (../, absolute)",
-    )
-    parser.add_argument("--url", help="SQLAlchemy database URL (default: DATABASE_URL setting)")
-    parser.add_argument("--actor", default="cli", help="name recorded in the audit log")
-    parser.add_argument("--only-problems", action="store_true", help="print only rejected rows and warnings")
-    args = parser.parse_args(argv)
-
-    from core.storage.db import init_db, session_factory
-
-    engine = init_db(args.url)
-    start = time.perf_counter()
-    with session_factory(engine)() as session:
-        try:
-            reports = import_members(
-                session,
-                args.file,
-                zip_bytes=args.zip_path,
-                base_dir=args.base_dir,
-                actor=args.actor,
-                allow_outside=args.allow_outside,
-            )
-        except ImportFileError as exc:
-            print("The file was not imported:", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  - {problem}", file=sys.stderr)
-            return 2
-    print(format_report(reports, only_problems=args.only_problems))
-    counts = summarize(reports)
-    print(
-        f"\n{len(reports)} rows in {time.perf_counter() - start:.1f} s: "
-        + ", ".join(f"{n} {status}" for status, n in counts.items())
-    )
-    from core import jobs
-
-    if jobs.configured() and (counts[IMPORTED] or counts[UPDATED]):
-        # The new members join the 1:N index now, not only when they are first verified.
-        print(f"enrolment queued ({jobs.submit_enrolment()})")
-    return 1 if counts[REJECTED] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

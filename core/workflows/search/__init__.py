@@ -1,0 +1,91 @@
+"""1:N face search over every enrolled member, and the duplicate-account check run on each verification.
+
+An enrolled member is a member whose current gallery photo has a pretrained embedding in the
+`embeddings` table. The index keeps, in memory, one row per such photo: the engine's projection of
+that embedding (the Siamese tower's output for the loaded model version), as a float32 matrix.
+
+    thresholds   similarity on the model's scale; duplicate_threshold(...)
+    embeddings   pretrained_model_id(), embedding_dim(), store_embeddings(), enrol_missing()
+    index        SearchIndex(dim, offset, scale, ...): the matrix; add/remove/search, thread-safe,
+                 kept in step with the database and with other processes
+    registry     register_engine(engine), index_for(bind, model_version), forget_member(),
+                 reset_indexes(), index_stats()
+    duplicates   flag_possible_duplicates(session, row, result): the hook the one storing path
+                 (core.workflows.batches.store_result) calls for every result; candidates_of(flag)
+    photo_search search_photo(session, engine, data, k) -> PhotoSearch (API, pages)
+
+Command line (core.cli.search): faceverify search stats | enrol-missing [--limit N]
+"""
+
+from core.workflows.search.duplicates import (
+    MAX_CANDIDATES,
+    candidates_of,
+    flag_possible_duplicates,
+    was_checked,
+)
+from core.workflows.search.embeddings import (
+    EMBEDDING_DIM,
+    embedding_dim,
+    enrol_missing,
+    pretrained_model_id,
+    store_embeddings,
+)
+from core.workflows.search.index import (
+    LOAD_CHUNK,
+    PROJECT_CHUNK,
+    SYNC_INTERVAL_S,
+    VERIFY_INTERVAL_S,
+    Candidate,
+    SearchIndex,
+)
+from core.workflows.search.photo_search import NoUsableFace, PhotoSearch, SearchError, search_photo
+from core.workflows.search.registry import (
+    _context,
+    _indexes,
+    forget_member,
+    index_for,
+    index_stats,
+    register_engine,
+    reset_indexes,
+)
+from core.workflows.search.thresholds import (
+    DUPLICATE_DISTANCE,
+    DUPLICATE_THRESHOLD_SETTING,
+    _similarity_from_sqdist,
+    _sqdist_for_similarity,
+    duplicate_threshold,
+)
+
+__all__ = [
+    "DUPLICATE_DISTANCE",
+    "DUPLICATE_THRESHOLD_SETTING",
+    "EMBEDDING_DIM",
+    "LOAD_CHUNK",
+    "MAX_CANDIDATES",
+    "PROJECT_CHUNK",
+    "SYNC_INTERVAL_S",
+    "VERIFY_INTERVAL_S",
+    "Candidate",
+    "NoUsableFace",
+    "PhotoSearch",
+    "SearchError",
+    "SearchIndex",
+    "_context",
+    "_indexes",
+    "_similarity_from_sqdist",
+    "_sqdist_for_similarity",
+    "candidates_of",
+    "duplicate_threshold",
+    "embedding_dim",
+    "enrol_missing",
+    "flag_possible_duplicates",
+    "forget_member",
+    "index_for",
+    "index_stats",
+    "pretrained_model_id",
+    "register_engine",
+    "reset_indexes",
+    "search_photo",
+    "store_embeddings",
+    "was_checked",
+]
