@@ -14,7 +14,7 @@ from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
 from core.api.routers import challenges, health, members, photo_checks, privacy, verifications
 from core.api.routers import search as search_routes
-from core.api.settings import API_VERSION, MAX_BODY_BYTES, MAX_IN_FLIGHT
+from core.api.settings import ADMISSION_MB, API_VERSION, MAX_BODY_BYTES, MAX_IN_FLIGHT, NO_ENGINE
 from core.api.state import AppState, load_engine_in_background, watch_promotions
 from core.storage.photostore import PhotoStoreBackend
 from core.storage.stores import open_photo_store
@@ -26,6 +26,10 @@ def _in_flight() -> int:
     return max(1, int(config.setting("API_MAX_IN_FLIGHT") or MAX_IN_FLIGHT))
 
 
+def _admission_bytes() -> int:
+    return int(float(config.setting("API_ADMISSION_MB") or ADMISSION_MB) * 1024 * 1024)
+
+
 def create_app(
     session_factory: sessionmaker | None = None,
     engine=None,
@@ -34,6 +38,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     load_engine: bool = True,
     max_in_flight: int | None = None,
+    admission_bytes: int | None = None,
 ) -> FastAPI:
     """The API. Without a session factory: the configured database (migrated on start).
     Without an engine: core.verification.engine.Engine.load() in the background (503 until it is ready)."""
@@ -52,7 +57,7 @@ def create_app(
             load_engine_in_background(state)
             watch_promotions(state)  # a promotion made anywhere reaches this process by itself
         else:
-            state.model_error = "no engine configured"
+            state.model_error = NO_ENGINE
         yield
         state.stopping.set()
         if state.worker is not None:
@@ -74,6 +79,7 @@ def create_app(
         state=state,
         max_body_bytes=max_body_bytes,
         max_in_flight=max_in_flight or _in_flight(),
+        admission_bytes=admission_bytes or _admission_bytes(),
     )
 
     add_error_handlers(app)
@@ -93,7 +99,10 @@ def create_app(
 def app_from_settings() -> FastAPI:
     """The app each process of `python -m core.api --workers N` serves, from the settings
     (DATABASE_URL, PHOTO_STORE_URL, MODELS_DIR; API_MAX_BODY_BYTES); the parent migrated the database."""
+    from core.api.server import size_decode_budget
     from core.storage.db import make_engine
+
+    size_decode_budget()
     from core.storage.db import session_factory as make_factory
 
     max_body = int(config.setting("API_MAX_BODY_BYTES") or MAX_BODY_BYTES)
