@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
 from core import config
+from core.api.docs import OPENAPI_URL, add_docs, docs_enabled
 from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
 from core.api.routers import challenges, health, members, photo_checks, privacy, verifications
@@ -48,6 +49,7 @@ def create_app(
 
         session_factory = make_factory(init_db())
     state = AppState(session_factory, photo_store or open_photo_store())
+    docs = docs_enabled()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -72,7 +74,13 @@ def create_app(
             "member's history, search enrolled members by photo. Send the API key as X-API-Key."
         ),
         lifespan=lifespan,
+        # Served by core.api.docs from installed files (not a CDN), or not at all (API_DOCS=off).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=OPENAPI_URL if docs else None,
     )
+    if docs:
+        add_docs(app)
     app.state.api = state
     app.add_middleware(
         GuardMiddleware,
