@@ -275,7 +275,7 @@ def verify_request(
     challenge_id: str | None = None,
 ) -> dict:
     worker = state.require_engine()
-    member_id = checked_member_id(member_id)
+    member_id = checked_member_id(member_id, state.factory)  # look-alikes of members refused
     gender = checked_gender(gender)
     resolved = _resolve(state, member_id, gender, enrol, photos)
     # After the request is known to be usable, so a bad photo does not cost the member its challenge.
