@@ -73,14 +73,18 @@ ERRORS = {
     413: {"model": ErrorOut, "description": "request or photo too large"},
     415: {"model": ErrorOut, "description": "not an image, or the wrong content type"},
     422: {"model": ErrorOut, "description": "well-formed but unusable request"},
-    429: {"model": ErrorOut, "description": "too many failed API keys from this client; see Retry-After"},
+    429: {
+        "model": ErrorOut,
+        "description": "a wrong key, after many from this address or with this key prefix; see Retry-After",
+    },
     503: {"model": ErrorOut, "description": "model loading, engine busy or database unavailable"},
 }
 
 
 def error_responses(*codes: int) -> dict:
     """The documented error answers of an endpoint. Every endpoint that takes a key (401) can also
-    answer 429: the guard throttles a client whose keys keep failing, whatever the path."""
+    answer 429 to a wrong key: the guard throttles wrong keys by address and key prefix, whatever the
+    path (a valid key is never throttled)."""
     if 401 in codes:
         codes = (*codes, 429)
     return {code: ERRORS[code] for code in sorted(set(codes))}

@@ -36,7 +36,8 @@ _EAST_ASIAN = {"HANGUL", "CJK", "HIRAGANA", "KATAKANA"}
 # Lower-case characters that look alike, mapped to one of them.
 _LOOKALIKE = str.maketrans({"o": "0", "l": "1", "i": "1", "|": "1"})
 _SEPARATORS = str.maketrans("", "", ".-_")
-_INVISIBLE_CATEGORIES = {"Cf", "Cc", "Co", "Cs", "Cn", "Mn", "Me", "Zs", "Zl", "Zp"}
+# (Control characters such as tabs get the spreadsheet rule's own message.)
+_INVISIBLE_CATEGORIES = {"Cf", "Co", "Cs", "Cn", "Mn", "Me", "Zs", "Zl", "Zp"}
 
 
 def _script(ch: str) -> str | None:
