@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.client_address import (
+from core.storage.client_address import (
     client_address,
     dashboard_client_address,
     trusted_proxies,

@@ -8,7 +8,7 @@ serve(app, host, port, log_level) runs uvicorn with:
   trickling headers is cut off; between requests uvicorn's keep-alive timeout does the same);
 - at most MAX_CONNECTIONS connections and requests at once (503 above);
 - X-Forwarded-For / X-Forwarded-Proto believed only from the proxies named by TRUSTED_PROXIES
-  (default: nobody; core.client_address), never from any local client.
+  (default: nobody; core.storage.client_address), never from any local client.
 The body's size and pace are checked by core.api.guard.
 """
 
@@ -19,7 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from core import config
 from core.api.settings import DECODE_MB, H11_MAX_HEADER_BYTES, HEADER_TIMEOUT_S
-from core.client_address import uvicorn_proxy_options
+from core.storage.client_address import uvicorn_proxy_options
 
 MAX_CONNECTIONS = 256
 KEEP_ALIVE_S = 5

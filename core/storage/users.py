@@ -180,7 +180,7 @@ def authenticate(session: Session, username: str, password: str, client: str | N
     password). Failures of a name from one address make its next attempts from that address wait
     longer and longer (never a lock: the real user elsewhere is not kept out); failures from one
     address under any names also lock that address for a while. `client` is the address
-    (core.client_address); without one, the name's attempts share the "unknown" address."""
+    (core.storage.client_address); without one, the name's attempts share the "unknown" address."""
     try:
         name = normalise_username(username)
     except AuthError:
