@@ -146,17 +146,78 @@ def test_photo_requests_beyond_the_limit_get_503_before_their_body_is_read(serve
         holder.close()
 
 
-def test_a_client_sending_wrong_keys_is_slowed_and_locked(served, session_factory):
-    server, key = served()
+def test_every_photo_endpoint_goes_through_the_one_admission_gate(served, monkeypatch):
+    """Photo checks and gallery photos used to bypass the gate: 40 at once were all decoded."""
+    monkeypatch.setattr(guard_module, "BODY_CHUNK_TIMEOUT_S", 20.0)
+    server, key = served(max_in_flight=1)
+    head = (
+        "POST /v1/photo-checks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {key}\r\nContent-Length: 5000000\r\n\r\n"
+    ).encode()
+    holder = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        holder.sendall(head + b'{"photo_base64": "')  # in flight, waiting for the rest of its body
+        time.sleep(0.5)
+        for path in (
+            "/v1/photo-checks",
+            "/v1/photo-checks/upload",
+            "/v1/members/M1/gallery-photos",
+            "/v1/verifications",
+            "/v1/verifications/upload",
+            "/v1/search",
+        ):
+            r = httpx.post(f"{server.url}{path}", json={"photo_base64": "AAAA"}, headers={"X-API-Key": key})
+            assert r.status_code == 503 and r.json()["error"] == "busy", (path, r.text)
+            assert r.headers["Retry-After"] == "2"
+        # A challenge decodes no photo: not gated.
+        r = httpx.post(f"{server.url}/v1/challenges", json={"member_id": "M1"}, headers={"X-API-Key": key})
+        assert r.status_code != 503 or r.json()["error"] != "busy"
+    finally:
+        holder.close()
+
+
+def test_bodies_admitted_together_are_limited_by_their_size(served, monkeypatch):
+    monkeypatch.setattr(guard_module, "BODY_CHUNK_TIMEOUT_S", 20.0)
+    server, key = served(max_in_flight=8, admission_bytes=20 * 1024 * 1024)
+    head = (
+        "POST /v1/photo-checks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {key}\r\nContent-Length: 6000000\r\n\r\n"
+    ).encode()
+    holder = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        holder.sendall(head + b'{"photo_base64": "')  # 6 MB of JSON holds about 16.5 MB
+        time.sleep(0.5)
+        answer = raw(server.port, head, timeout=10)  # a second one would pass 20 MB
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        small = httpx.post(
+            f"{server.url}/v1/photo-checks", json={"photo_base64": "AAAA"}, headers={"X-API-Key": key}
+        )
+        assert small.status_code != 503, small.text  # a small one still fits
+    finally:
+        holder.close()
+
+
+def wrong_key_attack(client, n, **headers):
     statuses = []
+    for i in range(n):
+        r = client.get("/v1/members/M1/verifications", headers={"X-API-Key": f"fvk_wrong{i}", **headers})
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1
+    return statuses
+
+
+def test_wrong_keys_are_slowed_and_locked_but_the_right_key_always_passes(served, session_factory):
+    """The attack: after 3 wrong keys from its address the real backend got 429 (96% refused over
+    a minute). Wrong keys are still slowed and locked; the valid key is never refused."""
+    server, key = served()
     with httpx.Client(base_url=server.url) as client:
+        statuses = []
         for i in range(40):
-            r = client.get("/v1/members/M1/verifications", headers={"X-API-Key": f"fvk_wrong{i}"})
-            statuses.append(r.status_code)
-            if r.status_code == 429:
-                assert int(r.headers["Retry-After"]) >= 1
-        # The right key from the same client waits too: guessing must not pay off.
-        assert client.get("/v1/members/M1/verifications", headers={"X-API-Key": key}).status_code == 429
+            wrong = client.get("/v1/members/M1/verifications", headers={"X-API-Key": f"fvk_wrong{i}"})
+            statuses.append(wrong.status_code)
+            right = client.get("/v1/members/M1/verifications", headers={"X-API-Key": key})
+            assert right.status_code in (200, 404), (i, right.status_code, right.text)
     assert statuses[: throttle.FREE_FAILURES + 1] == [401] * (throttle.FREE_FAILURES + 1)
     assert 429 in statuses
     with session_factory() as session:
@@ -166,8 +227,50 @@ def test_a_client_sending_wrong_keys_is_slowed_and_locked(served, session_factor
         assert row.subject == "127.0.0.1" and row.failures > throttle.FREE_FAILURES
         assert throttle.unlock(session, throttle.API_CLIENT, "127.0.0.1", actor="admin")
         session.commit()
-    r = httpx.get(f"{server.url}/v1/members/M1/verifications", headers={"X-API-Key": key})
-    assert r.status_code in (200, 404)
+    r = httpx.get(f"{server.url}/v1/members/M1/verifications", headers={"X-API-Key": "fvk_wrong_again"})
+    assert r.status_code == 401
+
+
+def test_invented_forwarded_addresses_do_not_escape_the_throttle(served, session_factory):
+    """By default no proxy is trusted: X-Forwarded-For from a local client is ignored."""
+    server, _ = served()
+    statuses = []
+    with httpx.Client(base_url=server.url) as client:
+        for i in range(12):
+            statuses += wrong_key_attack(client, 1, **{"X-Forwarded-For": f"198.51.100.{i}"})
+    assert 429 in statuses
+    with session_factory() as session:
+        subjects = set(
+            session.scalars(
+                select(throttle.AuthThrottle.subject).where(throttle.AuthThrottle.kind == throttle.API_CLIENT)
+            )
+        )
+    assert subjects == {"127.0.0.1"}
+
+
+def test_a_trusted_proxy_forwards_the_address_and_wrong_keys_count_per_prefix(
+    served, session_factory, monkeypatch
+):
+    monkeypatch.setenv("TRUSTED_PROXIES", "127.0.0.1")
+    server, key = served()
+    with httpx.Client(base_url=server.url) as client:
+        # The same key prefix from ever new addresses: the prefix is throttled.
+        statuses = [
+            client.get(
+                "/v1/members/M1/verifications",
+                headers={"X-API-Key": f"fvk_samepfx_{i}", "X-Forwarded-For": f"198.51.100.{i}"},
+            ).status_code
+            for i in range(10)
+        ]
+        right = client.get(
+            "/v1/members/M1/verifications", headers={"X-API-Key": key, "X-Forwarded-For": "198.51.100.1"}
+        )
+    assert statuses[:4] == [401] * 4 and 429 in statuses
+    assert right.status_code in (200, 404)
+    with session_factory() as session:
+        rows = {(r.kind, r.subject) for r in session.scalars(select(throttle.AuthThrottle))}
+    assert (throttle.API_KEY_PREFIX, "fvk_samepfx_") in rows
+    assert (throttle.API_CLIENT, "198.51.100.0") in rows and (throttle.API_CLIENT, "127.0.0.1") not in rows
 
 
 @pytest.fixture(scope="module")

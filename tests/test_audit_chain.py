@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import delete, func, select, text, update
 
-from core.storage import audit, db
+from core.storage import audit, audit_key, db
 from core.storage.schema import AuditChainHead, AuditEntry, utcnow
 
 
@@ -144,3 +146,123 @@ def test_upgrade_backfills_existing_rows_and_the_command_verifies(new_database_u
         assert done.returncode == 1 and "broken at entry #2" in done.stdout, done.stdout
     finally:
         engine.dispose()
+
+
+# --- keyed chain -----------------------------------------------------------------------------
+
+
+def recompute_plain(session, from_seq: int = 1) -> None:
+    """What someone with write access to the database but without the key can do: recompute every
+    link from from_seq with plain sha256, and the head, so the chain looks whole."""
+    prev = audit.GENESIS
+    if from_seq > 1:
+        prev = session.scalar(select(AuditEntry.entry_hash).where(AuditEntry.seq == from_seq - 1))
+    for entry in session.scalars(
+        select(AuditEntry).where(AuditEntry.seq >= from_seq).order_by(AuditEntry.seq)
+    ):
+        entry.entry_hash = prev = audit.entry_hash(
+            prev,
+            entry.seq,
+            entry.at,
+            entry.actor,
+            entry.action,
+            entry.target_type,
+            entry.target_id,
+            entry.detail,
+        )
+    session.execute(update(AuditChainHead).where(AuditChainHead.id == 1).values(last_hash=prev))
+    session.commit()
+
+
+@pytest.fixture
+def own_key(tmp_path, monkeypatch):
+    """A key file of this test's own (and no AUDIT_KEY), as a fresh install has."""
+    monkeypatch.delenv("AUDIT_KEY", raising=False)
+    monkeypatch.setenv("AUDIT_KEY_FILE", str(tmp_path / "keys" / "audit.key"))
+    return tmp_path / "keys" / "audit.key"
+
+
+def test_a_rewrite_with_recomputed_hashes_and_head_is_caught(session_factory, own_key):
+    """The attack: change an entry, recompute every later hash and the head; plain sha256 let
+    `audit verify` answer "intact"."""
+    write_entries(session_factory, 6)
+    with session_factory() as session:
+        victim = session.scalar(select(AuditEntry).where(AuditEntry.seq == 3))
+        victim.actor = "somebody-else"
+        session.commit()
+        recompute_plain(session, from_seq=3)
+        report = audit.verify_chain(session)
+    assert not report.ok and report.broken_seq == 3, report.summary()
+
+
+def test_a_fresh_install_generates_its_key_with_0600_and_says_so(session_factory, own_key, caplog):
+    assert not own_key.exists()
+    with caplog.at_level("WARNING"):
+        write_entries(session_factory, 2)
+    assert own_key.exists() and (own_key.stat().st_mode & 0o777) == 0o600
+    assert len(own_key.read_text().strip()) == 64
+    assert any(
+        "generated one at" in r.getMessage() and str(own_key) in r.getMessage() for r in caplog.records
+    )
+    with session_factory() as session:
+        assert session.get(AuditChainHead, 1).keyed_from == 1
+        assert audit.verify_chain(session).ok
+
+
+def test_older_unkeyed_entries_verify_up_to_the_switch_over(session_factory, own_key):
+    write_entries(session_factory, 4)
+    with session_factory() as session:  # as an install from before the key wrote them
+        session.execute(update(AuditChainHead).where(AuditChainHead.id == 1).values(keyed_from=None))
+        session.commit()
+        recompute_plain(session)
+    write_entries(session_factory, 3)
+    with session_factory() as session:
+        assert session.get(AuditChainHead, 1).keyed_from == 5
+        report = audit.verify_chain(session)
+        assert report.ok and report.checked == 7, report.summary()
+        # Rewriting an old entry means recomputing the keyed ones too, which needs the key.
+        old = session.scalar(select(AuditEntry).where(AuditEntry.seq == 2))
+        old.detail = {"i": 99}
+        session.commit()
+        recompute_plain(session, from_seq=2)
+        report = audit.verify_chain(session)
+    assert not report.ok and report.broken_seq == 5, report.summary()
+
+
+def test_a_lost_key_stops_new_entries_and_verification_says_why(session_factory, own_key):
+    write_entries(session_factory, 2)
+    own_key.unlink()
+    with session_factory() as session:
+        report = audit.verify_chain(session)
+        assert not report.ok and "audit key is missing" in report.problem
+        audit.log(session, "a", "decide", "result", 1)
+        with pytest.raises(audit_key.AuditKeyError, match="restore it"):
+            session.commit()
+    assert not own_key.exists()  # no new key was made behind the chain's back
+
+
+def test_the_exported_head_catches_a_chain_turned_back_to_plain_links(
+    session_factory, own_key, tmp_path, monkeypatch
+):
+    head_file = tmp_path / "elsewhere" / "audit-head.json"
+    monkeypatch.setenv("AUDIT_HEAD_FILE", str(head_file))
+    monkeypatch.setenv("AUDIT_HEAD_EVERY_S", "0")
+    write_entries(session_factory, 5)
+    exported = json.loads(head_file.read_text())
+    assert exported["seq"] == 5 and exported["keyed_from"] == 1 and len(exported["hash"]) == 64
+    with session_factory() as session:
+        assert audit.verify_chain(session).ok
+        # Without the key, make the whole chain plain again and forget it was ever keyed.
+        session.execute(update(AuditChainHead).where(AuditChainHead.id == 1).values(keyed_from=None))
+        session.commit()
+        recompute_plain(session)
+        report = audit.verify_chain(session)
+    assert not report.ok and "keyed part was changed" in report.problem
+    with session_factory() as session:  # and the newest entries removed, head row and all
+        session.execute(delete(AuditEntry).where(AuditEntry.seq >= 4))
+        session.execute(update(AuditChainHead).where(AuditChainHead.id == 1).values(seq=3, keyed_from=1))
+        session.commit()
+        audit.export_chain_head(session, tmp_path / "other.json")  # a manual export elsewhere
+        assert json.loads((tmp_path / "other.json").read_text())["seq"] == 3
+        report = audit.verify_chain(session)
+    assert not report.ok, report.summary()

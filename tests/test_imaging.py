@@ -417,7 +417,7 @@ def test_99_megapixel_16bit_grey_png_decodes_at_reduced_scale_in_little_memory()
 
 def test_photos_decoded_at_once_share_the_process_budget(monkeypatch):
     data = bad.grey16_png(3000, 3000)  # 18 MB to decode
-    cost = imaging.decode_cost_bytes("I;16", (3000, 3000))
+    cost = imaging.decode_cost_bytes("L", (3000, 3000))
     budget = imaging.DecodeBudget(int(cost * 1.5))  # room for one at a time, not two
     monkeypatch.setattr(imaging, "_budget", budget)
     monkeypatch.setattr(imaging, "DECODE_WAIT_S", 600.0)  # a busy test machine must not time out

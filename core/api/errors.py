@@ -41,6 +41,17 @@ def error_response(status: int, code: str, message: str, details=None, headers=N
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
+INTERNAL_ERROR = "Something went wrong on the server; nothing was stored."
+MODEL_UNAVAILABLE = "The model is not available right now; try again shortly."
+PHOTO_STORE_DOWN = "The photo store cannot be reached right now; nothing was stored. Try again."
+
+
+def hidden(status: int, code: str, message: str, exc: BaseException, headers=None) -> ApiError:
+    """An ApiError with a fixed message; the exception (paths, hosts, drivers) goes to the log only."""
+    log.warning("%s: %s", code, exc, exc_info=exc)
+    return ApiError(status, code, message, headers=headers)
+
+
 _IMAGE_STATUS = {"too_large": 413, "too_many_pixels": 413, "not_an_image": 415, "busy": 503}
 
 
@@ -62,14 +73,18 @@ ERRORS = {
     413: {"model": ErrorOut, "description": "request or photo too large"},
     415: {"model": ErrorOut, "description": "not an image, or the wrong content type"},
     422: {"model": ErrorOut, "description": "well-formed but unusable request"},
-    429: {"model": ErrorOut, "description": "too many failed API keys from this client; see Retry-After"},
+    429: {
+        "model": ErrorOut,
+        "description": "a wrong key, after many from this address or with this key prefix; see Retry-After",
+    },
     503: {"model": ErrorOut, "description": "model loading, engine busy or database unavailable"},
 }
 
 
 def error_responses(*codes: int) -> dict:
     """The documented error answers of an endpoint. Every endpoint that takes a key (401) can also
-    answer 429: the guard throttles a client whose keys keep failing, whatever the path."""
+    answer 429 to a wrong key: the guard throttles wrong keys by address and key prefix, whatever the
+    path (a valid key is never throttled)."""
     if 401 in codes:
         codes = (*codes, 429)
     return {code: ERRORS[code] for code in sorted(set(codes))}
@@ -86,8 +101,8 @@ def add_error_handlers(app) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
         message = {
-            404: f"There is no endpoint {request.url.path}; see /openapi.json.",
-            405: f"{request.method} is not allowed on {request.url.path}; see /openapi.json.",
+            404: "There is no such endpoint; see /openapi.json.",
+            405: f"{request.method} is not allowed on this endpoint; see /openapi.json.",
         }.get(exc.status_code, str(exc.detail))
         return error_response(
             exc.status_code,
@@ -141,16 +156,21 @@ def add_error_handlers(app) -> None:
     @app.exception_handler(FaceVerifyError)
     async def _core_error(request: Request, exc: FaceVerifyError):
         log.exception("core error", exc_info=exc)
-        if isinstance(exc, ImageError) and exc.code == "busy":
-            return error_response(503, exc.code, str(exc), headers={"Retry-After": "2"})
-        return error_response(503 if isinstance(exc, ModelError) else 500, exc.code, str(exc))
+        if isinstance(exc, ImageError):  # about the photo sent, written for the caller
+            headers = {"Retry-After": "2"} if exc.code == "busy" else None
+            status = _IMAGE_STATUS.get(exc.code, 422)
+            return error_response(status, exc.code, str(exc), headers=headers)
+        # Anything else may name files, hosts or drivers: the detail is in the log only.
+        if isinstance(exc, OSError):  # the photo store cannot be reached
+            return error_response(503, exc.code, PHOTO_STORE_DOWN, headers={"Retry-After": "2"})
+        if isinstance(exc, ModelError):
+            return error_response(503, exc.code, MODEL_UNAVAILABLE, headers={"Retry-After": "5"})
+        return error_response(500, exc.code, INTERNAL_ERROR)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error", exc_info=exc)
-        return error_response(
-            500, "internal_error", "Something went wrong on the server; nothing was stored."
-        )
+        return error_response(500, "internal_error", INTERNAL_ERROR)
 
     @app.exception_handler(TimeoutError)
     async def _timeout(request: Request, exc: TimeoutError):

@@ -3,10 +3,18 @@
 Pure ASGI, so every check runs before anything reads the body:
 - at most MAX_HEADERS headers of at most MAX_HEADER_BYTES each (431); the server itself (h11,
   see core.api.server) refuses a header block above H11_MAX_HEADER_BYTES before it reaches us;
-- the API key; a client sending wrong keys is slowed down and then locked (core.storage.throttle,
-  kind api_client; 429 with Retry-After), checked before the key lookup once it has failed;
-- at most MAX_IN_FLIGHT photo requests (verifications, searches) at once: the next gets 503 with
-  Retry-After at once, its body unread, so a burst cannot pile bodies and decodes in memory;
+- the API key. A valid key is always let through: failures of other keys never throttle it.
+  A wrong key is counted against the key prefix it presented and against the client's address
+  (core.storage.throttle, kinds api_key_prefix and api_client); while either waits or is locked,
+  wrong keys get 429 with Retry-After. The address is the socket's peer, or what a trusted proxy
+  forwarded (uvicorn's proxy headers, only from API_TRUSTED_PROXIES; see core.api.server);
+- one admission gate for every request that decodes photos (photo_request(): verifications,
+  searches, photo checks, gallery photos, enrolment): at most max_in_flight at once, and their
+  bodies together at most admission_bytes (each counts its Content-Length times the copies it
+  makes; one without a length counts the largest body allowed). The next gets 503 with
+  Retry-After at once, its body unread, so a burst cannot pile bodies and decodes in memory.
+  With the decode budget (core.verification.imaging, sized by core.api.server) this keeps the
+  process under its memory limit at any concurrency;
 - the body limit, judged on Content-Length before reading and on the bytes received, and a
   slow-client limit: each body chunk must come within BODY_CHUNK_TIMEOUT_S (408).
 """
@@ -23,11 +31,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.api.errors import error_body
 from core.api.keys import lookup_key, roles_for
 from core.api.settings import (
+    ADMISSION_MB,
     BODY_CHUNK_TIMEOUT_S,
+    JSON_BODY_COPIES,
     KEY_HEADER,
     MAX_HEADER_BYTES,
     MAX_HEADERS,
     MAX_PHOTO_BYTES,
+    UPLOAD_BODY_COPIES,
     megabytes,
 )
 from core.api.state import AppState
@@ -57,10 +68,20 @@ class _SlowClient(StarletteHTTPException):
         super().__init__(408, "The request body stalled.")
 
 
-def _throttled(factory, client: str) -> throttle.Throttled | None:
+def key_prefix(key: str) -> str:
+    """The part of a presented key that is counted when it fails (what `list-keys` shows)."""
+    return key[:12]
+
+
+def _failure_subjects(client: str, key: str) -> list[tuple[str, str]]:
+    return [(throttle.API_KEY_PREFIX, key_prefix(key)), (throttle.API_CLIENT, client)]
+
+
+def _throttled(factory, subjects: list[tuple[str, str]]) -> throttle.Throttled | None:
     with factory() as session:
         try:
-            throttle.check(session, throttle.API_CLIENT, client)
+            for kind, subject in subjects:
+                throttle.check(session, kind, subject)
         except throttle.Throttled as exc:
             return exc
         finally:
@@ -68,23 +89,52 @@ def _throttled(factory, client: str) -> throttle.Throttled | None:
     return None
 
 
-def _record_failure(factory, client: str) -> None:
+def _record_failure(factory, subjects: list[tuple[str, str]], client: str) -> None:
     try:
         with factory() as session:
-            throttle.record_failure(session, throttle.API_CLIENT, client, f"api-client:{client}"[:64])
+            for kind, subject in subjects:
+                throttle.record_failure(session, kind, subject, f"api-client:{client}"[:64])
             session.commit()
     except SQLAlchemyError as exc:  # the refusal stands; counting it is best effort
         log.warning("could not count a failed API key: %s", exc)
 
 
+# Paths under /v1/ that take a body but decode no photo; every other POST or PUT does.
+_NO_PHOTO_PATHS = ("/v1/challenges",)
+
+
+def admission_cost(headers: dict, max_body_bytes: int) -> int:
+    """Bytes a photo request will hold while it is served, judged before its body is read."""
+    length = headers.get("content-length", "")
+    size = int(length) if length.isdigit() else max_body_bytes
+    size = min(size, max_body_bytes)  # above it the body limit answers 413 before reading
+    multipart = headers.get("content-type", "").lower().startswith("multipart/")
+    return int(size * (UPLOAD_BODY_COPIES if multipart else JSON_BODY_COPIES))
+
+
+def photo_request(method: str, path: str) -> bool:
+    """Whether a request may decode photos, and so goes through the admission gate."""
+    if method not in ("POST", "PUT", "PATCH") or not path.startswith("/v1/"):
+        return False
+    return not path.startswith(_NO_PHOTO_PATHS)
+
+
 class GuardMiddleware:
     """API key and role for /v1/ paths, then the request body limit."""
 
-    def __init__(self, app, state: AppState, max_body_bytes: int, max_in_flight: int):
+    def __init__(
+        self,
+        app,
+        state: AppState,
+        max_body_bytes: int,
+        max_in_flight: int,
+        admission_bytes: int = ADMISSION_MB * 1024 * 1024,
+    ):
         self.app, self.state, self.max_body_bytes = app, state, max_body_bytes
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0  # photo requests being served (the event loop is one thread: no lock)
-        self._suspects: set[str] = set()  # clients that sent a wrong key lately (checked first)
+        self.max_in_flight, self.admission_bytes = max_in_flight, admission_bytes
+        # Photo requests being served and the bytes they hold (the event loop is one thread: no lock).
+        self.in_flight = 0
+        self.admitted_bytes = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -103,15 +153,6 @@ class GuardMiddleware:
         path = scope.get("path", "")
         client = (scope.get("client") or ("unknown", 0))[0]
         if path.startswith("/v1/") or path == "/v1":
-            if client in self._suspects:
-                refused = await anyio.to_thread.run_sync(_throttled, self.state.factory, client)
-                if refused is not None:
-                    return await _send_json(
-                        send,
-                        429,
-                        error_body("too_many_failures", str(refused)),
-                        {"Retry-After": refused.retry_after},
-                    )
             key = headers.get(KEY_HEADER.lower(), "").strip()
             if not key:
                 return await _send_json(
@@ -130,8 +171,18 @@ class GuardMiddleware:
                     error_body("database_unavailable", "The database cannot be reached; try again."),
                 )
             if caller is None or caller == "revoked":
-                self._suspects.add(client)
-                await anyio.to_thread.run_sync(_record_failure, self.state.factory, client)
+                # Only wrong keys are throttled, by their own prefix and address: a valid key
+                # is never refused because someone else keeps sending wrong ones.
+                subjects = _failure_subjects(client, key)
+                refused = await anyio.to_thread.run_sync(_throttled, self.state.factory, subjects)
+                if refused is not None:
+                    return await _send_json(
+                        send,
+                        429,
+                        error_body("too_many_failures", str(refused)),
+                        {"Retry-After": refused.retry_after},
+                    )
+                await anyio.to_thread.run_sync(_record_failure, self.state.factory, subjects, client)
                 message = "This API key has been revoked." if caller else "This API key is not valid."
                 return await _send_json(
                     send, 401, error_body("invalid_api_key", message), {"WWW-Authenticate": KEY_HEADER}
@@ -149,24 +200,31 @@ class GuardMiddleware:
                 )
             scope.setdefault("state", {})["caller"] = caller
 
-        heavy = scope["method"] == "POST" and path.startswith(("/v1/verifications", "/v1/search"))
-        if heavy and self.in_flight >= self.max_in_flight:
+        heavy = photo_request(scope["method"], path)
+        cost = admission_cost(headers, self.max_body_bytes) if heavy else 0
+        # One request alone is always admitted: the body limit keeps its cost under the budget.
+        if heavy and (
+            self.in_flight >= self.max_in_flight
+            or (self.in_flight and self.admitted_bytes + cost > self.admission_bytes)
+        ):
             return await _send_json(
                 send,
                 503,
                 error_body(
                     "busy",
-                    f"{self.max_in_flight} photo requests are being served; retry in a few seconds.",
+                    f"{self.in_flight} photo requests are being served; retry in a few seconds.",
                 ),
                 {"Retry-After": 2},
             )
         if heavy:
             self.in_flight += 1
+            self.admitted_bytes += cost
         try:
             await self._limited(scope, receive, send, headers)
         finally:
             if heavy:
                 self.in_flight -= 1
+                self.admitted_bytes -= cost
 
     async def _limited(self, scope, receive, send, headers):
         limit = self.max_body_bytes

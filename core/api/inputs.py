@@ -13,7 +13,7 @@ from core.api.settings import MAX_PHOTO_BYTES, megabytes
 from core.errors import ImageError
 from core.verification import imaging
 from core.verification.imaging import decode_image
-from core.workflows import spreadsheets
+from core.workflows import member_ids
 from core.workflows.importer import normalise_gender
 
 
@@ -27,10 +27,15 @@ class PhotoIn:
     height: int | None = None
 
 
-def checked_member_id(raw: str) -> str:
-    """The importer's rule (core.workflows.spreadsheets.MEMBER_ID_RULE): one kind of member id."""
+def checked_member_id(raw: str, factory=None) -> str:
+    """The member id in its canonical form (core.workflows.member_ids, as the importer and the
+    dashboard check it). With a session factory, also refused when it is not a member yet but
+    looks like an existing member's id (a request that may enrol)."""
     try:
-        return spreadsheets.check_member_id(raw)
+        if factory is None:
+            return member_ids.canonical_member_id(raw)
+        with factory() as session:
+            return member_ids.check_new_member_id(session, raw)
     except ValueError as exc:
         raise ApiError(422, "bad_member_id", f"{exc}.") from None
 

@@ -6,7 +6,9 @@ serve(app, host, port, log_level) runs uvicorn with:
   headers together (431 above);
 - HEADER_TIMEOUT_S for a new connection to deliver its first request line and headers (a client
   trickling headers is cut off; between requests uvicorn's keep-alive timeout does the same);
-- at most MAX_CONNECTIONS connections and requests at once (503 above).
+- at most MAX_CONNECTIONS connections and requests at once (503 above);
+- X-Forwarded-For / X-Forwarded-Proto believed only from the proxies named by TRUSTED_PROXIES
+  (default: nobody; core.storage.client_address), never from any local client.
 The body's size and pace are checked by core.api.guard.
 """
 
@@ -17,7 +19,9 @@ import os
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from core.api.settings import H11_MAX_HEADER_BYTES, HEADER_TIMEOUT_S
+from core import config
+from core.api.settings import DECODE_MB, H11_MAX_HEADER_BYTES, HEADER_TIMEOUT_S
+from core.storage.client_address import uvicorn_proxy_options
 
 MAX_CONNECTIONS = 256
 KEEP_ALIVE_S = 5
@@ -60,6 +64,7 @@ def limits() -> dict:
         "timeout_keep_alive": KEEP_ALIVE_S,
         "limit_concurrency": MAX_CONNECTIONS,
         "timeout_graceful_shutdown": 10,
+        **uvicorn_proxy_options(),
     }
 
 
@@ -69,9 +74,20 @@ def uvicorn_config(app, host: str, port: int, log_level: str = "info"):
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, **limits())
 
 
+def size_decode_budget():
+    """The decoder's share of an API process's memory: API_DECODE_MEMORY_MB (default DECODE_MB)
+    unless DECODE_MEMORY_MB is given. With the admission gate (core.api.guard) and the models,
+    the process stays under its limit however many photos arrive at once."""
+    from core.verification import imaging
+
+    mb = float(config.setting("API_DECODE_MEMORY_MB") or DECODE_MB)
+    return imaging.use_decode_budget(int(mb * 1024 * 1024))
+
+
 def serve(app, host: str, port: int, log_level: str = "info") -> None:
     import uvicorn
 
+    size_decode_budget()
     uvicorn.Server(uvicorn_config(app, host, port, log_level)).run()
 
 
@@ -116,4 +132,3 @@ def serve_workers(
         log_level=log_level,
         **limits(),
     )
-

@@ -16,6 +16,16 @@ ENGINE_BATCH = 8  # requests whose photos go through the network together
 ENGINE_TIMEOUT_S = 120.0  # a request never waits longer than this for the engine
 STORE_CONCURRENCY = 4  # transactions at once (each may also use a second connection to sync the index)
 MAX_IN_FLIGHT = 8  # photo requests served at once (setting API_MAX_IN_FLIGHT); the next gets 503
+# The API process stays under API_MEMORY_LIMIT_MB with its models loaded (about 1.3 GB): what is
+# left is shared by the bodies of admitted photo requests (ADMISSION_MB: each request counts its
+# Content-Length times the copies it makes) and the decoder (DECODE_MB, core.verification.imaging).
+MEMORY_LIMIT_MB = 1500
+ADMISSION_MB = 64  # setting API_ADMISSION_MB
+DECODE_MB = 112  # setting API_DECODE_MEMORY_MB (DECODE_MEMORY_MB wins when given)
+# Copies of its body a request holds while it is served: a JSON body, its parsed text and the
+# decoded base64 photos; an upload is spooled to disk and read once.
+JSON_BODY_COPIES = 2.75
+UPLOAD_BODY_COPIES = 1.25
 MAX_HEADERS = 64
 MAX_HEADER_BYTES = 8 * 1024  # one header, name and value
 H11_MAX_HEADER_BYTES = 32 * 1024  # the whole header block, refused by h11 before the app sees it
@@ -40,3 +50,6 @@ _SHA_RE = re.compile(SHA256_PATTERN)
 def megabytes(n: int) -> str:
     """Bytes in MB as people count them for upload limits (1 MB = 1024 * 1024 bytes)."""
     return f"{n / (1024 * 1024):.1f}".removesuffix(".0")
+
+
+NO_ENGINE = "no engine configured"  # the model_error of an API started without a model

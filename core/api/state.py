@@ -181,9 +181,8 @@ class AppState:
                     "The model is still loading; retry in a few seconds.",
                     headers={"Retry-After": "5"},
                 )
-            raise ApiError(
-                503, "model_unavailable", f"No model is loaded: {self.model_error or 'unknown reason'}"
-            )
+            # The load error names files and folders: it is in the server log, not in the answer.
+            raise ApiError(503, "model_unavailable", "No model is loaded; the server log says why.")
         return self.worker
 
 

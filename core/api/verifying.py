@@ -20,6 +20,7 @@ from core.workflows import batches, verification
 # The use case's errors: (status, the message the API gives; None: the use case's own).
 _STATUS = {
     verification.UnknownMember: 404,
+    verification.BadMemberId: 422,
     verification.EnrolIncomplete: 422,
     verification.SelfieRequired: 422,
     verification.PhotoRequired: 422,
@@ -77,7 +78,7 @@ def run(
 ) -> dict:
     """Verify through the use case; the stored result as the API shows it."""
     worker = state.require_engine()
-    member_id = checked_member_id(member_id)
+    member_id = checked_member_id(member_id, state.factory)  # look-alikes of members refused
     gender = checked_gender(gender)
 
     def run_engine(gallery_bytes, verification_bytes, registered_gender, challenge_kind):

@@ -109,9 +109,7 @@ def measure(members: int = 1000, url: str = DEFAULT_URL, keep: bool = False) -> 
         folder = Path(tmp)
         start = time.perf_counter()
         csv_path = prepare(folder, members)
-        print(
-            f"prepared {members} members, {2 * members} photos in {time.perf_counter() - start:.1f} s"
-        )
+        print(f"prepared {members} members, {2 * members} photos in {time.perf_counter() - start:.1f} s")
 
         url = fresh_database(url, folder)
         engine = make_engine(url)

@@ -142,7 +142,17 @@ class Server:
         reader = self._cli("create-key", "--name", "load-test-reader", "--role", "reader")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "core", "api", "serve", "--port", str(self.port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "core",
+                "api",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
             cwd=config.PROJECT_ROOT,
             env=self.env,
             stdout=self.log,

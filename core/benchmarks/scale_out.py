@@ -71,7 +71,17 @@ class Workers:
         cores = os.cpu_count() or 1
         for i in range(self.n):
             port = _free_port()
-            cmd = [sys.executable, "-m", "core", "api", "serve", "--port", str(port), "--log-level", "warning"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "core",
+                "api",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
             if self.pin:
                 cmd = ["taskset", "-c", str(i % cores), *cmd]
             log = open(self.log_dir / f"api-{self.n}-{i}.log", "w")
@@ -380,9 +390,7 @@ def measure(
             warm_up(workers.urls, key, tag)
             meter = CpuMeter([p.pid for p in workers.procs], _local_database_pid(db_url))
             for step, n in enumerate(order):
-                figures = saturate(
-                    workers.urls[:n], key, seconds, per_worker, f"{tag}-{step}", meter
-                )
+                figures = saturate(workers.urls[:n], key, seconds, per_worker, f"{tag}-{step}", meter)
                 phases[n].append(figures)
                 print(
                     f"phase {step + 1}/{len(order)}, {n} worker(s): {figures['per_second']:.2f} verifications/s, "

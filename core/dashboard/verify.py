@@ -190,6 +190,8 @@ def _page_error(exc: Exception, member_id: str) -> PairInputError:
         return PairInputError(_CHALLENGE_ERRORS.get(type(exc), "verify.challenge_unknown"))
     if isinstance(exc, verification.GalleryLocked):
         return PairInputError("verify.gallery_locked", member=member_id)
+    if isinstance(exc, verification.BadMemberId):
+        return PairInputError("verify.bad_member_id", detail=str(exc))
     if isinstance(exc, verification.EnrolIncomplete):
         if "registered_gender" in exc.params.get("missing", []):
             return PairInputError("verify.new_member_needs_gender", member=member_id)

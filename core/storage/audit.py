@@ -12,6 +12,17 @@ the chain at that place:
     verify_chain(session) -> ChainReport      ok, entries checked, the first broken link
     faceverify audit verify [--url DATABASE_URL]     exit code 0 intact, 1 broken
 
+Keyed: from the head's keyed_from on, each link is HMAC-SHA256 with the audit key, which is kept
+outside the database (core.storage.audit_key: AUDIT_KEY or AUDIT_KEY_FILE; a fresh install
+generates one). Someone who can write the database but has not the key cannot recompute the links
+after a change. Entries before keyed_from (written before there was a key) keep their plain sha256
+links and verify as before. The head (seq, hash, keyed_from) is also exported to AUDIT_HEAD_FILE,
+when set, at most every HEAD_EXPORT_EVERY_S after a commit, and by export_chain_head(); verify
+compares the chain with it, which catches a rewrite even by the key's owner, and a chain whose
+keyed part was turned back into plain links.
+
+    export_chain_head(session) -> Path               write the head file now
+
 The chain tells that something was changed. To stop the change in the first place, give the
 application a database user that may only add audit entries (README, "Audit log").
 """
@@ -19,7 +30,10 @@ application a database user that may only add audit entries (README, "Audit log"
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,7 +41,14 @@ from sqlalchemy import event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core import config
+from core.storage import audit_key
 from core.storage.schema import AuditChainHead, AuditEntry, utcnow
+
+log_ = logging.getLogger(__name__)
+HEAD_EXPORT_EVERY_S = 60.0  # setting AUDIT_HEAD_EVERY_S
+_HEAD = "audit_head"  # session.info key: the head this commit writes, exported after it
+_last_export = 0.0
 
 GENESIS = "0" * 64  # the "previous hash" of the first entry
 _PENDING = "audit_pending"  # session.info key: entries waiting for their link
@@ -71,8 +92,11 @@ def log(
     return entry
 
 
-def entry_hash(prev: str, seq: int, at, actor, action, target_type, target_id, detail) -> str:
-    """sha256 of the previous hash and the entry's content, in a form both databases give back."""
+def entry_hash(
+    prev: str, seq: int, at, actor, action, target_type, target_id, detail, key: bytes | None = None
+) -> str:
+    """sha256 (or with a key, HMAC-SHA256) of the previous hash and the entry's content, in a form
+    both databases give back."""
     if isinstance(at, str):  # SQLite through plain SQL (the migration) gives text
         at = datetime.fromisoformat(at)
     content = json.dumps(
@@ -90,12 +114,23 @@ def entry_hash(prev: str, seq: int, at, actor, action, target_type, target_id, d
         ensure_ascii=False,
         default=str,
     )
-    return hashlib.sha256((prev + content).encode("utf-8")).hexdigest()
+    message = (prev + content).encode("utf-8")
+    if key is not None:
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hashlib.sha256(message).hexdigest()
 
 
-def _hash_of(entry: AuditEntry, prev: str) -> str:
+def _hash_of(entry: AuditEntry, prev: str, key: bytes | None = None) -> str:
     return entry_hash(
-        prev, entry.seq, entry.at, entry.actor, entry.action, entry.target_type, entry.target_id, entry.detail
+        prev,
+        entry.seq,
+        entry.at,
+        entry.actor,
+        entry.action,
+        entry.target_type,
+        entry.target_id,
+        entry.detail,
+        key,
     )
 
 
@@ -118,16 +153,66 @@ def _link_pending(session: Session) -> None:
         except IntegrityError:
             pass
         session.execute(advance)
-    head_seq, prev = session.execute(
-        select(AuditChainHead.seq, AuditChainHead.last_hash).where(AuditChainHead.id == 1)
+    head_seq, prev, keyed_from = session.execute(
+        select(AuditChainHead.seq, AuditChainHead.last_hash, AuditChainHead.keyed_from).where(
+            AuditChainHead.id == 1
+        )
     ).one()
     first = head_seq - len(pending) + 1
+    # Once the chain is keyed the key must be there: a new one would make the links unverifiable.
+    key = audit_key.audit_key(create=keyed_from is None)
+    if key is None:
+        raise audit_key.AuditKeyError(
+            f"The audit chain is keyed from entry #{keyed_from} but its key ({audit_key.key_file()}) "
+            "is missing; restore it (or set AUDIT_KEY) before anything else is recorded."
+        )
+    if keyed_from is None:
+        keyed_from = first  # the switch-over: from here on every link needs the key
     for offset, entry in enumerate(pending):
         entry.seq = first + offset
         entry.at = entry.at.replace(tzinfo=None) if entry.at.tzinfo else entry.at
-        prev = entry.entry_hash = _hash_of(entry, prev)
+        prev = entry.entry_hash = _hash_of(entry, prev, key)
         session.add(entry)
-    session.execute(update(AuditChainHead).where(AuditChainHead.id == 1).values(last_hash=prev))
+    session.execute(
+        update(AuditChainHead).where(AuditChainHead.id == 1).values(last_hash=prev, keyed_from=keyed_from)
+    )
+    session.info[_HEAD] = (head_seq, prev, keyed_from)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_head(session: Session) -> None:
+    session.info.pop(_HEAD, None)  # that head was never committed
+
+
+def _database_name(session: Session) -> str:
+    return session.get_bind().url.render_as_string(hide_password=True)
+
+
+@event.listens_for(Session, "after_commit")
+def _export_head_now_and_then(session: Session) -> None:
+    """The committed head to AUDIT_HEAD_FILE (when set), at most every HEAD_EXPORT_EVERY_S."""
+    global _last_export
+    head = session.info.pop(_HEAD, None)
+    if head is None or not config.setting("AUDIT_HEAD_FILE"):
+        return
+    every = float(config.setting("AUDIT_HEAD_EVERY_S") or HEAD_EXPORT_EVERY_S)
+    if time.monotonic() - _last_export < every:
+        return
+    _last_export = time.monotonic()
+    try:
+        audit_key.export_head(*head, database=_database_name(session))
+    except OSError as exc:  # the record stands in the database; the export is tried again later
+        log_.warning("could not export the audit chain head: %s", exc)
+
+
+def export_chain_head(session: Session, path=None):
+    """Write the chain's head (seq, hash, keyed_from) to AUDIT_HEAD_FILE (or path) now."""
+    head = session.get(AuditChainHead, 1)
+    if head is None:
+        return audit_key.export_head(0, GENESIS, None, path, database=_database_name(session))
+    return audit_key.export_head(
+        head.seq, head.last_hash, head.keyed_from, path, database=_database_name(session)
+    )
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -152,11 +237,31 @@ class ChainReport:
         return f"audit chain broken at {where}: {self.problem} ({self.checked} entries before it are intact)"
 
 
-def verify_chain(session: Session) -> ChainReport:
-    """Walk the chain in order and report the first broken link (changed, missing or added entry)."""
+def verify_chain(session: Session, *, head_file=None) -> ChainReport:
+    """Walk the chain in order and report the first broken link (changed, missing or added entry).
+    Links from the head's keyed_from on need the audit key; the exported head (AUDIT_HEAD_FILE, or
+    head_file), when there is one for this database, must match the chain at its seq."""
     unlinked = session.scalar(
         select(AuditEntry.id).where(AuditEntry.seq.is_(None)).order_by(AuditEntry.id).limit(1)
     )
+    head = session.get(AuditChainHead, 1)
+    keyed_from = head.keyed_from if head is not None else None
+    exported = _exported_head(session, head_file)
+    if exported is not None and exported.get("keyed_from") is not None:
+        if keyed_from != exported["keyed_from"]:
+            return ChainReport(
+                False,
+                0,
+                exported["keyed_from"],
+                None,
+                f"the chain's keyed part was changed: the exported head says entry "
+                f"#{exported['keyed_from']} on are keyed, the database says {keyed_from}",
+            )
+    key = audit_key.audit_key(create=False) if keyed_from is not None else None
+    if keyed_from is not None and key is None:
+        return ChainReport(
+            False, 0, keyed_from, None, f"the audit key is missing ({audit_key.key_file()}); cannot verify"
+        )
     prev, expected, checked = GENESIS, 1, 0
     rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000))
     for entry in rows.scalars():
@@ -166,14 +271,26 @@ def verify_chain(session: Session) -> ChainReport:
             return ChainReport(
                 False, checked, expected, None, f"entries #{expected} to #{entry.seq - 1} are missing"
             )
-        if entry.entry_hash != _hash_of(entry, prev):
+        keyed = keyed_from is not None and entry.seq >= keyed_from
+        if entry.entry_hash != _hash_of(entry, prev, key if keyed else None):
             return ChainReport(False, checked, entry.seq, entry.id, "its content or hash was changed")
+        if (
+            exported is not None
+            and entry.seq == exported.get("seq")
+            and entry.entry_hash != exported.get("hash")
+        ):
+            return ChainReport(
+                False,
+                checked,
+                entry.seq,
+                entry.id,
+                "it differs from the exported head: the chain was rewritten up to here",
+            )
         prev, expected, checked = entry.entry_hash, expected + 1, checked + 1
     if unlinked is not None:
         return ChainReport(
             False, checked, None, unlinked, "an entry was written outside the application (no link)"
         )
-    head = session.get(AuditChainHead, 1)
     if head is not None and (head.seq != checked or head.last_hash != prev):
         return ChainReport(
             False,
@@ -182,7 +299,25 @@ def verify_chain(session: Session) -> ChainReport:
             None,
             f"the newest entries were removed (the head records #{head.seq})",
         )
+    if exported is not None and int(exported.get("seq") or 0) > checked:
+        return ChainReport(
+            False,
+            checked,
+            checked + 1,
+            None,
+            f"the newest entries were removed (the exported head records #{exported['seq']})",
+        )
     return ChainReport(True, checked)
+
+
+def _exported_head(session: Session, head_file) -> dict | None:
+    """The exported head for this database, if one is configured and written."""
+    if head_file is None and not config.setting("AUDIT_HEAD_FILE"):
+        return None
+    exported = audit_key.read_head(head_file)
+    if exported is None or exported.get("database") != _database_name(session):
+        return None
+    return exported
 
 
 def entries_for(

@@ -415,6 +415,8 @@ class AuditChainHead(Base):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    # The first entry linked with the audit key (HMAC); entries before it are plain sha256.
+    keyed_from: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class AuthThrottle(Base):

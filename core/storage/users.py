@@ -14,6 +14,8 @@ set_role(session, username, role, actor) / set_active(session, username, active,
 set_language(session, username, lang) -> None            the dashboard language the user chose
 list_users(session) -> list[User]
 has_role(user, *roles) -> bool                            admin is allowed everywhere
+unlock_sign_in(session, username, actor) -> int          an administrator clears a name's sign-in
+                                                          delays from every address (audited)
 
 Each action commits its own transaction (with its audit entry).
 
@@ -65,7 +67,8 @@ class SignInThrottled(AuthError):
 
     def __init__(self, retry_after: int, locked: bool):
         self.retry_after, self.locked = retry_after, locked
-        super().__init__(f"Too many failed sign-ins; try again in {retry_after} s.")
+        wait = f"{retry_after} s" if retry_after < 120 else f"{-(-retry_after // 60)} minutes"
+        super().__init__(f"Too many failed sign-ins; try again in {wait}.")
 
 
 class UserExists(AuthError):
@@ -170,13 +173,17 @@ def _verify(user: User | None, password: str) -> bool:
 
 def authenticate(session: Session, username: str, password: str, client: str | None = None) -> User:
     """The user, or AuthenticationFailed (same for an unknown name, an inactive user or a wrong
-    password). Failures slow down and then lock the name, and the client, for a while."""
+    password). Failures of a name from one address make its next attempts from that address wait
+    longer and longer (never a lock: the real user elsewhere is not kept out); failures from one
+    address under any names also lock that address for a while. `client` is the address
+    (core.storage.client_address); without one, the name's attempts share the "unknown" address."""
     try:
         name = normalise_username(username)
     except AuthError:
         _verify(None, password)
         raise AuthenticationFailed() from None
-    subjects = [(throttle.USER, name)] + ([(throttle.CLIENT, client)] if client else [])
+    subjects = [(throttle.USER_CLIENT, throttle.user_subject(name, client))]
+    subjects += [(throttle.CLIENT, client)] if client else []
     try:
         for kind, subject in subjects:
             throttle.check(session, kind, subject)
@@ -194,11 +201,21 @@ def authenticate(session: Session, username: str, password: str, client: str | N
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)  # parameters got stronger since it was hashed
     user.last_login_at = utcnow()
-    # The name's failures are forgiven; the client's are not (one good account must not reset them).
-    throttle.record_success(session, throttle.USER, name)
+    # The name's failures here are forgiven; the address's are not (one good account must not
+    # reset them).
+    throttle.record_success(session, throttle.USER_CLIENT, throttle.user_subject(name, client))
     audit.log(session, name, audit.LOGIN, "user", name)
     session.commit()
     return user
+
+
+def unlock_sign_in(session: Session, username: str, actor: str) -> int:
+    """An administrator lets a user sign in again at once: the name's failures from every address
+    are forgotten (audited, committed). The number of throttle rows cleared."""
+    name = normalise_username(username)
+    n = throttle.unlock_user(session, name, actor)
+    session.commit()
+    return n
 
 
 def _get(session: Session, username: str) -> User:

@@ -197,6 +197,8 @@ def exif_taken_at(data: bytes) -> datetime | None:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.format == "PNG" and "exif" not in im.info:
+                return None  # getexif() would decode every pixel, unbudgeted, to look past them
             sub = im.getexif().get_ifd(0x8769)  # the Exif sub-IFD
             raw = sub.get(36867) or sub.get(36868)
     except Exception:  # EXIF that Pillow cannot parse counts as no date, never as an error

@@ -170,9 +170,7 @@ def default_version(models_dir: Path | None = None) -> str:
     """The version named in models/DEFAULT (the shipped model)."""
     path = Path(models_dir or config.models_dir()) / "DEFAULT"
     if not path.exists():
-        raise ModelError(
-            f"No model version given and {path} does not exist; train one with faceverify train"
-        )
+        raise ModelError(f"No model version given and {path} does not exist; train one with faceverify train")
     return path.read_text().strip()
 
 

@@ -206,7 +206,11 @@ def decode_image(
         if im.size != before:
             notes.append(f"JPEG decoded at reduced scale {im.size[0]}x{im.size[1]} (draft)")
 
+    im = _grey16_png_as_8bit(im, notes)
     cost = decode_cost_bytes(im.mode, im.size)
+    # Never more than the whole process budget: a photo that cannot fit alone is refused from its
+    # header, since waiting for an empty budget would still take the process past its memory.
+    max_decode_bytes = min(max_decode_bytes, decode_budget().capacity)
     if cost > max_decode_bytes:
         raise ImageError(
             f"The photo is {width} x {height} pixels in {_mode_name(im.mode)}; decoding it would take "
@@ -310,6 +314,22 @@ def _mode_name(mode: str) -> str:
     return names.get(mode, f"{mode} mode")
 
 
+def _grey16_png_as_8bit(im: Image.Image, notes: list[str]) -> Image.Image:
+    """A 16-bit greyscale PNG decoded straight to 8-bit grey (the high byte of each sample): half
+    the decoder memory, and the same pixels the 16-to-8-bit conversion gives (at most one level
+    apart). Pillow opens 48-bit RGB PNGs the same way. Left alone with a transparent colour,
+    which is a 16-bit value."""
+    if im.format != "PNG" or im.mode != "I;16" or "transparency" in im.info or len(im.tile) != 1:
+        return im
+    tile = im.tile[0]
+    if tile.codec_name != "zip" or tile.args != "I;16B":
+        return im
+    im._mode = "L"
+    im.tile = [tile._replace(args="L;16B")]
+    notes.append("16-bit grey PNG decoded to 8 bits")
+    return im
+
+
 def _shrink_early(im: Image.Image, work_size: int, notes: list[str]) -> Image.Image:
     """An integer box-filter reduction of a photo far above work_size, in its own mode.
 
@@ -397,6 +417,17 @@ _return_big_buffers_to_the_system()
 
 _budget: DecodeBudget | None = None
 _budget_lock = threading.Lock()
+
+
+def use_decode_budget(capacity_bytes: int) -> DecodeBudget:
+    """Size this process's budget (a server does so at start, from its memory limit); the
+    DECODE_MEMORY_MB setting, when given, still wins."""
+    global _budget
+    with _budget_lock:
+        mb = config.setting("DECODE_MEMORY_MB")
+        capacity = int(float(mb) * 1024 * 1024) if mb else int(capacity_bytes)
+        _budget = DecodeBudget(max(capacity, 16 * 1024 * 1024))
+        return _budget
 
 
 def decode_budget() -> DecodeBudget:

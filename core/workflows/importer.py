@@ -40,7 +40,7 @@ from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, u
 from core.storage.stores import open_photo_store
 from core.verification import imaging
 from core.verification.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
-from core.workflows import gallery, links, spreadsheets, verification
+from core.workflows import gallery, links, member_ids, spreadsheets, verification
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
@@ -107,7 +107,7 @@ class _PreparedRow:
 
 def _check_member_id(value: str) -> str:
     """An identifier by core.workflows.spreadsheets.MEMBER_ID_RULE, else ValueError."""
-    return spreadsheets.check_member_id(value)
+    return member_ids.canonical_member_id(value)  # NFKC, no invisible or look-alike letters
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -40,7 +40,7 @@ from core.storage.retry import with_retry
 from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, utcnow
 from core.verification.genders import normalise_gender
 from core.verification.result import AUTO_APPROVED, FLAGGED, Flag, VerificationResult
-from core.workflows import batches, gallery
+from core.workflows import batches, gallery, member_ids
 from core.workflows.gallery import GalleryLocked
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,12 @@ class VerifyError(FaceVerifyError):
 
 class UnknownMember(VerifyError):
     code = "unknown_member"
+
+
+class BadMemberId(VerifyError):
+    """A new member's id is malformed or looks like an existing member's (core.workflows.member_ids)."""
+
+    code = "bad_member_id"
 
 
 class EnrolIncomplete(VerifyError):
@@ -253,6 +259,10 @@ def _resolve(
     if member is None:
         if not enrol:
             raise UnknownMember(f"There is no member {member_id!r}.", member=member_id)
+        try:
+            member_ids.check_new_member_id(session, member_id)
+        except ValueError as exc:
+            raise BadMemberId(f"{exc}.", member=member_id) from None
         missing = [] if gender else ["registered_gender"]
         missing += [w for w in (GALLERY, VERIFICATION) if photos[w].data is None]
         if missing:

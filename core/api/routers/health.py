@@ -13,11 +13,17 @@ from core.api.deps import State
 from core.api.schemas import (
     HealthOut,
 )
-from core.api.settings import API_VERSION
+from core.api.settings import API_VERSION, NO_ENGINE
 from core.errors import ModelError
 from core.workflows import search
 
 router = APIRouter(tags=["service"])
+
+
+def _public(error: str | None, message: str) -> str | None:
+    if not error or error == NO_ENGINE:
+        return error
+    return message
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
@@ -42,12 +48,15 @@ def health(state: State):
         "status": status,
         "model_loaded": model_loaded,
         "model_version": state.engine.model_version if model_loaded else None,
-        "model_error": state.model_error,
+        # Load failures name files and folders: the log has them, this page is open to anyone.
+        "model_error": _public(state.model_error, "the model could not be loaded; see the server log"),
         "database": database,
         "enrolled": enrolled,
         "duplicate_threshold": dup,
         "api_version": API_VERSION,
-        "model_reload_error": state.reload_error,
+        "model_reload_error": _public(
+            state.reload_error, "a new model version could not be loaded; see the server log"
+        ),
         "worker_pid": os.getpid(),
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)

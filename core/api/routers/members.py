@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from core.api.deps import CallerKey, State, secured
-from core.api.errors import ApiError, error_responses
+from core.api.errors import PHOTO_STORE_DOWN, ApiError, error_responses, hidden
 from core.api.inputs import checked_member_id, checked_photo, decode_base64
 from core.api.output import jsonable, result_out
 from core.api.schemas import GalleryPhotoOut, GalleryPhotoRequest, MemberHistoryOut
@@ -117,11 +117,11 @@ def add_gallery_photo(
         current_bytes = state.store.read(current_path)
         stored = state.store.put(photo.data, photo.ext)
     except PhotoNotFound as exc:
-        raise ApiError(404, "photo_missing", str(exc)) from None
-    except OSError as exc:
-        raise ApiError(
-            503, "photo_store_unavailable", f"The photo store cannot save the photo: {exc}"
+        raise hidden(
+            404, "photo_missing", "The member's gallery photo is missing from the photo store.", exc
         ) from None
+    except OSError as exc:
+        raise hidden(503, "photo_store_unavailable", PHOTO_STORE_DOWN, exc, {"Retry-After": "2"}) from None
     result = worker.submit(EngineJob([current_bytes, photo.data], gender)).result(timeout=ENGINE_TIMEOUT_S)
     new = gallery.NewPhoto(
         sha256=stored.sha256,

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from core.api.deps import CallerKey, State, secured
-from core.api.errors import ApiError, error_responses
+from core.api.errors import ApiError, error_responses, hidden
 from core.api.inputs import checked_member_id
 from core.api.keys import BACKEND
 from core.storage.photostore import PhotoNotFound
@@ -76,7 +76,9 @@ def member_photo(
         try:
             data = state.store.read(photo.stored_path)
         except PhotoNotFound as exc:
-            raise ApiError(404, "photo_missing", str(exc)) from None
+            raise hidden(
+                404, "photo_missing", "The stored photo is missing from the photo store.", exc
+            ) from None
         privacy.record_photo_view(
             session, caller.actor, photo, f"api:{PHOTO_ENDPOINT}", action=privacy.DOWNLOAD_PHOTO, repeat_s=0
         )
@@ -99,6 +101,6 @@ def erase_member(
     member_id = checked_member_id(member_id)
     try:
         report = privacy.erase_member(state.factory, state.store, member_id, actor=caller.actor, via="api")
-    except privacy.UnknownMember as exc:
-        raise ApiError(404, "unknown_member", str(exc)) from None
+    except privacy.UnknownMember:
+        raise ApiError(404, "unknown_member", f"There is no member {member_id!r}.") from None
     return JSONResponse(report.to_dict())
