@@ -125,7 +125,7 @@ def detect_every_face(rgb: np.ndarray) -> list[Face]:
 
     detect_faces stops at the short-range detector when it finds anything, which suits a selfie;
     in a wide group photo it can miss the smaller faces, so here both detectors run and their
-    faces are merged (the more confident of two overlapping detections kept).
+    faces are merged (where both see one face, the short-range detection is kept).
     """
     height, width = rgb.shape[:2]
     rgb = np.ascontiguousarray(rgb)
@@ -145,7 +145,8 @@ def detect_every_face(rgb: np.ndarray) -> list[Face]:
                 found.append(
                     Face(box=(x0, y0, x1 - x0, y1 - y0), score=float(det.score[0]), keypoints=keypoints)
                 )
-    found.sort(key=lambda f: -f.score)
+    # The short-range detector's faces first, as detect_faces gives them, so that a photo of one
+    # person is seen exactly as on the one-face path; the full-range one adds only faces it missed.
     merged: list[Face] = []
     for face in found:
         if all(_iou(face.box, kept.box) < SAME_FACE_IOU for kept in merged):
