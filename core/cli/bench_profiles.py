@@ -13,8 +13,8 @@ from pathlib import Path
 HELP = "profile verification: strangers' photos swapped in, group photos, time per profile"
 
 
-def _corroborate(value: str) -> float | None:
-    return None if value.strip().lower() in {"none", "off", ""} else float(value)
+def _number_or_none(value: str) -> float | None:
+    return None if value.strip().lower() in {"none", "off", "model", ""} else float(value)
 
 
 def register(subparsers) -> None:
@@ -43,12 +43,19 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--group-share", type=float, default=0.15, help="share of photos made group photos")
     parser.add_argument(
-        "--corroborate",
-        type=_corroborate,
+        "--approve-at",
+        type=_number_or_none,
         nargs="+",
         default=None,
-        help="rules to compare, by corroborate_from ('none': off); the first is reported "
-        "(default: the product's rule)",
+        help="rules to compare: a profile photo's approval similarity ('model': the version's own)",
+    )
+    parser.add_argument(
+        "--corroborate",
+        type=_number_or_none,
+        nargs="+",
+        default=None,
+        help="rules to compare: corroborate_from ('none': off); every approve-at with every corroborate, "
+        "the first pair is reported (default: the product's rule)",
     )
     parser.add_argument("--timing-profiles", type=int, default=40, help="whole profiles of 6 + selfie timed")
     parser.add_argument("--limit-people", type=int, help="only the first N people (a quick run)")
@@ -59,7 +66,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from core.benchmarks import profiles
-    from core.verification.profile import CORROBORATE_FROM
+    from core.verification.profile import CORROBORATE_FROM, PROFILE_APPROVE_AT
 
     for path in (args.images, args.people):
         if not path.exists():
@@ -75,7 +82,11 @@ def run(args) -> int:
         photos_per_person=args.photos_per_person,
         swap_share=args.swap_share,
         group_share=args.group_share,
-        corroborate=args.corroborate if args.corroborate is not None else [CORROBORATE_FROM],
+        rules=[
+            (approve_at, corroborate)
+            for approve_at in (args.approve_at or [PROFILE_APPROVE_AT])
+            for corroborate in (args.corroborate or [CORROBORATE_FROM])
+        ],
         timing_profiles=args.timing_profiles,
         seed=args.seed,
         limit_people=args.limit_people,

@@ -48,6 +48,10 @@ MAX_PROFILE_PHOTOS = 9
 # The product's rule (see ProfileRule): None leaves a photo between the two operating points to a
 # person; a number accepts it when corroborated (chosen on training people, core.benchmarks.profiles).
 CORROBORATE_FROM: float | None = None
+# A profile photo is the member from this similarity (or the model version's approve_at, whichever
+# is stricter). The version's approve_at lets 0.1% of impostor pairs through; a profile of several
+# photos, each a chance for a stranger's face and group photos with several, needs fewer.
+PROFILE_APPROVE_AT: float | None = None
 _DEFAULT = object()
 
 # Flags about the selfie that stop an automatic verification, whatever the photos show.
@@ -65,11 +69,13 @@ class ProfileRule:
     corroborate_from: float | None = None
 
     @classmethod
-    def of(cls, engine, corroborate_from=_DEFAULT) -> ProfileRule:
-        """The rule on this engine's operating points (corroborate_from: the product's unless given)."""
+    def of(cls, engine, corroborate_from=_DEFAULT, approve_at=_DEFAULT) -> ProfileRule:
+        """The rule on this engine's operating points; corroborate_from and approve_at (None: the
+        version's own) are the product's unless given."""
         points = engine.model.operating_points
         chosen = CORROBORATE_FROM if corroborate_from is _DEFAULT else corroborate_from
-        return cls(points.approve_at, points.reject_below, chosen)
+        floor = PROFILE_APPROVE_AT if approve_at is _DEFAULT else approve_at
+        return cls(max(points.approve_at, floor or 0.0), points.reject_below, chosen)
 
 
 @dataclass
@@ -375,6 +381,7 @@ __all__ = [
     "MAX_PROFILE_PHOTOS",
     "NO_FACE",
     "PHOTO_STATES",
+    "PROFILE_APPROVE_AT",
     "REVIEW",
     "ProfilePhotoResult",
     "ProfileRule",
