@@ -8,10 +8,10 @@
     non-match is flagged on its own ("photo 3 does not show this member"); the member is rejected
     only when the selfie matches none of the photos and the main one is a confident non-match.
 
-The rule reuses the model version's two operating points (chosen on training people): a face at or
-above approve_at is the member, one below reject_below is not, and in between a person decides.
-A photo between the two whose face also matches an already matching profile photo at approve_at is
-corroborated (two independent matches instead of one): measured by core.benchmarks.profiles.
+The rule: a face at or above approve_at (PROFILE_APPROVE_AT or the model version's own, the
+stricter) is the member, a best face below the version's reject_below is not, and in between a
+person decides. Corroboration (a photo in between accepted because it also matches a matching
+profile photo) is available but off: on training people it let strangers' photos through.
 
 verify_profile() analyses and decides; decide_profile() decides from analyses (the benchmark reuses
 analyses across profiles).
@@ -51,7 +51,10 @@ CORROBORATE_FROM: float | None = None
 # A profile photo is the member from this similarity (or the model version's approve_at, whichever
 # is stricter). The version's approve_at lets 0.1% of impostor pairs through; a profile of several
 # photos, each a chance for a stranger's face and group photos with several, needs fewer.
-PROFILE_APPROVE_AT: float | None = None
+# Chosen on the training people of v20261201-102216 (core.benchmarks.profiles --set train: 691
+# strangers' photos, the highest at 0.802, the next 0.527; 0.85 approves none of them and leaves
+# 0.7% of the members' own photos to a person); a new model version is re-checked the same way.
+PROFILE_APPROVE_AT: float | None = 0.85
 _DEFAULT = object()
 
 # Flags about the selfie that stop an automatic verification, whatever the photos show.
