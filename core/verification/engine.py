@@ -134,6 +134,21 @@ class Engine:
     def analyze(self, photo: PhotoInput) -> PhotoAnalysis:
         return self.analyze_many([photo])[0]
 
+    def analyze_faces(self, photos: list[PhotoInput]) -> list[list[PhotoAnalysis]]:
+        """Analyse every candidate face of each photo (group photos: which face is the member),
+        through the same networks and heads as analyze_many. Per photo, one analysis per face
+        (features.locate_every_face); never raises for bad input."""
+        per_photo = features.extract_all_faces(photos, self.networks)
+        ready = [a for faces in per_photo for a in faces if a.embedding is not None]
+        if ready:
+            embedding, gender_input = features.head_inputs(
+                np.stack([a.embedding for a in ready]), np.array([a.gender_logit for a in ready])
+            )
+            projection, gender_probs = (t.numpy() for t in self._heads_graph(embedding, gender_input))
+            for i, analysis in enumerate(ready):
+                analysis.projection, analysis.gender_probs = projection[i], gender_probs[i]
+        return per_photo
+
     # -- per pair --------------------------------------------------------------------------
 
     def compare(

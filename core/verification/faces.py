@@ -2,6 +2,7 @@
 
 detect_faces(rgb) -> list[Face]        every face MediaPipe finds, in pixel coordinates
 main_face_index(faces, w, h) -> int    the largest, most central face (the member's)
+detect_every_face(rgb) -> list[Face]   both detectors merged, for group photos (which face is the member)
 landmark_box(face) -> box              where dlib's own detector would have put its box
 align_face(rgb, face) -> AlignedFace   150x150 chip aligned the way dlib's ResNet was trained
 
@@ -99,6 +100,63 @@ def detect_faces(rgb: np.ndarray) -> list[Face]:
         faces.append(Face(box=(x0, y0, x1 - x0, y1 - y0), score=float(det.score[0]), keypoints=keypoints))
     faces.sort(key=lambda f: -f.score)
     return faces
+
+
+# A profile photo may show several people and the member need not be the largest: every face the
+# detectors find is a candidate, up to this many (the largest), none narrower than this share of
+# the widest (crowds behind the subjects) nor than MIN_FACE_PX (too small to be recognised).
+MAX_CANDIDATE_FACES = 8
+MIN_CANDIDATE_RELATIVE_WIDTH = 0.3
+MIN_FACE_PX = 20
+SAME_FACE_IOU = 0.4  # two detections overlapping this much are one face
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = w * h
+    return inter / float(aw * ah + bw * bh - inter) if inter else 0.0
+
+
+def detect_every_face(rgb: np.ndarray) -> list[Face]:
+    """The candidate faces of a photo that may show several people, largest first.
+
+    detect_faces stops at the short-range detector when it finds anything, which suits a selfie;
+    in a wide group photo it can miss the smaller faces, so here both detectors run and their
+    faces are merged (where both see one face, the short-range detection is kept).
+    """
+    height, width = rgb.shape[:2]
+    rgb = np.ascontiguousarray(rgb)
+    found: list[Face] = []
+    with _detectors.lend() as detectors:
+        for detector in detectors:
+            result = detector.process(rgb)
+            for det in result.detections or []:
+                rel = det.location_data.relative_bounding_box
+                x0 = max(0, int(round(rel.xmin * width)))
+                y0 = max(0, int(round(rel.ymin * height)))
+                x1 = min(width, int(round((rel.xmin + rel.width) * width)))
+                y1 = min(height, int(round((rel.ymin + rel.height) * height)))
+                if x1 - x0 < MIN_FACE_PX or y1 - y0 < MIN_FACE_PX:
+                    continue
+                keypoints = [(kp.x * width, kp.y * height) for kp in det.location_data.relative_keypoints]
+                found.append(
+                    Face(box=(x0, y0, x1 - x0, y1 - y0), score=float(det.score[0]), keypoints=keypoints)
+                )
+    # The short-range detector's faces first, as detect_faces gives them, so that a photo of one
+    # person is seen exactly as on the one-face path; the full-range one adds only faces it missed.
+    merged: list[Face] = []
+    for face in found:
+        if all(_iou(face.box, kept.box) < SAME_FACE_IOU for kept in merged):
+            merged.append(face)
+    if not merged:
+        return []
+    widest = max(f.box[2] for f in merged)
+    merged = [f for f in merged if f.box[2] >= MIN_CANDIDATE_RELATIVE_WIDTH * widest]
+    merged.sort(key=lambda f: -(f.box[2] * f.box[3]))
+    return merged[:MAX_CANDIDATE_FACES]
 
 
 def main_face_index(faces: list[Face], width: int, height: int) -> int | None:

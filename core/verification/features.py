@@ -242,6 +242,88 @@ def extract(
     return list(_pool().map(_analyse, photos, poses, [networks] * len(photos)))
 
 
+def locate_every_face(
+    data: bytes, networks: tuple[str, ...] = DEFAULT_NETWORKS, run: compiled.Runner | None = None
+) -> list[PhotoAnalysis]:
+    """Decode a photo once and analyse each candidate face (faces.detect_every_face) the way
+    locate() analyses the main one: aligned chips for every network, quality, hashes, and the
+    embedding when run is given. One analysis per face, its .main_face the index of that face in
+    .faces (which every one of them shares); a photo without a usable face gives one analysis with
+    the error and flag. No capture check: that is for the selfie, not for photos a member shows.
+    """
+    photo = PhotoAnalysis(sha256=hashlib.sha256(data).hexdigest())
+    start = time.perf_counter()
+    try:
+        decoded = imaging.decode_image(data)
+    except ImageError as exc:
+        photo.error = str(exc)
+        photo.flags.append(Flag(BAD_IMAGE, str(exc)))
+        photo.timings_ms["decode"] = _ms(start)
+        return [photo]
+    rgb = decoded.rgb
+    photo.height, photo.width = rgb.shape[:2]
+    taken_at = fraud.exif_taken_at(data)
+    photo.taken_at = taken_at.isoformat() if taken_at else None
+    photo.timings_ms["decode"] = _ms(start)
+    start = time.perf_counter()
+    photo.faces = face_ops.detect_every_face(rgb)
+    photo.timings_ms["detect"] = _ms(start)
+    if not photo.faces:
+        photo.error = "No face was found in the photo."
+        photo.flags.append(Flag(NO_FACE, photo.error))
+        return [photo]
+
+    out = []
+    for index, face in enumerate(photo.faces):
+        start = time.perf_counter()
+        analysis = PhotoAnalysis(
+            sha256=photo.sha256,
+            width=photo.width,
+            height=photo.height,
+            faces=photo.faces,
+            main_face=index,
+            taken_at=photo.taken_at,
+            timings_ms=dict(photo.timings_ms) if index == 0 else {},
+        )
+        aligned = face_ops.align_face(rgb, face)
+        analysis.crop, analysis.gender_crop = aligned.chip, aligned.gender_chip
+        analysis.quality = imaging.image_quality(aligned.chip)
+        analysis.hashes, analysis.hashes_mirror = fraud.photo_hashes(rgb, face.box, aligned.chip)
+        if analysis.quality < imaging.LOW_QUALITY_THRESHOLD:
+            analysis.flags.append(
+                Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
+            )
+        for name in networks:
+            if name != "dlib":
+                analysis.chips[name] = network(name).chip(rgb, face)
+        analysis.timings_ms["align"] = _ms(start)
+        if run is not None:
+            embed_one(analysis, networks, run)
+        out.append(analysis)
+    return out
+
+
+def _analyse_every_face(photo: PhotoInput, networks: tuple[str, ...]) -> list[PhotoAnalysis]:
+    try:
+        data = read_photo(photo)
+    except OSError as exc:
+        analysis = PhotoAnalysis(sha256="", error=f"The photo cannot be read: {exc.strerror or exc}")
+        analysis.flags.append(Flag(BAD_IMAGE, analysis.error))
+        return [analysis]
+    with compiled.runner(networks) as run:
+        return locate_every_face(data, networks, run)
+
+
+def extract_all_faces(
+    photos: list[PhotoInput], networks: tuple[str, ...] = DEFAULT_NETWORKS
+) -> list[list[PhotoAnalysis]]:
+    """locate_every_face() with embeddings for each photo, the photos side by side on
+    LOCATE_THREADS as in extract(). Per photo, one analysis per candidate face."""
+    if len(photos) == 1 or threading.current_thread().name.startswith("locate"):
+        return [_analyse_every_face(photo, networks) for photo in photos]
+    return list(_pool().map(_analyse_every_face, photos, [networks] * len(photos)))
+
+
 GENDER_EMBEDDING_DIMS = 128  # the gender head sees dlib's part of the embedding (see head_inputs)
 
 
