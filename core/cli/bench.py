@@ -155,6 +155,12 @@ def register(subparsers) -> None:
     )
     imports.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
 
+    # Benchmarks whose command line lives in a module of its own.
+    from core.cli import bench_api_memory, bench_profiles
+
+    bench_profiles.register(benches)
+    bench_api_memory.register(benches)
+
 
 def run_verification(args) -> int:
     if args.help:

@@ -1,4 +1,4 @@
-"""bench-api-memory: peak resident memory of the API under bursts of 99 MP 16-bit PNGs."""
+"""bench api-memory: peak resident memory of the API under bursts of 99 MP 16-bit PNGs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench-api-memory",
+        "api-memory",
         help="start the API, send concurrent 99 MP PNGs to each photo endpoint, print the peak RSS",
     )
     parser.add_argument("--concurrency", type=int, default=40, help="requests at once per endpoint")
@@ -35,4 +35,4 @@ if __name__ == "__main__":  # pragma: no cover
     top = argparse.ArgumentParser(prog="python -m core.cli.bench_api_memory")
     sub = top.add_subparsers(dest="command", required=True)
     register(sub)
-    sys.exit(run(top.parse_args(["bench-api-memory", *sys.argv[1:]])))
+    sys.exit(run(top.parse_args(["api-memory", *sys.argv[1:]])))
