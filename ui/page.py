@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 LANG_KEY = "lang"
 LANG_WIDGET = "_lang_widget"
-ENTRY_RETRY_KEY = "_entry_retry"
 APP_ICON = ":material/verified_user:"
 
 # The context the entry built for the page it is running (one script run per thread at a time).
@@ -71,7 +70,7 @@ class PageContext:
         return can_open(self.role, page_key)
 
 
-def _language_switch(session_factory) -> None:
+def _language_switch() -> None:
     # The widget has its own key; the choice is kept under LANG_KEY so it survives page changes
     # (Streamlit forgets a widget's state on pages that do not draw it), in the address (?lang=en)
     # so a reload keeps it, and for a signed-in user in the database (their next sign-in uses it).
@@ -84,8 +83,11 @@ def _language_switch(session_factory) -> None:
     def changed():
         _set_lang(st.session_state[LANG_WIDGET])
         st.query_params[LANG_KEY] = lang()
-        if session_factory is not None:
-            auth.remember_language(session_factory, lang())
+        try:
+            session_factory = resources.get_session_factory()
+        except Exception:  # no database: the choice still holds for this session
+            return
+        auth.remember_language(session_factory, lang())
 
     st.sidebar.radio(
         ":material/language: Language / 언어",
@@ -134,12 +136,11 @@ def _navigation(ctx: PageContext):
     return st.navigation(pages, position="sidebar")
 
 
-def run_app() -> None:
-    """The entry: language, database, sign-in, then the navigation of the role and the chosen page."""
-    st.set_page_config(page_icon=APP_ICON, layout="wide")
-    st.session_state.pop(ENTRY_RETRY_KEY, None)
+def _signed_in_context() -> PageContext:
+    """Language, database, sign-in (or the forced password change): the signed-in user's context,
+    or the form / the service-unavailable page and a stopped script."""
     auth.save_drafts()
-    _language_switch(None)
+    _language_switch()
     session_factory = _database()
     if session_factory is None:
         service_unavailable()
@@ -154,8 +155,7 @@ def run_app() -> None:
         auth.change_password_form(session_factory, lang())
         _sign_out_button(session_factory)
         st.stop()
-
-    ctx = PageContext(
+    return PageContext(
         username=user.username,
         role=user.role,
         display_name=user.display_name,
@@ -163,9 +163,19 @@ def run_app() -> None:
         session_factory=session_factory,
         store=resources.get_store(),
     )
-    page = _navigation(ctx)
+
+
+def _user_sidebar(ctx: PageContext) -> None:
     st.sidebar.markdown(f"**{ctx.display_name or ctx.username}** · {ctx.t(f'role.{ctx.role}')}")
-    _sign_out_button(session_factory)
+    _sign_out_button(ctx.session_factory)
+
+
+def run_app() -> None:
+    """The entry: language, database, sign-in, then the navigation of the role and the chosen page."""
+    st.set_page_config(page_icon=APP_ICON, layout="wide")
+    ctx = _signed_in_context()
+    page = _navigation(ctx)
+    _user_sidebar(ctx)
     _running.ctx = ctx
     try:
         page.run()
@@ -182,24 +192,25 @@ def _sign_out_button(session_factory) -> None:
         st.rerun()
 
 
+def _without_the_entry() -> None:
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False  # from now on every run starts at the entry
+
+
 def page_context(page_key: str) -> PageContext:
     """The signed-in user's context for this page; shows a refusal (audited) and stops the page when
     their role may not open it.
 
-    A page script run without the entry (Streamlit runs a pages/ script directly on a process's very
-    first request) is sent through the entry once, so sign-in and navigation always come first.
+    A page script run without the entry (Streamlit runs a pages/ script directly on the very first
+    request of a process that `streamlit run Home.py` started; AppTest does on every run) signs in
+    itself, and the process's later runs all start at the entry.
     """
     ctx = getattr(_running, "ctx", None)
     if ctx is None:
-        if not st.session_state.get(ENTRY_RETRY_KEY):
-            from streamlit.runtime.pages_manager import PagesManager
-
-            st.session_state[ENTRY_RETRY_KEY] = True
-            PagesManager.uses_pages_directory = False  # from now on every run starts at the entry
-            st.rerun()
-        st.session_state.pop(ENTRY_RETRY_KEY, None)
-        st.error(tr("app.open_from_start"))
-        st.stop()
+        _without_the_entry()
+        ctx = _signed_in_context()
+        _user_sidebar(ctx)
     if not ctx.can(page_key):
         try:
             with ctx.session() as session:
