@@ -66,13 +66,13 @@ def get_session_factory():
 
 def database_reachable(session_factory) -> bool:
     """One cheap round trip: a database that went down after start is caught before sign-in."""
-    from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
+
+    from core.dashboard.access import database_answers
 
     try:
         with session_factory() as session:
-            session.execute(text("SELECT 1"))
-        return True
+            return database_answers(session)
     except SQLAlchemyError:
         return False
 

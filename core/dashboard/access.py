@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from core.storage import audit, users
@@ -93,6 +93,11 @@ def _signed_in(user: User) -> SignedIn:
         bool(user.must_change_password),
         bool(user.active),
     )
+
+
+def database_answers(session: Session) -> bool:
+    """One round trip (raises the driver's error when the database is down)."""
+    return session.execute(text("SELECT 1")).scalar() == 1
 
 
 def user_count(session: Session) -> int:
