@@ -17,6 +17,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, time
 
 import streamlit as st
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -70,6 +71,29 @@ class PageContext:
         return can_open(self.role, page_key)
 
 
+_CHOICE_TYPES = (str, int, float, date, time)
+
+
+def _keep_choices() -> None:
+    """Every choice made on the page, put back by its stable value before the rerun in the new language.
+
+    Streamlit keeps a radio's, select box's or multiselect's choice in the browser as the label it
+    shows; after a switch that label is in the other language, matches no option, and the widget
+    fell back to its default (or to nothing). Setting each keyed value again from the server's
+    state (the option itself, e.g. "batch", not "배치별") makes the next run send it in the new
+    language. Buttons and checkboxes (True/False), uploads and table selections are left alone:
+    their state does not depend on a label, and Streamlit refuses to set some of them.
+    """
+    for key, value in list(st.session_state.items()):
+        if key == LANG_WIDGET or isinstance(value, bool):
+            continue
+        if isinstance(value, _CHOICE_TYPES) or (
+            isinstance(value, (list, tuple))
+            and all(isinstance(v, _CHOICE_TYPES) and not isinstance(v, bool) for v in value)
+        ):
+            st.session_state[key] = value
+
+
 def _language_switch() -> None:
     # The widget has its own key; the choice is kept under LANG_KEY so it survives page changes
     # (Streamlit forgets a widget's state on pages that do not draw it), in the address (?lang=en)
@@ -81,6 +105,7 @@ def _language_switch() -> None:
         st.query_params[LANG_KEY] = lang()
 
     def changed():
+        _keep_choices()
         _set_lang(st.session_state[LANG_WIDGET])
         st.query_params[LANG_KEY] = lang()
         try:
