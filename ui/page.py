@@ -198,13 +198,13 @@ def _user_sidebar(ctx: PageContext) -> None:
 def run_app() -> None:
     """The entry: language, database, sign-in, then the navigation of the role and the chosen page."""
     st.set_page_config(page_icon=APP_ICON, layout="wide")
-    ctx = _signed_in_context()
-    page = _navigation(ctx)
-    _user_sidebar(ctx)
-    _running.ctx = ctx
     try:
+        ctx = _signed_in_context()
+        page = _navigation(ctx)
+        _user_sidebar(ctx)
+        _running.ctx = ctx
         page.run()
-    except OperationalError as exc:  # the database went away mid-page
+    except OperationalError as exc:  # the database went away after the check
         log.warning("dashboard: the database failed during a page: %s", exc)
         service_unavailable()
     finally:
@@ -234,7 +234,11 @@ def page_context(page_key: str) -> PageContext:
     ctx = getattr(_running, "ctx", None)
     if ctx is None:
         _without_the_entry()
-        ctx = _signed_in_context()
+        try:
+            ctx = _signed_in_context()
+        except OperationalError as exc:
+            log.warning("dashboard: the database failed during sign-in: %s", exc)
+            service_unavailable()
         _user_sidebar(ctx)
     if not ctx.can(page_key):
         try:
