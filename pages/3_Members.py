@@ -11,7 +11,20 @@ from ui.widgets import file_input, show_photo
 ctx = page_context("members")
 st.title(ctx.t("page.members"))
 
-tab_list, tab_import = st.tabs([ctx.t("members.tab_list"), ctx.t("members.tab_import")])
+# Both tabs are drawn on every run; the open one is kept by position, so it survives a language switch.
+TAB_LABELS = [ctx.t("members.tab_list"), ctx.t("members.tab_import")]
+
+
+def remember_tab():
+    st.session_state["members_tab_index"] = TAB_LABELS.index(st.session_state["members_tab"])
+
+
+tab_list, tab_import = st.tabs(
+    TAB_LABELS,
+    key="members_tab",
+    on_change=remember_tab,
+    default=TAB_LABELS[st.session_state.get("members_tab_index", 0)],
+)
 
 with tab_list:
     cols = st.columns([2, 1, 1, 1, 1])
