@@ -197,10 +197,11 @@ def _user_sidebar(ctx: PageContext) -> None:
 
 def run_app() -> None:
     """The entry: language, database, sign-in, then the navigation of the role and the chosen page."""
-    st.set_page_config(page_icon=APP_ICON, layout="wide")
+    st.set_page_config(page_title="FaceVerify", page_icon=APP_ICON, layout="wide")
     try:
         ctx = _signed_in_context()
         page = _navigation(ctx)
+        st.set_page_config(page_title=f"{page.title} · FaceVerify")  # the browser tab's title
         _user_sidebar(ctx)
         _running.ctx = ctx
         page.run()
