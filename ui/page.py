@@ -80,7 +80,7 @@ def _keep_choices() -> None:
     Streamlit keeps a radio's, select box's or multiselect's choice in the browser as the label it
     shows; after a switch that label is in the other language, matches no option, and the widget
     fell back to its default (or to nothing). Setting each keyed value again from the server's
-    state (the option itself, e.g. "batch", not "배치별") makes the next run send it in the new
+    state (the option itself, e.g. "day", not its label "일") makes the next run send it in the new
     language. Buttons and checkboxes (True/False), uploads and table selections are left alone:
     their state does not depend on a label, and Streamlit refuses to set some of them.
     """
