@@ -204,7 +204,7 @@ def test_a_deactivated_user_is_signed_out_on_the_next_page(app_env, open_page):
     assert "auth" not in at.session_state
 
 
-def test_sidebar_lists_only_the_pages_of_the_role(app_env, open_page):
+def test_the_start_page_links_only_the_pages_of_the_role(app_env, open_page):
     links = {
         role: {link.proto.page for link in open_page("home", role=role).get("page_link")}
         for role in ("staff", "manager", "data_scientist", "admin")
