@@ -16,7 +16,7 @@ import tomllib
 
 import pytest
 import streamlit as st
-from conftest import ROOT
+from conftest import ROOT, USER_PASSWORD
 from PIL import Image
 from sqlalchemy import select
 from test_pages import flagged_result, open_member, sample_members, texts
@@ -35,12 +35,14 @@ ALL_PAGES = VISIBLE["admin"]
 
 @pytest.fixture
 def navigation_calls(monkeypatch):
-    """Every st.navigation call of the runs: [(title, url_path, visibility, default), ...] per call."""
+    """Every st.navigation call of the runs: (position, [(title, url_path, visibility, default), ...])."""
     calls = []
     real = st.navigation
 
     def recording(pages, **kwargs):
-        calls.append([(p.title, p.url_path, p.visibility, p._default) for p in pages])
+        calls.append(
+            (kwargs.get("position"), [(p.title, p.url_path, p.visibility, p._default) for p in pages])
+        )
         return real(pages, **kwargs)
 
     monkeypatch.setattr(st, "navigation", recording)
@@ -53,7 +55,8 @@ def test_the_navigation_lists_only_the_pages_of_the_role_in_the_page_language(
     app_env, open_page, navigation_calls, role, lang
 ):
     open_page("home", role=role, lang=lang)
-    pages = navigation_calls[-1]
+    position, pages = navigation_calls[-1]
+    assert position == "sidebar"
     assert [title for title, _, visibility, _ in pages if visibility == "visible"] == [
         t(f"page.{key}", lang) for key in VISIBLE[role]
     ]
@@ -72,9 +75,20 @@ def test_the_navigation_lists_only_the_pages_of_the_role_in_the_page_language(
 
 
 def test_a_visitor_who_is_not_signed_in_gets_no_page_list(app_env, open_page, navigation_calls):
-    at = open_page("kpis", role=None)
-    assert not navigation_calls
+    at = open_page("home", role=None)
+    assert [position for position, _ in navigation_calls] == ["hidden"]  # the address kept, nothing listed
     assert [b.label for b in at.button if b.label == "로그인"]
+    assert not at.get("page_link")
+
+
+def test_signing_in_opens_the_page_of_the_address(app_env, open_page):
+    """A visitor who came by /Members (a bookmark, a reload after expiry) lands there once signed in."""
+    at = open_page("members", role=None)
+    at.text_input(key="login_username").input("staff_user")
+    at.text_input(key="login_password").input(USER_PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "회원"
 
 
 @pytest.mark.parametrize(

@@ -145,38 +145,43 @@ def _database():
     return factory
 
 
-def _navigation(ctx: PageContext):
-    """Every page, titled in the user's language; those the role may not open are hidden (not
+def _navigation(role: str | None, position: str = "sidebar"):
+    """Every page, titled in the page's language; those the role may not open are hidden (not
     listed) but registered, so their address reaches the page's own refusal."""
     pages = [
         st.Page(
             info.path,
-            title=ctx.t(f"page.{info.key}"),
+            title=tr(f"page.{info.key}"),
             icon=info.icon,
             default=info.key == "home",
-            visibility="visible" if ctx.can(info.key) else "hidden",
+            visibility="visible" if can_open(role, info.key) else "hidden",
         )
         for info in PAGES
     ]
-    return st.navigation(pages, position="sidebar")
+    return st.navigation(pages, position=position)
 
 
-def _signed_in_context() -> PageContext:
+def _signed_in_context(entry: bool) -> PageContext:
     """Language, database, sign-in (or the forced password change): the signed-in user's context,
-    or the form / the service-unavailable page and a stopped script."""
+    or the form / the service-unavailable page and a stopped script.
+
+    From the entry, a visitor not signed in yet gets the navigation with no page listed: the
+    address they came by (say /Members) is kept, and the sign-in opens that page."""
     auth.save_drafts()
     _language_switch()
     session_factory = _database()
     if session_factory is None:
         service_unavailable()
     user = auth.signed_in_user(session_factory)
-    if user is None:
+    if user is None or auth.must_change_password():
+        if entry:
+            _navigation(None, position="hidden")
         st.title(tr("app.title"))
+    if user is None:
         auth.login_form(session_factory, lang(), _set_lang)
         st.stop()
     if auth.must_change_password():
         # A reset or new account: nothing else is shown until the user has chosen a password.
-        st.title(tr("app.title"))
         auth.change_password_form(session_factory, lang())
         _sign_out_button(session_factory)
         st.stop()
@@ -199,8 +204,8 @@ def run_app() -> None:
     """The entry: language, database, sign-in, then the navigation of the role and the chosen page."""
     st.set_page_config(page_title="FaceVerify", page_icon=APP_ICON, layout="wide")
     try:
-        ctx = _signed_in_context()
-        page = _navigation(ctx)
+        ctx = _signed_in_context(entry=True)
+        page = _navigation(ctx.role)
         st.set_page_config(page_title=f"{page.title} · FaceVerify")  # the browser tab's title
         _user_sidebar(ctx)
         _running.ctx = ctx
@@ -236,7 +241,7 @@ def page_context(page_key: str) -> PageContext:
     if ctx is None:
         _without_the_entry()
         try:
-            ctx = _signed_in_context()
+            ctx = _signed_in_context(entry=False)
         except OperationalError as exc:
             log.warning("dashboard: the database failed during sign-in: %s", exc)
             service_unavailable()
