@@ -4,15 +4,15 @@ import hashlib
 
 import streamlit as st
 
-from core.dashboard import formatting, uploads
+from core.dashboard import formatting, members, page_batches, uploads
 from core.dashboard import verify as svc
+from core.dashboard.codes import GALLERY, VERIFICATION
 from core.dashboard.formatting import local_time
-from core.storage import queries
-from core.storage.schema import GALLERY, VERIFICATION, Batch
-from ui.common import engine_or_message, get_jobs, model_available, setup_page
-from ui.widgets import file_input, job_progress, pair_result, results_view
+from ui.page import engine_or_message, model_available, page_context
+from ui.resources import get_jobs
+from ui.widgets import file_input, job_progress, pair_result, results_view, show_photo
 
-ctx = setup_page("verify")
+ctx = page_context("verify")
 st.title(ctx.t("page.verify"))
 has_model = model_available(ctx)  # the model itself is loaded on the first click (or already warm)
 
@@ -49,7 +49,7 @@ def photo_check(data: bytes):
         st.error(view.error)
         return
     cols = st.columns([1, 2])
-    cols[0].image(view.image, width="stretch")
+    show_photo(cols[0], view.image)
     if view.ok:
         cols[1].success(ctx.t("capture.ok"))
         return
@@ -106,7 +106,7 @@ def pair_tab():
     if mode == "member":
         search = st.text_input(ctx.t("verify.member_search"), key="verify_member_search")
         with ctx.session() as session:
-            matches = queries.list_members(session, search=search or None, page_size=50).items
+            matches = members.find_members(session, search, page_size=50)
         if not matches:
             st.info(ctx.t("verify.no_members"))
         else:
@@ -212,7 +212,7 @@ def pair_tab():
             if shown[kind] is None:
                 preview[i].caption(ctx.t("photo.missing"))
             else:
-                preview[i].image(shown[kind], caption=ctx.t(f"photo.{kind}"), width="stretch")
+                show_photo(preview[i], shown[kind], caption=ctx.t(f"photo.{kind}"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def batch_tab():
     else:
         only_pending = st.checkbox(ctx.t("batch.only_pending"), value=True, key="batch_only_pending")
         with ctx.session() as session:
-            options = [m.id for m in queries.list_members(session, page_size=500).items]
+            options = [m.id for m in members.find_members(session, page_size=500)]
         chosen = st.multiselect(
             ctx.t("batch.pick_members"), options, key="batch_members", placeholder=ctx.t("batch.all_members")
         )
@@ -335,12 +335,10 @@ def batch_tab():
             ctx.t("batch.open"), ids, format_func=lambda i: f"#{i} {names[i]}", key="verify_open_select"
         )
         with ctx.session() as session:
-            batch = session.get(Batch, opened)
-            can_resume = batch is not None and svc.resumable(
-                batch.status, batch.heartbeat_at, jobs.can_resume_now(opened)
-            )
+            state = page_batches.batch_state(session, opened)
+            can_resume = state is not None and svc.resumable(state[0], state[1], jobs.can_resume_now(opened))
         if can_resume and has_model:
-            st.warning(ctx.t("batch.can_resume", status=ctx.t(f"batch_status.{batch.status}")))
+            st.warning(ctx.t("batch.can_resume", status=ctx.t(f"batch_status.{state[0]}")))
             if st.button(ctx.t("batch.resume"), key="batch_resume", disabled=busy):
                 engine = engine_or_message(ctx)
                 if engine is not None:

@@ -13,14 +13,12 @@ import streamlit as st
 
 from core.dashboard import formatting, photos
 from core.dashboard import review as svc
-from core.storage import queries
-from core.storage.schema import GALLERY, VERIFICATION
-from core.storage.schema import VerificationResult as ResultRow
-from core.workflows import reviews
-from ui.common import drop_draft, restore_draft, setup_page
-from ui.widgets import flags_list, gender_text, photo_column
+from core.dashboard.codes import GALLERY, VERIFICATION
+from ui.auth import drop_draft, restore_draft
+from ui.page import page_context
+from ui.widgets import flags_list, gender_text, photo_column, show_photo
 
-ctx = setup_page("review")
+ctx = page_context("review")
 st.title(ctx.t("page.review"))
 
 skipped: list[int] = st.session_state.setdefault("review_skipped", [])
@@ -41,11 +39,10 @@ def decide_submitted() -> None:
     if pressed[0] == "skip":
         skipped.append(result_id)
         return
-    decision = reviews.APPROVE if pressed[0] == "approve" else reviews.REJECT
-    if decision == reviews.APPROVE and not st.session_state.get(f"review_confirm_{result_id}"):
+    decision = svc.APPROVE if pressed[0] == "approve" else svc.REJECT
+    if decision == svc.APPROVE and not st.session_state.get(f"review_confirm_{result_id}"):
         with ctx.session() as session:
-            row = session.get(ResultRow, result_id)
-            needs = row is not None and svc.approve_needs_confirmation(row)
+            needs = svc.needs_confirmation(session, result_id)
         if needs:
             st.session_state["review_notice"] = ("error", ctx.t("review.confirm_needed"))
             return
@@ -58,7 +55,7 @@ def decide_submitted() -> None:
     member = st.session_state.get("review_current_member") or "—"
     try:
         with ctx.session() as session:
-            saved = reviews.decide(
+            saved = svc.decide(
                 session,
                 result_id,
                 ctx.username,
@@ -77,7 +74,7 @@ def decide_submitted() -> None:
                 at=formatting.local_time(saved.decided_at),
             ),
         )
-    except reviews.AlreadyDecided as exc:
+    except svc.AlreadyDecided as exc:
         drop_draft(note_key)
         st.session_state["review_notice"] = (
             "warning",
@@ -89,7 +86,7 @@ def decide_submitted() -> None:
                 status=ctx.t(f"status.{exc.status}"),
             ),
         )
-    except (reviews.NotReviewable, reviews.ResultNotFound) as exc:
+    except (svc.NotReviewable, svc.ResultNotFound) as exc:
         st.session_state["review_notice"] = ("warning", ctx.t("review.gone", detail=str(exc)))
 
 
@@ -100,7 +97,7 @@ if notice:
     {"success": st.success, "warning": st.warning, "error": st.error}[kind](text)
 
 with ctx.session() as session:
-    flag_counts = queries.queue_flag_counts(session)
+    flag_counts = svc.flag_counts(session)
 controls = st.columns([3, 2])
 chosen_flags = controls[0].multiselect(
     ctx.t("review.filter_flags"),
@@ -111,7 +108,7 @@ chosen_flags = controls[0].multiselect(
 )
 order = controls[1].selectbox(
     ctx.t("review.order"),
-    list(queries.QUEUE_ORDERS),
+    list(svc.QUEUE_ORDERS),
     format_func=lambda o: ctx.t(f"review.order.{o}"),
     key="review_order",
 )
@@ -203,12 +200,12 @@ if matched:
     for match in matched:
         pair = st.columns(2)
         if detail.verification_bytes:
-            pair[0].image(detail.verification_bytes, caption=ctx.t("photo.verification"), width=260)
+            show_photo(pair[0], detail.verification_bytes, caption=ctx.t("photo.verification"), width=260)
         caption = f"{ctx.t(f'flag.{match.flag}')} · {svc.matched_caption(match, ctx.lang)}"
         if match.data is None:
             pair[1].warning(f"{caption}  \n{ctx.t('review.matched_missing')}")
         else:
-            pair[1].image(match.data, caption=caption, width=260)
+            show_photo(pair[1], match.data, caption=caption, width=260)
 
 note_key = f"keep_note_{item.result_id}"
 restore_draft(note_key)

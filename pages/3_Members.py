@@ -2,19 +2,29 @@
 
 import streamlit as st
 
-from core import config
 from core.dashboard import formatting, home
 from core.dashboard import members as svc
-from core.storage import queries
-from core.storage.schema import ADMIN, MEMBER_STATUSES
-from core.workflows import importer, privacy
-from ui.common import setup_page
-from ui.widgets import file_input
+from core.dashboard.codes import ADMIN, MEMBER_STATUSES
+from ui.page import page_context
+from ui.widgets import file_input, show_photo
 
-ctx = setup_page("members")
+ctx = page_context("members")
 st.title(ctx.t("page.members"))
 
-tab_list, tab_import = st.tabs([ctx.t("members.tab_list"), ctx.t("members.tab_import")])
+# Both tabs are drawn on every run; the open one is kept by position, so it survives a language switch.
+TAB_LABELS = [ctx.t("members.tab_list"), ctx.t("members.tab_import")]
+
+
+def remember_tab():
+    st.session_state["members_tab_index"] = TAB_LABELS.index(st.session_state["members_tab"])
+
+
+tab_list, tab_import = st.tabs(
+    TAB_LABELS,
+    key="members_tab",
+    on_change=remember_tab,
+    default=TAB_LABELS[st.session_state.get("members_tab_index", 0)],
+)
 
 with tab_list:
     cols = st.columns([2, 1, 1, 1, 1])
@@ -40,16 +50,15 @@ with tab_list:
         st.session_state["members_page"] = 1  # new filters start at the first page
     page_size = 25
     with ctx.session() as session:
-        page = queries.list_members(
+        page = svc.list_page(
             session,
-            search=search or None,
-            gender=gender or None,
-            status=status or None,
+            search=search,
+            gender=gender,
+            status=status,
             created_from=created_from,
             created_to=created_to,
             page=st.session_state.get("members_page", 1),
             page_size=page_size,
-            tz=formatting.DISPLAY_TZ,
         )
     with st.container(horizontal=True, vertical_alignment="center"):
         if st.button(
@@ -90,17 +99,13 @@ with tab_list:
             st.success(notice)
         if member_id:
             with ctx.session() as session:
-                history = queries.member_history(session, member_id, viewer=ctx.username, why=svc.PAGE)
+                history = svc.member_detail(session, member_id, ctx.username)
                 shown = svc.photos_for_view(session, ctx.store, history.photos, ctx.username)
                 photos = [(p.kind, p.current, data, formatting.local_time(p.created_at)) for p, data in shown]
                 results = svc.history_frame(history)
                 entries = svc.audit_frame(history.audit)
                 member = history.member
-                access = (
-                    svc.access_frame(privacy.access_history(session, member_id))
-                    if ctx.role == ADMIN
-                    else None
-                )
+                access = svc.access_history(session, member_id) if ctx.role == ADMIN else None
             st.subheader(ctx.t("members.detail", member=member.id))
             st.caption(
                 ctx.t(
@@ -119,7 +124,7 @@ with tab_list:
                     pcols[i].warning(ctx.t("photo.missing"))
                 else:
                     # the column's width: a fixed 200 px overlapped the next column at 1024 px
-                    pcols[i].image(data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width="stretch")
+                    show_photo(pcols[i], data, caption=f"{ctx.t(f'photo.{kind}')} · {created}")
             if old:
                 with st.expander(ctx.t("members.old_photos", n=len(old))):
                     ocols = st.columns(4)
@@ -127,9 +132,7 @@ with tab_list:
                         if data is None:
                             ocols[i % 4].warning(ctx.t("photo.missing"))
                         else:
-                            ocols[i % 4].image(
-                                data, caption=f"{ctx.t(f'photo.{kind}')} · {created}", width="stretch"
-                            )
+                            show_photo(ocols[i % 4], data, caption=f"{ctx.t(f'photo.{kind}')} · {created}")
             st.markdown(f"**{ctx.t('members.history')}**")
             if results.empty:
                 st.caption(ctx.t("members.no_history"))
@@ -161,9 +164,7 @@ with tab_list:
                 cols = st.columns(2)
                 if cols[0].button(ctx.t("members.export", member=member.id), key="members_export"):
                     with ctx.session() as session:
-                        data = privacy.export_member(
-                            session, ctx.store, member.id, ctx.username, why=svc.PAGE
-                        )
+                        data = svc.export(session, ctx.store, member.id, ctx.username)
                     st.session_state["members_export_zip"] = (member.id, data)
                 ready = st.session_state.get("members_export_zip")
                 if ready and ready[0] == member.id:
@@ -187,9 +188,7 @@ with tab_list:
                         disabled=typed.strip() != member.id,
                         key="members_erase",
                     ):
-                        report = privacy.erase_member(
-                            ctx.session_factory, ctx.store, member.id, actor=ctx.username, via="page"
-                        )
+                        report = svc.erase(ctx.session_factory, ctx.store, member.id, ctx.username)
                         st.session_state.pop("members_export_zip", None)
                         st.session_state["members_notice"] = ctx.t(
                             "members.erased",
@@ -201,10 +200,10 @@ with tab_list:
 
 with tab_import:
     st.caption(ctx.t("members.import_help"))
-    demo = home.demo_data_allowed(ctx.role, config.database_url())  # admins, embedded database only
+    demo = home.demo_data_allowed_here(ctx.role)  # administrators, embedded database only
     if demo and st.button(ctx.t("home.load_sample"), key="members_load_sample", icon=":material/download:"):
         with st.spinner(ctx.t("members.importing")), ctx.session() as session:
-            reports = importer.load_sample_members(session, actor=ctx.username, photo_store=ctx.store)
+            reports = svc.load_sample(session, ctx.username, ctx.store)
         st.session_state["members_import_reports"] = reports
     cols = st.columns(2)
     table = file_input(ctx, cols[0], "members.import_file", "table", "members_import_file")
@@ -219,17 +218,17 @@ with tab_import:
 
         try:
             with ctx.session() as session:
-                reports = importer.import_members(
+                reports = svc.import_file(
                     session,
                     table.getvalue(),
-                    zip_bytes=photo_zip.getvalue() if photo_zip else None,
-                    actor=ctx.username,
-                    filename=table.name,
-                    photo_store=ctx.store,
+                    photo_zip.getvalue() if photo_zip else None,
+                    ctx.username,
+                    table.name,
+                    ctx.store,
                     progress=progress,
                 )
             st.session_state["members_import_reports"] = reports
-        except importer.ImportFileError as exc:
+        except svc.ImportFileError as exc:
             st.session_state.pop("members_import_reports", None)
             st.error(ctx.t("members.import_refused"))
             for problem in exc.problems:
@@ -237,8 +236,8 @@ with tab_import:
         bar.empty()
     reports = st.session_state.get("members_import_reports")
     if reports:
-        counts = importer.summarize(reports)
-        (st.warning if counts[importer.REJECTED] else st.success)(ctx.t("members.import_done", **counts))
+        counts = svc.import_counts(reports)
+        (st.warning if counts[svc.IMPORT_REJECTED] else st.success)(ctx.t("members.import_done", **counts))
         st.dataframe(
             [
                 {

@@ -6,9 +6,9 @@ import streamlit as st
 
 from core.dashboard import formatting, kpi_targets
 from core.dashboard import kpis as svc
-from ui.common import setup_page
+from ui.page import page_context
 
-ctx = setup_page("kpis")
+ctx = page_context("kpis")
 st.title(ctx.t("page.kpis"))
 
 today = formatting.today_local()

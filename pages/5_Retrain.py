@@ -9,19 +9,14 @@ start and cancel is written to the audit log by the core functions.
 from pathlib import Path
 
 import streamlit as st
-from sqlalchemy import select
 
 from core.dashboard import formatting, training_sets, uploads
 from core.dashboard import retrain as view
 from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
-from core.storage.schema import AuditEntry
-from core.training import pipeline, registry, worker
-from core.training.fitting import TrainParams
-from core.workflows import reverification
-from ui.common import setup_page
+from ui.page import page_context
 
-ctx = setup_page("retrain")
+ctx = page_context("retrain")
 st.title(ctx.t("page.retrain"))
 st.caption(ctx.t("retrain.intro"))
 
@@ -42,12 +37,12 @@ def set_notice(kind: str, text: str) -> None:
 show_notice()
 
 with ctx.session() as session:
-    live = worker.current_run(session)
-    last = worker.latest_run(session)
+    live = view.current_run(session)
+    last = view.latest_run(session)
     available = view.data_available(session)
     try:
-        versions = registry.list_versions(session)
-        active = next((v.version for v in versions if v.status == registry.ACTIVE), None)
+        versions = view.list_versions(session)
+        active = next((v.version for v in versions if v.status == view.ACTIVE), None)
     except (ModelError, FaceVerifyError) as exc:
         versions, active = [], None
         st.warning(ctx.t("retrain.no_active", detail=str(exc)))
@@ -60,16 +55,15 @@ with ctx.session() as session:
 @st.fragment(run_every=2)
 def live_panel(run_id: int) -> None:
     with ctx.session() as session:
-        worker.reap_stale(session)
-        run = worker.get_run(session, run_id)
-    if run is None or run.status not in worker.LIVE:
+        run = view.poll_run(session, run_id)
+    if run is None or run.status not in view.LIVE:
         st.rerun()  # the run ended: the whole page shows its outcome
         return
     progress = run.progress or {}
     with st.container(border=True):
         st.subheader(ctx.t("retrain.running", id=run.id, who=run.started_by, at=local_time(run.started_at)))
         st.progress(view.overall_fraction(progress), text=view.stage_text(progress, ctx.lang))
-        if run.status == worker.CANCELLING:
+        if run.status == view.CANCELLING:
             st.info(ctx.t("retrain.cancelling"))
         if progress.get("siamese_loss") or progress.get("gender_loss"):
             st.plotly_chart(
@@ -79,10 +73,10 @@ def live_panel(run_id: int) -> None:
                 config={"displaylogo": False},
             )
         st.caption(ctx.t("retrain.leave_ok"))
-        if run.status != worker.CANCELLING and st.button(
+        if run.status != view.CANCELLING and st.button(
             ctx.t("retrain.cancel"), key="retrain_cancel", icon=":material/stop_circle:"
         ):
-            if worker.cancel(ctx.session_factory, run.id, ctx.username):
+            if view.cancel(ctx.session_factory, run.id, ctx.username):
                 set_notice("info", ctx.t("retrain.cancel_sent", id=run.id))
             st.rerun()
 
@@ -184,8 +178,7 @@ def uploaded_set() -> tuple[Path, Path] | None:
 
 def chosen_photo_set(source: str) -> tuple[Path, Path] | None:
     if source == "lfw":
-        folder = pipeline.lfw_dev_dir()
-        return folder / "images", folder / "people.csv"
+        return view.lfw_photo_set()
     if source == "upload":
         return uploaded_set()
     if source == "folder":
@@ -203,7 +196,7 @@ def chosen_photo_set(source: str) -> tuple[Path, Path] | None:
     return None
 
 
-def data_choice() -> tuple[pipeline.DataChoice | None, str]:
+def data_choice() -> tuple[object | None, str]:
     """The sources to train on, each with what it holds; (None, why) when they cannot make a run."""
     st.markdown(f"**{ctx.t('retrain.data')}**")
     with ctx.session() as session:
@@ -258,7 +251,7 @@ def data_choice() -> tuple[pipeline.DataChoice | None, str]:
         return None, why
     st.success(f"{ctx.t('retrain.data.total', summary=summary_line(total))} · {ctx.t('retrain.data.ready')}")
     images, people = photo_set if photo_set is not None else (None, None)
-    return pipeline.DataChoice(images, people, reviewed=use_reviewed), ""
+    return view.data_choice(images, people, reviewed=use_reviewed), ""
 
 
 def start_form() -> None:
@@ -282,7 +275,7 @@ def start_form() -> None:
     if not submitted:
         return
     try:
-        params = TrainParams.from_dict(values)
+        params = view.train_params(values)
     except ValueError as exc:
         st.error(ctx.t("retrain.bad_input", detail=str(exc)))
         return
@@ -290,10 +283,8 @@ def start_form() -> None:
         st.error(ctx.t("retrain.bad_input", detail=why_not))
         return
     try:
-        run_id = view.start_training(
-            ctx.session_factory, ctx.username, choice, params, store_dir=ctx.store.url
-        )
-    except worker.RunInProgress as exc:
+        run_id = view.start_run(ctx.session_factory, ctx.username, choice, params, ctx.store.url)
+    except view.RunInProgress as exc:
         st.warning(ctx.t("retrain.refused", id=exc.run_id, who=exc.started_by))
         return
     except ValueError as exc:
@@ -313,11 +304,11 @@ def start_form() -> None:
 def outcome_panel(run) -> None:
     progress = run.progress or {}
     st.subheader(ctx.t("retrain.last_run", id=run.id, who=run.started_by, at=local_time(run.started_at)))
-    if run.status == worker.FAILED:
+    if run.status == view.FAILED:
         st.error(ctx.t("retrain.failed"))
         st.code(run.error or "", language=None)
         return
-    if run.status == worker.CANCELLED:
+    if run.status == view.CANCELLED:
         st.warning(ctx.t("retrain.cancelled", detail=run.error or ""))
         return
     timings = progress.get("timings") or {}
@@ -356,10 +347,10 @@ def outcome_panel(run) -> None:
     status = next((v.status for v in versions if v.version == version), None)
     if version is None or status is None:
         return
-    if status == registry.ACTIVE:
+    if status == view.ACTIVE:
         st.info(ctx.t("retrain.is_active", version=version))
         return
-    if status == registry.DISCARDED:
+    if status == view.DISCARDED:
         st.info(ctx.t("retrain.was_discarded", version=version))
         return
     compared_with = (comparison.get("active") or {}).get("model_version")
@@ -379,7 +370,7 @@ def outcome_panel(run) -> None:
     ):
         try:
             with ctx.session() as session:
-                registry.promote(session, version, ctx.username, expected_active=active)
+                view.promote(session, version, ctx.username, expected_active=active)
         except (FaceVerifyError, ModelError) as exc:
             st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
             return
@@ -388,7 +379,7 @@ def outcome_panel(run) -> None:
     if right.button(ctx.t("retrain.discard"), key=f"retrain_discard_{version}", icon=":material/delete:"):
         try:
             with ctx.session() as session:
-                registry.discard(session, version, ctx.username)
+                view.discard(session, version, ctx.username)
         except (FaceVerifyError, ModelError) as exc:
             st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
             return
@@ -406,11 +397,11 @@ def versions_panel() -> None:
         st.info(ctx.t("retrain.no_versions"))
         return
     st.dataframe(view.versions_rows(versions, ctx.lang), hide_index=True, width="stretch")
-    active_row = next((v for v in versions if v.status == registry.ACTIVE), None)
+    active_row = next((v for v in versions if v.status == view.ACTIVE), None)
     earlier = [
         v.version
         for v in versions
-        if v.status in (registry.PREVIOUS, registry.CANDIDATE)
+        if v.status in (view.PREVIOUS, view.CANDIDATE)
         and v.on_disk
         and active_row is not None
         and v.created_at
@@ -432,7 +423,7 @@ def versions_panel() -> None:
         ):
             try:
                 with ctx.session() as session:
-                    registry.rollback(session, target, ctx.username, expected_active=active)
+                    view.rollback(session, target, ctx.username, expected_active=active)
             except (FaceVerifyError, ModelError) as exc:
                 st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
                 return
@@ -472,7 +463,7 @@ def reverify_panel() -> None:
             counts = view.reverify_counts(session, active)
         scope = st.radio(
             ctx.t("retrain.reverify_scope"),
-            list(reverification.SCOPES[::-1]),
+            view.reverify_scopes(),
             format_func=lambda s: ctx.t(f"retrain.reverify_scope.{s}", version=active, n=counts[s]),
             key="retrain_reverify_scope",
         )
@@ -483,7 +474,7 @@ def reverify_panel() -> None:
             icon=":material/replay:",
         ):
             try:
-                batch_id = view.start_reverification(ctx.session_factory, ctx.username, active, scope)
+                batch_id = view.start_reverify(ctx.session_factory, ctx.username, active, scope)
             except (FaceVerifyError, OSError) as exc:
                 st.error(ctx.t("retrain.reverify_failed", detail=str(exc)))
             else:
@@ -495,21 +486,8 @@ def reverify_panel() -> None:
 
 
 def history_panel() -> None:
-    actions = [
-        registry.REGISTER,
-        registry.PROMOTE,
-        registry.ROLLBACK,
-        registry.DISCARD,
-        worker.START_TRAINING,
-        worker.CANCEL_TRAINING,
-    ]
     with ctx.session() as session:
-        entries = session.scalars(
-            select(AuditEntry)
-            .where(AuditEntry.action.in_(actions))
-            .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
-            .limit(30)
-        ).all()
+        entries = view.history(session)
     with st.expander(ctx.t("retrain.history")):
         if not entries:
             st.caption(ctx.t("retrain.no_history"))
@@ -520,7 +498,7 @@ def history_panel() -> None:
                     ctx.t("col.at"): local_time(e.at),
                     ctx.t("col.actor"): formatting.actor_text(e.actor, ctx.lang),
                     ctx.t("col.action"): ctx.t(f"retrain.action.{e.action}"),
-                    ctx.t("retrain.ver.version"): e.target_id if e.target_type == registry.TARGET else "",
+                    ctx.t("retrain.ver.version"): e.target_id if e.target_type == view.VERSION_TARGET else "",
                     ctx.t("col.detail"): formatting.detail_text(e.detail, ctx.lang),
                 }
                 for e in entries
@@ -536,7 +514,7 @@ if live is not None:
     live_panel(live.id)
 else:
     start_form()
-    if last is not None and last.status not in worker.LIVE:
+    if last is not None and last.status not in view.LIVE:
         outcome_panel(last)
 versions_panel()
 reverify_panel()

@@ -6,12 +6,10 @@ import streamlit as st
 
 from core.dashboard import formatting
 from core.dashboard import users as svc
-from core.storage import audit, throttle
-from core.storage.schema import ROLES
-from core.storage.users import AuthError
-from ui.common import setup_page
+from core.dashboard.codes import ROLES
+from ui.page import page_context
 
-ctx = setup_page("users")
+ctx = page_context("users")
 st.title(ctx.t("page.users"))
 
 notice = st.session_state.pop("users_notice", None)
@@ -51,7 +49,7 @@ with left.container(border=True):
                     password=password,
                 )
             )
-        except AuthError as exc:
+        except svc.AuthError as exc:
             st.error(svc.error_text(exc, ctx.lang))
 
 with right.container(border=True):
@@ -96,15 +94,15 @@ with right.container(border=True):
                 with ctx.session() as session:
                     password = svc.reset_password(session, ctx.username, chosen)
                 done(ctx.t("users.password_reset", username=chosen, password=password))
-        except AuthError as exc:
+        except svc.AuthError as exc:
             st.error(svc.error_text(exc, ctx.lang))
 st.caption(ctx.t("users.audited"))
 
-# Security: the audit log's hash chain and the sign-in / API key locks (core.storage.audit, throttle).
+# Security: the audit log's hash chain and the sign-in / API key locks.
 st.subheader(ctx.t("security.title"))
 with ctx.session() as session:
-    chain = audit.verify_chain(session)
-    locks = [(row.kind, row.subject, row.failures, row.locked_until) for row in throttle.locked(session)]
+    chain = svc.audit_chain(session)
+    locks = svc.sign_in_locks(session)
 if chain.ok:
     st.success(ctx.t("security.chain_ok", n=chain.checked))
 else:
@@ -118,6 +116,5 @@ for kind, subject, failures, until in locks:
     )
     if cols[1].button(ctx.t("security.unlock"), key=f"unlock_{kind}_{subject}"):
         with ctx.session() as session:
-            throttle.unlock(session, kind, subject, actor=ctx.username)
-            session.commit()
+            svc.unlock(session, kind, subject, ctx.username)
         st.rerun()

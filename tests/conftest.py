@@ -338,6 +338,51 @@ def add_member(session, photo_store):
 #                      DATABASE_URL / PHOTO_STORE_DIR, with one user per role (password USER_PASSWORD)
 #     dashboard_models MODELS_DIR for the app: the shipped models/
 #                      made once per test session, so the pages run before the first model is trained
+#     open_page        open_page(page="home", role="staff", lang=None, timeout=30) -> AppTest of the
+#                      app's entry (Home.py) signed in as <role>_user (None: signed out), on the page
+#                      (a key of PAGE_FILES or a path "pages/...py"), already run without exception
+
+
+PAGE_FILES = {
+    "home": None,  # the entry's default page
+    "verify": "pages/1_Verify.py",
+    "review": "pages/2_Review_Queue.py",
+    "members": "pages/3_Members.py",
+    "kpis": "pages/4_KPIs.py",
+    "retrain": "pages/5_Retrain.py",
+    "users": "pages/6_Users.py",
+}
+
+
+def signed_in_app(
+    page: str = "home", role: str | None = "staff", lang: str | None = None, timeout: float = 30
+):
+    """The app as a browser signed in as <role>_user would open it: the entry first, then the page."""
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=timeout)
+    if role:
+        at.session_state["auth"] = {
+            "username": f"{role}_user",
+            "role": role,
+            "display_name": None,
+            "last_seen": time.time(),
+        }
+    if lang:
+        at.session_state["lang"] = lang
+    path = PAGE_FILES.get(page, page)
+    if path:
+        at.switch_page(path)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture
+def open_page():
+    return signed_in_app
 
 
 class AppEnv:

@@ -483,8 +483,10 @@ def _page_of_new_context(browser, failure: str):
 
 
 def _page_url(base: str, path: str, lang: str) -> str:
-    """Streamlit's address of a page file: pages/5_Retrain.py -> /Retrain."""
-    name = "" if path == "Home.py" else Path(path).stem.split("_", 1)[1]
+    """The address st.navigation gives a page file: pages/5_Retrain.py -> /Retrain, the start page /."""
+    from core.dashboard.access import PAGE_BY_KEY
+
+    name = "" if path in ("Home.py", PAGE_BY_KEY["home"].path) else Path(path).stem.split("_", 1)[1]
     return f"{base}/{name}?lang={lang}"
 
 

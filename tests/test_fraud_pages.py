@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 from sqlalchemy import select
-from test_pages import ENGINE_TIMEOUT, SAMPLE, open_page, sample_members, texts
+from test_pages import ENGINE_TIMEOUT, SAMPLE, sample_members, texts
 
 from core.dashboard import review, verify
 from core.storage.schema import AuditEntry, Challenge, Photo
@@ -27,7 +27,7 @@ def most_frontal(prefix: str) -> str:
     return min(poses, key=lambda n: sum(abs(poses[n][a]) for a in ("yaw", "pitch", "roll")))
 
 
-def test_camera_mode_shows_the_pose_in_big_words_and_the_photo_is_checked_against_it(app_env):
+def test_camera_mode_shows_the_pose_in_big_words_and_the_photo_is_checked_against_it(app_env, open_page):
     sample_members(app_env)
     # M0003's gallery is Norah_Jones_0004; her most frontal other photo shows none of the poses.
     frontal = most_frontal("Norah_Jones")
@@ -83,7 +83,7 @@ def test_camera_mode_shows_the_pose_in_big_words_and_the_photo_is_checked_agains
     assert "이미 사진에 사용한" in refused.value.text("ko")
 
 
-def test_a_pose_asked_for_one_member_is_not_kept_for_another(app_env):
+def test_a_pose_asked_for_one_member_is_not_kept_for_another(app_env, open_page):
     sample_members(app_env)
     at = open_page("verify", role="staff", lang="en")
     at.radio(key="verify_mode").set_value("member").run()
@@ -124,7 +124,7 @@ def views_of(app_env, member_id: str, photo_id: int) -> list[AuditEntry]:
     return [e for e in entries if (e.detail or {}).get("photo_id") == photo_id]
 
 
-def test_review_queue_shows_the_matched_stored_photo_beside_the_selfie(app_env, engine):
+def test_review_queue_shows_the_matched_stored_photo_beside_the_selfie(app_env, engine, open_page):
     sample_members(app_env)
     # M0002 sends M0001's gallery photo as its selfie: a file already stored for another member.
     other_id, other_bytes = current_photo(app_env, "M0001")

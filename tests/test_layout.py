@@ -203,3 +203,69 @@ def test_the_verification_adapters_do_not_write_the_schema_themselves():
             ):
                 wrong.append(f"{name}:{node.lineno} {node.func.id}()")
     assert not wrong, "\n".join(wrong)
+
+
+# The dashboard's side: pages reach core only through their services.
+PAGE_MAY_IMPORT = ("ui", "core.dashboard", "core.i18n", "core.errors")
+# ui/ also reads the settings; ui/resources.py alone builds the process's resources (the database,
+# the photo store, the model registry and engine) from the layers below.
+UI_MAY_IMPORT = (*PAGE_MAY_IMPORT, "core.config")
+RESOURCES_MAY_IMPORT = (*UI_MAY_IMPORT, "core.storage", "core.training", "core.verification")
+
+
+def _project_imports(path):
+    """Imports of this project's packages (core, ui, pages), top level or inside functions."""
+    return [name for name in _imports(path) if name.split(".")[0] in ("core", "ui", "pages")]
+
+
+def _outside(names, allowed) -> list[str]:
+    return [n for n in names if not any(n == a or n.startswith(a + ".") for a in allowed)]
+
+
+def test_pages_and_ui_reach_core_only_through_the_dashboard_services():
+    wrong = []
+    for path in [ROOT / "Home.py", *sorted((ROOT / "pages").glob("*.py"))]:
+        wrong += [
+            f"{path.relative_to(ROOT)} imports {n}" for n in _outside(_project_imports(path), PAGE_MAY_IMPORT)
+        ]
+    for path in sorted((ROOT / "ui").glob("*.py")):
+        allowed = RESOURCES_MAY_IMPORT if path.name == "resources.py" else UI_MAY_IMPORT
+        wrong += [f"{path.relative_to(ROOT)} imports {n}" for n in _outside(_project_imports(path), allowed)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_pages_run_no_queries_of_their_own():
+    """A page asks its service; it builds no SQL (select, insert, ...) itself."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in [
+            ROOT / "Home.py",
+            *sorted((ROOT / "pages").glob("*.py")),
+            *sorted((ROOT / "ui").glob("*.py")),
+        ]
+        if any(name.split(".")[0] == "sqlalchemy" and name != "sqlalchemy.exc" for name in _imports(path))
+    ]
+    assert not offenders, offenders
+
+
+def test_the_dashboard_services_write_no_rows_themselves():
+    """core.dashboard adds, deletes and updates rows only by calling workflows or storage functions."""
+    writes = []
+    for path in sorted((CORE / "dashboard").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sqlalchemy"):
+                writes += [
+                    f"{path.relative_to(ROOT)} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name in ("insert", "update", "delete")
+                ]
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("add", "add_all", "delete", "merge", "bulk_save_objects")
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "session"
+            ):
+                writes.append(f"{path.relative_to(ROOT)}:{node.lineno} session.{node.func.attr}")
+    assert not writes, "\n".join(writes)

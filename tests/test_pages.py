@@ -15,7 +15,7 @@ import time
 import zipfile
 
 import pytest
-from conftest import ROOT, USER_PASSWORD, engine_result
+from conftest import PAGE_FILES, ROOT, USER_PASSWORD, engine_result
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
@@ -25,33 +25,8 @@ from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import batches, importer, reviews
 
 SAMPLE = ROOT / "data" / "sample"
-PAGES = {
-    "home": "Home.py",
-    "verify": "pages/1_Verify.py",
-    "review": "pages/2_Review_Queue.py",
-    "members": "pages/3_Members.py",
-    "kpis": "pages/4_KPIs.py",
-    "users": "pages/6_Users.py",
-}
+PAGES = PAGE_FILES
 ENGINE_TIMEOUT = 240  # the first page that verifies loads TensorFlow and the model
-
-
-def open_page(page: str, role: str | None = "staff", lang: str | None = None, timeout: float = 30) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=timeout)
-    if role:
-        at.session_state["auth"] = {
-            "username": f"{role}_user",
-            "role": role,
-            "display_name": None,
-            "last_seen": time.time(),
-        }
-    if lang:
-        at.session_state["lang"] = lang
-    if page != "home":
-        at.switch_page(PAGES[page])
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def texts(at: AppTest) -> str:
@@ -122,7 +97,7 @@ def flagged_result(app_env, member_id: str, flags=("gender_mismatch",), similari
 # Sign-in, sign-out, session expiry, language
 
 
-def test_not_signed_in_sees_only_the_login_form_and_no_photo(app_env):
+def test_not_signed_in_sees_only_the_login_form_and_no_photo(app_env, open_page):
     sample_members(app_env)
     flagged_result(app_env, "M0011")
     for page in PAGES:
@@ -132,7 +107,7 @@ def test_not_signed_in_sees_only_the_login_form_and_no_photo(app_env):
         assert "회원 M0011" not in texts(at)
 
 
-def test_sign_in_with_the_form_then_sign_out(app_env):
+def test_sign_in_with_the_form_then_sign_out(app_env, open_page):
     at = open_page("home", role=None)
     at.text_input(key="login_username").input("staff_user")
     at.text_input(key="login_password").input(USER_PASSWORD)
@@ -148,7 +123,7 @@ def test_sign_in_with_the_form_then_sign_out(app_env):
     assert "login" in actions and "logout" in actions
 
 
-def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashboard_models):
+def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashboard_models, open_page):
     from core.storage.schema import User
 
     url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
@@ -175,7 +150,7 @@ def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashbo
     engine.dispose()
 
 
-def test_wrong_password_is_refused(app_env):
+def test_wrong_password_is_refused(app_env, open_page):
     at = open_page("home", role=None, lang="en")
     at.text_input(key="login_username").input("staff_user")
     at.text_input(key="login_password").input("not the password")
@@ -184,7 +159,7 @@ def test_wrong_password_is_refused(app_env):
     assert "auth" not in at.session_state
 
 
-def test_korean_by_default_and_english_on_switch(app_env):
+def test_korean_by_default_and_english_on_switch(app_env, open_page):
     at = open_page("home", role="manager")
     assert at.title[0].value == "얼굴 인증"
     assert "인증 정확도" in texts(at)
@@ -207,7 +182,7 @@ def test_korean_by_default_and_english_on_switch(app_env):
         ("kpis", "staff"),
     ],
 )
-def test_role_refused_on_the_server_and_recorded(app_env, page, role):
+def test_role_refused_on_the_server_and_recorded(app_env, page, role, open_page):
     sample_members(app_env)
     flagged_result(app_env, "M0011")
     at = open_page(page, role=role)
@@ -218,7 +193,7 @@ def test_role_refused_on_the_server_and_recorded(app_env, page, role):
     assert entry.actor == f"{role}_user" and entry.target_id == page
 
 
-def test_a_deactivated_user_is_signed_out_on_the_next_page(app_env):
+def test_a_deactivated_user_is_signed_out_on_the_next_page(app_env, open_page):
     from core.storage.users import set_active
 
     at = open_page("home", role="staff")
@@ -229,7 +204,7 @@ def test_a_deactivated_user_is_signed_out_on_the_next_page(app_env):
     assert "auth" not in at.session_state
 
 
-def test_sidebar_lists_only_the_pages_of_the_role(app_env):
+def test_the_start_page_links_only_the_pages_of_the_role(app_env, open_page):
     links = {
         role: {link.proto.page for link in open_page("home", role=role).get("page_link")}
         for role in ("staff", "manager", "data_scientist", "admin")
@@ -244,7 +219,7 @@ def test_sidebar_lists_only_the_pages_of_the_role(app_env):
 # Verify
 
 
-def test_verify_a_member_pair_shows_and_saves_the_result(app_env):
+def test_verify_a_member_pair_shows_and_saves_the_result(app_env, open_page):
     sample_members(app_env)
     at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
     at.radio(key="verify_mode").set_value("member").run()
@@ -272,7 +247,7 @@ def test_verify_a_member_pair_shows_and_saves_the_result(app_env):
     )
 
 
-def test_verify_upload_in_english_with_new_member(app_env):
+def test_verify_upload_in_english_with_new_member(app_env, open_page):
     at = open_page("verify", role="admin", lang="en", timeout=ENGINE_TIMEOUT)
     at.radio(key="verify_mode").set_value("upload").run()
     at.text_input(key="verify_new_member").input("W0001").run()
@@ -292,7 +267,7 @@ def test_verify_upload_in_english_with_new_member(app_env):
         assert session.scalar(select(func.count(ResultRow.id))) == 1
 
 
-def test_verify_refuses_a_file_that_is_not_a_photo_and_saves_nothing(app_env):
+def test_verify_refuses_a_file_that_is_not_a_photo_and_saves_nothing(app_env, open_page):
     at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
     at.radio(key="verify_mode").set_value("upload").run()
     at.text_input(key="verify_new_member").input("X1").run()
@@ -310,7 +285,7 @@ def test_verify_refuses_a_file_that_is_not_a_photo_and_saves_nothing(app_env):
         assert session.scalar(select(func.count(Batch.id))) == 0
 
 
-def test_verify_a_photo_without_a_face_is_flagged_with_its_reason(app_env, make_photo):
+def test_verify_a_photo_without_a_face_is_flagged_with_its_reason(app_env, make_photo, open_page):
     at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
     at.radio(key="verify_mode").set_value("upload").run()
     at.text_input(key="verify_new_member").input("X2").run()
@@ -328,7 +303,7 @@ def test_verify_a_photo_without_a_face_is_flagged_with_its_reason(app_env, make_
         assert session.scalar(select(ResultRow.status)) == "flagged"
 
 
-def test_verify_without_a_model_says_so(app_env, tmp_path, monkeypatch):
+def test_verify_without_a_model_says_so(app_env, tmp_path, monkeypatch, open_page):
     monkeypatch.setenv("MODELS_DIR", str(tmp_path / "no_models"))
     at = open_page("verify", role="staff")
     assert "아직 사용할 수 있는 얼굴 모델이 없어" in texts(at)
@@ -368,7 +343,7 @@ def upload_batch(at, manifest: bytes, photo_zip: bytes):
     assert not at.exception, [e.value for e in at.exception]
 
 
-def test_batch_upload_problems_are_listed_and_nothing_is_saved(app_env):
+def test_batch_upload_problems_are_listed_and_nothing_is_saved(app_env, open_page):
     at = open_page("verify", role="staff")
     # An empty ZIP.
     empty = io.BytesIO()
@@ -406,7 +381,7 @@ def wait_for_batch(app_env, timeout=ENGINE_TIMEOUT) -> Batch:
     raise AssertionError("the batch did not finish")
 
 
-def test_batch_upload_runs_in_the_background_and_shows_results(app_env):
+def test_batch_upload_runs_in_the_background_and_shows_results(app_env, open_page):
     photos = ["John_Howard_0014.jpg", "John_Howard_0005.jpg", "Norah_Jones_0004.jpg", "Norah_Jones_0001.jpg"]
     manifest, photo_zip = manifest_and_zip(
         [
@@ -440,7 +415,7 @@ def test_batch_upload_runs_in_the_background_and_shows_results(app_env):
 # Review queue
 
 
-def test_review_queue_decides_with_a_note_and_moves_on(app_env):
+def test_review_queue_decides_with_a_note_and_moves_on(app_env, open_page):
     sample_members(app_env)
     first = flagged_result(app_env, "M0011", flags=("gender_mismatch",))
     second = flagged_result(app_env, "M0003", flags=("uncertain_similarity",), similarity=0.5)
@@ -466,7 +441,7 @@ def test_review_queue_decides_with_a_note_and_moves_on(app_env):
         assert session.get(ResultRow, second).status == "approved"
 
 
-def test_review_approve_against_a_different_verdict_needs_an_explicit_confirmation(app_env):
+def test_review_approve_against_a_different_verdict_needs_an_explicit_confirmation(app_env, open_page):
     sample_members(app_env)
     result_id = flagged_result(app_env, "M0015", flags=("uncertain_similarity",), similarity=0.0)
     at = open_page("review", role="staff", lang="en")
@@ -488,7 +463,7 @@ def test_review_approve_against_a_different_verdict_needs_an_explicit_confirmati
         assert session.get(ResultRow, result_id).status == "approved"
 
 
-def test_review_queue_filtered_by_flag_and_sorted_by_risk(app_env):
+def test_review_queue_filtered_by_flag_and_sorted_by_risk(app_env, open_page):
     sample_members(app_env)
     hard = flagged_result(app_env, "M0003", flags=("uncertain_similarity",), similarity=0.49)
     risky = flagged_result(app_env, "M0004", flags=("uncertain_similarity",), similarity=0.41)
@@ -504,7 +479,7 @@ def test_review_queue_filtered_by_flag_and_sorted_by_risk(app_env):
     assert "Machine's verdict: none, it could not compare the faces (No face)" in texts(at)
 
 
-def test_review_concurrent_decision_shows_already_decided(app_env):
+def test_review_concurrent_decision_shows_already_decided(app_env, open_page):
     sample_members(app_env)
     result_id = flagged_result(app_env, "M0011")
     at = open_page("review", role="staff", lang="en")
@@ -519,7 +494,7 @@ def test_review_concurrent_decision_shows_already_decided(app_env):
         assert session.get(ResultRow, result_id).status == "approved"  # the first decision stands
 
 
-def test_review_session_expiry_keeps_the_note(app_env):
+def test_review_session_expiry_keeps_the_note(app_env, open_page):
     sample_members(app_env)
     result_id = flagged_result(app_env, "M0011")
     at = open_page("review", role="staff")
@@ -537,7 +512,7 @@ def test_review_session_expiry_keeps_the_note(app_env):
     assert at.text_area(key=f"keep_note_{result_id}").value == "두 사진의 귀 모양이 다름"
 
 
-def test_review_skip_and_empty_queue(app_env):
+def test_review_skip_and_empty_queue(app_env, open_page):
     sample_members(app_env)
     flagged_result(app_env, "M0011")
     at = open_page("review", role="admin")
@@ -551,7 +526,7 @@ def test_review_skip_and_empty_queue(app_env):
 # Members
 
 
-def test_members_search_filter_page_and_history(app_env):
+def test_members_search_filter_page_and_history(app_env, open_page):
     sample_members(app_env)
     flagged_result(app_env, "M0011")
     at = open_page("members", role="staff")
@@ -570,7 +545,7 @@ def test_members_search_filter_page_and_history(app_env):
     assert viewed.actor == "staff_user" and viewed.target_id == "M0011"
 
 
-def test_members_paging(app_env):
+def test_members_paging(app_env, open_page):
     sample_members(app_env)
     with app_env.session() as session:
         for n in range(30):
@@ -584,7 +559,7 @@ def test_members_paging(app_env):
     assert "Page 1 of 2" in texts(at)  # a new filter starts at the first page
 
 
-def test_members_import_sample_and_file(app_env):
+def test_members_import_sample_and_file(app_env, open_page):
     at = open_page("members", role="admin")
     at.button(key="members_load_sample").click().run(timeout=60)
     assert "추가 20" in texts(at)
@@ -628,7 +603,7 @@ def seed_kpi_results(app_env):
     return batch.id
 
 
-def test_kpis_charts_with_targets_and_downloads(app_env):
+def test_kpis_charts_with_targets_and_downloads(app_env, open_page):
     seed_kpi_results(app_env)
     at = open_page("kpis", role="manager")
     charts = at.get("plotly_chart")
@@ -653,12 +628,12 @@ def test_kpis_charts_with_targets_and_downloads(app_env):
     assert len(at.get("plotly_chart")) == 5
 
 
-def test_kpis_without_data(app_env):
+def test_kpis_without_data(app_env, open_page):
     at = open_page("kpis", role="data_scientist", lang="en")
     assert "No results in this period." in texts(at)
 
 
-def test_home_shows_today_against_targets_and_the_backlog(app_env):
+def test_home_shows_today_against_targets_and_the_backlog(app_env, open_page):
     seed_kpi_results(app_env)
     at = open_page("home", role="staff")
     shown = texts(at)
@@ -679,7 +654,7 @@ def _sign_in(at: AppTest, username: str, password: str) -> None:
     assert not at.exception
 
 
-def test_users_page_creates_a_staff_user_who_chooses_a_password_at_first_sign_in(app_env):
+def test_users_page_creates_a_staff_user_who_chooses_a_password_at_first_sign_in(app_env, open_page):
     from core.storage.schema import User
 
     at = open_page("users", role="admin", lang="en")
@@ -711,7 +686,7 @@ def test_users_page_creates_a_staff_user_who_chooses_a_password_at_first_sign_in
         assert not session.scalar(select(User).where(User.username == "kim")).must_change_password
 
 
-def test_users_page_role_deactivate_reset_and_the_last_administrator(app_env):
+def test_users_page_role_deactivate_reset_and_the_last_administrator(app_env, open_page):
     from core.storage.schema import User
 
     at = open_page("users", role="admin", lang="en")
@@ -742,7 +717,7 @@ def test_users_page_role_deactivate_reset_and_the_last_administrator(app_env):
         assert admin.active and admin.role == "admin"
 
 
-def test_the_language_is_kept_per_user_and_in_the_address(app_env):
+def test_the_language_is_kept_per_user_and_in_the_address(app_env, open_page):
     from core.storage.schema import User
 
     def sign_in_in_korean(at: AppTest) -> None:
@@ -762,7 +737,7 @@ def test_the_language_is_kept_per_user_and_in_the_address(app_env):
     assert "Your pages" in texts(again)
 
 
-def test_demo_data_only_for_an_administrator_on_the_embedded_database(app_env, monkeypatch):
+def test_demo_data_only_for_an_administrator_on_the_embedded_database(app_env, monkeypatch, open_page):
     from core.dashboard.home import demo_data_allowed
 
     assert not {"load_sample", "run_sample"} & {b.key for b in open_page("home", role="staff").button}
@@ -783,7 +758,7 @@ def test_dashboard_listens_on_loopback_unless_configured():
     assert settings["server"]["address"] == "127.0.0.1"
 
 
-def test_users_page_shows_the_audit_chain_and_unlocks_a_locked_name(app_env):
+def test_users_page_shows_the_audit_chain_and_unlocks_a_locked_name(app_env, open_page):
     from datetime import timedelta
 
     from sqlalchemy import update

@@ -5,12 +5,10 @@ the member after a confirmation that names them. Real sample photos, the embedde
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from conftest import engine_result
 from sqlalchemy import func, select
-from streamlit.testing.v1 import AppTest
 from test_pages import click_row, open_member
 
 from core.dashboard import verify
@@ -18,21 +16,6 @@ from core.storage.schema import MEMBER_ERASED, AuditEntry, Member, Photo
 from core.workflows import importer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def open_page(page: str, role: str, lang: str = "en") -> AppTest:
-    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
-    at.session_state["auth"] = {
-        "username": f"{role}_user",
-        "role": role,
-        "display_name": None,
-        "last_seen": time.time(),
-    }
-    at.session_state["lang"] = lang
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def views(app_env, member_id: str) -> list[tuple[str, str, str]]:
@@ -50,9 +33,9 @@ def load_sample(app_env) -> None:
         importer.load_sample_members(session, actor="test", photo_store=app_env.store)
 
 
-def test_members_page_views_are_audited_and_only_admins_see_access_history(app_env):
+def test_members_page_views_are_audited_and_only_admins_see_access_history(app_env, open_page):
     load_sample(app_env)
-    staff = open_page("pages/3_Members.py", "staff")
+    staff = open_page("pages/3_Members.py", "staff", "en", timeout=60)
     open_member(staff, "M0007")
     assert len(staff.image) == 2
     assert views(app_env, "M0007") == [
@@ -67,7 +50,7 @@ def test_members_page_views_are_audited_and_only_admins_see_access_history(app_e
     assert "members_erase" not in keys and "members_export" not in keys
     assert "Access history" not in " ".join(m.value for m in staff.markdown)
 
-    admin = open_page("pages/3_Members.py", "admin")
+    admin = open_page("pages/3_Members.py", "admin", "en", timeout=60)
     open_member(admin, "M0007")
     assert "Access history (administrators only)" in " ".join(m.value for m in admin.markdown)
     history = admin.dataframe[-1].value
@@ -85,12 +68,12 @@ def test_members_page_views_are_audited_and_only_admins_see_access_history(app_e
     assert admin.get("download_button"), "the ZIP is offered for download"
 
 
-def test_members_page_erases_a_member_after_typing_their_id(app_env):
+def test_members_page_erases_a_member_after_typing_their_id(app_env, open_page):
     load_sample(app_env)
     with app_env.session() as session:
         paths = [p.stored_path for p in session.scalars(select(Photo).where(Photo.member_id == "M0003"))]
     assert all((app_env.store_dir / p).exists() for p in paths)
-    at = open_page("pages/3_Members.py", "admin")
+    at = open_page("pages/3_Members.py", "admin", "en", timeout=60)
     open_member(at, "M0003")
     assert "Erase member M0003 now" in [b.label for b in at.button]
     assert at.button(key="members_erase").disabled
@@ -115,7 +98,7 @@ def test_members_page_erases_a_member_after_typing_their_id(app_env):
     assert len(at.image) == 0 and not at.exception
 
 
-def test_review_queue_and_verify_page_views_are_audited(app_env):
+def test_review_queue_and_verify_page_views_are_audited(app_env, open_page):
     load_sample(app_env)
     with app_env.session() as session:
         member = session.get(Member, "M0011")
@@ -124,14 +107,14 @@ def test_review_queue_and_verify_page_views_are_audited(app_env):
         verify.record_single_result(
             session, "test", result, "M0011", photos["gallery"], photos["verification"], "M"
         )
-    review = open_page("pages/2_Review_Queue.py", "staff")
+    review = open_page("pages/2_Review_Queue.py", "staff", "en", timeout=60)
     assert len(review.image) >= 2
     assert views(app_env, "M0011") == [
         ("staff_user", "gallery", "page:review_queue"),
         ("staff_user", "verification", "page:review_queue"),
     ]
     # The Verify page previews the first member's stored photos before a run.
-    open_page("pages/1_Verify.py", "staff")
+    open_page("pages/1_Verify.py", "staff", "en", timeout=60)
     assert views(app_env, "M0001") == [
         ("staff_user", "gallery", "page:verify"),
         ("staff_user", "verification", "page:verify"),

@@ -6,11 +6,10 @@ discard, rollback, failures shown with their reason; Korean and English labels."
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SAMPLE_DIR, SAMPLE_IMAGES
+from conftest import SAMPLE_DIR, SAMPLE_IMAGES
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 from test_registry import make_version
@@ -22,20 +21,14 @@ from core.training import registry, worker
 PAGE = "pages/5_Retrain.py"
 
 
-def open_retrain(role: str = "data_scientist", lang: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=60)
-    at.session_state["auth"] = {
-        "username": f"{role}_user",
-        "role": role,
-        "display_name": None,
-        "last_seen": time.time(),
-    }
-    if lang:
-        at.session_state["lang"] = lang
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+@pytest.fixture
+def open_retrain(open_page):
+    """The Retrain page, signed in as <role>_user."""
+
+    def open_(role: str = "data_scientist", lang: str | None = None) -> AppTest:
+        return open_page(PAGE, role, lang, timeout=60)
+
+    return open_
 
 
 def texts(at: AppTest) -> str:
@@ -68,7 +61,7 @@ def retrain_env(app_env, models_copy, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("role", ["staff", "manager"])
-def test_other_roles_are_refused_on_the_server(app_env, role):
+def test_other_roles_are_refused_on_the_server(app_env, role, open_retrain):
     at = open_retrain(role, lang="en")
     assert "may not open this page" in texts(at)
     assert not [b for b in at.button if b.label == "Start training"]
@@ -77,7 +70,7 @@ def test_other_roles_are_refused_on_the_server(app_env, role):
         assert entry.actor == f"{role}_user"
 
 
-def test_form_in_korean_and_english_with_the_active_version(retrain_env):
+def test_form_in_korean_and_english_with_the_active_version(retrain_env, open_retrain):
     at = open_retrain()
     assert at.title[0].value == "재학습"
     assert "학습 시작" in texts(at) and "LFW 개발 데이터 (사진 120장)" in texts(at)
@@ -91,7 +84,7 @@ def test_form_in_korean_and_english_with_the_active_version(retrain_env):
     assert at.selectbox(key="retrain_set_loss").value == "contrastive"
 
 
-def test_settings_out_of_range_refused_before_any_run(retrain_env):
+def test_settings_out_of_range_refused_before_any_run(retrain_env, open_retrain):
     at = open_retrain(lang="en")
     at.number_input(key="retrain_set_epochs").set_value(0)
     at.number_input(key="retrain_set_holdout_fraction").set_value(0.9)
@@ -104,7 +97,7 @@ def test_settings_out_of_range_refused_before_any_run(retrain_env):
     assert retrain_env.launched == []
 
 
-def test_start_then_second_start_refused_then_cancel(retrain_env):
+def test_start_then_second_start_refused_then_cancel(retrain_env, open_retrain):
     first = open_retrain(lang="en")
     second = open_retrain(lang="en")  # another data scientist has the form open too
     button(first, "Start training").click().run()
@@ -174,7 +167,7 @@ def candidate_run(env, status="succeeded", error=None) -> str:
     return version
 
 
-def test_comparison_then_promote_with_confirmation_then_rollback(retrain_env):
+def test_comparison_then_promote_with_confirmation_then_rollback(retrain_env, open_retrain):
     version = candidate_run(retrain_env)
     shipped = (retrain_env.models_dir / "DEFAULT").read_text().strip()
     at = open_retrain(lang="en")
@@ -210,7 +203,7 @@ def test_comparison_then_promote_with_confirmation_then_rollback(retrain_env):
     assert "rolled back" in list(at.dataframe[-1].value["Action"])  # the history table
 
 
-def test_discard_the_candidate(retrain_env):
+def test_discard_the_candidate(retrain_env, open_retrain):
     version = candidate_run(retrain_env)
     at = open_retrain(lang="en")
     button(at, "Discard").click().run()
@@ -222,7 +215,7 @@ def test_discard_the_candidate(retrain_env):
     assert not (retrain_env.models_dir / version).exists()
 
 
-def test_failed_run_shows_its_reason(retrain_env):
+def test_failed_run_shows_its_reason(retrain_env, open_retrain):
     with retrain_env.session() as session:
         session.add(
             TrainingRun(
@@ -282,7 +275,7 @@ def start_run(env, at):
         return session.scalar(select(TrainingRun))
 
 
-def test_fresh_install_says_what_is_missing(fresh_install):
+def test_fresh_install_says_what_is_missing(fresh_install, open_retrain):
     at = open_retrain(lang="en")
     assert at.radio(key="retrain_photo_set").value == "none"
     assert at.radio(key="retrain_photo_set").options == [
@@ -297,7 +290,7 @@ def test_fresh_install_says_what_is_missing(fresh_install):
         assert session.scalar(select(TrainingRun)) is None
 
 
-def test_train_from_the_reviewed_decisions_alone(fresh_install, add_reviewed):
+def test_train_from_the_reviewed_decisions_alone(fresh_install, add_reviewed, open_retrain):
     add_reviewed(fresh_install.session_factory, fresh_install.store)
     at = open_retrain(lang="en")
     assert at.checkbox(key="retrain_use_reviewed").value  # decisions exist: ticked
@@ -309,7 +302,7 @@ def test_train_from_the_reviewed_decisions_alone(fresh_install, add_reviewed):
     assert fresh_install.launched == [run.id]
 
 
-def test_train_from_an_uploaded_zip_in_the_lfw_layout(fresh_install):
+def test_train_from_an_uploaded_zip_in_the_lfw_layout(fresh_install, open_retrain):
     at = open_retrain()  # Korean
     at.radio(key="retrain_photo_set").set_value("upload").run()
     assert "학습할 ZIP을 올려 주세요." in texts(at)
@@ -338,7 +331,9 @@ def test_train_from_an_uploaded_zip_in_the_lfw_layout(fresh_install):
         (lambda: lfw_zip(people_csv=b"person,gender\nNobody_Here,F\n"), "No photo in the ZIP"),
     ],
 )
-def test_a_bad_zip_is_refused_with_its_reason_and_nothing_is_kept(fresh_install, zip_of, expected):
+def test_a_bad_zip_is_refused_with_its_reason_and_nothing_is_kept(
+    fresh_install, zip_of, expected, open_retrain
+):
     at = open_retrain(lang="en")
     at.radio(key="retrain_photo_set").set_value("upload").run()
     at.file_uploader(key="retrain_zip").set_value(("set.zip", zip_of(), "application/zip")).run()
@@ -365,7 +360,7 @@ def test_a_zip_bomb_stops_at_the_limit(fresh_install, monkeypatch):
     assert not fresh_install.sets_dir.exists() or not any(fresh_install.sets_dir.iterdir())
 
 
-def test_train_from_a_folder_on_the_server(fresh_install, tmp_path):
+def test_train_from_a_folder_on_the_server(fresh_install, tmp_path, open_retrain):
     at = open_retrain(lang="en")
     at.radio(key="retrain_photo_set").set_value("folder").run()
     at.text_input(key="retrain_folder").input(str(tmp_path / "missing")).run()
@@ -378,7 +373,7 @@ def test_train_from_a_folder_on_the_server(fresh_install, tmp_path):
     assert run.params["data"]["lfw_people"] == str(SAMPLE_DIR / "people.csv")
 
 
-def test_too_small_a_folder_says_why(fresh_install, tmp_path):
+def test_too_small_a_folder_says_why(fresh_install, tmp_path, open_retrain):
     small = tmp_path / "small"
     small.mkdir()
     (small / "people.csv").write_text("person,gender\nAdrien_Brody,M\nCharles_Moose,M\n")

@@ -3,12 +3,9 @@ the comparison of two versions on the same members, and the Retrain and KPI page
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from conftest import ROOT
 from sqlalchemy import select
-from streamlit.testing.v1 import AppTest
 
 from core import jobs
 from core.storage.schema import AuditEntry, Batch
@@ -82,22 +79,7 @@ def test_reverify_older_members_then_compare_the_versions(session, session_facto
     assert comparison.new.mean_similarity is not None
 
 
-def _as(role: str, page: str, lang: str = "en") -> AppTest:
-    at = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=120)
-    at.session_state["auth"] = {
-        "username": f"{role}_user",
-        "role": role,
-        "display_name": None,
-        "last_seen": time.time(),
-    }
-    at.session_state["lang"] = lang
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def test_retrain_page_starts_a_reverification_and_kpis_compare(app_env, monkeypatch):
+def test_retrain_page_starts_a_reverification_and_kpis_compare(app_env, monkeypatch, open_page):
     monkeypatch.delenv("JOB_BROKER_URL", raising=False)
     started = []
     monkeypatch.setattr(jobs, "submit_batch", lambda batch_id, actor: started.append((batch_id, actor)))
@@ -105,7 +87,7 @@ def test_retrain_page_starts_a_reverification_and_kpis_compare(app_env, monkeypa
         _older_results(session, 6)
     version = default_version(ROOT / "models")
 
-    at = _as("data_scientist", "pages/5_Retrain.py")
+    at = open_page("retrain", "data_scientist", "en", timeout=120)
     radio = next(r for r in at.radio if r.key == "retrain_reverify_scope")
     assert any("Not yet verified by" in o and "(20)" in o for o in radio.options)
     next(b for b in at.button if b.key == "retrain_reverify").click().run()
@@ -129,9 +111,9 @@ def test_retrain_page_starts_a_reverification_and_kpis_compare(app_env, monkeypa
                 verification_photo_id=item.verification_photo_id,
             )
         session.commit()
-    kpis = _as("manager", "pages/4_KPIs.py")
+    kpis = open_page("kpis", "manager", "en", timeout=120)
     shown = "\n".join(str(m.value) for m in kpis.markdown)
     assert "6 members have a result under both versions" in shown
     assert kpis.dataframe, "the figures of both versions"
-    ko = _as("manager", "pages/4_KPIs.py", "ko")
+    ko = open_page("kpis", "manager", "ko", timeout=120)
     assert "두 버전의 결과가 모두 있는 회원은 6명" in "\n".join(str(m.value) for m in ko.markdown)

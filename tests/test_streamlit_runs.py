@@ -11,7 +11,7 @@ def test_a_script_run_no_longer_clears_keras_but_still_closes_matplotlib_figures
     import matplotlib.pyplot as plt
     from streamlit.runtime.scriptrunner import script_runner
 
-    import ui.common  # noqa: F401  (replaces the hook on import)
+    import ui.resources  # noqa: F401  (replaces the hook on import)
 
     cleared = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(True))

@@ -12,7 +12,6 @@ from test_pages import (
     SAMPLE,
     flagged_result,
     manifest_and_zip,
-    open_page,
     sample_members,
     upload_batch,
     wait_for_batch,
@@ -26,7 +25,7 @@ def _result_shown(at) -> bool:
     return any(m.label == "유사도" for m in at.metric)
 
 
-def test_a_result_vanishes_when_the_mode_or_the_member_changes(app_env):
+def test_a_result_vanishes_when_the_mode_or_the_member_changes(app_env, open_page):
     sample_members(app_env)
     at = open_page("verify", role="staff", timeout=ENGINE_TIMEOUT)
     at.radio(key="verify_mode").set_value("member").run()
@@ -50,7 +49,7 @@ def test_a_result_vanishes_when_the_mode_or_the_member_changes(app_env):
     assert not _result_shown(at)
 
 
-def test_a_new_verification_photo_hides_the_answer_for_the_old_one(app_env):
+def test_a_new_verification_photo_hides_the_answer_for_the_old_one(app_env, open_page):
     at = open_page("verify", role="staff", lang="en", timeout=ENGINE_TIMEOUT)
     at.radio(key="verify_mode").set_value("upload").run()
     at.text_input(key="verify_new_member").input("W0001").run()
@@ -70,7 +69,7 @@ def test_a_new_verification_photo_hides_the_answer_for_the_old_one(app_env):
     assert not any(m.label == "Similarity" for m in at.metric)
 
 
-def test_the_results_picker_follows_a_new_batch_once(app_env):
+def test_the_results_picker_follows_a_new_batch_once(app_env, open_page):
     sample_members(app_env)
     flagged_result(app_env, "M0011")  # an earlier batch: the day's single verifications
     with app_env.session() as session:
@@ -131,7 +130,7 @@ def _uploaders(at):
     return list(at.get("file_uploader"))
 
 
-def test_streamlit_texts_a_page_may_set_are_in_the_page_language(app_env):
+def test_streamlit_texts_a_page_may_set_are_in_the_page_language(app_env, open_page):
     """Upload widgets: label, help (how, types, limit) and the limit Streamlit prints are ours, in
     Korean; multiselects have a Korean placeholder instead of "Choose options"."""
     hangul = re.compile(r"[\uac00-\ud7a3]")

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import sys
 
-import ui.common  # noqa: F401  (the import is the point: Home.py finds it loaded)
+import ui.page  # noqa: F401  (the import is the point: Home.py finds it loaded)
 
 
 def main(argv: list[str]) -> None:
+    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.web import cli
 
+    # Every run starts at the entry, which lists the pages with st.navigation: without this, the
+    # process's very first request would run a pages/ script directly (Streamlit's folder mode).
+    PagesManager.uses_pages_directory = False
     sys.argv = ["streamlit", "run", "Home.py", *argv]
     cli.main()
 

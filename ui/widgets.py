@@ -6,9 +6,18 @@ import pandas as pd
 import streamlit as st
 
 from core.dashboard import formatting, page_batches, photos, uploads, verify
-from core.storage.schema import GALLERY, VERIFICATION
-from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, STATUSES
-from ui.common import PageContext, get_jobs
+from core.dashboard.codes import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, GALLERY, STATUSES, VERIFICATION
+from ui.page import PageContext
+from ui.resources import get_jobs
+
+
+def show_photo(container, image, caption: str | None = None, width="stretch") -> None:
+    """A member photo, sent inline in this session's own messages (never a /media address)."""
+    uri = photos.inline_image(image)
+    if uri is None:
+        container.caption(caption or "")
+        return
+    container.image(uri, caption=caption, width=width)
 
 
 def file_input(ctx: PageContext, container, label_key: str, kind: str, key: str):
@@ -39,9 +48,9 @@ def photo_column(ctx: PageContext, container, kind: str, data: bytes | None, ana
         container.error(ctx.t("photo.unusable"))
         return
     photo, side = container.columns([3, 2])
-    photo.image(annotated, width="stretch")
+    show_photo(photo, annotated)
     if crop is not None:
-        side.image(crop, caption=ctx.t("photo.crop"), width="stretch")  # a fixed width overlaps at 1024 px
+        show_photo(side, crop, caption=ctx.t("photo.crop"))  # a fixed width overlaps at 1024 px
     else:
         side.caption(ctx.t("photo.no_crop"))
     faces, _ = photos.faces_of(analysis)

@@ -1,16 +1,19 @@
 """Who may open which page, sign-in expiry, and the audit lines of sign-out and refused visits.
 
-PAGES, PAGE_BY_KEY, can_open(role, page_key), session_expired(last_seen, now), log_refusal, log_event
+PAGES, PAGE_BY_KEY, can_open(role, page_key), session_expired(last_seen, now), log_refusal, log_event;
+sign_in, find_user, user_count, create_first_admin, change_password, remember_language for the entry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from core.storage import audit
-from core.storage.schema import ADMIN, DATA_SCIENTIST, MANAGER, ROLES, STAFF
+from core.storage import audit, users
+from core.storage.client_address import dashboard_client_address
+from core.storage.schema import ADMIN, DATA_SCIENTIST, MANAGER, ROLES, STAFF, User
 
 SESSION_IDLE_MINUTES = 30
 
@@ -18,18 +21,17 @@ SESSION_IDLE_MINUTES = 30
 @dataclass(frozen=True)
 class PageInfo:
     key: str  # i18n key "page.<key>" is its title
-    path: str  # relative to the project root, for st.page_link / st.switch_page
+    path: str  # relative to the project root: the page's script (its URL is /<name without the number>)
     roles: tuple[str, ...]  # who may open it (admin may open everything)
     icon: str
 
 
 PAGES = (
-    PageInfo("home", "Home.py", ROLES, ":material/home:"),
+    PageInfo("home", "pages/0_Start.py", ROLES, ":material/home:"),
     PageInfo("verify", "pages/1_Verify.py", (STAFF, ADMIN), ":material/fact_check:"),
     PageInfo("review", "pages/2_Review_Queue.py", (STAFF, ADMIN), ":material/rule:"),
     PageInfo("members", "pages/3_Members.py", (STAFF, ADMIN), ":material/group:"),
     PageInfo("kpis", "pages/4_KPIs.py", (MANAGER, DATA_SCIENTIST, ADMIN), ":material/monitoring:"),
-    # Built by the retraining issue; listed here so navigation and the role check are ready.
     PageInfo("retrain", "pages/5_Retrain.py", (DATA_SCIENTIST, ADMIN), ":material/model_training:"),
     PageInfo("users", "pages/6_Users.py", (ADMIN,), ":material/manage_accounts:"),
 )
@@ -45,6 +47,11 @@ def can_open(role: str | None, page_key: str) -> bool:
     return role == ADMIN or role in PAGE_BY_KEY[page_key].roles
 
 
+def pages_for(role: str | None) -> list[PageInfo]:
+    """The pages the role may open, in the order the navigation lists them."""
+    return [page for page in PAGES if can_open(role, page.key)]
+
+
 def session_expired(last_seen: float | None, now: float, idle_minutes: float = SESSION_IDLE_MINUTES) -> bool:
     return last_seen is None or now - last_seen > idle_minutes * 60
 
@@ -58,3 +65,71 @@ def log_refusal(session: Session, username: str | None, page_key: str, role: str
 def log_event(session: Session, username: str, action: str, detail: dict | None = None) -> None:
     audit.log(session, username, action, "user", username, detail)
     session.commit()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sign-in, as the dashboard's entry asks for it (the rules themselves are core.storage.users')
+
+AuthError = users.AuthError
+AuthenticationFailed = users.AuthenticationFailed
+SignInThrottled = users.SignInThrottled
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    username: str
+    role: str
+    display_name: str | None
+    language: str | None
+    must_change_password: bool
+    active: bool = True
+
+
+def _signed_in(user: User) -> SignedIn:
+    return SignedIn(
+        user.username,
+        user.role,
+        user.display_name,
+        user.language,
+        bool(user.must_change_password),
+        bool(user.active),
+    )
+
+
+def database_answers(session: Session) -> bool:
+    """One round trip (raises the driver's error when the database is down)."""
+    return session.execute(text("SELECT 1")).scalar() == 1
+
+
+def user_count(session: Session) -> int:
+    return session.scalar(select(func.count(User.id))) or 0
+
+
+def find_user(session: Session, username: str) -> SignedIn | None:
+    user = session.scalar(select(User).where(User.username == username))
+    return None if user is None else _signed_in(user)
+
+
+def sign_in(session: Session, username: str, password: str, client: str | None = None) -> SignedIn:
+    """The user, once name and password match (AuthenticationFailed, SignInThrottled otherwise)."""
+    return _signed_in(users.authenticate(session, username, password, client=client))
+
+
+def create_first_admin(session: Session, username: str, password: str) -> str | None:
+    """The first administrator of an empty embedded database; None when someone was quicker."""
+    if user_count(session):
+        return None
+    return users.create_user(session, username, password, users.ADMIN, actor="first-run").username
+
+
+def change_password(session: Session, username: str, old: str, new: str) -> None:
+    users.change_password(session, username, old, new)
+
+
+def remember_language(session: Session, username: str, lang: str) -> None:
+    users.set_language(session, username, lang)
+
+
+def sign_in_address(ip_address, headers) -> str | None:
+    """The address a sign-in is counted against: Streamlit's peer, or what a trusted proxy forwarded."""
+    return dashboard_client_address(ip_address if isinstance(ip_address, str) else None, headers)

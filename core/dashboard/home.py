@@ -34,6 +34,31 @@ def demo_data_allowed(role: str | None, database_url: str) -> bool:
     return role == ADMIN and is_sqlite(database_url)
 
 
+def demo_data_allowed_here(role: str | None) -> bool:
+    """demo_data_allowed for this deployment's database (DATABASE_URL)."""
+    from core import config
+
+    return demo_data_allowed(role, config.database_url())
+
+
+def load_sample(session: Session, actor: str, store) -> dict[str, int]:
+    """The demo members imported; the counts by outcome (imported, updated, unchanged, rejected)."""
+    from core.workflows import importer
+
+    return importer.summarize(importer.load_sample_members(session, actor=actor, photo_store=store))
+
+
+def sample_loader(actor: str, store):
+    """For a background batch over the demo members: imports them, returns the ids it may verify."""
+    from core.workflows import importer
+
+    def load(session: Session) -> list[str]:
+        reports = importer.load_sample_members(session, actor=actor, photo_store=store)
+        return [r.member_id for r in reports if r.status != importer.REJECTED]
+
+    return load
+
+
 def today_summary(session: Session, tz: str = DISPLAY_TZ) -> TodaySummary:
     today = today_local(tz)
     kpi = queries.kpi_totals(session, date_from=today, date_to=today, tz=tz)

@@ -17,7 +17,7 @@ from core.dashboard.formatting import local_time
 from core.storage import queries
 from core.storage.photostore import PhotoNotFound
 from core.storage.schema import GALLERY, VERIFICATION
-from core.workflows import privacy
+from core.workflows import importer, privacy
 
 PAGE = "page:members"  # why, in the audit entry of each photo shown
 
@@ -149,3 +149,79 @@ def audit_frame(entries) -> pd.DataFrame:
         ],
         columns=["at", "actor", "action", "detail"],
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# What the pages ask of the data and privacy layers
+
+
+def find_members(session, search: str | None = None, page_size: int = 50) -> list:
+    """Members whose id contains `search` (all when None), first page_size of them: id, gender, status."""
+    return queries.list_members(session, search=search or None, page_size=page_size).items
+
+
+def list_page(session, *, search, gender, status, created_from, created_to, page: int, page_size: int):
+    """One page of the member list under the filters (dates in the deployment's time zone)."""
+    from core.dashboard.formatting import DISPLAY_TZ
+
+    return queries.list_members(
+        session,
+        search=search or None,
+        gender=gender or None,
+        status=status or None,
+        created_from=created_from,
+        created_to=created_to,
+        page=page,
+        page_size=page_size,
+        tz=DISPLAY_TZ,
+    )
+
+
+def member_detail(session, member_id: str, viewer: str):
+    """The member's history as the Members page opens it (the view is audited)."""
+    return queries.member_history(session, member_id, viewer=viewer, why=PAGE)
+
+
+def access_history(session, member_id: str) -> pd.DataFrame:
+    return access_frame(privacy.access_history(session, member_id))
+
+
+def export(session, store, member_id: str, actor: str) -> bytes:
+    """Everything held about the member, as a ZIP (audited)."""
+    return privacy.export_member(session, store, member_id, actor, why=PAGE)
+
+
+def erase(session_factory, store, member_id: str, actor: str):
+    """Erases the member: rows, photos, index entries; the report says what was removed."""
+    return privacy.erase_member(session_factory, store, member_id, actor=actor, via="page")
+
+
+# The member import, as the Members page runs it (core.workflows.importer decides and writes)
+
+
+def import_file(
+    session, table: bytes, zip_bytes: bytes | None, actor: str, filename: str, store, progress=None
+):
+    """Imports a member table (and its photos ZIP); ImportFileError when the file as a whole is unusable."""
+    return importer.import_members(
+        session,
+        table,
+        zip_bytes=zip_bytes,
+        actor=actor,
+        filename=filename,
+        photo_store=store,
+        progress=progress,
+    )
+
+
+def load_sample(session, actor: str, store) -> list:
+    """The demo members imported (administrators, embedded database only: see home.demo_data_allowed)."""
+    return importer.load_sample_members(session, actor=actor, photo_store=store)
+
+
+def import_counts(reports) -> dict[str, int]:
+    return importer.summarize(reports)
+
+
+ImportFileError = importer.ImportFileError
+IMPORT_REJECTED = importer.REJECTED

@@ -262,3 +262,9 @@ class BatchJobs:
 
 
 SINGLE_SOURCE = batches.PAGE_SINGLE  # the Verify page's day batches of single verifications
+
+
+def batch_state(session: Session, batch_id: int) -> tuple[str, object] | None:
+    """(status, heartbeat_at) of a batch, None when there is no such batch."""
+    batch = session.get(Batch, batch_id)
+    return None if batch is None else (batch.status, batch.heartbeat_at)

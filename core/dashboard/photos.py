@@ -99,3 +99,31 @@ def similarity_figure(similarity: float | None, threshold: float, band: tuple[fl
         showlegend=False,
     )
     return fig
+
+
+INLINE_MAX_SIDE = 1280  # wider than any column the pages draw a photo in
+INLINE_QUALITY = 88
+
+
+def inline_image(image: bytes | Image.Image | np.ndarray) -> str | None:
+    """The photo as a data: URI (JPEG, EXIF dropped, at most INLINE_MAX_SIDE px a side).
+
+    The pages hand member photos to the browser inline, inside the signed-in session's own
+    messages: Streamlit's /media/<id> address for an image answers anyone who has the link, for as
+    long as the server keeps it. None when the bytes are not a photo."""
+    import base64
+    import io
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        try:
+            image = Image.fromarray(decode_image(image).rgb)
+        except ImageError:
+            return None
+    image = image.convert("RGB")
+    if max(image.size) > INLINE_MAX_SIDE:
+        image.thumbnail((INLINE_MAX_SIDE, INLINE_MAX_SIDE))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=INLINE_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")

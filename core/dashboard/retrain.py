@@ -7,8 +7,8 @@ the new-versus-active comparison, the version list, the data available.
     comparison_rows(comparison, lang) -> list[dict]
     versions_rows(versions, lang) -> list[dict]
     stage_text(run, lang) -> str
-    start_training(session_factory, actor, choice, params, store_dir) -> run id   created and dispatched
-    start_reverification(session_factory, actor, version, scope) -> batch id | None   the same
+    start_run(session_factory, actor, choice, params, store_url) -> run id   created and dispatched
+    start_reverify(session_factory, actor, version, scope) -> batch id | None    the same
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from core import jobs
 from core.i18n import t
 from core.storage.schema import VerificationResult as ResultRow
+from core.training import registry, worker
 from core.training.fitting import AUGMENTATIONS, NETWORK_CHOICES, TrainParams
 
 
@@ -267,16 +268,91 @@ def reverify_batches(session: Session, limit: int = 5) -> list[dict]:
     return [batches.batch_progress(session, b.id) | {"model_version": b.model_version} for b in rows]
 
 
-def start_training(session_factory, actor: str, choice, params, *, store_dir=None) -> int:
-    """A new training run, trained in the background (core.jobs decides where)."""
-    return jobs.start_training(session_factory, actor, choice, params, store_dir=store_dir)
+# ----------------------------------------------------------------------------------------------
+# What the Retrain page asks of the training layer: core.training runs, registers and switches
+# versions (each audited there); these names are the page's only way in.
+
+ACTIVE, CANDIDATE, PREVIOUS, DISCARDED = (
+    registry.ACTIVE,
+    registry.CANDIDATE,
+    registry.PREVIOUS,
+    registry.DISCARDED,
+)
+LIVE, CANCELLING, CANCELLED, FAILED = worker.LIVE, worker.CANCELLING, worker.CANCELLED, worker.FAILED
+RunInProgress = worker.RunInProgress
+HISTORY_ACTIONS = (
+    registry.REGISTER,
+    registry.PROMOTE,
+    registry.ROLLBACK,
+    registry.DISCARD,
+    worker.START_TRAINING,
+    worker.CANCEL_TRAINING,
+)
+VERSION_TARGET = registry.TARGET
+
+current_run, latest_run, cancel = worker.current_run, worker.latest_run, worker.cancel
+list_versions, promote, discard, rollback = (
+    registry.list_versions,
+    registry.promote,
+    registry.discard,
+    registry.rollback,
+)
 
 
-def start_reverification(session_factory, actor: str, version: str, scope: str) -> int | None:
-    """Members verified again on a model version, as a background batch; None: nobody needs it."""
+def lfw_photo_set():
+    """(images folder, people.csv) of the LFW development set on this machine."""
+    from core.training.pipeline import lfw_dev_dir
+
+    folder = lfw_dev_dir()
+    return folder / "images", folder / "people.csv"
+
+
+def data_choice(images, people, reviewed: bool):
+    """What a run trains on: a photo set (or None) and/or the reviewed decisions."""
+    from core.training.pipeline import DataChoice
+
+    return DataChoice(images, people, reviewed=reviewed)
+
+
+def poll_run(session: Session, run_id: int):
+    """The run's row, after marking runs whose worker stopped answering as failed."""
+    worker.reap_stale(session)
+    return worker.get_run(session, run_id)
+
+
+def train_params(values: dict) -> TrainParams:
+    """The form's settings as training parameters; ValueError names the one out of range."""
+    return TrainParams.from_dict(values)
+
+
+def start_run(session_factory, actor: str, choice, params: TrainParams, store_url: str) -> int:
+    """Starts a run in the background (core.jobs decides where); RunInProgress when one is running."""
+    return jobs.start_training(session_factory, actor, choice, params, store_dir=store_url)
+
+
+def reverify_scopes() -> list[str]:
+    from core.workflows import reverification
+
+    return list(reverification.SCOPES[::-1])
+
+
+def start_reverify(session_factory, actor: str, version: str, scope: str) -> int | None:
+    """Re-runs members on the version as a background batch; None when there is nothing to run."""
     from core.workflows import reverification
 
     batch_id = reverification.create(session_factory, actor, version, scope)
     if batch_id is not None:
         jobs.submit_batch(batch_id, actor)
     return batch_id
+
+
+def history(session: Session, limit: int = 30) -> list:
+    """The latest registrations, promotions, rollbacks, discards, starts and cancels, newest first."""
+    from core.storage.schema import AuditEntry
+
+    return session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.action.in_(HISTORY_ACTIONS))
+        .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+        .limit(limit)
+    ).all()

@@ -24,7 +24,7 @@ from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
 from core.storage.schema import GALLERY, VERIFICATION, Photo, PossibleDuplicate
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import FRAUD_FLAGS, GENDER_MISMATCH, POSSIBLE_DUPLICATE, REUSED_PHOTO
-from core.workflows import privacy
+from core.workflows import privacy, reviews
 
 SAME, DIFFERENT, NO_VERDICT = "same", "different", "none"
 # Flags that make a pair checked first and make Approve an explicit choice against the machine.
@@ -236,3 +236,29 @@ def verdict_text(row: ResultRow, lang: str) -> str:
     else:
         advice = t("review.advice.none", lang)
     return f"{first} {advice}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The decision, as the Review queue page submits it (core.workflows.reviews decides and writes)
+
+APPROVE, REJECT = reviews.APPROVE, reviews.REJECT
+AlreadyDecided = reviews.AlreadyDecided
+NotReviewable = reviews.NotReviewable
+ResultNotFound = reviews.ResultNotFound
+QUEUE_ORDERS = queries.QUEUE_ORDERS
+
+
+def flag_counts(session: Session) -> dict[str, int]:
+    """How many waiting pairs carry each flag (the filter's choices)."""
+    return queries.queue_flag_counts(session)
+
+
+def needs_confirmation(session: Session, result_id: int) -> bool:
+    """Whether approving this pair needs the reviewer's explicit "I compared the photos myself"."""
+    row = session.get(ResultRow, result_id)
+    return row is not None and approve_needs_confirmation(row)
+
+
+def decide(session: Session, result_id: int, reviewer: str, decision: str, **labels):
+    """The reviewer's decision (and labels: note, true_gender, same_person), audited."""
+    return reviews.decide(session, result_id, reviewer, decision, **labels)

@@ -86,3 +86,25 @@ def set_active(session: Session, actor: str, username: str, active: bool) -> Non
 def error_text(exc: AuthError, lang: str) -> str:
     """A user-management refusal in the page's language (the storage layer speaks English)."""
     return t(f"users.error.{exc.code}", lang, detail=str(exc))
+
+
+def audit_chain(session: Session):
+    """The audit log's hash chain checked from its first entry (ok, checked, summary())."""
+    from core.storage import audit
+
+    return audit.verify_chain(session)
+
+
+def sign_in_locks(session: Session) -> list[tuple[str, str, int, object]]:
+    """(kind, subject, failures, locked_until) of each sign-in or API key lock in force."""
+    from core.storage import throttle
+
+    return [(row.kind, row.subject, row.failures, row.locked_until) for row in throttle.locked(session)]
+
+
+def unlock(session: Session, kind: str, subject: str, actor: str) -> None:
+    """An administrator lifts a lock (audited)."""
+    from core.storage import throttle
+
+    throttle.unlock(session, kind, subject, actor=actor)
+    session.commit()
