@@ -36,7 +36,7 @@ class User:
 
 
 def idle_minutes() -> float:
-    return float(config.setting("SESSION_IDLE_MINUTES", "30"))
+    return config.get("SESSION_IDLE_MINUTES")
 
 
 def save_drafts() -> None:

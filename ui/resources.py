@@ -135,7 +135,7 @@ def warm_engine_in_background() -> None:
     TensorFlow holds the interpreter for seconds, so a page it starts before waits (the sign-in
     form drew in 30 s instead of 4 under load when it started the loading).
     FACEVERIFY_WARM_ENGINE=0 turns it off (the tests load the model only where they need it)."""
-    if config.setting("FACEVERIFY_WARM_ENGINE", "1") == "0":
+    if not config.get("FACEVERIFY_WARM_ENGINE"):
         return
     try:
         key = f"{config.models_dir()}:{active_model_version()}"

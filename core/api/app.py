@@ -15,7 +15,7 @@ from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
 from core.api.routers import challenges, health, members, photo_checks, privacy, verifications
 from core.api.routers import search as search_routes
-from core.api.settings import ADMISSION_MB, API_VERSION, MAX_BODY_BYTES, MAX_IN_FLIGHT, NO_ENGINE
+from core.api.settings import API_VERSION, MAX_BODY_BYTES, NO_ENGINE
 from core.api.state import AppState, load_engine_in_background, watch_promotions
 from core.storage.photostore import PhotoStoreBackend
 from core.storage.stores import open_photo_store
@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 
 
 def _in_flight() -> int:
-    return max(1, int(config.setting("API_MAX_IN_FLIGHT") or MAX_IN_FLIGHT))
+    return max(1, config.get("API_MAX_IN_FLIGHT"))
 
 
 def _admission_bytes() -> int:
-    return int(float(config.setting("API_ADMISSION_MB") or ADMISSION_MB) * 1024 * 1024)
+    return int(config.get("API_ADMISSION_MB") * 1024 * 1024)
 
 
 def create_app(
@@ -113,5 +113,5 @@ def app_from_settings() -> FastAPI:
     size_decode_budget()
     from core.storage.db import session_factory as make_factory
 
-    max_body = int(config.setting("API_MAX_BODY_BYTES") or MAX_BODY_BYTES)
+    max_body = config.get("API_MAX_BODY_BYTES")
     return create_app(make_factory(make_engine()), max_body_bytes=max_body)

@@ -25,7 +25,7 @@ SETTING = "API_DOCS"
 
 
 def docs_enabled() -> bool:
-    return (config.setting(SETTING, "on") or "on").strip().lower() not in ("off", "0", "false", "no")
+    return config.get(SETTING)
 
 
 def _files_dir() -> Path:

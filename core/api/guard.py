@@ -128,7 +128,7 @@ class GuardMiddleware:
         state: AppState,
         max_body_bytes: int,
         max_in_flight: int,
-        admission_bytes: int = ADMISSION_MB * 1024 * 1024,
+        admission_bytes: int = int(ADMISSION_MB * 1024 * 1024),
     ):
         self.app, self.state, self.max_body_bytes = app, state, max_body_bytes
         self.max_in_flight, self.admission_bytes = max_in_flight, admission_bytes

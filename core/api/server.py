@@ -20,7 +20,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from core import config
-from core.api.settings import DECODE_MB, H11_MAX_HEADER_BYTES, HEADER_TIMEOUT_S
+from core.api.settings import H11_MAX_HEADER_BYTES, HEADER_TIMEOUT_S
 from core.storage.client_address import uvicorn_proxy_options
 
 MAX_CONNECTIONS = 256
@@ -80,7 +80,7 @@ def size_decode_budget():
     the process stays under its limit however many photos arrive at once."""
     from core.verification import imaging
 
-    mb = float(config.setting("API_DECODE_MEMORY_MB") or DECODE_MB)
+    mb = config.get("API_DECODE_MEMORY_MB")
     return imaging.use_decode_budget(int(mb * 1024 * 1024))
 
 

@@ -5,23 +5,24 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from core import config
 from core.verification.imaging import DEFAULT_MAX_BYTES
 
 API_VERSION = "1.0.0"
-MAX_BODY_BYTES = 30 * 1024 * 1024
+MAX_BODY_BYTES = config.declared("API_MAX_BODY_BYTES").default  # defaults of the settings of the same name
 MAX_PHOTO_BYTES = DEFAULT_MAX_BYTES  # 25 MB, core.verification.imaging's limit
 MAX_BASE64_CHARS = (MAX_BODY_BYTES * 4) // 3 + 4
 MAX_QUEUE = 64  # verifications waiting for the engine before new ones get 503
 ENGINE_BATCH = 8  # requests whose photos go through the network together
 ENGINE_TIMEOUT_S = 120.0  # a request never waits longer than this for the engine
 STORE_CONCURRENCY = 4  # transactions at once (each may also use a second connection to sync the index)
-MAX_IN_FLIGHT = 8  # photo requests served at once (setting API_MAX_IN_FLIGHT); the next gets 503
+MAX_IN_FLIGHT = config.declared("API_MAX_IN_FLIGHT").default  # photo requests at once; the next gets 503
 # The API process stays under API_MEMORY_LIMIT_MB with its models loaded (about 1.3 GB): what is
 # left is shared by the bodies of admitted photo requests (ADMISSION_MB: each request counts its
 # Content-Length times the copies it makes) and the decoder (DECODE_MB, core.verification.imaging).
 MEMORY_LIMIT_MB = 1500
-ADMISSION_MB = 64  # setting API_ADMISSION_MB
-DECODE_MB = 112  # setting API_DECODE_MEMORY_MB (DECODE_MEMORY_MB wins when given)
+ADMISSION_MB = config.declared("API_ADMISSION_MB").default
+DECODE_MB = config.declared("API_DECODE_MEMORY_MB").default  # DECODE_MEMORY_MB wins when given
 # Copies of its body a request holds while it is served: a JSON body, its parsed text and the
 # decoded base64 photos; an upload is spooled to disk and read once.
 JSON_BODY_COPIES = 2.75

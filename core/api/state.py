@@ -207,7 +207,7 @@ def load_engine_in_background(state: AppState) -> None:
 
 
 def model_poll_s() -> float:
-    return float(config.setting("MODEL_POLL_S") or 2.0)
+    return config.get("MODEL_POLL_S")
 
 
 def watch_promotions(state: AppState, interval_s: float | None = None) -> threading.Thread:

@@ -16,6 +16,7 @@ parsing lives here. Library imports happen inside the run functions, so `--help`
     users               dashboard users (create-admin, create-user, list)
     audit               the audit log's hash chain (verify)
     store               the photo store (copy, new-key, rotate-key)
+    settings            every setting with its value in force
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ COMMAND_MODULES = [
     "users",
     "audit",
     "store",
+    "settings",
 ]
 
 

@@ -7,14 +7,17 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    from core.cli import command
+
+    parser = command(
+        subparsers,
         "api-memory",
-        help="start the API, send concurrent 99 MP PNGs to each photo endpoint, print the peak RSS",
+        "start the API, send concurrent 99 MP PNGs to each photo endpoint, print the peak RSS",
+        run,
     )
     parser.add_argument("--concurrency", type=int, default=40, help="requests at once per endpoint")
     parser.add_argument("--db-url", help="database for the server (default: a fresh SQLite file)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.set_defaults(run=run)
 
 
 def run(args) -> int:

@@ -178,7 +178,7 @@ def unpack_upload(zip_bytes: bytes, root: Path | None = None) -> tuple[Path, lis
     Entries are read one by one with a cap on each and on the total actually read (a ZIP's
     declared sizes may lie); paths outside the ZIP ("..", absolute) refuse the whole upload.
     """
-    root = Path(root or config.setting("TRAINING_SETS_DIR") or config.RUNTIME_DIR / "training_sets")
+    root = Path(root or config.get("TRAINING_SETS_DIR"))
     if not zip_bytes:
         raise TrainingSetError(["The ZIP is empty."])
     try:

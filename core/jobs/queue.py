@@ -40,11 +40,6 @@ class TryAgain(Exception):
     """Not a FaceVerifyError on purpose: Dramatiq retries it (see `throws` below)."""
 
 
-def _int_setting(name: str, default: int) -> int:
-    value = config.setting(name)
-    return int(value) if value else default
-
-
 def _actor_body(name: str):
     """The queue's wrapper of a job: its result logged, a resumable failure retried (TryAgain)."""
     kind = tasks.JOBS[name]
@@ -85,8 +80,8 @@ def _make_broker(url: str | None):
         return RedisBroker(
             url=url,
             namespace=NAMESPACE,
-            heartbeat_timeout=_int_setting("JOB_HEARTBEAT_TIMEOUT_MS", 30_000),
-            maintenance_chance=_int_setting("JOB_MAINTENANCE_CHANCE", 100_000),
+            heartbeat_timeout=config.get("JOB_HEARTBEAT_TIMEOUT_MS"),
+            maintenance_chance=config.get("JOB_MAINTENANCE_CHANCE"),
         )
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

@@ -21,11 +21,10 @@ log = logging.getLogger(__name__)
 
 # A queue worker that stopped heartbeating for this long is dead: another one takes its batch over.
 # The in-process default (10 minutes) is longer, because there nobody else could take it over.
-DEFAULT_JOB_STALE_S = 60.0
 
 
 def job_stale_after() -> timedelta:
-    return timedelta(seconds=float(config.setting("JOB_STALE_S") or DEFAULT_JOB_STALE_S))
+    return timedelta(seconds=config.get("JOB_STALE_S"))
 
 
 def verify_batch(
@@ -96,7 +95,7 @@ def retention(dry_run: bool = False) -> dict:
 
 def retention_interval_s() -> float | None:
     """RETENTION_EVERY_HOURS (default 24; 'off': queue workers never schedule it)."""
-    raw = (config.setting("RETENTION_EVERY_HOURS") or "24").strip().lower()
+    raw = config.get("RETENTION_EVERY_HOURS").strip().lower()
     if raw in ("off", "never", "0"):
         return None
     hours = float(raw)

@@ -46,7 +46,7 @@ from core.storage import audit_key
 from core.storage.schema import AuditChainHead, AuditEntry, utcnow
 
 log_ = logging.getLogger(__name__)
-HEAD_EXPORT_EVERY_S = 60.0  # setting AUDIT_HEAD_EVERY_S
+HEAD_EXPORT_EVERY_S = config.declared("AUDIT_HEAD_EVERY_S").default
 _HEAD = "audit_head"  # session.info key: the head this commit writes, exported after it
 _last_export = 0.0
 
@@ -195,7 +195,7 @@ def _export_head_now_and_then(session: Session) -> None:
     head = session.info.pop(_HEAD, None)
     if head is None or not config.setting("AUDIT_HEAD_FILE"):
         return
-    every = float(config.setting("AUDIT_HEAD_EVERY_S") or HEAD_EXPORT_EVERY_S)
+    every = config.get("AUDIT_HEAD_EVERY_S")
     if time.monotonic() - _last_export < every:
         return
     _last_export = time.monotonic()

@@ -32,7 +32,7 @@ class AuditKeyError(ValueError):
 
 
 def key_file() -> Path:
-    return Path(config.setting("AUDIT_KEY_FILE") or config.RUNTIME_DIR / "audit.key")
+    return config.get("AUDIT_KEY_FILE")
 
 
 def head_file() -> Path:

@@ -108,8 +108,7 @@ class DataChoice:
 
 def lfw_dev_dir() -> Path | None:
     """The LFW development set (../shared/data/lfw_dev, or LFW_DEV_DIR) when this machine has it."""
-    configured = config.setting("LFW_DEV_DIR")
-    folder = Path(configured) if configured else config.SHARED_LFW_DEV_DIR
+    folder = config.get("LFW_DEV_DIR") or config.SHARED_LFW_DEV_DIR
     if (folder / "images").is_dir() and (folder / "people.csv").is_file():
         return folder
     return None

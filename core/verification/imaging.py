@@ -424,7 +424,7 @@ def use_decode_budget(capacity_bytes: int) -> DecodeBudget:
     DECODE_MEMORY_MB setting, when given, still wins."""
     global _budget
     with _budget_lock:
-        mb = config.setting("DECODE_MEMORY_MB")
+        mb = config.get("DECODE_MEMORY_MB")
         capacity = int(float(mb) * 1024 * 1024) if mb else int(capacity_bytes)
         _budget = DecodeBudget(max(capacity, 16 * 1024 * 1024))
         return _budget
@@ -435,7 +435,7 @@ def decode_budget() -> DecodeBudget:
     global _budget
     with _budget_lock:
         if _budget is None:
-            mb = config.setting("DECODE_MEMORY_MB")
+            mb = config.get("DECODE_MEMORY_MB")
             capacity = int(float(mb) * 1024 * 1024) if mb else DEFAULT_DECODE_BUDGET_BYTES
             _budget = DecodeBudget(max(capacity, 16 * 1024 * 1024))
         return _budget

@@ -49,8 +49,8 @@ VERIFY_MEMBER, CHANGE_GENDER = "verify_member", "change_gender"
 NO_CHALLENGE = "no_challenge"  # flag: automatic approval needs a passed pose challenge, none was used
 # Whether a passed pose challenge is needed before an automatic approval, per source of the request.
 CHALLENGE_REQUIRED_SETTINGS = {
-    batches.API_SINGLE: ("CHALLENGE_REQUIRED_API", True),
-    batches.PAGE_SINGLE: ("CHALLENGE_REQUIRED_PAGE", False),
+    batches.API_SINGLE: "CHALLENGE_REQUIRED_API",
+    batches.PAGE_SINGLE: "CHALLENGE_REQUIRED_PAGE",
 }
 
 RunEngine = Callable[[bytes, bytes, str | None, str | None], VerificationResult]
@@ -341,11 +341,8 @@ def _resolve(
 
 def challenge_required(source: str) -> bool:
     """Must a pose challenge be passed before a result of this source is approved automatically?"""
-    name, default = CHALLENGE_REQUIRED_SETTINGS.get(source, (None, False))
-    raw = config.setting(name) if name else None
-    if raw is None or str(raw).strip() == "":
-        return default
-    return str(raw).strip().lower() not in ("0", "false", "no", "off")
+    name = CHALLENGE_REQUIRED_SETTINGS.get(source)
+    return bool(config.get(name)) if name else False  # imports of historical photos: never
 
 
 def _note_challenge(result: VerificationResult, challenge, required: bool) -> None:
