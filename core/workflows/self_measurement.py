@@ -711,6 +711,7 @@ def measure(
     summary = summarise(counts, photo_set, approve_at, reject_below, floor, near_from, fnmr, model.version)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["measured_on"] = day
+    summary["run_id"] = run_id
     with session_factory() as session:
         summary["pairs_kept"] = int(
             session.scalar(select(func.count()).where(SelfMeasurementPair.run_id == run_id)) or 0
@@ -730,7 +731,6 @@ def measure(
             {"run_id": run_id, "status": summary["alert"], "at_approve": summary["all"]["at_approve"]["k"]},
         )
         session.commit()
-    summary["run_id"] = run_id
     return summary
 
 
