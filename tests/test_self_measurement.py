@@ -18,6 +18,7 @@ import pytest
 from conftest import SAMPLE_DIR
 from sqlalchemy import func, select, update
 
+from core.dashboard import self_measurement as page
 from core.storage.schema import (
     GALLERY,
     VERIFICATION,
@@ -358,7 +359,7 @@ def test_refit_writes_a_version_that_keeps_every_other_figure_of_its_parent(
     assert summary["all"]["compared"] >= summary["pairs_needed"]
     with session_factory() as session:
         registry.active_version(session, models_copy)
-        name = sm.refit_approve_at(session, summary["run_id"], "scientist", models_copy)
+        name = page.refit_approve_at(session, summary["run_id"], "scientist", models_copy)
         row = session.scalar(select(VersionRow).where(VersionRow.version == name))
         assert row is not None and not row.active  # a candidate, promoted through the registry
         assert session.scalar(select(func.count()).where(AuditEntry.action == sm.REFIT)) == 1
@@ -395,4 +396,53 @@ def test_refit_writes_a_version_that_keeps_every_other_figure_of_its_parent(
 def test_refit_refuses_when_too_few_pairs(session_factory, sample_members, model, models_copy):
     summary = sm.measure(session_factory, model, "test", day="2026-12-10")
     with session_factory() as session, pytest.raises(sm.SelfMeasurementError, match="too few"):
-        sm.refit_approve_at(session, summary["run_id"], "scientist", models_copy)
+        page.refit_approve_at(session, summary["run_id"], "scientist", models_copy)
+
+
+# ----------------------------------------------------------------------------------------------
+# The job, the promotion hook, /health and the import column
+
+
+def test_a_promotion_measures_the_new_version_on_the_database_it_was_promoted_in(
+    session_factory, sample_members, models_copy, monkeypatch
+):
+    import shutil
+    import threading
+
+    from core.jobs import tasks
+    from core.training import registry
+
+    assert tasks.TASKS[sm.JOB_NAME] is tasks.self_measure
+    monkeypatch.setenv("SELF_MEASURE_AFTER_PROMOTION", "on")
+    monkeypatch.delenv("JOB_BROKER_URL", raising=False)
+    parent = load_version(None, models_copy).version
+    shutil.copytree(models_copy / parent, models_copy / "v-copy")
+    with session_factory() as session:
+        registry.register(session, "v-copy", "scientist", models_copy)
+        registry.promote(session, "v-copy", "scientist", models_dir=models_copy)
+    for thread in [t for t in threading.enumerate() if t.name == f"job-{sm.JOB_NAME}"]:
+        thread.join(timeout=300)
+    with session_factory() as session:
+        row = sm.latest(session, "v-copy")
+        assert row is not None and row.triggered_by == "scientist" and row.summary["members"] == 20
+        assert sm.alert_state(session).model_version == "v-copy"
+        assert sm.health_field(session_factory) == sm.TOO_FEW
+
+
+def test_health_field_before_any_measurement(session_factory):
+    assert sm.health_field(session_factory) == sm.NOT_MEASURED
+
+
+def test_import_reads_the_optional_birth_year(session, photo_store, tmp_path):
+    from core.workflows import importer
+
+    rows = (SAMPLE_DIR / "members.csv").read_text().splitlines()[:3]
+    table = tmp_path / "members.csv"
+    table.write_text("\n".join([rows[0] + ",birth_year", rows[1] + ",1961", rows[2] + ",1870"]) + "\n")
+    reports = importer.import_members(
+        session, table, base_dir=SAMPLE_DIR, actor="test", photo_store=photo_store
+    )
+    assert [r.status for r in reports] == [importer.IMPORTED, importer.REJECTED]
+    assert "birth_year" in reports[1].message
+    member = session.get(Member, rows[1].split(",")[0])
+    assert member.birth_year == 1961

@@ -1,6 +1,7 @@
 """The KPI page's self-measurement section, the Home banner's line, and the pairs a reviewer opens.
 
     kpi_view(session, lang, model_version=None, pair_limit=100) -> SelfMeasurementView
+    refit_approve_at(session, run_id, actor, models_dir=None) -> str   a registered candidate version
     banner(session, lang) -> str | None          one line for managers and data scientists, or None
     trend_frame(session) -> pandas.DataFrame      one row per completed measurement (the trend)
 
@@ -173,3 +174,41 @@ def trend_frame(session: Session) -> pd.DataFrame:
     return pd.DataFrame(
         rows, columns=["measured_on", "model_version", "gender", "compared", "at_approve", "fmr", "fmr_upper"]
     )
+
+
+def pair_photos(session: Session, store, pair: PairLine, viewer: str) -> tuple[bytes | None, bytes | None]:
+    """Both photos of a pair for a reviewer to look at; each member's view is audited (commits)."""
+    from core.storage import audit
+    from core.storage.photostore import PhotoNotFound
+    from core.storage.schema import Photo
+
+    out = []
+    for member_id, photo_id in ((pair.member_a, pair.photo_a_id), (pair.member_b, pair.photo_b_id)):
+        photo = session.get(Photo, photo_id)
+        data = None
+        if photo is not None and photo.member_id == member_id:
+            try:
+                data = store.read(photo.stored_path)
+            except PhotoNotFound:
+                data = None
+            audit.log(session, viewer, audit.VIEW_MEMBER, "member", member_id, {"via": "self_measurement"})
+        out.append(data)
+    session.commit()
+    return out[0], out[1]
+
+
+def record_verdict(session: Session, pair: PairLine, same_person: bool, reviewer: str) -> None:
+    sm.record_verdict(session, pair.member_a, pair.member_b, same_person, reviewer)
+
+
+def refit_approve_at(session: Session, run_id: int, actor: str, models_dir=None, new_version=None) -> str:
+    """Re-fit approve_at on a measurement and register the new version as a candidate (not active):
+    the data scientist compares it and promotes it, or rolls back, through the registry."""
+    from core.training import registry
+
+    name = sm.write_refit_version(session, run_id, actor, models_dir, new_version)
+    parent = session.get(sm.SelfMeasurement, run_id).model_version
+    registry.register(
+        session, name, actor, models_dir, notes=f"approve_at re-fitted on members from {parent}"
+    )
+    return name

@@ -129,6 +129,7 @@ def broker():
                 ("enrol_missing", _enrol, QUEUE_BATCHES, 6 * HOUR_MS, 20),
                 ("train", _train, QUEUE_TRAINING, 12 * HOUR_MS, 0),
                 ("retention", _retention, QUEUE_BATCHES, 6 * HOUR_MS, 20),
+                ("self_measure", tasks.self_measure, QUEUE_BATCHES, 6 * HOUR_MS, 3),
             )
         }
         _state["broker"] = b

@@ -84,7 +84,15 @@ def retention_interval_s() -> float | None:
     return hours * 3600.0
 
 
+def self_measure(actor: str = "queue", version: str | None = None, database_url: str | None = None) -> dict:
+    """The false-match rate at approve_at on the members' own pairs (core.workflows.self_measurement)."""
+    from core.workflows import self_measurement
+
+    return self_measurement.run_job(actor, version, database_url)
+
+
 TASKS = {"verify_batch": verify_batch, "enrol_missing": enrol_missing, "train": train, "retention": retention}
+TASKS["self_measure"] = self_measure
 
 
 def run_logged(kind: str, **kwargs):

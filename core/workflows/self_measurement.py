@@ -27,7 +27,7 @@ block; if the photos or exclusions changed meanwhile it starts again from zero (
     latest(session, model_version=None) -> SelfMeasurement | None         newest completed measurement
     pairs_at_approve(session, run_id, limit) -> list[SelfMeasurementPair] what a reviewer opens
     record_verdict(session, member_a, member_b, same_person, reviewer)    a reviewer's word on two members
-    refit_approve_at(session, run_id, actor, ...) -> str                  a new model version, approve_at re-fitted
+    write_refit_version(session, run_id, actor, ...) -> str               a new model version, approve_at re-fitted
     schedule_interval_s() -> float | None                                 SELF_MEASURE_EVERY_HOURS
 
 Settings (environment, then secrets.toml):
@@ -887,18 +887,32 @@ class AlertState:
         return asdict(self)
 
 
+def active_version(session: Session) -> str | None:
+    """The registry's active version as the table says (read only), else the shipped default."""
+    from core.storage.schema import ModelVersion as VersionRow
+    from core.verification.heads import default_version
+
+    version = session.scalar(
+        select(VersionRow.version)
+        .where(VersionRow.active.is_(True))
+        .order_by(VersionRow.promoted_at.desc(), VersionRow.id.desc())
+        .limit(1)
+    )
+    if version:
+        return version
+    try:
+        return default_version()
+    except FaceVerifyError:
+        return None
+
+
 def alert_state(session: Session, model_version: str | None = None) -> AlertState:
     """What the measurement says about the active (or given) model version, for the banner, the
     KPI page and /health: ok, above_target (the bound passes the target), too_few_pairs (not
     enough members to bound anything), not_measured (no measurement of this version yet)."""
     target = fmr_target()
     if model_version is None:
-        from core.training import registry
-
-        try:
-            model_version = registry.active_version(session)
-        except FaceVerifyError:
-            model_version = None
+        model_version = active_version(session)
     row = latest(session, model_version) if model_version else None
     if row is None or not row.summary:
         return AlertState(NOT_MEASURED, model_version, None, target, None, None, None, 0, 0)
@@ -987,18 +1001,17 @@ def refit_point(
     return float(np.nextafter(scale.similarity(np.array([edge_distance**2]))[0], 1.0))
 
 
-def refit_approve_at(
+def write_refit_version(
     session: Session,
     run_id: int,
     actor: str,
     models_dir: Path | None = None,
     new_version: str | None = None,
 ) -> str:
-    """Write and register (not promote) a new model version: its parent's files and every figure of
-    its parent, with approve_at re-fitted to the measured impostor distribution. Audited; promote
-    and roll back through core.training.registry. Returns the new version's name."""
-    from core.training import registry
-
+    """Write a new model version folder: its parent's files and every figure of its parent, with
+    approve_at re-fitted to the measured impostor distribution (audited). The caller registers it
+    (core.dashboard.self_measurement.refit_approve_at); promotion and rollback go through the
+    registry like any version. Returns the new version's name."""
     row = session.get(SelfMeasurement, run_id)
     if row is None or row.status != COMPLETED:
         raise SelfMeasurementError(f"There is no completed measurement {run_id}.")
@@ -1057,7 +1070,79 @@ def refit_approve_at(
         {k: v for k, v in metadata["refit"].items() if k != "at"},
     )
     session.commit()
-    registry.register(
-        session, name, actor, models_dir, notes=f"approve_at re-fitted on members from {parent}"
-    )
     return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Running it: the job, after a promotion, and on a schedule
+
+JOB_NAME = "self_measure"  # the task's name in core.jobs.tasks.TASKS
+
+
+def run_job(actor: str = "queue", version: str | None = None, database_url: str | None = None) -> dict:
+    """The job body: measure the given (default: active) model version on the members of the
+    configured database (or database_url). A run of the same version and day resumes or returns."""
+    from core.jobs import resources
+    from core.verification.heads import load_version
+
+    if database_url:
+        from core.storage.db import init_db, make_engine
+        from core.storage.db import session_factory as make_factory
+
+        factory = make_factory(init_db(make_engine(database_url)))
+    else:
+        factory = resources.session_factory()
+    if version is None:
+        with factory() as session:
+            version = active_version(session)
+    # The heads alone: the measurement needs the tower and the similarity, not the networks.
+    model = load_version(version, config.models_dir())
+    summary = measure(factory, model, actor)
+    log.info(
+        "self-measurement of %s: %s of %s pairs at approve_at, bound %s (%s)",
+        version,
+        summary["all"]["at_approve"]["k"],
+        summary["all"]["compared"],
+        summary["all"]["at_approve"]["upper"],
+        summary["alert"],
+    )
+    return summary
+
+
+def submit(actor: str, version: str | None = None, database_url: str | None = None) -> str:
+    """Put a measurement on the job queue (or a thread of this process without a broker)."""
+    from core import jobs
+
+    return jobs.submit_self_measurement(actor, version, database_url)
+
+
+def due(session: Session, every_s: float, version: str) -> bool:
+    """No measurement of this version has started within the interval."""
+    last = session.scalar(
+        select(func.max(SelfMeasurement.started_at)).where(SelfMeasurement.model_version == version)
+    )
+    return last is None or utcnow() - last >= timedelta(seconds=every_s)
+
+
+SCHEDULE_CHECK_S = 600.0
+
+
+def schedule_clock(stop, log_to=None) -> None:
+    """A queue worker's thread: every SCHEDULE_CHECK_S, enqueue a measurement of the active version
+    when one is due. Several workers may enqueue the same one: the run key makes it count once."""
+    log_to = log_to or log
+    while not stop.is_set():
+        try:
+            every = schedule_interval_s()
+            if every:
+                from core.jobs import resources
+
+                with resources.session_factory()() as session:
+                    version = active_version(session)
+                    if version and due(session, every, version):
+                        log_to.info(
+                            "self-measurement of %s enqueued: %s", version, submit("schedule", version)
+                        )
+        except Exception as exc:  # the database or broker is away for a moment: the next look
+            log_to.warning("self-measurement not scheduled: %s", exc)
+        stop.wait(SCHEDULE_CHECK_S)
