@@ -446,3 +446,44 @@ def test_import_reads_the_optional_birth_year(session, photo_store, tmp_path):
     assert "birth_year" in reports[1].message
     member = session.get(Member, rows[1].split(",")[0])
     assert member.birth_year == 1961
+
+
+def test_benchmark_finds_every_planted_look_alike(tmp_path):
+    from core.cli import bench_self_measure
+
+    out = tmp_path / "bench.json"
+    code = bench_self_measure.main(["--members", "400", "--planted", "5", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == 0
+    assert report["planted"] >= 4 and report["planted_found"] == report["planted"]
+    assert report["compared_pairs"] == 2 * (400 * 399 // 2 - 200)  # two photos each, same gender
+    assert report["seconds"] > 0 and report["peak_mb"] > 0
+
+
+def test_a_failed_run_is_released_at_once_and_the_schedule_sees_what_is_due(
+    session_factory, sample_members, model, monkeypatch
+):
+    whole = sm.measure(session_factory, model, "test", day="2026-12-11", block_rows=4)
+    real_scan, calls = sm.scan_block, []
+
+    def failing_scan(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("the disk went away")
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(sm, "scan_block", failing_scan)
+    with pytest.raises(OSError):
+        sm.measure(session_factory, model, "test", day="2026-12-12", block_rows=4)
+    with session_factory() as session:
+        row = session.scalar(select(SelfMeasurement).where(SelfMeasurement.measured_on == "2026-12-12"))
+        assert row.status == sm.INTERRUPTED and row.blocks_done == 2 and "disk" in row.error
+    monkeypatch.setattr(sm, "scan_block", real_scan)
+    resumed = sm.measure(session_factory, model, "test", day="2026-12-12", block_rows=4)  # no waiting
+    assert resumed["all"] == whole["all"] and resumed["genders"] == whole["genders"]
+    with session_factory() as session:
+        assert not sm.due(session, 3600, model.version)  # finished just now
+        assert sm.due(session, 3600, "another-version")
+        session.execute(update(SelfMeasurement).values(finished_at=utcnow() - timedelta(hours=2)))
+        session.commit()
+        assert sm.due(session, 3600, model.version)

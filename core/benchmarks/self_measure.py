@@ -202,8 +202,6 @@ def run_benchmark(
     photos_per_member: int = 2,
 ) -> dict:
     """Populate a fresh SQLite database with synthetic members, measure, and report."""
-    import os
-
     from sqlalchemy import select
 
     from core.storage.db import init_db, make_engine, session_factory
@@ -212,7 +210,6 @@ def run_benchmark(
     from core.workflows import self_measurement as sm
 
     planted = min(planted, members // 2)
-    os.environ.setdefault("SELF_MEASURE_PAIRS_KEPT", str(max(sm.DEFAULT_PAIRS_KEPT, 50 * planted)))
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.sqlite3'}"
         engine = make_engine(url)
@@ -223,7 +220,9 @@ def run_benchmark(
         truth = populate(factory, members, planted, seed, model, photos_per_member=photos_per_member)
         populate_s = time.perf_counter() - started
         started = time.perf_counter()
-        summary = sm.measure(factory, model, "benchmark", block_rows=block_rows)
+        # Enough pairs kept that a planted one is never crowded out of the stored list by chance.
+        keep = max(sm.DEFAULT_PAIRS_KEPT, 50 * planted)
+        summary = sm.measure(factory, model, "benchmark", block_rows=block_rows, pairs_kept=keep)
         seconds = time.perf_counter() - started
         with factory() as session:
             found = {

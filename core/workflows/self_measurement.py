@@ -37,6 +37,8 @@ Settings (environment, then secrets.toml):
                                half of approve_at)
     SELF_MEASURE_PAIRS_KEPT    pairs at or above approve_at kept for review per run (default 2000)
     SELF_MEASURE_BLOCK_ROWS    rows per block (default 2048): memory ~ block x 8192 x 5 bytes
+    SELF_MEASURE_PHOTOS        'all' (gallery and verification photos, default) or 'gallery'
+    SELF_MEASURE_AFTER_PROMOTION  'on' (default) or 'off': measure a version when it is promoted
 """
 
 from __future__ import annotations
@@ -135,6 +137,17 @@ def schedule_interval_s() -> float | None:
     if hours <= 0:
         raise SelfMeasurementError(f"SELF_MEASURE_EVERY_HOURS must be positive or 'off', not {raw!r}.")
     return hours * 3600.0
+
+
+def photo_kinds() -> tuple[str, ...]:
+    """SELF_MEASURE_PHOTOS: "all" (gallery and verification photos, the default) or "gallery"
+    (one photo per member: a quarter of the pairs, for a million members on two cores)."""
+    raw = (config.setting("SELF_MEASURE_PHOTOS") or "all").strip().lower()
+    if raw == "all":
+        return (GALLERY, VERIFICATION)
+    if raw == GALLERY:
+        return (GALLERY,)
+    raise SelfMeasurementError(f"SELF_MEASURE_PHOTOS must be 'all' or 'gallery', not {raw!r}.")
 
 
 def fmr_target() -> float:
@@ -304,7 +317,7 @@ def load_photo_set(session: Session, model, year: int | None = None) -> PhotoSet
         .join(Embedding, Embedding.photo_sha256 == Photo.sha256)
         .where(
             Photo.current.is_(True),
-            Photo.kind.in_((GALLERY, VERIFICATION)),
+            Photo.kind.in_(photo_kinds()),
             Member.status != MEMBER_ERASED,
             Embedding.model_id == model_id,
             Embedding.dim == dim,
@@ -640,6 +653,7 @@ def measure(
     block_rows: int | None = None,
     stop_after_blocks: int | None = None,
     year: int | None = None,
+    pairs_kept: int | None = None,
 ) -> dict:
     """Measure (or finish measuring) the model version on today's members. Returns the summary.
 
@@ -652,86 +666,113 @@ def measure(
     approve_at, reject_below = float(points.approve_at), float(points.reject_below)
     floor = similarity_floor(approve_at)
     near_from = approve_at / 2
-    keep = int(_float_setting("SELF_MEASURE_PAIRS_KEPT", DEFAULT_PAIRS_KEPT))
+    keep = int(pairs_kept or _float_setting("SELF_MEASURE_PAIRS_KEPT", DEFAULT_PAIRS_KEPT))
     block_rows = int(block_rows or _float_setting("SELF_MEASURE_BLOCK_ROWS", DEFAULT_BLOCK_ROWS))
     day = day or utcnow().strftime("%Y-%m-%d")
     run_id, token, done = _claim(session_factory, model.version, day, points, floor, block_rows, triggered_by)
     if done:
         with session_factory() as session:
             return dict(session.get(SelfMeasurement, run_id).summary or {})
-    scale = model_scale(model)
-    with session_factory() as session:
-        photo_set = load_photo_set(session, model, year)
-        fnmr = reviewed_fnmr(session, model, reject_below)
-        session.rollback()
-    all_blocks = blocks(photo_set, block_rows)
-    snapshot = f"{photo_set.fingerprint()[:40]}:{approve_at!r}:{floor!r}:{block_rows}"
-    with session_factory() as session:
-        row = session.get(SelfMeasurement, run_id)
-        if row.snapshot != snapshot or row.counts is None or row.block_rows != block_rows:
-            # What was measured before is not this photo set: start again, never add to it.
-            session.execute(delete(SelfMeasurementPair).where(SelfMeasurementPair.run_id == run_id))
-            row.snapshot, row.counts, row.blocks_done = snapshot, empty_counts(photo_set), 0
-            row.blocks_total, row.block_rows = len(all_blocks), block_rows
-            row.approve_at, row.reject_below, row.floor = approve_at, reject_below, floor
-            session.commit()
-        counts, first_block = row.counts, row.blocks_done
-    done_here = 0
-    for number in range(first_block, len(all_blocks)):
-        if stop_after_blocks is not None and done_here >= stop_after_blocks:
-            return {"status": RUNNING, "blocks_done": number, "blocks_total": len(all_blocks)}
-        result = scan_block(photo_set, all_blocks[number], scale, approve_at, near_from, floor, keep)
-        counts = add_counts(json.loads(json.dumps(counts)), result.counts)
+    try:
+        scale = model_scale(model)
         with session_factory() as session:
-            moved = session.execute(
-                update(SelfMeasurement)
-                .where(
-                    SelfMeasurement.id == run_id,
-                    SelfMeasurement.run_token == token,
-                    SelfMeasurement.blocks_done == number,
-                )
-                .values(counts=counts, blocks_done=number + 1, heartbeat_at=utcnow())
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if moved != 1:
-                session.rollback()
-                raise MeasurementRunning(
-                    f"Measurement {run_id} was taken over by another worker; this one stops."
-                )
+            photo_set = load_photo_set(session, model, year)
+            fnmr = reviewed_fnmr(session, model, reject_below)
+            session.rollback()
+        all_blocks = blocks(photo_set, block_rows)
+        snapshot = f"{photo_set.fingerprint()[:40]}:{approve_at!r}:{floor!r}:{block_rows}"
+        with session_factory() as session:
+            row = session.get(SelfMeasurement, run_id)
+            if row.snapshot != snapshot or row.counts is None or row.block_rows != block_rows:
+                # What was measured before is not this photo set: start again, never add to it.
+                session.execute(delete(SelfMeasurementPair).where(SelfMeasurementPair.run_id == run_id))
+                row.snapshot, row.counts, row.blocks_done = snapshot, empty_counts(photo_set), 0
+                row.blocks_total, row.block_rows = len(all_blocks), block_rows
+                row.approve_at, row.reject_below, row.floor = approve_at, reject_below, floor
+                session.commit()
+            counts, first_block = row.counts, row.blocks_done
+        done_here = 0
+        for number in range(first_block, len(all_blocks)):
+            if stop_after_blocks is not None and done_here >= stop_after_blocks:
+                return {"status": RUNNING, "blocks_done": number, "blocks_total": len(all_blocks)}
+            result = scan_block(photo_set, all_blocks[number], scale, approve_at, near_from, floor, keep)
+            counts = add_counts(json.loads(json.dumps(counts)), result.counts)
+            with session_factory() as session:
+                moved = session.execute(
+                    update(SelfMeasurement)
+                    .where(
+                        SelfMeasurement.id == run_id,
+                        SelfMeasurement.run_token == token,
+                        SelfMeasurement.blocks_done == number,
+                    )
+                    .values(counts=counts, blocks_done=number + 1, heartbeat_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if moved != 1:
+                    session.rollback()
+                    raise MeasurementRunning(
+                        f"Measurement {run_id} was taken over by another worker; this one stops."
+                    )
+                if result.pairs:
+                    session.execute(
+                        SelfMeasurementPair.__table__.insert(),
+                        [_pair_row(run_id, photo_set, a, b, s) for a, b, s in result.pairs],
+                    )
+                session.commit()
             if result.pairs:
-                session.execute(
-                    SelfMeasurementPair.__table__.insert(),
-                    [_pair_row(run_id, photo_set, a, b, s) for a, b, s in result.pairs],
-                )
+                _prune_pairs(session_factory, run_id, keep, when_over=2 * keep)
+            done_here += 1
+        _prune_pairs(session_factory, run_id, keep, when_over=keep)
+        summary = summarise(
+            counts, photo_set, approve_at, reject_below, floor, near_from, fnmr, model.version
+        )
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        summary["measured_on"] = day
+        summary["run_id"] = run_id
+        with session_factory() as session:
+            summary["pairs_kept"] = int(
+                session.scalar(select(func.count()).where(SelfMeasurementPair.run_id == run_id)) or 0
+            )
+            session.execute(
+                update(SelfMeasurement)
+                .where(SelfMeasurement.id == run_id, SelfMeasurement.run_token == token)
+                .values(status=COMPLETED, summary=summary, finished_at=utcnow(), heartbeat_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            audit.log(
+                session,
+                triggered_by,
+                SELF_MEASURE,
+                "model_version",
+                model.version,
+                {
+                    "run_id": run_id,
+                    "status": summary["alert"],
+                    "at_approve": summary["all"]["at_approve"]["k"],
+                },
+            )
             session.commit()
-        if result.pairs:
-            _prune_pairs(session_factory, run_id, keep, when_over=2 * keep)
-        done_here += 1
-    _prune_pairs(session_factory, run_id, keep, when_over=keep)
-    summary = summarise(counts, photo_set, approve_at, reject_below, floor, near_from, fnmr, model.version)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    summary["measured_on"] = day
-    summary["run_id"] = run_id
-    with session_factory() as session:
-        summary["pairs_kept"] = int(
-            session.scalar(select(func.count()).where(SelfMeasurementPair.run_id == run_id)) or 0
-        )
-        session.execute(
-            update(SelfMeasurement)
-            .where(SelfMeasurement.id == run_id, SelfMeasurement.run_token == token)
-            .values(status=COMPLETED, summary=summary, finished_at=utcnow(), heartbeat_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        audit.log(
-            session,
-            triggered_by,
-            SELF_MEASURE,
-            "model_version",
-            model.version,
-            {"run_id": run_id, "status": summary["alert"], "at_approve": summary["all"]["at_approve"]["k"]},
-        )
-        session.commit()
-    return summary
+        return summary
+    except MeasurementRunning:
+        raise
+    except BaseException as exc:
+        # Let the next run take over at once (a retry of the job, or the schedule).
+        _release(session_factory, run_id, token, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _release(session_factory, run_id: int, token: str, error: str) -> None:
+    try:
+        with session_factory() as session:
+            session.execute(
+                update(SelfMeasurement)
+                .where(SelfMeasurement.id == run_id, SelfMeasurement.run_token == token)
+                .values(status=INTERRUPTED, heartbeat_at=None, error=error[:2000])
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+    except Exception:  # the database itself is away: the run is taken over when it goes stale
+        log.exception("self-measurement %s could not be released", run_id)
 
 
 def _pair_row(run_id: int, photo_set: PhotoSet, a: int, b: int, similarity: float) -> dict:
@@ -1117,11 +1158,23 @@ def submit(actor: str, version: str | None = None, database_url: str | None = No
 
 
 def due(session: Session, every_s: float, version: str) -> bool:
-    """No measurement of this version has started within the interval."""
-    last = session.scalar(
-        select(func.max(SelfMeasurement.started_at)).where(SelfMeasurement.model_version == version)
+    """No measurement of this version finished within the interval, and none is running now."""
+    since = utcnow() - timedelta(seconds=every_s)
+    finished = session.scalar(
+        select(func.count()).where(
+            SelfMeasurement.model_version == version,
+            SelfMeasurement.status == COMPLETED,
+            SelfMeasurement.finished_at >= since,
+        )
     )
-    return last is None or utcnow() - last >= timedelta(seconds=every_s)
+    running = session.scalar(
+        select(func.count()).where(
+            SelfMeasurement.model_version == version,
+            SelfMeasurement.status == RUNNING,
+            SelfMeasurement.heartbeat_at >= utcnow() - STALE_AFTER,
+        )
+    )
+    return not finished and not running
 
 
 SCHEDULE_CHECK_S = 600.0
