@@ -487,3 +487,62 @@ def test_a_failed_run_is_released_at_once_and_the_schedule_sees_what_is_due(
         session.execute(update(SelfMeasurement).values(finished_at=utcnow() - timedelta(hours=2)))
         session.commit()
         assert sm.due(session, 3600, model.version)
+
+
+def test_a_worker_killed_mid_way_is_resumed_without_doubling(tmp_path, model):
+    """A real process measuring a database is killed (SIGKILL) after a few blocks; the next run
+    takes over once its heartbeat is stale and ends with exactly the counts of an unbroken run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    from core.benchmarks import self_measure as bench
+    from core.storage.db import init_db, make_engine
+    from core.storage.db import session_factory as make_factory
+
+    url = f"sqlite:///{tmp_path / 'kill.sqlite3'}"
+    engine = make_engine(url)
+    factory = make_factory(init_db(engine))
+    bench.populate(factory, 6000, planted=5, seed=11, model=model)
+    env = {**os.environ, "SELF_MEASURE_BLOCK_ROWS": "256", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "core.cli.self_measure", "--url", url, "--actor", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with factory() as session:
+                row = session.scalar(select(SelfMeasurement))
+                if row is not None and row.blocks_done >= 2:
+                    break
+            assert worker.poll() is None, "the worker ended before it could be killed"
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    with factory() as session:
+        row = session.scalar(select(SelfMeasurement))
+        assert row.status == sm.RUNNING and 2 <= row.blocks_done < row.blocks_total
+        day, run_id = row.measured_on, row.id
+        session.execute(
+            update(SelfMeasurement).values(heartbeat_at=utcnow() - sm.STALE_AFTER - timedelta(seconds=1))
+        )
+        session.commit()
+    resumed = sm.measure(factory, model, "test", day=day, block_rows=256)
+    unbroken = sm.measure(factory, model, "test", day="2000-01-01", block_rows=256)
+    assert resumed["run_id"] == run_id
+    for key in ("all", "genders", "age_bands", "above_floor"):
+        assert resumed[key] == unbroken[key], key
+    with factory() as session:
+        assert _stored_pairs(session, run_id) == _stored_pairs(session, unbroken["run_id"])
+    engine.dispose()

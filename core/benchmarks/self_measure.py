@@ -18,6 +18,7 @@ database, the shipped model's tower and similarity, the stored runs and pairs.
 
 from __future__ import annotations
 
+import os
 import resource
 import tempfile
 import time
@@ -219,11 +220,12 @@ def run_benchmark(
         started = time.perf_counter()
         truth = populate(factory, members, planted, seed, model, photos_per_member=photos_per_member)
         populate_s = time.perf_counter() - started
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         # Enough pairs kept that a planted one is never crowded out of the stored list by chance.
         keep = max(sm.DEFAULT_PAIRS_KEPT, 50 * planted)
         summary = sm.measure(factory, model, "benchmark", block_rows=block_rows, pairs_kept=keep)
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started  # every thread's; wall ~ this / cores when idle
         with factory() as session:
             found = {
                 (min(a, b), max(a, b))
@@ -239,6 +241,8 @@ def run_benchmark(
         "members": members,
         "photos": summary["photos"],
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
+        "load_average": round(os.getloadavg()[0], 1),  # the machine's other work while it ran
         "populate_seconds": round(populate_s, 2),
         "peak_mb": round(peak_mb(), 1),
         "planted": len(planted_above),
