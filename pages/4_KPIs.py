@@ -7,6 +7,7 @@ import streamlit as st
 from core.dashboard import formatting, kpi_targets
 from core.dashboard import kpis as svc
 from ui.common import setup_page
+from ui.self_measurement import section as self_measurement_section
 
 ctx = setup_page("kpis")
 st.title(ctx.t("page.kpis"))
@@ -83,6 +84,9 @@ with st.expander(ctx.t("kpi.compare_title")):
                     st.markdown(f"**{ctx.t('kpi.compare_changed', n=len(changed))}**")
                     st.dataframe(changed, hide_index=True, width="stretch")
 
+# Measured on the members' own pairs: shown with or without reviewed results in the period.
+self_measurement_section(ctx)
+
 if frame.empty:
     st.info(ctx.t("kpi.no_data"))
     st.stop()
@@ -132,57 +136,3 @@ with st.expander(ctx.t("kpi.all_figures")):
         mime="text/csv",
         key="kpi_download_all",
     )
-
-# Self-measurement: the false-match rate at the approve point, counted on the members' own pairs.
-from core.dashboard import self_measurement as selfm_svc  # noqa: E402
-from ui.common import get_store  # noqa: E402
-
-st.subheader(ctx.t("selfm.title"))
-with ctx.session() as session:
-    selfm = selfm_svc.kpi_view(session, ctx.lang)
-    selfm_trend = selfm_svc.trend_frame(session)
-(st.warning if selfm.alert else st.info)(selfm.headline)
-st.caption(ctx.t("selfm.caption"))
-if selfm.measured_on:
-    st.caption(ctx.t("selfm.measured_on", day=selfm.measured_on, version=selfm.model_version))
-for line in selfm.per_gender:
-    st.markdown(f"- {line}")
-if selfm.fnmr_line:
-    st.markdown(f"- {selfm.fnmr_line}")
-if ctx.role in ("data_scientist", "admin") and st.button(ctx.t("selfm.run_now"), key="selfm_run"):
-    from core.workflows import self_measurement as selfm_core
-
-    with ctx.session() as session:
-        selfm_url = session.get_bind().engine.url.render_as_string(hide_password=False)
-    st.success(ctx.t("selfm.run_started", job=selfm_core.submit(ctx.username, database_url=selfm_url)))
-if not selfm_trend.empty:
-    st.markdown(f"**{ctx.t('selfm.trend')}**")
-    st.line_chart(selfm_trend, x="measured_on", y="fmr_upper", color="gender")
-if selfm.summary is not None:
-    st.markdown(f"**{ctx.t('selfm.pairs')}**")
-    if not selfm.pairs:
-        st.caption(ctx.t("selfm.pairs_none"))
-    else:
-        if selfm.pairs_note:
-            st.caption(selfm.pairs_note)
-        labels = [f"{p.member_a} · {p.member_b} · {p.similarity:.4f}" for p in selfm.pairs]
-        chosen = st.selectbox(
-            ctx.t("selfm.pairs"), range(len(labels)), format_func=labels.__getitem__, key="selfm_pair"
-        )
-        pair = selfm.pairs[chosen]
-        with ctx.session() as session:
-            photo_a, photo_b = selfm_svc.pair_photos(session, get_store(), pair, ctx.username)
-        cols = st.columns(2)
-        for column, member, data in ((cols[0], pair.member_a, photo_a), (cols[1], pair.member_b, photo_b)):
-            column.caption(member)
-            if data:
-                column.image(data, width=220)
-        same, different = st.columns(2)
-        for column, is_same, label in (
-            (same, True, "selfm.pair_same"),
-            (different, False, "selfm.pair_different"),
-        ):
-            if column.button(ctx.t(label), key=f"selfm_verdict_{is_same}_{chosen}"):
-                with ctx.session() as session:
-                    selfm_svc.record_verdict(session, pair, is_same, ctx.username)
-                st.success(ctx.t("selfm.pair_saved"))

@@ -546,3 +546,33 @@ def test_a_worker_killed_mid_way_is_resumed_without_doubling(tmp_path, model):
     with factory() as session:
         assert _stored_pairs(session, run_id) == _stored_pairs(session, unbroken["run_id"])
     engine.dispose()
+
+
+def test_the_kpi_page_shows_the_measurement_and_the_planted_pair(app_env, sample_vectors, model):
+    from test_pages import open_page, texts
+
+    from core.workflows import importer
+
+    with app_env.session() as session:
+        importer.load_sample_members(session, actor="test", photo_store=app_env.store)
+        _plant(session, app_env.store)
+        _store_embeddings(session, sample_vectors)
+    summary = sm.measure(app_env.session_factory, model, "test")
+    at = open_page("kpis", role="manager", lang="en", timeout=120)
+    assert not at.exception
+    shown = texts(at)
+    overall = summary["all"]["at_approve"]
+    assert f"{overall['k']:,} of {overall['n']:,} cross-member pairs at or above the approve point" in shown
+    assert "too few to bound the false-match rate" in shown
+    labels = at.selectbox(key="selfm_pair").options
+    assert any("M0001" in label and "P0001" in label for label in labels)
+    assert len(at.get("imgs")) >= 1 or len(at.get("image")) >= 1
+    # A manager marks a pair as one person: the next measurement leaves it out.
+    chosen = next(label for label in labels if "M0001" in label and "P0001" in label)
+    at.selectbox(key="selfm_pair").select(chosen).run()
+    assert "P0001" in texts(at)
+    at.button(key="selfm_verdict_True").click().run()
+    assert not at.exception and "Saved." in texts(at)
+    later = sm.measure(app_env.session_factory, model, "test", day="2026-12-20")
+    assert later["excluded_member_pairs"] == 1
+    assert later["all"]["compared"] == summary["all"]["compared"] - 4
