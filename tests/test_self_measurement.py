@@ -576,3 +576,39 @@ def test_the_kpi_page_shows_the_measurement_and_the_planted_pair(app_env, sample
     later = sm.measure(app_env.session_factory, model, "test", day="2026-12-20")
     assert later["excluded_member_pairs"] == 1
     assert later["all"]["compared"] == summary["all"]["compared"] - 4
+
+
+def test_fnmr_at_reject_below_from_reviewed_same_person_pairs(
+    session_factory, photo_store, sample_vectors, model
+):
+    from conftest import seed_reviewed
+
+    ids = seed_reviewed(session_factory, photo_store)
+    with session_factory() as session:
+        _store_embeddings(session, sample_vectors)
+        offset, scale = model.similarity_params()
+        expected_n = expected_k = 0
+        for result_id in ids.values():
+            row = session.get(ResultRow, result_id)
+            if not row.ground_truth_same:
+                continue
+            vectors = [
+                np.frombuffer(
+                    session.scalar(
+                        select(Embedding.vector)
+                        .join(Photo, Photo.sha256 == Embedding.photo_sha256)
+                        .where(Photo.id == pid)
+                    ),
+                    "<f4",
+                )
+                for pid in (row.gallery_photo_id, row.verification_photo_id)
+            ]
+            a, b = np.asarray(model.tower(np.stack(vectors), training=False))
+            expected_n += 1
+            expected_k += (
+                similarity_from_projections(a, b, offset, scale) < model.operating_points.reject_below
+            )
+    summary = sm.measure(session_factory, model, "test", day="2026-12-13")
+    assert expected_n == 14
+    assert summary["fnmr"]["n"] == expected_n and summary["fnmr"]["k"] == expected_k
+    assert summary["fnmr"]["upper"] == pytest.approx(sm.clopper_pearson_upper(expected_k, expected_n))

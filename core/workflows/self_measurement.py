@@ -71,7 +71,6 @@ from core.storage.schema import (
     MemberPairVerdict,
     Photo,
     PossibleDuplicate,
-    Review,
     SelfMeasurement,
     SelfMeasurementPair,
     VerificationResult,
@@ -544,8 +543,9 @@ def add_counts(total: dict, more: dict) -> dict:
 
 
 def reviewed_fnmr(session: Session, model, reject_below: float) -> dict:
-    """Genuine pairs a reviewer confirmed (same person), scored again with this model from their
-    stored embeddings: how many fall below reject_below (what the machine would have rejected).
+    """Genuine pairs (results whose ground truth is the same person: a reviewer's decision), scored
+    again with this model from their stored embeddings: how many fall below reject_below (what the
+    machine would have rejected).
 
     The genuine side is what reviewers saw, mostly pairs in the review band: automatic rejections
     are seldom reviewed, so this is a lower bound's sample, not a census; the count says so."""
@@ -560,13 +560,12 @@ def reviewed_fnmr(session: Session, model, reject_below: float) -> dict:
     emb_v = Embedding.__table__.alias("ev")
     rows = session.execute(
         select(emb_g.c.vector, emb_v.c.vector)
-        .select_from(Review)
-        .join(VerificationResult, VerificationResult.id == Review.result_id)
+        .select_from(VerificationResult)
         .join(gallery, gallery.c.id == VerificationResult.gallery_photo_id)
         .join(verification, verification.c.id == VerificationResult.verification_photo_id)
         .join(emb_g, (emb_g.c.photo_sha256 == gallery.c.sha256) & (emb_g.c.model_id == model_id))
         .join(emb_v, (emb_v.c.photo_sha256 == verification.c.sha256) & (emb_v.c.model_id == model_id))
-        .where(Review.same_person.is_(True), emb_g.c.dim == dim, emb_v.c.dim == dim)
+        .where(VerificationResult.ground_truth_same.is_(True), emb_g.c.dim == dim, emb_v.c.dim == dim)
     ).all()
     if not rows:
         return _rate(0, 0)
