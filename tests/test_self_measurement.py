@@ -612,3 +612,80 @@ def test_fnmr_at_reject_below_from_reviewed_same_person_pairs(
     assert expected_n == 14
     assert summary["fnmr"]["n"] == expected_n and summary["fnmr"]["k"] == expected_k
     assert summary["fnmr"]["upper"] == pytest.approx(sm.clopper_pearson_upper(expected_k, expected_n))
+
+
+def test_a_queue_worker_schedules_and_runs_the_measurement(
+    tmp_path, photo_store, sample_vectors, monkeypatch
+):
+    """A real worker process on Redis: its schedule finds the active version unmeasured, enqueues
+    the job, and a worker thread runs it on the worker's database."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import redis
+    from conftest import ROOT
+
+    from core.jobs import queue
+    from core.storage.db import init_db, make_engine
+    from core.storage.db import session_factory as make_factory
+    from core.workflows import importer
+
+    broker = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/8")
+    try:
+        redis.Redis.from_url(broker, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {broker} is not reachable: {exc}")
+        pytest.skip(f"Redis at {broker} is not reachable: {exc}")
+    url = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    engine = make_engine(url)
+    factory = make_factory(init_db(engine))
+    with factory() as session:
+        importer.load_sample_members(session, actor="test", photo_store=photo_store)
+        _store_embeddings(session, sample_vectors)
+    env = {
+        "DATABASE_URL": url,
+        "PHOTO_STORE_DIR": str(tmp_path / "store"),
+        "JOB_BROKER_URL": broker,
+        "MODELS_DIR": str(ROOT / "models"),
+        "SELF_MEASURE_EVERY_HOURS": "24",
+        "RETENTION_EVERY_HOURS": "off",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    queue._state.clear()
+    queue.flush()
+    queue.broker().close()
+    queue._state.clear()
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "core.jobs.worker", "--queues", "fv_batches", "--no-warm-up"],
+            cwd=ROOT,
+            env={**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline, row = time.monotonic() + 300, None
+        while time.monotonic() < deadline and worker.poll() is None:
+            with factory() as session:
+                row = sm.latest(session)
+            if row is not None:
+                break
+            time.sleep(1)
+        assert row is not None, log.read_text(errors="replace")[-3000:]
+        assert row.triggered_by == "schedule" and row.summary["members"] == 20
+        with factory() as session:
+            assert not sm.due(session, 24 * 3600, row.model_version)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        queue._state.clear()
+        engine.dispose()
