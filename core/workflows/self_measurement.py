@@ -248,9 +248,19 @@ class PhotoSet:
 
 
 def build_photo_set(
-    photo_ids, member_ids, genders, birth_years, projections, excluded_pairs=(), year: int | None = None
+    photo_ids,
+    member_ids,
+    genders,
+    birth_years,
+    projections,
+    excluded_pairs=(),
+    year: int | None = None,
+    dim: int | None = None,
 ) -> PhotoSet:
-    """A PhotoSet from parallel lists (photos of genders other than M/F are left out)."""
+    """A PhotoSet from parallel lists (photos of genders other than M/F are left out).
+
+    projections None: a zero matrix of `dim` columns in the set's order, for the caller to fill
+    (no second copy of a large matrix)."""
     year = year or utcnow().year
     gender_code = {g: i for i, g in enumerate(GENDERS)}
     keep = [i for i, g in enumerate(genders) if g in gender_code]
@@ -265,14 +275,20 @@ def build_photo_set(
             for b, (low, high, _name) in enumerate(AGE_BANDS):
                 if low <= age < high:
                     bands[row] = b
-    proj = np.asarray(projections, np.float32)
+    if projections is None:
+        ordered = np.zeros((len(order), int(dim or 0)), np.float32)
+    else:
+        proj = np.asarray(projections, np.float32)
+        ordered = (
+            np.ascontiguousarray(proj[order]) if len(order) else np.zeros((0, proj.shape[-1]), np.float32)
+        )
     photo_set = PhotoSet(
         np.asarray([photo_ids[i] for i in order], np.int64),
         np.asarray([member_code[member_ids[i]] for i in order], np.int32),
         members,
         np.asarray([gender_code[genders[i]] for i in order], np.int8),
         bands,
-        np.ascontiguousarray(proj[order]) if len(order) else np.zeros((0, proj.shape[-1]), np.float32),
+        ordered,
     )
     codes = [
         photo_set.pair_code(np.array([member_code[a]]), np.array([member_code[b]]))[0]
@@ -322,26 +338,61 @@ def load_photo_set(session: Session, model, year: int | None = None) -> PhotoSet
             Embedding.dim == dim,
         )
     )
-    photo_ids, member_ids, genders, births, chunks = [], [], [], [], []
+    # First the photos and members (no vectors), so the matrix is made once, in its final order.
+    photo_ids, member_ids, genders, births = [], [], [], []
+    meta = query.with_only_columns(Photo.id, Photo.member_id, Member.gender, Member.birth_year)
     last = 0
     while True:
-        rows = session.execute(query.where(Photo.id > last).order_by(Photo.id).limit(LOAD_CHUNK)).all()
-        if not rows:
-            break
-        vectors = np.empty((len(rows), dim), np.float32)
-        for i, (photo_id, member_id, gender, birth, vector) in enumerate(rows):
-            vectors[i] = np.frombuffer(vector, "<f4", dim)
+        rows = session.execute(meta.where(Photo.id > last).order_by(Photo.id).limit(LOAD_CHUNK * 5)).all()
+        for photo_id, member_id, gender, birth in rows:
             photo_ids.append(photo_id)
             member_ids.append(member_id)
             genders.append((gender or "").upper())
             births.append(birth)
-        chunks.append(project(model, vectors))
+        if len(rows) < LOAD_CHUNK * 5:
+            break
         last = rows[-1][0]
+    excluded = _excluded_member_pairs(session)
+    out_dim = int(model.tower.output_shape[-1])
+    photo_set = build_photo_set(photo_ids, member_ids, genders, births, None, excluded, year, dim=out_dim)
+    del photo_ids, member_ids, genders, births
+    # Then the vectors, projected chunk by chunk straight into their rows.
+    by_id = np.argsort(photo_set.photo_ids, kind="stable")
+    sorted_ids = photo_set.photo_ids[by_id]
+    filled = np.zeros(len(photo_set), bool)
+    last = 0
+    vectors_query = query.with_only_columns(Photo.id, Embedding.vector)
+    while len(sorted_ids):
+        rows = session.execute(
+            vectors_query.where(Photo.id > last, Photo.id <= int(sorted_ids[-1]))
+            .order_by(Photo.id)
+            .limit(LOAD_CHUNK)
+        ).all()
+        if not rows:
+            break
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        known = sorted_ids[pos] == ids  # a photo added since the first pass waits for the next run
+        vectors = np.empty((int(known.sum()), dim), np.float32)
+        for k, row in enumerate(r for r, ok in zip(rows, known, strict=True) if ok):
+            vectors[k] = np.frombuffer(row[1], "<f4", dim)
+        targets = by_id[pos[known]]
+        photo_set.projections[targets] = project(model, vectors)
+        filled[targets] = True
+        last = int(ids[-1])
         if len(rows) < LOAD_CHUNK:
             break
-    projections = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    excluded = _excluded_member_pairs(session)
-    return build_photo_set(photo_ids, member_ids, genders, births, projections, excluded, year)
+    if not filled.all():  # a photo replaced between the two passes: left out of this run
+        photo_set = PhotoSet(
+            photo_set.photo_ids[filled],
+            photo_set.member_index[filled],
+            photo_set.members,
+            photo_set.gender[filled],
+            photo_set.band[filled],
+            photo_set.projections[filled],
+            photo_set.excluded,
+        )
+    return photo_set
 
 
 def project(model, embeddings: np.ndarray) -> np.ndarray:
