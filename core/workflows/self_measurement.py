@@ -95,6 +95,7 @@ STALE_AFTER = timedelta(minutes=5)  # a running measurement silent this long is 
 TAIL_THRESHOLDS = (0.1, 0.3, 0.5, 0.9, 0.99, 0.999)
 # Age bands by age in the year measured; a pair belongs to a band when both members are in it.
 AGE_BANDS = ((0, 40, "under 40"), (40, 50, "40s"), (50, 60, "50s"), (60, 70, "60s"), (70, 200, "70+"))
+EXACT_CHUNK = 8192  # pairs rescored in float64 at a time
 EXACT_MARGIN = 1e-3  # squared-distance slack: pairs this close to a cut are rescored in float64
 
 # Audit actions
@@ -503,15 +504,24 @@ def scan_block(
     a_aug[:, d + 1] = 1.0
     cut = np.float32(-0.5 * (floor_sq + EXACT_MARGIN))
     found_i, found_j, found_sq = [], [], []
+    # One set of buffers per block, written in place: memory stays flat however many chunks.
+    full = min(column_chunk, max(gender_end - first, 1))
+    b_buffer = np.zeros((full, width), np.float32)
+    product_buffer = np.empty((len(rows), full), np.float32)
+    mask_buffer = np.empty((len(rows), full), bool)
     for c0 in range(first, gender_end, column_chunk):
         c1 = min(c0 + column_chunk, gender_end)
+        n = c1 - c0
         cols = proj[c0:c1]
-        b_aug = np.zeros((len(cols), width), np.float32)
+        b_aug = b_buffer[:n]
         b_aug[:, :d] = cols
         b_aug[:, d] = 1.0
         b_aug[:, d + 1] = -0.5 * np.einsum("ij,ij->i", cols, cols, dtype=np.float64)
-        product = a_aug @ b_aug.T
-        ii, jj = np.nonzero(product >= cut)
+        product = product_buffer if n == full else np.empty((len(rows), n), np.float32)
+        np.matmul(a_aug, b_aug.T, out=product)
+        mask = mask_buffer if n == full else np.empty((len(rows), n), bool)
+        np.greater_equal(product, cut, out=mask)
+        ii, jj = np.nonzero(mask)
         if not len(ii):
             continue
         sq = -2.0 * product[ii, jj].astype(np.float64)
@@ -534,9 +544,12 @@ def scan_block(
     # Pairs in the near band or above, and pairs at the floor's edge: the exact distance, as the
     # engine computes it (the product's float32 rounding must not decide a count at approve_at).
     exact = (sq <= max(near_sq, approve_sq) + EXACT_MARGIN) | (np.abs(sq - floor_sq) <= EXACT_MARGIN)
-    if exact.any():
-        diff = proj[ii[exact]].astype(np.float64) - proj[jj[exact]].astype(np.float64)
-        sq[exact] = np.einsum("ij,ij->i", diff, diff)
+    where = np.flatnonzero(exact)
+    for start in range(0, len(where), EXACT_CHUNK):  # bounded memory however many pairs are near
+        part = where[start : start + EXACT_CHUNK]
+        diff = proj[ii[part]].astype(np.float64)
+        diff -= proj[jj[part]]
+        sq[part] = np.einsum("ij,ij->i", diff, diff)
     above = sq <= floor_sq  # similarity at or above the floor (exactly, for those near it)
     ii, jj, sq = ii[above], jj[above], sq[above]
     similarity = scale.similarity(sq)
