@@ -104,6 +104,14 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("RETENTION_VERIFICATION_PHOTO_DAYS", str, "90", "days after the decision that selfies and their embeddings are kept, or off"),
     _setting("RETENTION_REJECTED_MEMBER_DAYS", str, "30", "days a rejected member's photos and embeddings are kept, or off"),
     _setting("RETENTION_EMBEDDING_DAYS", str, "90", "days embeddings of photos no longer current are kept, or off"),
+    # Self-measurement on the members' own pairs
+    _setting("SELF_MEASURE_EVERY_HOURS", str, "24", "hours between scheduled measurements of the active version by queue workers, or off"),
+    _setting("SELF_MEASURE_FMR_TARGET", float, 0.001, "the false-match rate its 95% upper bound must stay under"),
+    _setting("SELF_MEASURE_FLOOR", float, 0.1, "similarity below which neighbours are not kept (at most half of approve_at)"),
+    _setting("SELF_MEASURE_PAIRS_KEPT", int, 2000, "pairs at or above approve_at kept for review per run (counts cover every pair)"),
+    _setting("SELF_MEASURE_BLOCK_ROWS", int, 2048, "photos per block of the measurement (memory ~ rows x 8192 x 5 bytes)"),
+    _setting("SELF_MEASURE_PHOTOS", str, "all", "all (gallery and verification photos) or gallery (a quarter of the pairs)"),
+    _setting("SELF_MEASURE_AFTER_PROMOTION", bool, True, "measure a version as soon as it is promoted"),
     # Audit log
     _setting("AUDIT_KEY", str, None, "the audit chain's HMAC key (32+ characters); unset: AUDIT_KEY_FILE", secret=True),
     _setting("AUDIT_KEY_FILE", Path, RUNTIME_DIR / "audit.key", "file holding the audit key, generated (0600) when missing"),

@@ -7,6 +7,7 @@ import streamlit as st
 from core.dashboard import formatting, kpi_targets
 from core.dashboard import kpis as svc
 from ui.page import page_context
+from ui.self_measurement import section as self_measurement_section
 
 ctx = page_context("kpis")
 st.title(ctx.t("page.kpis"))
@@ -82,6 +83,9 @@ with st.expander(ctx.t("kpi.compare_title")):
                 if changed:
                     st.markdown(f"**{ctx.t('kpi.compare_changed', n=len(changed))}**")
                     st.dataframe(changed, hide_index=True, width="stretch")
+
+# Measured on the members' own pairs: shown with or without reviewed results in the period.
+self_measurement_section(ctx)
 
 if frame.empty:
     st.info(ctx.t("kpi.no_data"))

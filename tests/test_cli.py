@@ -28,7 +28,7 @@ def test_every_command_says_what_it_does_in_one_line():
     groups = {words[0] for words in commands}
     assert groups == {
         "verify", "import", "db", "train", "bench", "api", "worker", "erase", "export",
-        "retention", "search", "users", "audit", "store", "settings",
+        "retention", "search", "users", "audit", "store", "settings", "self-measure",
     }  # fmt: skip
     for words in [
         ("db", "upgrade"),

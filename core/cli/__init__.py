@@ -17,6 +17,7 @@ parsing lives here. Library imports happen inside the run functions, so `--help`
     audit               the audit log's hash chain (verify)
     store               the photo store (copy, new-key, rotate-key)
     settings            every setting with its value in force
+    self-measure        the false-match rate on the members' own pairs, now
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ COMMAND_MODULES = [
     "audit",
     "store",
     "settings",
+    "self_measure",
 ]
 
 

@@ -156,10 +156,11 @@ def register(subparsers) -> None:
     imports.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
 
     # Benchmarks whose command line lives in a module of its own.
-    from core.cli import bench_api_memory, bench_profiles
+    from core.cli import bench_api_memory, bench_profiles, bench_self_measure
 
     bench_profiles.register(benches)
     bench_api_memory.register(benches)
+    bench_self_measure.register(benches)
 
 
 def run_verification(args) -> int:

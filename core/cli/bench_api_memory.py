@@ -29,13 +29,3 @@ def run(args) -> int:
         args.json.write_text(json.dumps(figures, indent=2))
     ok = figures["peak_rss_mb"] < figures["limit_mb"] and figures["server_survived"]
     return 0 if ok else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import argparse
-    import sys
-
-    top = argparse.ArgumentParser(prog="python -m core.cli.bench_api_memory")
-    sub = top.add_subparsers(dest="command", required=True)
-    register(sub)
-    sys.exit(run(top.parse_args(["api-memory", *sys.argv[1:]])))

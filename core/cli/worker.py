@@ -57,6 +57,9 @@ def run(args) -> int:
     every = tasks.retention_interval_s()
     if every:
         threading.Thread(target=_retention_clock, args=(stop, every, log), daemon=True).start()
+    from core.workflows import self_measurement  # SELF_MEASURE_EVERY_HOURS (default 24)
+
+    threading.Thread(target=self_measurement.schedule_clock, args=(stop, log), daemon=True).start()
     log.info("worker ready on %s", ", ".join(sorted(queues)))
     print("worker ready", flush=True)  # the line tests and process managers wait for
     stop.wait()

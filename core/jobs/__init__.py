@@ -12,6 +12,9 @@ of its own). Domain code creates the rows and returns their ids; the job names a
     submit_training(run_id)                    train a queued training run
     submit_retention(dry_run=False)            apply the retention settings (core.workflows.privacy);
                                                queue workers also enqueue it every RETENTION_EVERY_HOURS
+    submit_self_measurement(actor, version=None, database_url=None)   the false-match rate on the
+                                               members' own pairs (core.workflows.self_measurement);
+                                               measure_after_promotion(session, version, actor) too
     wait_for_batch(session_factory, batch_id)  poll the database until the batch has finished
 
 With JOB_BROKER_URL=redis://HOST:6379/DB (Redis) or amqp://USER:PASSWORD@HOST:5672/VHOST (RabbitMQ)
@@ -176,6 +179,32 @@ def start_training(
 
 def submit_retention(dry_run: bool = False) -> str:
     return _submit(RETENTION, dry_run=bool(dry_run))
+
+
+def submit_self_measurement(actor: str, version: str | None = None, database_url: str | None = None) -> str:
+    """Measure the false-match rate at approve_at on the members' own pairs (a thread here measures
+    database_url, the database it was asked about; queue workers measure their own)."""
+    kwargs = {"actor": str(actor), "version": version}
+    if database_url and not configured():
+        kwargs["database_url"] = database_url
+    return _submit(tasks.SELF_MEASURE, **kwargs)
+
+
+def measure_after_promotion(session, version: str, actor: str) -> str | None:
+    """Measure a version as soon as it is promoted (SELF_MEASURE_AFTER_PROMOTION, default on).
+    Never raises: a promotion must not fail because its measurement could not be queued."""
+    import logging
+
+    if not config.get("SELF_MEASURE_AFTER_PROMOTION"):
+        return None
+    try:
+        url = session.get_bind().engine.url.render_as_string(hide_password=False)
+        return submit_self_measurement(actor, version, url)
+    except Exception as exc:  # the queue is away: the schedule measures it later
+        logging.getLogger(__name__).warning(
+            "self-measurement after promoting %s not started: %s", version, exc
+        )
+        return None
 
 
 def wait_for_batch(

@@ -104,6 +104,13 @@ def retention_interval_s() -> float | None:
     return hours * 3600.0
 
 
+def self_measure(actor: str = "queue", version: str | None = None, database_url: str | None = None) -> dict:
+    """The false-match rate at approve_at on the members' own pairs (core.workflows.self_measurement)."""
+    from core.workflows import self_measurement
+
+    return self_measurement.run_job(actor, version, database_url)
+
+
 def _batch_may_resume(exc: BaseException) -> bool:
     """A batch held by a worker that just died, or stopped by a database or store away: try later."""
     from core.workflows import batches
@@ -112,6 +119,7 @@ def _batch_may_resume(exc: BaseException) -> bool:
 
 
 VERIFY_BATCH, ENROL, TRAIN, RETENTION = "verify_batch", "enrol_missing", "train", "retention"
+SELF_MEASURE = "self_measure"
 QUEUE_BATCHES, QUEUE_TRAINING = "fv_batches", "fv_training"
 THREAD, PROCESS = "thread", "process"  # how a job runs without a broker
 HOUR_MS = 3_600_000
@@ -159,6 +167,9 @@ JOBS: dict[str, JobKind] = {
         lambda kw, status: f"training run {kw['run_id']}: {status}",
     ),
     RETENTION: JobKind(retention, QUEUE_BATCHES, 6 * HOUR_MS, 20, THREAD),
+    SELF_MEASURE: JobKind(
+        self_measure, QUEUE_BATCHES, 6 * HOUR_MS, 3, THREAD, None, lambda kw, out: f"self-measurement: {out}"
+    ),
 }
 
 

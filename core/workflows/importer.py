@@ -44,6 +44,7 @@ from core.workflows import gallery, links, member_ids, spreadsheets, verificatio
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
+OPTIONAL_COLUMNS = ("birth_year",)  # groups the self-measurement's pairs by age band
 
 MAX_TABLE_BYTES = 20 * 1024 * 1024  # a 100,000-row CSV of links is ~10 MB
 MAX_ROWS = 100_000
@@ -97,12 +98,25 @@ class _PreparedRow:
     row: int
     member_id: str | None
     gender: str | None = None
+    birth_year: int | None = None
     photos: list[_LoadedPhoto] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
 # Values
+
+
+def _birth_year(value) -> int | None:
+    """The optional birth_year cell: empty, or a four-digit year between 1900 and this year."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if text.endswith(".0"):  # a spreadsheet's number cell
+        text = text[:-2]
+    if not text.isdigit() or not 1900 <= int(text) <= utcnow().year:
+        raise ValueError(f"birth_year {_short(text, 20)!r} is not a year between 1900 and {utcnow().year}")
+    return int(text)
 
 
 def _check_member_id(value: str) -> str:
@@ -214,7 +228,7 @@ def check_columns(columns: list[str]) -> None:
     duplicates = sorted({c for c in columns if c and columns.count(c) > 1})
     if duplicates:
         problems.append(f"Column(s) {', '.join(duplicates)} appear more than once.")
-    unknown = [c for c in columns if c and c not in EXPECTED_COLUMNS]
+    unknown = [c for c in columns if c and c not in EXPECTED_COLUMNS + OPTIONAL_COLUMNS]
     for expected in EXPECTED_COLUMNS:
         if expected in columns:
             continue
@@ -464,6 +478,10 @@ def _prepare(
         prepared.gender = normalise_gender(values.get("gender"))
     except ValueError as exc:
         prepared.errors.append(str(exc))
+    try:
+        prepared.birth_year = _birth_year(values.get("birth_year"))
+    except ValueError as exc:
+        prepared.errors.append(str(exc))
     for column, kind in PHOTO_COLUMNS.items():
         reference = values.get(column, "")
         if not reference:
@@ -513,12 +531,20 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     changes: list[str] = []
     if is_new:
         member = Member(
-            id=member_id, gender=prepared.gender, created_at=now, updated_at=now, source=source_name
+            id=member_id,
+            gender=prepared.gender,
+            created_at=now,
+            updated_at=now,
+            source=source_name,
+            birth_year=prepared.birth_year,
         )
         session.add(member)
     else:
         if member.gender != prepared.gender:
             changes.append(f"gender {member.gender} → {prepared.gender}")
+        if prepared.birth_year is not None and member.birth_year != prepared.birth_year:
+            changes.append(f"birth year {member.birth_year or '-'} → {prepared.birth_year}")
+            member.birth_year = prepared.birth_year
         # An import never replaces an existing member's gallery (issue 12): the row is refused whole.
         for photo in prepared.photos:
             if photo.kind == GALLERY:
@@ -555,7 +581,12 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     member.gender = prepared.gender
     member.updated_at = now
     member.source = source_name
-    if not is_new and member.status != MEMBER_PENDING:
+    # A birth year alone says nothing about the photos: the verification stands.
+    if (
+        not is_new
+        and member.status != MEMBER_PENDING
+        and any(not c.startswith("birth year") for c in changes)
+    ):
         # New photos or a new gender: the earlier verification no longer speaks for this member.
         changes.append(f"status {member.status} → {MEMBER_PENDING} (verify again)")
         member.status = MEMBER_PENDING

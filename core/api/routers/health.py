@@ -15,7 +15,7 @@ from core.api.schemas import (
 )
 from core.api.settings import API_VERSION, NO_ENGINE
 from core.errors import ModelError
-from core.workflows import search
+from core.workflows import search, self_measurement
 
 router = APIRouter(tags=["service"])
 
@@ -58,5 +58,6 @@ def health(state: State):
             state.reload_error, "a new model version could not be loaded; see the server log"
         ),
         "worker_pid": os.getpid(),
+        "self_measurement": self_measurement.health_field(state.factory) if database == "ok" else None,
     }
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
