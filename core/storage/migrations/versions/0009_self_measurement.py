@@ -1,8 +1,8 @@
 """Self-measurement: members' birth years, measurement runs, the pairs that reached the approve
 point, and reviewers' verdicts on two members.
 
-Revision ID: 0011_selfm
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06
 
 birth_year is nullable (the import column is optional). The pairs and verdicts name members and
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-revision = "0011_selfm"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
