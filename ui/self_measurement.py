@@ -7,7 +7,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.dashboard import self_measurement as svc
-from ui.common import PageContext, get_store
+from ui.page import PageContext
+from ui.resources import get_store
 
 RUNNERS = ("data_scientist", "admin")  # who may start a measurement by hand
 
@@ -26,11 +27,9 @@ def section(ctx: PageContext) -> None:
     if view.fnmr_line:
         st.markdown(f"- {view.fnmr_line}")
     if ctx.role in RUNNERS and st.button(ctx.t("selfm.run_now"), key="selfm_run"):
-        from core.workflows import self_measurement
-
         with ctx.session() as session:
-            url = session.get_bind().engine.url.render_as_string(hide_password=False)
-        st.success(ctx.t("selfm.run_started", job=self_measurement.submit(ctx.username, database_url=url)))
+            job = svc.start_measurement(session, ctx.username)
+        st.success(ctx.t("selfm.run_started", job=job))
     if not trend.empty:
         st.markdown(f"**{ctx.t('selfm.trend')}**")
         st.line_chart(trend, x="measured_on", y="fmr_upper", color="gender")

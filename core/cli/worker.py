@@ -34,7 +34,7 @@ def run(args) -> int:
     import dramatiq
 
     from core.jobs import queue, resources, tasks
-    from core.jobs.worker import _retention_clock
+    from core.jobs.worker import _retention_clock, _self_measure_clock
 
     queues = args.queues or [queue.QUEUE_BATCHES, queue.QUEUE_TRAINING]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,9 +57,7 @@ def run(args) -> int:
     every = tasks.retention_interval_s()
     if every:
         threading.Thread(target=_retention_clock, args=(stop, every, log), daemon=True).start()
-    from core.workflows import self_measurement  # SELF_MEASURE_EVERY_HOURS (default 24)
-
-    threading.Thread(target=self_measurement.schedule_clock, args=(stop, log), daemon=True).start()
+    threading.Thread(target=_self_measure_clock, args=(stop, log), daemon=True).start()
     log.info("worker ready on %s", ", ".join(sorted(queues)))
     print("worker ready", flush=True)  # the line tests and process managers wait for
     stop.wait()

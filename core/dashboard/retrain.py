@@ -291,12 +291,14 @@ HISTORY_ACTIONS = (
 VERSION_TARGET = registry.TARGET
 
 current_run, latest_run, cancel = worker.current_run, worker.latest_run, worker.cancel
-list_versions, promote, discard, rollback = (
-    registry.list_versions,
-    registry.promote,
-    registry.discard,
-    registry.rollback,
-)
+list_versions, discard, rollback = registry.list_versions, registry.discard, registry.rollback
+
+
+def promote(session: Session, version: str, actor: str, expected_active: str | None = None):
+    """Make the version active (audited in the registry), then measure it on the members at once."""
+    row = registry.promote(session, version, actor, expected_active=expected_active)
+    jobs.measure_after_promotion(session, version, actor)
+    return row
 
 
 def lfw_photo_set():

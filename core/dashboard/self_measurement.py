@@ -212,3 +212,11 @@ def refit_approve_at(session: Session, run_id: int, actor: str, models_dir=None,
         session, name, actor, models_dir, notes=f"approve_at re-fitted on members from {parent}"
     )
     return name
+
+
+def start_measurement(session: Session, actor: str) -> str:
+    """A measurement of the active version on this database, in the background (core.jobs)."""
+    from core import jobs
+
+    url = session.get_bind().engine.url.render_as_string(hide_password=False)
+    return jobs.submit_self_measurement(actor, database_url=url)

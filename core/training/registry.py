@@ -292,11 +292,7 @@ def promote(
     reason: str | None = None,
 ) -> VersionRow:
     """Make a registered version the active one (compare-and-set on the active one). Commits."""
-    row = _switch(session, version, actor, PROMOTE, expected_active, models_dir, False, reason)
-    from core import jobs
-
-    jobs.measure_after_promotion(session, version, actor)  # measured on the members at once
-    return row
+    return _switch(session, version, actor, PROMOTE, expected_active, models_dir, False, reason)
 
 
 def rollback(

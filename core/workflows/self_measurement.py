@@ -1213,13 +1213,6 @@ def run_job(actor: str = "queue", version: str | None = None, database_url: str 
     return summary
 
 
-def submit(actor: str, version: str | None = None, database_url: str | None = None) -> str:
-    """Put a measurement on the job queue (or a thread of this process without a broker)."""
-    from core import jobs
-
-    return jobs.submit_self_measurement(actor, version, database_url)
-
-
 def due(session: Session, every_s: float, version: str) -> bool:
     """No measurement of this version finished within the interval, and none is running now."""
     since = utcnow() - timedelta(seconds=every_s)
@@ -1238,27 +1231,3 @@ def due(session: Session, every_s: float, version: str) -> bool:
         )
     )
     return not finished and not running
-
-
-SCHEDULE_CHECK_S = 600.0
-
-
-def schedule_clock(stop, log_to=None) -> None:
-    """A queue worker's thread: every SCHEDULE_CHECK_S, enqueue a measurement of the active version
-    when one is due. Several workers may enqueue the same one: the run key makes it count once."""
-    log_to = log_to or log
-    while not stop.is_set():
-        try:
-            every = schedule_interval_s()
-            if every:
-                from core.jobs import resources
-
-                with resources.session_factory()() as session:
-                    version = active_version(session)
-                    if version and due(session, every, version):
-                        log_to.info(
-                            "self-measurement of %s enqueued: %s", version, submit("schedule", version)
-                        )
-        except Exception as exc:  # the database or broker is away for a moment: the next look
-            log_to.warning("self-measurement not scheduled: %s", exc)
-        stop.wait(SCHEDULE_CHECK_S)
