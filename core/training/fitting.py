@@ -39,6 +39,16 @@ class TrainParams:
     # accuracy 0% on the sample vs 100% from the pretrained start); on lfw_dev both measured the same
     # (3 person splits: 98.84% vs 98.80%), so large sets keep the shipped model's recipe.
     gender_init: str = "auto"
+    # How the gender head's photos weigh: "gender" (each person alike, the two genders alike: the
+    # shipped versions) or "source" (each person alike within its source x gender, every such cell
+    # alike: a gender-only set of East Asian faces weighs as much as LFW; core.training.gender).
+    gender_balance: str = "gender"
+    # The gender_mismatch flag's confidence is the lowest (from 0.9) at which out-of-fold false flags
+    # on the training people stay at most this, for the men and the women of every source.
+    gender_max_false_flags: float = 0.01
+    # Standardise the gender head's inputs (training photos' mean and spread, saved in the head)
+    # before the logistic, so gender_l2 weighs every number alike.
+    gender_standardise: bool = False
     seed: int = 7
     holdout_fraction: float = 0.2  # share of people held out for evaluation
     # The decision policy (core.verification.policy): approve automatically only where impostors
@@ -79,6 +89,11 @@ class TrainParams:
                 self.gender_init in ("auto", "pretrained", "random"),
                 "gender_init must be 'auto', 'pretrained' or 'random'",
             ),
+            (
+                self.gender_balance in GENDER_BALANCES,
+                f"gender_balance must be one of {', '.join(GENDER_BALANCES)}",
+            ),
+            (0 < self.gender_max_false_flags < 0.5, "gender_max_false_flags must be above 0 and below 0.5"),
             (0.05 <= self.holdout_fraction <= 0.5, "holdout_fraction must be between 0.05 and 0.5"),
             (0 < self.max_auto_fmr < 0.5, "max_auto_fmr must be above 0 and below 0.5"),
             (0 < self.max_auto_fnmr < 0.5, "max_auto_fnmr must be above 0 and below 0.5"),
@@ -125,6 +140,8 @@ class TrainParams:
         out = {}
         for name, value in values.items():
             kind = type(getattr(defaults, name))
+            if kind is bool and isinstance(value, str):  # a form's or a command line's "false"
+                value = value.strip().lower() in ("1", "true", "yes", "on")
             try:
                 out[name] = kind(value) if not isinstance(value, kind) else value
             except (TypeError, ValueError):
@@ -135,6 +152,7 @@ class TrainParams:
 AUGMENTATIONS = ("blur", "jitter", "gray")
 RETIRED_SETTINGS = ("target_fmr_outside_band",)
 NETWORK_CHOICES = ("dlib,sface", "dlib")
+GENDER_BALANCES = ("gender", "source")
 GENDER_INIT_SMALL = 1000  # labelled training photos below which gender_init "auto" starts pretrained
 
 
@@ -346,31 +364,40 @@ def calibrate(distances: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return intercept / scale, scale
 
 
-def train_gender(embeddings, genders, people, params: TrainParams, progress=None):
-    """Gender head on [pretrained gender log-odds, embedding]; classes and people weighted equally."""
+def train_gender(embeddings, genders, people, params: TrainParams, progress=None, groups=None):
+    """Gender head on [pretrained gender log-odds, embedding]; classes and people weighted equally.
+
+    groups: each photo's source; with params.gender_balance "source" every source x gender cell
+    weighs alike (core.training.gender.photo_weights), else the genders alone.
+    """
     import keras
 
+    from core.training.gender import photo_weights
     from core.verification.heads import GENDERS, build_gender
 
     set_seed(params.seed)
     y = np.array([GENDERS.index(g) for g in genders])
-    # Weight each photo by 1/(photos of its person) and balance the two genders, so a few people
-    # with hundreds of photos and the majority gender do not dominate.
-    counts = {p: c for p, c in zip(*np.unique(people, return_counts=True), strict=True)}
-    weights = np.array([1.0 / counts[p] for p in people])
-    for k in range(len(GENDERS)):
-        weights[y == k] /= weights[y == k].sum()
-    weights *= len(weights) / weights.sum()
-    model = build_gender(embeddings.shape[1], hidden=params.gender_hidden, l2=params.gender_l2)
+    # Weight each photo by 1/(photos of its person) and balance the cells, so a few people with
+    # hundreds of photos and the majority gender do not dominate.
+    weights = photo_weights(people, genders, groups if params.gender_balance == "source" else None)
+    scaling = {}
+    if params.gender_standardise:
+        scaling = {"mean": embeddings.mean(axis=0), "variance": np.maximum(embeddings.var(axis=0), 1e-8)}
+    model = build_gender(embeddings.shape[1], hidden=params.gender_hidden, l2=params.gender_l2, **scaling)
     init = params.gender_init
     if init == "auto":
         init = "pretrained" if len(embeddings) < GENDER_INIT_SMALL else "random"
     if init == "pretrained" and not params.gender_hidden:
         # Start as the pretrained network's own decision: softmax([x/2, -x/2]) = sigmoid(x) for the
         # log-odds x in column 0; the embedding's weights start at zero and learn corrections.
+        # Standardised, x = spread * z + mean for the head's z in column 0.
+        spread, centre = (np.sqrt(scaling["variance"][0]), scaling["mean"][0]) if scaling else (1.0, 0.0)
         kernel = np.zeros((embeddings.shape[1], len(GENDERS)), np.float32)
-        kernel[0, GENDERS.index("M")], kernel[0, GENDERS.index("F")] = 0.5, -0.5
-        model.get_layer("gender").set_weights([kernel, np.zeros(len(GENDERS), np.float32)])
+        bias = np.zeros(len(GENDERS), np.float32)
+        for label, sign in (("M", 0.5), ("F", -0.5)):
+            kernel[0, GENDERS.index(label)] = sign * spread
+            bias[GENDERS.index(label)] = sign * centre
+        model.get_layer("gender").set_weights([kernel, bias])
     model.compile(
         optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy"
     )
