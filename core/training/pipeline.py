@@ -50,6 +50,7 @@ from core import config  # noqa: E402
 from core.training import gender as gender_training  # noqa: E402
 from core.training.embedding_cache import PhotoRef  # noqa: E402
 from core.training.fitting import (  # noqa: E402
+    GENDER_BALANCES,
     TrainParams,
     calibrate,
     gender_metrics,
@@ -1066,6 +1067,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reviewed", action="store_true", help="add the reviewed decisions in the database")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     parser.add_argument("--no-compare", action="store_true", help="skip the comparison with the active model")
+    gender = parser.add_argument_group("gender head")
+    gender.add_argument(
+        "--gender-only",
+        type=Path,
+        help="CSV file,gender of face photos without identities (each its own person)",
+    )
+    gender.add_argument(
+        "--gender-only-images", type=Path, help="their folder (default: beside the CSV, named like it)"
+    )
+    gender.add_argument("--gender-balance", choices=GENDER_BALANCES, default=TrainParams.gender_balance)
+    gender.add_argument(
+        "--gender-raw-inputs",
+        action="store_true",
+        help="do not standardise the gender head's inputs (the versions before standardising)",
+    )
+    gender.add_argument("--gender-l2", type=float, default=TrainParams.gender_l2)
+    gender.add_argument("--gender-max-false-flags", type=float, default=TrainParams.gender_max_false_flags)
     args = parser.parse_args(argv)
     params = TrainParams(
         seed=args.seed,
@@ -1073,16 +1091,22 @@ def main(argv: list[str] | None = None) -> int:
         loss=args.loss,
         augment=args.augment,
         augment_views=args.augment_views,
+        gender_balance=args.gender_balance,
+        gender_standardise=not args.gender_raw_inputs,
+        gender_l2=args.gender_l2,
+        gender_max_false_flags=args.gender_max_false_flags,
     )
     try:
         params.validate()
         read_lfw_folder(args.images, args.people)
+        if args.gender_only:
+            gender_training.read_gender_only(args.gender_only, args.gender_only_images)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     factory = _cli_session_factory(args.no_cache)
     if args.reviewed and factory is None:
         parser.error("--reviewed needs the database")
-    choice = DataChoice(args.images, args.people, reviewed=args.reviewed)
+    choice = DataChoice(args.images, args.people, args.reviewed, args.gender_only, args.gender_only_images)
     last = {"stage": None}
 
     def show(stage, fraction, logs):
