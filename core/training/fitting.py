@@ -370,15 +370,27 @@ def calibrate(distances: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return intercept / scale, scale
 
 
+def photo_weights(people, genders, groups=None) -> np.ndarray:
+    """Per photo: 1/(photos of its person), then each cell (group x gender) scaled to the same
+    total; mean 1. groups None: one group (cells are the genders alone)."""
+    people, genders = np.asarray(people), np.asarray(genders)
+    groups = np.full(len(people), "") if groups is None else np.asarray(groups)
+    _, index, counts = np.unique(people, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[index]
+    cells = np.char.add(np.char.add(groups.astype(str), "|"), genders.astype(str))
+    for cell in np.unique(cells):
+        weights[cells == cell] /= weights[cells == cell].sum()
+    return weights * len(weights) / weights.sum()
+
+
 def train_gender(embeddings, genders, people, params: TrainParams, progress=None, groups=None):
     """Gender head on [pretrained gender log-odds, embedding]; classes and people weighted equally.
 
     groups: each photo's source; with params.gender_balance "source" every source x gender cell
-    weighs alike (core.training.gender.photo_weights), else the genders alone.
+    weighs alike (photo_weights), else the genders alone.
     """
     import keras
 
-    from core.training.gender import photo_weights
     from core.verification.heads import GENDERS, build_gender
 
     set_seed(params.seed)
