@@ -409,17 +409,18 @@ def test_a_promotion_measures_the_new_version_on_the_database_it_was_promoted_in
     import shutil
     import threading
 
+    from core.dashboard import retrain
     from core.jobs import tasks
     from core.training import registry
 
-    assert tasks.TASKS[sm.JOB_NAME] is tasks.self_measure
+    assert tasks.JOBS[sm.JOB_NAME].run is tasks.self_measure
     monkeypatch.setenv("SELF_MEASURE_AFTER_PROMOTION", "on")
     monkeypatch.delenv("JOB_BROKER_URL", raising=False)
     parent = load_version(None, models_copy).version
     shutil.copytree(models_copy / parent, models_copy / "v-copy")
     with session_factory() as session:
         registry.register(session, "v-copy", "scientist", models_copy)
-        registry.promote(session, "v-copy", "scientist", models_dir=models_copy)
+        retrain.promote(session, "v-copy", "scientist", models_dir=models_copy)  # the page's promotion
     for thread in [t for t in threading.enumerate() if t.name == f"job-{sm.JOB_NAME}"]:
         thread.join(timeout=300)
     with session_factory() as session:

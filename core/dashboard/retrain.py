@@ -294,9 +294,9 @@ current_run, latest_run, cancel = worker.current_run, worker.latest_run, worker.
 list_versions, discard, rollback = registry.list_versions, registry.discard, registry.rollback
 
 
-def promote(session: Session, version: str, actor: str, expected_active: str | None = None):
+def promote(session: Session, version: str, actor: str, expected_active: str | None = None, models_dir=None):
     """Make the version active (audited in the registry), then measure it on the members at once."""
-    row = registry.promote(session, version, actor, expected_active=expected_active)
+    row = registry.promote(session, version, actor, expected_active=expected_active, models_dir=models_dir)
     jobs.measure_after_promotion(session, version, actor)
     return row
 

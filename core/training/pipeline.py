@@ -2,9 +2,11 @@
 
 python -m core.training.pipeline --images DIR --people PEOPLE.csv --json OUT.json [--promote] [--seed N]
                      [--reviewed] [--augment blur,jitter,gray] [--no-cache] [--no-compare]
+                     [--gender-only GENDER.csv [--gender-only-images DIR]] [--gender-balance source]
 
 DIR holds NAME_NNNN.jpg photos (flat, or NAME/NAME_NNNN.jpg as LFW ships them); PEOPLE.csv has
-person,gender. --reviewed adds the reviewers' decisions from the database (approved: same
+person,gender. --gender-only adds a set of face photos labelled with a gender only (file,gender;
+each photo its own person) to the gender head's data (core.training.gender). --reviewed adds the reviewers' decisions from the database (approved: same
 person, rejected: different people, the reviewer's gender for the verification photo). People are split into training and held-out sets
 (never photos); the heads are trained on the first, the threshold and uncertain band chosen on the
 training people, and every reported figure comes from the held-out people. The new version is
@@ -12,7 +14,8 @@ written under MODELS_DIR and registered in the database as a candidate; without 
 active model stays as it is. With --promote it becomes the active version (core.training.registry) and
 models/DEFAULT names it.
 
-    DataChoice(lfw_images, lfw_people, reviewed)     what to train on; lfw_dev_dir() finds ../shared
+    DataChoice(lfw_images, lfw_people, reviewed, gender_only, gender_only_images)
+                                                     what to train on; lfw_dev_dir() finds ../shared
     collect(choice, session_factory, store) -> TrainingData      labelled photos + reviewed pairs
     preflight(choice, params, session_factory) -> list[str]      problems found without any network
     build_features(data, params, session_factory, ...) -> FeatureSet   cached pretrained features
@@ -44,15 +47,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from core import config  # noqa: E402
+from core.training import gender as gender_training  # noqa: E402
 from core.training.embedding_cache import PhotoRef  # noqa: E402
 from core.training.fitting import (  # noqa: E402
+    GENDER_BALANCES,
     TrainParams,
     calibrate,
     gender_metrics,
     make_pairs,
     midpoint_threshold,
     split_people,
-    train_gender,
     train_siamese,
     verification_metrics,
 )
@@ -82,19 +86,29 @@ class DataChoice:
     lfw_images: Path | None = None
     lfw_people: Path | None = None
     reviewed: bool = False  # the reviewers' decisions in the database
+    # Photos labelled with a gender only (CSV file,gender; core.training.gender), for the gender head.
+    gender_only: Path | None = None
+    gender_only_images: Path | None = None  # their folder (default: beside the CSV, named like it)
 
     def to_dict(self) -> dict:
         return {
             "lfw_images": str(self.lfw_images) if self.lfw_images else None,
             "lfw_people": str(self.lfw_people) if self.lfw_people else None,
             "reviewed": bool(self.reviewed),
+            "gender_only": str(self.gender_only) if self.gender_only else None,
+            "gender_only_images": str(self.gender_only_images) if self.gender_only_images else None,
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> DataChoice:
         images, people = values.get("lfw_images"), values.get("lfw_people")
+        chips, chip_images = values.get("gender_only"), values.get("gender_only_images")
         return cls(
-            Path(images) if images else None, Path(people) if people else None, bool(values.get("reviewed"))
+            Path(images) if images else None,
+            Path(people) if people else None,
+            bool(values.get("reviewed")),
+            Path(chips) if chips else None,
+            Path(chip_images) if chip_images else None,
         )
 
     def describe(self) -> str:
@@ -103,6 +117,8 @@ class DataChoice:
             parts.append(str(self.lfw_images))
         if self.reviewed:
             parts.append("reviewed decisions")
+        if self.gender_only:
+            parts.append(f"gender only: {self.gender_only}")
         return " + ".join(parts) or "nothing"
 
 
@@ -239,7 +255,7 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
     pairs: list[ReviewedPair] = []
     notes = []
     if not choice.lfw_images and not choice.reviewed:
-        raise ValueError("Cannot train: choose at least one source of data.")
+        raise ValueError("Cannot train: choose at least one source of people (photos or reviewed decisions).")
     if choice.lfw_images:
         if not Path(choice.lfw_images).is_dir():
             raise ValueError(f"Cannot train: the photo folder {choice.lfw_images} does not exist.")
@@ -260,6 +276,12 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
         if not pairs:
             notes.append("There are no reviewed decisions in the database yet.")
         photos += db_photos
+    if choice.gender_only:  # last: their rows follow every identity photo's (gender.identity_rows)
+        table = gender_training.read_gender_only(choice.gender_only, choice.gender_only_images)
+        photos += [
+            LabelledPhoto(_file_ref(r.path), r.person, r.gender, gender_training.GENDER_ONLY)
+            for r in table.itertuples()
+        ]
     by_sha: dict[str, LabelledPhoto] = {}
     for photo in photos:
         known = by_sha.get(photo.ref.sha256)
@@ -454,8 +476,9 @@ def preflight(choice: DataChoice, params: TrainParams, session_factory=None, sto
         return [str(exc)]
     if choice.reviewed and not choice.lfw_images and not data.pairs:
         return ["Cannot train: there are no reviewed decisions in the database yet; choose a photo set too."]
-    people = np.array([p.person for p in data.photos])
-    genders = np.array([p.gender for p in data.photos])
+    identity = [p for p in data.photos if p.source != gender_training.GENDER_ONLY]
+    people = np.array([p.person for p in identity])
+    genders = np.array([p.gender for p in identity])
     problems = data_problems(people, genders)
     return ["Cannot train: " + "; ".join(problems) + "."] if problems else []
 
@@ -542,10 +565,11 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     Returns {"siamese", "gender", "threshold", "uncertain_band", "metrics", "data", "evaluation"}.
     progress(stage, fraction, logs) is called along the way (it may raise to stop the run).
     """
-    from core.verification.features import head_inputs
-    from core.verification.heads import GENDERS, similarity_from_projections
+    from core.verification.heads import similarity_from_projections
 
     params.validate()
+    every_photo = data
+    data = gender_training.identity_rows(every_photo)  # gender-only photos: the gender head's only
     check_trainable(data, params)
     train, held = split_by_source(data, params)
     # Both genders must be on both sides, or one of the figures is meaningless.
@@ -620,15 +644,14 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     band = (points.reject_below, points.approve_at)
 
     report("gender", 0.0)
-    _, gender_input = head_inputs(data.embeddings, data.gender_logits)
-    _, aug_gender_input = head_inputs(data.aug_embeddings, data.aug_logits)
-    labelled = data.genders != ""
-    gender_rows = np.flatnonzero(train & labelled)
-    aug_gender = aug_train[labelled[data.aug_of[aug_train]]] if len(aug_train) else aug_train
-    gender = train_gender(
-        np.concatenate([gender_input[gender_rows], aug_gender_input[aug_gender]]),
-        np.concatenate([data.genders[gender_rows], data.genders[data.aug_of[aug_gender]]]),
-        np.concatenate([data.people[gender_rows], data.people[data.aug_of[aug_gender]]]),
+    # Split alike per source, so the identity photos' people fall on the same side as above.
+    gender_train, gender_held = (
+        split_by_source(every_photo, params) if every_photo is not data else (train, held)
+    )
+    fitted = gender_training.fit_gender_head(
+        every_photo,
+        gender_train,
+        gender_held,
         params,
         progress=lambda epoch, logs: report("gender", epoch / params.gender_epochs, {**logs, "epoch": epoch}),
     )
@@ -643,14 +666,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     metrics = verification_metrics(held_sims, held_labels, threshold)
     metrics.update(policy_figures(held_sims, held_labels, points))
     metrics["calibration_error"] = expected_calibration_error(held_sims, held_labels)
-    gender_held = np.flatnonzero(held & labelled)
-    probs = gender.predict(gender_input[gender_held], verbose=0)
-    predicted = np.array(GENDERS)[np.argmax(probs, axis=1)]
-    metrics.update(gender_metrics(predicted, data.genders[gender_held]))
-    pretrained_pred = np.where(data.gender_logits[gender_held] > 0, "M", "F")
-    metrics["pretrained_gender_accuracy"] = gender_metrics(pretrained_pred, data.genders[gender_held])[
-        "gender_accuracy"
-    ]
+    metrics.update(fitted["metrics"])
     metrics["baseline_raw_distance_accuracy_at_0_6"] = float(
         np.mean(
             (
@@ -670,15 +686,21 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
             float(np.mean((held_sims[-n_held:] >= threshold) == held_labels[-n_held:])) if n_held else None
         )
     report("done", 1.0)
-    sources = data.sources if data.sources is not None else np.full(len(data.people), LFW)
+    sources = (
+        every_photo.sources if every_photo.sources is not None else np.full(len(every_photo.people), LFW)
+    )
+    labelled = every_photo.genders != ""
     summary = {
-        "n_photos": int(len(data.names)),
+        "n_photos": int(len(every_photo.names)),
         "n_people": int(len(np.unique(data.people))),
-        "n_failed_photos": len(data.failed),
+        "n_failed_photos": len(every_photo.failed),
         "train_people": sorted(map(str, np.unique(data.people[train]))),
         "heldout_people": sorted(map(str, np.unique(data.people[held]))),
-        "photos_by_gender": {g: int(np.sum(data.genders == g)) for g in ("M", "F")},
+        "photos_by_gender": {g: int(np.sum(every_photo.genders == g)) for g in ("M", "F")},
     }
+    if every_photo is not data:
+        summary["gender_only_photos"] = int(np.sum(sources == gender_training.GENDER_ONLY))
+        summary["gender_only_heldout"] = int(np.sum(gender_held & (sources == gender_training.GENDER_ONLY)))
     if set(sources) != {LFW} or len(data.aug_of) or len(data.pairs):
         summary.update(
             {
@@ -697,7 +719,14 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
         )
     return {
         "siamese": siamese,
-        "gender": gender,
+        "gender": fitted["model"],
+        "gender_min_confidence": fitted["min_confidence"],
+        "gender_policy": {
+            "min_confidence": fitted["min_confidence"],
+            "max_false_flags": params.gender_max_false_flags,
+            "chosen_on": fitted["chosen_on"],
+            "training_false_flags": fitted["training_false_flags"],
+        },
         "threshold": threshold,
         "uncertain_band": band,
         "policy": points,
@@ -707,7 +736,7 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
         "heldout_pairs": [
             (data.names[a], data.names[b], int(y)) for (a, b), y in zip(held_pairs, held_labels, strict=True)
         ],
-        "evaluation": {"pairs": held_pairs, "labels": held_labels, "gender_rows": gender_held},
+        "evaluation": {"pairs": held_pairs, "labels": held_labels, "gender_rows": fitted["gender_rows"]},
         "data": summary,
     }
 
@@ -749,7 +778,9 @@ def save_trained(
         "threshold": result["threshold"],
         "uncertain_band": list(result["uncertain_band"]),
         "policy": {**result["policy"].to_dict(), "chosen_on": result["policy_chosen_on"]},
-        "gender_min_confidence": 0.9,
+        # The engine reads it from here: the gender_mismatch flag's confidence (core.training.gender).
+        "gender_min_confidence": result.get("gender_min_confidence", gender_training.MIN_CONFIDENCE_FLOOR),
+        **({"gender_policy": result["gender_policy"]} if "gender_policy" in result else {}),
         "metrics": result["metrics"],
         "params": params.to_dict(),
         "data": {**result["data"], "source": source},
@@ -806,7 +837,7 @@ def evaluate_version(model, data: FeatureSet, evaluation: dict) -> dict:
     metrics.update(policy_figures(sims, labels, model.operating_points))
     metrics["calibration_error"] = expected_calibration_error(sims, labels) if len(sims) else None
     rows = evaluation["gender_rows"]
-    _, gender_input = head_inputs(data.embeddings[rows], data.gender_logits[rows])
+    _, gender_input = head_inputs(data.inputs(networks_of(model.metadata))[rows], data.gender_logits[rows])
     probs = model.gender.predict(gender_input, verbose=0) if len(rows) else np.zeros((0, 2))
     predicted = np.array(GENDERS)[np.argmax(probs, axis=1)] if len(rows) else np.array([])
     metrics.update(gender_metrics(predicted, data.genders[rows]))
@@ -1035,6 +1066,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reviewed", action="store_true", help="add the reviewed decisions in the database")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     parser.add_argument("--no-compare", action="store_true", help="skip the comparison with the active model")
+    gender = parser.add_argument_group("gender head")
+    gender.add_argument(
+        "--gender-only",
+        type=Path,
+        help="CSV file,gender of face photos without identities (each its own person)",
+    )
+    gender.add_argument(
+        "--gender-only-images", type=Path, help="their folder (default: beside the CSV, named like it)"
+    )
+    gender.add_argument("--gender-balance", choices=GENDER_BALANCES, default=TrainParams.gender_balance)
+    gender.add_argument(
+        "--gender-raw-inputs",
+        action="store_true",
+        help="do not standardise the gender head's inputs (the versions before standardising)",
+    )
+    gender.add_argument("--gender-l2", type=float, default=TrainParams.gender_l2)
+    gender.add_argument("--gender-max-false-flags", type=float, default=TrainParams.gender_max_false_flags)
     args = parser.parse_args(argv)
     params = TrainParams(
         seed=args.seed,
@@ -1042,16 +1090,22 @@ def main(argv: list[str] | None = None) -> int:
         loss=args.loss,
         augment=args.augment,
         augment_views=args.augment_views,
+        gender_balance=args.gender_balance,
+        gender_standardise=not args.gender_raw_inputs,
+        gender_l2=args.gender_l2,
+        gender_max_false_flags=args.gender_max_false_flags,
     )
     try:
         params.validate()
         read_lfw_folder(args.images, args.people)
+        if args.gender_only:
+            gender_training.read_gender_only(args.gender_only, args.gender_only_images)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     factory = _cli_session_factory(args.no_cache)
     if args.reviewed and factory is None:
         parser.error("--reviewed needs the database")
-    choice = DataChoice(args.images, args.people, reviewed=args.reviewed)
+    choice = DataChoice(args.images, args.people, args.reviewed, args.gender_only, args.gender_only_images)
     last = {"stage": None}
 
     def show(stage, fraction, logs):

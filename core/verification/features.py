@@ -324,16 +324,12 @@ def extract_all_faces(
     return list(_pool().map(_analyse_every_face, photos, [networks] * len(photos)))
 
 
-GENDER_EMBEDDING_DIMS = 128  # the gender head sees dlib's part of the embedding (see head_inputs)
-
-
 def head_inputs(embedding: np.ndarray, gender_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What the heads take: the Siamese tower the whole embedding (every network's), the gender
-    head [log-odds, dlib's embedding]. SFace's part did not help the gender head (a logistic on the
-    shipped version's training people, scored on its 24 held-out people: with SFace 99.48-99.59%,
-    without 99.28-99.69%, over three L2 strengths), so versions on either set of networks share
-    one gender recipe."""
+    head [log-odds, the whole embedding] too. SFace's part helps the gender head on East Asian
+    faces (core.training.gender); versions whose head was trained on [log-odds, dlib's part] alone
+    take their part of this (core.verification.heads.load_version)."""
     embedding = np.asarray(embedding, np.float32)
     embedding = embedding.reshape(-1, embedding.shape[-1] if embedding.ndim else 128)
     gender_logit = np.asarray(gender_logit, np.float32).reshape(-1, 1)
-    return embedding, np.concatenate([gender_logit, embedding[:, :GENDER_EMBEDDING_DIMS]], axis=1)
+    return embedding, np.concatenate([gender_logit, embedding], axis=1)

@@ -92,18 +92,47 @@ def build_siamese(tower: keras.Model, initial_offset: float = 0.6) -> keras.Mode
     return keras.Model([a, b], sim, name="siamese")
 
 
-GENDER_INPUT_DIM = 1 + EMBEDDING_DIM  # the pretrained gender log-odds, then the embedding
+GENDER_INPUT_DIM = 1 + EMBEDDING_DIM  # the pretrained gender log-odds, then dlib's embedding
 
 
-def build_gender(dim: int = GENDER_INPUT_DIM, hidden: int = 0, l2: float = 1e-3) -> keras.Model:
+def gender_input_dim(metadata: dict) -> int:
+    """Numbers the gender head of a version takes: the log-odds, then every network's embedding."""
+    from core.verification.networks import network_class, networks_of
+
+    return 1 + sum(network_class(name).dim for name in networks_of(metadata))
+
+
+def adapt_gender_head(gender: keras.Model, dim: int) -> keras.Model:
+    """A gender head taking dim numbers ([log-odds, whole embedding]): the head itself when it does,
+    else (versions trained on [log-odds, dlib's part]) a wrapper that hands it its first numbers."""
+    width = int(gender.input_shape[-1])
+    if width == dim:
+        return gender
+    if width > dim:
+        raise ModelError(f"the gender head takes {width} numbers, its networks give only {dim}")
+    inp = keras.Input((dim,), name="gender_input")
+    return keras.Model(inp, gender(inp[:, :width]), name=f"{gender.name}_on_first_{width}")
+
+
+def build_gender(
+    dim: int = GENDER_INPUT_DIM,
+    hidden: int = 0,
+    l2: float = 1e-3,
+    mean: np.ndarray | None = None,
+    variance: np.ndarray | None = None,
+) -> keras.Model:
     """Logistic layer (or one hidden layer) on [pretrained gender log-odds, face embedding].
 
     Measured by person on lfw_dev, extra capacity on the embedding overfits the few people we
     have, so the default is logistic with L2: it mostly recalibrates the pretrained network and
     lets the embedding correct it where the company's own reviewed data says so.
+    mean, variance: standardise each input number first (fixed, part of the saved head), so the
+    L2 weighs the log-odds and the embedding's numbers alike (core.training.gender).
     """
     inp = keras.Input((dim,), name="gender_input")
     x = inp
+    if mean is not None:
+        x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(x)
     if hidden:
         x = keras.layers.Dense(hidden, activation="relu", name="hidden")(x)
     out = keras.layers.Dense(
@@ -142,6 +171,9 @@ class ModelVersion:
 
     @property
     def gender_min_confidence(self) -> float:
+        """The confidence from which a gender that differs from the registered one is flagged as a
+        mismatch (below it: cannot be confirmed). Chosen at training (core.training.gender); 0.9
+        for versions that predate the choice."""
         return float(self.metadata.get("gender_min_confidence", 0.9))
 
     def similarity_params(self) -> tuple[float, float]:
@@ -182,6 +214,7 @@ def load_version(version: str | None = None, models_dir: Path | None = None) -> 
         metadata = json.loads((directory / "metadata.json").read_text())
         siamese = keras.saving.load_model(directory / "siamese.keras")
         gender = keras.saving.load_model(directory / "gender.keras")
-    except (OSError, ValueError, KeyError) as exc:
+        gender = adapt_gender_head(gender, gender_input_dim(metadata))
+    except (OSError, ValueError, KeyError, ModelError) as exc:
         raise ModelError(f"Model version {version!r} in {directory} cannot be loaded: {exc}") from exc
     return ModelVersion(version=version, siamese=siamese, gender=gender, metadata=metadata)

@@ -1180,7 +1180,7 @@ def write_refit_version(
 # ----------------------------------------------------------------------------------------------
 # Running it: the job, after a promotion, and on a schedule
 
-JOB_NAME = "self_measure"  # the task's name in core.jobs.tasks.TASKS
+JOB_NAME = "self_measure"  # its job in core.jobs.tasks.JOBS
 
 
 def run_job(actor: str = "queue", version: str | None = None, database_url: str | None = None) -> dict:
