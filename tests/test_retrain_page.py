@@ -298,7 +298,13 @@ def test_train_from_the_reviewed_decisions_alone(fresh_install, add_reviewed, op
     assert "Reviewed decisions in the database (20 pairs" in page
     assert "Enough to train." in page and "Ready: training can start" in page
     run = start_run(fresh_install, at)
-    assert run.params["data"] == {"lfw_images": None, "lfw_people": None, "reviewed": True}
+    assert run.params["data"] == {
+        "lfw_images": None,
+        "lfw_people": None,
+        "reviewed": True,
+        "gender_only": None,
+        "gender_only_images": None,
+    }
     assert fresh_install.launched == [run.id]
 
 

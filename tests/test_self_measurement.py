@@ -450,10 +450,10 @@ def test_import_reads_the_optional_birth_year(session, photo_store, tmp_path):
 
 
 def test_benchmark_finds_every_planted_look_alike(tmp_path):
-    from core.cli import bench_self_measure
+    from core import cli
 
     out = tmp_path / "bench.json"
-    code = bench_self_measure.main(["--members", "400", "--planted", "5", "--json", str(out)])
+    code = cli.main(["bench", "self-measure", "--members", "400", "--planted", "5", "--json", str(out)])
     report = json.loads(out.read_text())
     assert code == 0
     assert report["planted"] >= 4 and report["planted_found"] == report["planted"]
@@ -549,8 +549,8 @@ def test_a_worker_killed_mid_way_is_resumed_without_doubling(tmp_path, model):
     engine.dispose()
 
 
-def test_the_kpi_page_shows_the_measurement_and_the_planted_pair(app_env, sample_vectors, model):
-    from test_pages import open_page, texts
+def test_the_kpi_page_shows_the_measurement_and_the_planted_pair(app_env, sample_vectors, model, open_page):
+    from test_pages import texts
 
     from core.workflows import importer
 
@@ -664,7 +664,7 @@ def test_a_queue_worker_schedules_and_runs_the_measurement(
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "core.jobs.worker", "--queues", "fv_batches", "--no-warm-up"],
+            [sys.executable, "-m", "core", "worker", "--queues", "fv_batches", "--no-warm-up"],
             cwd=ROOT,
             env={**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
             stdout=out,

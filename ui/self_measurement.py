@@ -9,6 +9,7 @@ import streamlit as st
 from core.dashboard import self_measurement as svc
 from ui.page import PageContext
 from ui.resources import get_store
+from ui.widgets import show_photo
 
 RUNNERS = ("data_scientist", "admin")  # who may start a measurement by hand
 
@@ -50,7 +51,7 @@ def section(ctx: PageContext) -> None:
     for column, member, data in ((columns[0], pair.member_a, photo_a), (columns[1], pair.member_b, photo_b)):
         column.caption(member)
         if data:
-            column.image(data, width=220)
+            show_photo(column, data, width=220)  # inline: no /media address for a member's photo
     same, different = st.columns(2)
     for column, is_same, label in (
         (same, True, "selfm.pair_same"),
