@@ -34,7 +34,7 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
-from core.workflows import batches, importer, privacy, search
+from core.workflows import batches, importer, privacy, search, spreadsheets
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "data" / "sample" / "images"
@@ -507,6 +507,23 @@ def test_export_holds_photos_decisions_and_views(session_factory, folder_store, 
     views = archive.read("views.csv").decode().splitlines()
     assert views[0] == "at_utc,who,action,why" and "staff_user,view_photo,page:members" in views[1]
     assert (exported.actor, exported.action) == ("admin_user", "export_member")
+
+
+def test_export_views_csv_never_holds_a_formula(session_factory, folder_store, users):
+    """A viewer named like a formula (a user from before the username rule, or a caller's reason)
+    is written as text in views.csv, as every dashboard CSV is."""
+    import csv
+
+    with session_factory() as session:
+        importer.load_sample_members(session, actor="staff_user", photo_store=folder_store)
+        gallery = session.scalars(select(Photo).filter_by(member_id="M0017", kind=GALLERY)).one()
+        privacy.record_photo_view(session, '=hyperlink("http://e/x","x")', gallery, "@SUM(A1)", repeat_s=0)
+        session.commit()
+        data = privacy.export_member(session, folder_store, "M0017", "admin_user")
+    text = zipfile.ZipFile(io.BytesIO(data)).read("views.csv").decode()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert ['\'=hyperlink("http://e/x","x")', "view_photo", "'@SUM(A1)"] in [r[1:] for r in rows]
+    assert not any(cell.startswith(spreadsheets.FORMULA_PREFIXES) for row in rows for cell in row)
 
 
 # ----------------------------------------------------------------------------------------------

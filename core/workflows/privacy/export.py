@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import zipfile
@@ -21,6 +20,7 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import spreadsheets
 from core.workflows.privacy.removal import (
     EXPORT_MEMBER,
     UnknownMember,
@@ -123,12 +123,10 @@ def export_member(
                 }
             )
         archive.writestr("decisions.json", json.dumps(decisions, indent=2, ensure_ascii=False))
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["at_utc", "who", "action", "why"])
-        for e in views:
-            writer.writerow([_iso(e.at), e.actor, e.action, (e.detail or {}).get("why", "")])
-        archive.writestr("views.csv", out.getvalue())
+        # Names and reasons come from users and callers: escaped, so a spreadsheet shows them as text.
+        rows = [["at_utc", "who", "action", "why"]]
+        rows += [[_iso(e.at), e.actor, e.action, (e.detail or {}).get("why", "")] for e in views]
+        archive.writestr("views.csv", spreadsheets.csv_text(rows))
         archive.writestr(
             "audit.json",
             json.dumps(
