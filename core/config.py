@@ -8,6 +8,8 @@ AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
                  boto3's own settings for an s3:// store (also read from secrets.toml)
 MODELS_DIR       versioned model artifacts (default: models/)
 CACHE_DIR        derived caches such as the converted pretrained weights (default: data/cache)
+DISPLAY_TIMEZONE the IANA time zone every page, table and chart shows times and days in, with
+                 its abbreviation (default: Asia/Seoul, shown as KST); the database keeps UTC
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ SAMPLE_DIR = DATA_DIR / "sample"
 RUNTIME_DIR = DATA_DIR / "runtime"
 # The developers' LFW development set beside the checkout (LFW_DEV_DIR names another).
 SHARED_LFW_DEV_DIR = PROJECT_ROOT.parent / "shared" / "data" / "lfw_dev"
-DISPLAY_TZ = "Asia/Seoul"  # the staff work in Korea: days and times are shown (and grouped) in KST
+DEFAULT_DISPLAY_TIMEZONE = "Asia/Seoul"  # the staff work in Korea: days and times shown (and grouped) in KST
 
 
 @lru_cache(maxsize=1)
@@ -60,3 +62,21 @@ def models_dir() -> Path:
 
 def cache_dir() -> Path:
     return Path(setting("CACHE_DIR") or DATA_DIR / "cache")
+
+
+def display_timezone() -> str:
+    """DISPLAY_TIMEZONE, checked: an IANA name such as Asia/Seoul (ValueError naming the setting)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = (setting("DISPLAY_TIMEZONE") or DEFAULT_DISPLAY_TIMEZONE).strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"DISPLAY_TIMEZONE {name!r} is not a time zone; use an IANA name such as Asia/Seoul or Europe/Berlin."
+        ) from None
+    return name
+
+
+# Read once at start: days are grouped and times shown in it everywhere (a restart applies a change).
+DISPLAY_TZ = display_timezone()
