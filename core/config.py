@@ -27,7 +27,6 @@ SAMPLE_DIR = DATA_DIR / "sample"
 RUNTIME_DIR = DATA_DIR / "runtime"
 # The developers' LFW development set beside the checkout (LFW_DEV_DIR names another).
 SHARED_LFW_DEV_DIR = PROJECT_ROOT.parent / "shared" / "data" / "lfw_dev"
-DISPLAY_TZ = "Asia/Seoul"  # the staff work in Korea: days and times are shown (and grouped) in KST
 
 
 @lru_cache(maxsize=1)
@@ -91,6 +90,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("SESSION_IDLE_MINUTES", float, 30.0, "dashboard sign-in ends after this long without activity (minutes)"),
     _setting("FACEVERIFY_WARM_ENGINE", bool, True, "load the models as soon as Home is drawn (off: at the first verification)"),
     _setting("FACEVERIFY_ADMIN_PASSWORD", str, None, "the password `users create-admin` uses instead of asking (scripts)", secret=True),
+    _setting("DISPLAY_TIMEZONE", str, "Asia/Seoul", "IANA time zone every page, table and chart shows times and days in, with its abbreviation (the database keeps UTC; a restart applies a change)"),
     # Checks and fraud
     _setting("DUPLICATE_THRESHOLD", str, None, "similarity in (0, 1) at which another member's face is a possible duplicate; unset: from the model version"),
     _setting("STALE_PHOTO_DAYS", str, "30", "a verification photo taken longer ago (EXIF) is flagged stale_photo (days)"),
@@ -112,6 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("SELF_MEASURE_BLOCK_ROWS", int, 2048, "photos per block of the measurement (memory ~ rows x 8192 x 5 bytes)"),
     _setting("SELF_MEASURE_PHOTOS", str, "all", "all (gallery and verification photos) or gallery (a quarter of the pairs)"),
     _setting("SELF_MEASURE_AFTER_PROMOTION", bool, True, "measure a version as soon as it is promoted"),
+    _setting("PRIVACY_EXPORT_MAX_MB", float, 2048.0, "the largest member export (MB); a larger one is refused with a message, no file left"),
     # Audit log
     _setting("AUDIT_KEY", str, None, "the audit chain's HMAC key (32+ characters); unset: AUDIT_KEY_FILE", secret=True),
     _setting("AUDIT_KEY_FILE", Path, RUNTIME_DIR / "audit.key", "file holding the audit key, generated (0600) when missing"),
@@ -188,6 +189,20 @@ def cache_dir() -> Path:
     return get("CACHE_DIR")
 
 
+def display_timezone() -> str:
+    """DISPLAY_TIMEZONE, checked: an IANA name such as Asia/Seoul (ValueError naming the setting)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = get("DISPLAY_TIMEZONE").strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"DISPLAY_TIMEZONE {name!r} is not a time zone; use an IANA name such as Asia/Seoul or Europe/Berlin."
+        ) from None
+    return name
+
+
 def _default_text(item: Setting) -> str:
     if item.default is None:
         return "unset"
@@ -216,3 +231,7 @@ def shown_value(item: Setting) -> str:
     if raw is None:
         return f"{_default_text(item).strip('`')} (default)"
     return "****" if item.secret else raw
+
+
+# Read once at start: days are grouped and times shown in it everywhere (a restart applies a change).
+DISPLAY_TZ = display_timezone()

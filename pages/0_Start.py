@@ -10,7 +10,7 @@ ctx = page_context("home")
 # Loaded once signed in, so the sign-in form (the first page anyone sees) does not wait for them.
 from core.dashboard import home  # noqa: E402
 from core.dashboard.access import PAGES  # noqa: E402
-from core.dashboard.formatting import MIN_COUNT, basis_text, target_text, today_local  # noqa: E402
+from core.dashboard.formatting import MIN_COUNT, basis_text, target_text, today_local, zone_name  # noqa: E402
 from ui.widgets import job_progress  # noqa: E402
 
 st.title(ctx.t("app.title"))
@@ -20,7 +20,7 @@ with ctx.session() as session:
     summary = home.today_summary(session)
 kpi = summary.kpi
 
-st.subheader(ctx.t("home.today", day=today_local().isoformat()))
+st.subheader(ctx.t("home.today", day=today_local().isoformat(), zone=zone_name()))
 if kpi.n_results == 0:
     st.info(ctx.t("home.no_results_today"))
 

@@ -163,9 +163,13 @@ with tab_list:
                     st.dataframe(formatting.table(access, ctx.lang), hide_index=True, width="stretch")
                 cols = st.columns(2)
                 if cols[0].button(ctx.t("members.export", member=member.id), key="members_export"):
-                    with ctx.session() as session:
-                        data = svc.export(session, ctx.store, member.id, ctx.username)
-                    st.session_state["members_export_zip"] = (member.id, data)
+                    try:
+                        with ctx.session() as session:
+                            data = svc.export(session, ctx.store, member.id, ctx.username)
+                        st.session_state["members_export_zip"] = (member.id, data)
+                    except svc.ExportTooLarge:
+                        limit = f"{svc.export_limit_mb():,}"
+                        st.error(ctx.t("members.export_too_large", member=member.id, limit=limit))
                 ready = st.session_state.get("members_export_zip")
                 if ready and ready[0] == member.id:
                     cols[0].download_button(

@@ -18,7 +18,10 @@ with ctx.session() as session:
 
 cols = st.columns([2, 1.2, 1.2, 1.4])
 period = cols[0].date_input(
-    ctx.t("kpi.period"), value=(today - timedelta(days=30), today), key="kpi_period", max_value=today
+    ctx.t("kpi.period", zone=formatting.zone_name()),
+    value=(today - timedelta(days=30), today),
+    key="kpi_period",
+    max_value=today,
 )
 version = cols[1].selectbox(
     ctx.t("kpi.model_version"),

@@ -970,6 +970,45 @@ def test_member_photo_download_is_audited(api):
     assert downloads[0].detail["why"] == "api:GET /v1/members/{member_id}/photos/{kind}"
 
 
+def test_member_export_is_sent_from_disk_and_capped(api, monkeypatch, tmp_path):
+    import io
+    import json
+    import tempfile
+    import zipfile
+
+    api.enrol("priv-1", photo(BRODY[0]), photo(BRODY[1]))
+    # The temporary ZIP goes to its own folder here, so the test sees it made and removed.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = set(tmp_path.glob("member-export-*"))
+    got = api.client.get("/v1/members/priv-1/export", headers=api.headers())
+    assert got.status_code == 200, got.text
+    assert got.headers["content-type"] == "application/zip" and got.headers["cache-control"] == "no-store"
+    assert 'filename="member-priv-1.zip"' in got.headers["content-disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(got.content))
+    member = json.loads(archive.read("member.json"))
+    assert sorted(archive.read(p["file"]) for p in member["photos"]) == sorted(
+        [photo(BRODY[0]), photo(BRODY[1])]
+    )
+    for _ in range(100):  # removed by a background task just after the answer is sent
+        if set(tmp_path.glob("member-export-*")) == before:
+            break
+        time.sleep(0.05)
+    assert set(tmp_path.glob("member-export-*")) == before
+    assert api.client.get("/v1/members/priv-1/export", headers=api.headers("reader")).status_code == 403
+    missing = api.client.get("/v1/members/nobody/export", headers=api.headers())
+    assert missing.status_code == 404 and missing.json()["error"] == "unknown_member"
+    monkeypatch.setenv("PRIVACY_EXPORT_MAX_MB", "0.01")
+    refused = api.client.get("/v1/members/priv-1/export", headers=api.headers())
+    assert refused.status_code == 409 and refused.json()["error"] == "export_too_large"
+    assert "PRIVACY_EXPORT_MAX_MB" in refused.json()["message"]
+    assert set(tmp_path.glob("member-export-*")) == before
+    with api.factory() as session:
+        exports = session.scalars(select(AuditEntry).where(AuditEntry.action == "export_member")).all()
+    assert [(e.actor, e.target_id, e.detail["why"]) for e in exports] == [
+        ("api:backend-key", "priv-1", "api")
+    ]
+
+
 def test_erase_member_over_the_api(api):
     api.enrol("priv-1", photo(BRODY[0]), photo(BRODY[1]))
     api.enrol("priv-2", photo(BECKHAM[0]), photo(BECKHAM[1]))

@@ -47,7 +47,7 @@ def test_roles(session, users):
     user_store.set_role(session, "staff_user", "manager", actor="admin_user")
     assert user_store.has_role(session.scalar(select(User).where(User.username == "staff_user")), "manager")
     with pytest.raises(user_store.UnknownRole):
-        user_store.create_user(session, "x", USER_PASSWORD, "superuser")
+        user_store.create_user(session, "someone", USER_PASSWORD, "superuser")
 
 
 def test_create_and_change_password(session, users):
@@ -96,3 +96,41 @@ def test_a_reset_password_must_be_changed_and_the_last_administrator_stays(sessi
     assert not session.scalar(select(User.active).where(User.username == "admin_user"))
     user_store.set_language(session, "manager_user", "en")
     assert session.scalar(select(User.language).where(User.username == "manager_user")) == "en"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        '=hyperlink("http://e/x")',  # a formula in every CSV that names the user
+        "+cmd",
+        "ab",  # too short
+        "a" * 41,
+        "-admin",
+        ".admin",
+        "аdmin",  # Cyrillic а: looks like admin
+        "kim min",
+        "김민수",
+    ],
+)
+def test_new_usernames_keep_to_a_safe_alphabet(session, name):
+    with pytest.raises(user_store.BadUsername, match="3 to 40 characters"):
+        user_store.create_user(session, name, USER_PASSWORD, "staff")
+    assert session.scalar(select(User).where(User.username == name.lower())) is None
+
+
+def test_safe_usernames_are_created_and_older_names_still_sign_in(session, users):
+    created = user_store.create_user(session, " Kim.Min-su_2 ", USER_PASSWORD, "staff")
+    assert created.username == "kim.min-su_2"
+    # A user created before the rule (here written directly) keeps signing in and being managed.
+    session.add(
+        User(
+            username="이전@사용자",
+            password_hash=user_store.hash_password(USER_PASSWORD),
+            role="staff",
+            active=True,
+            must_change_password=False,
+        )
+    )
+    session.commit()
+    assert user_store.authenticate(session, "이전@사용자", USER_PASSWORD).username == "이전@사용자"
+    user_store.set_role(session, "이전@사용자", "manager", actor="admin_user")

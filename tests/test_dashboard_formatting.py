@@ -97,3 +97,51 @@ def test_a_rate_says_what_it_rests_on_in_both_languages():
     )
     assert formatting.wilson_interval(0, 0) is None and formatting.percent(None) == "—"
     assert formatting.milliseconds(568.759) == "569 ms" and formatting.percent(0.5) == "50.0%"
+
+
+def test_times_are_shown_in_the_deployment_time_zone_with_its_name():
+    from datetime import datetime
+
+    stored = datetime(2026, 12, 6, 9, 10)  # naive UTC, as the database keeps it
+    assert formatting.local_time(stored) == "2026-12-06 18:10 KST"  # Asia/Seoul by default
+    assert formatting.local_time(stored, "UTC") == "2026-12-06 09:10 UTC"
+    assert formatting.local_time(datetime(2026, 7, 1, 9, 10), "Europe/Berlin") == "2026-07-01 11:10 CEST"
+    assert formatting.local_time(stored, "Asia/Almaty").endswith(" UTC+05")  # no abbreviation of its own
+    assert formatting.local_time(None) == ""
+    assert formatting.zone_name() == "KST"
+
+
+def test_the_display_timezone_setting_is_used_everywhere_and_checked():
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from datetime import datetime\n"
+        "from core import config\n"
+        "from core.dashboard import formatting\n"
+        "from core.workflows import batches\n"
+        "from core.i18n import t\n"
+        "print(config.DISPLAY_TZ)\n"
+        "print(formatting.local_time(datetime(2026, 12, 6, 23, 30)))\n"
+        "print(batches.local_day(datetime(2026, 12, 6, 23, 30)))\n"
+        "print(t('kpi.period', 'en', zone=formatting.zone_name()))\n"
+    )
+
+    def run(zone: str):
+        env = {**os.environ, "DISPLAY_TIMEZONE": zone}
+        return subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    berlin = run("Europe/Berlin")
+    assert berlin.returncode == 0, berlin.stderr
+    assert berlin.stdout.splitlines() == [
+        "Europe/Berlin",
+        "2026-12-07 00:30 CET",
+        "2026-12-07",
+        "Period (CET)",
+    ]
+    wrong = run("Mars/Olympus")
+    assert wrong.returncode != 0
+    assert "DISPLAY_TIMEZONE 'Mars/Olympus' is not a time zone" in wrong.stderr

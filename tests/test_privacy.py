@@ -34,7 +34,7 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
-from core.workflows import batches, importer, privacy, search
+from core.workflows import batches, importer, privacy, search, spreadsheets
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "data" / "sample" / "images"
@@ -507,6 +507,125 @@ def test_export_holds_photos_decisions_and_views(session_factory, folder_store, 
     views = archive.read("views.csv").decode().splitlines()
     assert views[0] == "at_utc,who,action,why" and "staff_user,view_photo,page:members" in views[1]
     assert (exported.actor, exported.action) == ("admin_user", "export_member")
+
+
+def test_export_views_csv_never_holds_a_formula(session_factory, folder_store, users):
+    """A viewer named like a formula (a user from before the username rule, or a caller's reason)
+    is written as text in views.csv, as every dashboard CSV is."""
+    import csv
+
+    with session_factory() as session:
+        importer.load_sample_members(session, actor="staff_user", photo_store=folder_store)
+        gallery = session.scalars(select(Photo).filter_by(member_id="M0017", kind=GALLERY)).one()
+        privacy.record_photo_view(session, '=hyperlink("http://e/x","x")', gallery, "@SUM(A1)", repeat_s=0)
+        session.commit()
+        data = privacy.export_member(session, folder_store, "M0017", "admin_user")
+    text = zipfile.ZipFile(io.BytesIO(data)).read("views.csv").decode()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert ['\'=hyperlink("http://e/x","x")', "view_photo", "'@SUM(A1)"] in [r[1:] for r in rows]
+    assert not any(cell.startswith(spreadsheets.FORMULA_PREFIXES) for row in rows for cell in row)
+
+
+def large_photo(seed: int, width: int = 2600, height: int = 2000) -> bytes:
+    """A real JPEG of noise (it does not compress: about 8 MB at quality 95)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def add_photos(session_factory, store, member_id: str, photos: list[bytes]) -> None:
+    with session_factory() as session:
+        for data in photos:
+            blob = store.put(data)
+            session.add(
+                Photo(
+                    member_id=member_id,
+                    kind=VERIFICATION,
+                    sha256=blob.sha256,
+                    stored_path=blob.relative_path,
+                    size_bytes=blob.size_bytes,
+                    current=False,
+                )
+            )
+        session.commit()
+
+
+def test_export_streams_photo_by_photo_to_a_file(session_factory, folder_store, users, tmp_path):
+    """Five ~8 MB photos: the ZIP is on disk with all of them, while memory holds one at a time."""
+    import tracemalloc
+
+    with session_factory() as session:
+        importer.load_sample_members(session, actor="staff_user", photo_store=folder_store)
+    big = [large_photo(seed) for seed in range(5)]
+    add_photos(session_factory, folder_store, "M0017", big)
+    out = tmp_path / "exports"
+    out.mkdir()
+    with session_factory() as session:
+        tracemalloc.start()
+        try:
+            path = privacy.export_member_file(session, folder_store, "M0017", "admin_user", directory=out)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    total = sum(map(len, big))
+    assert path.parent == out and path.stat().st_size > total
+    # Built in memory, the ZIP alone held every photo (and getvalue() a second copy of it).
+    assert peak < 3 * max(map(len, big)), f"peak {peak / 1e6:.0f} MB for {total / 1e6:.0f} MB of photos"
+    with zipfile.ZipFile(path) as archive:
+        member = json.loads(archive.read("member.json"))
+        kept = [archive.read(p["file"]) for p in member["photos"] if not p["current"]]
+        assert kept == big and archive.testzip() is None
+
+
+def test_an_export_past_the_size_cap_is_refused_and_leaves_nothing(
+    session_factory, folder_store, users, tmp_path, monkeypatch
+):
+    with session_factory() as session:
+        importer.load_sample_members(session, actor="staff_user", photo_store=folder_store)
+    add_photos(session_factory, folder_store, "M0017", [large_photo(1, 1200, 900), large_photo(2, 1200, 900)])
+    out = tmp_path / "exports"
+    out.mkdir()
+    monkeypatch.setenv("PRIVACY_EXPORT_MAX_MB", "2")
+    with session_factory() as session:
+        with pytest.raises(privacy.ExportTooLarge, match=r"larger than 2 MB \(PRIVACY_EXPORT_MAX_MB\)"):
+            privacy.export_member_file(session, folder_store, "M0017", "admin_user", directory=out)
+        assert list(out.iterdir()) == []  # no partial file
+        recorded = session.scalars(select(AuditEntry).where(AuditEntry.action == "export_member")).all()
+        assert recorded == []  # nothing was exported, so nothing is recorded as exported
+        # Under the cap the same member exports, and the file is a complete ZIP.
+        monkeypatch.setenv("PRIVACY_EXPORT_MAX_MB", "20")
+        path = privacy.export_member_file(session, folder_store, "M0017", "admin_user", directory=out)
+        assert path.stat().st_size <= 20 * 2**20 and zipfile.ZipFile(path).testzip() is None
+    for nonsense in ("0", "-5", "lots"):
+        monkeypatch.setenv("PRIVACY_EXPORT_MAX_MB", nonsense)
+        with pytest.raises(ValueError, match="PRIVACY_EXPORT_MAX_MB must be a positive number"):
+            privacy.export.max_export_bytes()
+
+
+def test_export_command_writes_the_file_or_refuses_leaving_nothing(tmp_path, db_url, session_factory):
+    store = PhotoStore(tmp_path / "cli_store", fsync=False)
+    with session_factory() as session:
+        importer.load_sample_members(session, actor="staff_user", photo_store=store)
+    add_photos(session_factory, store, "M0004", [large_photo(3, 1200, 900)])
+    env = {**os.environ, "PHOTO_STORE_DIR": str(store.root), "DATABASE_URL": db_url}
+    env.pop("PHOTO_ENCRYPTION_KEY", None)
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "core", "export", "M0004", "--out", str(out / "m.zip"), "--url", db_url]
+    refused = subprocess.run(
+        command, cwd=ROOT, env={**env, "PRIVACY_EXPORT_MAX_MB": "0.5"}, capture_output=True, text=True
+    )
+    assert refused.returncode == 1 and "PRIVACY_EXPORT_MAX_MB" in refused.stderr
+    assert "Traceback" not in refused.stderr and list(out.iterdir()) == []
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in out.iterdir()] == ["m.zip"]  # the file asked for, no temporary left
+    with zipfile.ZipFile(out / "m.zip") as archive:
+        assert len(json.loads(archive.read("member.json"))["photos"]) == 3
 
 
 # ----------------------------------------------------------------------------------------------

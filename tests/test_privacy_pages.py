@@ -68,6 +68,20 @@ def test_members_page_views_are_audited_and_only_admins_see_access_history(app_e
     assert admin.get("download_button"), "the ZIP is offered for download"
 
 
+def test_members_page_export_past_the_size_cap_is_refused_with_a_message(app_env, monkeypatch, open_page):
+    load_sample(app_env)
+    monkeypatch.setenv("PRIVACY_EXPORT_MAX_MB", "0.01")
+    admin = open_page("pages/3_Members.py", "admin")
+    open_member(admin, "M0007")
+    click_row(admin, "M0007")
+    admin.button(key="members_export").click().run()
+    assert not admin.exception
+    assert any("larger than the export limit" in e.value for e in admin.error)
+    assert not admin.get("download_button")
+    with app_env.session() as session:
+        assert not session.scalars(select(AuditEntry).where(AuditEntry.action == "export_member")).all()
+
+
 def test_members_page_erases_a_member_after_typing_their_id(app_env, open_page):
     load_sample(app_env)
     with app_env.session() as session:

@@ -128,15 +128,26 @@ def test_duplicate_threshold_is_stricter_than_verification(monkeypatch):
     monkeypatch.delenv(search.DUPLICATE_THRESHOLD_SETTING, raising=False)
     dup = search.duplicate_threshold(0.5, (0.35, 0.7))
     assert dup > 0.7 > 0.5 and dup < 1.0
-    # On the model's scale: the fixed duplicate distance, whatever the band's edge...
-    for band_high in (0.79, 0.96):
-        scaled = search.duplicate_threshold(0.4, (0.01, band_high), offset=0.58, scale=46.9)
-        here = np.sqrt(search._sqdist_for_similarity(scaled, 0.58, 46.9))
-        assert scaled > band_high and here == pytest.approx(search.DUPLICATE_DISTANCE, abs=1e-6)
-    # ...but never looser than a band edge that is already stricter.
-    strict = search.duplicate_threshold(0.4, (0.01, 0.99999), offset=0.58, scale=46.9)
-    assert strict == pytest.approx(0.99999, abs=1e-6)
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    # The model's approval point plus a fixed margin of evidence on the calibrated scale, whatever
+    # units the tower's distances have (the offset and scale do not move it)...
+    for approve_at in (0.7, 0.85, 0.96):
+        for offset, scale in ((0.58, 46.9), (1.62, 30.3), (None, None)):
+            found = search.duplicate_threshold(0.4, (0.01, approve_at), offset=offset, scale=scale)
+            assert logit(found) - logit(approve_at) == pytest.approx(
+                search.DUPLICATE_MARGIN_LOGODDS, abs=1e-6
+            )
+    # ...the verification threshold when it is the stricter point...
+    assert search.duplicate_threshold(0.9, (0.01, 0.7)) == search.duplicate_threshold(0.1, (0.01, 0.9))
+    # ...never looser than the floor, never stricter than the ceiling (a saturated approve_at).
+    assert search.duplicate_threshold(0.01, (0.001, 0.02)) == search.DUPLICATE_FLOOR
+    for saturated in (0.99999, 0.9999999999944786, 1.0):
+        assert search.duplicate_threshold(0.5, (0.01, saturated)) == search.DUPLICATE_CEILING
     assert search.duplicate_threshold(0.5, (0.35, 0.7), {"duplicate_threshold": 0.93}) == 0.93
+    assert search.duplicate_threshold(0.5, (0.35, 0.7), {"duplicate_threshold": 1 - 1e-12}) == 0.99999
     monkeypatch.setenv(search.DUPLICATE_THRESHOLD_SETTING, "0.9")
     assert search.duplicate_threshold(0.5, (0.35, 0.7), {"duplicate_threshold": 0.93}) == 0.9
     monkeypatch.setenv(search.DUPLICATE_THRESHOLD_SETTING, "2")
@@ -355,3 +366,80 @@ def test_duplicate_flag_candidates_the_pages_can_read():
     }
     assert search.candidates_of(legacy) == [("M-7", 0.999), ("김1", 1.0)]
     assert search.candidates_of({"code": POSSIBLE_DUPLICATE, "reason": None}) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# A retrained model, promoted: the duplicate threshold on its own scale (real photos, real networks)
+
+
+@pytest.mark.slow
+def test_a_promoted_retrained_model_keeps_a_meaningful_duplicate_threshold(
+    session_factory, photo_store, models_copy, warm_cache, monkeypatch
+):
+    """A small model trained on the sample people and promoted: its threshold sits between the floor
+    and the ceiling, above its own approve_at, and searching with another photo of a person it never
+    saw finds that person's member marked possible_duplicate, and nobody else."""
+    from conftest import SAMPLE_DIR, SAMPLE_IMAGES
+
+    from core.training import pipeline, registry
+    from core.training.fitting import TrainParams
+    from core.verification.engine import Engine
+
+    monkeypatch.delenv(search.DUPLICATE_THRESHOLD_SETTING, raising=False)
+    warm_cache(session_factory)
+    outcome = pipeline.run(
+        pipeline.DataChoice(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv", reviewed=False),
+        TrainParams(epochs=3, gender_epochs=15, positives_per_person=20),
+        session_factory=session_factory,
+        store=photo_store,
+        models_dir=models_copy,
+        actor="ds_user",
+        compare_with_active=False,
+    )
+    with session_factory() as session:
+        registry.promote(session, outcome.version, "admin_user", models_dir=models_copy)
+        active = registry.active_version(session, models_copy)
+    assert active == outcome.version
+    engine = Engine.load(active, models_copy)
+
+    points = engine.model.operating_points
+    dup = search.duplicate_threshold(
+        engine.model.threshold, engine.model.uncertain_band, engine.model.metadata
+    )
+    assert search.DUPLICATE_FLOOR <= dup <= search.DUPLICATE_CEILING and dup > points.approve_at
+
+    # Each held-out person enrolled with their first photo; every other photo of theirs searched.
+    held = outcome.result["data"]["heldout_people"]
+    photos = {p: sorted(SAMPLE_IMAGES.glob(f"{p}_[0-9][0-9][0-9][0-9].jpg")) for p in held}
+    with session_factory() as session:
+        for person, files in photos.items():
+            blob = photo_store.put(files[0].read_bytes())
+            session.add(Member(id=person, gender="M"))
+            session.add(
+                Photo(
+                    member_id=person,
+                    kind=GALLERY,
+                    sha256=blob.sha256,
+                    stored_path=blob.relative_path,
+                    size_bytes=blob.size_bytes,
+                    current=True,
+                )
+            )
+        session.commit()
+    assert search.enrol_missing(session_factory, engine, photo_store) == len(held)
+    flagged_right, searches, flagged_wrong = 0, 0, []
+    with session_factory() as session:
+        for person, files in photos.items():
+            for query in files[1:]:
+                found = search.search_photo(session, engine, query.read_bytes(), k=len(held))
+                assert found.duplicate_threshold == dup  # what /health and the API report
+                searches += 1
+                for c in found.candidates:
+                    if c.similarity >= found.duplicate_threshold:  # the API's possible_duplicate
+                        if c.member_id == person:
+                            flagged_right += 1
+                        else:
+                            flagged_wrong.append((query.name, c.member_id, c.similarity))
+    assert searches >= 10
+    assert flagged_wrong == []
+    assert flagged_right >= searches / 2, f"{flagged_right} of {searches} same-person searches flagged"

@@ -248,3 +248,26 @@ def test_escape_frame_escapes_text_columns_and_names_but_not_numbers():
     assert list(frame["member_id"])[0].startswith("=")  # the input is not changed
     csv_text = out.to_csv(index=False)
     assert all(not line.startswith(spreadsheets.FORMULA_PREFIXES) for line in csv_text.splitlines())
+
+
+def test_csv_writer_escapes_every_cell_like_the_downloads():
+    rows = [["at", "who", "why"], ["2026-12-06", '=HYPERLINK("http://e/x","click")', "+1"], [1, -0.5, None]]
+    text = spreadsheets.csv_text(rows)
+    import csv
+
+    read = list(csv.reader(io.StringIO(text)))
+    assert read[1] == ["2026-12-06", '\'=HYPERLINK("http://e/x","click")', "'+1"]
+    assert read[2] == ["1", "-0.5", ""]  # numbers stay numbers
+
+
+def test_training_set_names_that_would_run_as_formulas_are_refused(tmp_path):
+    from core.dashboard import training_sets
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("people.csv", 'person,gender\n"=HYPERLINK(""http://e/x"")",M\nA_B,F\n')
+        z.writestr('=HYPERLINK("http://e/x")_0001.jpg', b"\xff\xd8 not a real photo")
+        z.writestr("A_B_0001.jpg", b"\xff\xd8 not a real photo")
+    with pytest.raises(training_sets.TrainingSetError, match="is not a usable name"):
+        training_sets.unpack_upload(buffer.getvalue(), tmp_path / "sets")
+    assert not (tmp_path / "sets").exists() or not any((tmp_path / "sets").iterdir())

@@ -1,5 +1,8 @@
 """faceverify erase MEMBER_ID [--yes] | export MEMBER_ID --out FILE.zip | retention [--dry-run]
 
+export streams the ZIP to disk photo by photo; past PRIVACY_EXPORT_MAX_MB it is refused and no file
+is left.
+
 Exit code 0 when done, 1 when refused (no such member, not confirmed, a privacy error).
 """
 
@@ -96,14 +99,25 @@ def run_erase(args) -> int:
 
 @_refusing
 def run_export(args) -> int:
-    from core.workflows.privacy import export_member
+    import os
+    from pathlib import Path
 
+    from core.workflows.privacy import export_member_file
+
+    out = Path(args.out)
     factory, store = _open(args.url)
+    # Written beside the target and renamed into place: a refused or interrupted export leaves no
+    # partial file under the name asked for.
     with factory() as session:
-        data = export_member(session, store, args.member_id, args.actor or login_name(), why="cli")
-    with open(args.out, "wb") as f:
-        f.write(data)
-    print(f"wrote {args.out} ({len(data)} bytes)")
+        path = export_member_file(
+            session, store, args.member_id, args.actor or login_name(), why="cli", directory=out.parent
+        )
+    try:
+        os.replace(path, out)
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
     return 0
 
 

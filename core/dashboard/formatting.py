@@ -1,4 +1,4 @@
-"""Values and flags in the page's words: local times (Korea), target texts, flag sentences, CSV,
+"""Values and flags in the page's words: local times (DISPLAY_TIMEZONE, Korea by default), target texts, flag sentences, CSV,
 and every rate with what it rests on (its count and 95% Wilson interval).
 
 local_time(value), today_local(), target_text(target), describe_flags(result, lang), to_csv_bytes(frame)
@@ -39,15 +39,29 @@ from core.workflows import batches, search, spreadsheets
 DISPLAY_TZ = config.DISPLAY_TZ
 
 
-def today_local(tz: str = DISPLAY_TZ) -> date:
-    return datetime.now(ZoneInfo(tz)).date()
+def today_local(tz: str | None = None) -> date:
+    return datetime.now(ZoneInfo(tz or DISPLAY_TZ)).date()
 
 
-def local_time(value: datetime | None, tz: str = DISPLAY_TZ) -> str:
-    """A stored naive-UTC timestamp as local 'YYYY-MM-DD HH:MM'."""
+def zone_label(when: datetime) -> str:
+    """The zone of an aware time as people read it: KST, CET/CEST, UTC; UTC+05 where the zone
+    has no abbreviation of its own (the tz database writes those as +05)."""
+    name = when.strftime("%Z")
+    return f"UTC{name}" if name[:1] in "+-" else name
+
+
+def zone_name(tz: str | None = None) -> str:
+    """The deployment's zone as the pages name it beside a day or a period: KST by default."""
+    return zone_label(datetime.now(ZoneInfo(tz or DISPLAY_TZ)))
+
+
+def local_time(value: datetime | None, tz: str | None = None) -> str:
+    """A stored naive-UTC timestamp in the deployment's time zone (DISPLAY_TIMEZONE), with the
+    zone named: '2026-12-06 18:10 KST'."""
     if value is None:
         return ""
-    return value.replace(tzinfo=UTC).astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+    local = value.replace(tzinfo=UTC).astimezone(ZoneInfo(tz or DISPLAY_TZ))
+    return f"{local:%Y-%m-%d %H:%M} {zone_label(local)}"
 
 
 def batch_name(name: str | None, group_key: str | None, lang: str) -> str:

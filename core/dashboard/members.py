@@ -186,6 +186,14 @@ def access_history(session, member_id: str) -> pd.DataFrame:
     return access_frame(privacy.access_history(session, member_id))
 
 
+ExportTooLarge = privacy.ExportTooLarge
+
+
+def export_limit_mb() -> int:
+    """The export size cap (PRIVACY_EXPORT_MAX_MB) in whole MB, for the refusal's message."""
+    return privacy.export.max_export_bytes() // 2**20
+
+
 def export(session, store, member_id: str, actor: str) -> bytes:
     """Everything held about the member, as a ZIP (audited)."""
     return privacy.export_member(session, store, member_id, actor, why=PAGE)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from core import config
 from core.training import pipeline
-from core.workflows import importer
+from core.workflows import importer, spreadsheets
 
 PEOPLE_FILE = "people.csv"
 MAX_UPLOAD_PHOTOS = 20_000  # lfw_dev has 3,298; the whole of LFW 13,233
@@ -152,7 +152,8 @@ def _read_people(data: bytes) -> dict[str, str]:
             continue
         if gender not in ("M", "F"):
             problems.append(f"{PEOPLE_FILE} row {number}: gender of {person} must be M or F, not {gender!r}.")
-        elif "/" in person or "\\" in person or person.startswith("."):
+        # A name a spreadsheet would run as a formula is refused: people.csv is written back as given.
+        elif "/" in person or "\\" in person or person.startswith((".", *spreadsheets.FORMULA_PREFIXES)):
             problems.append(f"{PEOPLE_FILE} row {number}: {person!r} is not a usable name.")
         else:
             people[person] = gender
@@ -269,7 +270,7 @@ def unpack_upload(zip_bytes: bytes, root: Path | None = None) -> tuple[Path, lis
             if problems:
                 raise TrainingSetError(_limited(problems))
             with (partial / PEOPLE_FILE).open("w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
+                writer = spreadsheets.csv_writer(f)
                 writer.writerow(["person", "gender"])
                 writer.writerows(sorted(people.items()))
             partial.rename(folder)

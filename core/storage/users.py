@@ -1,7 +1,7 @@
 """Users, roles and passwords (argon2id hashes only; the password itself is never stored).
 
 create_user(session, username, password, role, display_name=None, actor="system",
-            must_change_password=False) -> User
+            must_change_password=False) -> User    new names follow USERNAME_RULE (BadUsername)
 authenticate(session, username, password, client=None) -> User
                                                           raises AuthenticationFailed, or
                                                           SignInThrottled after repeated failures
@@ -28,6 +28,7 @@ Command line (core.cli.users):
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from argon2 import PasswordHasher
@@ -93,11 +94,32 @@ class UnknownRole(AuthError):
     code = "unknown_role"
 
 
+class BadUsername(AuthError):
+    code = "bad_username"
+
+
+# New names only: ASCII letters, digits and . _ - (no formula character first, no look-alike
+# letters from other scripts, nothing a CSV, a log line or an audit entry has to quote).
+USERNAME_RULE = "3 to 40 characters: letters a-z, digits and . _ -, starting with a letter or a digit"
+_USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{2,39}")
+
+
 def normalise_username(username: str) -> str:
-    # Case-folded so "Kim" and "kim" cannot be two accounts.
+    """The name as stored: stripped and case-folded, so "Kim" and "kim" cannot be two accounts.
+
+    Lenient on purpose (sign-in, lookups): users created before USERNAME_RULE keep working.
+    """
     name = (username or "").strip().lower()
     if not name or len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
         raise AuthError("A username is 1 to 64 visible characters without spaces.")
+    return name
+
+
+def check_new_username(username: str) -> str:
+    """The normalised name of a user about to be created, or BadUsername naming USERNAME_RULE."""
+    name = (username or "").strip().lower()
+    if not _USERNAME_RE.fullmatch(name):
+        raise BadUsername(f"A username needs {USERNAME_RULE}; {username!r} does not fit.")
     return name
 
 
@@ -136,7 +158,7 @@ def create_user(
     actor: str = "system",
     must_change_password: bool = False,
 ) -> User:
-    username = normalise_username(username)
+    username = check_new_username(username)
     _check_role(role)
     _check_password(password)
     if _find(session, username) is not None:

@@ -1,4 +1,4 @@
-"""A member's photos (every download audited) and the erasure of a member's biometric data."""
+"""A member's photos (every download audited), the export of a member's data, and its erasure."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
+from starlette.background import BackgroundTask
 
 from core.api.deps import CallerKey, State, secured
 from core.api.errors import ApiError, error_responses, hidden
@@ -84,6 +85,44 @@ def member_photo(
         )
     media_type = MEDIA_TYPES.get(photo.stored_path.rsplit(".", 1)[-1], "image/jpeg")
     return Response(data, media_type=media_type, headers={"Cache-Control": "no-store"})
+
+
+@router.get(
+    "/v1/members/{member_id:path}/export",
+    dependencies=secured,
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "the member's data as a ZIP"},
+        **error_responses(401, 403, 404, 409, 422, 503),
+    },
+)
+def export_member(
+    state: State, caller: CallerKey, member_id: Annotated[str, Path(min_length=1, max_length=64)]
+):
+    """The member's data as a ZIP (member.json, photos/, decisions.json, views.csv, audit.json),
+    for the backend key only; recorded in the audit log and the member's access history. Built on
+    disk photo by photo and sent from there; larger than PRIVACY_EXPORT_MAX_MB answers 409
+    export_too_large."""
+    if caller.role != BACKEND:
+        raise ApiError(
+            403, "forbidden", f"The key {caller.name!r} has the role {caller.role!r}; exports need 'backend'."
+        )
+    member_id = checked_member_id(member_id)
+    with state.factory() as session:
+        try:
+            path = privacy.export_member_file(session, state.store, member_id, caller.actor, why="api")
+        except privacy.UnknownMember:
+            raise ApiError(404, "unknown_member", f"There is no member {member_id!r}.") from None
+        except privacy.ExportTooLarge as exc:
+            raise ApiError(409, "export_too_large", str(exc)) from None
+    # Sent from disk in chunks; the file is removed once the answer is sent (or the client left).
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        filename=f"member-{member_id}.zip",
+        headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(path.unlink, missing_ok=True),
+    )
 
 
 @router.delete(

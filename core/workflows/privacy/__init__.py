@@ -7,7 +7,9 @@
     views      show_photo(session, store, photo, viewer, why) -> bytes: a photo shown, audited;
                record_photo_view(session, viewer, photo, why, action=VIEW_PHOTO);
                access_history(session, member_id) -> list[AuditEntry]: who viewed, downloaded, exported
-    export     export_member(session, store, member_id, actor) -> bytes: the member's data as a ZIP
+    export     export_member_file(session, store, member_id, actor) -> Path: the member's data as a
+               ZIP streamed to a temporary file (capped by PRIVACY_EXPORT_MAX_MB, ExportTooLarge);
+               export_member(...) -> bytes: the same, read back
     removal    what erasure and retention share: removing photo rows and files; the audit actions
 
 Rewriting the photo store under a new encryption key is core.storage.key_rotation.
@@ -32,7 +34,7 @@ missing files; running the erasure again finishes it (erasing twice is not an er
 """
 
 from core.workflows.privacy.erasure import ErasureReport, erase_member
-from core.workflows.privacy.export import export_member
+from core.workflows.privacy.export import ExportTooLarge, export_member, export_member_file
 from core.workflows.privacy.removal import (
     ACCESS_ACTIONS,
     BY_RETENTION,
@@ -68,6 +70,7 @@ __all__ = [
     "VIEW_PHOTO",
     "VIEW_REPEAT_S",
     "ErasureReport",
+    "ExportTooLarge",
     "PrivacyError",
     "Removed",
     "RetentionPolicy",
@@ -78,6 +81,7 @@ __all__ = [
     "apply_retention",
     "erase_member",
     "export_member",
+    "export_member_file",
     "record_photo_view",
     "show_photo",
 ]

@@ -1,16 +1,29 @@
-"""Export: a member's photos, decisions and views as a ZIP, for an administrator."""
+"""Export: a member's photos, decisions and views as a ZIP, for an administrator.
+
+export_member_file(session, store, member_id, actor, why) -> Path   the ZIP, streamed to a temporary
+    file photo by photo (one photo in memory at a time) and refused past PRIVACY_EXPORT_MAX_MB with
+    no file left behind; the caller serves it from disk and deletes it.
+export_member(...) -> bytes   the same ZIP read back, for callers that must hand over bytes (a
+    dashboard download button); it obeys the same cap.
+
+PRIVACY_EXPORT_MAX_MB   the largest export in MB (default 2048): a member with hundreds of large
+                        photos is refused with a message naming the setting instead of filling the
+                        disk or the memory of the process serving it.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import os
+import tempfile
 import zipfile
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core import config
 from core.storage import audit
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
 from core.storage.schema import (
@@ -21,11 +34,40 @@ from core.storage.schema import (
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import spreadsheets
 from core.workflows.privacy.removal import (
     EXPORT_MEMBER,
+    PrivacyError,
     UnknownMember,
 )
 from core.workflows.privacy.views import access_history
+
+MAX_MB_SETTING = "PRIVACY_EXPORT_MAX_MB"
+DEFAULT_MAX_MB = 2048
+# Photos are JPEG, PNG or WebP: already compressed, so stored as they are (deflating them again
+# costs CPU for ~1%); the JSON and CSV parts are deflated.
+_PHOTO_COMPRESSION = zipfile.ZIP_STORED
+_ENTRY_OVERHEAD = 512  # a ZIP entry's local header, directory record and name, generously
+
+
+class ExportTooLarge(PrivacyError):
+    """The export would pass PRIVACY_EXPORT_MAX_MB; nothing was written or recorded."""
+
+    code = "export_too_large"
+
+
+def max_export_bytes() -> int:
+    """PRIVACY_EXPORT_MAX_MB in bytes (ValueError naming the setting when it is not a positive number)."""
+    raw = config.setting(MAX_MB_SETTING)
+    if raw is None:
+        return DEFAULT_MAX_MB * 1024 * 1024
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = float("nan")
+    if not mb > 0:
+        raise ValueError(f"{MAX_MB_SETTING} must be a positive number of MB, not {raw!r}.")
+    return int(mb * 1024 * 1024)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -35,10 +77,52 @@ def _iso(value: datetime | None) -> str | None:
 def export_member(
     session: Session, store: PhotoStoreBackend, member_id: str, actor: str, why: str = "export"
 ) -> bytes:
-    """A ZIP of the member's data: member.json, photos/, decisions.json, views.csv, audit.json.
+    """export_member_file's ZIP as bytes (within PRIVACY_EXPORT_MAX_MB); the file is removed."""
+    path = export_member_file(session, store, member_id, actor, why)
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
 
-    The export itself is recorded (and committed). Raises UnknownMember.
+
+class _Capped:
+    """Writes to the archive that refuse, before writing, anything that would pass the cap."""
+
+    def __init__(self, archive: zipfile.ZipFile, file, limit: int):
+        self.archive, self.file, self.limit = archive, file, limit
+
+    def write(self, name: str, data: bytes | str, compress_type: int = zipfile.ZIP_DEFLATED) -> None:
+        size = len(data.encode("utf-8") if isinstance(data, str) else data)
+        # Stored entries take their size; deflated ones at most that (plus a little), so the check
+        # is made on the uncompressed size and the cap is never passed.
+        if self.file.tell() + size + _ENTRY_OVERHEAD > self.limit:
+            raise ExportTooLarge(
+                f"The export is larger than {self.limit / 2**20:,.0f} MB ({MAX_MB_SETTING}); nothing was "
+                f"exported. Raise {MAX_MB_SETTING} if the disk allows it."
+            )
+        self.archive.writestr(name, data, compress_type=compress_type)
+
+
+def export_member_file(
+    session: Session,
+    store: PhotoStoreBackend,
+    member_id: str,
+    actor: str,
+    why: str = "export",
+    *,
+    directory: str | Path | None = None,
+    max_bytes: int | None = None,
+) -> Path:
+    """A ZIP of the member's data (member.json, photos/, decisions.json, views.csv, audit.json)
+    written to a new temporary file in `directory` (default: the system's), which the caller
+    serves and deletes.
+
+    Photos are read and written one at a time, so memory stays at one photo whatever the member
+    holds. Past max_bytes (default PRIVACY_EXPORT_MAX_MB) raises ExportTooLarge and removes the
+    partial file. The export is recorded (and committed) only once the file is complete.
+    Raises UnknownMember.
     """
+    limit = max_export_bytes() if max_bytes is None else int(max_bytes)
     member = session.get(Member, member_id)
     if member is None:
         raise UnknownMember(f"There is no member {member_id!r}.")
@@ -58,8 +142,24 @@ def export_member(
     entries = audit.entries_for(session, "member", member_id, limit=100_000)
     erasures = list(session.scalars(select(MemberErasure).where(MemberErasure.member_id == member_id)))
 
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    handle, name = tempfile.mkstemp(prefix="member-export-", suffix=".zip", dir=directory)
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            _write_archive(
+                file, limit, store, member, photos, results, reviews, views, entries, erasures, actor
+            )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    audit.log(session, actor, EXPORT_MEMBER, "member", member_id, {"why": why, "photos": len(photos)})
+    session.commit()
+    return path
+
+
+def _write_archive(file, limit, store, member, photos, results, reviews, views, entries, erasures, actor):
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
+        capped = _Capped(archive, file, limit)
         photo_list = []
         for p in photos:
             name = (
@@ -74,12 +174,17 @@ def export_member(
                 "source": p.source,
             }
             try:
-                archive.writestr(name, store.read(p.stored_path))
+                data = store.read(p.stored_path)
             except PhotoNotFound:
+                data = None
+            if data is not None:
+                capped.write(name, data, _PHOTO_COMPRESSION)
+                del data  # one photo in memory at a time
+            else:
                 entry["file"] = None
                 entry["missing"] = True
             photo_list.append(entry)
-        archive.writestr(
+        capped.write(
             "member.json",
             json.dumps(
                 {
@@ -122,14 +227,12 @@ def export_member(
                     else {"reviewer": review.reviewer, "decision": review.decision, "note": review.note},
                 }
             )
-        archive.writestr("decisions.json", json.dumps(decisions, indent=2, ensure_ascii=False))
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["at_utc", "who", "action", "why"])
-        for e in views:
-            writer.writerow([_iso(e.at), e.actor, e.action, (e.detail or {}).get("why", "")])
-        archive.writestr("views.csv", out.getvalue())
-        archive.writestr(
+        capped.write("decisions.json", json.dumps(decisions, indent=2, ensure_ascii=False))
+        # Names and reasons come from users and callers: escaped, so a spreadsheet shows them as text.
+        rows = [["at_utc", "who", "action", "why"]]
+        rows += [[_iso(e.at), e.actor, e.action, (e.detail or {}).get("why", "")] for e in views]
+        capped.write("views.csv", spreadsheets.csv_text(rows))
+        capped.write(
             "audit.json",
             json.dumps(
                 [
@@ -140,6 +243,3 @@ def export_member(
                 ensure_ascii=False,
             ),
         )
-    audit.log(session, actor, EXPORT_MEMBER, "member", member_id, {"why": why, "photos": len(photos)})
-    session.commit()
-    return buffer.getvalue()

@@ -49,7 +49,9 @@ from core.workflows.search.registry import (
     reset_indexes,
 )
 from core.workflows.search.thresholds import (
-    DUPLICATE_DISTANCE,
+    DUPLICATE_CEILING,
+    DUPLICATE_FLOOR,
+    DUPLICATE_MARGIN_LOGODDS,
     DUPLICATE_THRESHOLD_SETTING,
     _similarity_from_sqdist,
     _sqdist_for_similarity,
@@ -57,7 +59,9 @@ from core.workflows.search.thresholds import (
 )
 
 __all__ = [
-    "DUPLICATE_DISTANCE",
+    "DUPLICATE_CEILING",
+    "DUPLICATE_FLOOR",
+    "DUPLICATE_MARGIN_LOGODDS",
     "DUPLICATE_THRESHOLD_SETTING",
     "EMBEDDING_DIM",
     "LOAD_CHUNK",
