@@ -6,7 +6,7 @@ A setting is read from the environment first (so CI and services can override), 
     get(NAME)            the typed value (int, float, bool, Path or text), parsed once per value
     setting(NAME)        the raw text, for settings with a grammar of their own (lists, keys, "off")
     SETTINGS             the declarations; docs/operations.md's settings table is checked against
-                         them (tests/test_settings.py)
+                         them (tests/unit/test_settings.py)
 
 Reading an undeclared name is a programming error (KeyError), so a new setting cannot go
 undocumented.

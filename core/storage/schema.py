@@ -1,7 +1,7 @@
 """ORM classes: the tables of the data layer.
 
 The schema itself is created and changed only by the Alembic revisions in core/storage/migrations; these
-classes must match the newest revision (tests/test_db_schema.py checks that they do).
+classes must match the newest revision (tests/db/test_db_schema.py checks that they do).
 
 Who did something is stored as the username string (not a foreign key), so the audit trail and
 reviews survive when a user is deactivated or removed.

@@ -10,7 +10,7 @@ photo's networks (dlib on face + mirror, SFace, gender on face + mirror, the occ
 TensorFlow call (SFace's depthwise convolutions and PReLUs are where TensorFlow loses most:
 2 chips 45 ms on two cores, 19 ms on one core in TensorFlow Lite). So each locate thread now
 runs its own photo end to end, and the two photos of a pair use one core each. Outputs match the
-Keras ports to 1e-5 (tests/test_compiled.py; dlib and gender 4e-7, SFace's raw features 1e-5).
+Keras ports to 1e-5 (tests/unit/test_compiled.py; dlib and gender 4e-7, SFace's raw features 1e-5).
 
 The .tflite files are derived data: converted from the Keras ports (whose weights come from the
 shipped files, hash-checked as before) on first use, in a child process, and cached under core.config.cache_dir(),

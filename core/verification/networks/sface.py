@@ -10,7 +10,7 @@ its int8 block-quantised weights dequantised as ONNX's DequantizeLinear does, ea
 normalisation folded into the convolution or dense layer beside it, and the network (a
 MobileNet-style chain of 3x3 depthwise and 1x1 convolutions with PReLU, then one dense layer to
 128) rebuilt in Keras on NHWC chips. It gives OpenCV's own FaceRecognizerSF output on the same
-chip (tests/test_sface.py) and, unlike OpenCV's DNN on this int8 file, takes batches. The engine
+chip (tests/unit/test_sface.py) and, unlike OpenCV's DNN on this int8 file, takes batches. The engine
 runs it compiled to TensorFlow Lite (core.verification.networks.compiled), one chip at a time.
 
 The chip is the ArcFace 112x112 template: a similarity transform (least squares, Umeyama) of the

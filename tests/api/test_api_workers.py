@@ -20,7 +20,7 @@ import httpx
 import pytest
 from objectstore import free_ports
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "data" / "sample" / "images"
 NEW_VERSION = "v20990101-000000"
 

@@ -36,7 +36,7 @@ from core.storage.schema import (
 from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import batches, importer, privacy, search, spreadsheets
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "data" / "sample" / "images"
 STORES = ["folder", "folder-encrypted", pytest.param("s3", marks=pytest.mark.s3)]
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOWHERE = "mysql+pymysql://root@127.0.0.1:9"  # the discard port: no server answers there
 
 
@@ -27,8 +27,8 @@ def run_mysql_test(ci: str | None) -> subprocess.CompletedProcess:
             "-rs",
             "-m",
             "mysql",
-            "tests/test_photostore.py",
-            "tests/test_db_schema.py::test_init_db_is_idempotent",
+            "tests/services/test_photostore.py",
+            "tests/db/test_db_schema.py::test_init_db_is_idempotent",
         ],
         cwd=ROOT,
         env=env,

@@ -258,7 +258,7 @@ def test_pillow_bomb_warning_is_replaced_by_our_limit():
         "except Exception as exc:\n"
         "    print(exc.code)\n"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-W", "default", "-c", code, str(root), str(root / "tests")],
         capture_output=True,
@@ -400,7 +400,7 @@ def test_99_megapixel_16bit_grey_png_decodes_at_reduced_scale_in_little_memory()
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "import json; print(json.dumps([len(data), d.original_size, d.rgb.shape, float(d.rgb.mean()), (after - before) // 1024]))\n"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-c", code, str(root), str(root / "tests")],
         capture_output=True,
@@ -465,7 +465,7 @@ def test_concurrent_decodes_of_the_worst_png_stay_within_the_budget():
         "[t.start() for t in ts]; [t.join() for t in ts]\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-c", code, str(root), str(root / "tests")],
         capture_output=True,

@@ -124,7 +124,7 @@ def test_upgrade_backfills_existing_rows_and_the_command_verifies(new_database_u
                     {"at": utcnow(), "u": f"user{i}"},
                 )
         db.upgrade(engine, "head")
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         done = subprocess.run(
             [sys.executable, "-m", "core", "audit", "verify", "--url", url],
             capture_output=True,

@@ -41,7 +41,7 @@ from core.storage.schema import (
 from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import search
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "data" / "sample" / "images"
 
 
@@ -148,7 +148,7 @@ def _start_api(engine, factory, store, tmp_path) -> tuple[Api, LiveServer]:
     with factory() as session:
         for role in ("backend", "reader"):
             keys[role], _ = create_key(session, f"{role}-key", role, actor="test")
-    # Room for the concurrency tests' bursts (admission itself: tests/test_api_limits.py).
+    # Room for the concurrency tests' bursts (admission itself: tests/api/test_api_limits.py).
     server = LiveServer(create_app(factory, engine, photo_store=store, max_in_flight=32)).start()
     client = httpx.Client(base_url=server.url, timeout=120)
     return Api(server.url, client, keys, factory, store, engine), server
@@ -159,7 +159,7 @@ def api(engine, tmp_path, monkeypatch):
     from core.storage.db import init_db, make_engine, session_factory
 
     # These tests are about what the engine decides; an automatic approval without a pose
-    # challenge (the API's default) is tested on its own in tests/test_verification_use_case.py.
+    # challenge (the API's default) is tested on its own in tests/api/test_verification_use_case.py.
     monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
     db = make_engine(f"sqlite:///{tmp_path / 'api.sqlite3'}")
     init_db(db)

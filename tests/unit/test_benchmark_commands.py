@@ -4,7 +4,7 @@ prints (and writes) its figures, so a change to the model or the code cannot lea
 The inputs: a few people of data/sample (held-out and training people of the shipped model), a
 few thousand synthetic search rows, a handful of pairs and members. The commands that start API
 servers are marked slow; load-combined (MariaDB, a broker and SeaweedFS at once) has its own
-test, tests/test_load_combined.py, and only its refusal without a broker is checked here.
+test, tests/services/test_load_combined.py, and only its refusal without a broker is checked here.
 """
 
 from __future__ import annotations

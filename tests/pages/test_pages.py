@@ -752,9 +752,7 @@ def test_dashboard_listens_on_loopback_unless_configured():
     import tomllib
     from pathlib import Path
 
-    settings = tomllib.loads(
-        (Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text()
-    )
+    settings = tomllib.loads((Path(__file__).resolve().parents[2] / ".streamlit" / "config.toml").read_text())
     assert settings["server"]["address"] == "127.0.0.1"
 
 

@@ -23,7 +23,7 @@ from core.storage.schema import BATCH_COMPLETED, BATCH_RUNNING, Batch
 from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import batches, importer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 

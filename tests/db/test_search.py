@@ -2,7 +2,7 @@
 keeping in step with the database, and the duplicate hook on the storing path (SQLite and MariaDB).
 
 No network here: vectors are made up, and the "model" is a stand-in with an identity tower, so
-these tests run in a second. The API tests (tests/test_api.py) run the same hook with real photos.
+these tests run in a second. The API tests (tests/api/test_api.py) run the same hook with real photos.
 """
 
 from __future__ import annotations

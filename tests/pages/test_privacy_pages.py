@@ -15,7 +15,7 @@ from core.dashboard import verify
 from core.storage.schema import MEMBER_ERASED, AuditEntry, Member, Photo
 from core.workflows import importer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def views(app_env, member_id: str) -> list[tuple[str, str, str]]:

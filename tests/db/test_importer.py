@@ -541,7 +541,7 @@ def test_command_line_allow_outside_flag(tmp_path, make_photo, db_url):
     (tmp_path / "t").mkdir()
     path = tmp_path / "t" / "m.csv"
     path.write_text(HEADER + "Q1,M,../outside/p98.jpg,../outside/p99.jpg\n")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {"PHOTO_STORE_DIR": str(tmp_path / "store"), "PATH": "/usr/bin:/bin"}
     base = [sys.executable, "-m", "core", "import", str(path), "--url", db_url]
     refused = subprocess.run(base, capture_output=True, text=True, cwd=root, env=env, timeout=300)
