@@ -17,6 +17,7 @@ from core.storage.schema import (
     Member,
     MemberErasure,
     Photo,
+    ProfilePhoto,
     Review,
     utcnow,
 )
@@ -43,6 +44,10 @@ def export_member(
     if member is None:
         raise UnknownMember(f"There is no member {member_id!r}.")
     photos = list(session.scalars(select(Photo).where(Photo.member_id == member_id).order_by(Photo.id)))
+    profile = {
+        r.photo_id: r
+        for r in session.scalars(select(ProfilePhoto).where(ProfilePhoto.member_id == member_id))
+    }
     results = list(
         session.scalars(select(ResultRow).where(ResultRow.member_id == member_id).order_by(ResultRow.id))
     )
@@ -73,6 +78,15 @@ def export_member(
                 "added": _iso(p.created_at),
                 "source": p.source,
             }
+            if p.id in profile:  # shown in the profile: where, and what its check found
+                shown = profile[p.id]
+                entry["profile"] = {
+                    "position": shown.position,
+                    "state": shown.state,
+                    "reason": shown.reason,
+                    "similarity": shown.similarity,
+                    "review_decision": shown.review_decision,
+                }
             try:
                 archive.writestr(name, store.read(p.stored_path))
             except PhotoNotFound:

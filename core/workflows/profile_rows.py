@@ -1,0 +1,105 @@
+"""A member's profile rows (core.storage.schema.ProfilePhoto): reading, ordering, the main photo.
+
+    max_photos()                                     PROFILE_MAX_PHOTOS (default 9)
+    profile_of(session, member_id, public=False)     the rows in the member's order
+    ensure_main_photo(session, member_id, photo)     the current gallery photo is position 1
+    renumber(session, member_id, order)              positions 1..n in the given order
+    settled(row) / badge_ok(session, member_id)      whether the whole profile is the member
+
+Kept apart from the use case (core.workflows.profiles) so the photo writers
+(core.workflows.verification.set_current_photos) can keep the main photo in step without a cycle.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core import config
+from core.storage.schema import (
+    PROFILE_PHOTO_APPROVED,
+    PROFILE_PHOTO_REJECTED,
+    PROFILE_UNCHECKED,
+    Photo,
+    ProfilePhoto,
+    utcnow,
+)
+from core.verification.profile import MATCHES, MAX_PROFILE_PHOTOS
+
+
+def max_photos() -> int:
+    """How many photos a profile holds at most (setting PROFILE_MAX_PHOTOS)."""
+    raw = config.setting("PROFILE_MAX_PHOTOS")
+    try:
+        value = int(str(raw).strip()) if raw not in (None, "") else MAX_PROFILE_PHOTOS
+    except ValueError:
+        value = MAX_PROFILE_PHOTOS
+    return max(1, value)
+
+
+def profile_of(session: Session, member_id: str, public: bool = False) -> list[ProfilePhoto]:
+    """The member's profile photos in order; public: without those a reviewer rejected."""
+    stmt = select(ProfilePhoto).where(ProfilePhoto.member_id == member_id)
+    if public:
+        stmt = stmt.where(
+            (ProfilePhoto.review_decision.is_(None))
+            | (ProfilePhoto.review_decision != PROFILE_PHOTO_REJECTED)
+        )
+    return list(session.scalars(stmt.order_by(ProfilePhoto.position)))
+
+
+def ensure_main_photo(session: Session, member_id: str, photo: Photo) -> ProfilePhoto:
+    """The member's current gallery photo is the profile's first photo (a profile of one for a
+    member that has none yet). In the caller's transaction."""
+    rows = profile_of(session, member_id)
+    for row in rows:
+        if row.photo_id == photo.id:
+            if row.position != 1:
+                renumber(session, member_id, [row.id] + [r.id for r in rows if r.id != row.id])
+            return row
+    if rows and rows[0].position == 1:
+        main = rows[0]  # the main photo was replaced: the new one takes its place, unchecked
+        main.photo_id, main.state, main.reason, main.similarity = photo.id, PROFILE_UNCHECKED, None, None
+        main.face_box = main.model_version = main.checked_at = None
+        main.review_decision = main.reviewed_by = main.reviewed_at = main.result_id = None
+        session.flush()
+        return main
+    row = ProfilePhoto(
+        member_id=member_id, position=1, photo_id=photo.id, state=PROFILE_UNCHECKED, created_at=utcnow()
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def renumber(session: Session, member_id: str, order: list[int]) -> None:
+    """Give the rows (by id) positions 1..n in this order. Two steps, so the unique position per
+    member never sees two rows at once."""
+    top = session.scalar(select(func.max(ProfilePhoto.position)).where(ProfilePhoto.member_id == member_id))
+    offset = (top or 0) + len(order) + 1
+    for n, row_id in enumerate(order, start=1):
+        session.execute(
+            update(ProfilePhoto)
+            .where(ProfilePhoto.id == row_id, ProfilePhoto.member_id == member_id)
+            .values(position=offset + n)
+            .execution_options(synchronize_session=False)
+        )
+    for n, row_id in enumerate(order, start=1):
+        session.execute(
+            update(ProfilePhoto)
+            .where(ProfilePhoto.id == row_id, ProfilePhoto.member_id == member_id)
+            .values(position=n)
+            .execution_options(synchronize_session=False)
+        )
+    session.expire_all()
+
+
+def settled(row: ProfilePhoto) -> bool:
+    """The photo counts as the member: it matched, or a reviewer approved it."""
+    return row.state == MATCHES or row.review_decision == PROFILE_PHOTO_APPROVED
+
+
+def badge_ok(session: Session, member_id: str) -> bool:
+    """Every photo of the public profile is the member (and there is at least one)."""
+    rows = profile_of(session, member_id, public=True)
+    return bool(rows) and all(settled(r) for r in rows)
