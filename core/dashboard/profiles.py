@@ -178,3 +178,14 @@ def verified_profile_share(session: Session) -> tuple[int, int]:
         )
     )
     return int(verified or 0), int(members or 0)
+
+
+def review_profile(
+    session: Session, store: PhotoStoreBackend, row: ResultRow, viewer: str, why: str
+) -> tuple[list[StripPhoto], int | None]:
+    """For a review-queue item about the profile: the member's whole profile as a strip and the
+    position of the photo in question (shown large); ([], None) for other items."""
+    position = question_position(session, row)
+    if position is None or row.member_id is None:
+        return [], None
+    return profile_strip(session, store, row.member_id, viewer, why), position
