@@ -100,6 +100,36 @@ def settled(row: ProfilePhoto) -> bool:
 
 
 def badge_ok(session: Session, member_id: str) -> bool:
-    """Every photo of the public profile is the member (and there is at least one)."""
-    rows = profile_of(session, member_id, public=True)
-    return bool(rows) and all(settled(r) for r in rows)
+    """Every photo of the public profile is the member. A member without profile rows (written
+    before profiles, or by a path that keeps none) has nothing that speaks against it."""
+    return all(settled(r) for r in profile_of(session, member_id, public=True))
+
+
+# A pair verification's stored status, as the state of the profile's main photo.
+_STATE_OF_PAIR = {"auto_approved": MATCHES, "auto_rejected": "does_not_match", "flagged": "review"}
+
+
+def record_pair_result(session: Session, member_id: str, gallery_photo_id: int | None, row) -> None:
+    """A verification of the selfie against the main photo alone (the pair routes, the Verify
+    page's pair): the main photo's state follows its result, so a member verified that way keeps
+    a true badge. In the caller's transaction."""
+    if gallery_photo_id is None:
+        return
+    entry = session.scalar(
+        select(ProfilePhoto).where(
+            ProfilePhoto.member_id == member_id, ProfilePhoto.photo_id == gallery_photo_id
+        )
+    )
+    if entry is None or row.status not in _STATE_OF_PAIR:
+        return
+    analysis = row.gallery_analysis or {}
+    faces, main = analysis.get("faces") or [], analysis.get("main_face")
+    box = None
+    if main is not None and 0 <= main < len(faces):
+        face = faces[main]
+        box = face.get("box") if isinstance(face, dict) else face
+    entry.state = _STATE_OF_PAIR[row.status]
+    entry.similarity = row.similarity
+    entry.face_box = list(box) if box else None
+    entry.model_version, entry.checked_at = row.model_version, utcnow()
+    entry.reason = f"Checked with the member's selfie alone (result {row.id})."

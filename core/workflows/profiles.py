@@ -655,6 +655,12 @@ def on_verification_review(session: Session, row: ResultRow, approve: bool, revi
             if entry.position in flagged and entry.review_decision is None:
                 _decide(entry, True, reviewer)
         session.flush()
+    elif approve and not (row.checks or {}).get("profile"):
+        # A pair (the selfie against the main photo alone), approved: that photo is the member.
+        for entry in profile_of(session, row.member_id, public=True):
+            if entry.photo_id == row.gallery_photo_id and not profile_rows.settled(entry):
+                _decide(entry, True, reviewer)
+        session.flush()
     refresh_badge(session, row.member_id)
 
 

@@ -567,6 +567,8 @@ def _store(
         session.flush()
         if on_store is not None:
             on_store(session, member_id, photo_ids, row)
+        else:  # the selfie against the main photo alone: its state follows the result
+            profile_rows.record_pair_result(session, member_id, photo_ids[GALLERY], row)
         if challenge is not None:
             challenges.attach_result(session, challenge.id, row.id)
         audit.log(
