@@ -302,7 +302,7 @@ def remove_profile_photo(state: State, caller: CallerKey, member_id: MemberId, p
     "/v1/members/{member_id:path}/profile-photos/order",
     response_model=ProfileOut,
     dependencies=secured,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422),
 )
 def reorder_profile_photos(body: ProfileOrderRequest, state: State, caller: CallerKey, member_id: MemberId):
     """Put the photos in a new order (each current position once); the first is the main photo."""
@@ -318,7 +318,7 @@ def reorder_profile_photos(body: ProfileOrderRequest, state: State, caller: Call
     "/v1/members/{member_id:path}/profile-photos/{position}/decision",
     response_model=ProfileOut,
     dependencies=secured,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422),
 )
 def decide_profile_photo(
     body: ProfileDecisionRequest, state: State, caller: CallerKey, member_id: MemberId, position: Position
