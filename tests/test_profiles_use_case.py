@@ -12,7 +12,9 @@ from PIL import Image
 from sqlalchemy import select
 
 from core.config import SAMPLE_DIR
+from core.dashboard import profiles as page
 from core.storage.schema import Member, Photo, ProfilePhoto
+from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import profiles, reviews, search
 from core.workflows.privacy import erasure, export
 from core.workflows.verification import PhotoInput
@@ -151,6 +153,12 @@ def test_photos_added_later_and_the_badge(session_factory, photo_store, engine):
     assert stranger.photo.reason.startswith("Photo 4 does not show this member")
     with session_factory() as s:
         assert s.get(Member, "m-kofi").status == "in_review" and not profiles.badge(s, "m-kofi")
+        # The review queue's view: the whole profile as a strip, the photo in question named.
+        strip, in_question = page.review_profile(
+            s, photo_store, s.get(ResultRow, stranger.result_id), "reviewer", "page:review_queue"
+        )
+        assert in_question == 4 and [p.position for p in strip] == [1, 2, 3, 4]
+        assert strip[3].state == "does_not_match" and all(p.image is not None for p in strip)
         reviews.decide(s, stranger.result_id, "reviewer", "reject")
     with session_factory() as s:
         # Rejected: out of the public list, and the badge is back.
