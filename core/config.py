@@ -100,6 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("CHALLENGES_PER_CALLER_PER_HOUR", str, "300", "pose challenges one API key or user issues in an hour at most"),
     _setting("CHALLENGE_REQUIRED_API", bool, True, "an API verification is approved automatically only with a passed pose challenge"),
     _setting("CHALLENGE_REQUIRED_PAGE", bool, False, "the same for the Verify page"),
+    _setting("PROFILE_MAX_PHOTOS", int, 9, "photos a member's profile holds at most"),
     # Privacy
     _setting("RETENTION_VERIFICATION_PHOTO_DAYS", str, "90", "days after the decision that selfies and their embeddings are kept, or off"),
     _setting("RETENTION_REJECTED_MEMBER_DAYS", str, "30", "days a rejected member's photos and embeddings are kept, or off"),

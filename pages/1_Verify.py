@@ -5,6 +5,7 @@ import hashlib
 import streamlit as st
 
 from core.dashboard import formatting, members, page_batches, uploads
+from core.dashboard import profiles as profile_svc
 from core.dashboard import verify as svc
 from core.dashboard.codes import GALLERY, VERIFICATION
 from core.dashboard.formatting import local_time
@@ -92,6 +93,71 @@ def challenge_block(member_id: str | None) -> str | None:
             st.subheader(held.instructions[lang], anchor=False)
         st.caption(ctx.t("verify.challenge_expires", time=local_time(held.expires_at)))
         return held.token
+
+
+# ----------------------------------------------------------------------------------------------
+# Several gallery photos: a selfie against the member's whole profile (core.dashboard.profiles)
+
+
+def profile_block(member_id: str | None, gender: str | None):
+    uploads_ = st.file_uploader(
+        ctx.t("profile.photos_upload"),
+        type=["jpg", "jpeg", "png", "webp", "heic"],
+        accept_multiple_files=True,
+        key="profile_photos_files",
+    )
+    selfie = st.file_uploader(
+        ctx.t("profile.selfie_upload"), type=["jpg", "jpeg", "png", "webp", "heic"], key="profile_selfie_file"
+    )
+    if not st.button(ctx.t("profile.run"), disabled=not has_model, key="profile_run"):
+        answer = st.session_state.get("profile_answer")
+    elif selfie is None or (not uploads_ and mode_is_new(member_id)):
+        st.error(ctx.t("profile.need_photos"))
+        answer = None
+    elif (engine := engine_or_message(ctx)) is None:
+        answer = None
+    else:
+        try:
+            with st.spinner(ctx.t("verify.running")):
+                answer = profile_svc.verify_profile(
+                    ctx.session_factory,
+                    engine,
+                    ctx.store,
+                    ctx.username,
+                    member_id or "",
+                    registered_gender=gender,
+                    selfie_bytes=selfie.getvalue(),
+                    profile_bytes=[u.getvalue() for u in uploads_ or []],
+                )
+            st.session_state["profile_answer"] = answer
+        except svc.PairInputError as exc:
+            st.error(exc.text(ctx.lang))
+            answer = None
+    if not answer or answer.get("member_id") != member_id:
+        return
+    st.markdown(
+        ctx.t(
+            "profile.outcome",
+            status=ctx.t(f"status.{answer['status']}"),
+            flagged=answer["flagged_photos"] or "—",
+        )
+    )
+    with ctx.session() as session:
+        strip = profile_svc.profile_strip(session, ctx.store, member_id, ctx.username, svc.PAGE, public=True)
+    cols = st.columns(max(1, min(len(strip), 6)))
+    for i, photo in enumerate(strip):
+        caption = ctx.t(
+            "profile.photo_caption", position=photo.position, state=ctx.t(f"profile.state.{photo.state}")
+        )
+        if photo.image is not None:
+            show_photo(cols[i % len(cols)], photo.image, caption=caption)
+        if photo.reason and photo.state != "matches":
+            cols[i % len(cols)].caption(photo.reason)
+
+
+def mode_is_new(member_id: str | None) -> bool:
+    with ctx.session() as session:
+        return not member_id or not profile_svc.member_exists(session, member_id)
 
 
 def pair_tab():
@@ -213,6 +279,9 @@ def pair_tab():
                 preview[i].caption(ctx.t("photo.missing"))
             else:
                 show_photo(preview[i], shown[kind], caption=ctx.t(f"photo.{kind}"))
+
+    with st.expander(ctx.t("profile.verify_title")):
+        profile_block(member_id, gender)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ expired session: it is shown again after signing in.
 import streamlit as st
 
 from core.dashboard import formatting, photos
+from core.dashboard import profiles as profile_svc
 from core.dashboard import review as svc
 from core.dashboard.codes import GALLERY, VERIFICATION
 from ui.auth import drop_draft, restore_draft
@@ -206,6 +207,27 @@ if matched:
             pair[1].warning(f"{caption}  \n{ctx.t('review.matched_missing')}")
         else:
             show_photo(pair[1], match.data, caption=caption, width=260)
+
+# A profile item: the member's profile as a strip with each photo's verdict, the one in question
+# large with the member's face outlined.
+with ctx.session() as session:
+    strip, in_question = profile_svc.review_profile(session, ctx.store, row, ctx.username, svc.PAGE)
+if strip:
+    st.markdown(f"**{ctx.t('profile.title')}**")
+    cells = st.columns(max(1, min(len(strip), 9)))
+    for i, shown in enumerate(strip):
+        state = ctx.t(f"profile.state.{shown.state}")
+        if shown.review_decision == "rejected":
+            state += f" · {ctx.t('profile.rejected')}"
+        caption = ctx.t("profile.photo_caption", position=shown.position, state=state)
+        if shown.image is not None:
+            show_photo(
+                cells[i], shown.image, caption=("▶ " if shown.position == in_question else "") + caption
+            )
+    large = next((p for p in strip if p.position == in_question), None)
+    if large is not None and large.image is not None:
+        st.markdown(f"**{ctx.t('profile.in_question')}**")
+        show_photo(st, large.image, caption=large.reason, width=420)
 
 note_key = f"keep_note_{item.result_id}"
 restore_draft(note_key)

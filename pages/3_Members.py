@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.dashboard import formatting, home
 from core.dashboard import members as svc
+from core.dashboard import profiles as profile_svc
 from core.dashboard.codes import ADMIN, MEMBER_STATUSES
 from ui.page import page_context
 from ui.widgets import file_input, show_photo
@@ -107,6 +108,23 @@ with tab_list:
                 member = history.member
                 access = svc.access_history(session, member_id) if ctx.role == ADMIN else None
             st.subheader(ctx.t("members.detail", member=member.id))
+            # The member's profile: each photo with its verdict, the member's face outlined.
+            with ctx.session() as session:
+                strip = profile_svc.profile_strip(session, ctx.store, member_id, ctx.username, svc.PAGE)
+                has_badge = profile_svc.profiles.badge(session, member_id)
+            if strip:
+                st.markdown(f"**{ctx.t('profile.title')}**")
+                (st.success if has_badge else st.info)(
+                    ctx.t("profile.badge_on" if has_badge else "profile.badge_off")
+                )
+                cells = st.columns(max(1, min(len(strip), 9)))
+                for i, shown in enumerate(strip):
+                    state = ctx.t(f"profile.state.{shown.state}")
+                    if shown.review_decision == "rejected":
+                        state += f" · {ctx.t('profile.rejected')}"
+                    if shown.image is not None:
+                        caption = ctx.t("profile.photo_caption", position=shown.position, state=state)
+                        show_photo(cells[i], shown.image, caption=caption)
             st.caption(
                 ctx.t(
                     "members.detail_meta",

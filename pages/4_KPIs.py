@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.dashboard import formatting, kpi_targets
 from core.dashboard import kpis as svc
+from core.dashboard import profiles as profile_svc
 from ui.page import page_context
 from ui.self_measurement import section as self_measurement_section
 
@@ -61,6 +62,13 @@ with ctx.session() as session:
     period_lines = svc.period_basis(session, date_from, date_to, version or None, ctx.lang)
 
 st.caption(ctx.t("kpi.definitions"))
+
+# Members whose whole profile is verified (verified, and every photo they show is them).
+with ctx.session() as session:
+    verified_profiles, profile_members = profile_svc.verified_profile_share(session)
+if profile_members:
+    st.metric(ctx.t("kpi.verified_profiles"), f"{verified_profiles / profile_members:.1%}")
+    st.caption(ctx.t("kpi.verified_profiles_help", verified=verified_profiles, members=profile_members))
 
 with st.expander(ctx.t("kpi.compare_title")):
     if len(versions) < 2:

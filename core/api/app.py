@@ -13,7 +13,7 @@ from core import config
 from core.api.docs import OPENAPI_URL, add_docs, docs_enabled
 from core.api.errors import add_error_handlers
 from core.api.guard import GuardMiddleware
-from core.api.routers import challenges, health, members, photo_checks, privacy, verifications
+from core.api.routers import challenges, health, members, photo_checks, privacy, profile, verifications
 from core.api.routers import search as search_routes
 from core.api.settings import API_VERSION, MAX_BODY_BYTES, NO_ENGINE
 from core.api.state import AppState, load_engine_in_background, watch_promotions
@@ -96,6 +96,7 @@ def create_app(
         verifications.router,
         challenges.router,
         members.router,
+        profile.router,
         privacy.router,
         search_routes.router,
         photo_checks.router,

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,9 @@ class EngineJob:
     submitted: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
     model_version: str | None = None  # of the engine that computed it, set before the result
+    # Instead of photos: work(engine) run on the worker's thread, its return value the result
+    # (a profile verification analyses several photos its own way).
+    call: Callable[[Any], Any] | None = None
 
 
 class EngineWorker:
@@ -112,6 +116,17 @@ class EngineWorker:
                         j.future.set_exception(exc)
 
     def _process(self, jobs: list[EngineJob]) -> None:
+        for job in [j for j in jobs if j.call is not None]:
+            try:
+                result = job.call(self.engine)
+            except Exception as exc:  # this request's failure is its own
+                job.future.set_exception(exc)
+            else:
+                job.model_version = self.engine.model_version
+                job.future.set_result(result)
+        jobs = [j for j in jobs if j.call is None]
+        if not jobs:
+            return
         distinct: dict[str, bytes] = {}
         posed: set[str] = set()  # photos whose head pose a challenge needs
         for job in jobs:

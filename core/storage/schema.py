@@ -502,3 +502,47 @@ class MemberPairVerdict(Base):
     decided_by: Mapped[str] = mapped_column(sa.String(ID_LEN))
     decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     note: Mapped[str | None] = mapped_column(sa.Text)
+
+
+# Revision 0012: profile photos.
+
+# A profile photo's state (core.verification.profile's, plus "unchecked" for one not yet compared).
+PROFILE_UNCHECKED = "unchecked"
+# A reviewer's decision on one profile photo; a rejected one stays out of the public list.
+PROFILE_PHOTO_APPROVED, PROFILE_PHOTO_REJECTED = "approved", "rejected"
+
+
+class ProfilePhoto(Base):
+    """One photo of a member's profile, in the member's order (position 1 is the main photo).
+
+    The file and its row live in photos (kind gallery); this row says where it stands in the
+    profile and what the last check against the member's verified face found.
+    """
+
+    __tablename__ = "profile_photos"
+    __table_args__ = (
+        sa.UniqueConstraint("member_id", "position"),
+        sa.UniqueConstraint("member_id", "photo_id"),
+        TABLE_ARGS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[str] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(sa.Integer)  # 1-based
+    photo_id: Mapped[int] = mapped_column(sa.ForeignKey("photos.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(
+        sa.String(16), default=PROFILE_UNCHECKED, server_default=PROFILE_UNCHECKED
+    )
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    similarity: Mapped[float | None] = mapped_column(sa.Double)
+    face_box: Mapped[list | None] = mapped_column(sa.JSON)  # [x, y, width, height] of the member's face
+    model_version: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # The review-queue result of a photo added later (None when it matched at once).
+    result_id: Mapped[int | None] = mapped_column(sa.Integer)
+    review_decision: Mapped[str | None] = mapped_column(sa.String(16))  # approved / rejected
+    reviewed_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    photo: Mapped[Photo] = relationship()

@@ -335,6 +335,34 @@ def decide_profile(
     )
 
 
+def check_photo(
+    engine,
+    selfie: PhotoAnalysis,
+    faces: list[PhotoAnalysis],
+    position: int,
+    registered_gender: str | None = None,
+    rule: ProfileRule | None = None,
+) -> ProfilePhotoResult:
+    """One photo added later (its faces, Engine.analyze_faces) against the member's verified
+    selfie, by the same rule as a whole profile's photos."""
+    rule = rule or ProfileRule.of(engine)
+    if not selfie.usable:
+        return ProfilePhotoResult(
+            position=position,
+            sha256=faces[0].sha256,
+            state=REVIEW,
+            reason=f"Photo {position}: cannot be compared, the member's selfie shows no usable face.",
+            similarity=None,
+            face=None,
+            box=None,
+            faces=[f.box for f in faces[0].faces],
+            analysis=faces[0],
+        )
+    gender = optional_gender(registered_gender)
+    results = [engine.compare(a, selfie, gender) if a.usable else None for a in faces]
+    return _judge_photo(position, faces, results, rule)
+
+
 def _read_or_empty(photo: PhotoInput) -> bytes:
     """An unreadable photo must not stop the others: empty bytes decode to a clear error."""
     try:
@@ -389,6 +417,7 @@ __all__ = [
     "ProfilePhotoResult",
     "ProfileRule",
     "ProfileVerification",
+    "check_photo",
     "decide_profile",
     "verify_profile",
 ]

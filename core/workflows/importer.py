@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -36,15 +37,19 @@ from core import config
 from core.errors import FaceVerifyError, ImageError
 from core.storage import audit
 from core.storage.photostore import PhotoStoreBackend, sha256_hex
-from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, utcnow
+from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, ProfilePhoto, utcnow
 from core.storage.stores import open_photo_store
 from core.verification import imaging
 from core.verification.genders import normalise_gender  # noqa: F401  (re-exported: pages and API import it from here)
-from core.workflows import gallery, links, member_ids, spreadsheets, verification
+from core.workflows import gallery, links, member_ids, profile_rows, profiles, spreadsheets, verification
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
 OPTIONAL_COLUMNS = ("birth_year",)  # groups the self-measurement's pairs by age band
+# The profile: the gallery cell may hold several photos (separated by ";" or a new line), or the
+# columns gallery_photo_1 ... gallery_photo_N replace gallery_photo. The first is the main photo.
+GALLERY_SEPARATORS = re.compile(r"[;\n]+")
+NUMBERED_GALLERY = re.compile(r"^gallery_photo_(\d+)$")
 
 MAX_TABLE_BYTES = 20 * 1024 * 1024  # a 100,000-row CSV of links is ~10 MB
 MAX_ROWS = 100_000
@@ -91,6 +96,7 @@ class _LoadedPhoto:
     height: int | None
     size_bytes: int = 0
     stored_path: str | None = None
+    position: int = 0  # in the profile (gallery photos), 1 is the main photo
 
 
 @dataclass
@@ -101,6 +107,7 @@ class _PreparedRow:
     birth_year: int | None = None
     photos: list[_LoadedPhoto] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    photo_notes: list[str] = field(default_factory=list)  # per profile photo: what happened
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,9 +235,12 @@ def check_columns(columns: list[str]) -> None:
     duplicates = sorted({c for c in columns if c and columns.count(c) > 1})
     if duplicates:
         problems.append(f"Column(s) {', '.join(duplicates)} appear more than once.")
-    unknown = [c for c in columns if c and c not in EXPECTED_COLUMNS + OPTIONAL_COLUMNS]
+    numbered = [c for c in columns if NUMBERED_GALLERY.match(c or "")]
+    if numbered and "gallery_photo" in columns:
+        problems.append("Use either gallery_photo or gallery_photo_1 ... gallery_photo_N, not both.")
+    unknown = [c for c in columns if c and c not in EXPECTED_COLUMNS + OPTIONAL_COLUMNS and c not in numbered]
     for expected in EXPECTED_COLUMNS:
-        if expected in columns:
+        if expected in columns or (expected == "gallery_photo" and numbered):
             continue
         close = difflib.get_close_matches(expected, unknown, n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}? Rename it to {expected!r}." if close else ""
@@ -483,18 +493,41 @@ def _prepare(
     except ValueError as exc:
         prepared.errors.append(str(exc))
     for column, kind in PHOTO_COLUMNS.items():
-        reference = values.get(column, "")
-        if not reference:
+        references = gallery_references(values) if kind == GALLERY else [values.get(column, "")]
+        references = [r for r in references if r]
+        if not references:
             prepared.errors.append(f"{column} is empty")
             continue
-        try:
-            prepared.photos.append(loader.load(kind, reference))
-        except PhotoRefError as exc:
-            prepared.errors.append(f"{column} {_short(reference, 60)!r}: {exc}")
-        except Exception as exc:  # one odd file must cost its row, not the whole import
+        if kind == GALLERY and len(references) > profile_rows.max_photos():
             prepared.errors.append(
-                f"{column} {_short(reference, 60)!r}: cannot be read ({type(exc).__name__}: {_short(str(exc))})"
+                f"{column}: {len(references)} photos; a profile holds at most {profile_rows.max_photos()}"
             )
+            continue
+        seen: set[str] = set()
+        for position, reference in enumerate(references, start=1):
+            try:
+                loaded = loader.load(kind, reference)
+            except PhotoRefError as exc:
+                problem = f"{exc}"
+            except Exception as exc:  # one odd file must cost its photo (or row), not the whole import
+                problem = f"cannot be read ({type(exc).__name__}: {_short(str(exc))})"
+            else:
+                if kind == GALLERY and loaded.sha256 in seen:
+                    prepared.photo_notes.append(
+                        f"photo {position}: the same file as an earlier photo, skipped"
+                    )
+                    continue
+                seen.add(loaded.sha256)
+                loaded.position = position if kind == GALLERY else 0
+                prepared.photos.append(loaded)
+                continue
+            if kind == GALLERY and position > 1:
+                # A later profile photo that cannot be read costs that photo, not the member.
+                prepared.photo_notes.append(
+                    f"photo {position} {_short(reference, 60)!r}: {problem}, not added"
+                )
+            else:
+                prepared.errors.append(f"{column} {_short(reference, 60)!r}: {problem}")
     if not prepared.errors:
         try:
             for photo in prepared.photos:
@@ -505,6 +538,19 @@ def _prepare(
                 f"the photo store cannot save the photo ({exc.strerror or type(exc).__name__})"
             )
     return prepared
+
+
+def gallery_references(values: dict) -> list[str]:
+    """A row's profile photos in order: gallery_photo_1 ... gallery_photo_N, or the gallery_photo
+    cell split at ";" and new lines."""
+    numbered = sorted(
+        (int(m.group(1)), column) for column in values if (m := NUMBERED_GALLERY.match(column or ""))
+    )
+    if numbered:
+        return [values.get(column, "").strip() for _n, column in numbered if values.get(column, "").strip()]
+    return [
+        part.strip() for part in GALLERY_SEPARATORS.split(values.get("gallery_photo", "")) if part.strip()
+    ]
 
 
 def _prefetch(items: Iterable, fn: Callable, workers: int) -> Iterator:
@@ -520,6 +566,56 @@ def _prefetch(items: Iterable, fn: Callable, workers: int) -> Iterator:
                 yield window.popleft().result()
         while window:
             yield window.popleft().result()
+
+
+def _add_profile_photos(
+    session: Session, member_id: str, prepared: _PreparedRow, now
+) -> tuple[int, list[str]]:
+    """The row's later gallery photos join the member's profile after the ones it has, unchecked
+    (a verification, or a reviewer, checks them). (how many were added, a note per photo)."""
+    later = [p for p in prepared.photos if p.kind == GALLERY and p.position > 1]
+    if not later:
+        return 0, []
+    rows = profile_rows.profile_of(session, member_id)
+    have = {session.get(Photo, r.photo_id).sha256 for r in rows}
+    top = max((r.position for r in rows), default=1)
+    notes, added = [], 0
+    for photo in later:
+        if photo.sha256 in have:
+            notes.append(f"photo {photo.position}: already in the profile")
+            continue
+        if len(rows) + added >= profile_rows.max_photos():
+            notes.append(
+                f"photo {photo.position}: the profile is full ({profile_rows.max_photos()}), not added"
+            )
+            continue
+        row = session.scalar(
+            select(Photo).where(
+                Photo.member_id == member_id, Photo.kind == GALLERY, Photo.sha256 == photo.sha256
+            )
+        )
+        if row is None:
+            row = Photo(
+                member_id=member_id,
+                kind=GALLERY,
+                sha256=photo.sha256,
+                stored_path=photo.stored_path,
+                size_bytes=photo.size_bytes,
+                source=_short(photo.reference, 2048),
+                current=False,  # the member's current gallery photo is the main one
+                created_at=now,
+                width=photo.width,
+                height=photo.height,
+            )
+            session.add(row)
+            session.flush()
+        top += 1
+        added += 1
+        have.add(photo.sha256)
+        session.add(ProfilePhoto(member_id=member_id, position=top, photo_id=row.id, created_at=now))
+        notes.append(f"photo {photo.position}: added to the profile as photo {top}, waits to be checked")
+    session.flush()
+    return added, notes
 
 
 def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name: str) -> RowReport:
@@ -545,9 +641,9 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
         if prepared.birth_year is not None and member.birth_year != prepared.birth_year:
             changes.append(f"birth year {member.birth_year or '-'} → {prepared.birth_year}")
             member.birth_year = prepared.birth_year
-        # An import never replaces an existing member's gallery (issue 12): the row is refused whole.
+        # An import never replaces an existing member's main gallery photo: the row is refused whole.
         for photo in prepared.photos:
-            if photo.kind == GALLERY:
+            if photo.kind == GALLERY and photo.position == 1:
                 try:
                     gallery.check_not_replaced(session, member_id, photo.sha256)
                 except gallery.GalleryLocked as exc:
@@ -568,30 +664,39 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
                 photo.height,
             )
             for photo in prepared.photos
+            if photo.kind != GALLERY or photo.position == 1
         ],
         now,
         is_new=is_new,
     )
     changes += [c for c in done.changes if c not in changes]
     warnings = done.warnings
+    added, notes = _add_profile_photos(session, member_id, prepared, now)
+    if added:
+        changes.append(f"{added} profile photo(s) added")
+    notes = prepared.photo_notes + notes
 
     if not is_new and not changes:
         session.rollback()
-        return RowReport(prepared.row, member_id, UNCHANGED, "already up to date", warnings)
+        return RowReport(
+            prepared.row, member_id, UNCHANGED, "; ".join(["already up to date", *notes]), warnings
+        )
     member.gender = prepared.gender
     member.updated_at = now
     member.source = source_name
     # A birth year alone says nothing about the photos: the verification stands.
-    if (
-        not is_new
-        and member.status != MEMBER_PENDING
-        and any(not c.startswith("birth year") for c in changes)
-    ):
+    photo_changes = [c for c in changes if not c.startswith("birth year")]
+    if not is_new and added and photo_changes == [f"{added} profile photo(s) added"]:
+        # Only profile photos added: they wait to be checked against the verified face (the badge
+        # is off meanwhile); the member's own verification still stands.
+        profiles.refresh_badge(session, member_id)
+    elif not is_new and member.status != MEMBER_PENDING and photo_changes:
         # New photos or a new gender: the earlier verification no longer speaks for this member.
         changes.append(f"status {member.status} → {MEMBER_PENDING} (verify again)")
         member.status = MEMBER_PENDING
     status = IMPORTED if is_new else UPDATED
     message = "new member with gallery and verification photos" if is_new else "; ".join(changes)
+    message = "; ".join([message, *notes])
     audit.log(
         session,
         actor,

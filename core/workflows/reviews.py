@@ -23,7 +23,7 @@ from core.storage.schema import MEMBER_ERASED, MEMBER_REJECTED, MEMBER_VERIFIED,
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.genders import normalise_gender
 from core.verification.result import APPROVED, FLAGGED, REJECTED
-from core.workflows import gallery
+from core.workflows import gallery, profiles
 
 APPROVE, REJECT = "approve", "reject"
 DECISIONS = (APPROVE, REJECT)
@@ -124,8 +124,11 @@ def decide(
     result = session.get(ResultRow, result_id, populate_existing=True)
     if gallery.is_addition(session, result):
         gallery.on_review(session, result, approve, reviewer)  # a gallery photo, not a verification
+    elif profiles.is_profile_addition(session, result):
+        profiles.on_review(session, result, approve, reviewer)  # a profile photo added later
     elif result.member_id is not None:
         _update_member(session, result, approve, now)
+        profiles.on_verification_review(session, result, approve, reviewer)
     audit.log(
         session,
         reviewer,

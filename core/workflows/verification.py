@@ -40,7 +40,7 @@ from core.storage.retry import with_retry
 from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, utcnow
 from core.verification.genders import normalise_gender
 from core.verification.result import AUTO_APPROVED, FLAGGED, Flag, VerificationResult
-from core.workflows import batches, gallery, member_ids
+from core.workflows import batches, gallery, member_ids, profile_rows
 from core.workflows.gallery import GalleryLocked
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ CHALLENGE_REQUIRED_SETTINGS = {
 }
 
 RunEngine = Callable[[bytes, bytes, str | None, str | None], VerificationResult]
+# Called in the storing transaction, after the result is added: (session, member id, photo ids by
+# kind, the result row). The profile use case stores each profile photo's state with it.
+OnStore = Callable[[Session, str, dict[str, int], object], None]
 
 
 class VerifyError(FaceVerifyError):
@@ -211,6 +214,8 @@ def set_current_photos(
         if old is None and not is_new:
             changes.append(f"new {photo.kind} photo")
     session.flush()
+    if GALLERY in out:  # the current gallery photo is the profile's main photo
+        profile_rows.ensure_main_photo(session, member_id, out[GALLERY])
 
     warnings: list[str] = []
     if len(photos) == 2 and len({p.sha256 for p in photos}) == 1:
@@ -398,6 +403,7 @@ def verify_member(
     recheck_stored: bool = False,
     challenge_token: str | None = None,
     storing: AbstractContextManager | None = None,
+    on_store: OnStore | None = None,
 ) -> Verified:
     """Verify the member's pair and store everything; see the module's docstring.
 
@@ -406,6 +412,7 @@ def verify_member(
     may be the member's current stored one (an explicit re-check); otherwise it must be sent.
     run_engine(gallery bytes, verification bytes, gender, challenge kind) -> VerificationResult.
     storing: held around the database transaction (the API's bound on concurrent writers).
+    on_store: more rows to write in the same transaction (core.workflows.profiles).
     """
     started = time.perf_counter()
     if gender:
@@ -438,7 +445,7 @@ def verify_member(
 
     with storing or nullcontext():
         stored = _store_with_retry(
-            session_factory, actor, member_id, photos, resolved, paths, result, source, challenge
+            session_factory, actor, member_id, photos, resolved, paths, result, source, challenge, on_store
         )
     batch_id, result_id, warnings = stored
     return Verified(
@@ -453,13 +460,24 @@ def verify_member(
     )
 
 
-def _store_with_retry(session_factory, actor, member_id, photos, resolved, paths, result, source, challenge):
+def _store_with_retry(
+    session_factory, actor, member_id, photos, resolved, paths, result, source, challenge, on_store=None
+):
     for attempt in (1, 2, 3):
         try:
             # Deadlocks and lock waits: retried with backoff to a deadline (core.storage.retry).
             stored = with_retry(
                 lambda: _store(
-                    session_factory, actor, member_id, photos, resolved, paths, result, source, challenge
+                    session_factory,
+                    actor,
+                    member_id,
+                    photos,
+                    resolved,
+                    paths,
+                    result,
+                    source,
+                    challenge,
+                    on_store,
                 )
             )
             break
@@ -479,6 +497,7 @@ def _store(
     result: VerificationResult,
     source: str,
     challenge,
+    on_store: OnStore | None = None,
 ) -> tuple[int, int, list[str]]:
     """Member, photos, the day's batch item, result and audit: one transaction."""
     with session_factory() as session:
@@ -543,6 +562,10 @@ def _store(
             replayed=_replay_matches(resolved.replayed, member_id),
         )
         session.flush()
+        if on_store is not None:
+            on_store(session, member_id, photo_ids, row)
+        else:  # the selfie against the main photo alone: its state follows the result
+            profile_rows.record_pair_result(session, member_id, photo_ids[GALLERY], row)
         if challenge is not None:
             challenges.attach_result(session, challenge.id, row.id)
         audit.log(

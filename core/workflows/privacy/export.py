@@ -30,6 +30,7 @@ from core.storage.schema import (
     Member,
     MemberErasure,
     Photo,
+    ProfilePhoto,
     Review,
     utcnow,
 )
@@ -127,6 +128,10 @@ def export_member_file(
     if member is None:
         raise UnknownMember(f"There is no member {member_id!r}.")
     photos = list(session.scalars(select(Photo).where(Photo.member_id == member_id).order_by(Photo.id)))
+    profile = {
+        r.photo_id: r
+        for r in session.scalars(select(ProfilePhoto).where(ProfilePhoto.member_id == member_id))
+    }
     results = list(
         session.scalars(select(ResultRow).where(ResultRow.member_id == member_id).order_by(ResultRow.id))
     )
@@ -147,7 +152,7 @@ def export_member_file(
     try:
         with os.fdopen(handle, "wb") as file:
             _write_archive(
-                file, limit, store, member, photos, results, reviews, views, entries, erasures, actor
+                file, limit, store, member, photos, profile, results, reviews, views, entries, erasures, actor
             )
     except BaseException:
         path.unlink(missing_ok=True)
@@ -157,7 +162,9 @@ def export_member_file(
     return path
 
 
-def _write_archive(file, limit, store, member, photos, results, reviews, views, entries, erasures, actor):
+def _write_archive(
+    file, limit, store, member, photos, profile, results, reviews, views, entries, erasures, actor
+):
     with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as archive:
         capped = _Capped(archive, file, limit)
         photo_list = []
@@ -173,6 +180,15 @@ def _write_archive(file, limit, store, member, photos, results, reviews, views, 
                 "added": _iso(p.created_at),
                 "source": p.source,
             }
+            if p.id in profile:  # shown in the profile: where, and what its check found
+                shown = profile[p.id]
+                entry["profile"] = {
+                    "position": shown.position,
+                    "state": shown.state,
+                    "reason": shown.reason,
+                    "similarity": shown.similarity,
+                    "review_decision": shown.review_decision,
+                }
             try:
                 data = store.read(p.stored_path)
             except PhotoNotFound:

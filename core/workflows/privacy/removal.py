@@ -19,6 +19,7 @@ from core.storage.schema import (
     BatchItem,
     Embedding,
     Photo,
+    ProfilePhoto,
 )
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import APPROVED, AUTO_APPROVED, AUTO_REJECTED, REJECTED
@@ -135,5 +136,7 @@ def remove_photo_rows(
         for batch_id, n in unrun.items():
             session.execute(update(Batch).where(Batch.id == batch_id).values(n_items=Batch.n_items - n))
         session.execute(delete(BatchItem).where(BatchItem.id.in_(item_ids)))
+    # Profile rows name the photo; they go with it (SQLite may run without foreign-key cascades).
+    session.execute(delete(ProfilePhoto).where(ProfilePhoto.photo_id.in_(ids)))
     out.photos = session.execute(delete(Photo).where(Photo.id.in_(ids))).rowcount
     return out

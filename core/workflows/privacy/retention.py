@@ -23,6 +23,7 @@ from core.storage.schema import (
     Member,
     MemberErasure,
     Photo,
+    ProfilePhoto,
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
@@ -157,12 +158,16 @@ def _retention_candidates(session: Session, policy: RetentionPolicy, now: dateti
                 rejected.setdefault(member_id, []).append(photo_id)
     in_rejected = {pid for ids in rejected.values() for pid in ids}
     photos = session.execute(select(Photo.id, Photo.kind, Photo.current, Photo.sha256)).all()
+    # A photo the member shows in its profile is checked like the current gallery photo: kept.
+    shown = set(session.scalars(select(ProfilePhoto.photo_id)))
     for photo_id, kind, current, sha in photos:
         if photo_id in in_rejected:
             continue
         if kind == VERIFICATION and expired(photo_id, policy.verification_photo_days):
             verification_ids.append(photo_id)
-        elif not (kind == GALLERY and current) and expired(photo_id, policy.embedding_days):
+        elif not (kind == GALLERY and (current or photo_id in shown)) and expired(
+            photo_id, policy.embedding_days
+        ):
             embedding_shas.add(sha)
     # A hash that is some member's current gallery photo is what the 1:N search needs: kept.
     if embedding_shas:
@@ -171,6 +176,13 @@ def _retention_candidates(session: Session, policy: RetentionPolicy, now: dateti
                 select(Photo.sha256).where(
                     Photo.sha256.in_(embedding_shas), Photo.kind == GALLERY, Photo.current.is_(True)
                 )
+            )
+        )
+        needed |= set(
+            session.scalars(
+                select(Photo.sha256)
+                .join(ProfilePhoto, ProfilePhoto.photo_id == Photo.id)
+                .where(Photo.sha256.in_(embedding_shas))
             )
         )
         embedding_shas -= needed

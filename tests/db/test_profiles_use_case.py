@@ -1,0 +1,255 @@
+"""Profile photos through the use case, with the shipped model and real sample photos: a stranger's
+photo flagged on that photo only, a group photo naming the member's face, photos added later and
+the badge, another member's photo caught by the 1:N index, reorder/remove, and privacy."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from core.config import SAMPLE_DIR
+from core.dashboard import profiles as page
+from core.storage.schema import Member, Photo, ProfilePhoto
+from core.storage.schema import VerificationResult as ResultRow
+from core.workflows import profiles, reviews, search
+from core.workflows.privacy import erasure, export
+from core.workflows.verification import PhotoInput
+
+IMAGES = SAMPLE_DIR / "images"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from core.verification.engine import Engine
+
+    return Engine.load()
+
+
+@pytest.fixture(autouse=True)
+def _setup(engine, monkeypatch):
+    monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
+    search.reset_indexes()
+    search.register_engine(engine)
+    yield
+    search.reset_indexes()
+
+
+def photo(name: str) -> bytes:
+    return (IMAGES / f"{name}.jpg").read_bytes()
+
+
+def group_photo(names: list[str], scale: dict[int, float] | None = None) -> tuple[bytes, list[tuple]]:
+    tiles = []
+    for n, name in enumerate(names):
+        image = Image.open(IMAGES / f"{name}.jpg").convert("RGB")
+        factor = (scale or {}).get(n, 1.0)
+        tiles.append(image.resize((int(image.width * factor), int(image.height * factor))))
+    canvas = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), (90, 90, 90))
+    boxes, x = [], 0
+    for tile in tiles:
+        y = (canvas.height - tile.height) // 2
+        canvas.paste(tile, (x, y))
+        boxes.append((x, y, tile.width, tile.height))
+        x += tile.width
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=92)
+    return out.getvalue(), boxes
+
+
+def enrol(factory, store, engine, member_id, selfie, photos, gender="M"):
+    return profiles.verify_profile_member(
+        factory,
+        store,
+        "staff",
+        member_id,
+        PhotoInput("verification", selfie),
+        [PhotoInput("gallery", p) for p in photos],
+        engine,
+        gender=gender,
+    )
+
+
+def states(factory, member_id, public=False):
+    with factory() as s:
+        return [(r["position"], r["state"]) for r in profiles.profile_view(s, member_id, public=public)]
+
+
+def test_a_strangers_photo_is_flagged_on_that_photo_only(session_factory, photo_store, engine):
+    profile = [photo(f"Richard_Gephardt_000{n}") for n in (3, 5)] + [photo("Howard_Dean_0001")]
+    profile.append(photo("Richard_Gephardt_0007"))
+    done = enrol(session_factory, photo_store, engine, "m-geph", photo("Richard_Gephardt_0001"), profile)
+    answer = profiles.profile_answer(done)
+    assert answer["status"] == "flagged" and answer["flagged_photos"] == [3]
+    assert [p["state"] for p in answer["photos"]] == ["matches", "matches", "does_not_match", "matches"]
+    assert answer["photos"][2]["reason"].startswith("Photo 3 does not show this member")
+    assert states(session_factory, "m-geph") == [
+        (1, "matches"),
+        (2, "matches"),
+        (3, "does_not_match"),
+        (4, "matches"),
+    ]
+    with session_factory() as s:
+        assert s.get(Member, "m-geph").status == "in_review" and not profiles.badge(s, "m-geph")
+        rows = s.scalars(select(Photo).where(Photo.member_id == "m-geph", Photo.kind == "gallery")).all()
+        assert len(rows) == 4 and sum(p.current for p in rows) == 1  # the main photo is current
+
+
+def test_a_group_photo_with_the_member_passes_and_names_the_members_face(
+    session_factory, photo_store, engine
+):
+    group, tiles = group_photo(
+        ["Howard_Dean_0004", "John_Negroponte_0004", "Richard_Gephardt_0008"], scale={2: 0.75}
+    )
+    done = enrol(
+        session_factory,
+        photo_store,
+        engine,
+        "m-group",
+        photo("Richard_Gephardt_0001"),
+        [photo("Richard_Gephardt_0003"), group],
+    )
+    assert done.profile.status == "auto_approved", done.profile.reasons
+    with session_factory() as s:
+        second = profiles.profile_view(s, "m-group")[1]
+        assert second["state"] == "matches"
+        x, y, w, h = second["box"]
+        tx, ty, tw, th = tiles[2]
+        assert tx <= x + w / 2 < tx + tw  # the member's face, not the largest one
+        assert profiles.badge(s, "m-group")
+
+
+def test_photos_added_later_and_the_badge(session_factory, photo_store, engine):
+    kofi = [photo(f"Kofi_Annan_00{n}") for n in (16, 25)]
+    done = enrol(session_factory, photo_store, engine, "m-kofi", photo("Kofi_Annan_0014"), kofi)
+    assert done.profile.status == "auto_approved", done.profile.reasons
+    with session_factory() as s:
+        assert profiles.badge(s, "m-kofi")
+
+    added = profiles.add_profile_photo(
+        session_factory,
+        photo_store,
+        "staff",
+        "m-kofi",
+        PhotoInput("gallery", photo("Kofi_Annan_0026")),
+        engine,
+    )
+    assert added.shown and added.position == 3 and added.state == "matches"
+    with session_factory() as s:
+        assert profiles.badge(s, "m-kofi")
+
+    stranger = profiles.add_profile_photo(
+        session_factory,
+        photo_store,
+        "staff",
+        "m-kofi",
+        PhotoInput("gallery", photo("Howard_Dean_0001")),
+        engine,
+    )
+    assert not stranger.shown and stranger.state == "does_not_match" and stranger.position == 4
+    assert stranger.photo.reason.startswith("Photo 4 does not show this member")
+    with session_factory() as s:
+        assert s.get(Member, "m-kofi").status == "in_review" and not profiles.badge(s, "m-kofi")
+        # The review queue's view: the whole profile as a strip, the photo in question named.
+        strip, in_question = page.review_profile(
+            s, photo_store, s.get(ResultRow, stranger.result_id), "reviewer", "page:review_queue"
+        )
+        assert in_question == 4 and [p.position for p in strip] == [1, 2, 3, 4]
+        assert strip[3].state == "does_not_match" and all(p.image is not None for p in strip)
+        reviews.decide(s, stranger.result_id, "reviewer", "reject")
+    with session_factory() as s:
+        # Rejected: out of the public list, and the badge is back.
+        assert [p for p, _ in states(session_factory, "m-kofi", public=True)] == [1, 2, 3]
+        assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")
+
+    with pytest.raises(profiles.AlreadyInProfile):
+        profiles.add_profile_photo(
+            session_factory,
+            photo_store,
+            "staff",
+            "m-kofi",
+            PhotoInput("gallery", photo("Kofi_Annan_0026")),
+            engine,
+        )
+
+    # Order: photo 3 first; it becomes the member's current gallery photo.
+    profiles.reorder_profile(session_factory, "staff", "m-kofi", [3, 1, 2, 4])
+    with session_factory() as s:
+        first = profiles.profile_view(s, "m-kofi")[0]
+        assert s.get(Photo, first["photo_id"]).current
+        with pytest.raises(profiles.BadOrder):
+            profiles.reorder_profile(session_factory, "staff", "m-kofi", [1, 1, 2, 3])
+    profiles.remove_profile_photo(session_factory, "staff", "m-kofi", 1)
+    assert [p for p, _ in states(session_factory, "m-kofi")] == [1, 2, 3]
+
+
+def test_a_photo_of_another_member_is_caught_by_the_index(session_factory, photo_store, engine):
+    enrol(
+        session_factory,
+        photo_store,
+        engine,
+        "m-beck",
+        photo("David_Beckham_0017"),
+        [photo("David_Beckham_0005")],
+    )
+    enrol(
+        session_factory,
+        photo_store,
+        engine,
+        "m-brody",
+        photo("Adrien_Brody_0007"),
+        [photo("Adrien_Brody_0001")],
+    )
+    # Another photo of the first member (not the same file) in the second member's profile.
+    added = profiles.add_profile_photo(
+        session_factory,
+        photo_store,
+        "staff",
+        "m-brody",
+        PhotoInput("gallery", photo("David_Beckham_0010")),
+        engine,
+    )
+    assert not added.shown
+    codes = {f["code"]: f for f in added.flags}
+    found = codes[profiles.PROFILE_PHOTO_OF_ANOTHER]
+    assert found["params"]["candidates"][0][0] == "m-beck"  # named for staff
+    assert "member m-beck" in found["reason"] and found["reason"].startswith("Photo 2")
+    with session_factory() as s:
+        assert s.get(Member, "m-brody").status == "in_review"
+
+    # At enrolment too: a new member whose second photo is the first member's face.
+    done = enrol(
+        session_factory,
+        photo_store,
+        engine,
+        "m-third",
+        photo("Kofi_Annan_0014"),
+        [photo("Kofi_Annan_0016"), photo("David_Beckham_0010")],
+    )
+    with session_factory() as s:
+        from core.storage.schema import VerificationResult as ResultRow
+
+        row = s.get(ResultRow, done.result_id)
+        flags = [f for f in row.flags if f["code"] == profiles.PROFILE_PHOTO_OF_ANOTHER]
+        assert [(f["params"]["position"], f["params"]["candidates"][0][0]) for f in flags] == [(2, "m-beck")]
+        assert row.status == "flagged"
+
+
+def test_erasure_and_export_cover_every_profile_photo(session_factory, photo_store, engine):
+    kofi = [photo(f"Kofi_Annan_00{n}") for n in (16, 25, 26)]
+    enrol(session_factory, photo_store, engine, "m-priv", photo("Kofi_Annan_0014"), kofi)
+    with session_factory() as s:
+        archive = zipfile.ZipFile(io.BytesIO(export.export_member(s, photo_store, "m-priv", "staff")))
+        names = archive.namelist()
+        assert sum(1 for n in names if n.startswith("photos/") and "_gallery" in n) == 3
+    erasure.erase_member(session_factory, photo_store, "m-priv", actor="staff", via="test")
+    with session_factory() as s:
+        assert s.scalars(select(ProfilePhoto).where(ProfilePhoto.member_id == "m-priv")).all() == []
+        assert s.scalars(select(Photo).where(Photo.member_id == "m-priv")).all() == []
+    for data in kofi:
+        import hashlib
+
+        assert not photo_store.exists(hashlib.sha256(data).hexdigest())
