@@ -20,18 +20,27 @@ NETWORK_NOTES = {
 }
 
 # What the known development sets are and the terms they come under; matched on the set's folder.
-KNOWN_SETS = {
-    "lfw_dev": "Labeled Faces in the Wild (public figures, mostly Western; 7 East Asian people). "
-    "Research data set; the people did not consent to face recognition.",
-    "eastasian_dev": "CASIA-FaceV5 (Chinese volunteers, webcam photos on a blue background): "
-    "**non-commercial research only**, under a signed agreement with CASIA.",
-    "gender_only": "UTKFace face chips labelled Asian (adults): **non-commercial research only**.",
-    "lfw": "Labeled Faces in the Wild: research data set.",
-}
+KNOWN_SETS = (  # the first that matches wins: gender_only lies inside eastasian_dev
+    (
+        "gender_only",
+        "UTKFace face chips labelled Asian (adults), used as the cohort of other faces: "
+        "**non-commercial research only**.",
+    ),
+    (
+        "eastasian_dev",
+        "CASIA-FaceV5 (Chinese volunteers, webcam photos on a blue background): "
+        "**non-commercial research only**, under a signed agreement with CASIA.",
+    ),
+    (
+        "lfw",
+        "Labeled Faces in the Wild (public figures, mostly Western; 7 East Asian people). "
+        "Research data set; the people did not consent to face recognition.",
+    ),
+)
 
 
 def _terms_of(path: str) -> str:
-    for key, note in KNOWN_SETS.items():
+    for key, note in KNOWN_SETS:
         if key in str(path):
             return note
     return "Terms not recorded: check them before any use."

@@ -1139,7 +1139,8 @@ def save_trained(
         )
         by_group["Decision"] = by_group["Decision"].map({1: "Yes", 0: "No"})
         for name, part in by_group.groupby(by_group["group"].str.split(":").str[0]):
-            part.to_csv(directory / f"heldout_pairs_{name}.csv", index=False)
+            if name != LFW:  # LFW's held-out people are judged on heldout_pairs.csv, as before
+                part.to_csv(directory / f"heldout_pairs_{name}.csv", index=False)
     from core.training.model_card import write_model_card
 
     write_model_card(directory, {**metadata, "version": version})
