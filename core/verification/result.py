@@ -166,14 +166,11 @@ class VerificationResult:
                 d["crop"] = p.crop.tolist()
             return d
 
-        from core.i18n import t
-
-        words = self.similarity_words
         return {
             "same_person": self.same_person,
             "similarity": self.similarity,
-            "similarity_words": words,
-            "similarity_text": {lang: t(words, lang) for lang in ("ko", "en")} if words else None,
+            # an i18n key (core/i18n catalogs): the pages and the API word it in the reader's language
+            "similarity_words": self.similarity_words,
             "cohort_score": self.cohort_score,
             "threshold": self.threshold,
             "uncertain_band": list(self.uncertain_band),
