@@ -72,6 +72,11 @@ class Engine:
         self._gender_dim = int(gender.input_shape[-1])
         # The cohort's faces through this version's tower, once: each photo is then compared with them.
         self._cohort_projections = model.cohort.project(tower) if model.cohort is not None else None
+        self._cohort_squares = (
+            np.einsum("ij,ij->i", self._cohort_projections, self._cohort_projections)
+            if self._cohort_projections is not None
+            else None
+        )
         self._cohort_calibration = model.cohort_calibration
 
         @tf.function(
@@ -144,7 +149,9 @@ class Engine:
         if self._cohort_projections is None:
             return None, 0.0
         start = time.perf_counter()
-        stats = cohort.photo_stats(projections, self._cohort_projections, self.model.cohort.top_k)
+        stats = cohort.photo_stats(
+            projections, self._cohort_projections, self.model.cohort.top_k, self._cohort_squares
+        )
         return stats, _ms(start) / max(len(projections), 1)
 
     def pair_similarity(
