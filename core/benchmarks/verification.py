@@ -93,6 +93,7 @@ def run(
     engine=None,
     set_name: str | None = None,
     unseen_only: bool = False,
+    gender_sample: int | None = None,
 ) -> dict:
     from core.benchmarks import baseline
     from core.training.fitting import gender_metrics, verification_metrics
@@ -216,7 +217,9 @@ def run(
 
     gender_by_photo: dict = {}
     if people_csv:
-        report.update(score_gender(engine, images, people_csv, gender_metrics, gender_by_photo))
+        report.update(
+            score_gender(engine, images, people_csv, gender_metrics, gender_by_photo, gender_sample)
+        )
         report["by_group"] = figures_by_group(
             pairs, similarities, people_csv, engine.model.operating_points, gender_by_photo, set_name
         )
@@ -304,7 +307,12 @@ def person_of(name: str) -> str | None:
 
 
 def score_gender(
-    engine, images: Path, people_csv: Path, gender_metrics, by_photo: dict | None = None
+    engine,
+    images: Path,
+    people_csv: Path,
+    gender_metrics,
+    by_photo: dict | None = None,
+    sample: int | None = None,
 ) -> dict:
     people = pd.read_csv(people_csv)
     if not {"person", "gender"} <= set(people.columns):
@@ -315,6 +323,9 @@ def score_gender(
         match = LFW_NAME.match(path.name)
         if match and match["person"] in gender_of:
             files.append(path)
+    if sample and len(files) > sample:  # a seeded sample of the photos (large sets on a busy machine)
+        keep = np.random.default_rng(0).choice(len(files), sample, replace=False)
+        files = [files[k] for k in sorted(keep)]
     predicted, truth, failed = [], [], 0
     progress = Progress("gender", len(files))
     for first in range(0, len(files), 32):
@@ -423,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--unseen-only", action="store_true", help="leave out pairs of people the model was trained on"
     )
+    parser.add_argument("--gender-sample", type=int, help="score gender on a seeded N photos of each set")
     args = parser.parse_args(argv)
     sets = {name: Path(folder) for name, folder in _named(args.set, "--set").items()}
     set_pairs = _named(args.set_pairs, "--set-pairs")
@@ -463,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             engine=engine,
             set_name=name,
             unseen_only=args.unseen_only,
+            gender_sample=args.gender_sample,
         )
     if list(reports) == [None]:
         report = reports[None]
