@@ -1,6 +1,8 @@
 """Accuracy and speed benchmark of the product's path beside the bare pretrained pipeline.
 
 python -m core.benchmarks.verification --pairs PAIRS.csv --images DIR [--people PEOPLE.csv] --json OUT.json
+python -m core.benchmarks.verification --set lfw=../shared/data/lfw_dev --set eastasian=../shared/data/eastasian_dev
+                                       [--set-pairs eastasian=FILE] [--unseen-only] --json OUT.json
 
 PAIRS.csv: file_x (gallery), file_y (verification), Decision (Yes/No).
 PEOPLE.csv: person, gender; gender is scored on every image in DIR whose person (the LFW file
@@ -8,6 +10,14 @@ name without _NNNN.jpg) is listed.
 Latency is per pair, warm, from file bytes to decision, nothing reused between pairs; the
 baseline (dlib-bin's own embedding, same detection) is timed interleaved in the same run so the
 ratio survives a noisy machine. Throughput is the batch entry point's.
+
+--set NAME=DIR (repeatable) runs a development set laid out as DIR/images, DIR/pairs.csv,
+DIR/people.csv; --set-pairs NAME=FILE takes that set's pairs from FILE instead (e.g. a model
+version's heldout_pairs_<set>.csv); --unseen-only leaves out pairs of people the model trained on.
+Each set's figures are also given group by group (people.csv: gender, and group / population and
+age or age_band where present; a pair belongs to a group when both its people do), as NIST FRVT's
+demographic reports do: FMR at approve_at on the group's impostor pairs, FNMR at reject_below, AUC,
+calibration error, gender accuracy; one plain table for all sets, printed and in the JSON.
 
 Also: the calibration error of the similarity (ECE) and a reliability plot (PNG beside the JSON),
 what the decision policy does (automation and the errors of automatic decisions at the model's
@@ -80,6 +90,10 @@ def run(
     limit: int | None = None,
     sample: int | None = None,
     reliability_png: Path | None = None,
+    engine=None,
+    set_name: str | None = None,
+    unseen_only: bool = False,
+    gender_sample: int | None = None,
 ) -> dict:
     from core.benchmarks import baseline
     from core.training.fitting import gender_metrics, verification_metrics
@@ -97,9 +111,17 @@ def run(
         ).sample(frac=1.0, random_state=0)
     if limit:
         pairs = pairs.iloc[:limit]
+    engine = engine or Engine.load(model)
+    left_out = 0
+    if unseen_only:
+        seen = set(engine.model.metadata.get("data", {}).get("train_people", []))
+        person = pairs.file_x.map(person_of).isin(seen) | pairs.file_y.map(person_of).isin(seen)
+        left_out = int(person.sum())
+        pairs = pairs[~person]
+        if not len(pairs):
+            raise SystemExit(f"{pairs_csv}: every pair has a person {engine.model_version} trained on.")
     photo_bytes = {name: (images / name).read_bytes() for name in set(pairs.file_x) | set(pairs.file_y)}
 
-    engine = Engine.load(model)
     first = pairs.iloc[0]
     for _ in range(3):  # warm both paths: graph tracing, MediaPipe and dlib initialisation
         engine.verify(photo_bytes[first.file_x], photo_bytes[first.file_y])
@@ -132,6 +154,7 @@ def run(
     decided_same = np.array(similarities) >= engine.model.threshold
     report = {
         "n_pairs": int(len(pairs)),
+        "n_pairs_left_out_seen_in_training": left_out,
         "n_failed": failed,
         **{k: v for k, v in verification_metrics(similarities, labels, engine.model.threshold).items()},
         "latency_p50_ms": percentile(latencies, 50),
@@ -192,8 +215,18 @@ def run(
     if report["latency_p95_ms"] and report["baseline_latency_p95_ms"]:
         report["speedup_p95_vs_baseline"] = report["baseline_latency_p95_ms"] / report["latency_p95_ms"]
 
+    gender_by_photo: dict = {}
     if people_csv:
-        report.update(score_gender(engine, images, people_csv, gender_metrics))
+        report.update(
+            score_gender(engine, images, people_csv, gender_metrics, gender_by_photo, gender_sample)
+        )
+        report["by_group"] = figures_by_group(
+            pairs, similarities, people_csv, engine.model.operating_points, gender_by_photo, set_name
+        )
+    cohort_ms = report["stage_ms"].get("embed_cohort")
+    if cohort_ms:  # both photos' comparison with the cohort, already inside embed and the total
+        report["cohort_ms_per_pair"] = cohort_ms["mean"]
+        report["cohort_faces"] = len(engine.model.cohort)
     report["process_rss_mb"] = resident_mb()  # the engine, both identity networks and the baseline's dlib
     if reliability_png:
         from core.verification.calibration import reliability_plot
@@ -268,7 +301,19 @@ def resident_mb() -> float | None:
     return None
 
 
-def score_gender(engine, images: Path, people_csv: Path, gender_metrics) -> dict:
+def person_of(name: str) -> str | None:
+    match = LFW_NAME.match(str(name))
+    return match["person"] if match else None
+
+
+def score_gender(
+    engine,
+    images: Path,
+    people_csv: Path,
+    gender_metrics,
+    by_photo: dict | None = None,
+    sample: int | None = None,
+) -> dict:
     people = pd.read_csv(people_csv)
     if not {"person", "gender"} <= set(people.columns):
         raise SystemExit(f"{people_csv}: needs columns person, gender")
@@ -278,6 +323,9 @@ def score_gender(engine, images: Path, people_csv: Path, gender_metrics) -> dict
         match = LFW_NAME.match(path.name)
         if match and match["person"] in gender_of:
             files.append(path)
+    if sample and len(files) > sample:  # a seeded sample of the photos (large sets on a busy machine)
+        keep = np.random.default_rng(0).choice(len(files), sample, replace=False)
+        files = [files[k] for k in sorted(keep)]
     predicted, truth, failed = [], [], 0
     progress = Progress("gender", len(files))
     for first in range(0, len(files), 32):
@@ -288,37 +336,177 @@ def score_gender(engine, images: Path, people_csv: Path, gender_metrics) -> dict
                 continue
             predicted.append("MF"[int(np.argmax(analysis.gender_probs))])
             truth.append(gender_of[LFW_NAME.match(path.name)["person"]])
+            if by_photo is not None:
+                by_photo[path.name] = predicted[-1]
         progress(first + len(chunk))
     return {**gender_metrics(predicted, truth), "gender_failed": failed}
+
+
+GROUP_COLUMNS = ("group", "population", "age_band")  # people.csv columns that name a group
+
+
+def person_groups(people_csv: Path, set_name: str | None = None) -> dict[str, str]:
+    """person -> group name: [set:]group-or-population:gender[:age band], from people.csv."""
+    people = pd.read_csv(people_csv)
+    bands: dict[str, str] = {}
+    for column in ("age", "age_label"):
+        if column in people.columns:
+            ages = pd.to_numeric(people[column], errors="coerce")
+            bands = {
+                str(p): ("45+" if a >= 45 else "<45")
+                for p, a in zip(people.person, ages, strict=True)
+                if a == a
+            }
+            break
+    out = {}
+    for row in people.to_dict("records"):
+        parts = [set_name] if set_name else []
+        parts += [str(row[c]) for c in ("group", "population") if c in row and isinstance(row[c], str)]
+        parts.append(str(row.get("gender", "?")).upper())
+        band = bands.get(str(row["person"])) or (
+            row.get("age_band") if isinstance(row.get("age_band"), str) else ""
+        )
+        if band:
+            parts.append(band)
+        out[str(row["person"])] = ":".join(parts)
+    return out
+
+
+def figures_by_group(
+    pairs: pd.DataFrame, similarities, people_csv: Path, points, gender_by_photo: dict, set_name: str | None
+) -> list[dict]:
+    """core.verification.policy.group_figures on these pairs, with each group's gender accuracy on
+    its people's photos. A pair of two groups (e.g. impostors of two genders) counts as "mixed"."""
+    from core.verification.policy import group_figures
+
+    group_of = person_groups(people_csv, set_name)
+    mixed = f"{set_name}:mixed" if set_name else "mixed"
+    names = []
+    for row in pairs.itertuples():
+        a, b = group_of.get(person_of(row.file_x)), group_of.get(person_of(row.file_y))
+        names.append(a if a is not None and a == b else mixed)
+    rows = group_figures(similarities, pairs["label"].to_numpy(), names, points)
+    gender_of = {
+        p: g.split(":")[-2] if g.split(":")[-1] in ("45+", "<45") else g.split(":")[-1]
+        for p, g in group_of.items()
+    }
+    for row in rows:
+        photos = [
+            (name, predicted)
+            for name, predicted in gender_by_photo.items()
+            if row["group"] in ("all", group_of.get(person_of(name)))
+        ]
+        if photos:
+            truth = [gender_of[person_of(name)] for name, _ in photos]
+            row["gender_accuracy"] = float(np.mean([t == p for t, (_, p) in zip(truth, photos, strict=True)]))
+            row["gender_photos"] = len(photos)
+    return [r for r in rows if r["group"] != "all"] + [
+        {**r, "group": f"{set_name}:all" if set_name else "all"} for r in rows if r["group"] == "all"
+    ]
+
+
+def _named(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{flag} takes NAME=PATH, got {value!r}")
+        out[name] = path
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m core.benchmarks.verification", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--pairs", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path)
+    parser.add_argument("--images", type=Path)
     parser.add_argument("--people", type=Path)
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     parser.add_argument("--model", help="model version (default: models/DEFAULT)")
     parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs timed for the baseline")
     parser.add_argument("--limit", type=int, help="use only the first N pairs")
     parser.add_argument("--sample", type=int, help="a balanced random N pairs (seeded) from PAIRS.csv")
-    args = parser.parse_args(argv)
-    report = run(
-        args.pairs,
-        args.images,
-        args.people,
-        args.model,
-        args.baseline_pairs,
-        args.limit,
-        args.sample,
-        reliability_png=args.json.with_suffix(".reliability.png"),
+    parser.add_argument(
+        "--set", action="append", default=[], help="NAME=DIR with images/, pairs.csv, people.csv (repeatable)"
     )
+    parser.add_argument("--set-pairs", action="append", default=[], help="NAME=FILE: that set's pairs file")
+    parser.add_argument(
+        "--unseen-only", action="store_true", help="leave out pairs of people the model was trained on"
+    )
+    parser.add_argument("--gender-sample", type=int, help="score gender on a seeded N photos of each set")
+    args = parser.parse_args(argv)
+    sets = {name: Path(folder) for name, folder in _named(args.set, "--set").items()}
+    set_pairs = _named(args.set_pairs, "--set-pairs")
+    if unknown := set(set_pairs) - set(sets):
+        parser.error(f"--set-pairs names no --set: {', '.join(sorted(unknown))}")
+    if args.pairs or args.images:
+        if not (args.pairs and args.images):
+            parser.error("--pairs and --images go together")
+        sets_run = {None: (args.pairs, args.images, args.people)}
+    elif sets:
+        sets_run = {}
+    else:
+        parser.error("give --pairs and --images, or one --set NAME=DIR or more")
+    for name, folder in sets.items():
+        people = folder / "people.csv"
+        sets_run[name] = (Path(set_pairs.get(name, folder / "pairs.csv")), folder / "images", people)
+    for name, (pairs, images, _people) in sets_run.items():
+        missing = [str(p) for p in (pairs, images) if not Path(p).exists()]
+        if missing:
+            parser.error(f"{name or 'benchmark'}: not found: {', '.join(missing)}")
+
+    from core.verification.engine import Engine
+    from core.verification.policy import group_table
+
+    engine = Engine.load(args.model)
+    reports = {}
+    for name, (pairs, images, people) in sets_run.items():
+        png = args.json.with_suffix(f".{name}.reliability.png" if name else ".reliability.png")
+        reports[name] = run(
+            pairs,
+            images,
+            people if people and Path(people).exists() else None,
+            args.model,
+            args.baseline_pairs,
+            args.limit,
+            args.sample,
+            reliability_png=png,
+            engine=engine,
+            set_name=name,
+            unseen_only=args.unseen_only,
+            gender_sample=args.gender_sample,
+        )
+    if list(reports) == [None]:
+        report = reports[None]
+    else:
+        report = {
+            "sets": {k or "pairs": v for k, v in reports.items()},
+            "model_version": engine.model_version,
+        }
+    groups = [row for r in reports.values() for row in r.get("by_group", [])]
+    if groups:
+        report["by_group"] = groups
+        report["by_group_table"] = group_table(groups).splitlines()
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+    if groups:
+        points = engine.model.operating_points
+        print(
+            group_table(
+                groups,
+                f"{engine.model_version}: figures by group (approve_at {points.approve_at:.4f}, "
+                f"reject_below {points.reject_below:.4f})",
+            )
+        )
+        for name, r in reports.items():
+            if r.get("cohort_ms_per_pair") is not None:
+                print(
+                    f"{name or 'pairs'}: cohort normalisation {r['cohort_ms_per_pair']:.2f} ms a pair "
+                    f"({r['cohort_faces']} cohort faces), latency p95 {r['latency_p95_ms']:.1f} ms"
+                )
     return 0
 
 

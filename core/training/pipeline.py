@@ -3,6 +3,15 @@
 python -m core.training.pipeline --images DIR --people PEOPLE.csv --json OUT.json [--promote] [--seed N]
                      [--reviewed] [--augment blur,jitter,gray] [--no-cache] [--no-compare]
                      [--gender-only GENDER.csv [--gender-only-images DIR]] [--gender-balance source]
+                     [--set IMAGES PEOPLE.csv]... [--cohort DIR [--cohort-labels CSV]]...
+
+--set adds another labelled set (e.g. East Asian people; its own share of people held out,
+set_holdout_fraction). --cohort gives faces of other people (one face each; copies of one photo
+are merged) that the version's scores are normalised against (core.verification.cohort): the
+version then ships them (cohort.npz), its operating points are chosen so that every group
+(population x gender, and age band where known) meets its targets on its own, and the cohort's
+own pairs (labels: file,gender,age) count as impostors in choosing approve_at. MODEL_CARD.md is
+written beside the version.
 
 DIR holds NAME_NNNN.jpg photos (flat, or NAME/NAME_NNNN.jpg as LFW ships them); PEOPLE.csv has
 person,gender. --gender-only adds a set of face photos labelled with a gender only (file,gender;
@@ -66,8 +75,18 @@ from core.verification.policy import choose_operating_points, policy_figures  # 
 # Held-out pairs are drawn like lfw_dev's pairs.csv, each person weighing about alike: a cap on
 # same-person pairs per person keeps one person with hundreds of photos from being most of them.
 HELDOUT_POSITIVES_PER_PERSON = 100
-LFW_NAME = re.compile(r"^(?P<person>.+)_\d{4}\.(jpe?g|png)$", re.IGNORECASE)
-LFW, DB = "lfw", "db"
+LFW_NAME = re.compile(r"^(?P<person>.+)_\d{4}\.(jpe?g|png|bmp)$", re.IGNORECASE)
+LFW, DB, COHORT = "lfw", "db", "cohort"
+OLDER_AGE = 45  # the age band reported apart ("45+"): the service's members are in their 50s and 60s
+# Training people's photos in the shipped cohort: one each. A person inside the cohort is judged
+# against their own photos (their top cohort scores are themselves): with 3 photos each, a genuine
+# pair of John Howard (lfw_dev, a training person) fell from 0.99994 to 0.38. Members are never in
+# the cohort, but the people the product is tried and shown on are. With none (East Asian cohort
+# faces alone), held-out LFW men lost: FNMR at FMR 0.1% 0.57%, 11 impostors at approve_at; with one
+# each, 0.25% and none, and every data/sample pair is decided right.
+COHORT_PHOTOS_PER_PERSON = 1
+# Two cohort files whose SFace embeddings are this alike are one photo twice (copies in the source).
+COPY_COSINE = 0.9
 MIN_PEOPLE = 6
 MIN_PEOPLE_WITH_PAIRS = 4
 LATENCY_PAIRS = 20  # held-out pairs timed per model in a comparison
@@ -89,6 +108,12 @@ class DataChoice:
     # Photos labelled with a gender only (CSV file,gender; core.training.gender), for the gender head.
     gender_only: Path | None = None
     gender_only_images: Path | None = None  # their folder (default: beside the CSV, named like it)
+    # More labelled sets, (images, people.csv) each; the set's name is its folder's (source).
+    sets: list[tuple[Path, Path]] = field(default_factory=list)
+    # Folders of faces of other people to normalise scores against, with optional labels
+    # (CSV file,gender,age) to group their impostor pairs.
+    cohort: list[Path] = field(default_factory=list)
+    cohort_labels: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -97,6 +122,9 @@ class DataChoice:
             "reviewed": bool(self.reviewed),
             "gender_only": str(self.gender_only) if self.gender_only else None,
             "gender_only_images": str(self.gender_only_images) if self.gender_only_images else None,
+            "sets": [[str(i), str(p)] for i, p in self.sets],
+            "cohort": [str(c) for c in self.cohort],
+            "cohort_labels": [str(c) for c in self.cohort_labels],
         }
 
     @classmethod
@@ -109,12 +137,18 @@ class DataChoice:
             bool(values.get("reviewed")),
             Path(chips) if chips else None,
             Path(chip_images) if chip_images else None,
+            [(Path(i), Path(p)) for i, p in values.get("sets") or []],
+            [Path(c) for c in values.get("cohort") or []],
+            [Path(c) for c in values.get("cohort_labels") or []],
         )
 
     def describe(self) -> str:
         parts = []
         if self.lfw_images:
             parts.append(str(self.lfw_images))
+        parts += [str(images) for images, _ in self.sets]
+        if self.cohort:
+            parts.append("cohort " + ", ".join(str(c) for c in self.cohort))
         if self.reviewed:
             parts.append("reviewed decisions")
         if self.gender_only:
@@ -142,7 +176,19 @@ class LabelledPhoto:
     ref: PhotoRef
     person: str
     gender: str  # "M", "F", or "" when nobody said
-    source: str  # LFW or DB
+    source: str  # LFW, DB, a labelled set's name, or COHORT
+    age_band: str = ""  # "45+" or "" (unknown or younger), where the labels say
+
+
+def set_name(images: Path) -> str:
+    """A labelled set's name (its source): the folder holding images/ (eastasian_dev), else its own."""
+    images = Path(images)
+    return images.parent.name if images.name == "images" else images.name
+
+
+def group_of(source: str, gender: str, age_band: str = "") -> str:
+    """The group a photo is judged in: population (its set) x gender (x age band where known)."""
+    return ":".join(part for part in (source, gender or "?", age_band) if part)
 
 
 @dataclass
@@ -162,8 +208,8 @@ class TrainingData:
 
 
 def read_lfw_folder(images: Path, people_csv: Path) -> pd.DataFrame:
-    """Rows (path, person, gender) for every photo in images (flat or one folder per person)
-    whose person is in people_csv."""
+    """Rows (path, person, gender, age_band) for every photo in images (flat or one folder per
+    person) whose person is in people_csv (an age or age_band column gives the age band)."""
     people = pd.read_csv(people_csv)
     missing = {"person", "gender"} - set(people.columns)
     if missing:
@@ -172,12 +218,31 @@ def read_lfw_folder(images: Path, people_csv: Path) -> pd.DataFrame:
     bad = sorted({g for g in gender_of.values() if g not in ("M", "F")})
     if bad:
         raise ValueError(f"{people_csv}: gender must be M or F, found {bad}")
+    band_of = _age_bands(people, "person")
     rows = []
     for path in lfw_photo_files(Path(images)):
         match = LFW_NAME.match(path.name)
         if match["person"] in gender_of:
-            rows.append((path, match["person"], gender_of[match["person"]]))
-    return pd.DataFrame(rows, columns=["path", "person", "gender"])
+            person = match["person"]
+            rows.append((path, person, gender_of[person], band_of.get(person, "")))
+    return pd.DataFrame(rows, columns=["path", "person", "gender", "age_band"])
+
+
+def _age_bands(table: pd.DataFrame, key: str) -> dict[str, str]:
+    """key -> "45+" where an age (age, age_label) or an age_band column says so, else ""."""
+    for column in ("age", "age_label"):
+        if column in table.columns:
+            ages = pd.to_numeric(table[column], errors="coerce")
+            return {
+                str(k): (f"{OLDER_AGE}+" if a >= OLDER_AGE else "")
+                for k, a in zip(table[key], ages, strict=True)
+                if a == a
+            }
+    if "age_band" in table.columns:
+        return {
+            str(k): str(b) for k, b in zip(table[key], table["age_band"], strict=True) if isinstance(b, str)
+        }
+    return {}
 
 
 def lfw_photo_files(images: Path) -> list[Path]:
@@ -197,9 +262,47 @@ def _file_ref(path: Path) -> PhotoRef:
     return PhotoRef(hashlib.sha256(data).hexdigest(), Path(path).name, lambda p=Path(path): p.read_bytes())
 
 
-def lfw_photos(images: Path, people_csv: Path) -> list[LabelledPhoto]:
+def lfw_photos(images: Path, people_csv: Path, source: str = LFW) -> list[LabelledPhoto]:
     table = read_lfw_folder(images, people_csv)
-    return [LabelledPhoto(_file_ref(r.path), r.person, r.gender, LFW) for r in table.itertuples()]
+    return [
+        LabelledPhoto(_file_ref(r.path), r.person, r.gender, source, r.age_band) for r in table.itertuples()
+    ]
+
+
+COHORT_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def cohort_photos(folders: list[Path], labels: list[Path] | None = None) -> list[LabelledPhoto]:
+    """Faces of other people: every photo in the folders, each its own person ("cohort:<folder>/<file>"),
+    with gender and age band from the labels (CSV file,gender[,age]) where given."""
+    gender_of: dict[str, str] = {}
+    band_of: dict[str, str] = {}
+    for path in labels or []:
+        table = pd.read_csv(path)
+        if not {"file", "gender"} <= set(table.columns):
+            raise ValueError(f"{path}: a cohort's labels need the columns file, gender")
+        gender_of.update(zip(table.file.astype(str), table.gender.astype(str).str.upper(), strict=True))
+        band_of.update(_age_bands(table, "file"))
+    photos = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"Cannot use the cohort: the folder {folder} does not exist.")
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix.lower() in COHORT_SUFFIXES:
+                gender = gender_of.get(path.name, "")
+                photos.append(
+                    LabelledPhoto(
+                        _file_ref(path),
+                        f"{COHORT}:{folder.name}/{path.name}",
+                        gender if gender in ("M", "F") else "",
+                        COHORT,
+                        band_of.get(path.name, ""),
+                    )
+                )
+    if not photos:
+        raise ValueError(f"Cannot use the cohort: no photo in {', '.join(map(str, folders))}.")
+    return photos
 
 
 def reviewed_data(session, store) -> tuple[list[LabelledPhoto], list[ReviewedPair]]:
@@ -254,7 +357,7 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
     photos: list[LabelledPhoto] = []
     pairs: list[ReviewedPair] = []
     notes = []
-    if not choice.lfw_images and not choice.reviewed:
+    if not choice.lfw_images and not choice.reviewed and not choice.sets:
         raise ValueError("Cannot train: choose at least one source of people (photos or reviewed decisions).")
     if choice.lfw_images:
         if not Path(choice.lfw_images).is_dir():
@@ -264,6 +367,13 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
         photos += lfw_photos(choice.lfw_images, choice.lfw_people)
         if not photos:
             raise ValueError(f"Cannot train: no photo in {choice.lfw_images} belongs to a listed person.")
+    for images, people_csv in choice.sets:
+        if not Path(images).is_dir() or not Path(people_csv).is_file():
+            raise ValueError(f"Cannot train: the set {images} (people {people_csv}) does not exist.")
+        found = lfw_photos(images, people_csv, set_name(images))
+        if not found:
+            raise ValueError(f"Cannot train: no photo in {images} belongs to a person of {people_csv}.")
+        photos += found
     if choice.reviewed:
         if session_factory is None:
             raise ValueError("Cannot use reviewed decisions: no database is configured.")
@@ -324,6 +434,13 @@ class FeatureSet:
     computed: int = 0
     cached: int = 0
     others: dict[str, np.ndarray] = field(default_factory=dict)  # other networks' N x dim, by name
+    age_bands: np.ndarray | None = None  # "45+" or "" per row
+
+    def groups(self) -> np.ndarray:
+        """Each row's group (group_of: source x gender x age band)."""
+        sources = self.sources if self.sources is not None else np.full(len(self.people), LFW)
+        bands = self.age_bands if self.age_bands is not None else np.full(len(self.people), "")
+        return np.array([group_of(s, g, b) for s, g, b in zip(sources, self.genders, bands, strict=True)])
 
     def inputs(self, networks: tuple[str, ...] = ("dlib",)) -> np.ndarray:
         """The Siamese tower's input for a model on these networks: their embeddings side by side."""
@@ -405,6 +522,7 @@ def build_features(
         failed=failed,
         shas=np.array([p.ref.sha256 for p in keep]),
         sources=np.array([p.source for p in keep]),
+        age_bands=np.array([p.age_band for p in keep]),
         refs=[p.ref for p in keep],
         aug_of=np.array(aug_of, np.int64),
         aug_embeddings=aug[:, :128].copy(),
@@ -520,8 +638,18 @@ def split_by_source(data: FeatureSet, params: TrainParams) -> tuple[np.ndarray, 
         mask = row_source == source
         if len(np.unique(group[mask])) < 2:
             continue  # a lone group of one source trains; it cannot be held out on its own
-        _, held_part = split_people(group[mask], params.holdout_fraction, params.seed)
-        held[np.flatnonzero(mask)[held_part]] = True
+        if source in (LFW, DB):
+            _, held_part = split_people(group[mask], params.holdout_fraction, params.seed)
+            held[np.flatnonzero(mask)[held_part]] = True
+            continue
+        # Another labelled set: its own share held out, men and women alike (small populations).
+        genders = data.genders[mask]
+        for gender in sorted(set(genders)):
+            part = np.flatnonzero(mask)[genders == gender]
+            if len(np.unique(group[part])) < 2:
+                continue
+            _, held_part = split_people(group[part], params.set_holdout_fraction, params.seed)
+            held[part[held_part]] = True
     return ~held, held
 
 
@@ -559,13 +687,248 @@ def out_of_fold_distances(inputs: np.ndarray, people: np.ndarray, params: TrainP
     return np.concatenate(distances), np.concatenate(labels)
 
 
-def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> dict:
+def merge_copies(data: FeatureSet) -> np.ndarray:
+    """Row indices of a cohort's faces keeping one of each set of copies of a photo (some sources
+    hold one photo under two names); each kept face's person becomes its copies' first name."""
+    if "sface" in data.others:
+        vectors = data.others["sface"] / np.linalg.norm(data.others["sface"], axis=1, keepdims=True)
+    else:
+        vectors = data.embeddings / np.linalg.norm(data.embeddings, axis=1, keepdims=True)
+    keep = []
+    for row in range(len(vectors)):
+        if not keep or float(np.max(vectors[keep] @ vectors[row])) < COPY_COSINE:
+            keep.append(row)
+    return np.array(keep, np.int64)
+
+
+def shipped_cohort(data: FeatureSet, train: np.ndarray, cohort: FeatureSet, params: TrainParams):
+    """The cohort a version ships: the cohort faces (copies merged) and up to
+    COHORT_PHOTOS_PER_PERSON photos of each training person (seeded).
+
+    Returns (Cohort, rows of cohort kept, rows of data used)."""
+    from core.verification.cohort import Cohort
+
+    faces = merge_copies(cohort)
+    rng = np.random.default_rng(params.seed + 11)
+    people_rows = []
+    for person in np.unique(data.people[train]) if COHORT_PHOTOS_PER_PERSON else []:
+        rows = np.flatnonzero(train & (data.people == person))
+        take = min(COHORT_PHOTOS_PER_PERSON, len(rows))
+        people_rows += sorted(rng.choice(rows, take, replace=False).tolist())
+    people_rows = np.array(people_rows, np.int64).reshape(-1)
+    networks = params.network_names()
+    embeddings = np.concatenate([cohort.inputs(networks)[faces], data.inputs(networks)[people_rows]])
+    people = np.concatenate([cohort.people[faces], data.people[people_rows]]).astype(str)
+    return Cohort(embeddings, people, params.cohort_top_k), faces, people_rows
+
+
+def cohort_stats_of(projections, people, cohort_projections, cohort_people, top_k) -> np.ndarray:
+    """Photos' (mean, spread) against the cohort, leaving each photo's own person out of it."""
+    from core.verification import cohort as cohort_ops
+
+    scores = cohort_ops.raw_scores(projections, cohort_projections)
+    scores[
+        np.asarray(people).astype(str)[:, None] == np.asarray(cohort_people).astype(str)[None, :]
+    ] = -np.inf
+    return cohort_ops.top_stats(scores, top_k)
+
+
+def pair_scores(projections, pairs, stats_a, stats_b) -> np.ndarray:
+    from core.verification import cohort as cohort_ops
+
+    p = np.asarray(projections, np.float64)
+    raw = -np.linalg.norm(p[pairs[:, 0]] - p[pairs[:, 1]], axis=1)
+    return cohort_ops.normalised_score(raw, stats_a, stats_b)
+
+
+def out_of_fold_cohort_scores(
+    inputs, people, groups, params: TrainParams, cohort_embeddings, cohort_people, progress=None
+):
+    """Cohort-normalised scores of pairs of the training people, each scored by a tower trained
+    without its person (CALIBRATION_FOLDS folds by person), impostors within each group
+    (fitting.group_pairs). Returns (scores, labels, groups, distances) or None with too few people."""
+    from core.training.fitting import group_pairs
+
+    unique = np.unique(people)
+    folds = min(CALIBRATION_FOLDS, len(unique) // 3)
+    if folds < 2:
+        return None
+    rng = np.random.default_rng(params.seed + 3)
+    found = []
+    for k, fold in enumerate(np.array_split(rng.permutation(unique), folds)):
+        inside = np.isin(people, fold)
+        fold_tower = train_siamese(inputs[~inside], people[~inside], params)[0].get_layer("tower")
+        rows = np.flatnonzero(inside)
+        pairs, labels = group_pairs(people[rows], groups[rows], params.seed + 1)
+        if not len(pairs) or len(set(labels)) < 2:
+            continue
+        projections = fold_tower(inputs[rows], training=False).numpy()
+        cohort_projections = fold_tower(cohort_embeddings, training=False).numpy()
+        stats = cohort_stats_of(
+            projections, people[rows], cohort_projections, cohort_people, params.cohort_top_k
+        )
+        scores = pair_scores(projections, pairs, stats[pairs[:, 0]], stats[pairs[:, 1]])
+        distances = np.linalg.norm(projections[pairs[:, 0]] - projections[pairs[:, 1]], axis=1)
+        found.append((scores, labels, groups[rows][pairs[:, 0]], distances))
+        if progress:
+            progress(k + 1)
+    if not found:
+        return None
+    scores, labels, pair_groups, distances = (np.concatenate(part) for part in zip(*found, strict=True))
+    if len(set(labels)) < 2:
+        return None
+    return scores, labels, pair_groups, distances
+
+
+def cohort_impostor_scores(tower, cohort: FeatureSet, faces: np.ndarray, shipped, params: TrainParams):
+    """Scores of pairs of two cohort faces of one group (all impostors: each face is someone else),
+    each face's statistics leaving out itself and the other face of the pair."""
+    from core.training.fitting import group_pairs
+    from core.verification import cohort as cohort_ops
+
+    groups = cohort.groups()[faces]
+    people = cohort.people[faces].astype(str)
+    pairs, labels = group_pairs(people, groups, params.seed + 5)
+    pairs = pairs[labels == 0]
+    if not len(pairs):
+        return np.zeros(0), np.zeros(0), np.zeros(0, str)
+    projections = tower(cohort.inputs(params.network_names())[faces], training=False).numpy()
+    cohort_projections = shipped.project(tower)
+    scores = cohort_ops.raw_scores(projections, cohort_projections)
+    scores[people[:, None] == shipped.people[None, :]] = -np.inf  # itself (and its copies)
+    column = np.full(len(faces), -1, np.int64)
+    column[: len(faces)] = np.arange(len(faces))  # the shipped cohort starts with these faces, in order
+    stats_a, stats_b = cohort_ops.pair_stats_leaving_out(scores, params.cohort_top_k, pairs, column)
+    return pair_scores(projections, pairs, stats_a, stats_b), np.zeros(len(pairs)), groups[pairs[:, 0]]
+
+
+def _raw_scoring(data, params, train, train_rows, inputs, tower, layer, report) -> dict:
+    """The similarity of versions without a cohort: the tower's distance through a logistic."""
+    from core.verification.heads import similarity_from_projections
+
+    # Calibration, threshold and operating points from towers that did not see the people they score.
+    unseen = out_of_fold_distances(
+        inputs[train_rows], data.people[train_rows], params, lambda f: report("siamese", 1.0, {"fold": f})
+    )
+    if unseen is not None:
+        offset, scale = calibrate(*unseen)
+        layer.offset.assign(offset)
+        layer.scale.assign(scale)
+    offset, scale = float(layer.offset.numpy()), float(layer.scale.numpy())
+    projections = tower(inputs, training=False).numpy()
+
+    def similarities(pairs):
+        return np.array(
+            [similarity_from_projections(projections[a], projections[b], offset, scale) for a, b in pairs]
+        )
+
+    if unseen is not None:
+        chosen_on = f"out-of-fold pairs of the training people ({CALIBRATION_FOLDS} folds by person)"
+        train_labels = unseen[1]
+        train_sims = 1.0 / (1.0 + np.exp(-scale * (offset - unseen[0])))
+    else:  # too few people to fold: the training people's pairs, seen by the tower
+        chosen_on = "pairs of the training people"
+        index = np.where(train)[0]
+        pairs, train_labels = make_pairs(data.people[train], 200, 1, params.seed + 1)
+        train_sims = similarities(index[pairs])
+    return {
+        "similarities": similarities,
+        "threshold": midpoint_threshold(train_sims, train_labels),
+        "points": choose_operating_points(
+            train_sims, train_labels, params.max_auto_fmr, params.max_auto_fnmr
+        ),
+        "chosen_on": chosen_on,
+    }
+
+
+def _cohort_scoring(data, params, train, train_rows, inputs, tower, layer, cohort, report) -> dict:
+    """The similarity of versions with a cohort: the cohort-normalised score through a logistic,
+    both fitted on pairs the scoring tower did not train on; operating points the worst group's."""
+    from core.training.fitting import calibrate_scores
+    from core.verification import cohort as cohort_ops
+    from core.verification.policy import choose_group_operating_points
+
+    shipped, faces, _ = shipped_cohort(data, train, cohort, params)
+    groups = data.groups()
+    unseen = out_of_fold_cohort_scores(
+        inputs[train_rows],
+        data.people[train_rows],
+        groups[train_rows],
+        params,
+        shipped.embeddings,
+        shipped.people,
+        lambda f: report("siamese", 1.0, {"fold": f}),
+    )
+    if unseen is None:
+        raise ValueError("Cannot normalise against a cohort: too few training people to fold (at least 6).")
+    scores, labels, pair_groups, distances = unseen
+    # The plain similarity (1:N search and earlier readers use it): balanced pairs, as before.
+    rng = np.random.default_rng(params.seed + 7)
+    genuine, impostors = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    balanced = np.concatenate(
+        [genuine, rng.choice(impostors, min(len(impostors), len(genuine)), replace=False)]
+    )
+    offset, scale = calibrate(distances[balanced], labels[balanced])
+    layer.offset.assign(offset)
+    layer.scale.assign(scale)
+    cohort_scores, cohort_labels, cohort_groups = cohort_impostor_scores(
+        tower, cohort, faces, shipped, params
+    )
+    all_scores = np.concatenate([scores, cohort_scores])
+    all_labels = np.concatenate([labels, cohort_labels])
+    all_groups = np.concatenate([pair_groups, cohort_groups]).astype(str)
+    slope, intercept = calibrate_scores(all_scores, all_labels)
+    train_sims = cohort_ops.probability(all_scores, slope, intercept)
+    points, by_group = choose_group_operating_points(
+        train_sims, all_labels, all_groups, params.max_auto_fmr, params.max_auto_fnmr
+    )
+    projections = tower(inputs, training=False).numpy()
+    stats = cohort_stats_of(
+        projections, data.people, shipped.project(tower), shipped.people, params.cohort_top_k
+    )
+
+    def similarities(pairs):
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        if not len(pairs):
+            return np.zeros(0)
+        score = pair_scores(projections, pairs, stats[pairs[:, 0]], stats[pairs[:, 1]])
+        return cohort_ops.probability(score, slope, intercept)
+
+    from_cohort = int(sum(person.startswith(f"{COHORT}:") for person in shipped.people))
+    sources = {"cohort faces": from_cohort, "training people's photos": len(shipped) - from_cohort}
+    entry = {
+        "file": cohort_ops.COHORT_FILE,
+        "faces": len(shipped),
+        "top_k": shipped.top_k,
+        "slope": slope,
+        "intercept": intercept,
+        "score": "adaptive S-norm of -distance in the tower's space, top_k closest cohort faces",
+        "faces_by_source": sources,
+        "copies_merged": int(len(cohort.names) - len(faces)),
+        "chosen_on": (
+            f"out-of-fold pairs of the training people ({CALIBRATION_FOLDS} folds by person) and pairs "
+            "of two cohort faces of one group"
+        ),
+    }
+    return {
+        "similarities": similarities,
+        "threshold": 0.5,  # even odds: the probability is calibrated on both kinds of pair weighted alike
+        "points": points,
+        "by_group": by_group,
+        "chosen_on": entry["chosen_on"] + "; every group meets each target on its own (the worst decides)",
+        "cohort": shipped,
+        "cohort_entry": entry,
+    }
+
+
+def train_and_evaluate(
+    data: FeatureSet, params: TrainParams, progress=None, cohort: FeatureSet | None = None
+) -> dict:
     """Split by person, train both heads, choose threshold and band, evaluate on held-out people.
 
     Returns {"siamese", "gender", "threshold", "uncertain_band", "metrics", "data", "evaluation"}.
     progress(stage, fraction, logs) is called along the way (it may raise to stop the run).
     """
-    from core.verification.heads import similarity_from_projections
 
     params.validate()
     every_photo = data
@@ -610,38 +973,22 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     )
     tower = siamese.get_layer("tower")
     layer = siamese.get_layer("similarity")
-    # Calibration, threshold and operating points from towers that did not see the people they score.
-    unseen = out_of_fold_distances(
-        inputs[train_rows], data.people[train_rows], params, lambda f: report("siamese", 1.0, {"fold": f})
+    if cohort is not None:
+        scoring = _cohort_scoring(data, params, train, train_rows, inputs, tower, layer, cohort, report)
+    else:
+        scoring = _raw_scoring(data, params, train, train_rows, inputs, tower, layer, report)
+    similarities, points, threshold, chosen_on = (
+        scoring["similarities"],
+        scoring["points"],
+        scoring["threshold"],
+        scoring["chosen_on"],
     )
-    if unseen is not None:
-        offset, scale = calibrate(*unseen)
-        layer.offset.assign(offset)
-        layer.scale.assign(scale)
-    offset, scale = float(layer.offset.numpy()), float(layer.scale.numpy())
-    projections = tower(inputs, training=False).numpy()
+    band = (points.reject_below, points.approve_at)
 
     def person_pairs(mask, seed, per_person):
         index = np.where(mask)[0]
         pairs, labels = make_pairs(data.people[mask], per_person, 1, seed)
         return index[pairs], labels
-
-    def similarities(pairs):
-        return np.array(
-            [similarity_from_projections(projections[a], projections[b], offset, scale) for a, b in pairs]
-        )
-
-    if unseen is not None:
-        chosen_on = f"out-of-fold pairs of the training people ({CALIBRATION_FOLDS} folds by person)"
-        train_labels = unseen[1]
-        train_sims = 1.0 / (1.0 + np.exp(-scale * (offset - unseen[0])))
-    else:  # too few people to fold: the training people's pairs, seen by the tower
-        chosen_on = "pairs of the training people"
-        train_pairs, train_labels = person_pairs(train, params.seed + 1, 200)
-        train_sims = similarities(train_pairs)
-    threshold = midpoint_threshold(train_sims, train_labels)
-    points = choose_operating_points(train_sims, train_labels, params.max_auto_fmr, params.max_auto_fnmr)
-    band = (points.reject_below, points.approve_at)
 
     report("gender", 0.0)
     # Split alike per source, so the identity photos' people fall on the same side as above.
@@ -667,6 +1014,17 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
     metrics.update(policy_figures(held_sims, held_labels, points))
     metrics["calibration_error"] = expected_calibration_error(held_sims, held_labels)
     metrics.update(fitted["metrics"])
+    # Figures group by group (population x gender x age band), impostors within each group.
+    from core.training.fitting import group_pairs
+    from core.verification.policy import group_figures
+
+    held_index = np.flatnonzero(held)
+    groups = data.groups()
+    pairs_g, labels_g = group_pairs(
+        data.people[held_index], groups[held_index], params.seed + 2, HELDOUT_POSITIVES_PER_PERSON
+    )
+    pairs_g = held_index[pairs_g]
+    by_group = group_figures(similarities(pairs_g), labels_g, groups[pairs_g[:, 0]], points)
     metrics["baseline_raw_distance_accuracy_at_0_6"] = float(
         np.mean(
             (
@@ -731,6 +1089,14 @@ def train_and_evaluate(data: FeatureSet, params: TrainParams, progress=None) -> 
         "uncertain_band": band,
         "policy": points,
         "policy_chosen_on": chosen_on,
+        "policy_by_group": scoring.get("by_group"),
+        "metrics_by_group": by_group,
+        "cohort": scoring.get("cohort"),
+        "cohort_entry": scoring.get("cohort_entry"),
+        "heldout_pairs_by_group": [
+            (data.names[a], data.names[b], int(y), str(groups[a]))
+            for (a, b), y in zip(pairs_g, labels_g, strict=True)
+        ],
         "history": history,
         "metrics": metrics,
         "heldout_pairs": [
@@ -787,10 +1153,30 @@ def save_trained(
         "history": result["history"],
         **(extra or {}),
     }
-    directory = save_version(models_dir, version, result["siamese"], result["gender"], metadata)
+    if result.get("policy_by_group"):
+        metadata["policy"]["by_group"] = result["policy_by_group"]
+    if result.get("metrics_by_group"):
+        metadata["metrics_by_group"] = result["metrics_by_group"]
+    if result.get("cohort_entry"):
+        metadata["cohort"] = result["cohort_entry"]
+    directory = save_version(
+        models_dir, version, result["siamese"], result["gender"], metadata, cohort=result.get("cohort")
+    )
     pd.DataFrame(result["heldout_pairs"], columns=["file_x", "file_y", "Decision"]).replace(
         {"Decision": {1: "Yes", 0: "No"}}
     ).to_csv(directory / "heldout_pairs.csv", index=False)
+    if result.get("heldout_pairs_by_group"):
+        # Held-out pairs of each set apart (impostors within a group), for the benchmark's --set.
+        by_group = pd.DataFrame(
+            result["heldout_pairs_by_group"], columns=["file_x", "file_y", "Decision", "group"]
+        )
+        by_group["Decision"] = by_group["Decision"].map({1: "Yes", 0: "No"})
+        for name, part in by_group.groupby(by_group["group"].str.split(":").str[0]):
+            if name != LFW:  # LFW's held-out people are judged on heldout_pairs.csv, as before
+                part.to_csv(directory / f"heldout_pairs_{name}.csv", index=False)
+    from core.training.model_card import write_model_card
+
+    write_model_card(directory, {**metadata, "version": version})
     return version
 
 
@@ -830,9 +1216,17 @@ def evaluate_version(model, data: FeatureSet, evaluation: dict) -> dict:
 
     projections = model.tower(data.inputs(networks_of(model.metadata)), training=False).numpy()
     pairs, labels = evaluation["pairs"], evaluation["labels"]
-    sims = np.array(
-        [similarity_from_projections(projections[a], projections[b], offset, scale) for a, b in pairs]
-    )
+    if model.cohort_calibration is not None:
+        from core.verification import cohort as cohort_ops
+
+        stats = cohort_ops.photo_stats(projections, model.cohort.project(model.tower), model.cohort.top_k)
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        score = pair_scores(projections, pairs, stats[pairs[:, 0]], stats[pairs[:, 1]])
+        sims = np.asarray(cohort_ops.probability(score, *model.cohort_calibration)).reshape(-1)
+    else:
+        sims = np.array(
+            [similarity_from_projections(projections[a], projections[b], offset, scale) for a, b in pairs]
+        )
     metrics = verification_metrics(sims, labels, model.threshold)
     metrics.update(policy_figures(sims, labels, model.operating_points))
     metrics["calibration_error"] = expected_calibration_error(sims, labels) if len(sims) else None
@@ -979,11 +1373,28 @@ def run(
         )
     except embedding_cache.Stopped:
         raise Cancelled() from None
+    cohort_feats = None
+    if choice.cohort:
+        try:
+            cohort_feats = build_features(
+                TrainingData(cohort_photos(choice.cohort, choice.cohort_labels), []),
+                params,
+                session_factory,
+                progress=lambda done, total: report(
+                    "features", done / max(total, 1), {"done": done, "total": total, "cohort": True}
+                ),
+                should_stop=should_stop,
+                networks=params.network_names(),
+            )
+        except embedding_cache.Stopped:
+            raise Cancelled() from None
     features_s = time.perf_counter() - start
     check_trainable(feats, params)
     start = time.perf_counter()
     # Its own "done" is not the run's: saving and comparing come after.
-    result = train_and_evaluate(feats, params, progress=lambda s, f, logs: s != "done" and report(s, f, logs))
+    result = train_and_evaluate(
+        feats, params, progress=lambda s, f, logs: s != "done" and report(s, f, logs), cohort=cohort_feats
+    )
     training_s = time.perf_counter() - start
     timings = {
         "features_seconds": round(features_s, 1),
@@ -1083,6 +1494,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     gender.add_argument("--gender-l2", type=float, default=TrainParams.gender_l2)
     gender.add_argument("--gender-max-false-flags", type=float, default=TrainParams.gender_max_false_flags)
+    parser.add_argument(
+        "--set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("IMAGES", "PEOPLE"),
+        help="another labelled set (its people split apart, set_holdout_fraction held out)",
+    )
+    parser.add_argument(
+        "--cohort", type=Path, action="append", default=[], help="a folder of faces of other people"
+    )
+    parser.add_argument(
+        "--cohort-labels",
+        type=Path,
+        action="append",
+        default=[],
+        help="CSV file,gender[,age] of cohort faces",
+    )
+    parser.add_argument("--cohort-top-k", type=int, default=TrainParams.cohort_top_k)
     args = parser.parse_args(argv)
     params = TrainParams(
         seed=args.seed,
@@ -1094,18 +1524,33 @@ def main(argv: list[str] | None = None) -> int:
         gender_standardise=not args.gender_raw_inputs,
         gender_l2=args.gender_l2,
         gender_max_false_flags=args.gender_max_false_flags,
+        cohort_top_k=args.cohort_top_k,
     )
+    sets = [(Path(images), Path(people)) for images, people in args.set]
     try:
         params.validate()
         read_lfw_folder(args.images, args.people)
         if args.gender_only:
             gender_training.read_gender_only(args.gender_only, args.gender_only_images)
+        for images, people in sets:
+            read_lfw_folder(images, people)
+        if args.cohort:
+            cohort_photos(args.cohort, args.cohort_labels)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     factory = _cli_session_factory(args.no_cache)
     if args.reviewed and factory is None:
         parser.error("--reviewed needs the database")
-    choice = DataChoice(args.images, args.people, args.reviewed, args.gender_only, args.gender_only_images)
+    choice = DataChoice(
+        args.images,
+        args.people,
+        reviewed=args.reviewed,
+        gender_only=args.gender_only,
+        gender_only_images=args.gender_only_images,
+        sets=sets,
+        cohort=args.cohort,
+        cohort_labels=args.cohort_labels,
+    )
     last = {"stage": None}
 
     def show(stage, fraction, logs):
@@ -1150,6 +1595,11 @@ def main(argv: list[str] | None = None) -> int:
         "comparison": outcome.comparison,
         "data": {k: v for k, v in outcome.result["data"].items() if not k.endswith("_people")},
     }
+    if outcome.result.get("metrics_by_group"):
+        from core.verification.policy import group_table
+
+        out["by_group"] = outcome.result["metrics_by_group"]
+        print(group_table(out["by_group"], "Held-out people, group by group:"), file=sys.stderr)
     for note in outcome.features.notes:
         print(note, file=sys.stderr)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@
     ArcFace chip -> SFace (when the version uses it) -> embedding          } TF Lite, each photo on its
                                                                            } own locate thread
     embedding -> Siamese tower -> projection; [log-odds, embedding] -> gender head -> probabilities
-    two projections -> similarity -> rules -> VerificationResult
+    projection -> its closest faces of the version's cohort -> (mean, spread)  (versions with a cohort)
+    two projections -> similarity (cohort-normalised, calibrated) -> rules -> VerificationResult
 
 Engine.load() once per process; then verify(), or analyze_many() + compare() when photos repeat.
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 from core import config
 from core.errors import ModelError
-from core.verification import features, fraud
+from core.verification import cohort, features, fraud
 from core.verification.features import PhotoInput, read_photo
 from core.verification.genders import optional_gender
 from core.verification.heads import GENDERS, ModelVersion, load_version, similarity_from_projections
@@ -69,6 +70,14 @@ class Engine:
                 f"{list(self.networks)} give {self.embedding_dim}."
             )
         self._gender_dim = int(gender.input_shape[-1])
+        # The cohort's faces through this version's tower, once: each photo is then compared with them.
+        self._cohort_projections = model.cohort.project(tower) if model.cohort is not None else None
+        self._cohort_squares = (
+            np.einsum("ij,ij->i", self._cohort_projections, self._cohort_projections)
+            if self._cohort_projections is not None
+            else None
+        )
+        self._cohort_calibration = model.cohort_calibration
 
         @tf.function(
             input_signature=[
@@ -125,11 +134,41 @@ class Engine:
             )
             projection, gender_probs = (t.numpy() for t in self._heads_graph(embedding, gender_input))
             per_photo = _ms(start) / len(ready)
+            stats, cohort_ms = self._cohort_stats(projection)
             for i, analysis in enumerate(ready):
                 analysis.projection = projection[i]
                 analysis.gender_probs = gender_probs[i]
-                analysis.timings_ms["embed"] += per_photo
+                analysis.timings_ms["embed"] += per_photo + cohort_ms
+                if stats is not None:
+                    analysis.cohort_stats = stats[i]
+                    analysis.timings_ms["embed_cohort"] = cohort_ms
         return analyses
+
+    def _cohort_stats(self, projections: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """Each photo's (mean, spread) against the cohort, and the time it took per photo."""
+        if self._cohort_projections is None:
+            return None, 0.0
+        start = time.perf_counter()
+        stats = cohort.photo_stats(
+            projections, self._cohort_projections, self.model.cohort.top_k, self._cohort_squares
+        )
+        return stats, _ms(start) / max(len(projections), 1)
+
+    def pair_similarity(
+        self, gallery: PhotoAnalysis, verification: PhotoAnalysis
+    ) -> tuple[float, float | None]:
+        """(similarity, cohort-normalised score or None) of two analysed photos with usable faces."""
+        if self._cohort_calibration is None:
+            similarity = similarity_from_projections(
+                gallery.projection, verification.projection, self._offset, self._scale
+            )
+            return similarity, None
+        for analysis in (gallery, verification):
+            if analysis.cohort_stats is None:  # analysed elsewhere: the statistics are cheap to redo
+                analysis.cohort_stats = self._cohort_stats(np.asarray(analysis.projection)[None, :])[0][0]
+        raw = -float(np.linalg.norm(np.asarray(gallery.projection, np.float64) - verification.projection))
+        score = cohort.normalised_score(raw, gallery.cohort_stats, verification.cohort_stats)
+        return cohort.probability(score, *self._cohort_calibration), score
 
     def analyze(self, photo: PhotoInput) -> PhotoAnalysis:
         return self.analyze_many([photo])[0]
@@ -170,11 +209,9 @@ class Engine:
         flags = [Flag(f.code, f.reason, "gallery") for f in gallery.flags]
         flags += [Flag(f.code, f.reason, "verification") for f in verification.flags]
 
-        similarity = same_person = decision = None
+        similarity = same_person = decision = cohort_score = None
         if gallery.usable and verification.usable:
-            similarity = similarity_from_projections(
-                gallery.projection, verification.projection, self._offset, self._scale
-            )
+            similarity, cohort_score = self.pair_similarity(gallery, verification)
             same_person = similarity >= threshold
             decision = decide(similarity, points)
             if decision == REVIEW:
@@ -254,6 +291,7 @@ class Engine:
             timings_ms=timings,
             model_version=self.model_version,
             checks=checks,
+            cohort_score=cohort_score,
         )
 
     def verify(

@@ -5,7 +5,9 @@ embeddings; the distance between the two projections becomes a similarity in 0..
 learned logistic (PairSimilarity). Gender head: a small classifier on the same embedding.
 
 A model version is a folder under models/: siamese.keras, gender.keras and metadata.json
-(threshold, uncertain band, metrics, training data summary, parameters, date).
+(threshold, uncertain band, metrics, training data summary, parameters, date); versions that
+normalise their scores against a cohort of other faces also hold cohort.npz (metadata "cohort":
+core.verification.cohort), and MODEL_CARD.md says what the version was trained on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from core import config
 from core.errors import ModelError
+from core.verification.cohort import Cohort
 from core.verification.policy import OperatingPoints, operating_points
 
 EMBEDDING_DIM = 128
@@ -149,6 +152,15 @@ class ModelVersion:
     siamese: keras.Model
     gender: keras.Model
     metadata: dict = field(default_factory=dict)
+    cohort: Cohort | None = None  # the faces scores are normalised against (None: raw similarity)
+
+    @property
+    def cohort_calibration(self) -> tuple[float, float] | None:
+        """(slope, intercept) of the probability on the cohort-normalised score, or None."""
+        entry = self.metadata.get("cohort")
+        if not entry or self.cohort is None:
+            return None
+        return float(entry["slope"]), float(entry["intercept"])
 
     @property
     def tower(self) -> keras.Model:
@@ -188,12 +200,19 @@ def similarity_from_projections(a: np.ndarray, b: np.ndarray, offset: float, sca
 
 
 def save_version(
-    directory: Path, version: str, siamese: keras.Model, gender: keras.Model, metadata: dict
+    directory: Path,
+    version: str,
+    siamese: keras.Model,
+    gender: keras.Model,
+    metadata: dict,
+    cohort: Cohort | None = None,
 ) -> Path:
     directory = Path(directory) / version
     directory.mkdir(parents=True, exist_ok=False)
     siamese.save(directory / "siamese.keras")
     gender.save(directory / "gender.keras")
+    if cohort is not None:
+        cohort.save(directory)
     (directory / "metadata.json").write_text(json.dumps({**metadata, "version": version}, indent=2))
     return directory
 
@@ -215,6 +234,7 @@ def load_version(version: str | None = None, models_dir: Path | None = None) -> 
         siamese = keras.saving.load_model(directory / "siamese.keras")
         gender = keras.saving.load_model(directory / "gender.keras")
         gender = adapt_gender_head(gender, gender_input_dim(metadata))
+        cohort = Cohort.load(directory) if metadata.get("cohort") else None
     except (OSError, ValueError, KeyError, ModelError) as exc:
         raise ModelError(f"Model version {version!r} in {directory} cannot be loaded: {exc}") from exc
-    return ModelVersion(version=version, siamese=siamese, gender=gender, metadata=metadata)
+    return ModelVersion(version=version, siamese=siamese, gender=gender, metadata=metadata, cohort=cohort)

@@ -79,6 +79,9 @@ class PhotoAnalysis:
     hashes_mirror: str | None = None  # the same of the mirror image: a mirrored copy matches it
     taken_at: str | None = None  # EXIF DateTimeOriginal, ISO format; None when the photo has none
     pose: dict | None = None  # yaw, pitch, roll in degrees, measured only when a challenge asks
+    # (mean, spread) of the photo's closest cohort scores (core.verification.cohort), when the model
+    # version normalises its scores against a cohort
+    cohort_stats: np.ndarray | None = None
     flags: list[Flag] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # message when the photo could not be used at all
@@ -87,6 +90,28 @@ class PhotoAnalysis:
     @property
     def usable(self) -> bool:
         return self.embedding is not None
+
+
+# The calibrated probability of one person, in words staff can read (keys of core/i18n), from the
+# most likely down: (lowest probability of the band, key). The words say how likely, the decision
+# (status) says what the machine did with it; at even odds of same and different pairs.
+SIMILARITY_WORDS = (
+    (0.99, "similarity.very_likely_same"),
+    (0.90, "similarity.likely_same"),
+    (0.10, "similarity.cannot_tell"),
+    (0.01, "similarity.likely_different"),
+    (0.0, "similarity.very_likely_different"),
+)
+
+
+def similarity_words(probability: float | None) -> str | None:
+    """The i18n key of the words for a calibrated probability (None when there is none)."""
+    if probability is None:
+        return None
+    for lowest, key in SIMILARITY_WORDS:
+        if probability >= lowest:
+            return key
+    return SIMILARITY_WORDS[-1][1]
 
 
 @dataclass
@@ -106,6 +131,14 @@ class VerificationResult:
     model_version: str
     # Evidence of the fraud checks: "reuse" (matches, thresholds), "exif", "challenge".
     checks: dict = field(default_factory=dict)
+    # The pair's score normalised against the model's cohort of other faces (core.verification.cohort);
+    # similarity is its calibrated probability. None for versions without a cohort.
+    cohort_score: float | None = None
+
+    @property
+    def similarity_words(self) -> str | None:
+        """The i18n key of the similarity in words ("similarity.likely_same", ...)."""
+        return similarity_words(self.similarity)
 
     @property
     def flagged(self) -> bool:
@@ -136,6 +169,9 @@ class VerificationResult:
         return {
             "same_person": self.same_person,
             "similarity": self.similarity,
+            # an i18n key (core/i18n catalogs): the pages and the API word it in the reader's language
+            "similarity_words": self.similarity_words,
+            "cohort_score": self.cohort_score,
             "threshold": self.threshold,
             "uncertain_band": list(self.uncertain_band),
             "predicted_gender": self.predicted_gender,
