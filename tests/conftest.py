@@ -32,6 +32,33 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) must find the core package
     sys.path.insert(0, str(ROOT))
 
+
+# The groups of tests (tests/<group>/), as the code is laid out. The fast lane, `pytest -m "not slow"`,
+# leaves out the groups that start servers, browsers or the page runner, and the files that train
+# models or run benchmarks; CI runs everything.
+SLOW_GROUPS = {"e2e", "services", "api", "pages"}
+SLOW_FILES = {
+    "test_training.py",
+    "test_gender_training.py",
+    "test_groups_and_cohort.py",
+    "test_benchmark_commands.py",
+    "test_capture.py",
+    "test_self_measurement.py",
+    "test_profiles_use_case.py",
+    "test_profile_import.py",
+    "test_reverification.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.parent.name in SLOW_GROUPS or path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+        if path.parent.name == "e2e":
+            item.add_marker(pytest.mark.browser)
+
+
 MYSQL_SERVER_URL = (
     os.environ.get("TEST_MYSQL_URL")
     or os.environ.get("FACEVERIFY_TEST_MYSQL_URL")
