@@ -231,6 +231,7 @@ def identity_rows(data):
         aug_embeddings=data.aug_embeddings[views],
         aug_logits=data.aug_logits[views],
         others={name: rows[:keep] for name, rows in data.others.items()},
+        age_bands=None if data.age_bands is None else data.age_bands[:keep],
     )
 
 
