@@ -117,7 +117,11 @@ class Photo(Base):
     """One photo of one member. The file lives once per content hash in the photo store."""
 
     __tablename__ = "photos"
-    __table_args__ = (sa.UniqueConstraint("member_id", "kind", "sha256"), TABLE_ARGS)
+    __table_args__ = (
+        sa.UniqueConstraint("member_id", "kind", "sha256"),
+        sa.Index("ix_photos_kind_current_sha256", "kind", "current", "sha256"),  # revision 0014_scale
+        TABLE_ARGS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     member_id: Mapped[str] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
@@ -187,6 +191,25 @@ class VerificationResult(Base):
     __tablename__ = "verification_results"
     __table_args__ = (
         sa.Index("ix_verification_results_status_created_at", "status", "created_at"),
+        # Revision 0014_scale: each member's newest result, and the reviewed pairs, from indexes alone.
+        sa.Index(
+            "ix_verification_results_member_newest",
+            "member_id",
+            "id",
+            "model_version",
+            "status",
+            "similarity",
+        ),
+        sa.Index(
+            "ix_verification_results_reviewed",
+            "decided_by",
+            "ground_truth_same",
+            "id",
+            "member_id",
+            "ground_truth_gender",
+            "gallery_photo_id",
+            "verification_photo_id",
+        ),
         TABLE_ARGS,
     )
 
@@ -310,6 +333,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     __table_args__ = (
         sa.Index("ix_audit_log_target_type_target_id", "target_type", "target_id"),
+        sa.Index("ix_audit_log_action_at", "action", "at"),  # revision 0014_scale
         TABLE_ARGS,
     )
 

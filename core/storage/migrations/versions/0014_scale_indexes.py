@@ -1,0 +1,56 @@
+"""Indexes for a large database: newest result per member, reviewed pairs, audit by action, index check.
+
+Revision ID: 0014_scale
+Revises: 0008
+Create Date: 2026-12-06
+
+- verification_results (member_id, id, model_version, status, similarity): each member's newest
+  result (re-verification counts, version comparison) answered from the index alone, without a
+  primary-key lookup into the wide result rows.
+- verification_results (decided_by, ground_truth_same, id, member_id, ground_truth_gender,
+  gallery_photo_id, verification_photo_id): the reviewed pairs a retraining reads, and their counts.
+- audit_log (action, at): the audit views filtered by action.
+- photos (kind, current, sha256): the 1:N index's consistency check over current photos.
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0014_scale"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+INDEXES = (
+    (
+        "ix_verification_results_member_newest",
+        "verification_results",
+        ["member_id", "id", "model_version", "status", "similarity"],
+    ),
+    (
+        "ix_verification_results_reviewed",
+        "verification_results",
+        [
+            "decided_by",
+            "ground_truth_same",
+            "id",
+            "member_id",
+            "ground_truth_gender",
+            "gallery_photo_id",
+            "verification_photo_id",
+        ],
+    ),
+    ("ix_audit_log_action_at", "audit_log", ["action", "at"]),
+    ("ix_photos_kind_current_sha256", "photos", ["kind", "current", "sha256"]),
+)
+
+
+def upgrade() -> None:
+    for name, table, columns in INDEXES:
+        op.create_index(name, table, columns)
+
+
+def downgrade() -> None:
+    for name, table, _columns in reversed(INDEXES):
+        op.drop_index(name, table_name=table)
