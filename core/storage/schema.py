@@ -443,6 +443,20 @@ class AuditChainHead(Base):
     keyed_from: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
+class AuditCheckpoint(Base):
+    """Revision 0014_scale. One row (id 1): the newest audit entry a check found intact, sealed with
+    the audit key (HMAC of seq and hash), so the next check walks only the entries after it."""
+
+    __tablename__ = "audit_checkpoint"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    entry_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    seal: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    verified_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class AuthThrottle(Base):
     """Failed sign-ins or API key attempts of one user name or one client (core.storage.throttle)."""
 

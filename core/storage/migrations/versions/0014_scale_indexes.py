@@ -11,11 +11,15 @@ Create Date: 2026-12-06
   gallery_photo_id, verification_photo_id): the reviewed pairs a retraining reads, and their counts.
 - audit_log (action, at): the audit views filtered by action.
 - photos (kind, current, sha256): the 1:N index's consistency check over current photos.
+- audit_checkpoint: the last audit entry a full or incremental check found intact (seq, hash),
+  sealed with the audit key, so the next check starts there instead of at the first entry.
 """
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0014_scale"
 down_revision = "0008"
@@ -49,8 +53,25 @@ INDEXES = (
 def upgrade() -> None:
     for name, table, columns in INDEXES:
         op.create_index(name, table, columns)
+    op.create_table(
+        "audit_checkpoint",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("entry_hash", sa.String(64), nullable=False),
+        sa.Column("seal", sa.String(64), nullable=False),
+        sa.Column(
+            "verified_at",
+            sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_checkpoint")),
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_bin",
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("audit_checkpoint")
     for name, table, _columns in reversed(INDEXES):
         op.drop_index(name, table_name=table)
