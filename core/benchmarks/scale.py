@@ -237,75 +237,30 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def time_pages(url: str, runs: int = 3) -> dict:
-    """name -> worst seconds over `runs`, each page's functions called as one page run calls them."""
-    from core.dashboard import home, kpis, members, retrain, users
-    from core.dashboard.formatting import today_local
+def time_pages(url: str, page_runs, runs: int = 3) -> dict:
+    """name -> worst seconds over `runs`. page_runs(session_factory) -> (pages, interactions,
+    clear): each page's functions as one page run calls them (core.dashboard.page_runs), the
+    runs that repeat a page with nothing new, and a call that empties the pages' caches."""
     from core.storage import queries
 
     engine = db.make_engine(url)
     factory = db.session_factory(engine)
-    today = today_local()
-    with factory() as session:
-        versions = kpis.model_versions(session)
-        member = session.scalar(select(Member.id).order_by(Member.id).limit(1))
-    active = versions[-1] if versions else ""
+    pages, interactions, clear_caches = page_runs(factory)
 
-    def kpi_run(days: int, per: str):
+    def with_session(call):
         def run():
             with factory() as session:
-                date_from = today - timedelta(days=days)
-                shown = kpis.shown_per(per, date_from, today)
-                kpis.model_versions(session)
-                kpis.kpi_frame(session, date_from, today, None, per=shown)
-                kpis.period_basis(session, date_from, today, None, "en")
+                call(session)
 
         return run
 
-    def with_session(*calls):
-        def run():
-            with factory() as session:
-                for call in calls:
-                    call(session)
-
-        return run
-
-    pages = {
-        "home": with_session(lambda s: home.today_summary(s), lambda s: queries.backlog_count(s)),
-        "members.first_load": with_session(
-            lambda s: members.list_page(
-                s,
-                search=None,
-                gender=None,
-                status=None,
-                created_from=None,
-                created_to=None,
-                page=1,
-                page_size=50,
-            )
-        ),
-        "members.open_member": with_session(lambda s: members.member_detail(s, member, "bench")),
-        "review.first_load": with_session(
-            lambda s: queries.review_queue(s, limit=50), queries.queue_flag_counts
-        ),
-        "kpis.first_load_30_days": kpi_run(30, "batch"),
-        "kpis.year_per_day": kpi_run(366, "day"),
-        "kpis.year_per_batch": kpi_run(366, "batch"),
-        "retrain.first_load": with_session(
-            retrain.data_available, lambda s: retrain.reverify_counts(s, active)
-        ),
-        "users.first_load": with_session(users.audit_chain, users.users_frame, users.sign_in_locks),
-    }
     worst: dict[str, float] = {}
     for _ in range(runs):
-        retrain._CACHE.clear()
-        kpis._CACHE.clear()
+        clear_caches()
         for name, run in pages.items():
             worst[name] = max(worst.get(name, 0.0), _timed(run))
-        # A typical interaction: the same page again with nothing new (cached aggregates, checkpoint).
-        for name in ("kpis.year_per_day", "retrain.first_load", "users.first_load"):
-            key = name.split(".")[0] + ".interaction"
-            worst[key] = max(worst.get(key, 0.0), _timed(pages[name]))
+        for name, run in interactions.items():
+            worst[name] = max(worst.get(name, 0.0), _timed(run))
     history = []
     with factory() as session:
         ids = list(
@@ -325,10 +280,10 @@ def time_pages(url: str, runs: int = 3) -> dict:
     return {"pages": {k: round(v, 3) for k, v in worst.items()}, "api": api}
 
 
-def run(members: int, url: str, store: Path | None = None, runs: int = 3) -> dict:
+def run(members: int, url: str, page_runs, store: Path | None = None, runs: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         filled = fill(url, members, store or Path(tmp) / "photo_store")
-        timed = time_pages(url, runs)
+        timed = time_pages(url, page_runs, runs)
     first = {k: v for k, v in timed["pages"].items() if not k.endswith(".interaction")}
     interactions = {k: v for k, v in timed["pages"].items() if k.endswith(".interaction")}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -198,11 +198,12 @@ def run_search(args) -> int:
 
 def run_scale(args) -> int:
     from core.benchmarks.scale import print_report, run
+    from core.dashboard.page_runs import page_runs
 
     if args.members < 1:
         print("--members must be at least 1", file=sys.stderr)
         return 2
-    report = run(args.members, args.url, args.store, max(args.runs, 1))
+    report = run(args.members, args.url, page_runs, args.store, max(args.runs, 1))
     print_report(report)
     _write_json(args.json, report)
     return 0 if report["targets_met"] else 1
