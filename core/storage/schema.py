@@ -201,6 +201,18 @@ class VerificationResult(Base):
             "similarity",
         ),
         sa.Index(
+            "ix_verification_results_kpi",
+            "created_at",
+            "batch_id",
+            "model_version",
+            "status",
+            "latency_ms",
+            "same_person",
+            "ground_truth_same",
+            "predicted_gender",
+            "ground_truth_gender",
+        ),
+        sa.Index(
             "ix_verification_results_reviewed",
             "decided_by",
             "ground_truth_same",

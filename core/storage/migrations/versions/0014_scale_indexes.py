@@ -9,6 +9,9 @@ Create Date: 2026-12-06
   primary-key lookup into the wide result rows.
 - verification_results (decided_by, ground_truth_same, id, member_id, ground_truth_gender,
   gallery_photo_id, verification_photo_id): the reviewed pairs a retraining reads, and their counts.
+- verification_results (created_at, batch_id, model_version, status, latency_ms, same_person,
+  ground_truth_same, predicted_gender, ground_truth_gender): the KPI aggregates of a period read
+  from the index alone.
 - audit_log (action, at): the audit views filtered by action.
 - photos (kind, current, sha256): the 1:N index's consistency check over current photos.
 - audit_checkpoint: the last audit entry a full or incremental check found intact (seq, hash),
@@ -43,6 +46,21 @@ INDEXES = (
             "ground_truth_gender",
             "gallery_photo_id",
             "verification_photo_id",
+        ],
+    ),
+    (
+        "ix_verification_results_kpi",
+        "verification_results",
+        [
+            "created_at",
+            "batch_id",
+            "model_version",
+            "status",
+            "latency_ms",
+            "same_person",
+            "ground_truth_same",
+            "predicted_gender",
+            "ground_truth_gender",
         ],
     ),
     ("ix_audit_log_action_at", "audit_log", ["action", "at"]),
