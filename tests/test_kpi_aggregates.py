@@ -119,3 +119,12 @@ def test_empty_and_change_marker(session):
     assert kpi_aggregates.change_marker(session) != after
     with pytest.raises(ValueError):
         kpi_aggregates.kpis_grouped(session, "year")
+
+
+def test_totals_without_fraud_flags_keep_every_other_figure(session):
+    seed(session, 200)
+    full = kpi_aggregates.kpi_totals(session, tz="Asia/Seoul")
+    lean = kpi_aggregates.kpi_totals(session, tz="Asia/Seoul", fraud_flags=False)
+    assert any(full.fraud_flags.values()) and not any(lean.fraud_flags.values())
+    lean.fraud_flags = full.fraud_flags
+    assert asdict(lean) == asdict(full)

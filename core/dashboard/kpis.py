@@ -372,7 +372,9 @@ def period_basis(
 ) -> dict:
     """chart id -> one line on the whole period's figure and what it rests on, for each rate chart."""
     filters = {"date_from": date_from, "date_to": date_to, "model_version": model_version or None, "tz": tz}
-    kpi = _cached(session, "totals", lambda: kpi_aggregates.kpi_totals(session, **filters), **filters)
+    kpi = _cached(
+        session, "totals", lambda: kpi_aggregates.kpi_totals(session, **filters, fraud_flags=False), **filters
+    )
     rates = {
         "verification_accuracy": rate_of(kpi.verification_accuracy, kpi.n_verification_truth),
         "gender_accuracy": rate_of(kpi.gender_accuracy, kpi.n_gender_truth),
