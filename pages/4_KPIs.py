@@ -32,7 +32,7 @@ version = cols[1].selectbox(
 )
 per = cols[2].radio(
     ctx.t("kpi.per"),
-    ["batch", "day"],
+    ["batch", "day", "week", "month"],
     format_func=lambda p: ctx.t(f"kpi.per.{p}"),
     key="kpi_per",
     horizontal=True,
@@ -41,12 +41,15 @@ include_single = cols[3].checkbox(
     ctx.t("kpi.include_single"),
     value=False,
     key="kpi_single",
-    disabled=per == "day",
+    disabled=per != "batch",
     help=ctx.t("kpi.include_single_help"),
 )
 
 # A range being picked arrives as one date until the second click.
 date_from, date_to = (period[0], period[-1]) if isinstance(period, tuple) and period else (None, None)
+if svc.shown_per(per, date_from, date_to) != per:
+    per = svc.shown_per(per, date_from, date_to)
+    st.caption(ctx.t("kpi.per_week_shown", days=svc.DAYS_SHOWN_PER_DAY))
 with ctx.session() as session:
     frame = svc.kpi_frame(
         session, date_from, date_to, version or None, per=per, include_single=include_single, lang=ctx.lang
@@ -122,7 +125,7 @@ for first in range(0, len(charts), 2):
         with column.container(border=True):
             st.markdown(f"**{ctx.t(f'kpi.chart.{chart}')}**")
             st.plotly_chart(
-                svc.kpi_figure(frame, chart, ctx.lang, per=per),
+                svc.kpi_figure(frame, chart, ctx.lang, per="batch" if per == "batch" else "day"),
                 width="stretch",
                 key=f"kpi_chart_{chart}",
                 config={"displaylogo": False},
@@ -136,6 +139,7 @@ for first in range(0, len(charts), 2):
                 mime="text/csv",
                 key=f"kpi_download_{chart}",
                 icon=":material/download:",
+                on_click="ignore",  # a download never reruns the page
             )
 
 with st.expander(ctx.t("kpi.all_figures")):
@@ -146,4 +150,5 @@ with st.expander(ctx.t("kpi.all_figures")):
         file_name=f"kpi_all_{per}.csv",
         mime="text/csv",
         key="kpi_download_all",
+        on_click="ignore",
     )

@@ -100,10 +100,14 @@ st.caption(ctx.t("users.audited"))
 
 # Security: the audit log's hash chain and the sign-in / API key locks.
 st.subheader(ctx.t("security.title"))
+# Each visit walks only the entries written since the last check; the button walks them all.
+check_all = st.button(ctx.t("security.check_all"), key="audit_check_all")
 with ctx.session() as session:
-    chain = svc.audit_chain(session)
+    chain = svc.audit_chain(session, full=check_all)
     locks = svc.sign_in_locks(session)
-if chain.ok:
+if chain.ok and chain.from_seq:
+    st.success(ctx.t("security.chain_ok_since", n=chain.checked, since=chain.from_seq))
+elif chain.ok:
     st.success(ctx.t("security.chain_ok", n=chain.checked))
 else:
     st.error(ctx.t("security.chain_broken", summary=chain.summary()))

@@ -51,6 +51,18 @@ def register(subparsers) -> None:
     search.add_argument("--seed", type=int, default=7)
     _json_option(search)
 
+    scale = command(
+        benches,
+        "scale",
+        "fill a database to N members and a year of results, time every page's functions",
+        run_scale,
+    )
+    scale.add_argument("--members", type=int, default=2000)
+    scale.add_argument("--url", required=True, help="an empty database (it is filled)")
+    scale.add_argument("--store", type=Path, help="photo store folder (default: a temporary one)")
+    scale.add_argument("--runs", type=int, default=3, help="each page timed this often, worst kept")
+    _json_option(scale)
+
     fraud = command(
         benches, "fraud", "the fraud checks (reuse, identity ceiling, pose) on held-out people", run_fraud
     )
@@ -183,6 +195,19 @@ def run_search(args) -> int:
     print_report(report)
     _write_json(args.json, report)
     return 0 if report["meets_target"] and report["planted_all_found"] else 1
+
+
+def run_scale(args) -> int:
+    from core.benchmarks.scale import print_report, run
+    from core.dashboard.page_runs import page_runs
+
+    if args.members < 1:
+        print("--members must be at least 1", file=sys.stderr)
+        return 2
+    report = run(args.members, args.url, page_runs, args.store, max(args.runs, 1))
+    print_report(report)
+    _write_json(args.json, report)
+    return 0 if report["targets_met"] else 1
 
 
 def run_fraud(args) -> int:

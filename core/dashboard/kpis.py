@@ -5,6 +5,9 @@ kpi_frame(session, ...), KPI_CHARTS, kpi_figure(frame, chart, lang), chart_frame
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections import OrderedDict
 from datetime import date
 
 import pandas as pd
@@ -26,7 +29,7 @@ from core.dashboard.formatting import (
     target_text,
 )
 from core.i18n import t
-from core.storage import queries
+from core.storage import kpi_aggregates, queries
 from core.storage.schema import Batch
 from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import batches, gallery
@@ -102,6 +105,42 @@ def model_versions(session: Session) -> list[str]:
     return list(session.scalars(select(ResultRow.model_version).distinct().order_by(ResultRow.model_version)))
 
 
+# Aggregates already read, until the next result or review: (database, query, marker) -> figures.
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 64
+_CACHE_LOCK = threading.Lock()
+DAYS_SHOWN_PER_DAY = 92  # a longer period per day is shown per week
+
+
+def _cached(session: Session, name: str, compute, **query):
+    """compute() once per (database, query) until a result is stored or a review decided."""
+    key = (
+        str(session.get_bind().url),
+        name,
+        tuple(sorted(query.items())),
+        kpi_aggregates.change_marker(session),
+    )
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return copy.deepcopy(_CACHE[key])
+    value = compute()
+    with _CACHE_LOCK:
+        _CACHE[key] = copy.deepcopy(value)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def shown_per(per: str, date_from: date | None, date_to: date | None) -> str:
+    """The grouping a period is shown by: per day over more than DAYS_SHOWN_PER_DAY days is per week."""
+    if per == "day" and (
+        date_from is None or date_to is None or (date_to - date_from).days > DAYS_SHOWN_PER_DAY
+    ):
+        return "week"
+    return per
+
+
 def kpi_frame(
     session: Session,
     date_from: date | None = None,
@@ -117,14 +156,16 @@ def kpi_frame(
 
     Per batch, a day's single verifications from one source are one batch ("Single verifications
     2026-12-01 · API"); the batches of one stored before that grouping are left out unless
-    include_single (each would be a point of its own). Per day, every result counts.
+    include_single (each would be a point of its own). Per day, week (from Monday) or month, every
+    result counts. The figures come from SQL aggregates, read once until the next result or review.
     """
     filters = {"date_from": date_from, "date_to": date_to, "model_version": model_version or None, "tz": tz}
-    if per == "day":
-        kpis = queries.kpis_per_day(session, **filters)
-        labels = {k.key: (k.label, k.label) for k in kpis}
+    kpis = _cached(
+        session, "grouped", lambda: kpi_aggregates.kpis_grouped(session, per, **filters), per=per, **filters
+    )
+    if per != "batch":
+        labels = {k.key: (_period_label(k.key, per), k.label) for k in kpis}
     else:
-        kpis = queries.kpis_per_batch(session, **filters)
         ids = [k.key for k in kpis if k.key is not None]
         info = {b.id: b for b in session.scalars(select(Batch).where(Batch.id.in_(ids)))} if ids else {}
         if not include_single:
@@ -153,7 +194,7 @@ def kpi_frame(
         rows.append(
             {
                 **intervals,
-                "batch_id": k.key if per != "day" else None,
+                "batch_id": k.key if per == "batch" else None,
                 "batch": label,
                 "first_result": when,
                 "n_results": k.n_results,
@@ -171,6 +212,15 @@ def kpi_frame(
             }
         )
     return pd.DataFrame(rows, columns=KPI_COLUMNS)
+
+
+def _period_label(key: date, per: str) -> str:
+    if per == "week":
+        year, week, _ = key.isocalendar()
+        return f"{year}-W{week:02d}"
+    if per == "month":
+        return key.strftime("%Y-%m")
+    return key.isoformat()
 
 
 def chart_frame(frame: pd.DataFrame, chart: str) -> pd.DataFrame:
@@ -321,8 +371,9 @@ def period_basis(
     session: Session, date_from, date_to, model_version, lang: str, tz: str = DISPLAY_TZ
 ) -> dict:
     """chart id -> one line on the whole period's figure and what it rests on, for each rate chart."""
-    kpi = queries.kpi_totals(
-        session, date_from=date_from, date_to=date_to, model_version=model_version, tz=tz
+    filters = {"date_from": date_from, "date_to": date_to, "model_version": model_version or None, "tz": tz}
+    kpi = _cached(
+        session, "totals", lambda: kpi_aggregates.kpi_totals(session, **filters, fraud_flags=False), **filters
     )
     rates = {
         "verification_accuracy": rate_of(kpi.verification_accuracy, kpi.n_verification_truth),

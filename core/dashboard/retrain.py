@@ -13,14 +13,18 @@ the new-versus-active comparison, the version list, the data available.
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import plotly.graph_objects as go
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from core import jobs
 from core.i18n import t
+from core.storage.schema import MemberErasure, Photo, Review
 from core.storage.schema import VerificationResult as ResultRow
 from core.training import registry, worker
 from core.training.fitting import AUGMENTATIONS, NETWORK_CHOICES, TrainParams
@@ -62,29 +66,68 @@ SETTINGS = (
 DEFAULTS = TrainParams()
 
 
+# Counts that read much of the results table, kept until a result, review, photo or erasure is
+# written: (database, what, arguments, change marker) -> value.
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _change_marker(session: Session) -> tuple:
+    """Newest result, review, photo and erasure: every count here changes only with one of them."""
+    return session.execute(
+        select(
+            select(func.max(ResultRow.id)).scalar_subquery(),
+            select(func.max(Review.id)).scalar_subquery(),
+            select(func.max(Review.decided_at)).scalar_subquery(),
+            select(func.max(Photo.id)).scalar_subquery(),
+            select(func.max(MemberErasure.id)).scalar_subquery(),
+        )
+    ).one()
+
+
+def _cached(session: Session, what: str, compute, *args):
+    key = (str(session.get_bind().url), what, args)
+    marker = tuple(_change_marker(session))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None and hit[0] == marker:
+        return dict(hit[1])
+    value = compute()
+    with _CACHE_LOCK:
+        _CACHE[key] = (marker, dict(value))
+    return value
+
+
+@functools.lru_cache(maxsize=4)
+def _lfw_photos(folder: str, modified: float) -> int:
+    from core.training.pipeline import LFW_NAME
+
+    return sum(1 for p in (Path(folder) / "images").iterdir() if LFW_NAME.match(p.name))
+
+
 def data_available(session: Session) -> dict:
     """The sources a run can use: the LFW development set (if on this machine) and reviewed pairs."""
-    from core.training.pipeline import LFW_NAME, lfw_dev_dir
+    from core.training.pipeline import lfw_dev_dir
 
     folder = lfw_dev_dir()
     photos = 0
     if folder is not None:
-        photos = sum(1 for p in (folder / "images").iterdir() if LFW_NAME.match(p.name))
-    reviewed = session.scalar(
-        select(func.count())
-        .select_from(ResultRow)
-        .where(ResultRow.ground_truth_same.is_not(None), ResultRow.decided_by.is_not(None))
-    )
-    same = session.scalar(
-        select(func.count())
-        .select_from(ResultRow)
-        .where(ResultRow.ground_truth_same.is_(True), ResultRow.decided_by.is_not(None))
-    )
+        photos = _lfw_photos(str(folder), (folder / "images").stat().st_mtime)
+
+    def reviewed_counts() -> dict:
+        # One pass over the index (decided_by, ground_truth_same, ...), both counts at once.
+        reviewed, same = session.execute(
+            select(
+                func.count(),
+                func.sum(case((ResultRow.ground_truth_same.is_(True), 1), else_=0)),
+            ).where(ResultRow.ground_truth_same.is_not(None), ResultRow.decided_by.is_not(None))
+        ).one()
+        return {"reviewed_pairs": int(reviewed or 0), "reviewed_same": int(same or 0)}
+
     return {
         "lfw_dir": str(folder) if folder else None,
         "lfw_photos": photos,
-        "reviewed_pairs": int(reviewed or 0),
-        "reviewed_same": int(same or 0),
+        **_cached(session, "reviewed", reviewed_counts),
     }
 
 
@@ -251,10 +294,13 @@ def reverify_counts(session: Session, version: str) -> dict[str, int]:
     """Members each scope would re-run on `version` (for the choice on the page)."""
     from core.workflows import reverification
 
-    return {
-        scope: len(reverification.members_to_reverify(session, version, scope))
-        for scope in reverification.SCOPES
-    }
+    def counts() -> dict:
+        return {
+            scope: len(reverification.members_to_reverify(session, version, scope))
+            for scope in reverification.SCOPES
+        }
+
+    return _cached(session, "reverify", counts, version)
 
 
 def reverify_batches(session: Session, limit: int = 5) -> list[dict]:

@@ -88,11 +88,16 @@ def error_text(exc: AuthError, lang: str) -> str:
     return t(f"users.error.{exc.code}", lang, detail=str(exc))
 
 
-def audit_chain(session: Session):
-    """The audit log's hash chain checked from its first entry (ok, checked, summary())."""
+def audit_chain(session: Session, *, full: bool = False):
+    """The audit log's hash chain (ok, checked, from_seq, summary()): by default only the entries
+    after the stored checkpoint, full=True from the first entry. An intact chain moves the
+    checkpoint to its newest entry, so each visit walks only what was written since."""
     from core.storage import audit
 
-    return audit.verify_chain(session)
+    report = audit.verify_chain(session, from_checkpoint=not full)
+    if audit.save_checkpoint(session, report):
+        session.commit()
+    return report
 
 
 def sign_in_locks(session: Session) -> list[tuple[str, str, int, object]]:

@@ -10,6 +10,8 @@ and no deadlock can form around it). An entry changed, removed or slipped in aft
 the chain at that place:
 
     verify_chain(session) -> ChainReport      ok, entries checked, the first broken link
+    verify_chain(session, from_checkpoint=True)   only the entries after the stored checkpoint
+    save_checkpoint(session, report)          an intact report's end, sealed with the audit key
     faceverify audit verify [--url DATABASE_URL]     exit code 0 intact, 1 broken
 
 Keyed: from the head's keyed_from on, each link is HMAC-SHA256 with the audit key, which is kept
@@ -43,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from core import config
 from core.storage import audit_key
-from core.storage.schema import AuditChainHead, AuditEntry, utcnow
+from core.storage.schema import AuditChainHead, AuditCheckpoint, AuditEntry, utcnow
 
 log_ = logging.getLogger(__name__)
 HEAD_EXPORT_EVERY_S = config.declared("AUDIT_HEAD_EVERY_S").default
@@ -229,6 +231,8 @@ class ChainReport:
     broken_seq: int | None = None  # where the chain breaks (the seq expected there)
     broken_id: int | None = None  # the audit_log row at fault, when there is one
     problem: str | None = None
+    last_hash: str | None = None  # the newest entry's hash, when intact
+    from_seq: int = 0  # entries up to this one were taken from the checkpoint, not walked again
 
     def summary(self) -> str:
         if self.ok:
@@ -237,10 +241,14 @@ class ChainReport:
         return f"audit chain broken at {where}: {self.problem} ({self.checked} entries before it are intact)"
 
 
-def verify_chain(session: Session, *, head_file=None) -> ChainReport:
+def verify_chain(session: Session, *, head_file=None, from_checkpoint: bool = False) -> ChainReport:
     """Walk the chain in order and report the first broken link (changed, missing or added entry).
     Links from the head's keyed_from on need the audit key; the exported head (AUDIT_HEAD_FILE, or
-    head_file), when there is one for this database, must match the chain at its seq."""
+    head_file), when there is one for this database, must match the chain at its seq.
+
+    from_checkpoint: start at the stored checkpoint (save_checkpoint) instead of the first entry,
+    when its seal holds: only the entries after it are read, and the checkpoint's own entry must
+    still carry its hash. A full walk (the default) is what catches an edit before the checkpoint."""
     unlinked = session.scalar(
         select(AuditEntry.id).where(AuditEntry.seq.is_(None)).order_by(AuditEntry.id).limit(1)
     )
@@ -263,7 +271,34 @@ def verify_chain(session: Session, *, head_file=None) -> ChainReport:
             False, 0, keyed_from, None, f"the audit key is missing ({audit_key.key_file()}); cannot verify"
         )
     prev, expected, checked = GENESIS, 1, 0
-    rows = session.execute(select(AuditEntry).order_by(AuditEntry.seq).execution_options(yield_per=1000))
+    stmt = select(AuditEntry).order_by(AuditEntry.seq)
+    start = _checkpoint(session, key) if from_checkpoint else None
+    if start is not None:
+        seq, seq_hash = start
+        at_checkpoint = session.execute(
+            select(AuditEntry.id, AuditEntry.entry_hash).where(AuditEntry.seq == seq)
+        ).one_or_none()
+        if at_checkpoint is None or at_checkpoint.entry_hash != seq_hash:
+            return ChainReport(
+                False,
+                seq - 1,
+                seq,
+                at_checkpoint.id if at_checkpoint is not None else None,
+                "the entry at the last checkpoint was changed or removed",
+            )
+        if exported is not None and int(exported.get("seq") or 0) <= seq:
+            old = session.scalar(select(AuditEntry.entry_hash).where(AuditEntry.seq == exported.get("seq")))
+            if exported.get("seq") and old != exported.get("hash"):
+                return ChainReport(
+                    False,
+                    seq,
+                    exported.get("seq"),
+                    None,
+                    "it differs from the exported head: the chain was rewritten up to here",
+                )
+        prev, expected, checked = seq_hash, seq + 1, seq
+        stmt = stmt.where(AuditEntry.seq > seq)
+    rows = session.execute(stmt.execution_options(yield_per=1000))
     for entry in rows.scalars():
         if entry.seq is None:
             continue
@@ -307,7 +342,37 @@ def verify_chain(session: Session, *, head_file=None) -> ChainReport:
             None,
             f"the newest entries were removed (the exported head records #{exported['seq']})",
         )
-    return ChainReport(True, checked)
+    return ChainReport(True, checked, last_hash=prev, from_seq=start[0] if start else 0)
+
+
+def _seal(key: bytes, seq: int, entry_hash_: str) -> str:
+    return hmac.new(key, f"audit checkpoint:{seq}:{entry_hash_}".encode(), hashlib.sha256).hexdigest()
+
+
+def _checkpoint(session: Session, key: bytes | None) -> tuple[int, str] | None:
+    """(seq, hash) of the stored checkpoint when its seal holds with the audit key; else None."""
+    row = session.get(AuditCheckpoint, 1)
+    if row is None or key is None or row.seq <= 0:
+        return None
+    if not hmac.compare_digest(row.seal, _seal(key, row.seq, row.entry_hash)):
+        log_.warning("the audit checkpoint's seal does not hold: checking the whole chain")
+        return None
+    return row.seq, row.entry_hash
+
+
+def save_checkpoint(session: Session, report: ChainReport) -> bool:
+    """Store an intact report's end as the checkpoint (sealed with the audit key); the caller
+    commits. False when there is nothing to store (broken, empty, or no key to seal it with)."""
+    key = audit_key.audit_key(create=False)
+    if not report.ok or not report.checked or report.last_hash is None or key is None:
+        return False
+    row = session.get(AuditCheckpoint, 1)
+    if row is None:
+        row = AuditCheckpoint(id=1)
+        session.add(row)
+    row.seq, row.entry_hash = report.checked, report.last_hash
+    row.seal, row.verified_at = _seal(key, report.checked, report.last_hash), utcnow()
+    return True
 
 
 def _exported_head(session: Session, head_file) -> dict | None:

@@ -119,7 +119,11 @@ class Photo(Base):
     """One photo of one member. The file lives once per content hash in the photo store."""
 
     __tablename__ = "photos"
-    __table_args__ = (sa.UniqueConstraint("member_id", "kind", "sha256"), TABLE_ARGS)
+    __table_args__ = (
+        sa.UniqueConstraint("member_id", "kind", "sha256"),
+        sa.Index("ix_photos_kind_current_sha256", "kind", "current", "sha256"),  # revision 0011
+        TABLE_ARGS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     member_id: Mapped[str] = mapped_column(sa.ForeignKey("members.id", ondelete="CASCADE"), index=True)
@@ -189,6 +193,37 @@ class VerificationResult(Base):
     __tablename__ = "verification_results"
     __table_args__ = (
         sa.Index("ix_verification_results_status_created_at", "status", "created_at"),
+        # Revision 0011: each member's newest result, and the reviewed pairs, from indexes alone.
+        sa.Index(
+            "ix_verification_results_member_newest",
+            "member_id",
+            "id",
+            "model_version",
+            "status",
+            "similarity",
+        ),
+        sa.Index(
+            "ix_verification_results_kpi",
+            "created_at",
+            "batch_id",
+            "model_version",
+            "status",
+            "latency_ms",
+            "same_person",
+            "ground_truth_same",
+            "predicted_gender",
+            "ground_truth_gender",
+        ),
+        sa.Index(
+            "ix_verification_results_reviewed",
+            "decided_by",
+            "ground_truth_same",
+            "id",
+            "member_id",
+            "ground_truth_gender",
+            "gallery_photo_id",
+            "verification_photo_id",
+        ),
         TABLE_ARGS,
     )
 
@@ -312,6 +347,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
     __table_args__ = (
         sa.Index("ix_audit_log_target_type_target_id", "target_type", "target_id"),
+        sa.Index("ix_audit_log_action_at", "action", "at"),  # revision 0011
         TABLE_ARGS,
     )
 
@@ -419,6 +455,20 @@ class AuditChainHead(Base):
     last_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
     # The first entry linked with the audit key (HMAC); entries before it are plain sha256.
     keyed_from: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class AuditCheckpoint(Base):
+    """Revision 0011. One row (id 1): the newest audit entry a check found intact, sealed with
+    the audit key (HMAC of seq and hash), so the next check walks only the entries after it."""
+
+    __tablename__ = "audit_checkpoint"
+    __table_args__ = (TABLE_ARGS,)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    entry_hash: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    seal: Mapped[str] = mapped_column(sa.String(SHA_LEN))
+    verified_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class AuthThrottle(Base):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from core.storage import audit
@@ -40,9 +40,11 @@ def _latest_per_member(session: Session, version: str | None = None):
     if version is not None:
         stmt = stmt.where(ResultRow.model_version == version)
     latest = stmt.group_by(ResultRow.member_id).subquery()
+    # Joined on (member_id, id), so the index (member_id, id, model_version, status, similarity)
+    # answers it alone, without reading the wide result rows.
     rows = session.execute(
         select(ResultRow.member_id, ResultRow.status, ResultRow.similarity, ResultRow.model_version).join(
-            latest, ResultRow.id == latest.c.last
+            latest, and_(ResultRow.member_id == latest.c.member_id, ResultRow.id == latest.c.last)
         )
     )
     return {member: (status, similarity, model) for member, status, similarity, model in rows}

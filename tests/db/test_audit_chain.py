@@ -266,3 +266,54 @@ def test_the_exported_head_catches_a_chain_turned_back_to_plain_links(
         assert json.loads((tmp_path / "other.json").read_text())["seq"] == 3
         report = audit.verify_chain(session)
     assert not report.ok, report.summary()
+
+
+def test_the_incremental_check_walks_from_the_checkpoint_and_catches_an_edit_after_it(
+    session_factory, own_key
+):
+    from core.storage.schema import AuditCheckpoint
+
+    write_entries(session_factory, 5)
+    with session_factory() as session:
+        full = audit.verify_chain(session)
+        assert full.ok and full.checked == 5 and full.from_seq == 0
+        assert audit.save_checkpoint(session, full)
+        session.commit()
+    write_entries(session_factory, 4, actor="later")
+    with session_factory() as session:
+        since = audit.verify_chain(session, from_checkpoint=True)
+        assert since.ok and since.checked == 9 and since.from_seq == 5, since.summary()
+        # An entry after the checkpoint changed with plain SQL: caught where it is.
+        victim = session.scalar(select(AuditEntry).where(AuditEntry.seq == 7))
+        session.execute(update(AuditEntry).where(AuditEntry.id == victim.id).values(target_id="other"))
+        session.commit()
+        report = audit.verify_chain(session, from_checkpoint=True)
+        assert not report.ok and report.broken_seq == 7 and report.broken_id == victim.id, report.summary()
+        assert not audit.save_checkpoint(session, report)  # a broken chain never moves the checkpoint
+        # An edit before the checkpoint is the full walk's to find.
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(actor="x"))
+        session.commit()
+        assert audit.verify_chain(session).broken_seq == 2
+        # The checkpoint's own entry rewritten: the incremental check refuses to start from it.
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 5).values(entry_hash="0" * 64))
+        session.commit()
+        report = audit.verify_chain(session, from_checkpoint=True)
+        assert not report.ok and report.broken_seq == 5
+        # A checkpoint moved by someone without the key fails its seal: the whole chain is walked.
+        session.execute(update(AuditCheckpoint).values(seq=8, entry_hash=victim.entry_hash))
+        session.commit()
+        assert audit.verify_chain(session, from_checkpoint=True).broken_seq == 2
+
+
+def test_the_users_page_check_moves_the_checkpoint(session_factory, own_key):
+    from core.dashboard import users
+
+    write_entries(session_factory, 3)
+    with session_factory() as session:
+        first = users.audit_chain(session)
+        assert first.ok and first.from_seq == 0
+    write_entries(session_factory, 2)
+    with session_factory() as session:
+        second = users.audit_chain(session)
+        assert second.ok and second.checked == 5 and second.from_seq == 3
+        assert users.audit_chain(session, full=True).from_seq == 0

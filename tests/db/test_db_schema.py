@@ -190,3 +190,111 @@ def test_mysql_tables_are_innodb_utf8mb4(request):
             assert collation.startswith("utf8mb4"), name
     finally:
         engine.dispose()
+
+
+def test_scale_indexes_upgrade_a_database_with_data_and_are_used(new_database_url, backend):
+    """Revision 0011 adds its indexes to a filled database, keeps every row, and the
+    newest-result-per-member query is answered from its index."""
+    from alembic import command
+
+    from core.workflows import reverification
+
+    engine = db.make_engine(new_database_url())
+    try:
+        db.upgrade(engine, "0010")
+        now = utcnow()
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO members (id, gender, status, created_at, updated_at) "
+                    "VALUES (:id, 'F', 'pending', :t, :t)"
+                ),
+                [{"id": f"M-{i}", "t": now} for i in range(3)],
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO photos (member_id, kind, sha256, stored_path, size_bytes, current, "
+                    "created_at) VALUES (:m, :k, :sha, 'x.jpg', 10, 1, :t)"
+                ),
+                [
+                    {"m": f"M-{i}", "k": kind, "sha": f"{i}{kind[0]}".ljust(64, "0"), "t": now}
+                    for i in range(3)
+                    for kind in ("gallery", "verification")
+                ],
+            )
+            results = [
+                ("M-0", "v1", "auto_approved", 0.9, None, None),
+                ("M-0", "v2", "flagged", 0.5, "anna", 1),
+                ("M-1", "v1", "auto_rejected", 0.1, "bo", 0),
+                ("M-2", "v2", "auto_approved", 0.8, None, None),
+            ]
+            conn.execute(
+                text(
+                    "INSERT INTO verification_results (member_id, similarity, threshold, band_low, "
+                    "band_high, status, flags, model_version, decided_by, ground_truth_same, "
+                    "created_at, gender_mismatch, possible_duplicate, version) VALUES (:m, :s, 0.5, "
+                    "0.4, 0.6, :st, '[]', :v, :by, :gt, :t, 0, 0, 1)"
+                ),
+                [
+                    {"m": m, "v": v, "st": st, "s": s, "by": by, "gt": gt, "t": now}
+                    for m, v, st, s, by, gt in results
+                ],
+            )
+            conn.execute(
+                text("INSERT INTO audit_log (at, actor, action) VALUES (:t, 'anna', 'login')"), {"t": now}
+            )
+
+        db.init_db(engine)
+        assert db.current_revision(engine) == db.head_revision()
+        indexes = {
+            table: {i["name"]: i["column_names"] for i in inspect(engine).get_indexes(table)}
+            for table in ("verification_results", "photos", "audit_log")
+        }
+        assert indexes["verification_results"]["ix_verification_results_member_newest"] == [
+            "member_id",
+            "id",
+            "model_version",
+            "status",
+            "similarity",
+        ]
+        assert indexes["verification_results"]["ix_verification_results_reviewed"][:2] == [
+            "decided_by",
+            "ground_truth_same",
+        ]
+        assert indexes["audit_log"]["ix_audit_log_action_at"] == ["action", "at"]
+        assert indexes["photos"]["ix_photos_kind_current_sha256"] == ["kind", "current", "sha256"]
+
+        with db.session_factory(engine)() as session:
+            latest = reverification._latest_per_member(session)
+            assert {m: (st, v) for m, (st, _s, v) in latest.items()} == {
+                "M-0": ("flagged", "v2"),
+                "M-1": ("auto_rejected", "v1"),
+                "M-2": ("auto_approved", "v2"),
+            }
+            assert set(reverification._latest_per_member(session, "v1")) == {"M-0", "M-1"}
+            with engine.connect() as conn:
+                if backend == "mysql":
+                    plan = conn.execute(
+                        text(
+                            "EXPLAIN SELECT member_id, max(id) FROM verification_results "
+                            "FORCE INDEX (ix_verification_results_member_newest) "
+                            "WHERE model_version = 'v1' GROUP BY member_id"
+                        )
+                    ).all()
+                    assert "Using index" in str(plan)
+                else:
+                    plan = conn.execute(
+                        text(
+                            "EXPLAIN QUERY PLAN SELECT count(*) FROM verification_results "
+                            "WHERE decided_by IS NOT NULL AND ground_truth_same IS NOT NULL"
+                        )
+                    ).all()
+                    assert "ix_verification_results_reviewed" in str(plan)
+
+        command.downgrade(db.alembic_config(engine), "0010")
+        assert "ix_audit_log_action_at" not in {i["name"] for i in inspect(engine).get_indexes("audit_log")}
+        db.init_db(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM verification_results")).scalar() == 4
+    finally:
+        engine.dispose()

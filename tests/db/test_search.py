@@ -443,3 +443,46 @@ def test_a_promoted_retrained_model_keeps_a_meaningful_duplicate_threshold(
     assert searches >= 10
     assert flagged_wrong == []
     assert flagged_right >= searches / 2, f"{flagged_right} of {searches} same-person searches flagged"
+
+
+def test_the_consistency_check_runs_off_the_request_path(session, add_member, model, db_engine, monkeypatch):
+    """A request that finds the check due answers at once; the check (made slow here, as a scan of
+    200,000 photos is) runs on its own thread and reloads the index when the database differs."""
+    import time as clock
+
+    from core.workflows.search import index as index_module
+
+    rng = np.random.default_rng(9)
+    vectors = unit(rng, 3)
+    for i in range(3):
+        add_member(f"C{i}")
+        _embed(session, f"C{i}", vectors[i])
+    index = search.index_for(db_engine, model.version)
+    assert len(index) == 3
+    # Another process takes C0's gallery photo out of use: no new id, only the check can see it.
+    _photos(session, "C0")[GALLERY].current = False
+    session.commit()
+
+    real = index_module._db_fingerprint
+    started = threading.Event()
+
+    def slow_fingerprint(*args, **kwargs):
+        started.set()
+        clock.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index_module, "_db_fingerprint", slow_fingerprint)
+    index.last_verify = 0.0  # the check is due
+    checks = index.checks
+    began = clock.perf_counter()
+    index.sync(db_engine, lambda x: x)  # what a request does before it searches
+    assert started.wait(1.0)
+    # During the check: requests sync and search at once, from the content loaded so far.
+    index.sync(db_engine, lambda x: x)
+    assert index.search(vectors[1], k=1)[0][0] == "C1"
+    assert clock.perf_counter() - began < 0.5
+    assert index.checks == checks  # still running
+    index.wait_for_check(10)
+    assert index.checks == checks + 1
+    assert "C0" not in [m for m, _ in index.search(vectors[0], k=5)]  # reloaded by the check
+    assert len(index) == 2

@@ -8,7 +8,10 @@ Keeping several processes in step (the dashboard and the API write the same data
 process adds what it commits itself at once (after the commit), picks up rows other processes
 added with two primary-key range queries (at most every SYNC_INTERVAL_S), and compares a
 fingerprint of the enrolled set (count and sum of photo ids) every VERIFY_INTERVAL_S; a
-difference (a replaced, reactivated or deleted photo) reloads the whole index.
+difference (a replaced, reactivated or deleted photo) reloads the whole index. That comparison
+scans every current gallery photo, so it runs on a background thread, never inside a request:
+a request that finds it due starts it and answers from the content already loaded; a reload
+swaps the new content in at once.
 """
 
 from __future__ import annotations
@@ -102,6 +105,8 @@ class SearchIndex:
         self.last_verify = 0.0
         self.loaded_from_db = False
         self.reloads = 0
+        self.checks = 0  # consistency checks done (each off the request path unless forced)
+        self._checker: threading.Thread | None = None
 
     def _empty(self, capacity: int) -> None:
         self._matrix = np.zeros((max(16, capacity), self.dim), np.float32)
@@ -326,6 +331,8 @@ class SearchIndex:
         if self.loaded_from_db:
             # Not rate-limited: a member erased in any process is never found again (core.privacy).
             self._apply_erasures(bind)
+            if not force_verify and now - self.last_verify >= VERIFY_INTERVAL_S:
+                self._check_in_background(bind, projector)
         if not force_verify and self.loaded_from_db and now - self.last_sync < SYNC_INTERVAL_S:
             return
         if not self._sync_lock.acquire(blocking=not self.loaded_from_db):
@@ -336,13 +343,49 @@ class SearchIndex:
                     self._reload(conn, projector)
                 else:
                     self._incremental(conn, projector)
-                    if force_verify or now - self.last_verify >= VERIFY_INTERVAL_S:
-                        if _db_fingerprint(conn, self.stored_model_id, self.stored_dim) != self.fingerprint():
-                            self._reload(conn, projector)
-                        self.last_verify = time.monotonic()
+                    if force_verify:
+                        self._check(conn, projector)
             self.last_sync = time.monotonic()
         finally:
             self._sync_lock.release()
+
+    def _check(self, conn: Connection, projector) -> None:
+        """Compare the enrolled-set fingerprint with the database's; reload on a difference.
+        The caller holds _sync_lock, so no incremental sync moves the index meanwhile."""
+        if _db_fingerprint(conn, self.stored_model_id, self.stored_dim) != self.fingerprint():
+            self._reload(conn, projector)
+        self.last_verify = time.monotonic()
+        self.checks += 1
+
+    def _check_in_background(self, bind, projector) -> None:
+        """The consistency check (a scan of the enrolled photos) on a thread of its own: a request
+        that finds it due starts it and goes on with the current content; one runs at a time."""
+        with self._lock:
+            if self._checker is not None and self._checker.is_alive():
+                return
+            self.last_verify = time.monotonic()  # not due again until this one is done and a while
+            engine = bind.engine if isinstance(bind, Connection) else bind  # never the caller's connection
+            self._checker = threading.Thread(
+                target=self._background_check,
+                args=(engine, projector),
+                name="search-index-check",
+                daemon=True,
+            )
+            self._checker.start()
+
+    def _background_check(self, engine: Engine, projector) -> None:
+        try:
+            with self._sync_lock, engine.connect() as conn:
+                self._incremental(conn, projector)
+                self._check(conn, projector)
+        except Exception:  # the next due check tries again; searches go on with what is loaded
+            log.exception("search index %s: the consistency check failed", self.model_version)
+
+    def wait_for_check(self, timeout: float | None = None) -> None:
+        """Until a running background check has finished (for tests and benchmarks)."""
+        checker = self._checker
+        if checker is not None:
+            checker.join(timeout)
 
     def _apply_erasures(self, bind) -> None:
         """Drop the rows of members erased since the last look: one primary-key query per call."""
