@@ -7,7 +7,7 @@ Pure ASGI, so every check runs before anything reads the body:
   A wrong key is counted against the key prefix it presented and against the client's address
   (core.storage.throttle, kinds api_key_prefix and api_client); while either waits or is locked,
   wrong keys get 429 with Retry-After. The address is the socket's peer, or what a trusted proxy
-  forwarded (uvicorn's proxy headers, only from API_TRUSTED_PROXIES; see core.api.server);
+  forwarded (uvicorn's proxy headers, only from TRUSTED_PROXIES; see core.api.server);
 - one admission gate for every request that decodes photos (photo_request(): verifications,
   searches, photo checks, gallery photos, enrolment): at most max_in_flight at once, and their
   bodies together at most admission_bytes (each counts its Content-Length times the copies it

@@ -23,8 +23,7 @@ NETWORK_NOTES = {
 KNOWN_SETS = (  # the first that matches wins: gender_only lies inside eastasian_dev
     (
         "gender_only",
-        "UTKFace face chips labelled Asian (adults), used as the cohort of other faces: "
-        "**non-commercial research only**.",
+        "UTKFace face chips labelled Asian (adults, each its own person): **non-commercial research only**.",
     ),
     (
         "eastasian_dev",
@@ -70,7 +69,8 @@ def model_card(metadata: dict) -> str:
     for name in metadata.get("networks", ["dlib"]):
         lines.append(f"- {NETWORK_NOTES.get(name, name)}")
     lines += [
-        "- Cydral's gender CNN (ported to Keras) feeding a logistic gender head trained here.",
+        "- Cydral's gender CNN (ported to Keras); its log-odds and both identity embeddings, "
+        "standardised, feed a logistic gender head trained here.",
         "- A linear Siamese tower on the networks' embeddings side by side (trained here; it starts "
         "at their fused distance and stays close to it).",
     ]
@@ -115,6 +115,22 @@ def model_card(metadata: dict) -> str:
             "```",
             "",
         ]
+    by_source = metrics.get("gender_by_source") or {}
+    if by_source:
+        lines += [
+            "Gender on held-out people, by set (men called women / women called men; false "
+            f"gender_mismatch flags at the version's confidence {metadata.get('gender_min_confidence', '?')}):",
+            "",
+            "| set | men | women | men called women | women called men | balanced accuracy | false flags men / women |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, g in by_source.items():
+            lines.append(
+                f"| {name} | {g['n_men']} | {g['n_women']} | {g['men_called_women']:.2%} | "
+                f"{g['women_called_men']:.2%} | {g['balanced_accuracy']:.2%} | "
+                f"{g['false_mismatch_flags_men']:.2%} / {g['false_mismatch_flags_women']:.2%} |"
+            )
+        lines.append("")
     chosen = policy.get("chosen_on", "")
     lines += [
         "## Operating points",

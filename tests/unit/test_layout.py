@@ -1,4 +1,4 @@
-"""The package rules of core/ (README, Layout): who may import whom, and no Streamlit anywhere in core."""
+"""The package rules of core/ (docs/architecture.md, import rules): who may import whom, and no Streamlit anywhere in core."""
 
 from __future__ import annotations
 
