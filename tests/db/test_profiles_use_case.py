@@ -84,16 +84,16 @@ def test_a_strangers_photo_is_flagged_on_that_photo_only(session_factory, photo_
     done = enrol(session_factory, photo_store, engine, "m-geph", photo("Richard_Gephardt_0001"), profile)
     answer = profiles.profile_answer(done)
     assert answer["status"] == "flagged" and answer["flagged_photos"] == [3]
-    states = [p["state"] for p in answer["photos"]]
+    shown = [p["state"] for p in answer["photos"]]
     # The stranger is never a match: a confident non-match, or sent to a person (the model's reject
     # point decides which); the member's own photos match.
-    assert states[:2] + states[3:] == ["matches", "matches", "matches"]
-    assert states[2] in ("does_not_match", "review")
-    assert answer["photos"][2]["reason"].startswith("Photo 3 does not show this member")
+    assert shown[:2] + shown[3:] == ["matches", "matches", "matches"]
+    assert shown[2] in ("does_not_match", "review")
+    assert answer["photos"][2]["reason"].startswith("Photo 3")  # "does not show this member" or "cannot tell"
     assert states(session_factory, "m-geph") == [
         (1, "matches"),
         (2, "matches"),
-        (3, "does_not_match"),
+        (3, shown[2]),
         (4, "matches"),
     ]
     with session_factory() as s:

@@ -37,14 +37,14 @@ def test_members_page_views_are_audited_and_only_admins_see_access_history(app_e
     load_sample(app_env)
     staff = open_page("pages/3_Members.py", "staff", "en", timeout=60)
     open_member(staff, "M0007")
-    assert len(staff.image) == 2
+    assert len(staff.image) == 3  # the gallery and verification photos, and the profile strip's one photo
     assert views(app_env, "M0007") == [
         ("staff_user", "gallery", "page:members"),
         ("staff_user", "verification", "page:members"),
     ]
     click_row(staff, "M0007")
     staff.run()  # drawn again at once: the same views, not new ones
-    assert len(staff.image) == 2
+    assert len(staff.image) == 3
     assert len(views(app_env, "M0007")) == 2
     keys = {b.key for b in staff.button}
     assert "members_erase" not in keys and "members_export" not in keys
@@ -71,7 +71,7 @@ def test_members_page_views_are_audited_and_only_admins_see_access_history(app_e
 def test_members_page_export_past_the_size_cap_is_refused_with_a_message(app_env, monkeypatch, open_page):
     load_sample(app_env)
     monkeypatch.setenv("PRIVACY_EXPORT_MAX_MB", "0.01")
-    admin = open_page("pages/3_Members.py", "admin")
+    admin = open_page("pages/3_Members.py", "admin", "en")
     open_member(admin, "M0007")
     click_row(admin, "M0007")
     admin.button(key="members_export").click().run()

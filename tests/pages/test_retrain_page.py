@@ -304,6 +304,9 @@ def test_train_from_the_reviewed_decisions_alone(fresh_install, add_reviewed, op
         "reviewed": True,
         "gender_only": None,
         "gender_only_images": None,
+        "sets": [],
+        "cohort": [],
+        "cohort_labels": [],
     }
     assert fresh_install.launched == [run.id]
 
