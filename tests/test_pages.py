@@ -426,7 +426,9 @@ def test_review_queue_decides_with_a_note_and_moves_on(app_env, open_page):
     assert "기계 판정: 다른 사람 (유사도 0.450, 기준값 0.500). 기계의 이의: 성별 불일치." in shown
     assert n_images(at) >= 2
     at.text_area(key=f"keep_note_{first}").input("사진 속 인물이 다릅니다")
+    at.radio(key=f"review_label_{first}").set_value("different")
     at.button[[b.label for b in at.button].index("거부")].click().run()
+    at.button(key="review_reject_yes").click().run()  # Reject confirms
     assert not at.exception
     shown = texts(at)
     assert "회원 M0011 거부 — staff_user 님이" in shown

@@ -14,7 +14,9 @@ from core.workflows import reviews
 from core.workflows.batches import store_result
 
 
-def flagged(session, make_result, member_id="R1", gallery_photo_id=None, verification_photo_id=None, **kwargs):
+def flagged(
+    session, make_result, member_id="R1", gallery_photo_id=None, verification_photo_id=None, **kwargs
+):
     kwargs.setdefault("status", "flagged")
     kwargs.setdefault("similarity", 0.55)
     row = store_result(

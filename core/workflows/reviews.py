@@ -73,6 +73,10 @@ class NotUndoable(ReviewError):
 
     code = "not_undoable"
 
+    def __init__(self, message: str, reason: str):
+        self.reason = reason  # none, not_yours, too_old, gallery, undone: for the page's own words
+        super().__init__(message)
+
 
 class AlreadyDecided(ReviewError):
     """Someone else decided this pair first; the caller's decision was not saved."""
@@ -238,21 +242,25 @@ def undo(session: Session, result_id: int, reviewer: str, now: datetime | None =
     review = session.scalar(select(Review).where(Review.result_id == result_id))
     if review is None:
         session.rollback()
-        raise NotUndoable(f"Result {result_id} has no reviewer's decision to undo.")
+        raise NotUndoable(f"Result {result_id} has no reviewer's decision to undo.", "none")
     if review.reviewer != reviewer:
         session.rollback()
-        raise NotUndoable(f"Only {review.reviewer}, who decided result {result_id}, can undo it.")
+        raise NotUndoable(
+            f"Only {review.reviewer}, who decided result {result_id}, can undo it.", "not_yours"
+        )
     if now - review.decided_at > UNDO_WINDOW:
         session.rollback()
         raise NotUndoable(
             f"The decision on result {result_id} is older than {int(UNDO_WINDOW.total_seconds() // 60)} "
-            "minutes and can no longer be undone."
+            "minutes and can no longer be undone.",
+            "too_old",
         )
     result = session.get(ResultRow, result_id)
     if review.decision == APPROVE and gallery.is_addition(session, result):
         session.rollback()
         raise NotUndoable(
-            f"Result {result_id} made a new gallery photo current; change the gallery photo on the Members page."
+            f"Result {result_id} made a new gallery photo current; change the gallery photo on the Members page.",
+            "gallery",
         )
     detail = {
         "decision": review.decision,
@@ -280,7 +288,7 @@ def undo(session: Session, result_id: int, reviewer: str, now: datetime | None =
     ).rowcount
     if reverted != 1:
         session.rollback()
-        raise NotUndoable(f"The decision on result {result_id} was already undone.")
+        raise NotUndoable(f"The decision on result {result_id} was already undone.", "undone")
     if review.member_status_before is not None and result.member_id is not None:
         session.execute(
             update(Member)
