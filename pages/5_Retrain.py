@@ -137,7 +137,7 @@ def show_set(summary: training_sets.SetSummary) -> None:
     if summary.enough:
         st.caption(f"{text} · {ctx.t('retrain.data.enough')}")
     else:
-        st.caption(f"{text} · {ctx.t('retrain.data.not_enough', detail='; '.join(summary.problems))}")
+        st.caption(f"{text} · {ctx.t('retrain.data.not_enough', detail=view.problems_text(summary.problems, ctx.lang))}")
 
 
 def uploaded_set() -> tuple[Path, Path] | None:
@@ -246,7 +246,7 @@ def data_choice() -> tuple[object | None, str]:
         return None, why
     total = training_sets.combine(*chosen)
     if total.problems:
-        why = "; ".join(total.problems)
+        why = view.problems_text(total.problems, ctx.lang)
         st.warning(ctx.t("retrain.data.missing", detail=why))
         return None, why
     st.success(f"{ctx.t('retrain.data.total', summary=summary_line(total))} · {ctx.t('retrain.data.ready')}")
