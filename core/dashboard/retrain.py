@@ -371,3 +371,8 @@ def problem_text(problem: str, lang: str) -> str:
 
 def problems_text(problems: list[str], lang: str, sep: str = "; ") -> str:
     return sep.join(problem_text(p, lang) for p in problems)
+
+
+def table_height(n_rows: int) -> int:
+    """Pixels for a table to show its header and every row without a scroll bar of its own."""
+    return 38 * (n_rows + 1) + 4
