@@ -15,6 +15,7 @@ from core.dashboard import retrain as view
 from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
 from ui.page import page_context
+from ui.widgets import pin_key_column
 
 ctx = page_context("retrain")
 st.title(ctx.t("page.retrain"))
@@ -417,7 +418,8 @@ def versions_panel() -> None:
     if not versions:
         st.info(ctx.t("retrain.no_versions"))
         return
-    st.dataframe(view.versions_rows(versions, ctx.lang), hide_index=True, width="stretch")
+    version_rows = view.versions_rows(versions, ctx.lang)
+    st.dataframe(version_rows, column_config=pin_key_column(version_rows), hide_index=True, width="stretch")
     active_row = next((v for v in versions if v.status == view.ACTIVE), None)
     earlier = [
         v.version

@@ -261,3 +261,10 @@ def scroll_here(anchor: str, scroll: bool) -> None:
             " if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'});</script>",
             height=0,
         )
+
+
+def pin_key_column(frame) -> dict:
+    """column_config keeping a table's first (key) column in view while it scrolls sideways at
+    1024 px."""
+    columns = list(frame.columns) if hasattr(frame, "columns") else list((frame or [{}])[0])
+    return {columns[0]: st.column_config.Column(pinned=True)} if columns else {}
