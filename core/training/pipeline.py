@@ -188,7 +188,8 @@ def lfw_photos(images: Path, people_csv: Path) -> list[LabelledPhoto]:
 
 
 def reviewed_data(session, store) -> tuple[list[LabelledPhoto], list[ReviewedPair]]:
-    """Photos and pairs of every reviewed result: approved = same person, rejected = different.
+    """Photos and pairs of every reviewed result, by the reviewer's label of the pair (ground_truth_same:
+    same person or different people; "can't tell" is left out), never by the decision on the member.
 
     Labels only what a reviewer confirmed: a same-person pair's two photos are the member (and
     have the reviewer's gender); in a different-person pair the gallery photo is the member and
