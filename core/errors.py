@@ -12,10 +12,12 @@ class ImageError(FaceVerifyError):
 
     code = "bad_image"
 
-    def __init__(self, message: str, code: str | None = None):
+    def __init__(self, message: str, code: str | None = None, *, key: str | None = None, **params):
         super().__init__(message)
         if code:
             self.code = code
+        # The message's catalog key and values, so a page can say it in its own language.
+        self.key, self.params = key, params
 
 
 class ModelError(FaceVerifyError):

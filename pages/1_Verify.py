@@ -11,7 +11,7 @@ from core.dashboard.codes import GALLERY, VERIFICATION
 from core.dashboard.formatting import local_time
 from ui.page import engine_or_message, model_available, page_context
 from ui.resources import get_jobs
-from ui.widgets import file_input, job_progress, pair_result, results_view, show_photo
+from ui.widgets import file_input, job_progress, pair_result, results_view, scroll_here, show_photo
 
 ctx = page_context("verify")
 st.title(ctx.t("page.verify"))
@@ -208,11 +208,17 @@ def pair_tab():
         horizontal=True,
         key=f"verify_source_{mode}",
     )
-    challenge_token = challenge_block(member_id) if source in ("camera", "upload") else None
+    challenge_token = None
     if source == "upload":
         upload = file_input(ctx, st, "verify.verification_upload", "photo", "verify_verification_file")
         verification_bytes = upload.getvalue() if upload else None
+        # A file is rarely taken this minute: the pose check comes after both upload fields, folded.
+        with st.expander(
+            ctx.t("verify.challenge_for_upload"), expanded=bool(st.session_state.get("verify_challenge"))
+        ):
+            challenge_token = challenge_block(member_id)
     elif source == "camera":
+        challenge_token = challenge_block(member_id)
         shot = st.camera_input(ctx.t("verify.camera"), key="verify_camera", help=ctx.t("verify.camera_help"))
         verification_bytes = shot.getvalue() if shot else None
         if verification_bytes:
@@ -252,6 +258,7 @@ def pair_tab():
                     )
                 st.session_state["verify_outcome"] = outcome
                 st.session_state["verify_outcome_input"] = current_input
+                st.session_state["verify_scroll_to_result"] = True
                 if challenge_token:
                     st.session_state["verify_challenge"] = None  # used up: the next photo needs a new one
             except svc.PairInputError as exc:
@@ -263,6 +270,8 @@ def pair_tab():
     outcome = st.session_state.get("verify_outcome")
     if outcome is not None:
         st.divider()
+        # Only on the run that produced it: the answer scrolled into view (below the fold at 1024x768).
+        scroll_here("verify-result", st.session_state.pop("verify_scroll_to_result", False))
         with ctx.session() as session:
             svc.record_pair_views(session, outcome.result_id, ctx.username)
         pair_result(ctx, outcome)

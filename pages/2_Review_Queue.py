@@ -4,6 +4,11 @@ The machine's verdict comes first, in a sentence. When it said "different people
 or raised a gender mismatch or a fraud flag, no button is the default and Approve needs the
 reviewer's explicit confirmation (checked on the server, whatever key was pressed).
 
+The decision on the member and what the two photos show are asked apart: the label is asked
+whenever the decision and the flag do not imply it. Reject asks for confirmation; the reviewer can
+undo their own decision for ten minutes. The pair shown is kept in the address (?item=), so a
+reload returns the reviewer to it after signing in again.
+
 Keys (Streamlit button shortcuts): Alt+A approve, Alt+X reject, Alt+S skip. Shortcuts do not fire
 inside a text field, so after typing a note press Tab, then the shortcut. The note survives an
 expired session: it is shown again after signing in.
@@ -25,47 +30,22 @@ st.title(ctx.t("page.review"))
 skipped: list[int] = st.session_state.setdefault("review_skipped", [])
 
 
-def decide_submitted() -> None:
-    """Apply a decision submitted for the pair shown last time, before the queue is read again.
+PENDING_REJECT = "review_pending_reject"  # a Reject pressed, waiting for "Yes, reject"
+LAST_DECISION = "review_last"  # the reviewer's last decision, for Undo
+ITEM_PARAM = "item"  # the pair shown, in the address
 
-    Handled from the widgets' state (not from the form drawn below), so a decision on a pair
-    that someone else decided meanwhile is answered with "already decided" instead of vanishing.
-    """
-    result_id = st.session_state.get("review_current")
-    if result_id is None:
-        return
-    pressed = [d for d in ("approve", "reject", "skip") if st.session_state.get(f"review_{d}_{result_id}")]
-    if not pressed:
-        return
-    if pressed[0] == "skip":
-        skipped.append(result_id)
-        return
-    decision = svc.APPROVE if pressed[0] == "approve" else svc.REJECT
-    if decision == svc.APPROVE and not st.session_state.get(f"review_confirm_{result_id}"):
-        with ctx.session() as session:
-            needs = svc.needs_confirmation(session, result_id)
-        if needs:
-            st.session_state["review_notice"] = ("error", ctx.t("review.confirm_needed"))
-            return
-    note_key = f"keep_note_{result_id}"
-    note = (st.session_state.get(note_key) or "").strip() or None
-    same_person = {"follow": None, "same": True, "different": False}[
-        st.session_state.get(f"review_same_{result_id}", "follow")
-    ]
-    true_gender = st.session_state.get(f"review_gender_{result_id}") or None
+
+def _save(
+    result_id: int, decision: str, label: str | None, note_key: str, note: str | None, true_gender: str | None
+) -> None:
     member = st.session_state.get("review_current_member") or "—"
     try:
         with ctx.session() as session:
             saved = svc.decide(
-                session,
-                result_id,
-                ctx.username,
-                decision,
-                note=note,
-                true_gender=true_gender,
-                same_person=same_person,
+                session, result_id, ctx.username, decision, note=note, true_gender=true_gender, label=label
             )
         drop_draft(note_key)
+        st.session_state[LAST_DECISION] = {"result_id": result_id, "member": member, "decision": decision}
         st.session_state["review_notice"] = (
             "success",
             ctx.t(
@@ -87,8 +67,93 @@ def decide_submitted() -> None:
                 status=ctx.t(f"status.{exc.status}"),
             ),
         )
+    except svc.LabelRequired:
+        st.session_state["review_notice"] = ("error", ctx.t("review.label_needed"))
+    except svc.LabelConflict:
+        st.session_state["review_notice"] = ("error", ctx.t("review.label_conflict"))
     except (svc.NotReviewable, svc.ResultNotFound) as exc:
         st.session_state["review_notice"] = ("warning", ctx.t("review.gone", detail=str(exc)))
+
+
+def decide_submitted() -> None:
+    """Apply a decision submitted for the pair shown last time, before the queue is read again.
+
+    Handled from the widgets' state (not from the form drawn below), so a decision on a pair
+    that someone else decided meanwhile is answered with "already decided" instead of vanishing.
+    """
+    pending = st.session_state.get(PENDING_REJECT)
+    if pending and st.session_state.get("review_reject_yes"):
+        st.session_state.pop(PENDING_REJECT, None)
+        _save(
+            pending["result_id"],
+            svc.REJECT,
+            pending["label"],
+            pending["note_key"],
+            pending["note"],
+            pending["true_gender"],
+        )
+        return
+    if pending and st.session_state.get("review_reject_no"):
+        st.session_state.pop(PENDING_REJECT, None)
+        st.session_state["review_notice"] = ("warning", ctx.t("review.reject_cancelled"))
+        return
+    last = st.session_state.get(LAST_DECISION)
+    if last and st.session_state.get("review_undo"):
+        try:
+            with ctx.session() as session:
+                svc.undo(session, last["result_id"], ctx.username)
+            st.session_state["review_notice"] = ("success", ctx.t("review.undone", member=last["member"]))
+            st.session_state["review_resume"] = last["result_id"]  # the pair comes back first
+            if last["result_id"] in skipped:
+                skipped.remove(last["result_id"])
+        except svc.NotUndoable as exc:
+            st.session_state["review_notice"] = (
+                "warning",
+                ctx.t("review.not_undoable", detail=ctx.t(f"review.undo_refused.{exc.reason}")),
+            )
+        st.session_state.pop(LAST_DECISION, None)
+        return
+    result_id = st.session_state.get("review_current")
+    if result_id is None:
+        return
+    pressed = [d for d in ("approve", "reject", "skip") if st.session_state.get(f"review_{d}_{result_id}")]
+    if not pressed:
+        return
+    if pressed[0] == "skip":
+        skipped.append(result_id)
+        return
+    decision = svc.APPROVE if pressed[0] == "approve" else svc.REJECT
+    label = st.session_state.get(f"review_label_{result_id}")
+    true_gender = st.session_state.get(f"review_gender_{result_id}") or None
+    note_key = f"keep_note_{result_id}"
+    note = (st.session_state.get(note_key) or "").strip() or None
+    with ctx.session() as session:
+        needs, implied = svc.decision_context(session, result_id, decision)
+        waiting = svc.queue_item(session, result_id) is not None
+    if decision == svc.APPROVE:
+        if needs and not st.session_state.get(f"review_confirm_{result_id}"):
+            st.session_state["review_notice"] = ("error", ctx.t("review.confirm_needed"))
+            return
+        if label not in (None, "same"):
+            st.session_state["review_notice"] = ("error", ctx.t("review.label_conflict"))
+            return
+        _save(result_id, decision, label, note_key, note, true_gender)
+        return
+    label = label or implied
+    if not waiting:  # decided meanwhile: no confirmation, say who decided
+        _save(result_id, decision, label, note_key, note, true_gender)
+        return
+    if label is None:
+        st.session_state["review_notice"] = ("error", ctx.t("review.label_needed"))
+        return
+    # Reject confirms: a stray Alt+X saves nothing until "Yes, reject".
+    st.session_state[PENDING_REJECT] = {
+        "result_id": result_id,
+        "label": label,
+        "note_key": note_key,
+        "note": note,  # the form is not drawn while confirming, so its fields are kept here
+        "true_gender": true_gender,
+    }
 
 
 decide_submitted()
@@ -96,6 +161,23 @@ notice = st.session_state.pop("review_notice", None)
 if notice:
     kind, text = notice
     {"success": st.success, "warning": st.warning, "error": st.error}[kind](text)
+last = st.session_state.get(LAST_DECISION)
+if last:
+    with ctx.session() as session:
+        seconds_left = svc.undo_seconds_left(session, last["result_id"], ctx.username)
+    if seconds_left <= 0:
+        st.session_state.pop(LAST_DECISION, None)
+    else:
+        undo_row = st.columns([5, 1], vertical_alignment="center")
+        undo_row[0].caption(
+            ctx.t(
+                "review.last_decision",
+                decision=ctx.t(f"review.decision.{last['decision']}"),
+                member=last["member"],
+                minutes=max(1, round(seconds_left / 60)),
+            )
+        )
+        undo_row[1].button(ctx.t("review.undo"), key="review_undo", icon=":material/undo:", width="stretch")
 
 with ctx.session() as session:
     flag_counts = svc.flag_counts(session)
@@ -114,8 +196,14 @@ order = controls[1].selectbox(
     key="review_order",
 )
 
+# The pair to show first: the one just undone, or (a fresh browser session: a reload, then
+# sign-in) the one the address names; otherwise the queue's order decides.
+resume = st.session_state.pop("review_resume", None)
+if resume is None and "review_current" not in st.session_state:
+    named = st.query_params.get(ITEM_PARAM)
+    resume = int(named) if named and named.isdigit() else None
 with ctx.session() as session:
-    item, backlog = svc.next_queue_item(session, skipped, flags=chosen_flags, order=order)
+    item, backlog = svc.next_queue_item(session, skipped, flags=chosen_flags, order=order, resume=resume)
     detail = svc.load_review_item(session, ctx.store, item, ctx.username) if item is not None else None
 
 info = st.columns([3, 1])
@@ -126,12 +214,14 @@ if skipped and info[1].button(ctx.t("review.unskip"), key="review_unskip"):
 
 if item is None:
     st.session_state.pop("review_current", None)
+    st.query_params.pop(ITEM_PARAM, None)
     if chosen_flags and backlog:
         st.info(ctx.t("review.empty_filtered"))
     else:
         st.success(ctx.t("review.empty"), icon=":material/celebration:")
     st.stop()
 st.session_state["review_current"] = item.result_id
+st.query_params[ITEM_PARAM] = str(item.result_id)  # a reload, then sign-in, comes back here
 st.session_state["review_current_member"] = item.member_id
 
 row = detail.row
@@ -231,23 +321,51 @@ if strip:
 
 note_key = f"keep_note_{item.result_id}"
 restore_draft(note_key)
-with st.form(f"decide_{item.result_id}", enter_to_submit=False, border=True):
-    st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
-    with st.expander(ctx.t("review.truth")):
-        truth_cols = st.columns(2)
-        truth_cols[0].radio(
-            ctx.t("review.same_person"),
-            ["follow", "same", "different"],
-            format_func=lambda c: ctx.t(f"review.same.{c}"),
-            key=f"review_same_{item.result_id}",
+rid = item.result_id
+pending = st.session_state.get(PENDING_REJECT)
+if pending and pending["result_id"] == rid:
+    with st.container(border=True):
+        st.warning(
+            ctx.t(
+                "review.reject_confirm",
+                member=item.member_id or "—",
+                label=ctx.t(f"review.label.{pending['label']}"),
+            ),
+            icon=":material/help:",
         )
-        truth_cols[1].selectbox(
+        confirm = st.columns(2)
+        confirm[0].button(
+            ctx.t("review.reject_yes"),
+            key="review_reject_yes",
+            type="primary",
+            width="stretch",
+            shortcut="Enter",
+        )
+        confirm[1].button(
+            ctx.t("review.reject_no"), key="review_reject_no", width="stretch", shortcut="Escape"
+        )
+    st.stop()
+implied_on_reject = svc.implied_label(row, svc.REJECT)
+with st.form(f"decide_{rid}", enter_to_submit=False, border=True):
+    st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
+    st.radio(
+        ctx.t("review.label"),
+        list(svc.LABELS),
+        index=None if implied_on_reject is None else list(svc.LABELS).index(implied_on_reject),
+        format_func=lambda c: ctx.t(f"review.label.{c}"),
+        key=f"review_label_{rid}",
+        horizontal=True,
+        help=ctx.t("review.label_help"),
+    )
+    if implied_on_reject is not None:
+        st.caption(ctx.t("review.label_implied"))
+    with st.expander(ctx.t("review.truth")):
+        st.selectbox(
             ctx.t("review.true_gender"),
             ["", "M", "F"],
             format_func=lambda g: ctx.t(f"gender.{g}") if g else ctx.t("review.gender_follow"),
-            key=f"review_gender_{item.result_id}",
+            key=f"review_gender_{rid}",
         )
-    rid = item.result_id
     if needs_confirmation:
         st.checkbox(ctx.t("review.confirm_approve"), key=f"review_confirm_{rid}")
     buttons = st.columns(3)

@@ -7,7 +7,7 @@ from core.dashboard import members as svc
 from core.dashboard import profiles as profile_svc
 from core.dashboard.codes import ADMIN, MEMBER_STATUSES
 from ui.page import page_context
-from ui.widgets import file_input, show_photo
+from ui.widgets import file_input, pin_key_column, show_photo
 
 ctx = page_context("members")
 st.title(ctx.t("page.members"))
@@ -85,8 +85,10 @@ with tab_list:
         # another page or filter starts without a selection (a row number of the old page would
         # open someone else).
         st.caption(ctx.t("members.open_hint"))
+        shown = formatting.table(frame, ctx.lang, formats={"status": "member_status"})
         picked = st.dataframe(
-            formatting.table(frame, ctx.lang, formats={"status": "member_status"}),
+            shown,
+            column_config=pin_key_column(shown),
             hide_index=True,
             width="stretch",
             height="content",

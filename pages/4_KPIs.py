@@ -118,29 +118,28 @@ with st.expander(ctx.t("kpi.targets_title")):
         hide_index=True,
     )
 
-charts = list(svc.KPI_CHARTS)
-for first in range(0, len(charts), 2):
-    row = st.columns(2)
-    for column, chart in zip(row, charts[first : first + 2], strict=False):
-        with column.container(border=True):
-            st.markdown(f"**{ctx.t(f'kpi.chart.{chart}')}**")
-            st.plotly_chart(
-                svc.kpi_figure(frame, chart, ctx.lang, per="batch" if per == "batch" else "day"),
-                width="stretch",
-                key=f"kpi_chart_{chart}",
-                config={"displaylogo": False},
-            )
-            if chart in period_lines:
-                st.caption(period_lines[chart])
-            st.download_button(
-                ctx.t("kpi.download"),
-                formatting.to_csv_bytes(svc.chart_frame(frame, chart)),
-                file_name=f"kpi_{chart}_{per}.csv",
-                mime="text/csv",
-                key=f"kpi_download_{chart}",
-                icon=":material/download:",
-                on_click="ignore",  # a download never reruns the page
-            )
+# One chart per row: side by side they were 60-170 px wide on a 1024 px screen, and Streamlit
+# cannot know the window's width to choose.
+for chart in svc.KPI_CHARTS:
+    with st.container(border=True):
+        st.markdown(f"**{ctx.t(f'kpi.chart.{chart}')}**")
+        st.plotly_chart(
+            svc.kpi_figure(frame, chart, ctx.lang, per="batch" if per == "batch" else "day"),
+            width="stretch",
+            key=f"kpi_chart_{chart}",
+            config={"displaylogo": False},
+        )
+        if chart in period_lines:
+            st.caption(period_lines[chart])
+        st.download_button(
+            ctx.t("kpi.download"),
+            formatting.to_csv_bytes(svc.chart_frame(frame, chart)),
+            file_name=f"kpi_{chart}_{per}.csv",
+            mime="text/csv",
+            key=f"kpi_download_{chart}",
+            icon=":material/download:",
+            on_click="ignore",  # a download never reruns the page
+        )
 
 with st.expander(ctx.t("kpi.all_figures")):
     st.dataframe(svc.kpi_table(frame, ctx.lang), hide_index=True, width="stretch")

@@ -15,12 +15,14 @@ from core.dashboard import retrain as view
 from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
 from ui.page import page_context
+from ui.widgets import pin_key_column
 
 ctx = page_context("retrain")
 st.title(ctx.t("page.retrain"))
 st.caption(ctx.t("retrain.intro"))
 
 NOTICE = "retrain_notice"
+KEPT_PHOTO_SET = "retrain_kept_photo_set"
 
 
 def show_notice() -> None:
@@ -137,7 +139,9 @@ def show_set(summary: training_sets.SetSummary) -> None:
     if summary.enough:
         st.caption(f"{text} · {ctx.t('retrain.data.enough')}")
     else:
-        st.caption(f"{text} · {ctx.t('retrain.data.not_enough', detail='; '.join(summary.problems))}")
+        st.caption(
+            f"{text} · {ctx.t('retrain.data.not_enough', detail=view.problems_text(summary.problems, ctx.lang))}"
+        )
 
 
 def uploaded_set() -> tuple[Path, Path] | None:
@@ -215,6 +219,10 @@ def data_choice() -> tuple[object | None, str]:
     if reviewed.pairs:
         show_set(reviewed)
     sources = ["none", *(["lfw"] if available["lfw_dir"] else []), "upload", "folder"]
+    # The radio is not drawn while a run goes on, and Streamlit then forgets it: keep the choice.
+    kept = st.session_state.get(KEPT_PHOTO_SET)
+    if "retrain_photo_set" not in st.session_state and kept in sources:
+        st.session_state["retrain_photo_set"] = kept
     source = st.radio(
         ctx.t("retrain.data.source"),
         sources,
@@ -228,6 +236,7 @@ def data_choice() -> tuple[object | None, str]:
         horizontal=True,
         key="retrain_photo_set",
     )
+    st.session_state[KEPT_PHOTO_SET] = source
     photo_set = chosen_photo_set(source)
     chosen = [reviewed] if use_reviewed else []
     if photo_set is not None:
@@ -246,7 +255,7 @@ def data_choice() -> tuple[object | None, str]:
         return None, why
     total = training_sets.combine(*chosen)
     if total.problems:
-        why = "; ".join(total.problems)
+        why = view.problems_text(total.problems, ctx.lang)
         st.warning(ctx.t("retrain.data.missing", detail=why))
         return None, why
     st.success(f"{ctx.t('retrain.data.total', summary=summary_line(total))} · {ctx.t('retrain.data.ready')}")
@@ -269,8 +278,15 @@ def start_form() -> None:
             columns = st.columns(3)
             for k, setting in enumerate(s for s in view.SETTINGS if s.advanced):
                 values[setting.name] = setting_widget(setting, columns[k % 3])
+        if choice is None:
+            st.caption(ctx.t("retrain.start_disabled", detail=why_not))
         submitted = st.form_submit_button(
-            ctx.t("retrain.start"), type="primary", icon=":material/play_arrow:", key="retrain_start"
+            ctx.t("retrain.start"),
+            type="primary",
+            icon=":material/play_arrow:",
+            key="retrain_start",
+            disabled=choice is None,
+            help=ctx.t("retrain.start_disabled", detail=why_not) if choice is None else None,
         )
     if not submitted:
         return
@@ -312,9 +328,15 @@ def outcome_panel(run) -> None:
         st.warning(ctx.t("retrain.cancelled", detail=run.error or ""))
         return
     timings = progress.get("timings") or {}
+    version = run.model_version
+    status = next((v.status for v in versions if v.version == version), None)
+    # "Not active until you promote it" only while that is still true.
+    succeeded_key = (
+        "retrain.succeeded" if status not in (view.ACTIVE, view.DISCARDED) else "retrain.succeeded_done"
+    )
     st.success(
         ctx.t(
-            "retrain.succeeded",
+            succeeded_key,
             version=run.model_version or "—",
             total=timings.get("total_seconds", "—"),
             features=timings.get("features_seconds", "—"),
@@ -327,7 +349,9 @@ def outcome_panel(run) -> None:
     if comparison:
         st.markdown(f"**{ctx.t('retrain.comparison')}**")
         st.caption(ctx.t("retrain.comparison_help"))
-        st.dataframe(view.comparison_rows(comparison, ctx.lang), hide_index=True, width="stretch")
+        rows = view.comparison_rows(comparison, ctx.lang)
+        # Tall enough for every row: the comparison is read whole, never scrolled inside its box.
+        st.dataframe(rows, hide_index=True, width="stretch", height=view.table_height(len(rows)))
         seen = (comparison.get("active") or {}).get("heldout_people_seen_in_training")
         if seen:
             st.warning(ctx.t("retrain.seen_warning", n=seen))
@@ -343,8 +367,6 @@ def outcome_panel(run) -> None:
         )
     with st.expander(ctx.t("retrain.data_summary")):
         st.json(progress.get("data") or {}, expanded=False)
-    version = run.model_version
-    status = next((v.status for v in versions if v.version == version), None)
     if version is None or status is None:
         return
     if status == view.ACTIVE:
@@ -396,7 +418,8 @@ def versions_panel() -> None:
     if not versions:
         st.info(ctx.t("retrain.no_versions"))
         return
-    st.dataframe(view.versions_rows(versions, ctx.lang), hide_index=True, width="stretch")
+    version_rows = view.versions_rows(versions, ctx.lang)
+    st.dataframe(version_rows, column_config=pin_key_column(version_rows), hide_index=True, width="stretch")
     active_row = next((v for v in versions if v.status == view.ACTIVE), None)
     earlier = [
         v.version
@@ -513,9 +536,10 @@ if live is not None:
         st.warning(ctx.t("retrain.refused", id=live.id, who=live.started_by))
     live_panel(live.id)
 else:
-    start_form()
+    # The last run's outcome first, where the eye lands after it ends; then a new run's form.
     if last is not None and last.status not in view.LIVE:
         outcome_panel(last)
+    start_form()
 versions_panel()
 reverify_panel()
 history_panel()

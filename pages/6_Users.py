@@ -8,6 +8,7 @@ from core.dashboard import formatting
 from core.dashboard import users as svc
 from core.dashboard.codes import ROLES
 from ui.page import page_context
+from ui.widgets import pin_key_column
 
 ctx = page_context("users")
 st.title(ctx.t("page.users"))
@@ -25,7 +26,8 @@ def done(text: str) -> None:
 
 with ctx.session() as session:
     frame = svc.users_frame(session)
-st.dataframe(formatting.table(frame, ctx.lang, heading="users.col"), hide_index=True, width="stretch")
+users_shown = formatting.table(frame, ctx.lang, heading="users.col")
+st.dataframe(users_shown, column_config=pin_key_column(users_shown), hide_index=True, width="stretch")
 
 left, right = st.columns(2)
 with left.container(border=True):

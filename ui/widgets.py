@@ -246,3 +246,25 @@ def results_view(ctx: PageContext, batch_id: int, key: str) -> None:
         key=f"{key}_download",
         icon=":material/download:",
     )
+
+
+def scroll_here(anchor: str, scroll: bool) -> None:
+    """Mark this place `anchor`; when `scroll`, bring it into the browser's view (Streamlit has no
+    scroll call: a zero-height frame of the same origin scrolls its parent page)."""
+    st.html(f'<div id="{anchor}"></div>')
+    if scroll:
+        import streamlit.components.v1 as components
+
+        components.html(
+            "<script>const el = window.parent.document.getElementById("
+            f"{anchor!r});"
+            " if (el) el.scrollIntoView({behavior: 'smooth', block: 'start'});</script>",
+            height=0,
+        )
+
+
+def pin_key_column(frame) -> dict:
+    """column_config keeping a table's first (key) column in view while it scrolls sideways at
+    1024 px."""
+    columns = list(frame.columns) if hasattr(frame, "columns") else list((frame or [{}])[0])
+    return {columns[0]: st.column_config.Column(pinned=True)} if columns else {}

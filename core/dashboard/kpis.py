@@ -236,7 +236,8 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
     columns, targets = KPI_CHARTS[chart]
     ratio = targets[0].unit == "ratio"
     fig = go.Figure()
-    x = frame["batch"].astype(str).tolist()
+    full_names = frame["batch"].astype(str).tolist()
+    x = short_labels(full_names)  # the axis holds short names; the full one is in the hover text
     for column in columns:
         values = frame[column].astype("float64")
         shown = values * 100 if ratio else values
@@ -269,13 +270,13 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
                     "symbol": ["circle" if r.enough else "circle-open" for r in rates],
                 },
                 "customdata": [basis_text(r, what, lang) for r in rates],
-                "hovertemplate": "%{x}<br>%{y:.1f}%<br>%{customdata}<extra></extra>",
+                "hovertemplate": "%{text}<br>%{y:.1f}%<br>%{customdata}<extra></extra>",
             }
         elif column.endswith("_ms"):
             counts = frame["n_results"].fillna(0).astype(int).tolist()
             extra = {
                 "customdata": [t("kpi.latency_hover", lang, n=n) for n in counts],
-                "hovertemplate": "%{x}<br>%{y:,.0f} ms<br>%{customdata}<extra></extra>",
+                "hovertemplate": "%{text}<br>%{y:,.0f} ms<br>%{customdata}<extra></extra>",
             }
         fig.add_trace(
             go.Scatter(
@@ -286,24 +287,31 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
                     "marker": {"size": 9},
                     "name": t(f"kpi.col.{column}", lang),
                     "connectgaps": False,
-                    "hovertemplate": "%{x}<br>%{y:,.0f}<extra></extra>",
+                    "text": full_names,
+                    "hovertemplate": "%{text}<br>%{y:,.0f}<extra></extra>",
                     **extra,
                 }
             )
         )
     for target in targets:
         value = target.value * 100 if ratio else target.value
-        fig.add_hline(
-            y=value,
-            line_dash="dash",
-            line_color="#dc2626" if target.owner == "contract" else "#6b7280",
-            annotation_text=t(
-                "kpi.target_line",
-                lang,
-                owner=t(f"kpi.owner.{target.owner}", lang),
-                value=target_text(target),
-            ),
-            annotation_position="top left",
+        colour = "#dc2626" if target.owner == "contract" else "#6b7280"
+        # The line carries no label on the plot (it would cover the points): the legend names it.
+        fig.add_hline(y=value, line_dash="dash", line_color=colour)
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                line={"dash": "dash", "color": colour},
+                name=t(
+                    "kpi.target_line",
+                    lang,
+                    owner=t(f"kpi.owner.{target.owner}", lang),
+                    value=target_text(target),
+                ),
+                hoverinfo="skip",
+            )
         )
     if frame[columns].isna().all().all():
         fig.add_annotation(
@@ -316,17 +324,35 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
             font={"size": 14, "color": "#6b7280"},
         )
     y_title = {"ratio": "%", "ms": "ms", "count": t("kpi.count", lang)}[targets[0].unit]
+    # The unit reads level above the axis (a sideways title is hard to read and eats width), and
+    # the legend sits above the plot, clear of the axis labels at any width.
+    fig.add_annotation(
+        text=y_title, xref="paper", yref="paper", x=0, y=1, xanchor="left", yanchor="bottom", showarrow=False
+    )
     fig.update_layout(
-        height=320,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        yaxis_title=y_title,
+        height=360,
+        margin={"l": 10, "r": 10, "t": 70, "b": 10},
         xaxis_title=t("kpi.day_axis" if per == "day" else "kpi.batch_axis", lang),
-        legend={"orientation": "h", "y": -0.25},
-        xaxis={"type": "category"},
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.08, "yanchor": "bottom"},
+        xaxis={"type": "category", "tickangle": -30, "automargin": True},
     )
     if ratio:
         fig.update_yaxes(range=[0, 101])
     return fig
+
+
+SHORT_LABEL = 16  # characters of a batch name on a chart's axis
+
+
+def short_labels(names: list[str], limit: int = SHORT_LABEL) -> list[str]:
+    """Batch names cut to `limit` characters for an axis, still distinct (a category axis would
+    merge two batches whose cut names are equal)."""
+    shown, seen = [], {}
+    for name in names:
+        short = name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+        seen[short] = seen.get(short, 0) + 1
+        shown.append(short if seen[short] == 1 else f"{short} ({seen[short]})")
+    return shown
 
 
 def version_comparison(

@@ -404,3 +404,23 @@ def history(session: Session, limit: int = 30) -> list:
         .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
         .limit(limit)
     ).all()
+
+
+def problem_text(problem: str, lang: str) -> str:
+    """One reason the data are not enough, in the page's language when the catalog has it."""
+    key = getattr(problem, "key", None)
+    if not key:
+        return str(problem)
+    params = getattr(problem, "params", {})
+    if params.get("n") == 1 and t(f"{key}.one", lang) != f"{key}.one":
+        key = f"{key}.one"
+    return t(key, lang, **params)
+
+
+def problems_text(problems: list[str], lang: str, sep: str = "; ") -> str:
+    return sep.join(problem_text(p, lang) for p in problems)
+
+
+def table_height(n_rows: int) -> int:
+    """Pixels for a table to show its header and every row without a scroll bar of its own."""
+    return 38 * (n_rows + 1) + 4

@@ -6,6 +6,9 @@ matched_photos(session, store, row, viewer, role) -> [MatchedPhoto]: the stored 
     or possible_duplicate flag matched (the member's own or the other member's), audited views
 machine_verdict(row) -> "same" | "different" | "none";  verdict_text(row, lang)
 approve_needs_confirmation(row): the machine objects, so Approve is never the default
+implied_label(row, decision): what the photos show, when the decision and the flag say it
+queue_item(session, result_id): a pair still waiting, to return a reviewer to it after sign-in
+undo(session, result_id, reviewer), undo_seconds_left(session, result_id, reviewer)
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from core.dashboard.formatting import describe_flags
 from core.i18n import t
 from core.storage import queries
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
-from core.storage.schema import GALLERY, VERIFICATION, Photo, PossibleDuplicate
+from core.storage.schema import GALLERY, MEMBER_ERASED, VERIFICATION, Member, Photo, PossibleDuplicate, utcnow
 from core.storage.schema import VerificationResult as ResultRow
-from core.verification.result import FRAUD_FLAGS, GENDER_MISMATCH, POSSIBLE_DUPLICATE, REUSED_PHOTO
+from core.verification.result import FLAGGED, FRAUD_FLAGS, GENDER_MISMATCH, POSSIBLE_DUPLICATE, REUSED_PHOTO
 from core.workflows import privacy, reviews
 
 SAME, DIFFERENT, NO_VERDICT = "same", "different", "none"
@@ -171,17 +174,57 @@ def flag_codes(row_or_item) -> list[str]:
     return [f["code"] for f in row_or_item.flags or [] if isinstance(f, dict) and f.get("code")]
 
 
+def queue_item(session: Session, result_id: int) -> queries.QueueItem | None:
+    """The pair `result_id` as the queue lists it, if it still waits for a decision."""
+    row = session.get(ResultRow, result_id)
+    if row is None or row.status != FLAGGED:
+        return None
+    if row.member_id is not None:
+        member = session.get(Member, row.member_id)
+        if member is not None and member.status == MEMBER_ERASED:
+            return None
+    paths = {}
+    for kind, photo_id in ((GALLERY, row.gallery_photo_id), (VERIFICATION, row.verification_photo_id)):
+        photo = session.get(Photo, photo_id) if photo_id is not None else None
+        paths[kind] = photo.stored_path if photo is not None else None
+    distance = None if row.similarity is None else abs(row.similarity - row.threshold)
+    return queries.QueueItem(
+        result_id=row.id,
+        member_id=row.member_id,
+        batch_id=row.batch_id,
+        created_at=row.created_at,
+        priority=0 if (row.gender_mismatch or row.possible_duplicate) else 1,
+        similarity=row.similarity,
+        threshold=row.threshold,
+        distance_to_threshold=distance,
+        registered_gender=row.registered_gender,
+        predicted_gender=row.predicted_gender,
+        gender_confidence=row.gender_confidence,
+        flags=list(row.flags or []),
+        model_version=row.model_version,
+        gallery_path=paths[GALLERY],
+        verification_path=paths[VERIFICATION],
+        version=row.version,
+    )
+
+
 def next_queue_item(
     session: Session,
     skipped: Iterable[int] = (),
     flags: Iterable[str] | None = None,
     order: str = "priority",
+    resume: int | None = None,
 ) -> tuple[queries.QueueItem | None, int]:
     """The first flagged pair in `order` that the reviewer has not skipped and that carries one of
-    `flags` (any flag when none are chosen), and the whole backlog."""
+    `flags` (any flag when none are chosen), and the whole backlog. `resume`: the pair the
+    reviewer had open (after a reload and sign-in), first if it still waits and fits the filter."""
     skipped = set(skipped)
     wanted = set(flags or ())
     backlog = queries.backlog_count(session)
+    if resume is not None and resume not in skipped:
+        item = queue_item(session, resume)
+        if item is not None and (not wanted or wanted & set(flag_codes(item))):
+            return item, backlog
     offset = 0
     while True:
         page = queries.review_queue(session, limit=50, offset=offset, order=order)
@@ -242,9 +285,22 @@ def verdict_text(row: ResultRow, lang: str) -> str:
 # The decision, as the Review queue page submits it (core.workflows.reviews decides and writes)
 
 APPROVE, REJECT = reviews.APPROVE, reviews.REJECT
+LABELS = reviews.LABELS  # same, different, unsure: what the two photos show
 AlreadyDecided = reviews.AlreadyDecided
 NotReviewable = reviews.NotReviewable
 ResultNotFound = reviews.ResultNotFound
+LabelRequired = reviews.LabelRequired
+LabelConflict = reviews.LabelConflict
+NotUndoable = reviews.NotUndoable
+UNDO_WINDOW = reviews.UNDO_WINDOW
+
+
+def implied_label(row: ResultRow, decision: str) -> str | None:
+    """The label the decision implies on this pair (approve: same; rejecting a duplicate account
+    whose faces match: same), or None when the reviewer must say what the photos show."""
+    return reviews.implied_label(row, decision)
+
+
 QUEUE_ORDERS = queries.QUEUE_ORDERS
 
 
@@ -259,6 +315,28 @@ def needs_confirmation(session: Session, result_id: int) -> bool:
     return row is not None and approve_needs_confirmation(row)
 
 
+def decision_context(session: Session, result_id: int, decision: str) -> tuple[bool, str | None]:
+    """For a submitted decision: whether approving needs the explicit confirmation, and the label
+    the decision implies on this pair (None: the reviewer must choose one)."""
+    row = session.get(ResultRow, result_id)
+    if row is None:
+        return False, None
+    return approve_needs_confirmation(row), implied_label(row, decision)
+
+
 def decide(session: Session, result_id: int, reviewer: str, decision: str, **labels):
-    """The reviewer's decision (and labels: note, true_gender, same_person), audited."""
+    """The reviewer's decision (and labels: note, true_gender, label), audited."""
     return reviews.decide(session, result_id, reviewer, decision, **labels)
+
+
+def undo(session: Session, result_id: int, reviewer: str):
+    """Take back the reviewer's own decision (within UNDO_WINDOW), audited: the pair waits again."""
+    return reviews.undo(session, result_id, reviewer)
+
+
+def undo_seconds_left(session: Session, result_id: int, reviewer: str) -> int:
+    """How long `reviewer` may still undo their decision on the pair (0: not theirs, or too late)."""
+    review = reviews.review_for(session, result_id)
+    if not reviews.undoable(review, reviewer):
+        return 0
+    return max(0, int((review.decided_at + UNDO_WINDOW - utcnow()).total_seconds()))

@@ -123,10 +123,17 @@ class PairInputError(FaceVerifyError):
 
     def __init__(self, key: str, **params):
         self.key, self.params = key, params
-        super().__init__(t(key, "en", **params))
+        super().__init__(t(key, "en", **{k: v for k, v in params.items() if not k.startswith("detail_")}))
 
     def text(self, lang: str) -> str:
         params = dict(self.params)
+        detail_key, detail_params = params.pop("detail_key", None), params.pop("detail_params", None) or {}
+        if detail_key:
+            if "kind" in detail_params:
+                detail_params = {**detail_params, "kind": t(f"image_kind.{detail_params['kind']}", lang)}
+            params["detail"] = t(detail_key, lang, **detail_params)
+        elif lang != "en" and "detail" in params:
+            params["detail"] = ""  # the engine's English explanation has no translation: the sentence alone
         if params.get("which") in (GALLERY, VERIFICATION):
             params["which"] = t(f"photo.{params['which']}", lang)
         return t(self.key, lang, **params)
@@ -156,7 +163,13 @@ def _check_photo(data: bytes | None, which: str) -> None:
     try:
         decode_image(data)
     except ImageError as exc:
-        raise PairInputError(f"image_error.{exc.code}", detail=str(exc), which=which) from None
+        raise PairInputError(
+            f"image_error.{exc.code}",
+            detail=str(exc),
+            which=which,
+            detail_key=exc.key,
+            detail_params=exc.params,
+        ) from None
 
 
 def _current_photo(session: Session, member_id: str, kind: str) -> Photo | None:

@@ -296,6 +296,11 @@ class Review(Base):
     reviewer: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
     decision: Mapped[str] = mapped_column(sa.String(16))  # approve / reject
     same_person: Mapped[bool | None] = mapped_column(sa.Boolean)
+    # What the reviewer said the two photos show: same / different / unsure (NULL: decided before
+    # labels were recorded apart from the decision). Independent of the decision on the member.
+    label: Mapped[str | None] = mapped_column(sa.String(16))
+    # The member's status before this decision changed it (NULL: it did not), so an undo restores it.
+    member_status_before: Mapped[str | None] = mapped_column(sa.String(16))
     true_gender: Mapped[str | None] = mapped_column(sa.String(1))
     note: Mapped[str | None] = mapped_column(sa.Text)
     decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)

@@ -306,7 +306,8 @@ def cohort_photos(folders: list[Path], labels: list[Path] | None = None) -> list
 
 
 def reviewed_data(session, store) -> tuple[list[LabelledPhoto], list[ReviewedPair]]:
-    """Photos and pairs of every reviewed result: approved = same person, rejected = different.
+    """Photos and pairs of every reviewed result, by the reviewer's label of the pair (ground_truth_same:
+    same person or different people; "can't tell" is left out), never by the decision on the member.
 
     Labels only what a reviewer confirmed: a same-person pair's two photos are the member (and
     have the reviewer's gender); in a different-person pair the gallery photo is the member and
@@ -551,6 +552,16 @@ def extract_features(table: pd.DataFrame, progress=None, session_factory=None) -
 # Checks before training
 
 
+class Problem(str):
+    """A reason the data are not enough, in English, with its catalog key and values so a page can
+    say it in its own language (core.dashboard.retrain.problem_text)."""
+
+    def __new__(cls, text: str, key: str, **params):
+        problem = super().__new__(cls, text)
+        problem.key, problem.params = key, params
+        return problem
+
+
 def data_problems(people: np.ndarray, genders: np.ndarray) -> list[str]:
     """Why these labelled photos are not enough for an honest run (empty when they are)."""
     unique = np.unique(people)
@@ -558,17 +569,34 @@ def data_problems(people: np.ndarray, genders: np.ndarray) -> list[str]:
     with_pairs = int((counts >= 2).sum())
     problems = []
     if len(unique) < MIN_PEOPLE:
+        who = "1 person" if len(unique) == 1 else f"{len(unique)} people"
         problems.append(
-            f"only {len(unique)} people with a usable face; at least {MIN_PEOPLE} are needed to hold "
-            "some out for an honest evaluation"
+            Problem(
+                f"only {who} with a usable face; at least {MIN_PEOPLE} are needed to hold "
+                "some out for an honest evaluation",
+                "train.problem.few_people",
+                n=len(unique),
+                need=MIN_PEOPLE,
+            )
         )
     if with_pairs < MIN_PEOPLE_WITH_PAIRS:
+        who = "1 person has" if with_pairs == 1 else f"{with_pairs} people have"
         problems.append(
-            f"only {with_pairs} people have two or more photos; at least {MIN_PEOPLE_WITH_PAIRS} are needed"
+            Problem(
+                f"only {who} two or more photos; at least {MIN_PEOPLE_WITH_PAIRS} are needed",
+                "train.problem.few_pairs",
+                n=with_pairs,
+                need=MIN_PEOPLE_WITH_PAIRS,
+            )
         )
     for gender, word in (("M", "men"), ("F", "women")):
         if not np.any(genders == gender):
-            problems.append(f"no photos of {word} (gender {gender}): the gender head cannot learn it")
+            problems.append(
+                Problem(
+                    f"no photos of {word} (gender {gender}): the gender head cannot learn it",
+                    f"train.problem.no_gender.{gender}",
+                )
+            )
     return problems
 
 

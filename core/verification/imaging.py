@@ -82,16 +82,16 @@ FILE_EXTENSIONS = {
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.")
 
 # Magic numbers of common non-image uploads, only to word the error message helpfully.
-_KNOWN_NON_IMAGES = (
-    (b"%PDF", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
-    (b"PK\x05\x06", "an empty ZIP archive"),
-    (b"\x1f\x8b", "a gzip archive"),
-    (b"Rar!", "a RAR archive"),
-    (b"7z\xbc\xaf", "a 7-Zip archive"),
-    (b"<?xml", "an XML or SVG file"),
-    (b"<svg", "an SVG drawing"),
-    (b"{", "a JSON or text file"),
+_KNOWN_NON_IMAGES = (  # signature, what it is, its catalog name (image_kind.<name>)
+    (b"%PDF", "a PDF document", "pdf"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)", "zip"),
+    (b"PK\x05\x06", "an empty ZIP archive", "empty_zip"),
+    (b"\x1f\x8b", "a gzip archive", "gzip"),
+    (b"Rar!", "a RAR archive", "rar"),
+    (b"7z\xbc\xaf", "a 7-Zip archive", "7z"),
+    (b"<?xml", "an XML or SVG file", "xml"),
+    (b"<svg", "an SVG drawing", "svg"),
+    (b"{", "a JSON or text file", "json"),
 )
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
@@ -471,7 +471,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
                 "Please upload the photo again.",
                 code="corrupt",
             ) from exc
-        raise ImageError(_not_an_image_message(data), code="not_an_image") from exc
+        raise _not_an_image(data) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # The signature matched a format, but its header is broken.
         sniffed = _sniff_format(data)
@@ -482,7 +482,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             code="corrupt",
         ) from exc
     if im.format not in RESULT_FORMATS:  # pragma: no cover - formats= already restricts this
-        raise ImageError(_not_an_image_message(data), code="not_an_image")
+        raise _not_an_image(data)
     return im
 
 
@@ -503,18 +503,23 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _not_an_image_message(data: bytes) -> str:
+def _not_an_image(data: bytes) -> ImageError:
+    """Why the bytes are not a photo, in English and as a catalog key (image_detail.*)."""
     allowed = "JPEG, PNG, WebP, BMP, GIF or TIFF"
     head = data[:16]
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
-        return f"HEIC/HEIF/AVIF photos are not supported. Please send the photo as {allowed}."
+        message = f"HEIC/HEIF/AVIF photos are not supported. Please send the photo as {allowed}."
+        return ImageError(message, "not_an_image", key="image_detail.heif")
     stripped = data[:64].lstrip()
-    for magic, what in _KNOWN_NON_IMAGES:
+    for magic, what, name in _KNOWN_NON_IMAGES:
         if head.startswith(magic) or (magic[:1] in b"<{" and stripped.startswith(magic)):
-            return f"The file is {what}, not a photo. Please upload a {allowed} image."
+            message = f"The file is {what}, not a photo. Please upload a {allowed} image."
+            return ImageError(message, "not_an_image", key="image_detail.known", kind=name)
     if _looks_like_text(data[:512]):
-        return f"The file is text, not a photo. Please upload a {allowed} image."
-    return f"The file is not a photo in a supported format. Please upload a {allowed} image."
+        message = f"The file is text, not a photo. Please upload a {allowed} image."
+        return ImageError(message, "not_an_image", key="image_detail.text")
+    message = f"The file is not a photo in a supported format. Please upload a {allowed} image."
+    return ImageError(message, "not_an_image", key="image_detail.unknown")
 
 
 def _looks_like_text(head: bytes) -> bool:

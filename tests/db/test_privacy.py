@@ -292,7 +292,7 @@ def test_erased_members_pairs_leave_the_review_queue_and_stay_erased(session_fac
     privacy.erase_member(session_factory, folder_store, "M0012", actor="admin_user", via="test")
     with session_factory() as session:
         assert queries.review_queue(session) == [] and queries.backlog_count(session) == 0
-        reviews.decide(session, result_id, "staff_user", "reject")  # a reviewer who had it open
+        reviews.decide(session, result_id, "staff_user", "reject", label="different")  # had it open
         assert session.get(Member, "M0012").status == MEMBER_ERASED
 
 

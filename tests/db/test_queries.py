@@ -202,7 +202,7 @@ def kpi_results(session, make_result, add_member):
     session.execute(update(ResultRow).where(ResultRow.id == r2.id).values(ground_truth_same=True))
     session.commit()
     reviews.decide(session, r4.id, "kim", "approve")  # engine said "not same" (0.45 < 0.5): wrong
-    reviews.decide(session, r6.id, "kim", "reject")  # no face: no engine decision to score
+    reviews.decide(session, r6.id, "kim", "reject", label="different")  # no face: no engine decision to score
     return b1, b2
 
 

@@ -105,3 +105,111 @@ def test_queue_filtered_by_flag_and_ordered(session, add_member):
     }
     with pytest.raises(ValueError):
         queries.review_queue(session, order="random")
+
+
+# ----------------------------------------------------------------------------------------------
+# The page: the label apart from the decision, Reject confirms, Undo, back to the pair after sign-in
+
+
+def _page_result(app_env, member_id, flags, similarity):
+    from test_pages import flagged_result
+
+    return flagged_result(app_env, member_id, flags=flags, similarity=similarity)
+
+
+def _shown(at) -> str:
+    from test_pages import texts
+
+    return texts(at)
+
+
+def _stored_review(app_env, result_id):
+    from core.storage.schema import Review
+    from core.storage.schema import VerificationResult as ResultRow
+
+    with app_env.session() as session:
+        row = session.get(ResultRow, result_id)
+        review_row = session.query(Review).filter_by(result_id=result_id).one_or_none()
+        return row.status, row.ground_truth_same, None if review_row is None else review_row.label
+
+
+def test_page_duplicate_rejection_confirms_records_same_person_and_can_be_undone(app_env, open_page):
+    from test_pages import sample_members
+
+    sample_members(app_env)
+    result_id = _page_result(app_env, "M0011", ("possible_duplicate",), 0.95)
+    at = open_page("review", role="staff", lang="en")
+    assert at.radio(key=f"review_label_{result_id}").value == "same"  # implied by the flag, shown
+    assert "Rejecting on this flag records the two photos as the same person" in _shown(at)
+
+    at.button(key=f"review_reject_{result_id}").click().run()  # what Alt+X does
+    assert "Reject member M0011? The photos will be recorded as: The same person." in _shown(at)
+    assert _stored_review(app_env, result_id) == ("flagged", None, None)  # nothing saved yet
+
+    at.button(key="review_reject_yes").click().run()
+    assert not at.exception
+    assert "Rejected member M0011" in _shown(at)
+    assert _stored_review(app_env, result_id) == ("rejected", True, "same")
+
+    assert "You can undo it for 10 more minute(s)" in _shown(at)
+    at.button(key="review_undo").click().run()
+    assert "Your decision on member M0011 was undone" in _shown(at)
+    assert _stored_review(app_env, result_id) == ("flagged", None, None)
+    assert f"result {result_id}" in _shown(at)  # the pair is back on screen
+
+
+def test_page_rejection_asks_the_label_and_cancel_saves_nothing(app_env, open_page):
+    from test_pages import sample_members
+
+    sample_members(app_env)
+    result_id = _page_result(app_env, "M0003", ("uncertain_similarity",), 0.45)
+    at = open_page("review", role="staff", lang="ko")
+    assert at.radio(key=f"review_label_{result_id}").value is None  # no default: it is asked
+    at.button(key=f"review_reject_{result_id}").click().run()
+    assert "저장되지 않았습니다: 거부만으로는 사진이 어떤 사람인지 알 수 없습니다" in _shown(at)
+    assert _stored_review(app_env, result_id) == ("flagged", None, None)
+
+    at.radio(key=f"review_label_{result_id}").set_value("unsure")
+    at.button(key=f"review_reject_{result_id}").click().run()
+    assert '사진은 "판단할 수 없음"(으)로 기록됩니다' in _shown(at)
+    at.button(key="review_reject_no").click().run()
+    assert "거부를 취소했습니다" in _shown(at)
+    assert _stored_review(app_env, result_id) == ("flagged", None, None)
+
+    at.radio(key=f"review_label_{result_id}").set_value("unsure")
+    at.button(key=f"review_reject_{result_id}").click().run()
+    at.button(key="review_reject_yes").click().run()
+    assert _stored_review(app_env, result_id) == ("rejected", None, "unsure")  # no ground truth
+
+
+def test_page_returns_to_the_same_pair_after_a_reload_and_sign_in(app_env, open_page):
+    from test_pages import sample_members
+
+    sample_members(app_env)
+    first = _page_result(app_env, "M0011", ("gender_mismatch",), 0.45)
+    second = _page_result(app_env, "M0003", ("uncertain_similarity",), 0.5)
+    at = open_page("review", role="staff", lang="en")
+    assert f"result {first}" in _shown(at)
+    at.button(key=f"review_skip_{first}").click().run()
+    assert f"result {second}" in _shown(at)
+    assert at.query_params["item"] == [str(second)]  # the address names the pair shown
+
+    # A reload is a new browser session on the same address: signed in again, the same pair.
+    from conftest import ROOT
+    from streamlit.testing.v1 import AppTest
+
+    reloaded = AppTest.from_file(str(ROOT / "Home.py"), default_timeout=30)
+    reloaded.query_params["item"] = str(second)
+    reloaded.query_params["lang"] = "en"
+    reloaded.switch_page("pages/2_Review_Queue.py")
+    reloaded.run()
+    assert f"result {second}" not in _shown(reloaded)  # signed out: the sign-in form
+    reloaded.session_state["auth"] = {
+        "username": "staff_user",
+        "role": "staff",
+        "display_name": None,
+        "last_seen": __import__("time").time(),
+    }
+    reloaded.run()
+    assert not reloaded.exception
+    assert f"result {second}" in _shown(reloaded)

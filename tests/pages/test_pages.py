@@ -130,7 +130,7 @@ def test_first_admin_on_an_empty_embedded_database(tmp_path, monkeypatch, dashbo
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("PHOTO_STORE_DIR", str(tmp_path / "photos"))
     at = open_page("home", role=None)
-    assert "아직 사용자가 없습니다" in texts(at) and "core.storage.users create-admin" in " ".join(
+    assert "아직 사용자가 없습니다" in texts(at) and "core users create-admin" in " ".join(
         c.value for c in at.code
     )
     at.text_input[1].input("short")
@@ -426,7 +426,9 @@ def test_review_queue_decides_with_a_note_and_moves_on(app_env, open_page):
     assert "기계 판정: 다른 사람 (유사도 0.450, 기준값 0.500). 기계의 이의: 성별 불일치." in shown
     assert n_images(at) >= 2
     at.text_area(key=f"keep_note_{first}").input("사진 속 인물이 다릅니다")
+    at.radio(key=f"review_label_{first}").set_value("different")
     at.button[[b.label for b in at.button].index("거부")].click().run()
+    at.button(key="review_reject_yes").click().run()  # Reject confirms
     assert not at.exception
     shown = texts(at)
     assert "회원 M0011 거부 — staff_user 님이" in shown
@@ -609,9 +611,9 @@ def test_kpis_charts_with_targets_and_downloads(app_env, open_page):
     charts = at.get("plotly_chart")
     assert len(charts) == 5
     specs = [json.loads(c.proto.spec) for c in charts]
-    annotations = [a["text"] for spec in specs for a in spec["layout"].get("annotations", [])]
-    assert "계약 목표 ≥ 80%" in annotations and "계약 목표 ≤ 2,000 ms" in annotations  # target lines
-    assert "제품 목표 ≥ 99%" in annotations and "엔지니어링 목표 ≤ 80 ms" in annotations
+    legends = [trace.get("name") for spec in specs for trace in spec["data"]]
+    assert "계약 목표 ≥ 80%" in legends and "계약 목표 ≤ 2,000 ms" in legends  # target lines, in the legend
+    assert "제품 목표 ≥ 99%" in legends and "엔지니어링 목표 ≤ 80 ms" in legends
     assert len(at.get("download_button")) == 6
     shown = texts(at)
     assert "인증 정확도 (검토로 확인된 정답 기준)" in shown

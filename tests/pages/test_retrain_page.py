@@ -284,8 +284,8 @@ def test_fresh_install_says_what_is_missing(fresh_install, open_retrain):
         "A folder on the server",
     ]  # no LFW development set on this machine
     assert "Training cannot start yet: choose at least one source" in texts(at)
-    button(at, "Start training").click().run()
-    assert "Not started: choose at least one source" in texts(at)
+    assert button(at, "Start training").disabled  # with the reason beside it
+    assert "Start is not available yet: choose at least one source" in texts(at)
     with fresh_install.session() as session:
         assert session.scalar(select(TrainingRun)) is None
 
@@ -397,3 +397,48 @@ def test_too_small_a_folder_says_why(fresh_install, tmp_path, open_retrain):
     assert "4 photos of 2 people" in page and "Not enough on its own" in page
     assert "only 2 people with a usable face" in page and "no photos of women" in page
     assert "Training cannot start yet" in page
+
+
+# ----------------------------------------------------------------------------------------------
+# After a run: the outcome on top, no stale notice, the comparison whole, the photo set kept
+
+
+def test_after_a_run_the_outcome_comes_first_and_reads_whole(retrain_env, open_retrain, monkeypatch):
+    import streamlit as st
+
+    heights = []
+    original = st.dataframe
+
+    def dataframe(data, *args, **kwargs):  # the height each table is drawn with
+        heights.append((len(data), kwargs.get("height", "auto")))
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(st, "dataframe", dataframe)
+    version = candidate_run(retrain_env)
+    at = open_retrain(lang="en")
+    subheaders = [str(h.value) for h in at.subheader]
+    assert subheaders[0].startswith("Last run") and subheaders[1] == "New training run", subheaders
+    n_rows, height = heights[0]  # the comparison: every row shown, no scroll box of its own
+    assert n_rows == len(at.dataframe[0].value) and isinstance(height, int) and height >= 35 * (n_rows + 1)
+
+    button(at, "Discard").click().run()
+    page = texts(at)
+    assert f"Version {version} was discarded." in page
+    assert "not active until you promote it" not in page  # the stale sentence is gone
+
+
+def test_the_photo_set_choice_survives_a_run(retrain_env, open_retrain):
+    at = open_retrain(lang="en")
+    at.radio(key="retrain_photo_set").set_value("folder").run()
+    with retrain_env.session() as session:  # a run goes on: the form is not drawn meanwhile
+        run = TrainingRun(started_by="data_scientist_user", started_at=utcnow(), status="running", stage="x")
+        session.add(run)
+        session.commit()
+        run_id = run.id
+    at.run()
+    assert "retrain_photo_set" not in [r.key for r in at.radio]
+    with retrain_env.session() as session:
+        session.get(TrainingRun, run_id).status = "cancelled"
+        session.commit()
+    at.run()
+    assert at.radio(key="retrain_photo_set").value == "folder"

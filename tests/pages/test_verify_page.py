@@ -159,3 +159,45 @@ def test_streamlit_texts_a_page_may_set_are_in_the_page_language(app_env, open_p
     for box in at.multiselect:
         assert box.proto.placeholder and hangul.search(box.proto.placeholder), box.label
     assert at.multiselect, "the member batch has a multiselect"
+
+
+def _keys_in_order(node) -> list[str]:
+    """Widget keys of the page in the order they are drawn."""
+    found = []
+    children = getattr(node, "children", None)
+    if isinstance(children, dict):
+        for key in sorted(children):
+            found += _keys_in_order(children[key])
+    elif getattr(node, "key", None):
+        found.append(node.key)
+    return found
+
+
+def test_the_pose_check_is_not_between_the_two_upload_fields(app_env, open_page):
+    at = open_page("verify", role="staff", lang="en")
+    at.radio(key="verify_mode").set_value("upload").run()
+    order = _keys_in_order(at.main)
+    gallery, selfie = order.index("verify_gallery_file"), order.index("verify_verification_file")
+    assert "verify_challenge_new" not in order[gallery:selfie]  # nothing between the two uploads
+    assert order.index("verify_challenge_new") > selfie
+    at.radio(key="verify_source_upload").set_value("camera").run()
+    assert "verify_challenge_new" in _keys_in_order(at.main)  # a photo taken now: the pose is asked
+
+
+def test_the_answer_is_scrolled_into_view_once(app_env, open_page):
+    at = open_page("verify", role="staff", lang="en", timeout=ENGINE_TIMEOUT)
+    at.radio(key="verify_mode").set_value("upload").run()
+    at.text_input(key="verify_new_member").input("W0002").run()
+    at.selectbox(key="verify_gender").set_value("F").run()
+    images = SAMPLE / "images"
+    at.file_uploader(key="verify_gallery_file").set_value(
+        ("g.jpg", (images / "Norah_Jones_0004.jpg").read_bytes(), "image/jpeg")
+    ).run()
+    at.file_uploader(key="verify_verification_file").set_value(
+        ("v.jpg", (images / "Norah_Jones_0001.jpg").read_bytes(), "image/jpeg")
+    ).run()
+    at.button(key="verify_run").click().run(timeout=ENGINE_TIMEOUT)
+    scripts = [e for e in at.get("iframe") if "scrollIntoView" in str(e.proto)]
+    assert len(scripts) == 1
+    at.run()
+    assert not [e for e in at.get("iframe") if "scrollIntoView" in str(e.proto)]  # not on every rerun
