@@ -250,6 +250,8 @@ flags_list(ctx, formatting.describe_flags(row, ctx.lang))
 
 top = st.columns([1, 2, 1.2])
 top[0].metric(ctx.t("verify.similarity"), "—" if row.similarity is None else f"{row.similarity:.3f}")
+if words := formatting.similarity_in_words(row.similarity, ctx.lang):
+    top[0].markdown(f"**{words}**")
 top[0].caption(ctx.t("verify.threshold_line", threshold=row.threshold, low=row.band_low, high=row.band_high))
 top[1].plotly_chart(
     photos.similarity_figure(row.similarity, row.threshold, (row.band_low, row.band_high), ctx.lang),

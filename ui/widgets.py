@@ -98,6 +98,14 @@ def pair_result(ctx: PageContext, outcome: verify.PairOutcome) -> None:
     top = st.columns([1, 2, 1.2])
     similarity = result.similarity
     top[0].metric(ctx.t("verify.similarity"), "—" if similarity is None else f"{similarity:.3f}")
+    words = formatting.similarity_in_words(similarity, ctx.lang)
+    if words:
+        top[0].markdown(f"**{words}**")
+    if result.cohort_score is not None:
+        top[0].caption(
+            f"{ctx.t('similarity.cohort_score')}: {result.cohort_score:.2f}",
+            help=ctx.t("similarity.cohort_score_help"),
+        )
     top[0].caption(
         ctx.t(
             "verify.threshold_line",

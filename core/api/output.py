@@ -14,6 +14,7 @@ from core.storage.schema import (
     Review,
 )
 from core.storage.schema import VerificationResult as ResultRow
+from core.verification.result import similarity_words
 
 
 def photo_out(analysis: dict | None) -> dict | None:
@@ -67,6 +68,7 @@ def result_out(session: Session, row: ResultRow) -> dict:
         },
         "same_person": row.same_person,
         "similarity": row.similarity,
+        "similarity_words": words_code(row.similarity),
         "threshold": row.threshold,
         "uncertain_band": [row.band_low, row.band_high],
         "predicted_gender": row.predicted_gender,
@@ -94,3 +96,9 @@ def jsonable(value):
     if isinstance(value, datetime):
         return value.isoformat(timespec="milliseconds") + ("Z" if value.tzinfo is None else "")
     return value
+
+
+def words_code(similarity: float | None) -> str | None:
+    """The similarity in words, as a code an app can translate (very_likely_same ... very_likely_different)."""
+    key = similarity_words(similarity)
+    return None if key is None else key.split(".", 1)[1]

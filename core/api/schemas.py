@@ -78,6 +78,11 @@ class VerificationOut(BaseModel):
     review: ReviewOut | None = None
     same_person: bool | None
     similarity: float | None
+    similarity_words: str | None = Field(
+        None,
+        description="the similarity in words: very_likely_same, likely_same, cannot_tell, "
+        "likely_different or very_likely_different",
+    )
     threshold: float
     uncertain_band: list[float]
     predicted_gender: str | None

@@ -428,3 +428,11 @@ def table(
         if format_cell is not None:
             shown[column] = [format_cell(v, lang) for v in shown[column]]
     return shown.rename(columns=lambda c: t(f"{heading}.{c}", lang))
+
+
+def similarity_in_words(similarity: float | None, lang: str) -> str | None:
+    """The calibrated similarity as words staff can read ("Very likely the same person", ...)."""
+    from core.verification.result import similarity_words
+
+    key = similarity_words(similarity)
+    return None if key is None else t(key, lang)

@@ -145,3 +145,21 @@ def test_the_display_timezone_setting_is_used_everywhere_and_checked():
     wrong = run("Mars/Olympus")
     assert wrong.returncode != 0
     assert "DISPLAY_TIMEZONE 'Mars/Olympus' is not a time zone" in wrong.stderr
+
+
+def test_the_similarity_reads_as_words_in_both_languages_and_as_a_code_for_the_api():
+    from core.api.output import words_code
+    from core.dashboard.formatting import similarity_in_words
+
+    assert similarity_in_words(0.999, "en") == "Very likely the same person"
+    assert similarity_in_words(0.5, "en") == "Cannot tell from these photos"
+    assert similarity_in_words(0.001, "en") == "Very likely different people"
+    assert any("\uac00" <= ch <= "\ud7a3" for ch in similarity_in_words(0.95, "ko"))
+    assert similarity_in_words(None, "en") is None
+    assert [words_code(p) for p in (0.995, 0.95, 0.5, 0.05, 0.0)] == [
+        "very_likely_same",
+        "likely_same",
+        "cannot_tell",
+        "likely_different",
+        "very_likely_different",
+    ]
