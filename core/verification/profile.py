@@ -55,6 +55,11 @@ CORROBORATE_FROM: float | None = None
 # strangers' photos, the highest at 0.802, the next 0.527; 0.85 approves none of them and leaves
 # 0.7% of the members' own photos to a person); a new model version is re-checked the same way.
 PROFILE_APPROVE_AT: float | None = 0.85
+# A best face below this (or below the version's reject_below, whichever is higher) is a confident
+# non-match. The profile rule was measured with this reject point (v20261201-102216's, a calibrated
+# probability of one person of 1.25%); a version chosen for the pair decision with a far lower one
+# (the cohort-normalised versions: 0.00015) would send every stranger's photo to a person instead.
+PROFILE_REJECT_BELOW = 0.0125
 _DEFAULT = object()
 
 # Flags about the selfie that stop an automatic verification, whatever the photos show.
@@ -78,7 +83,8 @@ class ProfileRule:
         points = engine.model.operating_points
         chosen = CORROBORATE_FROM if corroborate_from is _DEFAULT else corroborate_from
         floor = PROFILE_APPROVE_AT if approve_at is _DEFAULT else approve_at
-        return cls(max(points.approve_at, floor or 0.0), points.reject_below, chosen)
+        reject = max(points.reject_below, PROFILE_REJECT_BELOW)
+        return cls(max(points.approve_at, floor or 0.0), min(reject, points.approve_at), chosen)
 
 
 @dataclass

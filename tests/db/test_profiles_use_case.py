@@ -163,7 +163,7 @@ def test_photos_added_later_and_the_badge(session_factory, photo_store, engine):
         )
         assert in_question == 4 and [p.position for p in strip] == [1, 2, 3, 4]
         assert strip[3].state == "does_not_match" and all(p.image is not None for p in strip)
-        reviews.decide(s, stranger.result_id, "reviewer", "reject")
+        reviews.decide(s, stranger.result_id, "reviewer", "reject", label="different")
     with session_factory() as s:
         # Rejected: out of the public list, and the badge is back.
         assert [p for p, _ in states(session_factory, "m-kofi", public=True)] == [1, 2, 3]
