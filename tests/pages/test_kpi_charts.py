@@ -11,7 +11,7 @@ import pandas as pd
 
 from core.dashboard import kpis
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LONG = [
     "Spring re-verification of the Busan members 2026-03",
     "Spring re-verification of the Busan members 2026-04",
