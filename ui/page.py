@@ -89,6 +89,7 @@ def _keep_choices() -> None:
             continue
         if isinstance(value, _CHOICE_TYPES) or (
             isinstance(value, (list, tuple))
+            and value  # an empty list may be a multi-file upload's, which cannot be set
             and all(isinstance(v, _CHOICE_TYPES) and not isinstance(v, bool) for v in value)
         ):
             st.session_state[key] = value

@@ -129,5 +129,5 @@ def test_the_shown_label_follows_the_language(app_env, open_page):
     at.radio(key="kpi_per").set_value("day").run()
     switch(at, "en")
     radio = at.radio(key="kpi_per")
-    assert radio.options == ["Batch", "Day"], radio.options
+    assert radio.options == ["Batch", "Day", "Week", "Month"], radio.options
     assert shown_in_browser(radio, "radio", "일") == "Day"
