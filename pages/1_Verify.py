@@ -100,15 +100,8 @@ def challenge_block(member_id: str | None) -> str | None:
 
 
 def profile_block(member_id: str | None, gender: str | None):
-    uploads_ = st.file_uploader(
-        ctx.t("profile.photos_upload"),
-        type=["jpg", "jpeg", "png", "webp", "heic"],
-        accept_multiple_files=True,
-        key="profile_photos_files",
-    )
-    selfie = st.file_uploader(
-        ctx.t("profile.selfie_upload"), type=["jpg", "jpeg", "png", "webp", "heic"], key="profile_selfie_file"
-    )
+    uploads_ = file_input(ctx, st, "profile.photos_upload", "photo", "profile_photos_files", several=True)
+    selfie = file_input(ctx, st, "profile.selfie_upload", "photo", "profile_selfie_file")
     if not st.button(ctx.t("profile.run"), disabled=not has_model, key="profile_run"):
         answer = st.session_state.get("profile_answer")
     elif selfie is None or (not uploads_ and mode_is_new(member_id)):

@@ -31,6 +31,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) must find the core package
     sys.path.insert(0, str(ROOT))
+# Test modules share fixtures across groups (`from test_api import api`): each group's folder is
+# importable whichever files a run selects.
+for _group in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir()):
+    if not _group.name.startswith((".", "_")) and str(_group) not in sys.path:
+        sys.path.append(str(_group))
 
 
 # The groups of tests (tests/<group>/), as the code is laid out. The fast lane, `pytest -m "not slow"`,

@@ -20,7 +20,7 @@ def show_photo(container, image, caption: str | None = None, width="stretch") ->
     container.image(uri, caption=caption, width=width)
 
 
-def file_input(ctx: PageContext, container, label_key: str, kind: str, key: str):
+def file_input(ctx: PageContext, container, label_key: str, kind: str, key: str, several: bool = False):
     """st.file_uploader with what Streamlit lets a page set in its own language: the label, the
     help (types and limit, and how to add a file) and the per-file limit it shows and enforces."""
     types, limit_mb = uploads.UPLOAD_KINDS[kind]
@@ -30,6 +30,7 @@ def file_input(ctx: PageContext, container, label_key: str, kind: str, key: str)
         key=key,
         help=uploads.uploader_help(kind, ctx.lang),
         max_upload_size=limit_mb,
+        accept_multiple_files=several,
     )
 
 
