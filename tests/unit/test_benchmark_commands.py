@@ -70,7 +70,19 @@ def test_every_benchmark_has_a_command_here():
         "load-combined",
         "scale-out",
         "imports",
+        # each run on a tiny input in the tests of what it measures:
+        "profiles",  # tests/unit/test_profile.py
+        "self-measure",  # tests/db/test_self_measurement.py
+        "scale",  # tests/db/test_scale_bench.py
+        "api-memory",  # below
     }
+
+
+def test_bench_api_memory_on_a_small_burst(tmp_path):
+    out = tmp_path / "memory.json"
+    text = ok(bench("api-memory", "--concurrency", "2", "--json", str(out)))
+    figures = json.loads(out.read_text())
+    assert figures["server_survived"] and 0 < figures["peak_rss_mb"] < figures["limit_mb"], text
 
 
 def test_bench_search_on_the_shipped_models_projection_length(tmp_path):
