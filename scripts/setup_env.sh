@@ -10,7 +10,7 @@ fi
 stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "Installing requirements (about a minute the first time)" >&2
+    echo "Installing requirements (a few minutes the first time)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -r requirements.txt
     echo "$want" > "$stamp"
