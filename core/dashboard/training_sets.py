@@ -8,7 +8,7 @@
                                                  checked, then written under root (TRAINING_SETS_DIR)
 
 The LFW layout: photos named Person_Name_0001.jpg, flat or in one folder per person, and a
-people.csv with the columns person,gender (M or F), as `python -m core.training.pipeline` reads.
+people.csv with the columns person,gender (M or F), as `python -m core train` reads.
 Problems are raised as TrainingSetError with every problem found, in plain words.
 """
 

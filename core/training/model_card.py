@@ -56,7 +56,7 @@ def model_card(metadata: dict) -> str:
         f"# Model card: {version}",
         "",
         f"Created {metadata.get('created_at', '?')} by the project's training command "
-        "(python -m core.training.pipeline).",
+        "(python -m core train).",
         "",
         "## What it does",
         "Decides whether two face photos show the same person (similarity 0..1, the calibrated "

@@ -87,3 +87,23 @@ def test_store_new_key_and_rotation(tmp_path, monkeypatch, capsys):
     assert "rewrote 1, 0 already" in capsys.readouterr().out
     assert cli.main(["store", "rotate-key"]) == 0
     assert "rewrote 0, 1 already" in capsys.readouterr().out
+
+
+def test_train_parses_its_own_arguments(capsys, tmp_path):
+    """`train` lists the training arguments itself, and refuses a people file it cannot read before
+    any photo goes through a network (exit 2, the reason on stderr)."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train", "--help-pipeline"])
+    assert stopped.value.code == 0
+    shown = capsys.readouterr().out
+    for option in ("--images", "--people", "--json", "--set", "--cohort", "--gender-only", "--promote"):
+        assert option in shown
+    people = tmp_path / "people.csv"
+    people.write_text("person,sex\nAnn_Lee,F\n")
+    images = ROOT / "data" / "sample" / "images"
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(
+            ["train", "--images", str(images), "--people", str(people), "--json", str(tmp_path / "o.json")]
+        )
+    assert stopped.value.code == 2 and "missing column(s) gender" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()

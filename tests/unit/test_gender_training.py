@@ -211,7 +211,7 @@ def test_east_asian_men_and_women_on_people_never_trained_on():
     called women than the pretrained network alone, and false mismatch flags under the 3% target for
     men and women of both sets. (So small a run leaves most men unconfirmed, below the flag's
     confidence; the 3% targets on the decision itself are measured with the whole LFW development
-    set, python -m core.training.pipeline with --gender-only.)
+    set, python -m core train with --gender-only.)
     Featurises about 1,040 photos: a minute on a quiet machine.
     """
     import re
