@@ -174,6 +174,7 @@ def _signed_in_context(entry: bool) -> PageContext:
     if session_factory is None:
         service_unavailable()
     user = auth.signed_in_user(session_factory)
+    auth.keep_in_browser()  # the sign-in cookie written after a sign-in, cleared after a sign-out
     if user is None or auth.must_change_password():
         if entry:
             _navigation(None, position="hidden")

@@ -601,3 +601,7 @@ class ProfilePhoto(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     photo: Mapped[Photo] = relationship()
+
+
+# Tables kept in their own modules, registered on Base.metadata with the rest.
+from core.storage import sign_in_sessions as _sign_in_sessions  # noqa: E402,F401
