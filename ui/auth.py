@@ -180,6 +180,11 @@ def signed_in_user(session_factory) -> User | None:
     return User(user.username, user.role, user.display_name)
 
 
+def current_sign_in() -> int | None:
+    """The server-side sign-in of this session (None for a sign-in held only in this session)."""
+    return (st.session_state.get(AUTH_KEY) or {}).get("sign_in")
+
+
 def must_change_password() -> bool:
     return bool((st.session_state.get(AUTH_KEY) or {}).get("must_change_password"))
 

@@ -58,6 +58,7 @@ class PageContext:
     lang: str
     session_factory: object
     store: object
+    sign_in: int | None = None  # the server-side sign-in (a download is bound to it)
 
     def t(self, key: str, **fmt) -> str:
         return t(key, self.lang, **fmt)
@@ -194,6 +195,7 @@ def _signed_in_context(entry: bool) -> PageContext:
         lang=lang(),
         session_factory=session_factory,
         store=resources.get_store(),
+        sign_in=auth.current_sign_in(),
     )
 
 

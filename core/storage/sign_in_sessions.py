@@ -9,6 +9,7 @@ ends every row of the user (end_all_for_user), so a copied cookie dies with them
 
 start(session, user, hours) -> (row id, token)                the token is shown once, never stored
 restore(session, token, idle_minutes) -> (row, user) | None  audited as "session_restore"
+restore_quietly(...)                                         the same check, not audited
 alive(session, row_id, idle_minutes) -> bool                 each run; refreshes last_seen_at
 end(session, row_id, reason) / end_all_for_user(session, user_id, reason, keep=None)
 
@@ -92,11 +93,12 @@ def _end(row: SignInSession, reason: str, now: datetime) -> None:
         row.end_reason = reason
 
 
-def restore(
+def restore_quietly(
     session: Session, token: str, idle_minutes: float, now: datetime | None = None
 ) -> tuple[SignInSession, User] | None:
     """The sign-in and its user for a token a browser presented, or None (unknown, ended, expired,
-    idle, or the user deactivated; a row found over is ended with its reason). Audited."""
+    idle, or the user deactivated; a row found over is ended with its reason). Not audited, and its
+    activity is not refreshed: for a request made from a page already signed in (a download)."""
     if not token or len(token) > 200:
         return None
     now = now or utcnow()
@@ -110,6 +112,19 @@ def restore(
             _end(row, reason, now)
             session.commit()
         return None
+    return row, user
+
+
+def restore(
+    session: Session, token: str, idle_minutes: float, now: datetime | None = None
+) -> tuple[SignInSession, User] | None:
+    """restore_quietly for a new browser connection (a reload, a new tab): its activity refreshed
+    and the restore audited."""
+    now = now or utcnow()
+    found = restore_quietly(session, token, idle_minutes, now)
+    if found is None:
+        return None
+    row, user = found
     row.last_seen_at = now
     audit.log(session, user.username, RESTORE, "user", user.username, {"sign_in": row.id})
     session.commit()
