@@ -100,7 +100,8 @@ def daily_dashboard(tmp_path_factory, dashboard_models):
     init_db(engine)
     factory = session_factory(engine)
     with factory() as session:
-        create_user(session, "daily_admin", USER_PASSWORD, "admin")
+        for lang in ("ko", "en"):  # one each: a sign-in switches to the user's saved language
+            create_user(session, f"daily_{lang}", USER_PASSWORD, "admin")
         importer.load_sample_members(session, actor="test", photo_store=store)
         members = session.query(Member).order_by(Member.id).all()
         now = utcnow()
@@ -108,7 +109,7 @@ def daily_dashboard(tmp_path_factory, dashboard_models):
             batch = Batch(
                 name=name,
                 source="page",
-                created_by="daily_admin",
+                created_by="test",
                 created_at=now - timedelta(days=3 - i),
                 model_version="test",
                 status="done",
@@ -139,7 +140,7 @@ def daily_dashboard(tmp_path_factory, dashboard_models):
                         ground_truth_same=same,
                         ground_truth_gender=member.gender,
                         decided_at=now,
-                        decided_by="daily_admin",
+                        decided_by="test",
                         created_at=batch.created_at,
                     )
                 )
@@ -330,7 +331,7 @@ def test_daily_use_in_both_languages_at_both_sizes(daily_dashboard):
                     with _kept_on_failure(page, f"{lang}_reload"):
                         # Signed in on the review queue; a reload keeps the user, the page and the pair.
                         page.goto(_page_url(base, "pages/2_Review_Queue.py", lang))
-                        _sign_in(page, "daily_admin", lang)
+                        _sign_in(page, f"daily_{lang}", lang)
                         heading = page.get_by_role("heading", name=re.compile(r"M0011"))
                         expect(heading).to_be_visible(timeout=60000)
                         item = _item_of(page.url)
@@ -388,7 +389,7 @@ def test_daily_use_in_both_languages_at_both_sizes(daily_dashboard):
         finally:
             browser.close()
     with factory() as session:
-        actions = session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "daily_admin")).all()
+        actions = session.scalars(select(AuditEntry.action).where(AuditEntry.actor.like("daily_%"))).all()
         rows = session.scalars(select(sign_in_sessions.SignInSession)).all()
     assert actions.count("login") == 2 and actions.count(sign_in_sessions.RESTORE) == 2, actions
     assert actions.count("logout") == 2 and actions.count(downloads.DOWNLOAD) == 1, actions

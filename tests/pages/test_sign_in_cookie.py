@@ -1,0 +1,64 @@
+"""The sign-in kept across reloads, as the pages drive it (AppTest): a sign-in through the form
+starts a server-side sign-in and writes its token into the browser's cookie from a component; the
+sign-out ends it and clears the cookie; a reset password elsewhere signs this session out. (The
+reload itself, in a real browser: tests/e2e/test_daily_use.py.)"""
+
+from __future__ import annotations
+
+import re
+
+from conftest import USER_PASSWORD
+from sqlalchemy import select
+
+from core.storage import sign_in_sessions as sis
+from core.storage import users as user_store
+from ui.auth import COOKIE
+
+
+def _cookie_writes(at) -> list[str]:
+    """The cookie strings the page's components write (the html of each components.html iframe)."""
+    writes = []
+    for element in at.get("iframe"):
+        html = getattr(element.proto, "srcdoc", "") or ""
+        writes += re.findall(rf'"({COOKIE}=[^"]*)"', html)
+    return writes
+
+
+def _sign_in(at) -> None:
+    at.text_input(key="login_username").input("staff_user")
+    at.text_input(key="login_password").input(USER_PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception
+
+
+def test_sign_in_writes_the_cookie_of_a_server_side_sign_in_and_sign_out_clears_it(app_env, open_page):
+    at = open_page("home", role=None)
+    assert not _cookie_writes(at)
+    _sign_in(at)
+    writes = _cookie_writes(at)
+    assert len(writes) == 1, writes
+    token = re.fullmatch(rf"{COOKIE}=([^;]+); Max-Age=(\d+); Path=/; SameSite=Strict", writes[0])
+    assert token and int(token.group(2)) == 12 * 3600
+    with app_env.session() as session:
+        row = session.scalar(select(sis.SignInSession))
+    assert row.token_hash == sis.token_hash(token.group(1)) and row.ended_at is None
+    assert at.session_state["auth"]["sign_in"] == row.id
+    at.run()  # drawn on every run until the session ends (the iframe must live to run its script)
+    assert len(_cookie_writes(at)) == 1
+
+    at.button(key="sign_out").click().run()
+    assert _cookie_writes(at) == [f"{COOKIE}=; Max-Age=0; Path=/; SameSite=Strict"]
+    with app_env.session() as session:
+        row = session.get(sis.SignInSession, row.id)
+    assert row.ended_at is not None and row.end_reason == sis.SIGNED_OUT
+
+
+def test_a_password_reset_elsewhere_ends_this_sign_in_at_the_next_click(app_env, open_page):
+    at = open_page("home", role=None)
+    _sign_in(at)
+    with app_env.session() as session:
+        user_store.set_password(session, "staff_user", "a new password 123", actor="admin_user")
+    at.run()
+    assert "auth" not in at.session_state
+    assert at.text_input(key="login_username")  # the sign-in form again
+    assert _cookie_writes(at) == [f"{COOKIE}=; Max-Age=0; Path=/; SameSite=Strict"]
