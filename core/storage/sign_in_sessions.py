@@ -22,12 +22,12 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
 from sqlalchemy import select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from core.storage import audit
-from core.storage.schema import TABLE_ARGS, Base, DateTime, User, utcnow
+from core.storage.schema import User, utcnow
+from core.storage.sign_in_rows import SignInSession
 
 RESTORE = "session_restore"
 TOKEN_BYTES = 32
@@ -39,20 +39,6 @@ EXPIRED = "expired"
 IDLE = "idle"
 PASSWORD_CHANGED = "password_changed"
 DEACTIVATED = "deactivated"
-
-
-class SignInSession(Base):
-    __tablename__ = "sign_in_sessions"
-    __table_args__ = (TABLE_ARGS,)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)  # sha256 hex of the token
-    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
-    end_reason: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 def token_hash(token: str) -> str:
