@@ -7,9 +7,9 @@ typing, the text comes back after signing in again.
 
 A reload opens a new Streamlit session, which would start signed out: so each sign-in also starts a
 server-side one (core.storage.sign_in_sessions) whose random token the browser keeps as a cookie
-(COOKIE, written by a tiny component: SameSite=Strict, Path=/, Secure over https). A new session
-reads it from st.context.cookies and signs the user in again while the server's row holds. Sign-out
-ends the row and clears the cookie.
+(COOKIE: HttpOnly, SameSite=Strict, Path=/, Secure over https; a tiny component asks the dashboard's
+own route to set it, core.dashboard.cookies). A new session reads it from st.context.cookies and
+signs the user in again while the server's row holds. Sign-out ends the row and clears the cookie.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import streamlit.components.v1 as components
 from sqlalchemy.exc import SQLAlchemyError
 
 from core import config
-from core.dashboard import access
+from core.dashboard import access, cookies
 from core.dashboard.users import error_text
 from core.errors import FaceVerifyError
 from core.i18n import LANGUAGES, t
@@ -37,6 +37,7 @@ COOKIE = "faceverify_sign_in"
 TOKEN_KEY = "sign_in_token"  # the token to write into the browser's cookie (this session's sign-in)
 CLEAR_KEY = "sign_in_cookie_clear"  # the browser's cookie is to be cleared (signed out)
 TRIED_KEY = "sign_in_cookie_tried"  # the cookie's token was tried once in this session
+SCRIPT_KEY = "sign_in_cookie_script"  # (value, the component's html): one one-time code per change
 
 
 @dataclass(frozen=True)
@@ -86,29 +87,36 @@ def _browser_token() -> str | None:
 
 
 def _cookie_script(value: str, max_age: int) -> str:
-    # The component's iframe is sandboxed with allow-scripts and allow-same-origin: it shares the
-    # dashboard's origin, so it may write the top document's cookie.
+    # The value goes to the dashboard's own route under a one-time code, which answers with an
+    # HttpOnly Set-Cookie (ui/app.py): no script on the page can read the token. The component's
+    # iframe (sandboxed with allow-scripts and allow-same-origin) shares the dashboard's origin.
+    code = cookies.offer(value, max_age)
     return f"""<script>
 (() => {{
-  const doc = window.parent.document;
-  const secure = window.parent.location.protocol === "https:" ? "; Secure" : "";
-  doc.cookie = "{COOKIE}={value}; Max-Age={max_age}; Path=/; SameSite=Strict" + secure;
+  const top = window.parent.location;
+  const https = top.protocol === "https:" ? "?https=1" : "";
+  fetch(top.origin + "{cookies.COOKIE_ROUTE}/{code}" + https, {{method: "POST", credentials: "same-origin"}});
 }})();
 </script>"""
 
 
 def keep_in_browser() -> None:
-    """Write (after a sign-in) or clear (after a sign-out) the browser's sign-in cookie; a hidden
-    component, drawn on every run until this session ends, since its iframe must live long enough
-    for the script to run."""
+    """Write (after a sign-in) or clear (after a sign-out) the browser's sign-in cookie, once a
+    session each: a hidden component whose script asks the dashboard's server to set it."""
     token = st.session_state.get(TOKEN_KEY)
     if token and st.session_state.get(AUTH_KEY):
         if _browser_token() != token:
+            script = st.session_state.get(SCRIPT_KEY)
+            if script is None or script[0] != token:  # one code a sign-in: the same iframe each run
+                script = st.session_state[SCRIPT_KEY] = (token, _cookie_script(token, int(_hours() * 3600)))
             with st.sidebar:
-                components.html(_cookie_script(token, int(_hours() * 3600)), height=0)
+                components.html(script[1], height=0)
     elif st.session_state.get(CLEAR_KEY):
+        script = st.session_state.get(SCRIPT_KEY)
+        if script is None or script[0] != "":
+            script = st.session_state[SCRIPT_KEY] = ("", _cookie_script("", 0))
         with st.sidebar:
-            components.html(_cookie_script("", 0), height=0)
+            components.html(script[1], height=0)
 
 
 def _signed_out(session_factory, current: dict, reason: str, notice: str) -> None:
