@@ -2,7 +2,8 @@
 
 One browser; one signed-in context per language, reused across both sizes:
 - a reload keeps the reviewer signed in, on the same page and the same pair (?item= kept), from the
-  server-side sign-in the cookie names; after signing out a reload shows the sign-in form;
+  server-side sign-in the cookie names (HttpOnly, SameSite=Strict: no page script reads it); after
+  signing out a reload shows the sign-in form;
 - the review asks what the photos show (the label) apart from the decision buttons;
 - the language switch keeps the choices made (the review label, the KPI period unit);
 - the KPI charts are one per row below 1,200 px, their legends clear of the axis labels, nothing cut
@@ -360,6 +361,8 @@ def test_daily_use_in_both_languages_at_both_sizes(daily_dashboard):
                         assert (
                             cookie["sameSite"] == "Strict" and cookie["path"] == "/" and not cookie["secure"]
                         )
+                        assert cookie["httpOnly"], "no page script may read the sign-in token"
+                        assert "faceverify_sign_in" not in page.evaluate("document.cookie")
                         page.reload()
                         expect(sidebar.get_by_text(t("auth.sign_out", lang))).to_be_visible(timeout=60000)
                         _settle(page, timeout_ms=60000)
