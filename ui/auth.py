@@ -79,8 +79,8 @@ def _hours() -> float:
 def _browser_token() -> str | None:
     """The sign-in token the browser sent when this session connected (st.context.cookies)."""
     try:
-        cookies = st.context.cookies
-        value = cookies.get(COOKIE) if hasattr(cookies, "get") else None
+        jar = st.context.cookies
+        value = jar.get(COOKIE) if hasattr(jar, "get") else None
     except Exception:  # outside a browser session
         return None
     return value if isinstance(value, str) and value else None  # AppTest hands out a mock
