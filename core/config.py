@@ -88,6 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("DECODE_MEMORY_MB", float, None, "decoder memory shared by all photos being decoded in one process (MB); unset: 320, or the API's budget"),
     # Dashboard
     _setting("SESSION_IDLE_MINUTES", float, 30.0, "dashboard sign-in ends after this long without activity (minutes)"),
+    _setting("SESSION_HOURS", float, 12.0, "a dashboard sign-in (kept across reloads by a cookie) ends this long after it began (hours)"),
     _setting("FACEVERIFY_WARM_ENGINE", bool, True, "load the models as soon as Home is drawn (off: at the first verification)"),
     _setting("FACEVERIFY_ADMIN_PASSWORD", str, None, "the password `users create-admin` uses instead of asking (scripts)", secret=True),
     _setting("DISPLAY_TIMEZONE", str, "Asia/Seoul", "IANA time zone every page, table and chart shows times and days in, with its abbreviation (the database keeps UTC; a restart applies a change)"),

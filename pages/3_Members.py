@@ -183,23 +183,25 @@ with tab_list:
                     st.dataframe(formatting.table(access, ctx.lang), hide_index=True, width="stretch")
                 cols = st.columns(2)
                 if cols[0].button(ctx.t("members.export", member=member.id), key="members_export"):
+                    # Built on disk and fetched once from the dashboard's own route by this sign-in
+                    # (core.dashboard.downloads): never through a Streamlit /media address.
                     try:
                         with ctx.session() as session:
-                            data = svc.export(session, ctx.store, member.id, ctx.username)
-                        st.session_state["members_export_zip"] = (member.id, data)
+                            link = svc.export_link(session, ctx.store, member.id, ctx.username, ctx.sign_in)
+                        st.session_state["members_export_link"] = (member.id, link)
                     except svc.ExportTooLarge:
                         limit = f"{svc.export_limit_mb():,}"
                         st.error(ctx.t("members.export_too_large", member=member.id, limit=limit))
-                ready = st.session_state.get("members_export_zip")
+                    except svc.NoSignIn:
+                        st.error(ctx.t("members.export_sign_in_again"))
+                ready = st.session_state.get("members_export_link")
                 if ready and ready[0] == member.id:
-                    cols[0].download_button(
+                    cols[0].link_button(
                         ctx.t("members.export_download", member=member.id),
                         ready[1],
-                        file_name=f"member-{member.id}.zip",
-                        mime="application/zip",
-                        key="members_export_download",
-                        on_click="ignore",
+                        icon=":material/download:",
                     )
+                    cols[0].caption(ctx.t("members.export_once", minutes=svc.export_link_minutes()))
                 with cols[1].expander(ctx.t("members.erase", member=member.id)):
                     st.warning(ctx.t("members.erase_warning", member=member.id))
                     typed = st.text_input(
@@ -213,7 +215,7 @@ with tab_list:
                         key="members_erase",
                     ):
                         report = svc.erase(ctx.session_factory, ctx.store, member.id, ctx.username)
-                        st.session_state.pop("members_export_zip", None)
+                        st.session_state.pop("members_export_link", None)
                         st.session_state["members_notice"] = ctx.t(
                             "members.erased",
                             member=member.id,

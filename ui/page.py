@@ -58,6 +58,7 @@ class PageContext:
     lang: str
     session_factory: object
     store: object
+    sign_in: int | None = None  # the server-side sign-in (a download is bound to it)
 
     def t(self, key: str, **fmt) -> str:
         return t(key, self.lang, **fmt)
@@ -174,6 +175,7 @@ def _signed_in_context(entry: bool) -> PageContext:
     if session_factory is None:
         service_unavailable()
     user = auth.signed_in_user(session_factory)
+    auth.keep_in_browser()  # the sign-in cookie written after a sign-in, cleared after a sign-out
     if user is None or auth.must_change_password():
         if entry:
             _navigation(None, position="hidden")
@@ -193,6 +195,7 @@ def _signed_in_context(entry: bool) -> PageContext:
         lang=lang(),
         session_factory=session_factory,
         store=resources.get_store(),
+        sign_in=auth.current_sign_in(),
     )
 
 

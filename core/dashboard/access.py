@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from core.storage import audit, users
+from core.storage import audit, sign_in_sessions, users
 from core.storage.client_address import dashboard_client_address
 from core.storage.schema import ADMIN, DATA_SCIENTIST, MANAGER, ROLES, STAFF, User
 
@@ -83,9 +83,10 @@ class SignedIn:
     language: str | None
     must_change_password: bool
     active: bool = True
+    sign_in: int | None = None  # the server-side sign-in (sign_in_sessions row), once started
 
 
-def _signed_in(user: User) -> SignedIn:
+def _signed_in(user: User, sign_in: int | None = None) -> SignedIn:
     return SignedIn(
         user.username,
         user.role,
@@ -93,6 +94,7 @@ def _signed_in(user: User) -> SignedIn:
         user.language,
         bool(user.must_change_password),
         bool(user.active),
+        sign_in,
     )
 
 
@@ -110,9 +112,33 @@ def find_user(session: Session, username: str) -> SignedIn | None:
     return None if user is None else _signed_in(user)
 
 
-def sign_in(session: Session, username: str, password: str, client: str | None = None) -> SignedIn:
-    """The user, once name and password match (AuthenticationFailed, SignInThrottled otherwise)."""
-    return _signed_in(users.authenticate(session, username, password, client=client))
+def sign_in(
+    session: Session, username: str, password: str, client: str | None = None, hours: float = 12.0
+) -> tuple[SignedIn, str]:
+    """The user, once name and password match (AuthenticationFailed, SignInThrottled otherwise),
+    and the token of the server-side sign-in started for them (the browser keeps it as a cookie)."""
+    user = users.authenticate(session, username, password, client=client)
+    row_id, token = sign_in_sessions.start(session, user, hours)
+    return _signed_in(user, row_id), token
+
+
+def restore_sign_in(session: Session, token: str | None, idle_minutes: float) -> SignedIn | None:
+    """The user a browser's sign-in token names while it holds (audited), or None."""
+    found = sign_in_sessions.restore(session, token or "", idle_minutes)
+    return None if found is None else _signed_in(found[1], found[0].id)
+
+
+def sign_in_alive(session: Session, sign_in: int, idle_minutes: float) -> bool:
+    return sign_in_sessions.alive(session, sign_in, idle_minutes)
+
+
+def sign_out(session: Session, username: str, sign_in: int | None, reason: str = "signed_out") -> None:
+    """End the server-side sign-in (its cookie restores nothing any more) and audit the sign-out."""
+    sign_in_sessions.end(session, sign_in, reason)
+    audit.log(
+        session, username, "logout", "user", username, {"reason": reason} if reason != "signed_out" else None
+    )
+    session.commit()
 
 
 def create_first_admin(session: Session, username: str, password: str) -> str | None:
@@ -122,8 +148,9 @@ def create_first_admin(session: Session, username: str, password: str) -> str | 
     return users.create_user(session, username, password, users.ADMIN, actor="first-run").username
 
 
-def change_password(session: Session, username: str, old: str, new: str) -> None:
-    users.change_password(session, username, old, new)
+def change_password(session: Session, username: str, old: str, new: str, sign_in: int | None = None) -> None:
+    """The user's own change; their other sign-ins end, this one holds."""
+    users.change_password(session, username, old, new, keep_sign_in=sign_in)
 
 
 def remember_language(session: Session, username: str, lang: str) -> None:

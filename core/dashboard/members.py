@@ -13,6 +13,7 @@ import hashlib
 
 import pandas as pd
 
+from core.dashboard import downloads
 from core.dashboard.formatting import local_time
 from core.storage import queries
 from core.storage.photostore import PhotoNotFound
@@ -194,9 +195,22 @@ def export_limit_mb() -> int:
     return privacy.export.max_export_bytes() // 2**20
 
 
-def export(session, store, member_id: str, actor: str) -> bytes:
-    """Everything held about the member, as a ZIP (audited)."""
-    return privacy.export_member(session, store, member_id, actor, why=PAGE)
+class NoSignIn(Exception):
+    """The page's sign-in has no server-side row to bind a download to (sign in again)."""
+
+
+def export_link(session, store, member_id: str, actor: str, sign_in: int | None) -> str:
+    """The member's export built on disk (audited) and offered once to this sign-in: the address
+    of its one-time download (core.dashboard.downloads), good for a few minutes."""
+    if sign_in is None:
+        raise NoSignIn()
+    path = privacy.export_member_file(session, store, member_id, actor, why=PAGE)
+    code = downloads.offer(path, f"member-{member_id}.zip", sign_in, actor, "members", member_id)
+    return downloads.url(code)
+
+
+def export_link_minutes() -> int:
+    return max(1, round(downloads.LIFETIME_S / 60))
 
 
 def erase(session_factory, store, member_id: str, actor: str):

@@ -9,36 +9,22 @@ reviews survive when a user is deactivated or removed.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-
-def utcnow() -> datetime:
-    """Naive UTC timestamp: both backends store DATETIME without a zone, so we keep everything in UTC."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-# Constraint names fixed by convention, so later migrations can refer to them on every backend.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-# Microsecond timestamps on MySQL (its DATETIME drops fractions by default); SQLite keeps them anyway.
-DateTime = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
-BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-# Binary collation on MySQL: member IDs compare case-sensitively, as they do on SQLite.
-TABLE_ARGS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
-
-ID_LEN = 64  # member IDs, usernames, model versions
-SHA_LEN = 64
+# The declarative base and the column conventions every table shares (core.storage.schema_base).
+from core.storage.schema_base import (  # noqa: F401  (re-exported: callers import them from here)
+    ID_LEN,
+    NAMING_CONVENTION,
+    SHA_LEN,
+    TABLE_ARGS,
+    Base,
+    BigId,
+    DateTime,
+    utcnow,
+)
 
 # Roles
 STAFF, MANAGER, DATA_SCIENTIST, ADMIN = "staff", "manager", "data_scientist", "admin"
@@ -69,10 +55,6 @@ BATCH_PENDING, BATCH_RUNNING, BATCH_COMPLETED, BATCH_INTERRUPTED, BATCH_FAILED =
 
 # Training run statuses
 TRAINING_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-
-
-class Base(DeclarativeBase):
-    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class User(Base):
@@ -601,3 +583,7 @@ class ProfilePhoto(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     photo: Mapped[Photo] = relationship()
+
+
+# Tables kept in their own modules, registered on Base.metadata with the rest.
+from core.storage.sign_in_rows import SignInSession  # noqa: E402,F401

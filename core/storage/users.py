@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import FaceVerifyError
-from core.storage import audit, throttle
+from core.storage import audit, sign_in_sessions, throttle
 from core.storage.schema import ADMIN, ROLES, User, utcnow
 
 MIN_PASSWORD_LENGTH = 8
@@ -247,7 +247,10 @@ def _get(session: Session, username: str) -> User:
     return user
 
 
-def change_password(session: Session, username: str, old_password: str, new_password: str) -> None:
+def change_password(
+    session: Session, username: str, old_password: str, new_password: str, keep_sign_in: int | None = None
+) -> None:
+    """The user's own change: their other sign-ins end (`keep_sign_in`, the one making it, holds)."""
     user = _find(session, normalise_username(username))
     if not _verify(user, old_password) or user is None:
         raise AuthenticationFailed()
@@ -257,6 +260,7 @@ def change_password(session: Session, username: str, old_password: str, new_pass
     user.password_hash = hash_password(new_password)
     user.password_changed_at = utcnow()
     user.must_change_password = False
+    sign_in_sessions.end_all_for_user(session, user.id, sign_in_sessions.PASSWORD_CHANGED, keep=keep_sign_in)
     audit.log(session, user.username, audit.CHANGE_PASSWORD, "user", user.username)
     session.commit()
 
@@ -270,6 +274,7 @@ def set_password(
     user.password_hash = hash_password(new_password)
     user.password_changed_at = utcnow()
     user.must_change_password = bool(must_change)
+    sign_in_sessions.end_all_for_user(session, user.id, sign_in_sessions.PASSWORD_CHANGED)
     audit.log(
         session,
         actor,
@@ -310,6 +315,8 @@ def set_active(session: Session, username: str, active: bool, actor: str) -> Non
     if not active and user.active and user.role == ADMIN:
         _keep_an_administrator(session, user)
     user.active = bool(active)
+    if not active:
+        sign_in_sessions.end_all_for_user(session, user.id, sign_in_sessions.DEACTIVATED)
     audit.log(session, actor, "activate_user" if active else "deactivate_user", "user", user.username)
     session.commit()
 

@@ -50,6 +50,12 @@ def sentences_without_hangul(at) -> list[str]:
     parts += [m.label for m in at.metric]
     for frame in at.dataframe:
         parts += [str(c) for c in frame.value.columns]
+    return english_sentences(parts)
+
+
+def english_sentences(parts: list[str]) -> list[str]:
+    """The sentences among these texts that hold two or more Latin words and no Hangul (also used on
+    the text a real browser shows, tests/e2e)."""
     bad = []
     for part in parts:
         for line in part.splitlines():

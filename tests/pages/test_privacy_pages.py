@@ -5,13 +5,16 @@ the member after a confirmation that names them. Real sample photos, the embedde
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
-from conftest import engine_result
+import pytest
+from conftest import USER_PASSWORD, engine_result
 from sqlalchemy import func, select
 from test_pages import click_row, open_member
 
-from core.dashboard import verify
+from core.dashboard import access, downloads, verify
 from core.storage.schema import MEMBER_ERASED, AuditEntry, Member, Photo
 from core.workflows import importer
 
@@ -55,9 +58,30 @@ def test_members_page_views_are_audited_and_only_admins_see_access_history(app_e
     assert "Access history (administrators only)" in " ".join(m.value for m in admin.markdown)
     history = admin.dataframe[-1].value
     assert {"staff_user", "admin_user"} <= set(history["Who"]) and set(history["Where"]) == {"Members page"}
+
+
+def _link_code(at) -> str:
+    links = [el for el in at.get("link_button") if el.proto.url.startswith(downloads.DOWNLOAD_ROUTE + "/")]
+    assert len(links) == 1, [el.proto.url for el in at.get("link_button")]
+    return links[0].proto.url.rsplit("/", 1)[1]
+
+
+def test_members_page_export_is_a_one_time_download_of_this_sign_in_never_a_media_file(app_env, open_page):
+    """The ZIP never goes through st.download_button (whose /media address answers without a
+    sign-in): the page links to the dashboard's own route, which hands it once to the browser that
+    holds this sign-in's cookie while the sign-in holds, and audits the download."""
+    load_sample(app_env)
+    with app_env.session() as session:
+        mine, my_token = access.sign_in(session, "admin_user", USER_PASSWORD)
+        _other, other_token = access.sign_in(session, "admin_user", USER_PASSWORD)
+        _staff, staff_token = access.sign_in(session, "staff_user", USER_PASSWORD)
+    admin = open_page("pages/3_Members.py", "admin", "en", timeout=60)
+    admin.session_state["auth"]["sign_in"] = mine.sign_in
+    open_member(admin, "M0007")
     click_row(admin, "M0007")
     admin.button(key="members_export").click().run()
     assert not admin.exception
+    assert not admin.get("download_button"), "no Streamlit download (a /media address) for the ZIP"
     with app_env.session() as session:
         exported = session.scalars(select(AuditEntry).where(AuditEntry.action == "export_member")).one()
     assert (exported.actor, exported.target_id, exported.detail["why"]) == (
@@ -65,19 +89,62 @@ def test_members_page_views_are_audited_and_only_admins_see_access_history(app_e
         "M0007",
         "page:members",
     )
-    assert admin.get("download_button"), "the ZIP is offered for download"
+    code = _link_code(admin)
+    offered = downloads._offers[code]
+    assert offered.path.is_file() and offered.sign_in == mine.sign_in
+
+    # Without the cookie, or with another sign-in's (even the same user's): refused, and the code is spent.
+    for token in (None, other_token, staff_token):
+        click_row(admin, "M0007")
+        admin.button(key="members_export").click().run()
+        code = _link_code(admin)
+        path = downloads._offers[code].path
+        with app_env.session() as session, pytest.raises(downloads.Refused):
+            downloads.take(session, code, token, 30)
+        assert not path.exists(), "a refused download's file is deleted"
+        with app_env.session() as session, pytest.raises(downloads.Refused, match="unknown"):
+            downloads.take(session, code, my_token, 30)
+
+    # This sign-in: the ZIP once, audited; the same link again is refused.
+    click_row(admin, "M0007")
+    admin.button(key="members_export").click().run()
+    code = _link_code(admin)
+    with app_env.session() as session:
+        got = downloads.take(session, code, my_token, 30)
+        with zipfile.ZipFile(got.path) as archive:
+            assert json.loads(archive.read("member.json"))["member_id"] == "M0007"
+        with pytest.raises(downloads.Refused):
+            downloads.take(session, code, my_token, 30)
+        fetched = session.scalars(select(AuditEntry).where(AuditEntry.action == downloads.DOWNLOAD)).all()
+    assert [(e.actor, e.target_id, e.detail["file"]) for e in fetched] == [
+        ("admin_user", "M0007", "member-M0007.zip")
+    ]
+    got.path.unlink()
+
+    # After sign-out the link is dead too.
+    click_row(admin, "M0007")
+    admin.button(key="members_export").click().run()
+    code = _link_code(admin)
+    with app_env.session() as session:
+        access.sign_out(session, "admin_user", mine.sign_in)
+        with pytest.raises(downloads.Refused, match="not_signed_in"):
+            downloads.take(session, code, my_token, 30)
 
 
 def test_members_page_export_past_the_size_cap_is_refused_with_a_message(app_env, monkeypatch, open_page):
     load_sample(app_env)
     monkeypatch.setenv("PRIVACY_EXPORT_MAX_MB", "0.01")
     admin = open_page("pages/3_Members.py", "admin", "en")
+    with app_env.session() as session:
+        admin.session_state["auth"]["sign_in"] = access.sign_in(session, "admin_user", USER_PASSWORD)[
+            0
+        ].sign_in
     open_member(admin, "M0007")
     click_row(admin, "M0007")
     admin.button(key="members_export").click().run()
     assert not admin.exception
     assert any("larger than the export limit" in e.value for e in admin.error)
-    assert not admin.get("download_button")
+    assert not admin.get("download_button") and not admin.get("link_button")
     with app_env.session() as session:
         assert not session.scalars(select(AuditEntry).where(AuditEntry.action == "export_member")).all()
 
