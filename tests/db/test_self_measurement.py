@@ -473,13 +473,13 @@ def test_a_failed_run_is_released_at_once_and_the_schedule_sees_what_is_due(
             raise OSError("the disk went away")
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(sm, "scan_block", failing_scan)
+    monkeypatch.setattr(sm.run, "scan_block", failing_scan)  # where measure looks it up
     with pytest.raises(OSError):
         sm.measure(session_factory, model, "test", day="2026-12-12", block_rows=4)
     with session_factory() as session:
         row = session.scalar(select(SelfMeasurement).where(SelfMeasurement.measured_on == "2026-12-12"))
         assert row.status == sm.INTERRUPTED and row.blocks_done == 2 and "disk" in row.error
-    monkeypatch.setattr(sm, "scan_block", real_scan)
+    monkeypatch.setattr(sm.run, "scan_block", real_scan)
     resumed = sm.measure(session_factory, model, "test", day="2026-12-12", block_rows=4)  # no waiting
     assert resumed["all"] == whole["all"] and resumed["genders"] == whole["genders"]
     with session_factory() as session:
