@@ -16,6 +16,8 @@ their gender (one float32 matrix product per block and column chunk, with each r
 carried in two extra columns, so the product is -||a - b||^2 / 2 directly); only pairs above the
 floor leave the block, so N^2 pairs are never held. Pairs near or above approve_at are scored
 again in float64 from the projections, so the count at approve_at is the engine's own decision.
+Blocks are scanned on one thread per core, each with a single-threaded BLAS (a busy core slows
+one block, not every product), and still commit one by one in order.
 
 A measurement is one row per model version and UTC day (run_key). Each block's counts and pairs
 commit together with the number of blocks done, so a run killed half-way resumes at the next
@@ -41,7 +43,7 @@ Settings (environment, then secrets.toml):
     SELF_MEASURE_FLOOR         similarity below which neighbours are not kept (default 0.1; at most
                                half of approve_at)
     SELF_MEASURE_PAIRS_KEPT    pairs at or above approve_at kept for review per run (default 2000)
-    SELF_MEASURE_BLOCK_ROWS    rows per block (default 2048): memory ~ block x 8192 x 5 bytes
+    SELF_MEASURE_BLOCK_ROWS    rows per block (default 2048): memory ~ block x 2048 x 5 bytes per core
     SELF_MEASURE_PHOTOS        'all' (gallery and verification photos, default) or 'gallery'
     SELF_MEASURE_AFTER_PROMOTION  'on' (default) or 'off': measure a version when it is promoted
 """

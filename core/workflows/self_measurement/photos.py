@@ -186,9 +186,8 @@ def load_photo_set(session: Session, model, year: int | None = None) -> PhotoSet
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
         known = sorted_ids[pos] == ids  # a photo added since the first pass waits for the next run
-        vectors = np.empty((int(known.sum()), dim), np.float32)
-        for k, row in enumerate(r for r, ok in zip(rows, known, strict=True) if ok):
-            vectors[k] = np.frombuffer(row[1], "<f4", dim)
+        raw = b"".join(r[1][: 4 * dim] for r, ok in zip(rows, known, strict=True) if ok)
+        vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).astype(np.float32)
         targets = by_id[pos[known]]
         photo_set.projections[targets] = project(model, vectors)
         filled[targets] = True

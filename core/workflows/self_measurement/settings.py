@@ -16,7 +16,10 @@ DEFAULT_FMR_TARGET = 0.001
 DEFAULT_FLOOR = 0.1
 DEFAULT_PAIRS_KEPT = 2000
 DEFAULT_BLOCK_ROWS = 2048
-COLUMN_CHUNK = 8192  # columns per matrix product: block x chunk float32 scores at a time
+# Columns per matrix product: block x chunk float32 scores at a time. 2048 keeps a 2048-row block's
+# scores (16 MB) near the cache, so the threshold pass after the product reads them fast.
+COLUMN_CHUNK = 2048
+MAX_SCAN_THREADS = 8  # blocks scanned at once at most (one per core)
 LOAD_CHUNK = 20000  # photos per database fetch
 HISTOGRAM_BINS = 4000  # distance bins from 0 to the floor's distance (the re-fit reads them)
 STALE_AFTER = timedelta(minutes=5)  # a running measurement silent this long is taken over
