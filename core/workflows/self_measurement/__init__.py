@@ -29,6 +29,7 @@ block; if the photos or exclusions changed meanwhile it starts again from zero (
     latest(session, model_version=None) -> SelfMeasurement | None         newest completed measurement
     pairs_at_approve(session, run_id, limit) -> list[SelfMeasurementPair] what a reviewer opens
     record_verdict(session, member_a, member_b, same_person, reviewer)    a reviewer's word on two members
+    refit_plan(session, run_id) -> dict                                   approve_at and measured FMR, before and after
     write_refit_version(session, run_id, actor, ...) -> str               a new model version, approve_at re-fitted
     schedule_interval_s() -> float | None                                 SELF_MEASURE_EVERY_HOURS
 
@@ -57,7 +58,12 @@ from core.workflows.self_measurement.photos import (  # noqa: F401
     project,
     reviewed_fnmr,
 )
-from core.workflows.self_measurement.refit import refit_point, write_refit_version  # noqa: F401
+from core.workflows.self_measurement.refit import (  # noqa: F401
+    refit_plan,
+    refit_point,
+    score_automation,
+    write_refit_version,
+)
 from core.workflows.self_measurement.results import (  # noqa: F401
     AlertState,
     active_version,

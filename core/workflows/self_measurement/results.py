@@ -60,6 +60,7 @@ class AlertState:
     worst_upper: float | None
     compared: int
     at_approve: int
+    members: int | None = None  # members measured (None before any measurement)
 
     @property
     def alerting(self) -> bool:
@@ -121,6 +122,7 @@ def alert_state(session: Session, model_version: str | None = None) -> AlertStat
         worst[1],
         int(summary["all"]["compared"]),
         int(summary["all"]["at_approve"]["k"]),
+        summary.get("members"),
     )
 
 
