@@ -207,11 +207,16 @@ def load_photo_set(session: Session, model, year: int | None = None) -> PhotoSet
     return photo_set
 
 
+PROJECT_CHUNK = 4096  # photos through the tower at a time: its working memory stays ~30 MB
+
+
 def project(model, embeddings: np.ndarray) -> np.ndarray:
     """The tower's output for pretrained embeddings, in chunks (what the engine computes per photo)."""
     out = [
-        np.asarray(model.tower(np.asarray(embeddings[i : i + 16384], np.float32), training=False), np.float32)
-        for i in range(0, len(embeddings), 16384)
+        np.asarray(
+            model.tower(np.asarray(embeddings[i : i + PROJECT_CHUNK], np.float32), training=False), np.float32
+        )
+        for i in range(0, len(embeddings), PROJECT_CHUNK)
     ]
     return np.concatenate(out) if out else np.zeros((0, embeddings.shape[-1]), np.float32)
 
