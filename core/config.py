@@ -111,7 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("SELF_MEASURE_FMR_TARGET", float, 0.001, "the false-match rate its 95% upper bound must stay under"),
     _setting("SELF_MEASURE_FLOOR", float, 0.1, "similarity below which neighbours are not kept (at most half of approve_at)"),
     _setting("SELF_MEASURE_PAIRS_KEPT", int, 2000, "pairs at or above approve_at kept for review per run (counts cover every pair)"),
-    _setting("SELF_MEASURE_BLOCK_ROWS", int, 2048, "photos per block of the measurement (memory ~ rows x 8192 x 5 bytes)"),
+    _setting("SELF_MEASURE_BLOCK_ROWS", int, 2048, "photos per block of the measurement (memory ~ rows x 2048 x 5 bytes per core)"),
     _setting("SELF_MEASURE_PHOTOS", str, "all", "all (gallery and verification photos) or gallery (a quarter of the pairs)"),
     _setting("SELF_MEASURE_AFTER_PROMOTION", bool, True, "measure a version as soon as it is promoted"),
     _setting("PRIVACY_EXPORT_MAX_MB", float, 2048.0, "the largest member export (MB); a larger one is refused with a message, no file left"),

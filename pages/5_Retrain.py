@@ -15,6 +15,7 @@ from core.dashboard import retrain as view
 from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
 from ui.page import page_context
+from ui.refit import section as refit_section
 from ui.widgets import pin_key_column
 
 ctx = page_context("retrain")
@@ -542,4 +543,5 @@ else:
     start_form()
 versions_panel()
 reverify_panel()
+refit_section(ctx, versions, active, set_notice)
 history_panel()

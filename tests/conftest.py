@@ -21,6 +21,7 @@ half is skipped locally but FAILS when CI=true, so CI can never pass without hav
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import sys
 import uuid
@@ -332,36 +333,55 @@ def make_result():
     return engine_result
 
 
-@pytest.fixture
-def add_member(session, photo_store):
-    """add_member(member_id, gender="M", seeds=None) -> Member with a stored gallery and
-    verification photo (seeds pick the photo bytes; equal seeds give the same photo)."""
-    import itertools
-
+def store_member(
+    session, photo_store, member_id: str, gender: str = "M", photos: tuple[bytes, bytes] | None = None
+):
+    """A member with a stored gallery and verification photo (photos: their bytes; default: two
+    distinct synthetic photos). Commits; returns the Member. add_member is this on the test's
+    own session and store; tests with another database (app_env) call it directly."""
     from core.storage.schema import GALLERY, VERIFICATION, Member, Photo, utcnow
 
+    if photos is None:
+        photos = (jpeg_bytes(next(_photo_seeds)), jpeg_bytes(next(_photo_seeds)))
+    member = Member(id=member_id, gender=gender, created_at=utcnow(), updated_at=utcnow())
+    session.add(member)
+    for kind, data in zip((GALLERY, VERIFICATION), photos, strict=True):
+        stored = photo_store.put(data)
+        session.add(
+            Photo(
+                member_id=member_id,
+                kind=kind,
+                sha256=stored.sha256,
+                stored_path=stored.relative_path,
+                size_bytes=len(data),
+                current=True,
+                created_at=utcnow(),
+            )
+        )
+    session.commit()
+    return member
+
+
+_photo_seeds = itertools.count(1_000_000)  # store_member's own photos: never a test's chosen seed
+
+
+@pytest.fixture
+def add_member(session, photo_store):
+    """add_member(member_id, gender="M", seeds=None, photos=None) -> Member with a stored gallery
+    and verification photo (seeds pick the photo bytes; equal seeds give the same photo; photos:
+    the (gallery, verification) bytes themselves, e.g. two real sample photos)."""
     counter = itertools.count(10_000)
 
-    def add(member_id: str, gender: str = "M", seeds: tuple[int, int] | None = None):
-        gallery_seed, verification_seed = seeds or (next(counter), next(counter))
-        member = Member(id=member_id, gender=gender, created_at=utcnow(), updated_at=utcnow())
-        session.add(member)
-        for kind, seed in ((GALLERY, gallery_seed), (VERIFICATION, verification_seed)):
-            data = jpeg_bytes(seed)
-            stored = photo_store.put(data)
-            session.add(
-                Photo(
-                    member_id=member_id,
-                    kind=kind,
-                    sha256=stored.sha256,
-                    stored_path=stored.relative_path,
-                    size_bytes=len(data),
-                    current=True,
-                    created_at=utcnow(),
-                )
-            )
-        session.commit()
-        return member
+    def add(
+        member_id: str,
+        gender: str = "M",
+        seeds: tuple[int, int] | None = None,
+        photos: tuple[bytes, bytes] | None = None,
+    ):
+        if photos is None:
+            gallery_seed, verification_seed = seeds or (next(counter), next(counter))
+            photos = (jpeg_bytes(gallery_seed), jpeg_bytes(verification_seed))
+        return store_member(session, photo_store, member_id, gender, photos)
 
     return add
 

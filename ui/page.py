@@ -260,11 +260,29 @@ def page_context(page_key: str) -> PageContext:
         allowed = ", ".join(ctx.t(f"role.{r}") for r in PAGE_BY_KEY[page_key].roles)
         st.error(ctx.t("auth.refused", role=ctx.t(f"role.{ctx.role}"), allowed=allowed))
         st.stop()
+    _measurement_alert(ctx)
     if page_key == "verify":  # the other pages do not need the models (Home starts them once drawn)
         resources.warm_engine_in_background()
         if resources.engine_warming():
             st.info(ctx.t("engine.warming"), icon=":material/hourglass_top:")
     return ctx
+
+
+def _measurement_alert(ctx: PageContext) -> None:
+    """Managers and data scientists see, at the top of every page, when the false-match rate
+    measured on the members passes its target or cannot be bounded (too few members)."""
+    from core.dashboard import self_measurement
+
+    if not self_measurement.sees_banner(ctx.role):
+        return
+    try:
+        with ctx.session() as session:
+            text = self_measurement.header_banner(session, ctx.lang, ctx.role)
+    except SQLAlchemyError as exc:  # the page still opens; the KPI page says the rest
+        log.warning("dashboard: the self-measurement alert could not be read: %s", exc)
+        return
+    if text:
+        st.warning(text, icon=":material/warning:")
 
 
 def model_available(ctx: PageContext) -> bool:

@@ -28,6 +28,7 @@ from core.storage.schema import MemberErasure, Photo, Review
 from core.storage.schema import VerificationResult as ResultRow
 from core.training import registry, worker
 from core.training.fitting import AUGMENTATIONS, NETWORK_CHOICES, TrainParams
+from core.workflows import self_measurement
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,7 @@ HISTORY_ACTIONS = (
     registry.DISCARD,
     worker.START_TRAINING,
     worker.CANCEL_TRAINING,
+    self_measurement.REFIT,  # approve_at re-fitted on the members
 )
 VERSION_TARGET = registry.TARGET
 

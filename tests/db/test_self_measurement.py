@@ -15,13 +15,11 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_DIR
+from conftest import SAMPLE_DIR, store_member
 from sqlalchemy import func, select, update
 
 from core.dashboard import self_measurement as page
 from core.storage.schema import (
-    GALLERY,
-    VERIFICATION,
     AuditEntry,
     Embedding,
     Member,
@@ -139,28 +137,12 @@ def _store_embeddings(session, sample_vectors) -> None:
     session.commit()
 
 
-def _plant(session, photo_store) -> None:
-    member_id, gender, files = PLANTED
-    session.add(Member(id=member_id, gender=gender, created_at=utcnow(), updated_at=utcnow()))
-    for kind, name in zip((GALLERY, VERIFICATION), files, strict=True):
-        data = (SAMPLE_DIR / "images" / name).read_bytes()
-        stored = photo_store.put(data)
-        session.add(
-            Photo(
-                member_id=member_id,
-                kind=kind,
-                sha256=stored.sha256,
-                stored_path=stored.relative_path,
-                size_bytes=len(data),
-                current=True,
-                created_at=utcnow(),
-            )
-        )
-    session.commit()
+def _planted_photos() -> tuple[bytes, bytes]:
+    return tuple((SAMPLE_DIR / "images" / name).read_bytes() for name in PLANTED[2])
 
 
 @pytest.fixture
-def sample_members(session_factory, photo_store, sample_vectors):
+def sample_members(session_factory, photo_store, sample_vectors, add_member):
     """The 20 sample members with their embeddings; returns a function that plants the look-alike."""
     from core.workflows import importer
 
@@ -169,8 +151,8 @@ def sample_members(session_factory, photo_store, sample_vectors):
         _store_embeddings(session, sample_vectors)
 
     def plant():
+        add_member(PLANTED[0], PLANTED[1], photos=_planted_photos())
         with session_factory() as session:
-            _plant(session, photo_store)
             _store_embeddings(session, sample_vectors)
 
     return plant
@@ -473,13 +455,13 @@ def test_a_failed_run_is_released_at_once_and_the_schedule_sees_what_is_due(
             raise OSError("the disk went away")
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(sm, "scan_block", failing_scan)
+    monkeypatch.setattr(sm.run, "scan_block", failing_scan)  # where measure looks it up
     with pytest.raises(OSError):
         sm.measure(session_factory, model, "test", day="2026-12-12", block_rows=4)
     with session_factory() as session:
         row = session.scalar(select(SelfMeasurement).where(SelfMeasurement.measured_on == "2026-12-12"))
         assert row.status == sm.INTERRUPTED and row.blocks_done == 2 and "disk" in row.error
-    monkeypatch.setattr(sm, "scan_block", real_scan)
+    monkeypatch.setattr(sm.run, "scan_block", real_scan)
     resumed = sm.measure(session_factory, model, "test", day="2026-12-12", block_rows=4)  # no waiting
     assert resumed["all"] == whole["all"] and resumed["genders"] == whole["genders"]
     with session_factory() as session:
@@ -556,7 +538,7 @@ def test_the_kpi_page_shows_the_measurement_and_the_planted_pair(app_env, sample
 
     with app_env.session() as session:
         importer.load_sample_members(session, actor="test", photo_store=app_env.store)
-        _plant(session, app_env.store)
+        store_member(session, app_env.store, PLANTED[0], PLANTED[1], _planted_photos())
         _store_embeddings(session, sample_vectors)
     summary = sm.measure(app_env.session_factory, model, "test")
     at = open_page("kpis", role="manager", lang="en", timeout=120)
