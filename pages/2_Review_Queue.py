@@ -95,6 +95,12 @@ def decide_submitted() -> None:
         return
     if pending and st.session_state.get("review_reject_no"):
         st.session_state.pop(PENDING_REJECT, None)
+        # The fields were not drawn while confirming: put the reviewer's choices back.
+        rid = pending["result_id"]
+        st.session_state[f"review_label_{rid}"] = pending["label"]
+        st.session_state[f"review_gender_{rid}"] = pending["true_gender"] or ""
+        if pending["note"]:
+            st.session_state[pending["note_key"]] = pending["note"]
         st.session_state["review_notice"] = ("warning", ctx.t("review.reject_cancelled"))
         return
     last = st.session_state.get(LAST_DECISION)
@@ -348,8 +354,11 @@ if pending and pending["result_id"] == rid:
         )
     st.stop()
 implied_on_reject = svc.implied_label(row, svc.REJECT)
-with st.form(f"decide_{rid}", enter_to_submit=False, border=True):
-    st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
+# What the two photos show sits outside the decision form: a form sends its values only when a
+# decision is submitted, so a choice made in it was lost when a language switch redrew the page.
+# Out here each choice is in the session state at once and the switch puts it back; the decision
+# itself is still only the buttons of the form below.
+with st.container(border=True):
     st.radio(
         ctx.t("review.label"),
         list(svc.LABELS),
@@ -368,6 +377,8 @@ with st.form(f"decide_{rid}", enter_to_submit=False, border=True):
             format_func=lambda g: ctx.t(f"gender.{g}") if g else ctx.t("review.gender_follow"),
             key=f"review_gender_{rid}",
         )
+with st.form(f"decide_{rid}", enter_to_submit=False, border=True):
+    st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
     if needs_confirmation:
         st.checkbox(ctx.t("review.confirm_approve"), key=f"review_confirm_{rid}")
     buttons = st.columns(3)

@@ -426,11 +426,6 @@ def test_daily_use_in_both_languages_at_both_sizes(daily_dashboard):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the review's label radio sits in the decision form, which sends its values only when a "
-    "decision is submitted: a language switch before deciding redraws the form without the choice",
-)
 def test_a_label_chosen_before_a_language_switch_is_kept(daily_dashboard):
     from playwright.sync_api import expect, sync_playwright
 

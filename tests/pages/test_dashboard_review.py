@@ -213,3 +213,78 @@ def test_page_returns_to_the_same_pair_after_a_reload_and_sign_in(app_env, open_
     reloaded.run()
     assert not reloaded.exception
     assert f"result {second}" in _shown(reloaded)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the photos show, chosen before a language switch, is kept and is what the decision stores
+
+
+def _switch(at, lang: str) -> None:
+    at.radio(key="_lang_widget").set_value(lang).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["lang"] == lang
+
+
+def test_page_label_chosen_before_a_language_switch_is_kept_and_stored(app_env, open_page):
+    from test_language_switch_pages import shown_in_browser
+    from test_pages import sample_members
+
+    sample_members(app_env)
+    result_id = _page_result(app_env, "M0003", ("uncertain_similarity",), 0.45)
+    at = open_page("review", role="staff", lang="ko")
+    label, gender = f"review_label_{result_id}", f"review_gender_{result_id}"
+    # A form sends its values only when it is submitted: what the photos show must not wait in one,
+    # or a language switch (a rerun without a submit) redraws the page without the choice.
+    assert at.radio(key=label).form_id == "" and at.selectbox(key=gender).form_id == ""
+    assert at.button(key=f"review_reject_{result_id}").form_id  # the decision is still submitted
+    at.radio(key=label).set_value("different").run()
+    at.selectbox(key=gender).set_value("F").run()
+    held = at.radio(key=label).options[at.radio(key=label).index]
+    assert held == "다른 사람"
+
+    _switch(at, "en")
+    assert at.title[0].value == "Review queue"  # the page is in English now
+    radio = at.radio(key=label)
+    assert radio.value == "different"
+    assert shown_in_browser(radio, "radio", held) == "Different people"  # in the new language's words
+    assert at.selectbox(key=gender).value == "F"
+
+    at.button(key=f"review_reject_{result_id}").click().run()
+    assert "The photos will be recorded as: Different people." in _shown(at)
+    at.button(key="review_reject_no").click().run()  # cancelled: the choices come back as they were
+    assert at.radio(key=label).value == "different" and at.selectbox(key=gender).value == "F"
+    assert _stored_review(app_env, result_id) == ("flagged", None, None)
+
+    _switch(at, "ko")
+    assert at.radio(key=label).value == "different"
+    at.button(key=f"review_reject_{result_id}").click().run()
+    at.button(key="review_reject_yes").click().run()
+    assert not at.exception
+    assert _stored_review(app_env, result_id) == ("rejected", False, "different")
+    with app_env.session() as session:
+        from core.storage.schema import Review
+
+        assert session.query(Review).filter_by(result_id=result_id).one().true_gender == "F"
+
+
+def test_page_approve_against_the_machine_still_needs_the_confirmation_after_a_switch(app_env, open_page):
+    from test_pages import sample_members
+
+    sample_members(app_env)
+    result_id = _page_result(app_env, "M0011", ("gender_mismatch",), 0.45)
+    at = open_page("review", role="staff", lang="ko")
+    label = f"review_label_{result_id}"
+    at.radio(key=label).set_value("same").run()
+    _switch(at, "en")
+    assert at.radio(key=label).value == "same"
+
+    at.button(key=f"review_approve_{result_id}").click().run()  # no "I compared the photos myself"
+    assert "Not saved: the machine objects to this pair" in _shown(at)
+    assert _stored_review(app_env, result_id) == ("flagged", None, None)
+    assert at.radio(key=label).value == "same"
+
+    at.checkbox(key=f"review_confirm_{result_id}").check()
+    at.button(key=f"review_approve_{result_id}").click().run()
+    assert not at.exception
+    assert "Approved member M0011" in _shown(at)
+    assert _stored_review(app_env, result_id) == ("approved", True, "same")
