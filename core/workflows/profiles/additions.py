@@ -20,7 +20,7 @@ from core.storage.schema import (
 )
 from core.verification import profile as rule
 from core.verification.result import AUTO_APPROVED, FLAGGED, Flag
-from core.workflows import batches, search, verification
+from core.workflows import batches, profile_rule, search, verification
 from core.workflows.profile_rows import max_photos, profile_of
 from core.workflows.profiles.badge import refresh_badge
 from core.workflows.profiles.checks import (
@@ -115,7 +115,9 @@ def add_profile_photo(
     def work(engine_now):
         selfie = engine_now.analyze_many([selfie_bytes])[0]
         faces = engine_now.analyze_faces([photo.data])[0]
-        checked = rule.check_photo(engine_now, selfie, faces, position_hint, gender)
+        checked = rule.check_photo(
+            engine_now, selfie, faces, position_hint, gender, profile_rule.rule_for(engine_now)
+        )
         # The pair stored for the queue: the selfie against the new photo's member face, so the
         # 1:N search and the file checks look at the new photo.
         result = engine_now.compare(selfie, checked.analysis, gender)

@@ -13,7 +13,7 @@ from core.storage.schema import (
 )
 from core.verification import profile as rule
 from core.verification.result import AUTO_APPROVED, AUTO_REJECTED, FLAGGED, Flag, VerificationResult
-from core.workflows import search
+from core.workflows import profile_rule, search
 from core.workflows.profile_rows import profile_of
 from core.workflows.profiles.common import (
     OTHER_MEMBERS_SEARCHED,
@@ -25,9 +25,7 @@ from core.workflows.profiles.common import (
 
 def checked_rule(engine, result: VerificationResult) -> float:
     """The approval point of the profile rule for the engine that computed the result."""
-    if engine is not None and getattr(engine, "model_version", None) == result.model_version:
-        return rule.ProfileRule.of(engine).approve_at
-    return max(result.uncertain_band[1], rule.PROFILE_APPROVE_AT or 0.0)
+    return profile_rule.approval_point(engine, result.model_version, result.uncertain_band[1])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from core.storage.schema import (
 )
 from core.verification import profile as rule
 from core.verification.result import AUTO_APPROVED, FLAGGED
-from core.workflows import batches, profile_rows, search, verification
+from core.workflows import batches, profile_rows, profile_rule, search, verification
 from core.workflows.profile_rows import max_photos, profile_of
 from core.workflows.profiles.checks import (
     _store_states,
@@ -139,6 +139,7 @@ def verify_profile_member(
                 selfie_bytes,
                 [gallery_bytes, *others],
                 registered_gender,
+                rule=profile_rule.rule_for(engine_now),
                 challenge=challenge,
                 max_photos=limit,
             )
