@@ -203,6 +203,7 @@ def add_profile_photo(
             entry.result_id = row.id
         session.add(entry)
         session.flush()
+        search.refresh_after_commit(session, member_id)  # in the 1:N index if it shows the member
         refresh_badge(session, member_id)
         audit.log(
             session,

@@ -21,7 +21,7 @@ from core.storage.schema import (
 )
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import AUTO_APPROVED
-from core.workflows import profile_rows, verification
+from core.workflows import profile_rows, search, verification
 from core.workflows.profile_rows import badge_ok, profile_of
 from core.workflows.profiles.common import (
     DECIDE_PROFILE_PHOTO,
@@ -91,6 +91,7 @@ def on_review(session: Session, row: ResultRow, approve: bool, reviewer: str) ->
     session.flush()
     _rejected_last(session, row.member_id)
     refresh_badge(session, row.member_id)
+    search.refresh_after_commit(session, row.member_id)  # the 1:N index follows the decision
 
 
 def _rejected_last(session: Session, member_id: str) -> None:
@@ -125,6 +126,7 @@ def on_verification_review(session: Session, row: ResultRow, approve: bool, revi
                 _decide(entry, True, reviewer)
         session.flush()
     refresh_badge(session, row.member_id)
+    search.refresh_after_commit(session, row.member_id)  # the 1:N index follows the decision
 
 
 def _decide(entry: ProfilePhoto, approve: bool, reviewer: str) -> None:
@@ -142,6 +144,7 @@ def decide_profile_photo(
         session.flush()
         _rejected_last(session, member_id)
         refresh_badge(session, member_id)
+        search.refresh_after_commit(session, member_id)
         audit.log(
             session,
             actor,
@@ -183,6 +186,7 @@ def remove_profile_photo(session_factory: sessionmaker, actor: str, member_id: s
         if position == 1:
             _make_main(session, member_id)
         refresh_badge(session, member_id)
+        search.refresh_after_commit(session, member_id)
         audit.log(
             session,
             actor,
@@ -207,6 +211,7 @@ def reorder_profile(session_factory: sessionmaker, actor: str, member_id: str, o
         profile_rows.renumber(session, member_id, [rows[p].id for p in order])
         if order[0] != 1:
             _make_main(session, member_id)
+            search.refresh_after_commit(session, member_id)  # the main row is another photo
         audit.log(session, actor, REORDER_PROFILE, "member", member_id, {"order": order})
         session.commit()
 

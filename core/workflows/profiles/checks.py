@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from core.storage.schema import (
     MEMBER_ERASED,
     Member,
+    Photo,
     ProfilePhoto,
 )
 from core.verification import profile as rule
@@ -96,14 +97,19 @@ def other_members(
     found = [c for c in found if c.similarity > own]
     if not found:
         return []
+    # Named only while that photo is still one of the member's enrolled photos (never a stale row).
     live = set(
-        session.scalars(
-            select(Member.id).where(
-                Member.id.in_([c.member_id for c in found]), Member.status != MEMBER_ERASED
+        session.execute(
+            select(Photo.id, Photo.member_id)
+            .join(Member, Member.id == Photo.member_id)
+            .where(
+                Photo.id.in_([c.photo_id for c in found if c.photo_id]),
+                search.enrolled_photo(),
+                Member.status != MEMBER_ERASED,
             )
-        )
+        ).all()
     )
-    return [(c.member_id, round(float(c.similarity), 4)) for c in found if c.member_id in live]
+    return [(c.member_id, round(float(c.similarity), 4)) for c in found if (c.photo_id, c.member_id) in live]
 
 
 def another_member_flag(position: int, others: list[tuple[str, float]], photo: str) -> Flag:

@@ -202,6 +202,10 @@ def verify_profile_member(
                     .where(Member.id == member_id, Member.status == MEMBER_VERIFIED)
                     .values(status=MEMBER_IN_REVIEW)
                 )
+        # Every photo's embedding (the member's face in it), so the photos that show the member
+        # join the 1:N index beside the main one once this commits.
+        search.store_embeddings_of(session, checked.model_version, [p.analysis for p in checked.photos])
+        search.refresh_after_commit(session, member_id)
         session.flush()
 
     done = verification.verify_member(
