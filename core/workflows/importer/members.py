@@ -7,12 +7,15 @@ import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
 
 from core import config
+from core.errors import FaceVerifyError
 from core.storage import audit
 from core.storage.photostore import PhotoStoreBackend
 from core.storage.stores import open_photo_store
+from core.workflows import profiles
 from core.workflows.importer.photos import (
     PhotoLoader,
     PhotoZip,
@@ -51,6 +54,7 @@ def import_members(
     workers: int = PREFETCH_WORKERS,
     progress: Callable[[int, int], None] | None = None,
     allow_outside: bool = False,
+    engine=None,
 ) -> list[RowReport]:
     """Import members from a table; returns one RowReport per data row.
 
@@ -62,6 +66,10 @@ def import_members(
     allow_local_files: read photo paths from this machine's disk. Default: only when the table is
         a path on disk (the command line); an uploaded table may name only ZIP entries and links,
         so nobody can read server files through an upload.
+    engine: checks the profile photos a row adds to a member whose verification stands, against
+        its verified face, as soon as the row is committed (core.workflows.profiles, the path
+        photos added through the API take): an engine, or a function that loads one, called
+        only when a photo needs it. Default: the active model version, loaded once per process.
     Raises ImportFileError for problems with the whole file (nothing is imported then).
     Commits row by row: a rejected row leaves no trace, earlier rows stay imported.
     """
@@ -99,7 +107,13 @@ def import_members(
                     RowReport(prepared.row, prepared.member_id, REJECTED, "; ".join(prepared.errors))
                 )
             else:
-                reports.append(_write_with_retry(session, prepared, actor, source_name))
+                report = _write_with_retry(session, prepared, actor, source_name)
+                if prepared.to_check and report.status == UPDATED:
+                    engine = _engine(engine, session)
+                    report.message = "; ".join(
+                        [report.message, *_check_added(session, prepared, actor, store, engine)]
+                    )
+                reports.append(report)
             if progress:
                 progress(done, len(table))
     finally:
@@ -136,3 +150,55 @@ def load_sample_members(
 ) -> list[RowReport]:
     """Import the demo members of data/sample/members.csv (idempotent)."""
     return import_members(session, config.SAMPLE_DIR / "members.csv", actor=actor, photo_store=photo_store)
+
+
+def _factory(session: Session) -> sessionmaker:
+    bind = session.get_bind()
+    return sessionmaker(bind=bind.engine if isinstance(bind, Connection) else bind)
+
+
+def _engine(engine, session: Session):
+    """The engine that checks added photos: given, loaded by the given function, or the model
+    version active in this database (loaded once per process). An exception (no model) is kept,
+    to be reported."""
+    if engine is None:
+
+        def engine():
+            from core.jobs import resources
+            from core.training import registry
+
+            return resources.engine(registry.current_version(_factory(session), config.models_dir()))
+
+    if callable(engine) and not hasattr(engine, "analyze_faces"):
+        try:
+            return engine()
+        except Exception as exc:  # no model trained yet, a broken one: the photos wait
+            return exc
+    return engine
+
+
+def _check_added(session: Session, prepared, actor: str, store: PhotoStoreBackend, engine) -> list[str]:
+    """Each profile photo the row added to a member whose verification stands, checked against
+    its verified face (profiles.check_profile_photo, the API's check); a note per photo."""
+    if isinstance(engine, Exception):
+        reason = _short(str(engine), 120)
+        return [
+            f"photo {n}: waits to be checked (no model to check it: {reason})" for _id, n in prepared.to_check
+        ]
+    factory = _factory(session)
+    notes = []
+    for photo_id, number in prepared.to_check:
+        try:
+            done = profiles.check_profile_photo(
+                factory, store, actor, prepared.member_id, photo_id, engine, via="import"
+            )
+        except FaceVerifyError as exc:  # no selfie to compare with, a file gone: it waits
+            notes.append(f"photo {number}: waits to be checked ({_short(str(exc), 120)})")
+            continue
+        if done.shown:
+            notes.append(f"photo {number}: checked, shows the member (shown)")
+        else:
+            notes.append(
+                f"photo {number}: checked, {done.photo.reason if done.photo else done.state}; waits for a reviewer"
+            )
+    return notes

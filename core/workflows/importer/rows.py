@@ -52,6 +52,9 @@ class _PreparedRow:
     photos: list[_LoadedPhoto] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     photo_notes: list[str] = field(default_factory=list)  # per profile photo: what happened
+    # Profile photos added to a verified member, checked against its verified face once the row
+    # is committed: (photo id, the photo's number in the row).
+    to_check: list[tuple[int, int]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,21 +182,23 @@ def _prefetch(items: Iterable, fn: Callable, workers: int) -> Iterator:
 
 def _add_profile_photos(
     session: Session, member_id: str, prepared: _PreparedRow, now
-) -> tuple[int, list[str]]:
+) -> tuple[list[tuple[int, int]], list[str]]:
     """The row's later gallery photos join the member's profile after the ones it has, unchecked
-    (a verification, or a reviewer, checks them). (how many were added, a note per photo)."""
+    (checked once the row is committed, or by the member's next verification). ((photo id, its
+    number in the row) of each photo added, a note per photo)."""
     later = [p for p in prepared.photos if p.kind == GALLERY and p.position > 1]
     if not later:
-        return 0, []
+        return [], []
     rows = profile_rows.profile_of(session, member_id)
     have = {session.get(Photo, r.photo_id).sha256 for r in rows}
     top = max((r.position for r in rows), default=1)
-    notes, added = [], 0
+    notes: list[str] = []
+    added: list[tuple[int, int]] = []
     for photo in later:
         if photo.sha256 in have:
             notes.append(f"photo {photo.position}: already in the profile")
             continue
-        if len(rows) + added >= profile_rows.max_photos():
+        if len(rows) + len(added) >= profile_rows.max_photos():
             notes.append(
                 f"photo {photo.position}: the profile is full ({profile_rows.max_photos()}), not added"
             )
@@ -219,16 +224,17 @@ def _add_profile_photos(
             session.add(row)
             session.flush()
         top += 1
-        added += 1
+        added.append((row.id, photo.position))
         have.add(photo.sha256)
         session.add(ProfilePhoto(member_id=member_id, position=top, photo_id=row.id, created_at=now))
-        notes.append(f"photo {photo.position}: added to the profile as photo {top}, waits to be checked")
+        notes.append(f"photo {photo.position}: added to the profile as photo {top}")
     session.flush()
     return added, notes
 
 
 def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name: str) -> RowReport:
     """One transaction: member and both photos, or nothing."""
+    prepared.to_check = []  # set again below (a retried row starts afresh)
     member_id = prepared.member_id
     now = utcnow()
     member = session.get(Member, member_id)
@@ -280,15 +286,19 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     )
     changes += [c for c in done.changes if c not in changes]
     warnings = done.warnings
-    added, notes = _add_profile_photos(session, member_id, prepared, now)
+    added_photos, added_notes = _add_profile_photos(session, member_id, prepared, now)
+    added = len(added_photos)
     if added:
         changes.append(f"{added} profile photo(s) added")
-    notes = prepared.photo_notes + notes
 
     if not is_new and not changes:
         session.rollback()
         return RowReport(
-            prepared.row, member_id, UNCHANGED, "; ".join(["already up to date", *notes]), warnings
+            prepared.row,
+            member_id,
+            UNCHANGED,
+            "; ".join(["already up to date", *prepared.photo_notes, *added_notes]),
+            warnings,
         )
     member.gender = prepared.gender
     member.updated_at = now
@@ -296,13 +306,19 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     # A birth year alone says nothing about the photos: the verification stands.
     photo_changes = [c for c in changes if not c.startswith("birth year")]
     if not is_new and added and photo_changes == [f"{added} profile photo(s) added"]:
-        # Only profile photos added: they wait to be checked against the verified face (the badge
-        # is off meanwhile); the member's own verification still stands.
+        # Only profile photos added: the member's own verification still stands; the photos are
+        # checked against its verified face as soon as the row is committed (the badge is off
+        # until they are accepted), as photos added through the API are.
         profiles.refresh_badge(session, member_id)
-    elif not is_new and member.status != MEMBER_PENDING and photo_changes:
-        # New photos or a new gender: the earlier verification no longer speaks for this member.
-        changes.append(f"status {member.status} → {MEMBER_PENDING} (verify again)")
-        member.status = MEMBER_PENDING
+        prepared.to_check = added_photos
+    else:
+        # The member's next verification checks them with the whole profile.
+        added_notes = [f"{note}, waits to be checked" for note in added_notes]
+        if not is_new and member.status != MEMBER_PENDING and photo_changes:
+            # New photos or a new gender: the earlier verification no longer speaks for this member.
+            changes.append(f"status {member.status} → {MEMBER_PENDING} (verify again)")
+            member.status = MEMBER_PENDING
+    notes = prepared.photo_notes + added_notes
     status = IMPORTED if is_new else UPDATED
     message = "new member with gallery and verification photos" if is_new else "; ".join(changes)
     message = "; ".join([message, *notes])

@@ -6,7 +6,7 @@
         own. Stored through core.workflows.verification.verify_member (the same batch item,
         result, duplicate and fraud checks, audit); this module adds each photo's state.
         A new member is enrolled with all its photos at once.
-    add_profile_photo(...) -> ProfileAddition
+    add_profile_photo(...) -> ProfileAddition / check_profile_photo(...) (an imported photo)
         a photo added later, compared at once with the member's verified face (the stored
         selfie): it matches -> shown at once; otherwise it waits in the review queue and the
         member's badge drops until a reviewer accepts it. Its face is searched in the 1:N index
@@ -21,7 +21,7 @@ public profile matches or was accepted by a reviewer; photos a reviewer rejected
 list and no longer count.
 """
 
-from core.workflows.profiles.additions import ProfileAddition, add_profile_photo
+from core.workflows.profiles.additions import ProfileAddition, add_profile_photo, check_profile_photo
 from core.workflows.profiles.badge import (
     badge,
     decide_profile_photo,
@@ -78,6 +78,7 @@ __all__ = [
     "add_profile_photo",
     "another_member_flag",
     "badge",
+    "check_profile_photo",
     "checked_rule",
     "decide_profile_photo",
     "is_profile_addition",
