@@ -321,8 +321,8 @@ def run(
     people_set: "heldout" or "train" (the model version's split, metadata "data"), or "all".
     rules: the rules compared, each (approve_at, reject_below, corroborate_from) of the product's
     rule (core.workflows.profile_rule.rule_for: approve_at / reject_below None: the settings'; 0:
-    the version's own; corroborate_from None: no corroboration); the first is the rule reported as
-    the result. Default: the product's rule.
+    the version's own; corroborate_from profile_rule.SETTING: the setting's, None: off); the first
+    is the rule reported as the result. Default: the product's rule.
     """
     from core.verification.engine import Engine
     from core.verification.profile import decide_profile

@@ -71,7 +71,7 @@ def register(subparsers) -> None:
         type=_number_or_none,
         nargs="+",
         default=None,
-        help="rules to compare: corroborate_from ('none': off); every approve-at with every reject-below "
+        help="rules to compare: corroborate_from ('none': off; default: PROFILE_CORROBORATE_FROM); every approve-at with every reject-below "
         "and every corroborate, the first is reported (default: the product's rule)",
     )
     parser.add_argument("--timing-profiles", type=int, default=40, help="whole profiles of 6 + selfie timed")
@@ -83,7 +83,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from core.benchmarks import profiles
-    from core.verification.profile import CORROBORATE_FROM
+    from core.workflows.profile_rule import SETTING
 
     for path in (args.images, args.people):
         if not path.exists():
@@ -103,7 +103,7 @@ def run(args) -> int:
             (approve_at, reject_below, corroborate)
             for approve_at in (args.approve_at or [None])
             for reject_below in (args.reject_below or [None])
-            for corroborate in (args.corroborate or [CORROBORATE_FROM])
+            for corroborate in (args.corroborate or [SETTING])
         ],
         timing_profiles=args.timing_profiles,
         seed=args.seed,

@@ -240,7 +240,7 @@ def test_the_benchmark_runs_on_a_tiny_input(tmp_path):
     assert figures["result"]["rule"] == {
         "approve_at": first.approve_at,
         "reject_below": first.reject_below,
-        "corroborate_from": None,
+        "corroborate_from": first.corroborate_from,
     }
     assert [r["rule"]["approve_at"] for r in figures["rules_compared"].values()] == [
         first.approve_at,

@@ -1,5 +1,6 @@
-"""The profile rule's thresholds are settings (PROFILE_APPROVE_AT, PROFILE_REJECT_BELOW), capped by
-the model version's own operating points, and the use case and the benchmark read them."""
+"""The profile rule's thresholds are settings (PROFILE_APPROVE_AT, PROFILE_REJECT_BELOW,
+PROFILE_CORROBORATE_FROM), the two points capped by the model version's own operating points, and
+the use case and the benchmark read them."""
 
 from __future__ import annotations
 
@@ -24,7 +25,20 @@ def test_the_defaults_are_the_measured_rule():
     assert config.declared("PROFILE_APPROVE_AT").default == PROFILE_APPROVE_AT == 0.85
     assert config.declared("PROFILE_REJECT_BELOW").default == PROFILE_REJECT_BELOW == 0.0125
     rule = profile_rule.rule_for(engine_with(0.00015, 0.6))
-    assert (rule.approve_at, rule.reject_below, rule.corroborate_from) == (0.85, 0.0125, None)
+    # Corroboration from 0.3, chosen on the shipped version's training people (docs/benchmarks.md).
+    assert (rule.approve_at, rule.reject_below, rule.corroborate_from) == (0.85, 0.0125, 0.3)
+
+
+def test_corroboration_is_a_setting_and_can_be_off(monkeypatch):
+    engine = engine_with(0.02, 0.6)
+    monkeypatch.setenv("PROFILE_CORROBORATE_FROM", "off")
+    assert profile_rule.rule_for(engine).corroborate_from is None
+    monkeypatch.setenv("PROFILE_CORROBORATE_FROM", "0.5")
+    assert profile_rule.rule_for(engine).corroborate_from == 0.5
+    assert profile_rule.rule_for(engine, corroborate_from=None).corroborate_from is None  # given: wins
+    monkeypatch.setenv("PROFILE_CORROBORATE_FROM", "often")
+    with pytest.raises(config.SettingError, match="PROFILE_CORROBORATE_FROM"):
+        profile_rule.rule_for(engine)
 
 
 def test_settings_move_the_rule_within_the_versions_points(monkeypatch):
