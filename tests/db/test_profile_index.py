@@ -162,3 +162,43 @@ def test_photos_leave_the_index_when_removed_rejected_or_erased(session_factory,
     assert all(m != "m-kofi" for m, _ in found(session_factory, engine, kofi[1]))
     with session_factory() as s:
         assert s.scalars(select(Photo).where(Photo.member_id == "m-kofi")).all() == []
+
+
+def test_enrol_missing_adds_the_members_face_of_profile_photos_without_an_embedding(
+    session_factory, photo_store, engine
+):
+    import io
+
+    from PIL import Image
+    from sqlalchemy import delete
+
+    from core.storage.schema import Embedding
+
+    tiles = [Image.open(IMAGES / f"{n}.jpg").convert("RGB") for n in ("Howard_Dean_0004", "Kofi_Annan_0025")]
+    canvas = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), (90, 90, 90))
+    canvas.paste(tiles[0], (0, 0))
+    canvas.paste(tiles[1], (tiles[0].width, 0))
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=92)
+    done = enrol(
+        session_factory,
+        photo_store,
+        engine,
+        "m-kofi",
+        photo("Kofi_Annan_0014"),
+        [photo("Kofi_Annan_0016"), out.getvalue()],
+    )
+    assert [p.state for p in done.profile.photos] == ["matches", "matches"], done.profile.reasons
+    main, group = profile_photo_ids(session_factory, "m-kofi")
+    # A profile checked before its photos' embeddings were kept: the group photo has none.
+    with session_factory() as s:
+        sha = s.get(Photo, group).sha256
+        s.execute(delete(Embedding).where(Embedding.photo_sha256 == sha))
+        s.commit()
+    assert rows_of(session_factory, engine, "m-kofi", fresh=True) == {main: True}
+
+    assert search.enrol_missing(session_factory, engine, photo_store) == 1
+    assert rows_of(session_factory, engine, "m-kofi", fresh=True) == {main: True, group: False}
+    # The row is the member's face in the group photo, not the other person's.
+    assert found(session_factory, engine, photo("Kofi_Annan_0025"))[0] == ("m-kofi", group)
+    assert ("m-kofi", group) not in found(session_factory, engine, photo("Howard_Dean_0004"))[:1]

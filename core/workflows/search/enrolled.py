@@ -9,7 +9,7 @@ other photo of its profile that shows the member.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from core.storage.schema import GALLERY, PROFILE_PHOTO_APPROVED, Embedding, Photo, ProfilePhoto
@@ -20,8 +20,9 @@ from core.workflows.search.embeddings import EMBEDDING_DIM, pretrained_model_id
 def shows_the_member():
     """SQL: the photo is in its member's profile and shows the member: it matched the member's
     verified face and waits for no person, or a reviewer accepted it (a rejected one never)."""
-    return exists(
-        select(ProfilePhoto.id).where(
+    return (
+        select(ProfilePhoto.id)
+        .where(
             ProfilePhoto.photo_id == Photo.id,
             or_(
                 ProfilePhoto.review_decision == PROFILE_PHOTO_APPROVED,
@@ -32,6 +33,8 @@ def shows_the_member():
                 ),
             ),
         )
+        .correlate(Photo)  # only the photo: a query that joins profile_photos itself keeps its own
+        .exists()
     )
 
 
