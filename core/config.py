@@ -102,6 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("CHALLENGE_REQUIRED_API", bool, True, "an API verification is approved automatically only with a passed pose challenge"),
     _setting("CHALLENGE_REQUIRED_PAGE", bool, False, "the same for the Verify page"),
     _setting("PROFILE_MAX_PHOTOS", int, 9, "photos a member's profile holds at most"),
+    _setting("PROFILE_APPROVE_AT", float, 0.85, "similarity from which a profile photo is the member (the model version's approval point if stricter; 0: the version's own)"),
+    _setting("PROFILE_CORROBORATE_FROM", str, "0.3", "a profile photo between the two points is the member when its face is at least this similar to the selfie and matches a photo that matches (at the approve point); off: a person decides"),
+    _setting("PROFILE_REJECT_BELOW", float, 0.0125, "best similarity below which a profile photo is a confident non-match (the version's reject point if higher; never above its approval point)"),
     # Privacy
     _setting("RETENTION_VERIFICATION_PHOTO_DAYS", str, "90", "days after the decision that selfies and their embeddings are kept, or off"),
     _setting("RETENTION_REJECTED_MEMBER_DAYS", str, "30", "days a rejected member's photos and embeddings are kept, or off"),

@@ -7,6 +7,7 @@ from core.dashboard import members as svc
 from core.dashboard import profiles as profile_svc
 from core.dashboard.codes import ADMIN, MEMBER_STATUSES
 from ui.page import page_context
+from ui.resources import get_engine
 from ui.widgets import file_input, pin_key_column, show_photo
 
 ctx = page_context("members")
@@ -252,6 +253,7 @@ with tab_import:
                     table.name,
                     ctx.store,
                     progress=progress,
+                    engine=get_engine,  # loaded only when a photo added to a verified member is checked
                 )
             st.session_state["members_import_reports"] = reports
         except svc.ImportFileError as exc:

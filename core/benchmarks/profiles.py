@@ -255,7 +255,9 @@ def time_profiles(engine, profiles: list[Profile], n: int, rng: random.Random) -
     """Whole profiles of 6 photos plus a selfie, nothing reused between runs, beside the same 7
     photos through the one-face path (analyze_many), interleaved."""
     from core.verification.profile import verify_profile
+    from core.workflows.profile_rule import rule_for
 
+    rule = rule_for(engine)
     candidates = [p for p in profiles if len(p.slots) >= 3]
     profile_ms, baseline_ms, profile_cpu_ms, baseline_cpu_ms = [], [], [], []
     for i in range(n):
@@ -268,7 +270,7 @@ def time_profiles(engine, profiles: list[Profile], n: int, rng: random.Random) -
         selfie = Path(profile.selfie).read_bytes()
         gender = profile.gender
         runs = [
-            ("profile", lambda s=selfie, p=photos, g=gender: verify_profile(engine, s, p, g)),
+            ("profile", lambda s=selfie, p=photos, g=gender: verify_profile(engine, s, p, g, rule)),
             ("one_face", lambda s=selfie, p=photos: engine.analyze_many([s, *p])),
         ]
         for name, call in runs if i % 2 == 0 else runs[::-1]:
@@ -308,7 +310,7 @@ def run(
     photos_per_person: int = 30,
     swap_share: float = 0.2,
     group_share: float = 0.15,
-    rules: list[tuple[float | None, float | None]] | None = None,
+    rules: list[tuple[float | None, float | None, float | None]] | None = None,
     timing_profiles: int = 40,
     seed: int = 0,
     limit_people: int | None = None,
@@ -317,12 +319,14 @@ def run(
     """Build profiles from the chosen people, decide them under each rule, time whole profiles.
 
     people_set: "heldout" or "train" (the model version's split, metadata "data"), or "all".
-    rules: the rules compared, each (approve_at, corroborate_from) of ProfileRule.of (approve_at
-    None: the model version's; corroborate_from None: no corroboration); the first is the rule
-    reported as the result. Default: the product's rule.
+    rules: the rules compared, each (approve_at, reject_below, corroborate_from) of the product's
+    rule (core.workflows.profile_rule.rule_for: approve_at / reject_below None: the settings'; 0:
+    the version's own; corroborate_from profile_rule.SETTING: the setting's, None: off); the first
+    is the rule reported as the result. Default: the product's rule.
     """
     from core.verification.engine import Engine
-    from core.verification.profile import ProfileRule, decide_profile
+    from core.verification.profile import decide_profile
+    from core.workflows.profile_rule import rule_for
 
     rng = random.Random(seed)
     engine = Engine.load(model)
@@ -382,7 +386,7 @@ def run(
     analysis_s = time.perf_counter() - started
 
     by_rule = {}
-    chosen_rules = [ProfileRule.of(engine, c, a) for a, c in rules] if rules else [ProfileRule.of(engine)]
+    chosen_rules = [rule_for(engine, a, r, c) for a, r, c in rules] if rules else [rule_for(engine)]
     impostor_sims, genuine_sims = [], []
     for n_rule, rule in enumerate(chosen_rules):
         overall, by_person, by_gender = _counts(), defaultdict(_counts), defaultdict(_counts)
@@ -417,7 +421,8 @@ def run(
                             "reason": photo.reason,
                         }
                     )
-        by_rule[f"approve_at={rule.approve_at:.4f},corroborate_from={rule.corroborate_from}"] = {
+        name = f"approve_at={rule.approve_at:.4f},reject_below={rule.reject_below:.4f}"
+        by_rule[f"{name},corroborate_from={rule.corroborate_from}"] = {
             "rule": {
                 "approve_at": rule.approve_at,
                 "reject_below": rule.reject_below,

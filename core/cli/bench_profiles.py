@@ -14,7 +14,15 @@ HELP = "profile verification: strangers' photos swapped in, group photos, time p
 
 
 def _number_or_none(value: str) -> float | None:
-    return None if value.strip().lower() in {"none", "off", "model", ""} else float(value)
+    return None if value.strip().lower() in {"none", "off", ""} else float(value)
+
+
+def _threshold(value: str) -> float | None:
+    """A threshold to compare: a number, 'model' (the version's own: 0) or 'setting' (None)."""
+    text = value.strip().lower()
+    if text == "model":
+        return 0.0
+    return None if text in {"setting", "settings", ""} else float(value)
 
 
 def register(subparsers) -> None:
@@ -44,18 +52,27 @@ def register(subparsers) -> None:
     parser.add_argument("--group-share", type=float, default=0.15, help="share of photos made group photos")
     parser.add_argument(
         "--approve-at",
-        type=_number_or_none,
+        type=_threshold,
         nargs="+",
         default=None,
-        help="rules to compare: a profile photo's approval similarity ('model': the version's own)",
+        help="rules to compare: a profile photo's approval similarity ('model': the version's own; "
+        "default: PROFILE_APPROVE_AT), never below the version's approve point",
+    )
+    parser.add_argument(
+        "--reject-below",
+        type=_threshold,
+        nargs="+",
+        default=None,
+        help="rules to compare: the confident non-match similarity ('model': the version's own; "
+        "default: PROFILE_REJECT_BELOW), never below the version's reject point",
     )
     parser.add_argument(
         "--corroborate",
         type=_number_or_none,
         nargs="+",
         default=None,
-        help="rules to compare: corroborate_from ('none': off); every approve-at with every corroborate, "
-        "the first pair is reported (default: the product's rule)",
+        help="rules to compare: corroborate_from ('none': off; default: PROFILE_CORROBORATE_FROM); every approve-at with every reject-below "
+        "and every corroborate, the first is reported (default: the product's rule)",
     )
     parser.add_argument("--timing-profiles", type=int, default=40, help="whole profiles of 6 + selfie timed")
     parser.add_argument("--limit-people", type=int, help="only the first N people (a quick run)")
@@ -66,7 +83,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from core.benchmarks import profiles
-    from core.verification.profile import CORROBORATE_FROM, PROFILE_APPROVE_AT
+    from core.workflows.profile_rule import SETTING
 
     for path in (args.images, args.people):
         if not path.exists():
@@ -83,9 +100,10 @@ def run(args) -> int:
         swap_share=args.swap_share,
         group_share=args.group_share,
         rules=[
-            (approve_at, corroborate)
-            for approve_at in (args.approve_at or [PROFILE_APPROVE_AT])
-            for corroborate in (args.corroborate or [CORROBORATE_FROM])
+            (approve_at, reject_below, corroborate)
+            for approve_at in (args.approve_at or [None])
+            for reject_below in (args.reject_below or [None])
+            for corroborate in (args.corroborate or [SETTING])
         ],
         timing_profiles=args.timing_profiles,
         seed=args.seed,
@@ -96,6 +114,7 @@ def run(args) -> int:
     headline = {
         k: result[k]
         for k in (
+            "rule",
             "swapped_caught",
             "swapped_approved_automatically",
             "genuine_wrongly_flagged",
@@ -107,6 +126,17 @@ def run(args) -> int:
     }
     headline["by_gender"] = {
         g: {k: v for k, v in s.items() if k != "counts"} for g, s in result["by_gender"].items()
+    }
+    headline["counts"] = {
+        k: result["counts"].get(k, 0)
+        for k in (
+            "swapped",
+            "swapped_caught",
+            "genuine",
+            "genuine_wrongly_flagged",
+            "group_with_member",
+            "member_found_in_group",
+        )
     }
     headline["timing"] = figures["timing"]
     headline["meets_targets"] = figures["meets_targets"]

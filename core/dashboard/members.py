@@ -222,9 +222,18 @@ def erase(session_factory, store, member_id: str, actor: str):
 
 
 def import_file(
-    session, table: bytes, zip_bytes: bytes | None, actor: str, filename: str, store, progress=None
+    session,
+    table: bytes,
+    zip_bytes: bytes | None,
+    actor: str,
+    filename: str,
+    store,
+    progress=None,
+    engine=None,
 ):
-    """Imports a member table (and its photos ZIP); ImportFileError when the file as a whole is unusable."""
+    """Imports a member table (and its photos ZIP); ImportFileError when the file as a whole is unusable.
+    engine: the page's engine, or the function that loads it (photos added to a verified member
+    are checked against its verified face at once)."""
     return importer.import_members(
         session,
         table,
@@ -233,6 +242,7 @@ def import_file(
         filename=filename,
         photo_store=store,
         progress=progress,
+        engine=engine,
     )
 
 

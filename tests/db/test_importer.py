@@ -329,16 +329,16 @@ def test_huge_inputs_are_refused(session, photo_store, tmp_path, make_photo, mon
     write_photos(tmp_path, make_photo, [71, 72])
     path = tmp_path / "m.csv"
     path.write_text(HEADER + "B1,M,p71.jpg,p72.jpg\n")
-    monkeypatch.setattr(importer, "MAX_PHOTO_BYTES", 500)
+    monkeypatch.setattr(importer.photos, "MAX_PHOTO_BYTES", 500)
     (report,) = import_members(session, path, photo_store=photo_store)
     assert report.status == REJECTED and "the limit is" in report.message
 
-    monkeypatch.setattr(importer, "MAX_TABLE_BYTES", 10)
+    monkeypatch.setattr(importer.table, "MAX_TABLE_BYTES", 10)
     with pytest.raises(ImportFileError, match="limit"):
         import_members(session, path, photo_store=photo_store)
 
     zip_bomb = make_zip({"big.jpg": b"\0" * 10_000})
-    monkeypatch.setattr(importer, "MAX_TABLE_BYTES", 20 * 1024 * 1024)
+    monkeypatch.setattr(importer.table, "MAX_TABLE_BYTES", 20 * 1024 * 1024)
     (report,) = import_members(
         session,
         (HEADER + "B2,M,big.jpg,big.jpg\n").encode(),
@@ -356,7 +356,7 @@ def test_excel_that_unpacks_to_too_much_is_refused(session, photo_store, tmp_pat
     workbook.active.append(list(importer.EXPECTED_COLUMNS))
     path = tmp_path / "m.xlsx"
     workbook.save(path)
-    monkeypatch.setattr(importer, "MAX_XLSX_UNPACKED_BYTES", 1000)
+    monkeypatch.setattr(importer.table, "MAX_XLSX_UNPACKED_BYTES", 1000)
     with pytest.raises(ImportFileError, match="unpacks to"):
         import_members(session, path, photo_store=photo_store)
 

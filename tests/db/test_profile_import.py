@@ -82,3 +82,103 @@ def test_a_bad_main_photo_rejects_the_row_and_both_gallery_forms_are_refused(ses
             tmp_path,
             "member_id,gender,gallery_photo,gallery_photo_1,verification_photo\nK3,M,a.jpg,b.jpg,c.jpg\n",
         )
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from core.verification.engine import Engine
+
+    return Engine.load()
+
+
+def test_photos_imported_for_a_verified_member_are_checked_on_arrival(
+    session_factory, photo_store, engine, tmp_path, monkeypatch
+):
+    from core.storage.schema import VerificationResult as ResultRow
+    from core.workflows import profiles, reviews, search
+    from core.workflows.verification import PhotoInput
+
+    monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
+    search.reset_indexes()
+    search.register_engine(engine)
+    done = profiles.verify_profile_member(
+        session_factory,
+        photo_store,
+        "staff",
+        "m-kofi",
+        PhotoInput("verification", (IMAGES / "Kofi_Annan_0014.jpg").read_bytes()),
+        [PhotoInput("gallery", (IMAGES / f"Kofi_Annan_00{n}.jpg").read_bytes()) for n in (16, 25)],
+        engine,
+        gender="M",
+    )
+    assert done.profile.status == "auto_approved", done.profile.reasons
+    with session_factory() as s:
+        assert profiles.badge(s, "m-kofi")
+
+    # The same member again, with two more photos: one of the member, one of a stranger.
+    table = tmp_path / "members.csv"
+    table.write_text(
+        "member_id,gender,gallery_photo_1,gallery_photo_2,gallery_photo_3,gallery_photo_4,verification_photo\n"
+        "m-kofi,M,images/Kofi_Annan_0016.jpg,images/Kofi_Annan_0025.jpg,images/Kofi_Annan_0026.jpg,"
+        "images/Howard_Dean_0001.jpg,images/Kofi_Annan_0014.jpg\n",
+        encoding="utf-8",
+    )
+    with session_factory() as s:
+        (report,) = importer.import_members(
+            s, table, base_dir=SAMPLE_DIR, photo_store=photo_store, workers=1, engine=engine
+        )
+    assert report.status == "updated", report.message
+    assert "photo 3: checked, shows the member (shown)" in report.message
+    assert "photo 4: checked, Photo 4" in report.message and "waits for a reviewer" in report.message
+    with session_factory() as s:
+        view = profiles.profile_view(s, "m-kofi")
+        assert [v["state"] for v in view[:3]] == ["matches"] * 3
+        assert view[3]["state"] in ("does_not_match", "review") and view[3]["waiting"]
+        # The stranger's photo waits in the review queue, by the path the API's additions take;
+        # the badge is off meanwhile.
+        waiting = s.get(ResultRow, view[3]["result_id"])
+        assert waiting.status == "flagged" and profiles.is_profile_addition(s, waiting)
+        assert s.get(Member, "m-kofi").status == "in_review" and not profiles.badge(s, "m-kofi")
+        # The member's photo shows the member: it is a row of the 1:N index.
+        index = search.index_for(s.get_bind(), engine.model_version)
+        assert view[2]["photo_id"] in index.photos_of("m-kofi")
+        assert view[3]["photo_id"] not in index.photos_of("m-kofi")
+        reviews.decide(s, waiting.id, "reviewer", "reject", label="different")
+    with session_factory() as s:
+        # Rejected: out of the public profile, and the badge is back.
+        assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")
+    search.reset_indexes()
+
+
+def test_imported_photos_wait_when_there_is_no_model_to_check_them(session, photo_store, tmp_path):
+    from core.errors import ModelError
+
+    reports = _import(
+        session,
+        photo_store,
+        tmp_path,
+        "member_id,gender,gallery_photo,verification_photo\nK5,M,images/Kofi_Annan_0016.jpg,images/Kofi_Annan_0014.jpg\n",
+    )
+    assert reports[0].status == "imported"
+    session.get(Member, "K5").status = "verified"
+    session.commit()
+
+    def no_model():
+        raise ModelError("no model version is trained yet")
+
+    table = tmp_path / "again.csv"
+    table.write_text(
+        "member_id,gender,gallery_photo,verification_photo\n"
+        'K5,M,"images/Kofi_Annan_0016.jpg;images/Kofi_Annan_0025.jpg",images/Kofi_Annan_0014.jpg\n',
+        encoding="utf-8",
+    )
+    (report,) = importer.import_members(
+        session, table, base_dir=SAMPLE_DIR, photo_store=photo_store, workers=1, engine=no_model
+    )
+    assert report.status == "updated", report.message
+    assert (
+        "photo 2: waits to be checked (no model to check it: no model version is trained yet)"
+        in report.message
+    )
+    session.expire_all()
+    assert session.get(Member, "K5").status == "in_review"

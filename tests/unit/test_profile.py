@@ -223,11 +223,29 @@ def test_the_benchmark_runs_on_a_tiny_input(tmp_path):
             "--profiles-per-person", "1",
             "--group-share", "0.5",
             "--timing-profiles", "1",
+            "--approve-at", "0.995", "setting",
+            "--reject-below", "0.05",
             "--json", str(out),
         ]
     )  # fmt: skip
     code = args.run(args)
     figures = json.loads(out.read_text())
+    # The first rule asked for is the one reported; the other is compared beside it, both capped
+    # by the version's points as the product's rule is (core.workflows.profile_rule).
+    from core.verification.engine import Engine
+    from core.workflows.profile_rule import rule_for
+
+    engine = Engine.load()
+    first, second = rule_for(engine, 0.995, 0.05), rule_for(engine, None, 0.05)
+    assert figures["result"]["rule"] == {
+        "approve_at": first.approve_at,
+        "reject_below": first.reject_below,
+        "corroborate_from": first.corroborate_from,
+    }
+    assert [r["rule"]["approve_at"] for r in figures["rules_compared"].values()] == [
+        first.approve_at,
+        second.approve_at,
+    ]
     counts = figures["result"]["counts"]
     assert figures["profiles"] == counts["profiles"] >= 4
     kinds = ("genuine", "swapped", "group_with_member", "group_without_member")

@@ -1,14 +1,19 @@
 """1:N face search over every enrolled member, and the duplicate-account check run on each verification.
 
 An enrolled member is a member whose current gallery photo has a pretrained embedding in the
-`embeddings` table. The index keeps, in memory, one row per such photo: the engine's projection of
+`embeddings` table; every other photo of its profile that shows the member (it matched the
+verified face, or a reviewer accepted it) is a row of the member too, so a photo lifted from any
+member's profile is found. The index keeps, in memory, one row per such photo: the engine's projection of
 that embedding (the Siamese tower's output for the loaded model version), as a float32 matrix.
 
     thresholds   similarity on the model's scale; duplicate_threshold(...)
     embeddings   pretrained_model_id(), embedding_dim(), store_embeddings(), enrol_missing()
     index        SearchIndex(dim, offset, scale, ...): the matrix; add/remove/search, thread-safe,
                  kept in step with the database and with other processes
+    enrolled     which photos are rows, in SQL: a member's current gallery photo and each other
+                 profile photo that shows the member (enrolled_photo(), shows_the_member())
     registry     register_engine(engine), index_for(bind, model_version), forget_member(),
+                 refresh_after_commit(session, member_id), store_embeddings_of(),
                  reset_indexes(), index_stats()
     duplicates   flag_possible_duplicates(session, row, result): the hook the one storing path
                  (core.workflows.batches.store_result) calls for every result; candidates_of(flag)
@@ -30,6 +35,7 @@ from core.workflows.search.embeddings import (
     pretrained_model_id,
     store_embeddings,
 )
+from core.workflows.search.enrolled import enrolled_photo, shows_the_member
 from core.workflows.search.index import (
     LOAD_CHUNK,
     PROJECT_CHUNK,
@@ -45,8 +51,10 @@ from core.workflows.search.registry import (
     forget_member,
     index_for,
     index_stats,
+    refresh_after_commit,
     register_engine,
     reset_indexes,
+    store_embeddings_of,
 )
 from core.workflows.search.thresholds import (
     DUPLICATE_CEILING,
@@ -82,14 +90,18 @@ __all__ = [
     "duplicate_threshold",
     "embedding_dim",
     "enrol_missing",
+    "enrolled_photo",
     "flag_possible_duplicates",
     "forget_member",
     "index_for",
     "index_stats",
     "pretrained_model_id",
+    "refresh_after_commit",
     "register_engine",
     "reset_indexes",
     "search_photo",
+    "shows_the_member",
     "store_embeddings",
+    "store_embeddings_of",
     "was_checked",
 ]

@@ -20,10 +20,11 @@ import numpy as np
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from core.storage.schema import GALLERY, Member, Photo, PossibleDuplicate
+from core.storage.schema import Member, Photo, PossibleDuplicate
 from core.verification.networks import DEFAULT_NETWORKS
 from core.verification.result import FLAGGED, POSSIBLE_DUPLICATE, Flag
 from core.workflows.search.embeddings import store_embeddings
+from core.workflows.search.enrolled import enrolled_photo
 from core.workflows.search.index import Candidate
 from core.workflows.search.registry import _context, index_for
 
@@ -120,7 +121,8 @@ def flag_possible_duplicates(session: Session, row, result) -> list[Candidate]:
 
 
 def _still_enrolled(session: Session, found: list[Candidate]) -> list[Candidate]:
-    """Keep candidates whose photo is still a current gallery photo of that member (not stale)."""
+    """Keep candidates whose photo is still enrolled for that member (its current gallery photo,
+    or a profile photo that shows it): never a stale row."""
     if not found:
         return []
     ids = [c.photo_id for c in found if c.photo_id]
@@ -128,9 +130,7 @@ def _still_enrolled(session: Session, found: list[Candidate]) -> list[Candidate]
     if ids:
         current = set(
             session.execute(
-                select(Photo.id, Photo.member_id).where(
-                    Photo.id.in_(ids), Photo.current.is_(True), Photo.kind == GALLERY
-                )
+                select(Photo.id, Photo.member_id).where(Photo.id.in_(ids), enrolled_photo())
             ).all()
         )
     no_photo = [c.member_id for c in found if not c.photo_id]

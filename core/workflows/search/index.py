@@ -1,6 +1,11 @@
 """The in-memory index: enrolled members' projections in one float32 matrix, kept in step with
 the database.
 
+An enrolled photo is a member's current gallery photo (the profile's main photo, the member's
+"main" row) or another photo of its profile that shows the member (core.workflows.search.enrolled
+says which, for the index, its consistency check and the duplicate check alike). A member has one
+row per such photo.
+
 A search is one matrix-vector product and an argpartition, so it costs about the time to read the
 matrix once (100,000 members x 256 floats = 102 MB); `faceverify bench search` measures it.
 
@@ -26,8 +31,9 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from core.storage.schema import GALLERY, Embedding, MemberErasure, Photo
+from core.storage.schema import Embedding, MemberErasure, Photo
 from core.workflows.search.embeddings import EMBEDDING_DIM, pretrained_model_id
+from core.workflows.search.enrolled import _db_fingerprint, _enrolled_query
 from core.workflows.search.thresholds import (
     _similarity_from_sqdist,
     _sqdist_for_similarity,
@@ -114,6 +120,7 @@ class SearchIndex:
         self._photo_ids = np.zeros(len(self._matrix), np.int64)
         self._members: list[str | None] = []
         self._shas: list[str | None] = []
+        self._mains: list[bool] = []  # the member's current gallery photo (not another profile photo)
         self._n = 0
         self._rows_of_member: dict[str, list[int]] = {}
         self._row_of_photo: dict[int, int] = {}
@@ -144,30 +151,37 @@ class SearchIndex:
         shas: Iterable[str | None] | None = None,
         *,
         replace_member: bool = True,
+        mains: Iterable[bool] | None = None,
     ) -> None:
-        """Add rows. With replace_member, a member's earlier rows go (one current gallery photo)."""
+        """Add rows. mains: whether each is the member's current gallery photo (default: all are);
+        with replace_member, a main row replaces the member's earlier main row (one current gallery
+        photo), while the member's other profile photos stay."""
         member_ids = list(member_ids)
         vectors = np.asarray(vectors, np.float32).reshape(len(member_ids), self.dim)
         photo_ids = list(photo_ids) if photo_ids is not None else [None] * len(member_ids)
         shas = list(shas) if shas is not None else [None] * len(member_ids)
+        mains = [bool(m) for m in mains] if mains is not None else [True] * len(member_ids)
         with self._lock:
             self._grow(self._n + len(member_ids))
-            for member_id, vector, photo_id, sha in zip(member_ids, vectors, photo_ids, shas, strict=True):
+            rows_in = zip(member_ids, vectors, photo_ids, shas, mains, strict=True)
+            for member_id, vector, photo_id, sha, main in rows_in:
                 if photo_id is not None and photo_id in self._row_of_photo:
                     old = self._row_of_photo[photo_id]
                     if self._members[old] == member_id:
-                        continue  # already here
+                        self._mains[old] = main  # already here (it may have become the main one)
+                        continue
                     self._remove_row(old)
-                if replace_member:
+                if replace_member and main:
                     for row in list(self._rows_of_member.get(member_id, ())):
-                        # Keep a newer photo the database already gave us.
-                        if photo_id is None or self._photo_ids[row] <= photo_id:
+                        # Keep a newer photo the database already gave us, and the other photos.
+                        if self._mains[row] and (photo_id is None or self._photo_ids[row] <= photo_id):
                             self._remove_row(row)
                 row = self._n
                 self._matrix[row] = vector
                 self._photo_ids[row] = photo_id or 0
                 self._members.append(member_id)
                 self._shas.append(sha)
+                self._mains.append(main)
                 self._rows_of_member.setdefault(member_id, []).append(row)
                 if photo_id is not None:
                     self._row_of_photo[photo_id] = row
@@ -202,7 +216,25 @@ class SearchIndex:
             for row in list(self._rows_of_member.get(member_id, ())):
                 self._remove_row(row)
 
-    def replace_all(self, member_ids: list[str], vectors: np.ndarray, photo_ids=None, shas=None) -> None:
+    def remove_photos(self, photo_ids: Iterable[int]) -> None:
+        with self._lock:
+            for photo_id in photo_ids:
+                row = self._row_of_photo.get(int(photo_id))
+                if row is not None:
+                    self._remove_row(row)
+
+    def photos_of(self, member_id: str) -> dict[int, bool]:
+        """The member's rows here: {photo id: whether it is the main one}."""
+        with self._lock:
+            return {
+                int(self._photo_ids[row]): self._mains[row]
+                for row in self._rows_of_member.get(member_id, ())
+                if self._photo_ids[row]
+            }
+
+    def replace_all(
+        self, member_ids: list[str], vectors: np.ndarray, photo_ids=None, shas=None, mains=None
+    ) -> None:
         """Swap in a complete new content (a reload) in one step."""
         fresh = SearchIndex(
             self.dim,
@@ -213,7 +245,7 @@ class SearchIndex:
             dup_threshold=self.duplicate_threshold,
             capacity=max(16, int(len(member_ids) * 1.25)),
         )
-        fresh.add_many(member_ids, vectors, photo_ids, shas, replace_member=False)
+        fresh.add_many(member_ids, vectors, photo_ids, shas, replace_member=False, mains=mains)
         with self._lock:
             for name in (
                 "_matrix",
@@ -221,6 +253,7 @@ class SearchIndex:
                 "_photo_ids",
                 "_members",
                 "_shas",
+                "_mains",
                 "_n",
                 "_rows_of_member",
                 "_row_of_photo",
@@ -412,6 +445,7 @@ class SearchIndex:
         members: list[str] = []
         photo_ids: list[int] = []
         shas: list[str] = []
+        mains: list[bool] = []
         chunks: list[np.ndarray] = []
         last = 0
         while True:  # keyset pages: bounded memory per fetch, no OFFSET scans
@@ -421,17 +455,18 @@ class SearchIndex:
             if not rows:
                 break
             vectors = np.empty((len(rows), dim), np.float32)
-            for i, (photo_id, member_id, sha, _eid, vector) in enumerate(rows):
+            for i, (photo_id, member_id, sha, _eid, vector, current) in enumerate(rows):
                 vectors[i] = np.frombuffer(vector, "<f4", dim)
                 members.append(member_id)
                 photo_ids.append(photo_id)
                 shas.append(sha)
+                mains.append(bool(current))
             chunks.append(_project(projector, vectors))
             last = rows[-1][0]
             if len(rows) < LOAD_CHUNK:
                 break
         matrix = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
-        self.replace_all(members, matrix, photo_ids, shas)
+        self.replace_all(members, matrix, photo_ids, shas, mains)
         self.last_photo_id, self.last_embedding_id = max_photo, max_embedding
         self.last_erasure_id = max(self.last_erasure_id, last_erasure)
         self.loaded_from_db = True
@@ -470,8 +505,37 @@ class SearchIndex:
                 _project(projector, vectors),
                 [r[0] for r in ordered],
                 [r[2] for r in ordered],
+                mains=[bool(r[5]) for r in ordered],
             )
         self.last_photo_id, self.last_embedding_id = max_photo, max_embedding
+
+    def sync_member(self, bind: Engine | Connection, member_id: str, projector) -> None:
+        """Bring one member's rows in step with the database at once: its enrolled photos in, the
+        photos no longer enrolled (removed, rejected, no longer the main one) out. Called after a
+        commit that changed which of the member's profile photos show the member; other processes
+        see it at their next consistency check (or sooner, for a new photo)."""
+        with _connect(bind) as conn:
+            rows = conn.execute(
+                _enrolled_query(self.stored_model_id, self.stored_dim).where(Photo.member_id == member_id)
+            ).all()
+        wanted = {r[0]: r for r in rows}
+        with self._lock:
+            have = self.photos_of(member_id)
+            self.remove_photos(p for p in have if p not in wanted)
+            for photo_id in have:
+                if photo_id in wanted:
+                    self._mains[self._row_of_photo[photo_id]] = bool(wanted[photo_id][5])
+        new = [wanted[p] for p in sorted(wanted) if p not in have]
+        if new:
+            vectors = np.stack([np.frombuffer(r[4], "<f4", self.stored_dim) for r in new])
+            self.add_many(
+                [r[1] for r in new],
+                _project(projector, vectors),
+                [r[0] for r in new],
+                [r[2] for r in new],
+                replace_member=False,
+                mains=[bool(r[5]) for r in new],
+            )
 
 
 def _connect(bind):
@@ -489,28 +553,6 @@ class _NoClose:
 
     def __exit__(self, *exc):
         return False
-
-
-def _enrolled_query(model_id: str, dim: int = EMBEDDING_DIM):
-    return (
-        select(Photo.id, Photo.member_id, Photo.sha256, Embedding.id, Embedding.vector)
-        .join(Embedding, Embedding.photo_sha256 == Photo.sha256)
-        .where(
-            Photo.kind == GALLERY,
-            Photo.current.is_(True),
-            Embedding.model_id == model_id,
-            Embedding.dim == dim,
-        )
-    )
-
-
-def _db_fingerprint(
-    conn: Connection, model_id: str | None = None, dim: int = EMBEDDING_DIM
-) -> tuple[int, int]:
-    model_id = model_id or pretrained_model_id()
-    sub = _enrolled_query(model_id, dim).with_only_columns(Photo.id).subquery()
-    count, total = conn.execute(select(func.count(), func.coalesce(func.sum(sub.c.id), 0))).one()
-    return int(count or 0), int(total or 0)
 
 
 def _project(projector, embeddings: np.ndarray) -> np.ndarray:

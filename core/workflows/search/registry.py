@@ -3,6 +3,11 @@
 register_engine(engine)                       lets the index project stored embeddings with it
 index_for(bind, model_version) -> SearchIndex the process-wide index of a database + model
 forget_member(bind, member_id)                drop an erased member from this process's indexes
+refresh_after_commit(session, member_id)      once the session commits, the member's rows in this
+                                              process's indexes follow the database (its profile
+                                              photos that show the member in, the others out)
+store_embeddings_of(session, version, analyses)  the analysed photos' embeddings, for the networks
+                                              of that model version (the index is built from them)
 index_stats(bind) -> list[str]                enrolled rows and the duplicate threshold, for people
 """
 
@@ -13,12 +18,15 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
 from core.errors import ModelError
 from core.verification.networks import DEFAULT_NETWORKS, networks_of
-from core.workflows.search.embeddings import embedding_dim, pretrained_model_id
-from core.workflows.search.index import SearchIndex, _db_fingerprint
+from core.workflows.search.embeddings import embedding_dim, pretrained_model_id, store_embeddings
+from core.workflows.search.enrolled import _db_fingerprint
+from core.workflows.search.index import SearchIndex
 from core.workflows.search.thresholds import duplicate_threshold
 
 log = logging.getLogger(__name__)
@@ -131,6 +139,58 @@ def forget_member(bind: Engine | Connection, member_id: str) -> None:
         targets = [index for (url, _version), index in _indexes.items() if url == key]
     for index in targets:
         index.remove_member(member_id)
+
+
+_REFRESH_KEY = "faceverify.search.refresh"
+
+
+def refresh_after_commit(session: Session, member_id: str) -> None:
+    """Once this session commits, this process's indexes of its database hold exactly the
+    member's enrolled photos (core.workflows.search.enrolled); nothing on a rollback. Other
+    processes follow at their next sync or consistency check."""
+    if _REFRESH_KEY not in session.info:
+        session.info[_REFRESH_KEY] = set()
+        event.listen(session, "after_commit", _refresh_pending)
+        event.listen(session, "after_rollback", _drop_refresh)
+    session.info[_REFRESH_KEY].add(member_id)
+
+
+def _drop_refresh(session: Session) -> None:
+    if not session.in_nested_transaction():  # a savepoint rolled back leaves the rest to commit
+        session.info.get(_REFRESH_KEY, set()).clear()
+
+
+def _refresh_pending(session: Session) -> None:
+    # after_commit also follows a savepoint's release (the audit chain takes one right before the
+    # commit): only the outermost commit makes the rows visible to the index's own connection.
+    if session.in_nested_transaction():
+        return
+    members = session.info.get(_REFRESH_KEY) or set()
+    if not members:
+        return
+    pending, members = set(members), session.info[_REFRESH_KEY]
+    members.clear()
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    key = _bind_key(engine)
+    with _indexes_lock:
+        targets = [(version, index) for (url, version), index in _indexes.items() if url == key]
+    for version, index in targets:
+        context = _context(version)
+        if context is None or not index.loaded_from_db:
+            continue  # an index not loaded yet reads the database when it first is
+        for member_id in sorted(pending):
+            try:
+                index.sync_member(engine, member_id, context.project)
+            except Exception:  # the committed data stands; the next consistency check catches up
+                log.exception("search index %s: member %s not refreshed", version, member_id)
+
+
+def store_embeddings_of(session: Session, model_version: str, analyses) -> int:
+    """Store the pretrained embeddings of these analysed photos (those without one), for the
+    networks of this model version. In the caller's transaction."""
+    context = _context(model_version)
+    return store_embeddings(session, analyses, context.networks if context else DEFAULT_NETWORKS)
 
 
 def reset_indexes() -> None:

@@ -1,0 +1,170 @@
+"""Reading the member table: .csv or .xlsx, its columns checked, the gallery cell split into the
+profile's photos."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import re
+import unicodedata
+from pathlib import Path
+
+from core.errors import FaceVerifyError
+from core.storage.schema import GALLERY, VERIFICATION
+from core.workflows import spreadsheets
+
+EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
+PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
+OPTIONAL_COLUMNS = ("birth_year",)  # groups the self-measurement's pairs by age band
+# The profile: the gallery cell may hold several photos (separated by ";" or a new line), or the
+# columns gallery_photo_1 ... gallery_photo_N replace gallery_photo. The first is the main photo.
+GALLERY_SEPARATORS = re.compile(r"[;\n]+")
+NUMBERED_GALLERY = re.compile(r"^gallery_photo_(\d+)$")
+
+MAX_TABLE_BYTES = 20 * 1024 * 1024  # a 100,000-row CSV of links is ~10 MB
+MAX_ROWS = 100_000
+MAX_XLSX_UNPACKED_BYTES = spreadsheets.MAX_UNPACKED_BYTES  # the XML inside an .xlsx (ZIP bombs)
+
+
+class ImportFileError(FaceVerifyError):
+    """The file as a whole cannot be imported (unreadable, wrong columns); no row was touched."""
+
+    code = "import_file_error"
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(" ".join(self.problems))
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the table
+
+
+def _normalise_header(name) -> str:
+    text = unicodedata.normalize("NFC", str(name if name is not None else "")).strip().lower()
+    return re.sub(r"[\s\-.]+", "_", text)
+
+
+def _source_bytes(rows_source, filename: str | None) -> tuple[bytes, str]:
+    if isinstance(rows_source, str | Path):
+        path = Path(rows_source)
+        if not path.is_file():
+            raise ImportFileError(f"The file {path} does not exist.")
+        if path.stat().st_size > MAX_TABLE_BYTES:
+            raise ImportFileError(
+                f"The file is {path.stat().st_size / 1e6:.1f} MB; the limit is "
+                f"{MAX_TABLE_BYTES / 1e6:.0f} MB. Split it into smaller files."
+            )
+        return path.read_bytes(), filename or path.name
+    if isinstance(rows_source, bytes | bytearray):
+        return bytes(rows_source), filename or "upload.csv"
+    # A file-like object, such as Streamlit's UploadedFile.
+    reader = getattr(rows_source, "getvalue", None) or getattr(rows_source, "read", None)
+    if reader is None:
+        raise TypeError("rows_source must be a path, bytes or a file-like object")
+    data = reader()
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return data, filename or getattr(rows_source, "name", None) or "upload.csv"
+
+
+def read_table(rows_source, filename: str | None = None) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(normalised column names, [(row number, {column: text})]); blank rows are skipped."""
+    data, name = _source_bytes(rows_source, filename)
+    if len(data) > MAX_TABLE_BYTES:
+        raise ImportFileError(
+            f"The file is {len(data) / 1e6:.1f} MB; the limit is {MAX_TABLE_BYTES / 1e6:.0f} MB. "
+            "Split it into smaller files."
+        )
+    if not data.strip():
+        raise ImportFileError("The file is empty.")
+    suffix = Path(name).suffix.lower()
+    if suffix in (".xlsx", ".xlsm") or (data[:4] == b"PK\x03\x04" and suffix not in (".csv", ".txt", ".tsv")):
+        header, rows = _read_xlsx(data)
+    elif suffix == ".xls" or data[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
+        raise ImportFileError("Old Excel .xls files are not supported: save the sheet as .xlsx or CSV.")
+    elif data[:4] == b"PK\x03\x04":
+        raise ImportFileError(
+            f"{name} is named like a CSV file but is an Excel workbook: rename it to .xlsx."
+        )
+    else:
+        header, rows = _read_csv(data)
+    if len(rows) > MAX_ROWS:
+        raise ImportFileError(f"The file has {len(rows)} rows; the limit is {MAX_ROWS}. Split it.")
+    columns = [_normalise_header(h) for h in header]
+    table = []
+    for row_number, values in rows:
+        cells = ["" if v is None else str(v).strip() for v in values]
+        if not any(cells):
+            continue
+        cells += [""] * (len(columns) - len(cells))
+        table.append((row_number, dict(zip(columns, cells, strict=False))))
+    return columns, table
+
+
+def _read_csv(data: bytes) -> tuple[list, list[tuple[int, list]]]:
+    for encoding in ("utf-8-sig", "cp949"):  # Korean Excel saves CSV as cp949 unless told otherwise
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise ImportFileError("The CSV file is neither UTF-8 nor Korean (CP949) text. Save it as UTF-8 CSV.")
+    first_line = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=first_line.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+        rows = [(reader.line_num, values) for values in reader]
+    except csv.Error as exc:
+        raise ImportFileError(f"The CSV file is malformed near line {reader.line_num}: {exc}.") from None
+    return header, rows
+
+
+def _read_xlsx(data: bytes) -> tuple[list, list[tuple[int, list]]]:
+    """The first sheet, read as a stream with limits; formulas refuse the file (row named)."""
+    try:
+        return spreadsheets.read_xlsx(data, max_unpacked_bytes=MAX_XLSX_UNPACKED_BYTES, max_rows=MAX_ROWS)
+    except spreadsheets.SpreadsheetError as exc:
+        raise ImportFileError(str(exc)) from None
+
+
+def check_columns(columns: list[str]) -> None:
+    """Raise ImportFileError naming every missing column, with the closest header as a hint."""
+    problems = []
+    duplicates = sorted({c for c in columns if c and columns.count(c) > 1})
+    if duplicates:
+        problems.append(f"Column(s) {', '.join(duplicates)} appear more than once.")
+    numbered = [c for c in columns if NUMBERED_GALLERY.match(c or "")]
+    if numbered and "gallery_photo" in columns:
+        problems.append("Use either gallery_photo or gallery_photo_1 ... gallery_photo_N, not both.")
+    unknown = [c for c in columns if c and c not in EXPECTED_COLUMNS + OPTIONAL_COLUMNS and c not in numbered]
+    for expected in EXPECTED_COLUMNS:
+        if expected in columns or (expected == "gallery_photo" and numbered):
+            continue
+        close = difflib.get_close_matches(expected, unknown, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}? Rename it to {expected!r}." if close else ""
+        problems.append(f"Column {expected!r} is missing.{hint}")
+    if problems:
+        found = ", ".join(c or "(empty)" for c in columns)
+        problems.append(f"Expected columns: {', '.join(EXPECTED_COLUMNS)}; found: {found}.")
+        raise ImportFileError(problems)
+
+
+def gallery_references(values: dict) -> list[str]:
+    """A row's profile photos in order: gallery_photo_1 ... gallery_photo_N, or the gallery_photo
+    cell split at ";" and new lines."""
+    numbered = sorted(
+        (int(m.group(1)), column) for column in values if (m := NUMBERED_GALLERY.match(column or ""))
+    )
+    if numbered:
+        return [values.get(column, "").strip() for _n, column in numbered if values.get(column, "").strip()]
+    return [
+        part.strip() for part in GALLERY_SEPARATORS.split(values.get("gallery_photo", "")) if part.strip()
+    ]

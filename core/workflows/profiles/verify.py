@@ -1,0 +1,225 @@
+"""A selfie against the whole profile: verify_profile_member (a new member is enrolled with all its
+photos at once)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
+from core.storage.schema import (
+    GALLERY,
+    MEMBER_IN_REVIEW,
+    MEMBER_VERIFIED,
+    VERIFICATION,
+    Member,
+    Photo,
+    ProfilePhoto,
+    utcnow,
+)
+from core.verification import profile as rule
+from core.verification.result import AUTO_APPROVED, FLAGGED
+from core.workflows import batches, profile_rows, profile_rule, search, verification
+from core.workflows.profile_rows import max_photos, profile_of
+from core.workflows.profiles.checks import (
+    _store_states,
+    another_member_flag,
+    member_result,
+    other_members,
+)
+from core.workflows.profiles.common import (
+    ProfileFull,
+    RunOnEngine,
+    SamePhotoTwice,
+    _direct,
+)
+from core.workflows.verification import PhotoInput
+
+
+@dataclass
+class ProfileVerified:
+    profile: rule.ProfileVerification
+    verified: verification.Verified
+    member_id: str
+
+    @property
+    def result_id(self) -> int:
+        return self.verified.result_id
+
+
+# ----------------------------------------------------------------------------------------------
+# A selfie against the whole profile
+
+
+def verify_profile_member(
+    session_factory: sessionmaker,
+    store: PhotoStoreBackend,
+    actor: str,
+    member_id: str,
+    selfie: PhotoInput,
+    profile_photos: list[PhotoInput],
+    engine,
+    *,
+    gender: str | None = None,
+    source: str = batches.API_SINGLE,
+    enrol: bool = True,
+    challenge_token: str | None = None,
+    storing=None,
+    run_on_engine: RunOnEngine | None = None,
+) -> ProfileVerified:
+    """Verify a selfie against the member's profile and store it (see the module's docstring).
+
+    profile_photos: a new member's photos, in order (the first is the main photo); for an
+    existing member, leave it empty (its stored profile is used) or send photos already in it.
+    Raises the use case's VerifyError kinds (nothing stored), ProfileFull, SamePhotoTwice.
+    """
+    run_on_engine = run_on_engine or _direct(engine)
+    if engine is not None:
+        search.register_engine(engine)
+    limit = max_photos()
+    with session_factory() as session:
+        exists = session.get(Member, member_id) is not None
+        stored_rows = profile_of(session, member_id, public=True) if exists else []
+        if exists and not stored_rows:
+            main_photo = verification._current_photo(session, member_id, GALLERY)
+            if main_photo is not None:
+                stored_rows = [profile_rows.ensure_main_photo(session, member_id, main_photo)]
+                session.commit()
+        stored = [(r.photo.sha256, r.photo.stored_path) for r in stored_rows]
+        session.rollback()
+    if exists:
+        known = {sha for sha, _ in stored}
+        for photo in profile_photos:
+            sha = photo.sha256 or (hashlib.sha256(photo.data).hexdigest() if photo.data is not None else None)
+            if sha is not None and sha not in known:
+                raise verification.GalleryLocked(
+                    f"Member {member_id!r} already exists, so its profile is not replaced by a verification: "
+                    f"add a photo on its own (API: POST /v1/members/{member_id}/profile-photos); it is "
+                    "checked against the member's verified face."
+                )
+        if not stored:
+            raise verification.PhotoRequired(f"Member {member_id!r} has no profile photo.", which=GALLERY)
+        main = PhotoInput(GALLERY, sha256=stored[0][0])
+        others: list[bytes] = []
+        for _sha, path in stored[1:]:
+            try:
+                others.append(store.read(path))
+            except PhotoNotFound:
+                raise verification.PhotoMissing(
+                    "A stored profile photo is missing from the photo store.", which=GALLERY
+                ) from None
+        new_photos: list[PhotoInput] = []
+    else:
+        if len(profile_photos) > limit:
+            raise ProfileFull(
+                f"A profile holds at most {limit} photos; {len(profile_photos)} were given.", max=limit
+            )
+        shas = [hashlib.sha256(p.data).hexdigest() for p in profile_photos if p.data is not None]
+        if len(set(shas)) != len(shas):
+            raise SamePhotoTwice("The same photo was given twice for the profile.")
+        main = profile_photos[0] if profile_photos else PhotoInput(GALLERY)
+        main.which = GALLERY
+        new_photos = list(profile_photos[1:])
+        others = [p.data for p in new_photos if p.data is not None]
+        for photo in new_photos:
+            if photo.data is None:
+                raise verification.PhotoRequired(
+                    "A new member's profile photos must be uploaded.", which=GALLERY
+                )
+
+    holder: dict[str, rule.ProfileVerification] = {}
+
+    def run_engine(gallery_bytes, selfie_bytes, registered_gender, challenge):
+        def work(engine_now):
+            checked = rule.verify_profile(
+                engine_now,
+                selfie_bytes,
+                [gallery_bytes, *others],
+                registered_gender,
+                rule=profile_rule.rule_for(engine_now),
+                challenge=challenge,
+                max_photos=limit,
+            )
+            holder["profile"] = checked
+            return member_result(engine_now, checked, registered_gender, challenge)
+
+        return run_on_engine(work)
+
+    # The other photos' files first (content-addressed, idempotent), their rows with the result.
+    paths: list[tuple[PhotoInput, str]] = []
+    for photo in new_photos:
+        try:
+            paths.append((photo, store.put(photo.data, photo.ext).relative_path))
+        except OSError:
+            raise verification.StoreUnavailable(
+                "The photo store cannot save the photo; nothing was stored."
+            ) from None
+
+    def on_store(session: Session, member, photo_ids: dict[str, int], row) -> None:
+        now = utcnow()
+        if paths:  # a new member: the other photos join the profile after the main one
+            for position, (photo, path) in enumerate(paths, start=2):
+                sha = hashlib.sha256(photo.data).hexdigest()
+                photo_row = Photo(
+                    member_id=member_id,
+                    kind=GALLERY,
+                    sha256=sha,
+                    stored_path=path,
+                    size_bytes=len(photo.data),
+                    source=source,
+                    current=False,  # the member's current gallery photo is the main one
+                    created_at=now,
+                    width=photo.width,
+                    height=photo.height,
+                )
+                session.add(photo_row)
+                session.flush()
+                session.add(
+                    ProfilePhoto(
+                        member_id=member_id, position=position, photo_id=photo_row.id, created_at=now
+                    )
+                )
+            session.flush()
+        checked = holder["profile"]
+        _store_states(session, member_id, checked, now)
+        extra = []
+        for photo in checked.photos:
+            others = other_members(session, checked.model_version, photo, member_id, checked.rule.approve_at)
+            if others:
+                flag = another_member_flag(photo.position, others, "gallery")
+                extra.append(
+                    {"code": flag.code, "reason": flag.reason, "photo": flag.photo, "params": flag.params}
+                )
+        if extra:
+            row.flags = list(row.flags or []) + extra
+            if row.status == AUTO_APPROVED:
+                row.status = FLAGGED
+                session.execute(
+                    update(Member)
+                    .where(Member.id == member_id, Member.status == MEMBER_VERIFIED)
+                    .values(status=MEMBER_IN_REVIEW)
+                )
+        # Every photo's embedding (the member's face in it), so the photos that show the member
+        # join the 1:N index beside the main one once this commits.
+        search.store_embeddings_of(session, checked.model_version, [p.analysis for p in checked.photos])
+        search.refresh_after_commit(session, member_id)
+        session.flush()
+
+    done = verification.verify_member(
+        session_factory,
+        store,
+        actor,
+        member_id,
+        {GALLERY: main, VERIFICATION: selfie},
+        run_engine,
+        gender=gender,
+        source=source,
+        enrol=enrol,
+        challenge_token=challenge_token,
+        storing=storing,
+        on_store=on_store,
+    )
+    return ProfileVerified(holder["profile"], done, member_id)
