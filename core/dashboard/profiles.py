@@ -31,8 +31,7 @@ from core.storage.schema import (
 )
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.imaging import decode_image
-from core.verification.profile import MATCHES
-from core.workflows import batches, privacy, profiles, verification
+from core.workflows import batches, privacy, profile_rows, profiles, verification
 from core.workflows.profile_rows import profile_of
 from core.workflows.verification import PhotoInput
 
@@ -163,13 +162,8 @@ def verified_profile_share(session: Session) -> tuple[int, int]:
         .join(Member, Member.id == ProfilePhoto.member_id)
         .where(Member.status != MEMBER_ERASED)
     )
-    # A photo is unsettled when it neither matched nor was decided by a reviewer (approved counts
-    # as the member, rejected leaves the public profile): profile_rows.settled, in SQL.
-    unsettled = (
-        select(ProfilePhoto.member_id)
-        .where(ProfilePhoto.state != MATCHES, ProfilePhoto.review_decision.is_(None))
-        .distinct()
-    )
+    # A photo of the public profile that does not count as the member yet (profile_rows.settled).
+    unsettled = select(ProfilePhoto.member_id).where(profile_rows.waiting_sql()).distinct()
     verified = session.scalar(
         select(func.count(Member.id)).where(
             Member.status == MEMBER_VERIFIED,

@@ -4,7 +4,8 @@
     profile_of(session, member_id, public=False)     the rows in the member's order
     ensure_main_photo(session, member_id, photo)     the current gallery photo is position 1
     renumber(session, member_id, order)              positions 1..n in the given order
-    settled(row) / badge_ok(session, member_id)      whether the whole profile is the member
+    settled(row) / settled_sql() / waiting_sql()     whether a photo counts as the member (Python, SQL)
+    badge_ok(session, member_id)                     whether the whole public profile does
 
 Kept apart from the use case (core.workflows.profiles) so the photo writers
 (core.workflows.verification.set_current_photos) can keep the main photo in step without a cycle.
@@ -12,7 +13,7 @@ Kept apart from the use case (core.workflows.profiles) so the photo writers
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core import config
@@ -90,8 +91,34 @@ def renumber(session: Session, member_id: str, order: list[int]) -> None:
 
 
 def settled(row: ProfilePhoto) -> bool:
-    """The photo counts as the member: it matched, or a reviewer approved it."""
-    return row.state == MATCHES or row.review_decision == PROFILE_PHOTO_APPROVED
+    """The photo counts as the member: a reviewer approved it, or no reviewer decided it and it
+    matched without waiting for one. A photo added later that matched but was sent to the review
+    queue anyway (another member's face, a possible duplicate) waits (result_id) and does not
+    count until a reviewer accepts it. settled_sql() is the same test in SQL."""
+    if row.review_decision is not None:
+        return row.review_decision == PROFILE_PHOTO_APPROVED
+    return row.state == MATCHES and row.result_id is None
+
+
+def settled_sql():
+    """SQL on profile_photos: settled(row) (the 1:N index's rows, the KPI of verified profiles)."""
+    return or_(
+        ProfilePhoto.review_decision == PROFILE_PHOTO_APPROVED,
+        and_(
+            ProfilePhoto.review_decision.is_(None),
+            ProfilePhoto.state == MATCHES,
+            ProfilePhoto.result_id.is_(None),
+        ),
+    )
+
+
+def waiting_sql():
+    """SQL on profile_photos: a photo of the public profile that is not settled (no reviewer
+    decided it, and it did not match or waits in the review queue): what takes the badge away."""
+    return and_(
+        ProfilePhoto.review_decision.is_(None),
+        or_(ProfilePhoto.state != MATCHES, ProfilePhoto.result_id.is_not(None)),
+    )
 
 
 def badge_ok(session: Session, member_id: str) -> bool:

@@ -257,3 +257,52 @@ def test_erasure_and_export_cover_every_profile_photo(session_factory, photo_sto
         import hashlib
 
         assert not photo_store.exists(hashlib.sha256(data).hexdigest())
+
+
+def test_a_matching_photo_that_waits_for_review_takes_the_badge_until_accepted(
+    session_factory, photo_store, engine
+):
+    """A photo added later that shows the member but looks even more like another member's photo
+    waits in the review queue: the badge drops while it waits and comes back when a reviewer
+    accepts it; a rejected one leaves the public list and the badge comes back."""
+    done = enrol(
+        session_factory, photo_store, engine, "m-kofi", photo("Kofi_Annan_0014"), [photo("Kofi_Annan_0016")]
+    )
+    assert done.profile.status == "auto_approved", done.profile.reasons
+    # The same face under another account: its main photo is closer to the photos added below
+    # than the first member's selfie is.
+    enrol(
+        session_factory, photo_store, engine, "m-other", photo("Kofi_Annan_0026"), [photo("Kofi_Annan_0027")]
+    )
+
+    def add(name: str):
+        added = profiles.add_profile_photo(
+            session_factory, photo_store, "staff", "m-kofi", PhotoInput("gallery", photo(name)), engine
+        )
+        # It shows the member, and is sent to a person all the same: it is more like the other one.
+        assert added.state == "matches" and not added.shown, added.flags
+        codes = {f["code"]: f for f in added.flags}
+        assert codes[profiles.PROFILE_PHOTO_OF_ANOTHER]["params"]["candidates"][0][0] == "m-other"
+        with session_factory() as s:
+            assert s.get(Member, "m-kofi").status == "in_review" and not profiles.badge(s, "m-kofi")
+            view = profiles.profile_view(s, "m-kofi")[added.position - 1]
+            assert view["waiting"] and view["result_id"] == added.result_id
+            assert page.verified_profile_share(s)[0] == 0  # the KPI agrees
+        return added
+
+    waiting = add("Kofi_Annan_0025")
+    with session_factory() as s:
+        reviews.decide(s, waiting.result_id, "reviewer", "approve", label="same")
+    with session_factory() as s:
+        assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")
+        assert not profiles.profile_view(s, "m-kofi")[1]["waiting"]
+        assert page.verified_profile_share(s)[0] == 1
+
+    lifted = add("Kofi_Annan_0031")
+    assert lifted.position == 3
+    with session_factory() as s:
+        reviews.decide(s, lifted.result_id, "reviewer", "reject", label="unsure")
+    with session_factory() as s:
+        assert [p for p, _ in states(session_factory, "m-kofi", public=True)] == [1, 2]
+        assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")
+        assert page.verified_profile_share(s)[0] == 1

@@ -12,8 +12,8 @@ from __future__ import annotations
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
-from core.storage.schema import GALLERY, PROFILE_PHOTO_APPROVED, Embedding, Photo, ProfilePhoto
-from core.verification.profile import MATCHES
+from core.storage.schema import GALLERY, Embedding, Photo, ProfilePhoto
+from core.workflows import profile_rows
 from core.workflows.search.embeddings import EMBEDDING_DIM, pretrained_model_id
 
 
@@ -22,17 +22,7 @@ def shows_the_member():
     verified face and waits for no person, or a reviewer accepted it (a rejected one never)."""
     return (
         select(ProfilePhoto.id)
-        .where(
-            ProfilePhoto.photo_id == Photo.id,
-            or_(
-                ProfilePhoto.review_decision == PROFILE_PHOTO_APPROVED,
-                and_(
-                    ProfilePhoto.review_decision.is_(None),
-                    ProfilePhoto.state == MATCHES,
-                    ProfilePhoto.result_id.is_(None),
-                ),
-            ),
-        )
+        .where(ProfilePhoto.photo_id == Photo.id, profile_rows.settled_sql())
         .correlate(Photo)  # only the photo: a query that joins profile_photos itself keeps its own
         .exists()
     )
