@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import update
+import numpy as np
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
@@ -15,15 +16,19 @@ from core.storage.schema import (
     MEMBER_IN_REVIEW,
     MEMBER_VERIFIED,
     VERIFICATION,
+    Embedding,
     Member,
     Photo,
     ProfilePhoto,
     utcnow,
 )
+from core.storage.schema import VerificationResult as ResultRow
 from core.verification import profile as rule
-from core.verification.result import AUTO_APPROVED, FLAGGED
+from core.verification.networks import DEFAULT_NETWORKS
+from core.verification.result import AUTO_APPROVED, FLAGGED, Face
 from core.workflows import batches, profile_rows, profile_rule, search, verification
 from core.workflows.profile_rows import max_photos, profile_of
+from core.workflows.profiles import analyse
 from core.workflows.profiles.checks import (
     _store_states,
     another_member_flag,
@@ -89,6 +94,7 @@ def verify_profile_member(
                 stored_rows = [profile_rows.ensure_main_photo(session, member_id, main_photo)]
                 session.commit()
         stored = [(r.photo.sha256, r.photo.stored_path) for r in stored_rows]
+        reusable = _stored_faces(session, engine, member_id, stored_rows) if exists else {}
         session.rollback()
     if exists:
         known = {sha for sha, _ in stored}
@@ -103,14 +109,10 @@ def verify_profile_member(
         if not stored:
             raise verification.PhotoRequired(f"Member {member_id!r} has no profile photo.", which=GALLERY)
         main = PhotoInput(GALLERY, sha256=stored[0][0])
-        others: list[bytes] = []
-        for _sha, path in stored[1:]:
-            try:
-                others.append(store.read(path))
-            except PhotoNotFound:
-                raise verification.PhotoMissing(
-                    "A stored profile photo is missing from the photo store.", which=GALLERY
-                ) from None
+        keys = [sha for sha, _ in stored]
+        # Photos checked before are not read nor analysed again (their stored check is reused);
+        # the others are read now, and analysed once each beside the selfie.
+        others = {sha: _read_stored(store, path) for sha, path in stored[1:] if sha not in reusable}
         new_photos: list[PhotoInput] = []
     else:
         if len(profile_photos) > limit:
@@ -123,7 +125,8 @@ def verify_profile_member(
         main = profile_photos[0] if profile_photos else PhotoInput(GALLERY)
         main.which = GALLERY
         new_photos = list(profile_photos[1:])
-        others = [p.data for p in new_photos if p.data is not None]
+        others = {hashlib.sha256(p.data).hexdigest(): p.data for p in new_photos if p.data is not None}
+        keys = [None, *others]  # the main photo's hash once its bytes are known
         for photo in new_photos:
             if photo.data is None:
                 raise verification.PhotoRequired(
@@ -133,13 +136,26 @@ def verify_profile_member(
     holder: dict[str, rule.ProfileVerification] = {}
 
     def run_engine(gallery_bytes, selfie_bytes, registered_gender, challenge):
+        main_sha = hashlib.sha256(gallery_bytes).hexdigest()
+        order = [main_sha, *keys[1:]]
+        datas = {**others, main_sha: gallery_bytes}
+
         def work(engine_now):
-            checked = rule.verify_profile(
+            stored_now = analyse.stored_analyses(
+                engine_now,
+                [face for face, version in reusable.values() if version == engine_now.model_version],
+            )
+            for sha, path in stored[1:]:  # a stored check of another model version: analysed again
+                if sha not in stored_now and sha not in datas:
+                    datas[sha] = _read_stored(store, path)
+            checked = analyse.verify_photos(
                 engine_now,
                 selfie_bytes,
-                [gallery_bytes, *others],
+                order,
+                datas,
+                stored_now,
                 registered_gender,
-                rule=profile_rule.rule_for(engine_now),
+                profile_rule=profile_rule.rule_for(engine_now),
                 challenge=challenge,
                 max_photos=limit,
             )
@@ -203,8 +219,10 @@ def verify_profile_member(
                     .values(status=MEMBER_IN_REVIEW)
                 )
         # Every photo's embedding (the member's face in it), so the photos that show the member
-        # join the 1:N index beside the main one once this commits.
+        # join the 1:N index beside the main one once this commits; and its perceptual hashes, for
+        # the reuse checks and so that the next verification reuses this check (_stored_faces).
         search.store_embeddings_of(session, checked.model_version, [p.analysis for p in checked.photos])
+        _remember_hashes(session, member_id, checked)
         search.refresh_after_commit(session, member_id)
         session.flush()
 
@@ -223,3 +241,101 @@ def verify_profile_member(
         on_store=on_store,
     )
     return ProfileVerified(holder["profile"], done, member_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Photos checked before: what is reused instead of analysing them again
+
+
+def _read_stored(store: PhotoStoreBackend, path: str) -> bytes:
+    try:
+        return store.read(path)
+    except PhotoNotFound:
+        raise verification.PhotoMissing(
+            "A stored profile photo is missing from the photo store.", which=GALLERY
+        ) from None
+
+
+def _remember_hashes(session: Session, member_id: str, checked: rule.ProfileVerification) -> None:
+    for photo in checked.photos:
+        hashes = photo.analysis.hashes if photo.analysis is not None else None
+        if hashes:
+            session.execute(
+                update(Photo)
+                .where(
+                    Photo.member_id == member_id,
+                    Photo.kind == GALLERY,
+                    Photo.sha256 == photo.sha256,
+                    Photo.photo_hashes.is_(None),
+                )
+                .values(photo_hashes=hashes)
+                .execution_options(synchronize_session=False)
+            )
+
+
+def _last_profile_check(session: Session, member_id: str) -> ResultRow | None:
+    """The member's newest stored profile verification (its per-photo check in checks.profile)."""
+    for row in session.scalars(
+        select(ResultRow).where(ResultRow.member_id == member_id).order_by(ResultRow.id.desc()).limit(20)
+    ):
+        if (row.checks or {}).get("profile"):
+            return row
+    return None
+
+
+def _stored_faces(
+    session: Session, engine, member_id: str, rows: list[ProfilePhoto]
+) -> dict[str, tuple[analyse.StoredFace, str]]:
+    """{hash: (stored face, model version)} of the profile photos whose check can be reused: the
+    member's last profile verification found one face in it, the face the row names, and its
+    embedding and hashes are stored. Others (group photos, photos added later, checks of
+    another kind) are analysed again."""
+    if engine is None or not rows:
+        return {}
+    last = _last_profile_check(session, member_id)
+    if last is None:
+        return {}
+    profile = last.checks["profile"]
+    version = profile.get("model_version")
+    checked = {p.get("sha256"): p for p in profile.get("photos") or [] if isinstance(p, dict)}
+    main = last.gallery_analysis or {}
+    model_id = search.pretrained_model_id(getattr(engine, "networks", None) or DEFAULT_NETWORKS)
+    vectors = dict(
+        session.execute(
+            select(Embedding.photo_sha256, Embedding.vector).where(
+                Embedding.photo_sha256.in_([r.photo.sha256 for r in rows]), Embedding.model_id == model_id
+            )
+        ).all()
+    )
+    out = {}
+    for row in rows:
+        photo = row.photo
+        entry = checked.get(photo.sha256)
+        if (
+            entry is None
+            or row.model_version != version
+            or not row.face_box
+            or len(entry.get("faces") or []) != 1
+            or list(entry.get("box") or []) != list(row.face_box)
+            or photo.sha256 not in vectors
+            or not photo.photo_hashes
+        ):
+            continue
+        face = analyse.StoredFace(
+            sha256=photo.sha256,
+            box=tuple(row.face_box),
+            embedding=np.frombuffer(vectors[photo.sha256], "<f4").copy(),
+            hashes=photo.photo_hashes,
+            flags=[(f["code"], f["reason"]) for f in entry.get("flags") or []],
+            width=photo.width or 0,
+            height=photo.height or 0,
+        )
+        if main.get("sha256") == photo.sha256:  # the main photo as the last result stored it
+            face.quality, face.taken_at = main.get("quality"), main.get("taken_at")
+            face.width, face.height = main.get("width") or face.width, main.get("height") or face.height
+            face.faces = [
+                Face(tuple(f["box"]), f.get("score", 0.0), f.get("keypoints") or [])
+                for f in main.get("faces") or []
+            ] or None
+        out[photo.sha256] = (face, version)
+    return out
