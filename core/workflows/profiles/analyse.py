@@ -1,7 +1,7 @@
 """A profile verification's analyses: the selfie and each distinct photo never seen analysed once,
 side by side on the engine's locate threads; photos whose check is stored are not analysed again.
 
-    verify_photos(engine, selfie, keys, new, stored, ...) -> ProfileVerification
+    verify_photos(engine, selfie, keys, new, stored, ...) -> (ProfileVerification, counts)
         keys: the photos' content hashes in the member's order; new: {hash: bytes} of the photos to
         analyse; stored: {hash: [PhotoAnalysis]} rebuilt from what was stored (stored_analyses).
         The decision is core.verification.profile.decide_profile's, the same as verify_profile's.
@@ -97,9 +97,10 @@ def verify_photos(
     profile_rule: rule.ProfileRule | None = None,
     challenge: str | None = None,
     max_photos: int = rule.MAX_PROFILE_PHOTOS,
-) -> rule.ProfileVerification:
+) -> tuple[rule.ProfileVerification, dict[str, int]]:
     """A selfie against the profile whose photos are `keys` (in order): the photos in `stored`
-    reused, the others (their bytes in `new`) analysed once each beside the selfie."""
+    reused, the others (their bytes in `new`) analysed once each beside the selfie. Returns the
+    verification and how many distinct photos were analysed and reused."""
     if len(keys) > max_photos:
         raise ValueError(f"A profile holds at most {max_photos} photos; {len(keys)} were given.")
     start = time.perf_counter()
@@ -113,7 +114,5 @@ def verify_photos(
     )
     timings["decide"] = (time.perf_counter() - stage) * 1000.0
     timings["total"] = (time.perf_counter() - start) * 1000.0
-    timings["photos_analysed"] = float(len(todo))  # a count, beside the times it explains
-    timings["photos_reused"] = float(len([k for k in dict.fromkeys(keys) if k in stored]))
     result.timings_ms = timings
-    return result
+    return result, {"analysed": len(todo), "reused": len([k for k in dict.fromkeys(keys) if k in stored])}

@@ -148,7 +148,7 @@ def verify_profile_member(
             for sha, path in stored[1:]:  # a stored check of another model version: analysed again
                 if sha not in stored_now and sha not in datas:
                     datas[sha] = _read_stored(store, path)
-            checked = analyse.verify_photos(
+            checked, counts = analyse.verify_photos(
                 engine_now,
                 selfie_bytes,
                 order,
@@ -160,7 +160,9 @@ def verify_profile_member(
                 max_photos=limit,
             )
             holder["profile"] = checked
-            return member_result(engine_now, checked, registered_gender, challenge)
+            result = member_result(engine_now, checked, registered_gender, challenge)
+            result.checks["profile_photos_analysed"] = counts  # the others' stored checks reused
+            return result
 
         return run_on_engine(work)
 
