@@ -258,3 +258,36 @@ def test_the_benchmark_runs_on_a_tiny_input(tmp_path):
 
     missing = parser.parse_args(["profiles", "--images", str(tmp_path / "nowhere")])
     assert missing.run(missing) == 2
+
+
+def test_the_benchmark_times_a_new_profile_and_a_stored_one_apart(tmp_path):
+    from core.cli import bench_profiles
+
+    parser = argparse.ArgumentParser()
+    bench_profiles.register(parser.add_subparsers())
+    out = tmp_path / "timing.json"
+    args = parser.parse_args(
+        [
+            "profiles",
+            "--images", str(IMAGES),
+            "--people", str(SAMPLE_DIR / "people.csv"),
+            "--set", "all",
+            "--limit-people", "3",
+            "--profiles-per-person", "1",
+            "--group-share", "0",
+            "--timing-profiles", "2",
+            "--timing-only",
+            "--json", str(out),
+        ]
+    )  # fmt: skip
+    code = args.run(args)
+    figures = json.loads(out.read_text())
+    timing = figures["timing"]
+    assert "result" not in figures  # no accuracy part
+    assert timing["profiles_timed"] == 2
+    for key in ("profile_ms", "profile_cpu_ms", "stored_profile_ms", "stored_profile_cpu_ms"):
+        assert 0 < timing[key]["p50"] <= timing[key]["p95"]
+    # Without group photos every photo's check is kept, and reusing them is the cheaper run.
+    assert timing["stored_photos_reused_mean"] == 6
+    assert timing["stored_profile_cpu_ms"]["p50"] < timing["profile_cpu_ms"]["p50"]
+    assert code == (0 if figures["meets_targets"]["profile_p95_ms"] else 1)
