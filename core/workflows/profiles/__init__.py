@@ -5,7 +5,9 @@
         per photo, one decision for the member, each photo that is not the member flagged on its
         own. Stored through core.workflows.verification.verify_member (the same batch item,
         result, duplicate and fraud checks, audit); this module adds each photo's state.
-        A new member is enrolled with all its photos at once.
+        A new member is enrolled with all its photos at once. Photos checked before are not
+        analysed again (their stored embedding, box, hashes and flags are reused); the selfie and
+        the photos never seen are analysed once each, side by side (core.workflows.profiles.analyse).
     add_profile_photo(...) -> ProfileAddition / check_profile_photo(...) (an imported photo)
         a photo added later, compared at once with the member's verified face (the stored
         selfie): it matches -> shown at once; otherwise it waits in the review queue and the
