@@ -6,7 +6,8 @@
     kpi_totals(session, ...) -> Kpi      the whole period in one
     change_marker(session) -> tuple      changes whenever a result is stored or a review decided
 
-The figures equal core.storage.queries' row-based ones exactly (tests/test_kpi_aggregates.py):
+The figures equal those computed from every row in Python exactly (tests/kpi_reference.py,
+tests/db/test_kpi_aggregates.py):
 counts by status and by ground truth are sums in SQL; the latency percentiles are read as the
 (at most) two ranked values each needs, found with a window function, and interpolated here as
 queries.percentile does; the fraud flags are parsed here, from the few rows whose JSON names one.
