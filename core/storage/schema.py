@@ -122,6 +122,7 @@ class Photo(Base):
     __table_args__ = (
         sa.UniqueConstraint("member_id", "kind", "sha256"),
         sa.Index("ix_photos_kind_current_sha256", "kind", "current", "sha256"),  # revision 0011
+        sa.Index("ix_photos_member_kind_current", "member_id", "kind", "current"),  # revision 0013
         TABLE_ARGS,
     )
 
@@ -246,8 +247,6 @@ class VerificationResult(Base):
     registered_gender: Mapped[str | None] = mapped_column(sa.String(1))
     status: Mapped[str] = mapped_column(sa.String(16))
     flags: Mapped[list] = mapped_column(sa.JSON, default=list)
-    gallery_analysis: Mapped[dict | None] = mapped_column(sa.JSON)  # faces, quality, error, timings
-    verification_analysis: Mapped[dict | None] = mapped_column(sa.JSON)
     timings: Mapped[dict | None] = mapped_column(sa.JSON)
     latency_ms: Mapped[float | None] = mapped_column(sa.Double)
     model_version: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
@@ -270,6 +269,52 @@ class VerificationResult(Base):
     batch: Mapped[Batch | None] = relationship()
     review: Mapped[Review | None] = relationship(back_populates="result", uselist=False)
     duplicates: Mapped[list[PossibleDuplicate]] = relationship(back_populates="result")
+    # Revision 0013: the per-photo analyses live in result_analyses, so a result row stays small.
+    analysis: Mapped[ResultAnalysis | None] = relationship(
+        back_populates="result", uselist=False, cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    def _analysis_row(self) -> ResultAnalysis:
+        if self.analysis is None:
+            self.analysis = ResultAnalysis()
+        return self.analysis
+
+    @property
+    def gallery_analysis(self) -> dict | None:
+        """The gallery photo's analysis (faces, quality, error, timings), from result_analyses."""
+        return None if self.analysis is None else self.analysis.gallery
+
+    @gallery_analysis.setter
+    def gallery_analysis(self, value: dict | None) -> None:
+        if value is not None or self.analysis is not None:
+            self._analysis_row().gallery = value
+
+    @property
+    def verification_analysis(self) -> dict | None:
+        return None if self.analysis is None else self.analysis.verification
+
+    @verification_analysis.setter
+    def verification_analysis(self, value: dict | None) -> None:
+        if value is not None or self.analysis is not None:
+            self._analysis_row().verification = value
+
+
+class ResultAnalysis(Base):
+    """A result's per-photo analyses, apart from the result row (revision 0013): the rows the KPIs,
+    the review queue and retraining scan stay under 1 KB, and these are read one result at a time.
+    A result without any analysis has no row here; erasing a member's photos clears or deletes it."""
+
+    __tablename__ = "result_analyses"
+    __table_args__ = (TABLE_ARGS,)
+
+    result_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("verification_results.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    # None is SQL NULL (an erased photo's slot), so an empty row is found and removed.
+    gallery: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))  # faces, quality, error, timings
+    verification: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
+
+    result: Mapped[VerificationResult] = relationship(back_populates="analysis")
 
 
 class PossibleDuplicate(Base):
