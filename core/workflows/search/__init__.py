@@ -2,7 +2,7 @@
 
 An enrolled member is a member whose current gallery photo has a pretrained embedding in the
 `embeddings` table. The index keeps, in memory, one row per such photo: the engine's projection of
-that embedding (the Siamese tower's output for the loaded model version), as a float32 matrix.
+that embedding (the Siamese tower's output for the loaded model version), as a float16 matrix (products in float32).
 
     thresholds   similarity on the model's scale; duplicate_threshold(...)
     embeddings   pretrained_model_id(), embedding_dim(), store_embeddings(), enrol_missing()
