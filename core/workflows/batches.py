@@ -126,13 +126,17 @@ class BatchRunSummary:
 # Creating
 
 
-def items_for_members(
-    session: Session, member_ids: Iterable[str] | None = None, *, only_pending: bool = False
-) -> list[BatchItemSpec]:
-    """One item per member that has a current gallery and a current verification photo."""
+def items_statement(member_ids: Iterable[str] | None = None, *, only_pending: bool = False):
+    """SELECT member id, gender, gallery photo id, verification photo id: one row per member that
+    has a current gallery and a current verification photo (items_for_members reads it)."""
     gallery, verification = aliased(Photo), aliased(Photo)
     stmt = (
-        select(Member.id, Member.gender, gallery.id, verification.id)
+        select(
+            Member.id.label("member_id"),
+            Member.gender.label("gender"),
+            gallery.id.label("gallery_photo_id"),
+            verification.id.label("verification_photo_id"),
+        )
         .join(
             gallery, and_(gallery.member_id == Member.id, gallery.kind == GALLERY, gallery.current.is_(True))
         )
@@ -144,12 +148,19 @@ def items_for_members(
                 verification.current.is_(True),
             ),
         )
-        .order_by(Member.id)
     )
     if member_ids is not None:
         stmt = stmt.where(Member.id.in_(list(member_ids)))
     if only_pending:
         stmt = stmt.where(Member.status == MEMBER_PENDING)
+    return stmt
+
+
+def items_for_members(
+    session: Session, member_ids: Iterable[str] | None = None, *, only_pending: bool = False
+) -> list[BatchItemSpec]:
+    """One item per member that has a current gallery and a current verification photo."""
+    stmt = items_statement(member_ids, only_pending=only_pending).order_by(Member.id)
     return [BatchItemSpec(m, g_id, v_id, gender) for m, gender, g_id, v_id in session.execute(stmt)]
 
 
