@@ -270,8 +270,14 @@ class VerificationResult(Base):
     review: Mapped[Review | None] = relationship(back_populates="result", uselist=False)
     duplicates: Mapped[list[PossibleDuplicate]] = relationship(back_populates="result")
     # Revision 0013: the per-photo analyses live in result_analyses, so a result row stays small.
+    # Loaded with the row whenever whole rows are loaded (a page's few results, one query for all,
+    # usable after the session closes); scans that select columns never read them.
     analysis: Mapped[ResultAnalysis | None] = relationship(
-        back_populates="result", uselist=False, cascade="all, delete-orphan", passive_deletes=True
+        back_populates="result",
+        uselist=False,
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="selectin",
     )
 
     def _analysis_row(self) -> ResultAnalysis:
