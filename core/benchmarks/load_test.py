@@ -138,8 +138,10 @@ class Server:
     def start(self, timeout_s: float = 300.0) -> tuple[str, str]:
         import httpx
 
-        backend = self._cli("create-key", "--name", "load-test", "--role", "backend")
-        reader = self._cli("create-key", "--name", "load-test-reader", "--role", "reader")
+        # Named by the time, so a database used before (e.g. `bench scale --no-fill`) takes new ones.
+        suffix = time.strftime("%Y%m%d-%H%M%S")
+        backend = self._cli("create-key", "--name", f"load-test-{suffix}", "--role", "backend")
+        reader = self._cli("create-key", "--name", f"load-test-reader-{suffix}", "--role", "reader")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [

@@ -61,6 +61,15 @@ def register(subparsers) -> None:
     scale.add_argument("--url", required=True, help="an empty database (it is filled)")
     scale.add_argument("--store", type=Path, help="photo store folder (default: a temporary one)")
     scale.add_argument("--runs", type=int, default=3, help="each page timed this often, worst kept")
+    scale.add_argument(
+        "--api-calls",
+        type=int,
+        default=200,
+        help="verifications, histories and searches over the API (0: none)",
+    )
+    scale.add_argument(
+        "--no-fill", action="store_true", help="time a database an earlier run filled (with its --store)"
+    )
     _json_option(scale)
 
     fraud = command(
@@ -204,7 +213,15 @@ def run_scale(args) -> int:
     if args.members < 1:
         print("--members must be at least 1", file=sys.stderr)
         return 2
-    report = run(args.members, args.url, page_runs, args.store, max(args.runs, 1))
+    report = run(
+        args.members,
+        args.url,
+        page_runs,
+        args.store,
+        max(args.runs, 1),
+        fill_first=not args.no_fill,
+        api_calls=max(args.api_calls, 0),
+    )
     print_report(report)
     _write_json(args.json, report)
     return 0 if report["targets_met"] else 1

@@ -132,6 +132,18 @@ def _cached(session: Session, name: str, compute, **query):
     return value
 
 
+def _grouped_in_cache(session: Session, filters: dict) -> list | None:
+    """kpi_frame's figures of this period (any grouping), if read since the last change."""
+    marker = kpi_aggregates.change_marker(session)
+    url = str(session.get_bind().url)
+    with _CACHE_LOCK:
+        for per in kpi_aggregates.PERIODS:
+            key = (url, "grouped", tuple(sorted({**filters, "per": per}.items())), marker)
+            if key in _CACHE:
+                return copy.deepcopy(_CACHE[key])
+    return None
+
+
 def shown_per(per: str, date_from: date | None, date_to: date | None) -> str:
     """The grouping a period is shown by: per day over more than DAYS_SHOWN_PER_DAY days is per week."""
     if per == "day" and (
@@ -235,7 +247,22 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
 
     columns, targets = KPI_CHARTS[chart]
     ratio = targets[0].unit == "ratio"
-    fig = go.Figure()
+    # Built from values made here, so plotly's per-value validation (most of a year's chart's
+    # time: 366 points, each with its hover text and marker) is skipped.
+    fig = go.Figure(_validate=False)
+    texts: dict = {}  # hover texts by (hits, n): many points rest on the same counts
+
+    def basis(rate: Rate, what: str) -> str:
+        key = (rate.hits, rate.n, what)
+        if key not in texts:
+            texts[key] = basis_text(rate, what, lang)
+        return texts[key]
+
+    def hover_of(n: int) -> str:
+        if n not in texts:
+            texts[n] = t("kpi.latency_hover", lang, n=n)
+        return texts[n]
+
     full_names = frame["batch"].astype(str).tolist()
     x = short_labels(full_names)  # the axis holds short names; the full one is in the hover text
     for column in columns:
@@ -269,17 +296,18 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
                     "size": 9,
                     "symbol": ["circle" if r.enough else "circle-open" for r in rates],
                 },
-                "customdata": [basis_text(r, what, lang) for r in rates],
+                "customdata": [basis(r, what) for r in rates],
                 "hovertemplate": "%{text}<br>%{y:.1f}%<br>%{customdata}<extra></extra>",
             }
         elif column.endswith("_ms"):
             counts = frame["n_results"].fillna(0).astype(int).tolist()
             extra = {
-                "customdata": [t("kpi.latency_hover", lang, n=n) for n in counts],
+                "customdata": [hover_of(n) for n in counts],
                 "hovertemplate": "%{text}<br>%{y:,.0f} ms<br>%{customdata}<extra></extra>",
             }
         fig.add_trace(
             go.Scatter(
+                _validate=False,
                 **{
                     "x": x,
                     "y": shown,
@@ -290,7 +318,7 @@ def kpi_figure(frame: pd.DataFrame, chart: str, lang: str, per: str = "batch"):
                     "text": full_names,
                     "hovertemplate": "%{text}<br>%{y:,.0f}<extra></extra>",
                     **extra,
-                }
+                },
             )
         )
     for target in targets:
@@ -398,9 +426,14 @@ def period_basis(
 ) -> dict:
     """chart id -> one line on the whole period's figure and what it rests on, for each rate chart."""
     filters = {"date_from": date_from, "date_to": date_to, "model_version": model_version or None, "tz": tz}
-    kpi = _cached(
-        session, "totals", lambda: kpi_aggregates.kpi_totals(session, **filters, fraud_flags=False), **filters
-    )
+
+    def totals():
+        groups = _grouped_in_cache(session, filters)
+        if groups is not None:  # the chart's figures of this period: their sums, one query less
+            return kpi_aggregates.totals_of(session, groups, **filters)
+        return kpi_aggregates.kpi_totals(session, **filters, fraud_flags=False)
+
+    kpi = _cached(session, "totals", totals, **filters)
     rates = {
         "verification_accuracy": rate_of(kpi.verification_accuracy, kpi.n_verification_truth),
         "gender_accuracy": rate_of(kpi.gender_accuracy, kpi.n_gender_truth),

@@ -295,13 +295,7 @@ def reverify_counts(session: Session, version: str) -> dict[str, int]:
     """Members each scope would re-run on `version` (for the choice on the page)."""
     from core.workflows import reverification
 
-    def counts() -> dict:
-        return {
-            scope: len(reverification.members_to_reverify(session, version, scope))
-            for scope in reverification.SCOPES
-        }
-
-    return _cached(session, "reverify", counts, version)
+    return _cached(session, "reverify", lambda: reverification.count_to_reverify(session, version), version)
 
 
 def reverify_batches(session: Session, limit: int = 5) -> list[dict]:

@@ -4,9 +4,12 @@
         per "batch" (key = batch id, None for results outside any batch), "day", "week" (key = the
         local Monday) or "month" (key = the local first of the month); oldest first
     kpi_totals(session, ...) -> Kpi      the whole period in one
+    totals_of(session, groups, ...) -> Kpi   the same from a period's groups (only the latency
+                                             percentiles read again)
     change_marker(session) -> tuple      changes whenever a result is stored or a review decided
 
-The figures equal core.storage.queries' row-based ones exactly (tests/test_kpi_aggregates.py):
+The figures equal those computed from every row in Python exactly (tests/kpi_reference.py,
+tests/db/test_kpi_aggregates.py):
 counts by status and by ground truth are sums in SQL; the latency percentiles are read as the
 (at most) two ranked values each needs, found with a window function, and interpolated here as
 queries.percentile does; the fraud flags are parsed here, from the few rows whose JSON names one.
@@ -274,4 +277,46 @@ def kpi_totals(
     if kpi is None:
         kpi = Kpi(key=ALL, label="all results", fraud_flags=dict.fromkeys(FRAUD_FLAGS, 0))
     kpi.key, kpi.label = ALL, "all results"
+    return kpi
+
+
+def totals_of(
+    session: Session,
+    groups: list[Kpi],
+    *,
+    date_from: date | datetime | None = None,
+    date_to: date | datetime | None = None,
+    model_version: str | None = None,
+    tz: str = "UTC",
+) -> Kpi:
+    """kpi_totals from kpis_grouped's figures of the same period (any grouping): the counts are
+    their sums; only the percentiles, which do not add up, are read from the database."""
+    kpi = Kpi(key=ALL, label="all results", fraud_flags=dict.fromkeys(FRAUD_FLAGS, 0))
+    verification_hits = gender_hits = 0.0
+    versions: set = set()
+    for g in groups:
+        kpi.n_results += g.n_results
+        kpi.n_auto += g.n_auto
+        kpi.n_flagged_open += g.n_flagged_open
+        kpi.n_approved += g.n_approved
+        kpi.n_rejected += g.n_rejected
+        kpi.n_verification_truth += g.n_verification_truth
+        kpi.n_gender_truth += g.n_gender_truth
+        verification_hits += round((g.verification_accuracy or 0) * g.n_verification_truth)
+        gender_hits += round((g.gender_accuracy or 0) * g.n_gender_truth)
+        versions.update(g.model_versions)
+        for code, n in g.fraud_flags.items():
+            kpi.fraud_flags[code] = kpi.fraud_flags.get(code, 0) + n
+    if not kpi.n_results:
+        return kpi
+    kpi.model_versions = sorted(versions)
+    kpi.automation_rate = kpi.n_auto / kpi.n_results
+    if kpi.n_verification_truth:
+        kpi.verification_accuracy = int(verification_hits) / kpi.n_verification_truth
+    if kpi.n_gender_truth:
+        kpi.gender_accuracy = int(gender_hits) / kpi.n_gender_truth
+    where = _filters(date_from, date_to, model_version, ZoneInfo(tz))
+    figures = _percentiles(session, literal(ALL), where).get(ALL)
+    if figures:
+        kpi.latency_p50_ms, kpi.latency_p95_ms = figures[50], figures[95]
     return kpi

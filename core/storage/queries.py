@@ -6,9 +6,8 @@ member_history(session, member_id, viewer=None, why=None) -> MemberHistory | Non
 review_queue(session, limit=50, offset=0, model_version=None, batch_id=None, order="priority") -> list[QueueItem]
 queue_flag_counts(session) -> {flag code: waiting pairs}
 backlog_count(session, model_version=None, batch_id=None) -> int
-kpis_per_batch(session, date_from=None, date_to=None, model_version=None) -> list[Kpi]
-kpis_per_day(session, date_from=None, date_to=None, model_version=None, tz="UTC") -> list[Kpi]
 kpi_totals(session, date_from=None, date_to=None, model_version=None) -> Kpi
+    (per batch, day, week or month: core.storage.kpi_aggregates)
 
 KPI definitions (all over the results created in the date range):
   automation_rate        share of results decided without a person (auto_approved + auto_rejected)
@@ -16,13 +15,12 @@ KPI definitions (all over the results created in the date range):
   verification_accuracy  share where the engine's same_person equals the ground truth, among
                          results with both (ground truth comes from reviews or labelled imports)
   gender_accuracy        share where predicted_gender equals the ground-truth gender, among both
-  latency p50/p95        percentiles of latency_ms, linear interpolation (numpy's default),
-                         computed in Python from the rows so SQLite and MySQL give the same figure
+  latency p50/p95        percentiles of latency_ms, linear interpolation (numpy's default, as
+                         percentile() here), the same figure on SQLite and MySQL
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -31,17 +29,13 @@ from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from core.storage import audit
-from core.storage.schema import MEMBER_ERASED, MEMBER_STATUSES, AuditEntry, Batch, Member, Photo
+from core.storage.schema import MEMBER_ERASED, MEMBER_STATUSES, AuditEntry, Member, Photo
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.genders import normalise_gender
 from core.verification.result import (
-    APPROVED,
-    AUTO_APPROVED,
-    AUTO_REJECTED,
     CHALLENGE_FAILED,
     FLAGGED,
     GALLERY_PHOTO_DIFFERS,
-    REJECTED,
     REUSED_PHOTO,
     STALE_PHOTO,
 )
@@ -348,109 +342,6 @@ def percentile(values: list[float], p: float) -> float | None:
 FRAUD_FLAGS = (REUSED_PHOTO, STALE_PHOTO, CHALLENGE_FAILED, GALLERY_PHOTO_DIFFERS)
 
 
-def _kpi(key, label: str, rows: list) -> Kpi:
-    kpi = Kpi(key=key, label=label, n_results=len(rows))
-    latencies, verification_hits, gender_hits = [], [], []
-    versions = set()
-    kpi.fraud_flags = dict.fromkeys(FRAUD_FLAGS, 0)
-    for r in rows:
-        versions.add(r.model_version)
-        for code in {f.get("code") for f in (r.flags or []) if isinstance(f, dict)} & set(FRAUD_FLAGS):
-            kpi.fraud_flags[code] += 1
-        if r.status in (AUTO_APPROVED, AUTO_REJECTED):
-            kpi.n_auto += 1
-        elif r.status == FLAGGED:
-            kpi.n_flagged_open += 1
-        elif r.status == APPROVED:
-            kpi.n_approved += 1
-        elif r.status == REJECTED:
-            kpi.n_rejected += 1
-        if r.latency_ms is not None:
-            latencies.append(float(r.latency_ms))
-        if r.same_person is not None and r.ground_truth_same is not None:
-            verification_hits.append(bool(r.same_person) == bool(r.ground_truth_same))
-        if r.predicted_gender and r.ground_truth_gender:
-            gender_hits.append(r.predicted_gender == r.ground_truth_gender)
-    if rows:
-        kpi.automation_rate = kpi.n_auto / len(rows)
-    kpi.n_verification_truth = len(verification_hits)
-    if verification_hits:
-        kpi.verification_accuracy = sum(verification_hits) / len(verification_hits)
-    kpi.n_gender_truth = len(gender_hits)
-    if gender_hits:
-        kpi.gender_accuracy = sum(gender_hits) / len(gender_hits)
-    kpi.latency_p50_ms = percentile(latencies, 50)
-    kpi.latency_p95_ms = percentile(latencies, 95)
-    kpi.model_versions = sorted(versions)
-    return kpi
-
-
-def _kpi_rows(session: Session, date_from, date_to, model_version, zone: ZoneInfo) -> list:
-    stmt = select(
-        ResultRow.id,
-        ResultRow.batch_id,
-        ResultRow.created_at,
-        ResultRow.status,
-        ResultRow.same_person,
-        ResultRow.ground_truth_same,
-        ResultRow.predicted_gender,
-        ResultRow.ground_truth_gender,
-        ResultRow.latency_ms,
-        ResultRow.model_version,
-        ResultRow.flags,
-    ).order_by(ResultRow.created_at, ResultRow.id)
-    if date_from is not None:
-        stmt = stmt.where(ResultRow.created_at >= _day_bounds(date_from, end=False, tz=zone))
-    if date_to is not None:
-        stmt = stmt.where(ResultRow.created_at < _day_bounds(date_to, end=True, tz=zone))
-    if model_version:
-        stmt = stmt.where(ResultRow.model_version == model_version)
-    return list(session.execute(stmt))
-
-
-def kpis_per_batch(
-    session: Session,
-    *,
-    date_from: date | datetime | None = None,
-    date_to: date | datetime | None = None,
-    model_version: str | None = None,
-    tz: str = "UTC",
-) -> list[Kpi]:
-    """One Kpi per batch (key = batch id; results outside any batch under key None), oldest first."""
-    rows = _kpi_rows(session, date_from, date_to, model_version, ZoneInfo(tz))
-    groups: dict = defaultdict(list)
-    for r in rows:
-        groups[r.batch_id].append(r)
-    ids = [k for k in groups if k is not None]
-    batches = {b.id: b for b in session.scalars(select(Batch).where(Batch.id.in_(ids)))} if ids else {}
-    kpis = []
-    for batch_id in sorted(groups, key=lambda k: (k is None, k or 0)):
-        batch = batches.get(batch_id)
-        if batch_id is None:
-            label = "single verifications"
-        else:
-            label = batch.name if batch is not None and batch.name else f"Batch {batch_id}"
-        kpis.append(_kpi(batch_id, label, groups[batch_id]))
-    return kpis
-
-
-def kpis_per_day(
-    session: Session,
-    *,
-    date_from: date | datetime | None = None,
-    date_to: date | datetime | None = None,
-    model_version: str | None = None,
-    tz: str = "UTC",
-) -> list[Kpi]:
-    """One Kpi per calendar day in `tz` (e.g. "Asia/Seoul"), days without results left out."""
-    zone = ZoneInfo(tz)
-    rows = _kpi_rows(session, date_from, date_to, model_version, zone)
-    groups: dict = defaultdict(list)
-    for r in rows:
-        groups[r.created_at.replace(tzinfo=UTC).astimezone(zone).date()].append(r)
-    return [_kpi(day, day.isoformat(), groups[day]) for day in sorted(groups)]
-
-
 def kpi_totals(
     session: Session,
     *,
@@ -459,5 +350,9 @@ def kpi_totals(
     model_version: str | None = None,
     tz: str = "UTC",
 ) -> Kpi:
-    rows = _kpi_rows(session, date_from, date_to, model_version, ZoneInfo(tz))
-    return _kpi("all", "all results", rows)
+    """The period's figures in one Kpi, computed by the database (core.storage.kpi_aggregates)."""
+    from core.storage import kpi_aggregates  # it imports this module
+
+    return kpi_aggregates.kpi_totals(
+        session, date_from=date_from, date_to=date_to, model_version=model_version, tz=tz
+    )

@@ -104,6 +104,7 @@ class Photo(Base):
     __table_args__ = (
         sa.UniqueConstraint("member_id", "kind", "sha256"),
         sa.Index("ix_photos_kind_current_sha256", "kind", "current", "sha256"),  # revision 0011
+        sa.Index("ix_photos_member_kind_current", "member_id", "kind", "current"),  # revision 0013
         TABLE_ARGS,
     )
 
@@ -228,8 +229,6 @@ class VerificationResult(Base):
     registered_gender: Mapped[str | None] = mapped_column(sa.String(1))
     status: Mapped[str] = mapped_column(sa.String(16))
     flags: Mapped[list] = mapped_column(sa.JSON, default=list)
-    gallery_analysis: Mapped[dict | None] = mapped_column(sa.JSON)  # faces, quality, error, timings
-    verification_analysis: Mapped[dict | None] = mapped_column(sa.JSON)
     timings: Mapped[dict | None] = mapped_column(sa.JSON)
     latency_ms: Mapped[float | None] = mapped_column(sa.Double)
     model_version: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
@@ -252,6 +251,58 @@ class VerificationResult(Base):
     batch: Mapped[Batch | None] = relationship()
     review: Mapped[Review | None] = relationship(back_populates="result", uselist=False)
     duplicates: Mapped[list[PossibleDuplicate]] = relationship(back_populates="result")
+    # Revision 0013: the per-photo analyses live in result_analyses, so a result row stays small.
+    # Loaded with the row whenever whole rows are loaded (a page's few results, one query for all,
+    # usable after the session closes); scans that select columns never read them.
+    analysis: Mapped[ResultAnalysis | None] = relationship(
+        back_populates="result",
+        uselist=False,
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="selectin",
+    )
+
+    def _analysis_row(self) -> ResultAnalysis:
+        if self.analysis is None:
+            self.analysis = ResultAnalysis()
+        return self.analysis
+
+    @property
+    def gallery_analysis(self) -> dict | None:
+        """The gallery photo's analysis (faces, quality, error, timings), from result_analyses."""
+        return None if self.analysis is None else self.analysis.gallery
+
+    @gallery_analysis.setter
+    def gallery_analysis(self, value: dict | None) -> None:
+        if value is not None or self.analysis is not None:
+            self._analysis_row().gallery = value
+
+    @property
+    def verification_analysis(self) -> dict | None:
+        return None if self.analysis is None else self.analysis.verification
+
+    @verification_analysis.setter
+    def verification_analysis(self, value: dict | None) -> None:
+        if value is not None or self.analysis is not None:
+            self._analysis_row().verification = value
+
+
+class ResultAnalysis(Base):
+    """A result's per-photo analyses, apart from the result row (revision 0013): the rows the KPIs,
+    the review queue and retraining scan stay under 1 KB, and these are read one result at a time.
+    A result without any analysis has no row here; erasing a member's photos clears or deletes it."""
+
+    __tablename__ = "result_analyses"
+    __table_args__ = (TABLE_ARGS,)
+
+    result_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("verification_results.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    # None is SQL NULL (an erased photo's slot), so an empty row is found and removed.
+    gallery: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))  # faces, quality, error, timings
+    verification: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
+
+    result: Mapped[VerificationResult] = relationship(back_populates="analysis")
 
 
 class PossibleDuplicate(Base):
@@ -476,74 +527,6 @@ class AuthThrottle(Base):
 # Revision 0011: the self-measurement (core.workflows.self_measurement).
 
 
-class SelfMeasurement(Base):
-    """One measurement of the false-match rate on the members' own cross-member pairs.
-
-    run_key ("<model version>:<day>") makes a day's measurement of a model version one row, so a
-    job delivered twice or re-run resumes it instead of counting again. counts holds the running
-    totals; blocks_done the blocks already in them (each block and its pairs commit together).
-    """
-
-    __tablename__ = "self_measurements"
-    __table_args__ = (TABLE_ARGS,)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
-    model_version: Mapped[str] = mapped_column(sa.String(ID_LEN), index=True)
-    measured_on: Mapped[str] = mapped_column(sa.String(10))  # UTC day, YYYY-MM-DD
-    status: Mapped[str] = mapped_column(sa.String(16))  # running / completed / failed
-    triggered_by: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
-    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
-    run_token: Mapped[str | None] = mapped_column(sa.String(36))
-    approve_at: Mapped[float] = mapped_column(sa.Double)
-    reject_below: Mapped[float] = mapped_column(sa.Double)
-    floor: Mapped[float] = mapped_column(sa.Double)
-    block_rows: Mapped[int] = mapped_column(sa.Integer)
-    blocks_total: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
-    blocks_done: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
-    snapshot: Mapped[str | None] = mapped_column(sa.String(200))  # the photo set and exclusions measured
-    counts: Mapped[dict | None] = mapped_column(sa.JSON)
-    summary: Mapped[dict | None] = mapped_column(sa.JSON)
-    error: Mapped[str | None] = mapped_column(sa.Text)
-
-
-class SelfMeasurementPair(Base):
-    """A pair of two members' photos that reached the approve point in one measurement."""
-
-    __tablename__ = "self_measurement_pairs"
-    __table_args__ = (sa.UniqueConstraint("run_id", "photo_a_id", "photo_b_id"), TABLE_ARGS)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    run_id: Mapped[int] = mapped_column(sa.ForeignKey("self_measurements.id", ondelete="CASCADE"), index=True)
-    # No foreign keys to members or photos: a measurement's record outlives an erasure.
-    member_a_id: Mapped[str] = mapped_column(sa.String(ID_LEN))
-    member_b_id: Mapped[str] = mapped_column(sa.String(ID_LEN))
-    photo_a_id: Mapped[int] = mapped_column(sa.Integer)
-    photo_b_id: Mapped[int] = mapped_column(sa.Integer)
-    gender: Mapped[str] = mapped_column(sa.String(1))
-    similarity: Mapped[float] = mapped_column(sa.Double)
-
-
-class MemberPairVerdict(Base):
-    """A reviewer's word on two members: the same person (a duplicate account) or two people."""
-
-    __tablename__ = "member_pair_verdicts"
-    __table_args__ = (sa.UniqueConstraint("member_a_id", "member_b_id"), TABLE_ARGS)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    member_a_id: Mapped[str] = mapped_column(sa.String(ID_LEN))  # the smaller id of the two
-    member_b_id: Mapped[str] = mapped_column(sa.String(ID_LEN))
-    same_person: Mapped[bool] = mapped_column(sa.Boolean)
-    decided_by: Mapped[str] = mapped_column(sa.String(ID_LEN))
-    decided_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    note: Mapped[str | None] = mapped_column(sa.Text)
-
-
-# Revision 0012: profile photos.
-
-# A profile photo's state (core.verification.profile's, plus "unchecked" for one not yet compared).
 PROFILE_UNCHECKED = "unchecked"
 # A reviewer's decision on one profile photo; a rejected one stays out of the public list.
 PROFILE_PHOTO_APPROVED, PROFILE_PHOTO_REJECTED = "approved", "rejected"
@@ -585,5 +568,11 @@ class ProfilePhoto(Base):
     photo: Mapped[Photo] = relationship()
 
 
-# Tables kept in their own modules, registered on Base.metadata with the rest.
+# Tables kept in their own modules (importing this module defines every table): the sign-in
+# sessions and the self-measurement tables.
+from core.storage.schema_measurements import (  # noqa: E402, F401
+    MemberPairVerdict,
+    SelfMeasurement,
+    SelfMeasurementPair,
+)
 from core.storage.sign_in_rows import SignInSession  # noqa: E402,F401

@@ -4,6 +4,7 @@ compared on the same members.
     members_to_reverify(session, version, scope) -> [member_id]
         scope "all": every member with a current gallery and verification photo;
         "older": those whose latest result is from another version (or who have none yet)
+    count_to_reverify(session, version) -> {scope: members}   the same, counted by the database
     create(session_factory, actor, version, scope) -> batch id
         one batch (source "reverify"); the caller hands it to core.jobs (submit_batch), which runs
         it on a queue worker or a thread of this process; progress is the batch's
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from core.storage import audit
@@ -58,6 +59,26 @@ def members_to_reverify(session: Session, version: str, scope: str = OLDER) -> l
         return members
     latest = _latest_per_member(session)
     return [m for m in members if m not in latest or latest[m][2] != version]
+
+
+def count_to_reverify(session: Session, version: str) -> dict[str, int]:
+    """{scope: how many members members_to_reverify would give}, counted by the database in one
+    query (the Retrain page's choice), without reading the members: each member's newest result
+    found by a look-up in the index (member_id, id, model_version, ...), the photos by the index
+    (member_id, kind, current)."""
+    items = batches.items_statement().subquery()
+    newest = (
+        select(ResultRow.model_version)
+        .where(ResultRow.member_id == items.c.member_id)
+        .order_by(ResultRow.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    older = func.coalesce(newest, "") != version  # none yet, or another version
+    every, other = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((older, 1), else_=0)), 0)).select_from(items)
+    ).one()
+    return {ALL: int(every or 0), OLDER: int(other or 0)}
 
 
 def create(session_factory, actor: str, version: str, scope: str = OLDER) -> int | None:

@@ -31,6 +31,7 @@ from core.storage.schema import (
     Member,
     MemberErasure,
     Photo,
+    ResultAnalysis,
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
@@ -197,6 +198,10 @@ def test_erasure_removes_photos_embeddings_index_rows_and_analyses(
             assert (r.status, r.similarity, r.same_person) == decided[r.id]
             assert r.gallery_analysis is None and r.verification_analysis is None and r.checks is None
             assert r.gallery_photo_id is None and r.verification_photo_id is None
+        # Nor does the side table hold their analyses any more.
+        assert not session.scalars(
+            select(ResultAnalysis.result_id).where(ResultAnalysis.result_id.in_(list(decided)))
+        ).all()
         erasure = session.scalars(select(MemberErasure).filter_by(member_id="M0001")).one()
         assert (erasure.actor, erasure.reason, erasure.via) == ("admin_user", "request", "test")
         assert session.scalar(select(func.count()).select_from(AuditEntry)) == audit_before + 1

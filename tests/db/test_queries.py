@@ -7,7 +7,7 @@ from datetime import date, datetime
 import pytest
 from sqlalchemy import func, inspect, select, update
 
-from core.storage import queries
+from core.storage import kpi_aggregates, queries
 from core.storage.schema import AuditEntry, Batch, Member
 from core.storage.schema import VerificationResult as ResultRow
 from core.workflows import reviews
@@ -208,7 +208,7 @@ def kpi_results(session, make_result, add_member):
 
 def test_kpis_per_batch_by_hand(session, kpi_results):
     b1, b2 = kpi_results
-    first, second = queries.kpis_per_batch(session)
+    first, second = kpi_aggregates.kpis_grouped(session, "batch")
 
     assert (first.key, first.label, second.key, second.label) == (
         b1.id,
@@ -235,20 +235,22 @@ def test_kpis_per_batch_by_hand(session, kpi_results):
     assert totals.n_results == 6 and totals.automation_rate == 0.5 and totals.n_flagged_open == 1
     assert totals.latency_p50_ms == pytest.approx(175.0) and totals.latency_p95_ms == pytest.approx(375.0)
 
-    only_v2 = queries.kpis_per_batch(session, model_version="test-v2")
+    only_v2 = kpi_aggregates.kpis_grouped(session, "batch", model_version="test-v2")
     assert [k.key for k in only_v2] == [b2.id]
 
 
 def test_kpis_per_day_and_time_zone(session, kpi_results):
-    utc_days = queries.kpis_per_day(session)
+    utc_days = kpi_aggregates.kpis_grouped(session, "day")
     assert [(k.key, k.n_results) for k in utc_days] == [
         (date(2026, 3, 1), 2),
         (date(2026, 3, 2), 3),
         (date(2026, 3, 3), 1),
     ]
-    seoul = queries.kpis_per_day(session, tz="Asia/Seoul")  # UTC+9 moves late results a day on
+    seoul = kpi_aggregates.kpis_grouped(session, "day", tz="Asia/Seoul")  # UTC+9 moves late results a day on
     assert [(k.key, k.n_results) for k in seoul] == [(date(2026, 3, 2), 4), (date(2026, 3, 3), 2)]
-    one_day = queries.kpis_per_day(session, date_from=date(2026, 3, 2), date_to=date(2026, 3, 2))
+    one_day = kpi_aggregates.kpis_grouped(
+        session, "day", date_from=date(2026, 3, 2), date_to=date(2026, 3, 2)
+    )
     assert [(k.key, k.n_results, k.n_auto) for k in one_day] == [(date(2026, 3, 2), 3, 1)]
 
 

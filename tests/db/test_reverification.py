@@ -55,6 +55,7 @@ def test_reverify_older_members_then_compare_the_versions(session, session_facto
     assert set(reverification.members_to_reverify(session, version, "older")) == everyone, (
         "members never verified by the active version, or only by another one"
     )
+    assert reverification.count_to_reverify(session, version) == {"all": 20, "older": len(everyone)}
     with pytest.raises(ValueError):
         reverification.members_to_reverify(session, version, "some")
 
@@ -68,6 +69,7 @@ def test_reverify_older_members_then_compare_the_versions(session, session_facto
         assert s.scalar(select(AuditEntry).where(AuditEntry.action == reverification.START_REVERIFICATION))
         assert reverification.members_to_reverify(s, version, "older") == []
         assert len(reverification.members_to_reverify(s, version, "all")) == 20
+        assert reverification.count_to_reverify(s, version) == {"all": 20, "older": 0}
         assert reverification.create(session_factory, "ds_user", version, "older") is None
 
         comparison = reverification.compare_versions(s, OLD, version)

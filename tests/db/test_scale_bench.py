@@ -20,7 +20,7 @@ def test_the_scale_benchmark_fills_and_times(new_database_url, tmp_path):
     out = tmp_path / "scale.json"
     done = subprocess.run(
         [sys.executable, "-m", "core", "bench", "scale", "--members", "40", "--url", url, "--runs", "1"]
-        + ["--store", str(tmp_path / "store"), "--json", str(out)],
+        + ["--store", str(tmp_path / "store"), "--api-calls", "5", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -37,14 +37,20 @@ def test_the_scale_benchmark_fills_and_times(new_database_url, tmp_path):
         "users.first_load",
     ):
         assert 0 < report["pages"][page] < 60
-    assert report["api"]["member_history_p95_ms"] > 0
-    assert report["peak_rss_mb"]["dashboard (this process)"] > 50
+    # The API on the filled database: verifications of known members, histories, 1:N searches.
+    api = report["api"]
+    assert api["calls_each"] == 5 and api["errors"] == {}, api
+    for name in ("verification", "member_history", "search_1n"):
+        assert 0 < api[f"{name}_p50_ms"] <= api[f"{name}_p95_ms"] <= api[f"{name}_max_ms"] < 60_000
+    assert api["member_history_query_p95_ms"] > 0
+    assert report["index_rows"] == 40  # every member's gallery photo, in the dashboard's 1:N index
+    assert report["peak_rss_mb"]["dashboard (this process)"] > 50 and report["peak_rss_mb"]["api"] > 50
     engine = db.make_engine(url)
     try:
         with db.session_factory(engine)() as session:
             assert session.scalar(select(func.count()).select_from(Member)) == 40
-            assert session.scalar(select(func.count()).select_from(Photo)) == 80
-            assert session.scalar(select(func.count()).select_from(ResultRow)) == 120
+            assert session.scalar(select(func.count()).select_from(Photo)) == 80 + 5  # the API's selfies
+            assert session.scalar(select(func.count()).select_from(ResultRow)) == 120 + 5
             reviews = session.scalar(select(func.count()).select_from(Review))
             decided = session.scalar(
                 select(func.count()).select_from(ResultRow).where(ResultRow.decided_by.is_not(None))

@@ -50,8 +50,9 @@ def test_search_ranks_like_the_engine_similarity():
     index.add_many([f"m{i}" for i in range(500)], vectors, range(1, 501))
     query = vectors[42] + 0.05 * unit(rng)[0]
     found = index.search(query, k=10)
+    stored = vectors.astype(np.float16).astype(np.float32)  # the rows as the index keeps them
     brute = sorted(
-        ((f"m{i}", similarity_from_projections(vectors[i], query, OFFSET, SCALE)) for i in range(500)),
+        ((f"m{i}", similarity_from_projections(stored[i], query, OFFSET, SCALE)) for i in range(500)),
         key=lambda t: -t[1],
     )[:10]
     assert [m for m, _ in found] == [m for m, _ in brute]

@@ -248,9 +248,9 @@ def test_a_copy_of_an_older_gallery_photo_is_flagged(session, photo_store, engin
     assert session.get(Member, "F1").status == "in_review"
     assert session.get(Photo, old_row.id, populate_existing=True).photo_hashes
     # counted on the KPI page
-    from core.storage import queries
+    from core.storage import kpi_aggregates
 
-    assert sum(k.fraud_flags[REUSED_PHOTO] for k in queries.kpis_per_batch(session)) == 1
+    assert sum(k.fraud_flags[REUSED_PHOTO] for k in kpi_aggregates.kpis_grouped(session, "batch")) == 1
 
 
 def test_a_verification_photo_stored_for_another_member_is_a_possible_duplicate(session, photo_store, engine):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import null, select, update
+from sqlalchemy import delete, null, select, update
 from sqlalchemy.orm import sessionmaker
 
 from core.storage import audit
@@ -17,6 +17,7 @@ from core.storage.schema import (
     Member,
     MemberErasure,
     Photo,
+    ResultAnalysis,
     utcnow,
 )
 from core.storage.schema import VerificationResult as ResultRow
@@ -72,28 +73,31 @@ def erase_member(
         files += removal.delete_files(store, gone_now - gone)
         removed = removal.remove_photo_rows(session, photos, gone_now, clear_analyses=True)
         # Analyses of results no photo row led to (an earlier, interrupted erasure; removed photos).
-        left = [
-            rid
-            for rid, g, v, c in session.execute(
-                select(
-                    ResultRow.id,
-                    ResultRow.gallery_analysis,
-                    ResultRow.verification_analysis,
-                    ResultRow.checks,
-                ).where(ResultRow.member_id == member_id)
+        member_results = select(ResultRow.id).where(ResultRow.member_id == member_id)
+        with_analysis = set(
+            session.scalars(
+                select(ResultAnalysis.result_id).where(ResultAnalysis.result_id.in_(member_results))
             )
-            if g is not None or v is not None or c is not None
-        ]
+        )
+        with_checks = {
+            rid
+            for rid, checks in session.execute(
+                select(ResultRow.id, ResultRow.checks).where(ResultRow.member_id == member_id)
+            )
+            if checks is not None
+        }
+        left = sorted(with_analysis | with_checks)
+        if with_analysis:
+            session.execute(
+                delete(ResultAnalysis)
+                .where(ResultAnalysis.result_id.in_(with_analysis))
+                .execution_options(synchronize_session=False)
+            )
         if left:
             session.execute(
                 update(ResultRow)
                 .where(ResultRow.id.in_(left))
-                .values(
-                    gallery_analysis=null(),
-                    verification_analysis=null(),
-                    checks=null(),
-                    version=ResultRow.version + 1,
-                )
+                .values(checks=null(), version=ResultRow.version + 1)
                 .execution_options(synchronize_session=False)
             )
         removed.results += len(left)

@@ -20,6 +20,7 @@ from core.storage.schema import (
     Embedding,
     Photo,
     ProfilePhoto,
+    ResultAnalysis,
 )
 from core.storage.schema import VerificationResult as ResultRow
 from core.verification.result import APPROVED, AUTO_APPROVED, AUTO_REJECTED, REJECTED
@@ -100,17 +101,33 @@ def remove_photo_rows(
         )
     )
     for column, analysis in (
-        (ResultRow.gallery_photo_id, ResultRow.gallery_analysis),
-        (ResultRow.verification_photo_id, ResultRow.verification_analysis),
+        (ResultRow.gallery_photo_id, ResultAnalysis.gallery),
+        (ResultRow.verification_photo_id, ResultAnalysis.verification),
     ):
         values = {column.key: None}
         if clear_analyses:
-            values[analysis.key] = null()  # SQL NULL, not the JSON value null
+            # The photo's analysis, in the side table (SQL NULL, not the JSON value null).
+            session.execute(
+                update(ResultAnalysis)
+                .where(ResultAnalysis.result_id.in_(select(ResultRow.id).where(column.in_(ids))))
+                .values({analysis.key: null()})
+                .execution_options(synchronize_session=False)
+            )
             values[ResultRow.checks.key] = null()  # the fraud checks' evidence drawn from the photos
         session.execute(
             update(ResultRow)
             .where(column.in_(ids))
             .values(**values, version=ResultRow.version + 1)
+            .execution_options(synchronize_session=False)
+        )
+    if clear_analyses and touched:
+        session.execute(
+            delete(ResultAnalysis)
+            .where(
+                ResultAnalysis.result_id.in_(touched),
+                ResultAnalysis.gallery.is_(None),
+                ResultAnalysis.verification.is_(None),
+            )
             .execution_options(synchronize_session=False)
         )
     out.results = len(touched)

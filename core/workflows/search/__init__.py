@@ -4,7 +4,8 @@ An enrolled member is a member whose current gallery photo has a pretrained embe
 `embeddings` table; every other photo of its profile that shows the member (it matched the
 verified face, or a reviewer accepted it) is a row of the member too, so a photo lifted from any
 member's profile is found. The index keeps, in memory, one row per such photo: the engine's projection of
-that embedding (the Siamese tower's output for the loaded model version), as a float32 matrix.
+that embedding (the Siamese tower's output for the loaded model version), as a float16 matrix
+(products in float32).
 
     thresholds   similarity on the model's scale; duplicate_threshold(...)
     embeddings   pretrained_model_id(), embedding_dim(), store_embeddings(), enrol_missing()

@@ -1,7 +1,7 @@
 """Dashboard sign-ins kept on the server, so a browser reload keeps the user signed in.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-06
 
 token_hash: sha256 of the random token the browser holds as a cookie (the token itself is never
@@ -16,7 +16,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
