@@ -33,9 +33,13 @@ class ImportFileError(FaceVerifyError):
 
     code = "import_file_error"
 
-    def __init__(self, problems: list[Note] | Note):
+    def __init__(self, problems: list[Note | str] | Note | str):
         # Each problem as a note (catalog key and values); `problems` holds their English text.
-        self.notes = [problems] if isinstance(problems, Note) else list(problems)
+        given = [problems] if isinstance(problems, Note | str) else list(problems)
+        # A problem worded elsewhere in English is said as it is.
+        self.notes = [
+            p if isinstance(p, Note) else Note("import.file.detail", {"detail": p}, en=p) for p in given
+        ]
         self.problems = [str(n) for n in self.notes]
         super().__init__(" ".join(self.problems))
 
