@@ -259,23 +259,11 @@ with tab_import:
         except svc.ImportFileError as exc:
             st.session_state.pop("members_import_reports", None)
             st.error(ctx.t("members.import_refused"))
-            for problem in exc.problems:
+            for problem in svc.import_problems(exc, ctx.lang):
                 st.markdown(f"- {problem}")
         bar.empty()
     reports = st.session_state.get("members_import_reports")
     if reports:
         counts = svc.import_counts(reports)
         (st.warning if counts[svc.IMPORT_REJECTED] else st.success)(ctx.t("members.import_done", **counts))
-        st.dataframe(
-            [
-                {
-                    ctx.t("col.row"): r.row,
-                    ctx.t("col.member_id"): r.member_id,
-                    ctx.t("col.import_status"): ctx.t(f"import_status.{r.status}"),
-                    ctx.t("col.message"): r.message + "".join(f" ⚠ {w}" for w in r.warnings),
-                }
-                for r in reports
-            ],
-            hide_index=True,
-            width="stretch",
-        )
+        st.dataframe(svc.import_report(reports, ctx.lang), hide_index=True, width="stretch")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from core.dashboard import downloads
 from core.dashboard.formatting import local_time
+from core.i18n import t
 from core.storage import queries
 from core.storage.photostore import PhotoNotFound
 from core.storage.schema import GALLERY, VERIFICATION
@@ -249,6 +250,25 @@ def import_file(
 def load_sample(session, actor: str, store) -> list:
     """The demo members imported (administrators, embedded database only: see home.demo_data_allowed)."""
     return importer.load_sample_members(session, actor=actor, photo_store=store)
+
+
+def import_report(reports, lang: str) -> list[dict]:
+    """The import's row reports as the page's table, every word in `lang` (column labels, status,
+    message and warnings from the catalogs)."""
+    return [
+        {
+            t("col.row", lang): r.row,
+            t("col.member_id", lang): r.member_id,
+            t("col.import_status", lang): t(f"import_status.{r.status}", lang),
+            t("col.message", lang): r.message_in(lang) + "".join(f" ⚠ {w}" for w in r.warnings_in(lang)),
+        }
+        for r in reports
+    ]
+
+
+def import_problems(exc: importer.ImportFileError, lang: str) -> list[str]:
+    """Why the whole file was refused, in `lang`."""
+    return exc.texts(lang)
 
 
 def import_counts(reports) -> dict[str, int]:

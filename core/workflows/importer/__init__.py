@@ -2,6 +2,8 @@
 
 import_members(session, rows_source, zip_bytes=None, base_dir=None, actor="system", ...)
     -> list[RowReport]      one per data row: imported / updated / unchanged / rejected + message
+                            (notes: catalog keys and values; .message is the English text,
+                            .message_in(lang) the page's language)
 load_sample_members(session) -> list[RowReport]    the demo members in data/sample/members.csv
 
 Each photo is a local path (relative to the file's folder or base_dir), a path inside the photo
@@ -16,6 +18,7 @@ Command line:
 
 from core.verification.genders import normalise_gender  # the pages and the API import it from here
 from core.workflows.importer.members import format_report, import_members, load_sample_members, summarize
+from core.workflows.importer.notes import Note
 from core.workflows.importer.photos import (
     MAX_PHOTO_BYTES,
     MAX_ZIP_ENTRIES,
@@ -60,6 +63,7 @@ __all__ = [
     "UNCHANGED",
     "UPDATED",
     "ImportFileError",
+    "Note",
     "PhotoLoader",
     "PhotoRefError",
     "PhotoZip",

@@ -16,6 +16,7 @@ from core.storage import audit
 from core.storage.photostore import PhotoStoreBackend
 from core.storage.stores import open_photo_store
 from core.workflows import profiles
+from core.workflows.importer.notes import Note, note
 from core.workflows.importer.photos import (
     PhotoLoader,
     PhotoZip,
@@ -84,7 +85,7 @@ def import_members(
     )
     check_columns(columns)
     if not table:
-        raise ImportFileError("The file has a header but no data rows.")
+        raise ImportFileError(note("import.file.no_rows"))
 
     ids = collections.defaultdict(list)
     for row_number, values in table:
@@ -103,16 +104,12 @@ def import_members(
         work = ((row_number, values, loader, duplicate_rows, store) for row_number, values in table)
         for done, prepared in enumerate(_prefetch(work, _prepare, workers), start=1):
             if prepared.errors:
-                reports.append(
-                    RowReport(prepared.row, prepared.member_id, REJECTED, "; ".join(prepared.errors))
-                )
+                reports.append(RowReport(prepared.row, prepared.member_id, REJECTED, list(prepared.errors)))
             else:
                 report = _write_with_retry(session, prepared, actor, source_name)
                 if prepared.to_check and report.status == UPDATED:
                     engine = _engine(engine, session)
-                    report.message = "; ".join(
-                        [report.message, *_check_added(session, prepared, actor, store, engine)]
-                    )
+                    report.notes.extend(_check_added(session, prepared, actor, store, engine))
                 reports.append(report)
             if progress:
                 progress(done, len(table))
@@ -177,14 +174,12 @@ def _engine(engine, session: Session):
     return engine
 
 
-def _check_added(session: Session, prepared, actor: str, store: PhotoStoreBackend, engine) -> list[str]:
+def _check_added(session: Session, prepared, actor: str, store: PhotoStoreBackend, engine) -> list[Note]:
     """Each profile photo the row added to a member whose verification stands, checked against
     its verified face (profiles.check_profile_photo, the API's check); a note per photo."""
     if isinstance(engine, Exception):
         reason = _short(str(engine), 120)
-        return [
-            f"photo {n}: waits to be checked (no model to check it: {reason})" for _id, n in prepared.to_check
-        ]
+        return [note("import.note.no_model", number=n, reason=reason) for _id, n in prepared.to_check]
     factory = _factory(session)
     notes = []
     for photo_id, number in prepared.to_check:
@@ -193,12 +188,11 @@ def _check_added(session: Session, prepared, actor: str, store: PhotoStoreBacken
                 factory, store, actor, prepared.member_id, photo_id, engine, via="import"
             )
         except FaceVerifyError as exc:  # no selfie to compare with, a file gone: it waits
-            notes.append(f"photo {number}: waits to be checked ({_short(str(exc), 120)})")
+            notes.append(note("import.note.check_waits", number=number, reason=_short(str(exc), 120)))
             continue
         if done.shown:
-            notes.append(f"photo {number}: checked, shows the member (shown)")
+            notes.append(note("import.note.checked_shown", number=number))
         else:
-            notes.append(
-                f"photo {number}: checked, {done.photo.reason if done.photo else done.state}; waits for a reviewer"
-            )
+            reason = done.photo.reason if done.photo else done.state
+            notes.append(note("import.note.checked_review", number=number, reason=reason))
     return notes

@@ -17,6 +17,7 @@ from core.errors import FaceVerifyError, ImageError
 from core.storage.photostore import sha256_hex
 from core.verification import imaging
 from core.workflows import links
+from core.workflows.importer.notes import Note, note, of_error
 from core.workflows.importer.table import ImportFileError
 
 MAX_PHOTO_BYTES = 25 * 1024 * 1024  # same limit as core.verification.imaging
@@ -24,7 +25,13 @@ MAX_ZIP_ENTRIES = 200_000
 
 
 class PhotoRefError(FaceVerifyError):
+    """A photo reference that gives no usable photo; `note` says why (catalog key and values)."""
+
     code = "photo_ref_error"
+
+    def __init__(self, why: Note):
+        self.note = why
+        super().__init__(str(why))
 
 
 @dataclass
@@ -68,10 +75,10 @@ class PhotoZip:
             else:
                 self.zip = zipfile.ZipFile(zip_source)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise ImportFileError(f"The photo ZIP cannot be opened: {exc}.") from None
+            raise ImportFileError(note("import.file.zip_unopenable", detail=str(exc))) from None
         infos = self.zip.infolist()
         if len(infos) > MAX_ZIP_ENTRIES:
-            raise ImportFileError(f"The ZIP holds {len(infos)} entries; the limit is {MAX_ZIP_ENTRIES}.")
+            raise ImportFileError(note("import.file.zip_too_many", entries=len(infos), limit=MAX_ZIP_ENTRIES))
         self.entries: dict[str, zipfile.ZipInfo] = {}
         self.unsafe: set[str] = set()
         self._by_suffix: dict[str, list[str]] = collections.defaultdict(list)
@@ -106,9 +113,7 @@ class PhotoZip:
     def find(self, reference: str) -> zipfile.ZipInfo | None:
         name = _normalise_zip_name(reference)
         if _is_unsafe_path(name) or name in self.unsafe:
-            raise PhotoRefError(
-                f"{reference!r} points outside the ZIP (absolute path or '..'); such entries are refused"
-            )
+            raise PhotoRefError(note("import.photo.outside_zip", ref=reference))
         if name in self.entries:
             return self.entries[name]
         # The ZIP often wraps the photos in a folder: "photos/a.jpg" for "a.jpg".
@@ -117,24 +122,35 @@ class PhotoZip:
             return self.entries[candidates[0]]
         if len(candidates) > 1:
             raise PhotoRefError(
-                f"{reference!r} matches several ZIP entries ({', '.join(candidates[:3])}); give the full path"
+                note("import.photo.ambiguous_zip", ref=reference, entries=", ".join(candidates[:3]))
             )
         return None
 
     def read(self, info: zipfile.ZipInfo, reference: str) -> bytes:
         if info.file_size > MAX_PHOTO_BYTES:
             raise PhotoRefError(
-                f"ZIP entry {reference!r} is {info.file_size / 1e6:.1f} MB; the limit is {MAX_PHOTO_BYTES / 1e6:.0f} MB"
+                note(
+                    "import.photo.zip_entry_size",
+                    ref=reference,
+                    mb=info.file_size / 1e6,
+                    limit=MAX_PHOTO_BYTES / 1e6,
+                )
             )
         try:
             with self.zip.open(info) as f:
                 data = f.read(MAX_PHOTO_BYTES + 1)  # the header's size may lie (ZIP bombs)
         except RuntimeError as exc:  # encrypted entry
-            raise PhotoRefError(f"ZIP entry {reference!r} cannot be read: {exc}") from None
+            raise PhotoRefError(
+                note("import.photo.zip_entry_locked", ref=reference, detail=str(exc))
+            ) from None
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise PhotoRefError(f"ZIP entry {reference!r} is damaged: {exc}") from None
+            raise PhotoRefError(
+                note("import.photo.zip_entry_damaged", ref=reference, detail=str(exc))
+            ) from None
         if len(data) > MAX_PHOTO_BYTES:
-            raise PhotoRefError(f"ZIP entry {reference!r} is larger than {MAX_PHOTO_BYTES / 1e6:.0f} MB")
+            raise PhotoRefError(
+                note("import.photo.zip_entry_over", ref=reference, limit=MAX_PHOTO_BYTES / 1e6)
+            )
         return data
 
     def close(self) -> None:
@@ -148,7 +164,7 @@ def fetch_url(url: str) -> tuple[bytes, str | None]:
     try:
         fetched = links.fetch_photo_link(url, max_bytes=MAX_PHOTO_BYTES)
     except links.LinkError as exc:
-        raise PhotoRefError(str(exc)) from None
+        raise PhotoRefError(of_error(exc, "import.photo.link_failed")) from None
     return fetched.data, fetched.content_type
 
 
@@ -174,41 +190,42 @@ class PhotoLoader:
         if scheme in ("http", "https"):
             return self.fetch(reference)
         if len(scheme) > 1:  # one letter is a Windows drive (C:\photos\a.jpg)
-            raise PhotoRefError(f"{scheme}: links are not supported; use http(s), a ZIP entry or a file path")
+            raise PhotoRefError(note("import.photo.scheme", scheme=scheme))
         if self.photo_zip is not None:
             info = self.photo_zip.find(reference)
             if info is not None:
                 return self.photo_zip.read(info, reference), None
             if not self.allow_local_files:
-                raise PhotoRefError(f"{reference!r} is not in the photo ZIP")
+                raise PhotoRefError(note("import.photo.not_in_zip", ref=reference))
         if not self.allow_local_files:
-            raise PhotoRefError(
-                "file paths cannot be read from an uploaded table; upload the photos as a ZIP or use http(s) links"
-            )
+            raise PhotoRefError(note("import.photo.no_local_files"))
         path = Path(reference)
         if not path.is_absolute() and "\\" in reference:
             path = Path(reference.replace("\\", "/"))  # a table written on Windows
         if not path.is_absolute() and self.base_dir is not None:
             path = self.base_dir / path
-        where = " (nor in the photo ZIP)" if self.photo_zip is not None else ""
+        missing = "import.photo.missing_not_in_zip" if self.photo_zip is not None else "import.photo.missing"
         try:
             if self.base_dir is not None and not self.allow_outside:
                 # ../.., absolute paths and symbolic links leading out are all judged where they land.
                 if not path.resolve().is_relative_to(self.base_dir.resolve()):
-                    raise PhotoRefError(
-                        f"file {reference!r} is outside the base folder (the table's folder or --base-dir); "
-                        "pass --allow-outside to read it"
-                    )
+                    raise PhotoRefError(note("import.photo.outside_base", ref=reference))
             if not path.is_file():
-                raise PhotoRefError(f"file {reference!r} does not exist{where}")
+                raise PhotoRefError(note(missing, ref=reference))
             if path.stat().st_size > MAX_PHOTO_BYTES:
                 raise PhotoRefError(
-                    f"file {reference!r} is {path.stat().st_size / 1e6:.1f} MB; the limit is "
-                    f"{MAX_PHOTO_BYTES / 1e6:.0f} MB"
+                    note(
+                        "import.photo.file_size",
+                        ref=reference,
+                        mb=path.stat().st_size / 1e6,
+                        limit=MAX_PHOTO_BYTES / 1e6,
+                    )
                 )
             return path.read_bytes(), None
         except OSError as exc:
-            raise PhotoRefError(f"file {reference!r} cannot be read ({exc.strerror or exc})") from None
+            raise PhotoRefError(
+                note("import.photo.file_unreadable", ref=reference, detail=str(exc.strerror or exc))
+            ) from None
 
     def load(self, kind: str, reference: str) -> _LoadedPhoto:
         data, content_type = self._read(reference)
@@ -219,10 +236,8 @@ class PhotoLoader:
                 "text/html",
                 "application/xhtml+xml",
             ):
-                raise PhotoRefError(
-                    "the link returns a web page, not an image (for cloud drives use the direct download link)"
-                ) from None
-            raise PhotoRefError(str(exc)) from None
+                raise PhotoRefError(note("import.photo.web_page")) from None
+            raise PhotoRefError(of_error(exc, "import.photo.image")) from None
         return _LoadedPhoto(
             kind,
             reference,

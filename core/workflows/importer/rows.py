@@ -4,6 +4,7 @@ transaction (_write_row): the member and its photos, or nothing."""
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,9 +15,10 @@ from sqlalchemy.orm import Session
 
 from core.storage import audit
 from core.storage.photostore import PhotoStoreBackend
-from core.storage.schema import GALLERY, MEMBER_PENDING, Member, Photo, ProfilePhoto, utcnow
+from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, ProfilePhoto, utcnow
 from core.verification.genders import normalise_gender
 from core.workflows import gallery, member_ids, profile_rows, profiles, spreadsheets, verification
+from core.workflows.importer.notes import Note, joined, note
 from core.workflows.importer.photos import (
     PhotoLoader,
     PhotoRefError,
@@ -36,11 +38,28 @@ IMPORTED, UPDATED, UNCHANGED, REJECTED = "imported", "updated", "unchanged", "re
 
 @dataclass
 class RowReport:
+    """What happened to one row: its message's parts and its warnings as notes (catalog keys and
+    values, core.workflows.importer.notes); `message` and `warnings` are their English text."""
+
     row: int  # the row number a spreadsheet shows (header is row 1)
     member_id: str | None
     status: str  # imported / updated / unchanged / rejected
-    message: str
-    warnings: list[str] = field(default_factory=list)
+    notes: list[Note]
+    warning_notes: list[Note] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        return joined(self.notes)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [str(w) for w in self.warning_notes]
+
+    def message_in(self, lang: str) -> str:
+        return joined(self.notes, lang)
+
+    def warnings_in(self, lang: str) -> list[str]:
+        return [w.text(lang) for w in self.warning_notes]
 
 
 @dataclass
@@ -50,8 +69,8 @@ class _PreparedRow:
     gender: str | None = None
     birth_year: int | None = None
     photos: list[_LoadedPhoto] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    photo_notes: list[str] = field(default_factory=list)  # per profile photo: what happened
+    errors: list[Note] = field(default_factory=list)
+    photo_notes: list[Note] = field(default_factory=list)  # per profile photo: what happened
     # Profile photos added to a verified member, checked against its verified face once the row
     # is committed: (photo id, the photo's number in the row).
     to_check: list[tuple[int, int]] = field(default_factory=list)
@@ -59,6 +78,49 @@ class _PreparedRow:
 
 # ----------------------------------------------------------------------------------------------
 # Values
+
+
+class _Invalid(ValueError):
+    def __init__(self, why: Note):
+        self.note = why
+        super().__init__(str(why))
+
+
+# What core.workflows.verification.set_current_photos says, as notes.
+_SHARED_PHOTO = re.compile(r"^the (\w+) photo is also used by member\(s\) (.+)$")
+
+
+def _kind(kind: str) -> Note:
+    return note(f"import.kind.{kind}")
+
+
+def _photo_set_note(text: str) -> Note:
+    for kind in (GALLERY, VERIFICATION):
+        if text == f"new {kind} photo":
+            return Note(f"import.note.new_{kind}_photo", en=text)
+    if text == "the gallery and verification photos are the same file":
+        return Note("import.warning.same_file", en=text)
+    if match := _SHARED_PHOTO.match(text):
+        return Note("import.warning.shared_photo", {"kind": _kind(match[1]), "members": match[2]}, en=text)
+    return Note("import.note.detail", {"detail": text}, en=text)
+
+
+def _status(status: str) -> Note:
+    return Note(f"member_status.{status}", en=status)
+
+
+def _gender_note(value, exc: ValueError) -> Note:
+    shown = str(value).strip() if value is not None else ""
+    if not shown:
+        return Note("import.note.gender_empty", en=str(exc))
+    return Note("import.note.gender_unknown", {"value": shown}, en=str(exc))
+
+
+def _member_id_note(raw: str, exc: ValueError) -> Note:
+    text = str(exc)
+    if not raw.strip() or text == "member_id is empty":
+        return Note("import.note.member_id_empty", en=text)
+    return Note("import.note.member_id_invalid", {"value": _short(raw.strip(), 40)}, en=text)
 
 
 def _birth_year(value) -> int | None:
@@ -69,7 +131,7 @@ def _birth_year(value) -> int | None:
     if text.endswith(".0"):  # a spreadsheet's number cell
         text = text[:-2]
     if not text.isdigit() or not 1900 <= int(text) <= utcnow().year:
-        raise ValueError(f"birth_year {_short(text, 20)!r} is not a year between 1900 and {utcnow().year}")
+        raise _Invalid(note("import.note.bad_birth_year", value=_short(text, 20), year=utcnow().year))
     return int(text)
 
 
@@ -101,31 +163,40 @@ def _prepare(
     try:
         prepared.member_id = _check_member_id(raw_id)
     except ValueError as exc:
-        prepared.errors.append(str(exc))
+        prepared.errors.append(_member_id_note(raw_id, exc))
     if prepared.member_id in duplicate_rows:
         rows = duplicate_rows[prepared.member_id]
         prepared.errors.append(
-            f"member_id {prepared.member_id!r} appears {len(rows)} times in this file (rows "
-            f"{', '.join(map(str, rows))}); none of them was imported"
+            note(
+                "import.note.duplicate_id",
+                member_id=prepared.member_id,
+                count=len(rows),
+                rows=", ".join(map(str, rows)),
+            )
         )
         return prepared  # no point fetching photos of a row that cannot be imported
     try:
         prepared.gender = normalise_gender(values.get("gender"))
     except ValueError as exc:
-        prepared.errors.append(str(exc))
+        prepared.errors.append(_gender_note(values.get("gender"), exc))
     try:
         prepared.birth_year = _birth_year(values.get("birth_year"))
-    except ValueError as exc:
-        prepared.errors.append(str(exc))
+    except _Invalid as exc:
+        prepared.errors.append(exc.note)
     for column, kind in PHOTO_COLUMNS.items():
         references = gallery_references(values) if kind == GALLERY else [values.get(column, "")]
         references = [r for r in references if r]
         if not references:
-            prepared.errors.append(f"{column} is empty")
+            prepared.errors.append(note("import.note.column_empty", column=column))
             continue
         if kind == GALLERY and len(references) > profile_rows.max_photos():
             prepared.errors.append(
-                f"{column}: {len(references)} photos; a profile holds at most {profile_rows.max_photos()}"
+                note(
+                    "import.note.too_many_photos",
+                    column=column,
+                    count=len(references),
+                    max=profile_rows.max_photos(),
+                )
             )
             continue
         seen: set[str] = set()
@@ -133,14 +204,12 @@ def _prepare(
             try:
                 loaded = loader.load(kind, reference)
             except PhotoRefError as exc:
-                problem = f"{exc}"
+                problem = exc.note
             except Exception as exc:  # one odd file must cost its photo (or row), not the whole import
-                problem = f"cannot be read ({type(exc).__name__}: {_short(str(exc))})"
+                problem = note("import.note.unreadable", error=type(exc).__name__, detail=_short(str(exc)))
             else:
                 if kind == GALLERY and loaded.sha256 in seen:
-                    prepared.photo_notes.append(
-                        f"photo {position}: the same file as an earlier photo, skipped"
-                    )
+                    prepared.photo_notes.append(note("import.note.same_file_skipped", position=position))
                     continue
                 seen.add(loaded.sha256)
                 loaded.position = position if kind == GALLERY else 0
@@ -149,10 +218,19 @@ def _prepare(
             if kind == GALLERY and position > 1:
                 # A later profile photo that cannot be read costs that photo, not the member.
                 prepared.photo_notes.append(
-                    f"photo {position} {_short(reference, 60)!r}: {problem}, not added"
+                    note(
+                        "import.note.photo_not_added",
+                        position=position,
+                        ref=_short(reference, 60),
+                        problem=problem,
+                    )
                 )
             else:
-                prepared.errors.append(f"{column} {_short(reference, 60)!r}: {problem}")
+                prepared.errors.append(
+                    note(
+                        "import.note.photo_problem", column=column, ref=_short(reference, 60), problem=problem
+                    )
+                )
     if not prepared.errors:
         try:
             for photo in prepared.photos:
@@ -160,7 +238,7 @@ def _prepare(
                 photo.data = b""  # the bytes are on disk now; keep memory flat on large files
         except OSError as exc:
             prepared.errors.append(
-                f"the photo store cannot save the photo ({exc.strerror or type(exc).__name__})"
+                note("import.note.store_failed", reason=str(exc.strerror or type(exc).__name__))
             )
     return prepared
 
@@ -182,7 +260,7 @@ def _prefetch(items: Iterable, fn: Callable, workers: int) -> Iterator:
 
 def _add_profile_photos(
     session: Session, member_id: str, prepared: _PreparedRow, now
-) -> tuple[list[tuple[int, int]], list[str]]:
+) -> tuple[list[tuple[int, int]], list[Note]]:
     """The row's later gallery photos join the member's profile after the ones it has, unchecked
     (checked once the row is committed, or by the member's next verification). ((photo id, its
     number in the row) of each photo added, a note per photo)."""
@@ -192,15 +270,15 @@ def _add_profile_photos(
     rows = profile_rows.profile_of(session, member_id)
     have = {session.get(Photo, r.photo_id).sha256 for r in rows}
     top = max((r.position for r in rows), default=1)
-    notes: list[str] = []
+    notes: list[Note] = []
     added: list[tuple[int, int]] = []
     for photo in later:
         if photo.sha256 in have:
-            notes.append(f"photo {photo.position}: already in the profile")
+            notes.append(note("import.note.already_in_profile", position=photo.position))
             continue
         if len(rows) + len(added) >= profile_rows.max_photos():
             notes.append(
-                f"photo {photo.position}: the profile is full ({profile_rows.max_photos()}), not added"
+                note("import.note.profile_full", position=photo.position, max=profile_rows.max_photos())
             )
             continue
         row = session.scalar(
@@ -227,7 +305,7 @@ def _add_profile_photos(
         added.append((row.id, photo.position))
         have.add(photo.sha256)
         session.add(ProfilePhoto(member_id=member_id, position=top, photo_id=row.id, created_at=now))
-        notes.append(f"photo {photo.position}: added to the profile as photo {top}")
+        notes.append(note("import.note.added_to_profile", position=photo.position, slot=top))
     session.flush()
     return added, notes
 
@@ -239,7 +317,7 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
     now = utcnow()
     member = session.get(Member, member_id)
     is_new = member is None
-    changes: list[str] = []
+    changes: list[Note] = []
     if is_new:
         member = Member(
             id=member_id,
@@ -252,9 +330,11 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
         session.add(member)
     else:
         if member.gender != prepared.gender:
-            changes.append(f"gender {member.gender} → {prepared.gender}")
+            changes.append(note("import.note.gender_changed", old=member.gender, new=prepared.gender))
         if prepared.birth_year is not None and member.birth_year != prepared.birth_year:
-            changes.append(f"birth year {member.birth_year or '-'} → {prepared.birth_year}")
+            changes.append(
+                note("import.note.birth_year_changed", old=member.birth_year or "-", new=prepared.birth_year)
+            )
             member.birth_year = prepared.birth_year
         # An import never replaces an existing member's main gallery photo: the row is refused whole.
         for photo in prepared.photos:
@@ -263,7 +343,8 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
                     gallery.check_not_replaced(session, member_id, photo.sha256)
                 except gallery.GalleryLocked as exc:
                     session.rollback()
-                    return RowReport(prepared.row, member_id, REJECTED, str(exc))
+                    locked = Note("import.note.gallery_locked", {"member_id": member_id}, en=str(exc))
+                    return RowReport(prepared.row, member_id, REJECTED, [locked])
 
     done = verification.set_current_photos(
         session,
@@ -284,12 +365,12 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
         now,
         is_new=is_new,
     )
-    changes += [c for c in done.changes if c not in changes]
-    warnings = done.warnings
+    changes += [n for n in map(_photo_set_note, done.changes) if n not in changes]
+    warnings = [_photo_set_note(w) for w in done.warnings]
     added_photos, added_notes = _add_profile_photos(session, member_id, prepared, now)
     added = len(added_photos)
     if added:
-        changes.append(f"{added} profile photo(s) added")
+        changes.append(note("import.note.profile_photos_added", count=added))
 
     if not is_new and not changes:
         session.rollback()
@@ -297,15 +378,15 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
             prepared.row,
             member_id,
             UNCHANGED,
-            "; ".join(["already up to date", *prepared.photo_notes, *added_notes]),
+            [note("import.note.up_to_date"), *prepared.photo_notes, *added_notes],
             warnings,
         )
     member.gender = prepared.gender
     member.updated_at = now
     member.source = source_name
     # A birth year alone says nothing about the photos: the verification stands.
-    photo_changes = [c for c in changes if not c.startswith("birth year")]
-    if not is_new and added and photo_changes == [f"{added} profile photo(s) added"]:
+    photo_changes = [c for c in changes if c.key != "import.note.birth_year_changed"]
+    if not is_new and added and photo_changes == [note("import.note.profile_photos_added", count=added)]:
         # Only profile photos added: the member's own verification still stands; the photos are
         # checked against its verified face as soon as the row is committed (the badge is off
         # until they are accepted), as photos added through the API are.
@@ -313,25 +394,26 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
         prepared.to_check = added_photos
     else:
         # The member's next verification checks them with the whole profile.
-        added_notes = [f"{note}, waits to be checked" for note in added_notes]
+        added_notes = [note("import.note.waits_to_be_checked", note=n) for n in added_notes]
         if not is_new and member.status != MEMBER_PENDING and photo_changes:
             # New photos or a new gender: the earlier verification no longer speaks for this member.
-            changes.append(f"status {member.status} → {MEMBER_PENDING} (verify again)")
+            changes.append(
+                note("import.note.status_changed", old=_status(member.status), new=_status(MEMBER_PENDING))
+            )
             member.status = MEMBER_PENDING
     notes = prepared.photo_notes + added_notes
     status = IMPORTED if is_new else UPDATED
-    message = "new member with gallery and verification photos" if is_new else "; ".join(changes)
-    message = "; ".join([message, *notes])
+    message = [note("import.note.new_member")] if is_new else changes
     audit.log(
         session,
         actor,
         audit.IMPORT_MEMBER,
         "member",
         member_id,
-        {"status": status, "file": source_name, "changes": changes},
+        {"status": status, "file": source_name, "changes": [str(c) for c in changes]},
     )
     session.commit()
-    return RowReport(prepared.row, member_id, status, message, warnings)
+    return RowReport(prepared.row, member_id, status, [*message, *notes], warnings)
 
 
 def _write_with_retry(session, prepared, actor, source_name) -> RowReport:
@@ -348,11 +430,17 @@ def _write_with_retry(session, prepared, actor, source_name) -> RowReport:
                 prepared.row,
                 prepared.member_id,
                 REJECTED,
-                f"database error, row not imported: {type(exc).__name__}: {_short(str(exc.orig if hasattr(exc, 'orig') else exc), 200)}",
+                [
+                    note(
+                        "import.note.database_error",
+                        error=type(exc).__name__,
+                        detail=_short(str(exc.orig if hasattr(exc, "orig") else exc), 200),
+                    )
+                ],
             )
     return RowReport(
         prepared.row,
         prepared.member_id,
         REJECTED,
-        "another import changed this member at the same time; import the file again",
+        [note("import.note.changed_meanwhile")],
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from core.errors import FaceVerifyError
 from core.storage.schema import GALLERY, VERIFICATION
 from core.workflows import spreadsheets
+from core.workflows.importer.notes import Note, note, of_error
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}
@@ -32,9 +33,19 @@ class ImportFileError(FaceVerifyError):
 
     code = "import_file_error"
 
-    def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+    def __init__(self, problems: list[Note | str] | Note | str):
+        # Each problem as a note (catalog key and values); `problems` holds their English text.
+        given = [problems] if isinstance(problems, Note | str) else list(problems)
+        # A problem worded elsewhere in English is said as it is.
+        self.notes = [
+            p if isinstance(p, Note) else Note("import.file.detail", {"detail": p}, en=p) for p in given
+        ]
+        self.problems = [str(n) for n in self.notes]
         super().__init__(" ".join(self.problems))
+
+    def texts(self, lang: str) -> list[str]:
+        """The problems said in `lang`."""
+        return [n.text(lang) for n in self.notes]
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -54,11 +65,10 @@ def _source_bytes(rows_source, filename: str | None) -> tuple[bytes, str]:
     if isinstance(rows_source, str | Path):
         path = Path(rows_source)
         if not path.is_file():
-            raise ImportFileError(f"The file {path} does not exist.")
+            raise ImportFileError(note("import.file.missing", path=str(path)))
         if path.stat().st_size > MAX_TABLE_BYTES:
             raise ImportFileError(
-                f"The file is {path.stat().st_size / 1e6:.1f} MB; the limit is "
-                f"{MAX_TABLE_BYTES / 1e6:.0f} MB. Split it into smaller files."
+                note("import.file.too_large", mb=path.stat().st_size / 1e6, limit=MAX_TABLE_BYTES / 1e6)
             )
         return path.read_bytes(), filename or path.name
     if isinstance(rows_source, bytes | bytearray):
@@ -77,25 +87,20 @@ def read_table(rows_source, filename: str | None = None) -> tuple[list[str], lis
     """(normalised column names, [(row number, {column: text})]); blank rows are skipped."""
     data, name = _source_bytes(rows_source, filename)
     if len(data) > MAX_TABLE_BYTES:
-        raise ImportFileError(
-            f"The file is {len(data) / 1e6:.1f} MB; the limit is {MAX_TABLE_BYTES / 1e6:.0f} MB. "
-            "Split it into smaller files."
-        )
+        raise ImportFileError(note("import.file.too_large", mb=len(data) / 1e6, limit=MAX_TABLE_BYTES / 1e6))
     if not data.strip():
-        raise ImportFileError("The file is empty.")
+        raise ImportFileError(note("import.file.empty"))
     suffix = Path(name).suffix.lower()
     if suffix in (".xlsx", ".xlsm") or (data[:4] == b"PK\x03\x04" and suffix not in (".csv", ".txt", ".tsv")):
         header, rows = _read_xlsx(data)
     elif suffix == ".xls" or data[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
-        raise ImportFileError("Old Excel .xls files are not supported: save the sheet as .xlsx or CSV.")
+        raise ImportFileError(note("import.file.xls"))
     elif data[:4] == b"PK\x03\x04":
-        raise ImportFileError(
-            f"{name} is named like a CSV file but is an Excel workbook: rename it to .xlsx."
-        )
+        raise ImportFileError(note("import.file.xlsx_named_csv", name=name))
     else:
         header, rows = _read_csv(data)
     if len(rows) > MAX_ROWS:
-        raise ImportFileError(f"The file has {len(rows)} rows; the limit is {MAX_ROWS}. Split it.")
+        raise ImportFileError(note("import.file.too_many_rows", rows=len(rows), limit=MAX_ROWS))
     columns = [_normalise_header(h) for h in header]
     table = []
     for row_number, values in rows:
@@ -115,7 +120,7 @@ def _read_csv(data: bytes) -> tuple[list, list[tuple[int, list]]]:
         except UnicodeDecodeError:
             continue
     else:
-        raise ImportFileError("The CSV file is neither UTF-8 nor Korean (CP949) text. Save it as UTF-8 CSV.")
+        raise ImportFileError(note("import.file.encoding"))
     first_line = text.split("\n", 1)[0]
     delimiter = max((",", ";", "\t"), key=first_line.count)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -123,7 +128,9 @@ def _read_csv(data: bytes) -> tuple[list, list[tuple[int, list]]]:
         header = next(reader)
         rows = [(reader.line_num, values) for values in reader]
     except csv.Error as exc:
-        raise ImportFileError(f"The CSV file is malformed near line {reader.line_num}: {exc}.") from None
+        raise ImportFileError(
+            note("import.file.malformed_csv", line=reader.line_num, detail=str(exc))
+        ) from None
     return header, rows
 
 
@@ -132,7 +139,7 @@ def _read_xlsx(data: bytes) -> tuple[list, list[tuple[int, list]]]:
     try:
         return spreadsheets.read_xlsx(data, max_unpacked_bytes=MAX_XLSX_UNPACKED_BYTES, max_rows=MAX_ROWS)
     except spreadsheets.SpreadsheetError as exc:
-        raise ImportFileError(str(exc)) from None
+        raise ImportFileError(of_error(exc, "import.file.spreadsheet")) from None
 
 
 def check_columns(columns: list[str]) -> None:
@@ -140,20 +147,24 @@ def check_columns(columns: list[str]) -> None:
     problems = []
     duplicates = sorted({c for c in columns if c and columns.count(c) > 1})
     if duplicates:
-        problems.append(f"Column(s) {', '.join(duplicates)} appear more than once.")
+        problems.append(note("import.file.duplicate_columns", columns=", ".join(duplicates)))
     numbered = [c for c in columns if NUMBERED_GALLERY.match(c or "")]
     if numbered and "gallery_photo" in columns:
-        problems.append("Use either gallery_photo or gallery_photo_1 ... gallery_photo_N, not both.")
+        problems.append(note("import.file.both_gallery_forms"))
     unknown = [c for c in columns if c and c not in EXPECTED_COLUMNS + OPTIONAL_COLUMNS and c not in numbered]
     for expected in EXPECTED_COLUMNS:
         if expected in columns or (expected == "gallery_photo" and numbered):
             continue
         close = difflib.get_close_matches(expected, unknown, n=1, cutoff=0.6)
-        hint = f" Did you mean {close[0]!r}? Rename it to {expected!r}." if close else ""
-        problems.append(f"Column {expected!r} is missing.{hint}")
+        if close:
+            problems.append(note("import.file.missing_column_hint", column=expected, close=close[0]))
+        else:
+            problems.append(note("import.file.missing_column", column=expected))
     if problems:
         found = ", ".join(c or "(empty)" for c in columns)
-        problems.append(f"Expected columns: {', '.join(EXPECTED_COLUMNS)}; found: {found}.")
+        problems.append(
+            note("import.file.expected_columns", expected=", ".join(EXPECTED_COLUMNS), found=found)
+        )
         raise ImportFileError(problems)
 
 
