@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import delete, func, select, text, update
 
 from core.storage import audit, audit_key, db
-from core.storage.schema import AuditChainHead, AuditEntry, utcnow
+from core.storage.schema import AuditEntry, utcnow
+from core.storage.schema_guards import AuditChainHead
 
 
 def write_entries(session_factory, n: int, actor: str = "tester") -> None:
@@ -271,7 +272,7 @@ def test_the_exported_head_catches_a_chain_turned_back_to_plain_links(
 def test_the_incremental_check_walks_from_the_checkpoint_and_catches_an_edit_after_it(
     session_factory, own_key
 ):
-    from core.storage.schema import AuditCheckpoint
+    from core.storage.schema_guards import AuditCheckpoint
 
     write_entries(session_factory, 5)
     with session_factory() as session:

@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from core.storage import throttle
 from core.storage import users as user_store
-from core.storage.schema import AuditEntry, AuthThrottle, utcnow
+from core.storage.schema import AuditEntry, utcnow
+from core.storage.schema_guards import AuthThrottle
 
 USER_PASSWORD = "correct horse battery staple"  # the password of the `users` fixture (conftest)
 
