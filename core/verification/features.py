@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from core.errors import ImageError
-from core.verification import capture, fraud, imaging
+from core.verification import capture, fraud, imaging, quality
 from core.verification import faces as face_ops
 from core.verification.networks import DEFAULT_NETWORKS, compiled, network, network_class
 from core.verification.networks.dlib_resnet import TTA_ROTATIONS
@@ -117,11 +117,11 @@ def locate(
     aligned = face_ops.align_face(rgb, analysis.faces[analysis.main_face])
     analysis.crop = aligned.chip
     analysis.gender_crop = aligned.gender_chip
-    analysis.quality = imaging.image_quality(aligned.chip)
+    analysis.quality = quality.image_quality(aligned.chip)
     analysis.hashes, analysis.hashes_mirror = fraud.photo_hashes(
         rgb, analysis.faces[analysis.main_face].box, aligned.chip
     )
-    if analysis.quality < imaging.LOW_QUALITY_THRESHOLD:
+    if analysis.quality < quality.LOW_QUALITY_THRESHOLD:
         analysis.flags.append(
             Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
         )
@@ -287,9 +287,9 @@ def locate_every_face(
         )
         aligned = face_ops.align_face(rgb, face)
         analysis.crop, analysis.gender_crop = aligned.chip, aligned.gender_chip
-        analysis.quality = imaging.image_quality(aligned.chip)
+        analysis.quality = quality.image_quality(aligned.chip)
         analysis.hashes, analysis.hashes_mirror = fraud.photo_hashes(rgb, face.box, aligned.chip)
-        if analysis.quality < imaging.LOW_QUALITY_THRESHOLD:
+        if analysis.quality < quality.LOW_QUALITY_THRESHOLD:
             analysis.flags.append(
                 Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
             )
