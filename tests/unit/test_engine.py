@@ -299,7 +299,9 @@ def test_benchmark_command_writes_every_key(tmp_path):
         [
             sys.executable,
             "-m",
-            "core.benchmarks.verification",
+            "core",
+            "bench",
+            "verification",
             "--pairs",
             str(SAMPLE_DIR / "pairs.csv"),
             "--images",
