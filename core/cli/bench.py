@@ -183,6 +183,14 @@ def register(subparsers) -> None:
     )
     imports.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
 
+    port = command(
+        benches,
+        "dlib-port",
+        "the Keras port of dlib's ResNet beside dlib: load time and per-face timings",
+        run_dlib_port,
+    )
+    port.add_argument("--calls", type=int, default=30, help="timed calls per row")
+
     # Benchmarks whose command line lives in a module of its own.
     from core.cli import bench_api_memory, bench_profiles, bench_self_measure
 
@@ -240,6 +248,13 @@ def run_verification(args) -> int:
     print(json.dumps(done.report, indent=2))
     if done.summary:
         print(done.summary)
+    return 0
+
+
+def run_dlib_port(args) -> int:
+    from core.benchmarks import dlib_port
+
+    dlib_port.run(max(args.calls, 1))
     return 0
 
 
