@@ -154,16 +154,34 @@ def backend(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def db_url(backend, tmp_path, request) -> str:
+@pytest.fixture(scope="session")
+def sqlite_migrated_file(tmp_path_factory) -> Path:
+    """One SQLite file migrated to the newest revision per test session; each test gets a copy
+    (copying takes milliseconds, running every migration a large part of a second)."""
     from core.storage.db import init_db, make_engine
 
+    path = tmp_path_factory.mktemp("sqlite_migrated") / "faceverify.sqlite3"
+    engine = make_engine(f"sqlite:///{path}")
+    init_db(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def db_url(backend, tmp_path, request) -> str:
+    from core.storage.db import make_engine
+
     if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'faceverify.sqlite3'}"
-        engine = make_engine(url)
-        init_db(engine)
-        engine.dispose()
-        return url
+        import sqlite3
+
+        path = tmp_path / "faceverify.sqlite3"
+        # SQLite's backup API: a consistent copy whatever its write-ahead log holds.
+        with sqlite3.connect(request.getfixturevalue("sqlite_migrated_file")) as source:
+            target = sqlite3.connect(path)
+            source.backup(target)
+            target.close()
+        source.close()
+        return f"sqlite:///{path}"
     url = request.getfixturevalue("mysql_migrated_url")
     engine = make_engine(url)
     _empty_all_tables(engine)
