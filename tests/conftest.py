@@ -12,6 +12,7 @@ half is skipped locally but FAILS when CI=true, so CI can never pass without hav
     session           one Session, closed after the test
     photo_store       PhotoStore in tmp_path
     users             {role: User} one active user per role, password USER_PASSWORD
+    quick_password_hashes  argon2id at its lowest cost (tests that sign in dozens of times)
     new_database_url  factory: URL of another empty, *unmigrated* database of the same backend
     make_photo        factory: make_photo(seed) -> distinct small JPEG bytes
     make_result       factory: a core.verification.result.VerificationResult built by hand (engine_result)
@@ -272,6 +273,22 @@ def any_photo_store(request, tmp_path):
     from core.storage.photostore import PhotoStore
 
     return PhotoStore(tmp_path / "photo_store", fsync=False)
+
+
+@pytest.fixture
+def quick_password_hashes(monkeypatch):
+    """argon2id at its lowest cost, for tests that sign in (and fail) dozens of times: at the
+    product's cost (64 MiB, 3 passes) each attempt takes a tenth of a second or more. The hashes
+    are argon2id all the same and every check runs as in the product; only their cost is lower.
+    Use it before `users`, so their hashes are made at that cost too."""
+    from argon2 import PasswordHasher
+
+    from core.storage import users as user_store
+
+    monkeypatch.setattr(user_store, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    user_store._dummy_hash.cache_clear()
+    yield
+    user_store._dummy_hash.cache_clear()
 
 
 @pytest.fixture
