@@ -40,8 +40,9 @@ for _group in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.i
 
 
 # The groups of tests (tests/<group>/), as the code is laid out. The fast lane, `pytest -m "not slow"`,
-# leaves out the groups that start servers, browsers or the page runner, and the files that train
-# models or run benchmarks; CI runs everything.
+# leaves out the groups that start servers, browsers or the page runner, the files that train
+# models or run benchmarks, and the tests marked slow one by one (those that start `python -m core`
+# in a fresh process); CI runs everything.
 SLOW_GROUPS = {"e2e", "services", "api", "pages"}
 SLOW_FILES = {
     "test_training.py",
@@ -53,6 +54,8 @@ SLOW_FILES = {
     "test_profiles_use_case.py",
     "test_profile_import.py",
     "test_reverification.py",
+    "test_scale_bench.py",  # the scale benchmark's command, in a fresh process
+    "test_mysql_rule.py",  # a pytest run in a fresh process, with and without CI=true
 }
 
 

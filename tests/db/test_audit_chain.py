@@ -111,6 +111,7 @@ def test_concurrent_writers_never_fork_the_chain(session_factory):
     assert report.ok and report.checked == 61, report.summary()
 
 
+@pytest.mark.slow  # starts `python -m core` in a fresh process: the full run has it
 def test_upgrade_backfills_existing_rows_and_the_command_verifies(new_database_url):
     url = new_database_url()
     engine = db.make_engine(url)
