@@ -1,4 +1,4 @@
-"""Calibrate core.verification.imaging.image_quality on real LFW face chips, sharp and blurred.
+"""Calibrate core.verification.quality.image_quality on real LFW face chips, sharp and blurred.
 
 Usage:  .venv/bin/python scripts/calibrate_quality.py [--source /work/shared/data/lfw_dev] [--n 600]
 
@@ -24,7 +24,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.verification.imaging import LOW_QUALITY_THRESHOLD, image_quality  # noqa: E402
+from core.verification.quality import LOW_QUALITY_THRESHOLD, image_quality  # noqa: E402
 
 DEFAULT_SOURCE = Path("/work/shared/data/lfw_dev")
 

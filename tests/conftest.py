@@ -12,6 +12,7 @@ half is skipped locally but FAILS when CI=true, so CI can never pass without hav
     session           one Session, closed after the test
     photo_store       PhotoStore in tmp_path
     users             {role: User} one active user per role, password USER_PASSWORD
+    quick_password_hashes  argon2id at its lowest cost (tests that sign in dozens of times)
     new_database_url  factory: URL of another empty, *unmigrated* database of the same backend
     make_photo        factory: make_photo(seed) -> distinct small JPEG bytes
     make_result       factory: a core.verification.result.VerificationResult built by hand (engine_result)
@@ -40,8 +41,9 @@ for _group in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.i
 
 
 # The groups of tests (tests/<group>/), as the code is laid out. The fast lane, `pytest -m "not slow"`,
-# leaves out the groups that start servers, browsers or the page runner, and the files that train
-# models or run benchmarks; CI runs everything.
+# leaves out the groups that start servers, browsers or the page runner, the files that train
+# models or run benchmarks, and the tests marked slow one by one (those that start `python -m core`
+# in a fresh process); CI runs everything.
 SLOW_GROUPS = {"e2e", "services", "api", "pages"}
 SLOW_FILES = {
     "test_training.py",
@@ -53,6 +55,8 @@ SLOW_FILES = {
     "test_profiles_use_case.py",
     "test_profile_import.py",
     "test_reverification.py",
+    "test_scale_bench.py",  # the scale benchmark's command, in a fresh process
+    "test_mysql_rule.py",  # a pytest run in a fresh process, with and without CI=true
 }
 
 
@@ -155,16 +159,34 @@ def backend(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def db_url(backend, tmp_path, request) -> str:
+@pytest.fixture(scope="session")
+def sqlite_migrated_file(tmp_path_factory) -> Path:
+    """One SQLite file migrated to the newest revision per test session; each test gets a copy
+    (copying takes milliseconds, running every migration a large part of a second)."""
     from core.storage.db import init_db, make_engine
 
+    path = tmp_path_factory.mktemp("sqlite_migrated") / "faceverify.sqlite3"
+    engine = make_engine(f"sqlite:///{path}")
+    init_db(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def db_url(backend, tmp_path, request) -> str:
+    from core.storage.db import make_engine
+
     if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'faceverify.sqlite3'}"
-        engine = make_engine(url)
-        init_db(engine)
-        engine.dispose()
-        return url
+        import sqlite3
+
+        path = tmp_path / "faceverify.sqlite3"
+        # SQLite's backup API: a consistent copy whatever its write-ahead log holds.
+        with sqlite3.connect(request.getfixturevalue("sqlite_migrated_file")) as source:
+            target = sqlite3.connect(path)
+            source.backup(target)
+            target.close()
+        source.close()
+        return f"sqlite:///{path}"
     url = request.getfixturevalue("mysql_migrated_url")
     engine = make_engine(url)
     _empty_all_tables(engine)
@@ -255,6 +277,22 @@ def any_photo_store(request, tmp_path):
     from core.storage.photostore import PhotoStore
 
     return PhotoStore(tmp_path / "photo_store", fsync=False)
+
+
+@pytest.fixture
+def quick_password_hashes(monkeypatch):
+    """argon2id at its lowest cost, for tests that sign in (and fail) dozens of times: at the
+    product's cost (64 MiB, 3 passes) each attempt takes a tenth of a second or more. The hashes
+    are argon2id all the same and every check runs as in the product; only their cost is lower.
+    Use it before `users`, so their hashes are made at that cost too."""
+    from argon2 import PasswordHasher
+
+    from core.storage import users as user_store
+
+    monkeypatch.setattr(user_store, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    user_store._dummy_hash.cache_clear()
+    yield
+    user_store._dummy_hash.cache_clear()
 
 
 @pytest.fixture

@@ -19,10 +19,8 @@ from core.api.settings import (
     REVOKE_API_KEY,
 )
 from core.storage import audit
-from core.storage.schema import (
-    ApiKey,
-    utcnow,
-)
+from core.storage.schema import utcnow
+from core.storage.schema_guards import ApiKey
 
 
 def hash_key(key: str) -> str:

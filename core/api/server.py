@@ -78,10 +78,10 @@ def size_decode_budget():
     """The decoder's share of an API process's memory: API_DECODE_MEMORY_MB (default DECODE_MB)
     unless DECODE_MEMORY_MB is given. With the admission gate (core.api.guard) and the models,
     the process stays under its limit however many photos arrive at once."""
-    from core.verification import imaging
+    from core.verification import decode_memory
 
     mb = config.get("API_DECODE_MEMORY_MB")
-    return imaging.use_decode_budget(int(mb * 1024 * 1024))
+    return decode_memory.use_decode_budget(int(mb * 1024 * 1024))
 
 
 def serve(app, host: str, port: int, log_level: str = "info") -> None:

@@ -11,5 +11,6 @@ seaweedfs     a local SeaweedFS (S3) server the tests and the combined load test
 scale_out     one API worker against two, each held to one core
 capture       the capture check on synthetic variants (capture_variants draws them)
 fraud         reused-photo, pose-challenge and turned-face figures
+dlib_port     the Keras port of dlib's ResNet beside dlib: load time, per-face timings
 
 May import anything in core."""

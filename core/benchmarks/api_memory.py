@@ -1,6 +1,6 @@
 """Peak memory of the API process under a burst of decompression-heavy photos.
 
-    python -m core.cli.bench_api_memory [--concurrency 40] [--json OUT.json]
+    python -m core bench api-memory [--concurrency 40] [--json OUT.json]
 
 Starts `python -m core.api` on a free loopback port with a fresh SQLite database and photo store
 (core.benchmarks.load_test.Server), waits until its models are loaded, enrols one member with a
@@ -17,7 +17,6 @@ counted by status. Only loopback targets; every request has a timeout, so the ru
 from __future__ import annotations
 
 import base64
-import json
 import struct
 import threading
 import time
@@ -183,7 +182,3 @@ def report(figures: dict) -> str:
         f"peak resident memory: {figures['peak_rss_mb']:,.0f} MB ({verdict} the {figures['limit_mb']:,.0f} MB limit)"
     )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(run(), indent=2))

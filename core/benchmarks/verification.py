@@ -1,8 +1,12 @@
 """Accuracy and speed benchmark of the product's path beside the bare pretrained pipeline.
 
-python -m core.benchmarks.verification --pairs PAIRS.csv --images DIR [--people PEOPLE.csv] --json OUT.json
-python -m core.benchmarks.verification --set lfw=../shared/data/lfw_dev --set eastasian=../shared/data/eastasian_dev
-                                       [--set-pairs eastasian=FILE] [--unseen-only] --json OUT.json
+run_sets({name: PairSet(pairs, images, people)}, reliability_base, ...) -> SetsReport, one engine
+run(pairs_csv, images, people_csv, ...) -> dict          one set's figures
+
+Command line (core/cli/bench.py):
+python -m core bench verification --pairs PAIRS.csv --images DIR [--people PEOPLE.csv] --json OUT.json
+python -m core bench verification --set lfw=../shared/data/lfw_dev --set eastasian=../shared/data/eastasian_dev
+                                  [--set-pairs eastasian=FILE] [--unseen-only] --json OUT.json
 
 PAIRS.csv: file_x (gallery), file_y (verification), Decision (Yes/No).
 PEOPLE.csv: person, gender; gender is scored on every image in DIR whose person (the LFW file
@@ -28,13 +32,12 @@ published threshold, dlib's 0.6 and OpenCV's 0.363 cosine for SFace), and the pr
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import re
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -405,77 +408,56 @@ def figures_by_group(
     ]
 
 
-def _named(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"{flag} takes NAME=PATH, got {value!r}")
-        out[name] = path
-    return out
+@dataclass
+class PairSet:
+    """One set of pairs: the pairs file, the photos' folder, and people.csv (None: no gender
+    figures and no groups)."""
+
+    pairs: Path
+    images: Path
+    people: Path | None = None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m core.benchmarks.verification", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--pairs", type=Path)
-    parser.add_argument("--images", type=Path)
-    parser.add_argument("--people", type=Path)
-    parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
-    parser.add_argument("--model", help="model version (default: models/DEFAULT)")
-    parser.add_argument("--baseline-pairs", type=int, default=200, help="pairs timed for the baseline")
-    parser.add_argument("--limit", type=int, help="use only the first N pairs")
-    parser.add_argument("--sample", type=int, help="a balanced random N pairs (seeded) from PAIRS.csv")
-    parser.add_argument(
-        "--set", action="append", default=[], help="NAME=DIR with images/, pairs.csv, people.csv (repeatable)"
-    )
-    parser.add_argument("--set-pairs", action="append", default=[], help="NAME=FILE: that set's pairs file")
-    parser.add_argument(
-        "--unseen-only", action="store_true", help="leave out pairs of people the model was trained on"
-    )
-    parser.add_argument("--gender-sample", type=int, help="score gender on a seeded N photos of each set")
-    args = parser.parse_args(argv)
-    sets = {name: Path(folder) for name, folder in _named(args.set, "--set").items()}
-    set_pairs = _named(args.set_pairs, "--set-pairs")
-    if unknown := set(set_pairs) - set(sets):
-        parser.error(f"--set-pairs names no --set: {', '.join(sorted(unknown))}")
-    if args.pairs or args.images:
-        if not (args.pairs and args.images):
-            parser.error("--pairs and --images go together")
-        sets_run = {None: (args.pairs, args.images, args.people)}
-    elif sets:
-        sets_run = {}
-    else:
-        parser.error("give --pairs and --images, or one --set NAME=DIR or more")
-    for name, folder in sets.items():
-        people = folder / "people.csv"
-        sets_run[name] = (Path(set_pairs.get(name, folder / "pairs.csv")), folder / "images", people)
-    for name, (pairs, images, _people) in sets_run.items():
-        missing = [str(p) for p in (pairs, images) if not Path(p).exists()]
-        if missing:
-            parser.error(f"{name or 'benchmark'}: not found: {', '.join(missing)}")
+@dataclass
+class SetsReport:
+    report: dict  # the figures (one set's, or {"sets": {...}, "model_version": ...}), for the JSON
+    summary: str  # the table by group and the cohort's cost, printed after the figures ("" if none)
 
+
+def run_sets(
+    sets: dict[str | None, PairSet],
+    reliability_base: Path,
+    *,
+    model: str | None = None,
+    baseline_pairs: int = 200,
+    limit: int | None = None,
+    sample: int | None = None,
+    unseen_only: bool = False,
+    gender_sample: int | None = None,
+) -> SetsReport:
+    """run() on each set with one engine. Name None is the one unnamed set (its figures are the
+    report itself); named sets are reported under "sets". Each set's reliability plot goes beside
+    reliability_base (base.<name>.reliability.png); the groups of every set form one table."""
     from core.verification.engine import Engine
     from core.verification.policy import group_table
 
-    engine = Engine.load(args.model)
+    engine = Engine.load(model)
     reports = {}
-    for name, (pairs, images, people) in sets_run.items():
-        png = args.json.with_suffix(f".{name}.reliability.png" if name else ".reliability.png")
+    for name, one in sets.items():
+        png = reliability_base.with_suffix(f".{name}.reliability.png" if name else ".reliability.png")
         reports[name] = run(
-            pairs,
-            images,
-            people if people and Path(people).exists() else None,
-            args.model,
-            args.baseline_pairs,
-            args.limit,
-            args.sample,
+            one.pairs,
+            one.images,
+            one.people if one.people and Path(one.people).exists() else None,
+            model,
+            baseline_pairs,
+            limit,
+            sample,
             reliability_png=png,
             engine=engine,
             set_name=name,
-            unseen_only=args.unseen_only,
-            gender_sample=args.gender_sample,
+            unseen_only=unseen_only,
+            gender_sample=gender_sample,
         )
     if list(reports) == [None]:
         report = reports[None]
@@ -485,16 +467,12 @@ def main(argv: list[str] | None = None) -> int:
             "model_version": engine.model_version,
         }
     groups = [row for r in reports.values() for row in r.get("by_group", [])]
+    lines = []
     if groups:
         report["by_group"] = groups
         report["by_group_table"] = group_table(groups).splitlines()
-
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    if groups:
         points = engine.model.operating_points
-        print(
+        lines.append(
             group_table(
                 groups,
                 f"{engine.model_version}: figures by group (approve_at {points.approve_at:.4f}, "
@@ -503,12 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, r in reports.items():
             if r.get("cohort_ms_per_pair") is not None:
-                print(
+                lines.append(
                     f"{name or 'pairs'}: cohort normalisation {r['cohort_ms_per_pair']:.2f} ms a pair "
                     f"({r['cohort_faces']} cohort faces), latency p95 {r['latency_p95_ms']:.1f} ms"
                 )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return SetsReport(report, "\n".join(lines))

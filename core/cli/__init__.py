@@ -11,6 +11,7 @@ parsing lives here. Library imports happen inside the run functions, so `--help`
     bench               the benchmarks, one subcommand each
     api                 serve the HTTP API, manage API keys
     worker              a queue worker process
+    run-job             internal: one job in this process (core.jobs starts it for training)
     erase, export, retention    members' biometric data
     search              the 1:N index (stats, enrol-missing)
     users               dashboard users (create-admin, create-user, list)

@@ -1,8 +1,7 @@
 """faceverify bench <name>: the benchmarks, each against the shipped model (models/DEFAULT).
 
 Each prints its figures and, with --json, writes them; the exit code is 0 when the benchmark's
-target was met (1 when not, 2 when its input is missing). `bench verification` is
-core.benchmarks.verification's own command line, its arguments passed on unchanged.
+target was met (1 when not, 2 when its input is missing).
 """
 
 from __future__ import annotations
@@ -36,10 +35,27 @@ def register(subparsers) -> None:
         "verification",
         "verification accuracy and speed beside the bare pretrained pipeline, on a pairs file",
         run_verification,
-        pass_on=True,
     )
-    verification.epilog = "Its arguments: `bench verification --help-benchmark`."
-    verification.add_argument("--help-benchmark", action="store_true", help="the benchmark's own --help")
+    verification.add_argument("--pairs", type=Path, help="file_x, file_y, Decision (Yes/No)")
+    verification.add_argument("--images", type=Path, help="the photos the pairs name")
+    verification.add_argument("--people", type=Path, help="person, gender: gender figures and groups")
+    verification.add_argument("--json", type=Path, required=True, help="where to write the figures")
+    verification.add_argument("--model", help="model version (default: models/DEFAULT)")
+    verification.add_argument("--baseline-pairs", type=int, default=200, help="pairs timed for the baseline")
+    verification.add_argument("--limit", type=int, help="use only the first N pairs")
+    verification.add_argument("--sample", type=int, help="a balanced random N pairs (seeded) from PAIRS.csv")
+    verification.add_argument(
+        "--set", action="append", default=[], help="NAME=DIR with images/, pairs.csv, people.csv (repeatable)"
+    )
+    verification.add_argument(
+        "--set-pairs", action="append", default=[], help="NAME=FILE: that set's pairs file"
+    )
+    verification.add_argument(
+        "--unseen-only", action="store_true", help="leave out pairs of people the model was trained on"
+    )
+    verification.add_argument(
+        "--gender-sample", type=int, help="score gender on a seeded N photos of each set"
+    )
 
     search = command(
         benches, "search", "1:N search latency over N members, and that it finds people", run_search
@@ -176,6 +192,14 @@ def register(subparsers) -> None:
     )
     imports.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
 
+    port = command(
+        benches,
+        "dlib-port",
+        "the Keras port of dlib's ResNet beside dlib: load time and per-face timings",
+        run_dlib_port,
+    )
+    port.add_argument("--calls", type=int, default=30, help="timed calls per row")
+
     # Benchmarks whose command line lives in a module of its own.
     from core.cli import bench_api_memory, bench_profiles, bench_self_measure
 
@@ -184,13 +208,63 @@ def register(subparsers) -> None:
     bench_self_measure.register(benches)
 
 
-def run_verification(args) -> int:
-    if args.help:
-        args.parser.print_help()
-        return 0
-    from core.benchmarks.verification import main as benchmark
+def _named(parser, values: list[str], flag: str) -> dict[str, str]:
+    """NAME=PATH options as {name: path}."""
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"{flag} takes NAME=PATH, got {value!r}")
+        out[name] = path
+    return out
 
-    return benchmark(["--help"] if args.help_benchmark else args.passed_on)
+
+def run_verification(args) -> int:
+    from core.benchmarks.verification import PairSet, run_sets
+
+    parser = args.parser
+    sets = {name: Path(folder) for name, folder in _named(parser, args.set, "--set").items()}
+    set_pairs = _named(parser, args.set_pairs, "--set-pairs")
+    if unknown := set(set_pairs) - set(sets):
+        parser.error(f"--set-pairs names no --set: {', '.join(sorted(unknown))}")
+    chosen: dict[str | None, PairSet] = {}
+    if args.pairs or args.images:
+        if not (args.pairs and args.images):
+            parser.error("--pairs and --images go together")
+        chosen[None] = PairSet(args.pairs, args.images, args.people)
+    elif not sets:
+        parser.error("give --pairs and --images, or one --set NAME=DIR or more")
+    for name, folder in sets.items():
+        pairs = Path(set_pairs.get(name, folder / "pairs.csv"))
+        chosen[name] = PairSet(pairs, folder / "images", folder / "people.csv")
+    for name, one in chosen.items():
+        missing = [str(p) for p in (one.pairs, one.images) if not Path(p).exists()]
+        if missing:
+            parser.error(f"{name or 'benchmark'}: not found: {', '.join(missing)}")
+
+    done = run_sets(
+        chosen,
+        args.json,
+        model=args.model,
+        baseline_pairs=args.baseline_pairs,
+        limit=args.limit,
+        sample=args.sample,
+        unseen_only=args.unseen_only,
+        gender_sample=args.gender_sample,
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(done.report, indent=2))
+    print(json.dumps(done.report, indent=2))
+    if done.summary:
+        print(done.summary)
+    return 0
+
+
+def run_dlib_port(args) -> int:
+    from core.benchmarks import dlib_port
+
+    dlib_port.run(max(args.calls, 1))
+    return 0
 
 
 def run_search(args) -> int:

@@ -1,4 +1,5 @@
 """faceverify worker [--queues fv_batches fv_training] [--threads 1] [--no-warm-up]
+faceverify run-job KIND JSON_ARGUMENTS      (internal: what core.jobs.local starts)
 
 A queue worker process: loads the models once, then runs jobs from the broker until stopped.
 Run as many of these as there are cores to spare (each holds one engine, ~1 GB). One job at a
@@ -8,12 +9,16 @@ the broker gives the unfinished message to another worker, which finishes what i
 
 Every worker also keeps the retention clock: once per RETENTION_EVERY_HOURS (default 24, 'off' to
 stop) one of them enqueues the retention job, whichever gets there first.
+
+run-job runs one job of core.jobs.tasks.JOBS in this process and exits: core.jobs starts it as a
+process of its own for the jobs that get one without a broker (a training run).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 
 from core.cli import command
@@ -28,6 +33,33 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="jobs at once in this process (default 1)")
     parser.add_argument("--no-warm-up", action="store_true", help="load the engine at the first job")
+
+    job = command(
+        subparsers,
+        "run-job",
+        "internal: run one job in this process (how core.jobs starts a training run without a broker)",
+        run_job,
+    )
+    job.add_argument("kind", help="a job name of core.jobs.tasks.JOBS (train, ...)")
+    job.add_argument("arguments", help="its keyword arguments as a JSON object, e.g. '{\"run_id\": 7}'")
+
+
+def run_job(args) -> int:
+    import json
+
+    from core.jobs import tasks
+
+    if args.kind not in tasks.JOBS:
+        args.parser.error(f"no job {args.kind!r}; one of {', '.join(tasks.JOBS)}")
+    try:
+        kwargs = json.loads(args.arguments)
+    except json.JSONDecodeError as exc:
+        args.parser.error(f"the arguments are not JSON: {exc}")
+    if not isinstance(kwargs, dict):
+        args.parser.error("the arguments must be a JSON object")
+    outcome = tasks.JOBS[args.kind].run(**kwargs)
+    print(f"job {args.kind} {args.arguments}: {outcome}", file=sys.stderr)
+    return 0
 
 
 def run(args) -> int:

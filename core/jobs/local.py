@@ -2,7 +2,8 @@
 from the caller (a page can be left and reopened), with this process's settings in its environment.
 
     start_process(kind, kwargs, env, log_path) -> subprocess.Popen
-    python -m core.jobs.local KIND '{"run_id": 7}'     what start_process runs
+        runs `python -m core run-job KIND '{"run_id": 7}'` (core/cli/worker.py): the job's body from
+        core.jobs.tasks.JOBS, in the new process
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import threading
 from pathlib import Path
 
 from core import config
-from core.jobs import tasks
 
 
 def start_process(kind: str, kwargs: dict, env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -29,7 +29,7 @@ def start_process(kind: str, kwargs: dict, env: dict[str, str], log_path: Path) 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "core.jobs.local", kind, json.dumps(kwargs)],
+            [sys.executable, "-m", "core", "run-job", kind, json.dumps(kwargs)],
             cwd=str(config.PROJECT_ROOT),
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -40,16 +40,3 @@ def start_process(kind: str, kwargs: dict, env: dict[str, str], log_path: Path) 
         )
     threading.Thread(target=child.wait, name=f"job-{kind}-{child.pid}", daemon=True).start()
     return child
-
-
-def _run(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in tasks.JOBS:
-        print(f"usage: python -m core.jobs.local {{{','.join(tasks.JOBS)}}} JSON_ARGUMENTS", file=sys.stderr)
-        return 2
-    outcome = tasks.JOBS[argv[0]].run(**json.loads(argv[1]))
-    print(f"job {argv[0]} {argv[1]}: {outcome}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_run(sys.argv[1:]))

@@ -3,6 +3,7 @@ store, the audit log, users and passwords, and the read queries the pages need.
 
 db               engine, sessions, `faceverify db upgrade|current`
 schema           the ORM tables (must match the newest migration)
+schema_guards    the tables that guard the service: API keys, challenges, throttling, audit chain
 migrations/      Alembic revisions
 retry            deadlocks and lock waits retried with backoff, then "busy, retry"
 photostore       photos once per content hash: the interface and the folder store

@@ -45,7 +45,8 @@ from sqlalchemy.orm import Session
 
 from core import config
 from core.storage import audit_key
-from core.storage.schema import AuditChainHead, AuditCheckpoint, AuditEntry, utcnow
+from core.storage.schema import AuditEntry, utcnow
+from core.storage.schema_guards import AuditChainHead, AuditCheckpoint
 
 log_ = logging.getLogger(__name__)
 HEAD_EXPORT_EVERY_S = config.declared("AUDIT_HEAD_EVERY_S").default

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from core import config
 from core.errors import FaceVerifyError
 from core.storage import audit
-from core.storage.schema import Challenge, utcnow
+from core.storage.schema import utcnow
+from core.storage.schema_guards import Challenge
 from core.verification.fraud import CHALLENGES
 
 MINUTES_SETTING = "CHALLENGE_MINUTES"

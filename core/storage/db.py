@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import config
 from core.errors import FaceVerifyError
+from core.storage import schema_guards  # noqa: F401  (its tables join Base.metadata)
 from core.storage.schema import Base
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

@@ -40,7 +40,8 @@ from sqlalchemy.orm import Session
 
 from core.errors import FaceVerifyError
 from core.storage import audit
-from core.storage.schema import AuthThrottle, utcnow
+from core.storage.schema import utcnow
+from core.storage.schema_guards import AuthThrottle
 
 USER, CLIENT, API_CLIENT = "user", "client", "api_client"
 USER_CLIENT, API_KEY_PREFIX = "user_client", "api_key_prefix"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -498,19 +497,5 @@ def work(run_id: int, session_factory=None, models_dir: Path | None = None, stor
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m core.training.worker RUN_ID", file=sys.stderr)
-        return 2
-    status = work(int(args[0]))
-    print(f"training run {args[0]}: {status}", file=sys.stderr)
-    return 0 if status in (SUCCEEDED, CANCELLED) else 1
-
-
 def stale_after() -> timedelta:
     return timedelta(seconds=STALE_S)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from core.errors import ImageError
-from core.verification import capture, fraud, imaging
+from core.verification import capture, fraud, imaging, quality
 from core.verification import faces as face_ops
 from core.verification.networks import DEFAULT_NETWORKS, compiled, network, network_class
 from core.verification.networks.dlib_resnet import TTA_ROTATIONS
@@ -66,6 +66,51 @@ def features_version(networks: tuple[str, ...] = DEFAULT_NETWORKS) -> str:
     return "+".join([FEATURES_VERSION, *extra])
 
 
+def _decode(data: bytes) -> tuple[PhotoAnalysis, imaging.DecodedImage | None]:
+    """The first steps of locate() and locate_every_face(): the photo's analysis with its size,
+    EXIF date and decode time, and the decoded image; None with the error and flag set when the
+    bytes are not a usable photo."""
+    analysis = PhotoAnalysis(sha256=hashlib.sha256(data).hexdigest())
+    start = time.perf_counter()
+    try:
+        decoded = imaging.decode_image(data)
+    except ImageError as exc:
+        analysis.error = str(exc)
+        analysis.flags.append(Flag(BAD_IMAGE, str(exc)))
+        analysis.timings_ms["decode"] = _ms(start)
+        return analysis, None
+    analysis.height, analysis.width = decoded.rgb.shape[:2]
+    taken_at = fraud.exif_taken_at(data)
+    analysis.taken_at = taken_at.isoformat() if taken_at else None
+    analysis.timings_ms["decode"] = _ms(start)
+    return analysis, decoded
+
+
+def _align(
+    analysis: PhotoAnalysis, rgb: np.ndarray, face: face_ops.Face, networks: tuple[str, ...]
+) -> face_ops.AlignedFace:
+    """Align one face into the analysis: dlib's chip and the gender chip, quality (flagged when low),
+    the perceptual hashes, and a chip for each identity network besides dlib."""
+    start = time.perf_counter()
+    aligned = face_ops.align_face(rgb, face)
+    analysis.crop, analysis.gender_crop = aligned.chip, aligned.gender_chip
+    analysis.quality = quality.image_quality(aligned.chip)
+    analysis.hashes, analysis.hashes_mirror = fraud.photo_hashes(rgb, face.box, aligned.chip)
+    if analysis.quality < quality.LOW_QUALITY_THRESHOLD:
+        analysis.flags.append(
+            Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
+        )
+    analysis.timings_ms["align"] = _ms(start)
+    for name in networks:
+        if name == "dlib":
+            continue
+        start = time.perf_counter()
+        analysis.chips[name] = network(name).chip(rgb, face)
+        analysis.timings_ms[f"align_{name}"] = _ms(start)
+        analysis.timings_ms["align"] += analysis.timings_ms[f"align_{name}"]
+    return aligned
+
+
 def locate(
     data: bytes,
     measure_pose: bool = False,
@@ -81,21 +126,10 @@ def locate(
     run: the interpreters this thread holds (for the capture check's occlusion network); one is
     borrowed for the check when not given.
     """
-    analysis = PhotoAnalysis(sha256=hashlib.sha256(data).hexdigest())
-    start = time.perf_counter()
-    try:
-        decoded = imaging.decode_image(data)
-    except ImageError as exc:
-        analysis.error = str(exc)
-        analysis.flags.append(Flag(BAD_IMAGE, str(exc)))
-        analysis.timings_ms["decode"] = _ms(start)
+    analysis, decoded = _decode(data)
+    if decoded is None:
         return analysis
     rgb = decoded.rgb
-    analysis.height, analysis.width = rgb.shape[:2]
-    taken_at = fraud.exif_taken_at(data)
-    analysis.taken_at = taken_at.isoformat() if taken_at else None
-    analysis.timings_ms["decode"] = _ms(start)
-
     start = time.perf_counter()
     analysis.faces = face_ops.detect_faces(rgb)
     analysis.main_face = face_ops.main_face_index(analysis.faces, analysis.width, analysis.height)
@@ -113,26 +147,7 @@ def locate(
             )
         )
 
-    start = time.perf_counter()
-    aligned = face_ops.align_face(rgb, analysis.faces[analysis.main_face])
-    analysis.crop = aligned.chip
-    analysis.gender_crop = aligned.gender_chip
-    analysis.quality = imaging.image_quality(aligned.chip)
-    analysis.hashes, analysis.hashes_mirror = fraud.photo_hashes(
-        rgb, analysis.faces[analysis.main_face].box, aligned.chip
-    )
-    if analysis.quality < imaging.LOW_QUALITY_THRESHOLD:
-        analysis.flags.append(
-            Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
-        )
-    analysis.timings_ms["align"] = _ms(start)
-    for name in networks:
-        if name == "dlib":
-            continue
-        start = time.perf_counter()
-        analysis.chips[name] = network(name).chip(rgb, analysis.faces[analysis.main_face])
-        analysis.timings_ms[f"align_{name}"] = _ms(start)
-        analysis.timings_ms["align"] += analysis.timings_ms[f"align_{name}"]
+    aligned = _align(analysis, rgb, analysis.faces[analysis.main_face], networks)
     if measure_pose:
         start = time.perf_counter()
         mesh = face_ops.face_mesh(rgb, analysis.faces[analysis.main_face])
@@ -251,20 +266,10 @@ def locate_every_face(
     .faces (which every one of them shares); a photo without a usable face gives one analysis with
     the error and flag. No capture check: that is for the selfie, not for photos a member shows.
     """
-    photo = PhotoAnalysis(sha256=hashlib.sha256(data).hexdigest())
-    start = time.perf_counter()
-    try:
-        decoded = imaging.decode_image(data)
-    except ImageError as exc:
-        photo.error = str(exc)
-        photo.flags.append(Flag(BAD_IMAGE, str(exc)))
-        photo.timings_ms["decode"] = _ms(start)
+    photo, decoded = _decode(data)
+    if decoded is None:
         return [photo]
     rgb = decoded.rgb
-    photo.height, photo.width = rgb.shape[:2]
-    taken_at = fraud.exif_taken_at(data)
-    photo.taken_at = taken_at.isoformat() if taken_at else None
-    photo.timings_ms["decode"] = _ms(start)
     start = time.perf_counter()
     photo.faces = face_ops.detect_every_face(rgb)
     photo.timings_ms["detect"] = _ms(start)
@@ -275,7 +280,6 @@ def locate_every_face(
 
     out = []
     for index, face in enumerate(photo.faces):
-        start = time.perf_counter()
         analysis = PhotoAnalysis(
             sha256=photo.sha256,
             width=photo.width,
@@ -285,18 +289,7 @@ def locate_every_face(
             taken_at=photo.taken_at,
             timings_ms=dict(photo.timings_ms) if index == 0 else {},
         )
-        aligned = face_ops.align_face(rgb, face)
-        analysis.crop, analysis.gender_crop = aligned.chip, aligned.gender_chip
-        analysis.quality = imaging.image_quality(aligned.chip)
-        analysis.hashes, analysis.hashes_mirror = fraud.photo_hashes(rgb, face.box, aligned.chip)
-        if analysis.quality < imaging.LOW_QUALITY_THRESHOLD:
-            analysis.flags.append(
-                Flag(LOW_QUALITY, f"The face is blurred, dark or flat (quality {analysis.quality:.2f}).")
-            )
-        for name in networks:
-            if name != "dlib":
-                analysis.chips[name] = network(name).chip(rgb, face)
-        analysis.timings_ms["align"] = _ms(start)
+        _align(analysis, rgb, face, networks)
         if run is not None:
             embed_one(analysis, networks, run)
         out.append(analysis)

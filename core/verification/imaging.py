@@ -3,8 +3,9 @@
 decode_image(data) -> DecodedImage     bytes in; RGB uint8 array (EXIF orientation applied, at most
                                         `work_size` px on the long side), original size, scale,
                                         sha256 and format out. Raises core.errors.ImageError.
-image_quality(rgb_crop) -> float        0..1 sharpness-and-contrast score of a face crop (quality.py);
-                                        below LOW_QUALITY_THRESHOLD means "flag as low quality".
+
+The decoder's memory (what a photo costs, the process-wide budget) is core.verification.decode_memory;
+a face crop's quality score is core.verification.quality.
 
 ImageError.code is one of:
     empty            no bytes at all
@@ -26,7 +27,6 @@ import io
 import math
 import re
 import struct
-import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -34,11 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from core import config
 from core.errors import ImageError
-
-# image_quality lives in core.verification.quality; callers still import it from here
-from core.verification.quality import LOW_QUALITY_THRESHOLD, QUALITY_SIZE, image_quality  # noqa: F401
+from core.verification.decode_memory import CONVERTED_BEFORE_SHRINK, decode_budget, decode_cost_bytes
 
 try:  # littlecms ships with Pillow's wheels, but a source build may lack it
     from PIL import ImageCms
@@ -53,12 +50,6 @@ DEFAULT_MIN_SIDE = 48  # a face must fit inside the photo; the aligned chip is 1
 # byte per pixel for L and P, 2 for 16-bit grey, 4 for RGB, RGBA, CMYK, 32-bit and float. A 50 MP
 # RGB PNG needs 200 MB and is accepted; a 99 MP RGB PNG (396 MB) is refused from its header.
 DEFAULT_MAX_DECODE_BYTES = 256 * 1024 * 1024
-# All photos being decoded at once in this process share this much (setting DECODE_MEMORY_MB): a
-# burst of requests waits for its turn instead of taking the process past its memory budget.
-
-DEFAULT_DECODE_BUDGET_BYTES = 320 * 1024 * 1024
-DECODE_WAIT_S = 120.0
-
 # Formats Pillow may open. Anything else (HEIC without a plugin, PSD, EPS, PDF, ...) is not a photo
 # for us; listing them also stops Pillow from probing exotic decoders on untrusted bytes.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
@@ -292,20 +283,6 @@ _ORIENTATION_TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 
-# Bytes per pixel of Pillow's own storage, by mode (Pillow pads RGB to 4 bytes).
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
-# Modes Image.reduce() cannot shrink: they are converted at full size first (P to RGBA is 4
-# bytes a pixel more, 1 to L one more).
-_CONVERTED_BEFORE_SHRINK = {"P": ("RGBA", 4), "1": ("L", 1)}
-
-
-def decode_cost_bytes(mode: str, size: tuple[int, int]) -> int:
-    """Peak bytes that decoding a photo of this Pillow mode and (drafted) size takes here."""
-    pixels = int(size[0]) * int(size[1])
-    per_pixel = _BYTES_PER_PIXEL.get(mode, 4)
-    per_pixel += _CONVERTED_BEFORE_SHRINK.get(mode, ("", 0))[1]
-    return pixels * per_pixel
-
 
 def _mode_name(mode: str) -> str:
     names = {"L": "8-bit grey", "P": "palette colour", "1": "black and white", "RGB": "RGB colour"}
@@ -340,8 +317,8 @@ def _shrink_early(im: Image.Image, work_size: int, notes: list[str]) -> Image.Im
     if factor < 2:
         return im
     before = im.size
-    if im.mode in _CONVERTED_BEFORE_SHRINK:
-        im = im.convert(_CONVERTED_BEFORE_SHRINK[im.mode][0])
+    if im.mode in CONVERTED_BEFORE_SHRINK:
+        im = im.convert(CONVERTED_BEFORE_SHRINK[im.mode][0])
     if im.mode.startswith("I;16"):  # reduce() has no 16-bit path; resize's box filter does
         target = (max(1, im.size[0] // factor), max(1, im.size[1] // factor))
         im = im.resize(target, Image.Resampling.BOX)
@@ -351,94 +328,6 @@ def _shrink_early(im: Image.Image, work_size: int, notes: list[str]) -> Image.Im
         f"shrunk {factor}x right after decoding ({before[0]}x{before[1]} -> {im.size[0]}x{im.size[1]})"
     )
     return im
-
-
-class DecodeBudget:
-    """Bytes of decoder memory the photos being decoded in this process may hold together.
-
-    hold(cost) waits until the photo's cost fits (a photo larger than the whole budget waits until
-    nothing else is decoding), then keeps it until the block ends. ImageError "busy" after
-    DECODE_WAIT_S, so a caller can answer "retry" instead of hanging.
-    """
-
-    def __init__(self, capacity: int):
-        self.capacity = int(capacity)
-        self.in_use = 0
-        self.peak = 0
-        self._cond = threading.Condition()
-
-    def hold(self, cost: int) -> _Held:
-        return _Held(self, min(int(cost), self.capacity))
-
-    def _acquire(self, cost: int) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.in_use + cost <= self.capacity, DECODE_WAIT_S):
-                raise ImageError(
-                    "The server is decoding too many large photos at once; please try again shortly.",
-                    code="busy",
-                )
-            self.in_use += cost
-            self.peak = max(self.peak, self.in_use)
-
-    def _release(self, cost: int) -> None:
-        with self._cond:
-            self.in_use -= cost
-            self._cond.notify_all()
-
-
-class _Held:
-    def __init__(self, budget: DecodeBudget, cost: int):
-        self.budget, self.cost = budget, cost
-
-    def __enter__(self):
-        self.budget._acquire(self.cost)
-        return self
-
-    def __exit__(self, *exc):
-        self.budget._release(self.cost)
-        return False
-
-
-def _return_big_buffers_to_the_system() -> None:
-    """glibc keeps freed blocks of up to 32 MB in each thread's heap for reuse; a decoder buffer
-    freed on one request thread then stays resident while the next thread allocates its own, and
-    the process grows by a photo's buffer per thread. A fixed 1 MB mmap threshold makes every
-    large buffer (Pillow's 16 MB blocks, numpy arrays) its own mapping, unmapped when freed."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD (fixes it: no dynamic raising)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
-        pass
-
-
-_return_big_buffers_to_the_system()
-
-_budget: DecodeBudget | None = None
-_budget_lock = threading.Lock()
-
-
-def use_decode_budget(capacity_bytes: int) -> DecodeBudget:
-    """Size this process's budget (a server does so at start, from its memory limit); the
-    DECODE_MEMORY_MB setting, when given, still wins."""
-    global _budget
-    with _budget_lock:
-        mb = config.get("DECODE_MEMORY_MB")
-        capacity = int(float(mb) * 1024 * 1024) if mb else int(capacity_bytes)
-        _budget = DecodeBudget(max(capacity, 16 * 1024 * 1024))
-        return _budget
-
-
-def decode_budget() -> DecodeBudget:
-    """The process's budget, sized by the DECODE_MEMORY_MB setting on first use."""
-    global _budget
-    with _budget_lock:
-        if _budget is None:
-            mb = config.get("DECODE_MEMORY_MB")
-            capacity = int(float(mb) * 1024 * 1024) if mb else DEFAULT_DECODE_BUDGET_BYTES
-            _budget = DecodeBudget(max(capacity, 16 * 1024 * 1024))
-        return _budget
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

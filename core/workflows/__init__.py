@@ -1,8 +1,9 @@
 """What happens to members, each step in one database transaction: the only layer that decides and
 writes (the API, the pages and the jobs are adapters over it).
 
-verification  verify a member (the page's and the API's one use case); set_current_photos for
-           every writer of a member's photos; the registered gender's own change
+verification  verify a member (the page's and the API's one use case); the registered gender's
+           own change
+member_photos  set_current_photos for every writer of a member's photos
 importer   members from .xlsx/.csv with photos from files, a ZIP or links
 batches    run the engine over pairs and store each result as it comes
 reviews    reviewers' decisions on flagged pairs

@@ -8,7 +8,7 @@
     badge_ok(session, member_id)                     whether the whole public profile does
 
 Kept apart from the use case (core.workflows.profiles) so the photo writers
-(core.workflows.verification.set_current_photos) can keep the main photo in step without a cycle.
+(core.workflows.member_photos.set_current_photos) can keep the main photo in step without a cycle.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
         resolve the photos (uploaded, a stored one by its sha256, or the member's current ones when
         the caller asks to re-check them), keep the gallery locked, use up the pose challenge,
         run the engine, then store member, photos, the day's batch item, the result (duplicate and
-        fraud checks included) and the audit entry in one transaction
-    set_current_photos(session, member_id, photos, source, now) -> PhotosSet
-        every writer of a member's photos (this module, the importer) goes through it
+        fraud checks included) and the audit entry in one transaction; the photos become the
+        member's current ones through core.workflows.member_photos.set_current_photos
+    change_gender(session_factory, actor, member_id, gender, reason) -> Member
 
 Typed errors (VerifyError and its kinds, GalleryLocked, the challenge errors) say what was wrong;
 nothing is stored when one is raised. The adapters (core.api, core.dashboard) turn them into a
@@ -23,10 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +41,7 @@ from core.verification.genders import normalise_gender
 from core.verification.result import AUTO_APPROVED, FLAGGED, Flag, VerificationResult
 from core.workflows import batches, gallery, member_ids, profile_rows
 from core.workflows.gallery import GalleryLocked
+from core.workflows.member_photos import NewPhoto, current_photo, set_current_photos
 
 log = logging.getLogger(__name__)
 
@@ -127,26 +127,6 @@ class PhotoInput:
 
 
 @dataclass
-class NewPhoto:
-    """A photo to make current: its file is already in the photo store."""
-
-    kind: str
-    sha256: str
-    stored_path: str
-    size_bytes: int
-    source: str
-    width: int | None = None
-    height: int | None = None
-
-
-@dataclass
-class PhotosSet:
-    photos: dict[str, Photo]  # kind -> the current photo row
-    changes: list[str]  # "new gallery photo", ...; empty: nothing changed
-    warnings: list[str] = field(default_factory=list)  # same file twice, a file other members have
-
-
-@dataclass
 class Verified:
     result: VerificationResult
     result_id: int
@@ -159,87 +139,7 @@ class Verified:
 
 
 # ----------------------------------------------------------------------------------------------
-# Photos
-
-
-def set_current_photos(
-    session: Session, member_id: str, photos: Iterable[NewPhoto], now: datetime, *, is_new: bool = False
-) -> PhotosSet:
-    """Make each photo the member's current one of its kind (in the caller's transaction).
-
-    A photo already current stays; a photo the member had before becomes current again (no second
-    row); otherwise a new row. The caller checks the gallery lock first (gallery.check_not_replaced).
-    """
-    photos = list(photos)
-    current: dict[str, Photo] = {}
-    if not is_new:
-        stmt = select(Photo).where(Photo.member_id == member_id, Photo.current.is_(True))
-        current = {p.kind: p for p in session.scalars(stmt)}
-    changes: list[str] = []
-    out: dict[str, Photo] = dict(current)
-    new_shas = []
-    for photo in photos:
-        old = current.get(photo.kind)
-        if old is not None and old.sha256 == photo.sha256:
-            continue
-        new_shas.append(photo.sha256)
-        if old is not None:
-            old.current = False
-            changes.append(f"new {photo.kind} photo")
-        again = None
-        if not is_new:  # a photo replaced earlier may come back
-            again = session.scalar(
-                select(Photo).where(
-                    Photo.member_id == member_id, Photo.kind == photo.kind, Photo.sha256 == photo.sha256
-                )
-            )
-        if again is not None:
-            again.current = True
-            out[photo.kind] = again
-            continue
-        row = Photo(
-            member_id=member_id,
-            kind=photo.kind,
-            sha256=photo.sha256,
-            stored_path=photo.stored_path,
-            size_bytes=photo.size_bytes,
-            source=photo.source[:2048],
-            current=True,
-            created_at=now,
-            width=photo.width,
-            height=photo.height,
-        )
-        session.add(row)
-        out[photo.kind] = row
-        if old is None and not is_new:
-            changes.append(f"new {photo.kind} photo")
-    session.flush()
-    if GALLERY in out:  # the current gallery photo is the profile's main photo
-        profile_rows.ensure_main_photo(session, member_id, out[GALLERY])
-
-    warnings: list[str] = []
-    if len(photos) == 2 and len({p.sha256 for p in photos}) == 1:
-        warnings.append("the gallery and verification photos are the same file")
-    if new_shas:  # the same picture under another member's name: a duplicate or fake account?
-        shared = session.execute(
-            select(Photo.sha256, Photo.member_id)
-            .where(Photo.sha256.in_(new_shas), Photo.member_id != member_id)
-            .distinct()
-            .limit(10)
-        ).all()
-        for photo in photos:
-            others = sorted({m for sha, m in shared if sha == photo.sha256})[:3]
-            if others:
-                warnings.append(f"the {photo.kind} photo is also used by member(s) {', '.join(others)}")
-    return PhotosSet(out, changes, warnings)
-
-
-def _current_photo(session: Session, member_id: str, kind: str) -> Photo | None:
-    return session.scalar(
-        select(Photo)
-        .where(Photo.member_id == member_id, Photo.kind == kind, Photo.current.is_(True))
-        .order_by(Photo.id.desc())
-    )
+# The request's photos
 
 
 @dataclass
@@ -315,7 +215,7 @@ def _resolve(
         elif which == VERIFICATION and not recheck_stored:
             raise SelfieRequired("No verification photo was sent.", which=VERIFICATION)
         else:
-            row = _current_photo(session, member_id, which) if member is not None else None
+            row = current_photo(session, member_id, which) if member is not None else None
             if row is None:
                 raise PhotoRequired(f"Member {member_id!r} has no stored {which} photo.", which=which)
         try:
@@ -614,9 +514,11 @@ def change_gender(
         return member
 
 
+# The profile use case reads the current photo under its earlier name here.
+_current_photo = current_photo
+
 __all__ = [
     "GalleryLocked",
     "verify_member",
-    "set_current_photos",
     "change_gender",
 ]

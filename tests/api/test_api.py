@@ -29,7 +29,6 @@ from sqlalchemy import func, select
 from core.api import create_app, create_key, revoke_key
 from core.storage.photostore import PhotoStore
 from core.storage.schema import (
-    ApiKey,
     AuditEntry,
     Batch,
     BatchItem,
@@ -39,6 +38,7 @@ from core.storage.schema import (
     PossibleDuplicate,
 )
 from core.storage.schema import VerificationResult as ResultRow
+from core.storage.schema_guards import ApiKey
 from core.workflows import search
 
 ROOT = Path(__file__).resolve().parents[2]

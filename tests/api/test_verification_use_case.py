@@ -14,8 +14,9 @@ from test_api import BECKHAM, BRODY, api, engine, photo  # noqa: F401
 from core.dashboard import verify as page
 from core.storage.db import init_db, make_engine, session_factory
 from core.storage.photostore import PhotoStore
-from core.storage.schema import AuditEntry, Challenge, Member, Photo, utcnow
+from core.storage.schema import AuditEntry, Member, Photo, utcnow
 from core.storage.schema import VerificationResult as ResultRow
+from core.storage.schema_guards import Challenge
 from core.workflows import batches
 
 # Each case: (member, gender, gallery photo or None for the stored one, selfie or None for the

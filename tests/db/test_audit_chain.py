@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import delete, func, select, text, update
 
 from core.storage import audit, audit_key, db
-from core.storage.schema import AuditChainHead, AuditEntry, utcnow
+from core.storage.schema import AuditEntry, utcnow
+from core.storage.schema_guards import AuditChainHead
 
 
 def write_entries(session_factory, n: int, actor: str = "tester") -> None:
@@ -110,6 +111,7 @@ def test_concurrent_writers_never_fork_the_chain(session_factory):
     assert report.ok and report.checked == 61, report.summary()
 
 
+@pytest.mark.slow  # starts `python -m core` in a fresh process: the full run has it
 def test_upgrade_backfills_existing_rows_and_the_command_verifies(new_database_url):
     url = new_database_url()
     engine = db.make_engine(url)
@@ -271,7 +273,7 @@ def test_the_exported_head_catches_a_chain_turned_back_to_plain_links(
 def test_the_incremental_check_walks_from_the_checkpoint_and_catches_an_edit_after_it(
     session_factory, own_key
 ):
-    from core.storage.schema import AuditCheckpoint
+    from core.storage.schema_guards import AuditCheckpoint
 
     write_entries(session_factory, 5)
     with session_factory() as session:

@@ -10,6 +10,7 @@ from core.storage import users as user_store
 from core.storage.schema import AuditEntry, User
 
 USER_PASSWORD = "correct horse battery staple"  # the password of the `users` fixture (conftest)
+pytestmark = pytest.mark.usefixtures("quick_password_hashes")  # many sign-ins and new passwords
 
 
 def test_password_is_stored_as_argon2_hash_only(session, users):

@@ -532,6 +532,7 @@ def test_command_line_paths_stay_inside_the_base_folder(session, photo_store, tm
     }
 
 
+@pytest.mark.slow  # starts `python -m core` in a fresh process: the full run has it
 def test_command_line_allow_outside_flag(tmp_path, make_photo, db_url):
     import subprocess
     import sys

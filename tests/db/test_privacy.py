@@ -301,6 +301,7 @@ def test_erased_members_pairs_leave_the_review_queue_and_stay_erased(session_fac
         assert session.get(Member, "M0012").status == MEMBER_ERASED
 
 
+@pytest.mark.slow  # starts `python -m core` in a fresh process: the full run has it
 def test_erase_command_confirms_and_erases(tmp_path, db_url, session_factory):
     store = PhotoStore(tmp_path / "cli_store", fsync=False)
     with session_factory() as session:
@@ -611,6 +612,7 @@ def test_an_export_past_the_size_cap_is_refused_and_leaves_nothing(
             privacy.export.max_export_bytes()
 
 
+@pytest.mark.slow  # starts `python -m core` in a fresh process: the full run has it
 def test_export_command_writes_the_file_or_refuses_leaving_nothing(tmp_path, db_url, session_factory):
     store = PhotoStore(tmp_path / "cli_store", fsync=False)
     with session_factory() as session:

@@ -9,9 +9,11 @@ from sqlalchemy import select
 
 from core.storage import throttle
 from core.storage import users as user_store
-from core.storage.schema import AuditEntry, AuthThrottle, utcnow
+from core.storage.schema import AuditEntry, utcnow
+from core.storage.schema_guards import AuthThrottle
 
 USER_PASSWORD = "correct horse battery staple"  # the password of the `users` fixture (conftest)
+pytestmark = pytest.mark.usefixtures("quick_password_hashes")  # dozens of sign-ins a test
 
 
 class Clock:

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from test_pages import ENGINE_TIMEOUT, SAMPLE, sample_members, texts
 
 from core.dashboard import review, verify
-from core.storage.schema import AuditEntry, Challenge, Photo
+from core.storage.schema import AuditEntry, Photo
 from core.storage.schema import VerificationResult as ResultRow
+from core.storage.schema_guards import Challenge
 from core.verification import features
 from core.verification.result import CHALLENGE_FAILED, POSSIBLE_DUPLICATE, REUSED_PHOTO
 

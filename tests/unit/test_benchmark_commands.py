@@ -70,6 +70,7 @@ def test_every_benchmark_has_a_command_here():
         "load-combined",
         "scale-out",
         "imports",
+        "dlib-port",
         # each run on a tiny input in the tests of what it measures:
         "profiles",  # tests/unit/test_profile.py
         "self-measure",  # tests/db/test_self_measurement.py
@@ -120,6 +121,14 @@ def test_bench_verification_on_a_few_pairs(tmp_path):
     report = json.loads(out.read_text())
     assert report["n_pairs"] == 6 and 0.0 <= report["verification_accuracy"] <= 1.0
     assert report["latency_p50_ms"] > 0
+
+
+def test_bench_dlib_port_times_the_port_beside_dlib():
+    text = ok(bench("dlib-port", "--calls", "2"))
+    assert "build Keras model" in text and "keras batch 4 (pair + mirrors)" in text
+    assert "dlib compute_face_descriptor(chip)" in text
+    difference = float(text.rsplit("max |keras - dlib| on the bench chip:", 1)[1].split()[0])
+    assert difference <= 1e-4  # the port gives dlib's embedding (tests/unit/test_dlib_resnet.py)
 
 
 def test_bench_fraud_on_four_people(few_people, tmp_path):

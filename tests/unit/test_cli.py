@@ -27,7 +27,7 @@ def test_every_command_says_what_it_does_in_one_line():
     commands = dict(_commands(parser))
     groups = {words[0] for words in commands}
     assert groups == {
-        "verify", "import", "db", "train", "bench", "api", "worker", "erase", "export",
+        "verify", "import", "db", "train", "bench", "api", "worker", "run-job", "erase", "export",
         "retention", "search", "users", "audit", "store", "settings", "self-measure",
     }  # fmt: skip
     for words in [

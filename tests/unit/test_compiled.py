@@ -90,6 +90,7 @@ def test_the_cached_file_is_named_by_its_source_weights_and_format():
     assert compiled.compiled_file("dlib").stat().st_size > 1_000_000
 
 
+@pytest.mark.slow  # a fresh process imports core: the full run has it
 def test_a_process_that_imports_core_loads_tensorflow_lite_without_jax():
     """tf.lite's optional `import jax` cost every process about 130 MB resident (core/__init__.py
     stops it); mediapipe's requirements keep jax installed, so nothing else would catch it."""

@@ -269,6 +269,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow  # a fresh process loads the model: the full run has it
 def test_cli_verify_prints_json():
     done = run_cli(
         "verify",
@@ -282,6 +283,7 @@ def test_cli_verify_prints_json():
     assert result["same_person"] is True and result["predicted_gender"] == "M"
 
 
+@pytest.mark.slow  # a fresh process loads the model: the full run has it
 def test_cli_reports_bad_input(tmp_path):
     text = tmp_path / "notes.jpg"
     text.write_text("not a photo")
@@ -292,6 +294,7 @@ def test_cli_reports_bad_input(tmp_path):
     assert missing.returncode != 0 and "no such file" in missing.stderr
 
 
+@pytest.mark.slow  # a fresh process loads the model: the full run has it
 def test_benchmark_command_writes_every_key(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -299,7 +302,9 @@ def test_benchmark_command_writes_every_key(tmp_path):
         [
             sys.executable,
             "-m",
-            "core.benchmarks.verification",
+            "core",
+            "bench",
+            "verification",
             "--pairs",
             str(SAMPLE_DIR / "pairs.csv"),
             "--images",

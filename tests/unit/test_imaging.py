@@ -17,15 +17,14 @@ import pytest
 from PIL import Image, ImageFile
 
 from core.errors import ImageError
-from core.verification import imaging
+from core.verification import decode_memory
 from core.verification.imaging import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_WORK_SIZE,
-    LOW_QUALITY_THRESHOLD,
     DecodedImage,
     decode_image,
-    image_quality,
 )
+from core.verification.quality import LOW_QUALITY_THRESHOLD, image_quality
 
 CODES = {"empty", "not_an_image", "corrupt", "too_large", "too_many_pixels", "too_small", "busy"}
 
@@ -382,9 +381,9 @@ def test_decoder_memory_is_judged_by_pixel_format_from_the_header():
         decode_image(bad.bomb_png(9950, 9950))
     assert info.value.code == "too_many_pixels"
     assert "377.7 MB of memory, above the limit of 256.0 MB" in str(info.value)
-    assert imaging.decode_cost_bytes("I;16", (9950, 9950)) == 9950 * 9950 * 2
-    assert imaging.decode_cost_bytes("P", (100, 100)) == 100 * 100 * 5  # converted before shrinking
-    assert imaging.decode_cost_bytes("RGB", (100, 100)) == 100 * 100 * 4
+    assert decode_memory.decode_cost_bytes("I;16", (9950, 9950)) == 9950 * 9950 * 2
+    assert decode_memory.decode_cost_bytes("P", (100, 100)) == 100 * 100 * 5  # converted before shrinking
+    assert decode_memory.decode_cost_bytes("RGB", (100, 100)) == 100 * 100 * 4
 
 
 def test_99_megapixel_16bit_grey_png_decodes_at_reduced_scale_in_little_memory():
@@ -417,10 +416,10 @@ def test_99_megapixel_16bit_grey_png_decodes_at_reduced_scale_in_little_memory()
 
 def test_photos_decoded_at_once_share_the_process_budget(monkeypatch):
     data = bad.grey16_png(3000, 3000)  # 18 MB to decode
-    cost = imaging.decode_cost_bytes("L", (3000, 3000))
-    budget = imaging.DecodeBudget(int(cost * 1.5))  # room for one at a time, not two
-    monkeypatch.setattr(imaging, "_budget", budget)
-    monkeypatch.setattr(imaging, "DECODE_WAIT_S", 600.0)  # a busy test machine must not time out
+    cost = decode_memory.decode_cost_bytes("L", (3000, 3000))
+    budget = decode_memory.DecodeBudget(int(cost * 1.5))  # room for one at a time, not two
+    monkeypatch.setattr(decode_memory, "_budget", budget)
+    monkeypatch.setattr(decode_memory, "DECODE_WAIT_S", 600.0)  # a busy test machine must not time out
     results, errors = [], []
 
     def decode():
@@ -441,9 +440,9 @@ def test_photos_decoded_at_once_share_the_process_budget(monkeypatch):
 
 
 def test_a_full_budget_answers_busy_instead_of_waiting_forever(monkeypatch):
-    budget = imaging.DecodeBudget(10_000_000)
-    monkeypatch.setattr(imaging, "_budget", budget)
-    monkeypatch.setattr(imaging, "DECODE_WAIT_S", 0.2)
+    budget = decode_memory.DecodeBudget(10_000_000)
+    monkeypatch.setattr(decode_memory, "_budget", budget)
+    monkeypatch.setattr(decode_memory, "DECODE_WAIT_S", 0.2)
     with budget.hold(10_000_000):
         with pytest.raises(ImageError) as info:
             decode_image(bad.grey16_png(2000, 2000))

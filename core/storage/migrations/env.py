@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from core.storage import schema_guards  # noqa: F401  (its tables join Base.metadata)
 from core.storage.schema import Base
 
 target_metadata = Base.metadata
