@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli.train import session_factory_for  # noqa: E402
+from core.storage.db import init_db, session_factory  # noqa: E402
 from core.training import pipeline  # noqa: E402
 from core.training.fitting import TrainParams  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--splits", type=int, default=5)
     args = parser.parse_args()
 
-    factory = session_factory_for(False)
+    factory = session_factory(init_db())  # the embedding cache
     data = pipeline.collect(pipeline.DataChoice(args.images, args.people), factory)
     all_views = TrainParams(augment="blur,jitter,gray")
     start = time.perf_counter()

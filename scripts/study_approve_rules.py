@@ -34,7 +34,7 @@ from scipy.stats import norm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config  # noqa: E402
-from core.cli.train import session_factory_for  # noqa: E402
+from core.storage.db import init_db, session_factory  # noqa: E402
 from core.training import gender as gender_training  # noqa: E402
 from core.training import scoring  # noqa: E402
 from core.training.data import DataChoice, TrainingData, cohort_photos, collect, split_by_source  # noqa: E402
@@ -80,7 +80,7 @@ def threshold(scores, labels, groups, rule, par, max_fmr) -> tuple[float, str]:
 def training_scores(params: TrainParams, choice: DataChoice):
     """Out-of-fold scores of the training people (with their fold) and the cohort's impostor pairs
     (with a seeded fold per face), the final tower's held-out scores, and the calibration."""
-    factory = session_factory_for(False)
+    factory = session_factory(init_db())  # the embedding cache
     networks = params.network_names()
     every = build_features(collect(choice, factory), params, factory, networks=networks)
     cohort = build_features(

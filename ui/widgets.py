@@ -169,8 +169,9 @@ def pair_result(ctx: PageContext, outcome: verify.PairOutcome) -> None:
             ms=outcome.seconds * 1000,
         )
     )
-    if outcome.import_note:
-        st.warning(ctx.t("verify.import_note", detail=outcome.import_note))
+    if outcome.photo_warnings:
+        detail = "; ".join(w.text(ctx.lang) for w in outcome.photo_warnings)
+        st.warning(ctx.t("verify.import_note", detail=detail))
     if result.status == FLAGGED and ctx.can("review"):
         st.page_link("pages/2_Review_Queue.py", label=ctx.t("verify.go_review"), icon=":material/rule:")
 
@@ -200,7 +201,10 @@ def job_progress(ctx: PageContext, job_key: str, state_key: str, on_done=None) -
         if current.rejected:
             with st.expander(ctx.t("batch.rejected_rows", n=len(current.rejected)), expanded=True):
                 rejected = pd.DataFrame(
-                    [{"row": r.row, "member_id": r.member_id, "message": r.message} for r in current.rejected]
+                    [
+                        {"row": r.row, "member_id": r.member_id, "message": r.message_in(ctx.lang)}
+                        for r in current.rejected
+                    ]
                 )
                 st.dataframe(formatting.table(rejected, ctx.lang), hide_index=True)
         if current.phase == page_batches.FAILED:

@@ -154,7 +154,7 @@ def fill(url: str, members: int, store_dir: Path, seed: int = 7) -> dict:
         )
     # The photos' pretrained embeddings (the 1:N index's rows), computed by the engine once per file.
     from core.verification.engine import Engine
-    from core.workflows.search.embeddings import enrol_missing
+    from core.workflows.search.enrolment import enrol_missing
 
     enrolled = enrol_missing(factory, Engine.load(), store)
     n_results = members * RESULTS_PER_MEMBER

@@ -106,6 +106,18 @@ def run(
     from core.verification.result import AUTO_APPROVED, AUTO_REJECTED
 
     pairs = read_pairs(pairs_csv)
+    # A version's held-out pairs cover every set it was trained on (and pairs across sets): a set's
+    # run keeps the pairs whose two photos are in its own folder, and says how many it left.
+    here = pairs.file_x.map(lambda n: (images / n).is_file()) & pairs.file_y.map(
+        lambda n: (images / n).is_file()
+    )
+    if not here.all():
+        print(
+            f"{pairs_csv}: {int((~here).sum())} pairs with a photo outside {images} left out", file=sys.stderr
+        )
+        pairs = pairs[here]
+        if not len(pairs):
+            raise SystemExit(f"{pairs_csv}: no pair has both photos in {images}.")
     if sample and len(pairs) > sample:
         # a balanced random subset, e.g. of a model's held-out pairs (thousands)
         per_class = sample // 2

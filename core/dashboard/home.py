@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.dashboard import kpi_targets
 from core.dashboard.formatting import DISPLAY_TZ, Rate, milliseconds, number, percent, rate_of, today_local
-from core.storage import queries
+from core.storage import kpi_aggregates, queries
 from core.storage.schema import Batch
 
 
@@ -61,7 +61,7 @@ def sample_loader(actor: str, store):
 
 def today_summary(session: Session, tz: str = DISPLAY_TZ) -> TodaySummary:
     today = today_local(tz)
-    kpi = queries.kpi_totals(session, date_from=today, date_to=today, tz=tz)
+    kpi = kpi_aggregates.kpi_totals(session, date_from=today, date_to=today, tz=tz)
     start = (
         datetime.combine(today, datetime.min.time(), tzinfo=ZoneInfo(tz)).astimezone(UTC).replace(tzinfo=None)
     )

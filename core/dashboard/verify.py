@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import pandas as pd
@@ -27,6 +27,7 @@ from core.dashboard.page_batches import SINGLE_SOURCE
 from core.dashboard.photos import annotate_photo
 from core.errors import FaceVerifyError, ImageError
 from core.i18n import LANGUAGES, t
+from core.i18n.notes import Note
 from core.storage import challenges
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
 from core.storage.schema import (
@@ -58,7 +59,7 @@ class PairOutcome:
     gallery_bytes: bytes
     verification_bytes: bytes
     seconds: float  # verify + store, what the page waited for
-    import_note: str | None = None
+    photo_warnings: list[Note] = field(default_factory=list)  # the same file twice, another member's file
 
 
 @dataclass
@@ -291,7 +292,7 @@ def verify_pair(
         done.gallery_bytes,
         done.verification_bytes,
         done.seconds,
-        "; ".join(done.warnings) or None,
+        done.warnings,
     )
 
 

@@ -43,12 +43,13 @@ def photo_store():
     return _store(photo_store_url())
 
 
-def engine(version: str | None = None):
-    """The engine of a model version (default: the registry's active one), loaded once."""
+def engine(version: str | None = None, factory=None):
+    """The engine of a model version (default: the version active in the database of `factory`,
+    or of this process's own), loaded once."""
     from core.training import registry
     from core.verification.engine import Engine
 
-    version = version or registry.current_version(session_factory(), config.models_dir())
+    version = version or registry.current_version(factory or session_factory(), config.models_dir())
     with _lock:  # one load at a time: two threads asking for the same version load it once
         if version in _engines:
             _engines.move_to_end(version)

@@ -6,8 +6,7 @@ member_history(session, member_id, viewer=None, why=None) -> MemberHistory | Non
 review_queue(session, limit=50, offset=0, model_version=None, batch_id=None, order="priority") -> list[QueueItem]
 queue_flag_counts(session) -> {flag code: waiting pairs}
 backlog_count(session, model_version=None, batch_id=None) -> int
-kpi_totals(session, date_from=None, date_to=None, model_version=None) -> Kpi
-    (per batch, day, week or month: core.storage.kpi_aggregates)
+KPI figures (a period, or per batch, day, week or month): core.storage.kpi_aggregates
 
 KPI definitions (all over the results created in the date range):
   automation_rate        share of results decided without a person (auto_approved + auto_rejected)
@@ -340,19 +339,3 @@ def percentile(values: list[float], p: float) -> float | None:
 
 
 FRAUD_FLAGS = (REUSED_PHOTO, STALE_PHOTO, CHALLENGE_FAILED, GALLERY_PHOTO_DIFFERS)
-
-
-def kpi_totals(
-    session: Session,
-    *,
-    date_from: date | datetime | None = None,
-    date_to: date | datetime | None = None,
-    model_version: str | None = None,
-    tz: str = "UTC",
-) -> Kpi:
-    """The period's figures in one Kpi, computed by the database (core.storage.kpi_aggregates)."""
-    from core.storage import kpi_aggregates  # it imports this module
-
-    return kpi_aggregates.kpi_totals(
-        session, date_from=date_from, date_to=date_to, model_version=model_version, tz=tz
-    )

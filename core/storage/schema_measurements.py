@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.storage.schema import ID_LEN, TABLE_ARGS, Base, BigId, DateTime, utcnow
+from core.storage.schema_base import ID_LEN, TABLE_ARGS, Base, BigId, DateTime, utcnow
 
 
 class SelfMeasurement(Base):

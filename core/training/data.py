@@ -15,7 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,16 @@ from core.training import gender as gender_training
 from core.training.embedding_cache import PhotoRef
 from core.training.fitting import TrainParams, split_people
 
-if TYPE_CHECKING:
-    from core.training.features import FeatureSet
+
+class PeopleRows(Protocol):
+    """What checking and splitting read of a feature set (core.training.features.FeatureSet): the
+    person, gender and source of each row, and the reviewed pairs as row index pairs."""
+
+    people: np.ndarray
+    genders: np.ndarray
+    sources: np.ndarray | None
+    pairs: np.ndarray
+
 
 LFW_NAME = re.compile(r"^(?P<person>.+)_\d{4}\.(jpe?g|png|bmp)$", re.IGNORECASE)
 LFW, DB, COHORT = "lfw", "db", "cohort"
@@ -394,7 +402,7 @@ def data_problems(people: np.ndarray, genders: np.ndarray) -> list[str]:
     return problems
 
 
-def check_trainable(data: FeatureSet, params: TrainParams) -> None:
+def check_trainable(data: PeopleRows, params: TrainParams) -> None:
     """Refuse, before any training, data that cannot give an honest held-out evaluation."""
     problems = data_problems(data.people, data.genders)
     if problems:
@@ -440,7 +448,7 @@ def check_sources(choice: DataChoice) -> None:
 # Splitting by person
 
 
-def split_by_source(data: FeatureSet, params: TrainParams) -> tuple[np.ndarray, np.ndarray]:
+def split_by_source(data: PeopleRows, params: TrainParams) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks (train, held out) by person, never by photo.
 
     People joined by a reviewed pair go to the same side together (so every reviewed pair is

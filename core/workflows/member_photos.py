@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.i18n.notes import Note, note
 from core.storage.schema import GALLERY, Photo
 from core.workflows import profile_rows
 
@@ -37,8 +38,10 @@ class NewPhoto:
 @dataclass
 class PhotosSet:
     photos: dict[str, Photo]  # kind -> the current photo row
-    changes: list[str]  # "new gallery photo", ...; empty: nothing changed
-    warnings: list[str] = field(default_factory=list)  # same file twice, a file other members have
+    # What changed and what to warn of, as catalog notes (str() is the English): "new gallery
+    # photo", ...; empty: nothing changed. Warnings: the same file twice, a file other members have.
+    changes: list[Note]
+    warnings: list[Note] = field(default_factory=list)
 
 
 def set_current_photos(
@@ -54,7 +57,7 @@ def set_current_photos(
     if not is_new:
         stmt = select(Photo).where(Photo.member_id == member_id, Photo.current.is_(True))
         current = {p.kind: p for p in session.scalars(stmt)}
-    changes: list[str] = []
+    changes: list[Note] = []
     out: dict[str, Photo] = dict(current)
     new_shas = []
     for photo in photos:
@@ -64,7 +67,7 @@ def set_current_photos(
         new_shas.append(photo.sha256)
         if old is not None:
             old.current = False
-            changes.append(f"new {photo.kind} photo")
+            changes.append(note(f"import.note.new_{photo.kind}_photo"))
         again = None
         if not is_new:  # a photo replaced earlier may come back
             again = session.scalar(
@@ -91,14 +94,14 @@ def set_current_photos(
         session.add(row)
         out[photo.kind] = row
         if old is None and not is_new:
-            changes.append(f"new {photo.kind} photo")
+            changes.append(note(f"import.note.new_{photo.kind}_photo"))
     session.flush()
     if GALLERY in out:  # the current gallery photo is the profile's main photo
         profile_rows.ensure_main_photo(session, member_id, out[GALLERY])
 
-    warnings: list[str] = []
+    warnings: list[Note] = []
     if len(photos) == 2 and len({p.sha256 for p in photos}) == 1:
-        warnings.append("the gallery and verification photos are the same file")
+        warnings.append(note("import.warning.same_file"))
     if new_shas:  # the same picture under another member's name: a duplicate or fake account?
         shared = session.execute(
             select(Photo.sha256, Photo.member_id)
@@ -109,7 +112,13 @@ def set_current_photos(
         for photo in photos:
             others = sorted({m for sha, m in shared if sha == photo.sha256})[:3]
             if others:
-                warnings.append(f"the {photo.kind} photo is also used by member(s) {', '.join(others)}")
+                warnings.append(
+                    note(
+                        "import.warning.shared_photo",
+                        kind=note(f"import.kind.{photo.kind}"),
+                        members=", ".join(others),
+                    )
+                )
     return PhotosSet(out, changes, warnings)
 
 

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import config
 from core.errors import FaceVerifyError
+from core.i18n.notes import Note
 from core.storage import audit, challenges
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
 from core.storage.retry import with_retry
@@ -135,7 +136,7 @@ class Verified:
     gallery_bytes: bytes
     verification_bytes: bytes
     seconds: float
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Note] = field(default_factory=list)  # what the photos' change warns of
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,7 +428,7 @@ def _store(
         photo_ids = {
             which: resolved.stored.get(which) or done.photos[which].id for which in (GALLERY, VERIFICATION)
         }
-        changes = (["new member"] if is_new else []) + done.changes
+        changes = (["new member"] if is_new else []) + [str(c) for c in done.changes]
         if changes:
             member.updated_at = now
             member.source = source
@@ -513,9 +514,6 @@ def change_gender(
         session.expunge(member)
         return member
 
-
-# The profile use case reads the current photo under its earlier name here.
-_current_photo = current_photo
 
 __all__ = [
     "GalleryLocked",

@@ -231,7 +231,7 @@ def test_kpis_per_batch_by_hand(session, kpi_results):
     assert second.verification_accuracy is None and second.n_verification_truth == 0
     assert second.latency_p50_ms == pytest.approx(100.0) and second.latency_p95_ms == pytest.approx(145.0)
 
-    totals = queries.kpi_totals(session)
+    totals = kpi_aggregates.kpi_totals(session)
     assert totals.n_results == 6 and totals.automation_rate == 0.5 and totals.n_flagged_open == 1
     assert totals.latency_p50_ms == pytest.approx(175.0) and totals.latency_p95_ms == pytest.approx(375.0)
 

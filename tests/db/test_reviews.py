@@ -193,7 +193,7 @@ def test_cant_tell_stores_no_ground_truth_and_approve_cannot_contradict(session,
 
 
 def test_kpis_and_training_read_the_label_not_the_decision(session, make_result, add_member, photo_store):
-    from core.storage import queries
+    from core.storage import kpi_aggregates
     from core.training.pipeline import reviewed_data
 
     member = add_member("R1")
@@ -208,7 +208,7 @@ def test_kpis_and_training_read_the_label_not_the_decision(session, make_result,
     )
     reviews.decide(session, result_id, "kim", "reject")
 
-    totals = queries.kpi_totals(session)
+    totals = kpi_aggregates.kpi_totals(session)
     assert totals.verification_accuracy == 1.0  # the engine said "same", the faces are the same
     _photos, pairs = reviewed_data(session, photo_store)
     assert [p.same for p in pairs] == [True]
@@ -219,12 +219,12 @@ def test_kpis_and_training_read_the_label_not_the_decision(session, make_result,
 
 
 def test_undo_restores_the_pair_the_member_and_the_kpis(session, make_result, add_member):
-    from core.storage import queries
+    from core.storage import kpi_aggregates, queries
 
     add_member("R1")
     result_id = flagged(session, make_result, similarity=0.45)
     reviews.decide(session, result_id, "kim", "reject", label="different")
-    assert queries.kpi_totals(session).verification_accuracy == 1.0
+    assert kpi_aggregates.kpi_totals(session).verification_accuracy == 1.0
 
     reviews.undo(session, result_id, "kim")
 
@@ -233,7 +233,7 @@ def test_undo_restores_the_pair_the_member_and_the_kpis(session, make_result, ad
     assert (result.status, result.decided_by, result.ground_truth_same) == ("flagged", None, None)
     assert session.get(Member, "R1").status == "in_review"
     assert session.scalar(select(func.count()).select_from(Review)) == 0
-    assert queries.kpi_totals(session).verification_accuracy is None
+    assert kpi_aggregates.kpi_totals(session).verification_accuracy is None
     assert [i.result_id for i in queries.review_queue(session)] == [result_id]
     entry = session.scalars(select(AuditEntry).where(AuditEntry.action == reviews.UNDO_DECISION)).one()
     assert (entry.actor, entry.detail["decision"], entry.detail["label"]) == ("kim", "reject", "different")

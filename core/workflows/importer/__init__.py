@@ -16,9 +16,9 @@ Command line:
     faceverify import FILE [--zip PHOTOS.zip] [--base-dir DIR] [--url DATABASE_URL]
 """
 
+from core.i18n.notes import Note
 from core.verification.genders import normalise_gender  # the pages and the API import it from here
 from core.workflows.importer.members import format_report, import_members, load_sample_members, summarize
-from core.workflows.importer.notes import Note
 from core.workflows.importer.photos import (
     MAX_PHOTO_BYTES,
     MAX_ZIP_ENTRIES,

@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import config
 from core.errors import FaceVerifyError
+from core.i18n.notes import Note, note
 from core.storage import audit
 from core.storage.photostore import PhotoStoreBackend
 from core.storage.stores import open_photo_store
 from core.workflows import profiles
-from core.workflows.importer.notes import Note, note
 from core.workflows.importer.photos import (
     PhotoLoader,
     PhotoZip,
@@ -162,9 +162,8 @@ def _engine(engine, session: Session):
 
         def engine():
             from core.jobs import resources
-            from core.training import registry
 
-            return resources.engine(registry.current_version(_factory(session), config.models_dir()))
+            return resources.engine(factory=_factory(session))
 
     if callable(engine) and not hasattr(engine, "analyze_faces"):
         try:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from core.errors import FaceVerifyError, ImageError
+from core.i18n.notes import Note, note, of_error
 from core.storage.photostore import sha256_hex
 from core.verification import imaging
 from core.workflows import links
-from core.workflows.importer.notes import Note, note, of_error
 from core.workflows.importer.table import ImportFileError
 
 MAX_PHOTO_BYTES = 25 * 1024 * 1024  # same limit as core.verification.imaging

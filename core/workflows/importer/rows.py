@@ -4,7 +4,6 @@ transaction (_write_row): the member and its photos, or nothing."""
 from __future__ import annotations
 
 import collections
-import re
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from core.i18n.notes import Note, joined, note
 from core.storage import audit
 from core.storage.photostore import PhotoStoreBackend
-from core.storage.schema import GALLERY, MEMBER_PENDING, VERIFICATION, Member, Photo, ProfilePhoto, utcnow
+from core.storage.schema import GALLERY, MEMBER_PENDING, Member, Photo, ProfilePhoto, utcnow
 from core.verification.genders import normalise_gender
-from core.workflows import gallery, member_ids, profile_rows, profiles, spreadsheets, verification
-from core.workflows.importer.notes import Note, joined, note
+from core.workflows import gallery, member_ids, member_photos, profile_rows, profiles, spreadsheets
 from core.workflows.importer.photos import (
     PhotoLoader,
     PhotoRefError,
@@ -39,7 +38,7 @@ IMPORTED, UPDATED, UNCHANGED, REJECTED = "imported", "updated", "unchanged", "re
 @dataclass
 class RowReport:
     """What happened to one row: its message's parts and its warnings as notes (catalog keys and
-    values, core.workflows.importer.notes); `message` and `warnings` are their English text."""
+    values, core.i18n.notes); `message` and `warnings` are their English text."""
 
     row: int  # the row number a spreadsheet shows (header is row 1)
     member_id: str | None
@@ -84,25 +83,6 @@ class _Invalid(ValueError):
     def __init__(self, why: Note):
         self.note = why
         super().__init__(str(why))
-
-
-# What core.workflows.verification.set_current_photos says, as notes.
-_SHARED_PHOTO = re.compile(r"^the (\w+) photo is also used by member\(s\) (.+)$")
-
-
-def _kind(kind: str) -> Note:
-    return note(f"import.kind.{kind}")
-
-
-def _photo_set_note(text: str) -> Note:
-    for kind in (GALLERY, VERIFICATION):
-        if text == f"new {kind} photo":
-            return Note(f"import.note.new_{kind}_photo", en=text)
-    if text == "the gallery and verification photos are the same file":
-        return Note("import.warning.same_file", en=text)
-    if match := _SHARED_PHOTO.match(text):
-        return Note("import.warning.shared_photo", {"kind": _kind(match[1]), "members": match[2]}, en=text)
-    return Note("import.note.detail", {"detail": text}, en=text)
 
 
 def _status(status: str) -> Note:
@@ -346,11 +326,11 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
                     locked = Note("import.note.gallery_locked", {"member_id": member_id}, en=str(exc))
                     return RowReport(prepared.row, member_id, REJECTED, [locked])
 
-    done = verification.set_current_photos(
+    done = member_photos.set_current_photos(
         session,
         member_id,
         [
-            verification.NewPhoto(
+            member_photos.NewPhoto(
                 photo.kind,
                 photo.sha256,
                 photo.stored_path,
@@ -365,8 +345,8 @@ def _write_row(session: Session, prepared: _PreparedRow, actor: str, source_name
         now,
         is_new=is_new,
     )
-    changes += [n for n in map(_photo_set_note, done.changes) if n not in changes]
-    warnings = [_photo_set_note(w) for w in done.warnings]
+    changes += [n for n in done.changes if n not in changes]
+    warnings = list(done.warnings)
     added_photos, added_notes = _add_profile_photos(session, member_id, prepared, now)
     added = len(added_photos)
     if added:

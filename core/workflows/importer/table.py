@@ -11,9 +11,9 @@ import unicodedata
 from pathlib import Path
 
 from core.errors import FaceVerifyError
+from core.i18n.notes import Note, note, of_error
 from core.storage.schema import GALLERY, VERIFICATION
 from core.workflows import spreadsheets
-from core.workflows.importer.notes import Note, note, of_error
 
 EXPECTED_COLUMNS = ("member_id", "gender", "gallery_photo", "verification_photo")
 PHOTO_COLUMNS = {"gallery_photo": GALLERY, "verification_photo": VERIFICATION}

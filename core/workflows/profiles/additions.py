@@ -29,7 +29,7 @@ from core.storage.schema import (
 )
 from core.verification import profile as rule
 from core.verification.result import AUTO_APPROVED, FLAGGED, Flag
-from core.workflows import batches, profile_rule, search, verification
+from core.workflows import batches, member_photos, profile_rule, search, verification
 from core.workflows.profile_rows import max_photos, profile_of
 from core.workflows.profiles.badge import refresh_badge
 from core.workflows.profiles.checks import (
@@ -74,7 +74,7 @@ def _verified_face(session, member_id: str):
     member = session.get(Member, member_id)
     if member is None:
         raise verification.UnknownMember(f"There is no member {member_id!r}.", member=member_id)
-    selfie_row = verification._current_photo(session, member_id, VERIFICATION)
+    selfie_row = member_photos.current_photo(session, member_id, VERIFICATION)
     if selfie_row is None:
         raise NoVerifiedFace(
             f"Member {member_id!r} has no verification selfie yet; verify the member first.",

@@ -26,7 +26,7 @@ from core.storage.schema import VerificationResult as ResultRow
 from core.verification import profile as rule
 from core.verification.networks import DEFAULT_NETWORKS
 from core.verification.result import AUTO_APPROVED, FLAGGED, Face
-from core.workflows import batches, profile_rows, profile_rule, search, verification
+from core.workflows import batches, member_photos, profile_rows, profile_rule, search, verification
 from core.workflows.profile_rows import max_photos, profile_of
 from core.workflows.profiles import analyse
 from core.workflows.profiles.checks import (
@@ -89,7 +89,7 @@ def verify_profile_member(
         exists = session.get(Member, member_id) is not None
         stored_rows = profile_of(session, member_id, public=True) if exists else []
         if exists and not stored_rows:
-            main_photo = verification._current_photo(session, member_id, GALLERY)
+            main_photo = member_photos.current_photo(session, member_id, GALLERY)
             if main_photo is not None:
                 stored_rows = [profile_rows.ensure_main_photo(session, member_id, main_photo)]
                 session.commit()

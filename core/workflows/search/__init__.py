@@ -8,7 +8,8 @@ that embedding (the Siamese tower's output for the loaded model version), as a f
 (products in float32).
 
     thresholds   similarity on the model's scale; duplicate_threshold(...)
-    embeddings   pretrained_model_id(), embedding_dim(), store_embeddings(), enrol_missing()
+    embeddings   pretrained_model_id(), embedding_dim(), store_embeddings()
+    enrolment    enrol_missing(): embeddings for enrolled photos that have none yet
     index        SearchIndex(dim, offset, scale, ...): the matrix; add/remove/search, thread-safe,
                  kept in step with the database and with other processes
     enrolled     which photos are rows, in SQL: a member's current gallery photo and each other
@@ -32,11 +33,11 @@ from core.workflows.search.duplicates import (
 from core.workflows.search.embeddings import (
     EMBEDDING_DIM,
     embedding_dim,
-    enrol_missing,
     pretrained_model_id,
     store_embeddings,
 )
 from core.workflows.search.enrolled import enrolled_photo, shows_the_member
+from core.workflows.search.enrolment import enrol_missing
 from core.workflows.search.index import (
     LOAD_CHUNK,
     PROJECT_CHUNK,
