@@ -47,10 +47,8 @@ log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 0.5  # pick up other processes' new rows at most this often
 VERIFY_INTERVAL_S = 5.0  # compare the enrolled-set fingerprint at most this often
-PROJECT_CHUNK = 5000  # embeddings per tower call (results do not depend on it; TensorFlow keeps
-# memory for the largest call it has seen)
-LOAD_CHUNK = 5000  # rows per database fetch when (re)loading (each fetch is held whole, with
-# the driver's packets: about 3 kB a row)
+PROJECT_CHUNK = 5000  # embeddings per tower call (TensorFlow keeps memory for its largest call)
+LOAD_CHUNK = 5000  # rows per database fetch when (re)loading (held whole: about 3 kB a row)
 STORED = np.float16  # the matrix's precision (products are computed in float32)
 SCORE_BLOCK = 8192  # rows converted to float32 at a time in a search
 
@@ -271,7 +269,6 @@ class SearchIndex:
                 replace_member=False,
                 mains=None if mains is None else mains[start:stop],
             )
-            del block
             start = stop
         with self._lock:
             for name in (
