@@ -34,6 +34,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
+from core import process_memory
 from core.storage.schema import Embedding, MemberErasure, Photo
 from core.workflows.search.embeddings import EMBEDDING_DIM, pretrained_model_id
 from core.workflows.search.enrolled import _db_fingerprint, _enrolled_query
@@ -244,9 +245,8 @@ class SearchIndex:
     def replace_all(
         self, member_ids: list[str], vectors: np.ndarray, photo_ids=None, shas=None, mains=None
     ) -> None:
-        """Swap in a complete new content (a reload) in one step. vectors: the rows as one array,
-        or as a list of blocks in order, which is emptied as they are copied in (a reload never
-        holds its blocks, a joined copy and the new matrix at once)."""
+        """Swap in a complete new content (a reload) in one step. vectors: one array, or a list of
+        row blocks in order, emptied as they are copied in (never a joined copy of them all)."""
         blocks = vectors if isinstance(vectors, list) else [vectors]
         fresh = SearchIndex(
             self.dim,
@@ -490,6 +490,7 @@ class SearchIndex:
             if len(rows) < LOAD_CHUNK:
                 break
         self.replace_all(members, chunks, photo_ids, shas, mains)  # takes the blocks one by one
+        process_memory.trim()  # the fetched rows' memory back to the system, not kept resident
         self.last_photo_id, self.last_embedding_id = max_photo, max_embedding
         self.last_erasure_id = max(self.last_erasure_id, last_erasure)
         self.loaded_from_db = True
