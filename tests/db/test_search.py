@@ -242,6 +242,30 @@ def test_index_follows_the_database(session, add_member, model, db_engine):
     assert index.fingerprint()[0] == 2
 
 
+def test_a_reload_in_several_blocks_keeps_every_row_exactly(
+    session, add_member, model, db_engine, monkeypatch
+):
+    from core.workflows.search import index as index_module
+
+    # Blocks of 3 fetched rows, projected 2 at a time: the rows go into the new index block by block.
+    monkeypatch.setattr(index_module, "LOAD_CHUNK", 3)
+    monkeypatch.setattr(index_module, "PROJECT_CHUNK", 2)
+    rng = np.random.default_rng(11)
+    vectors = unit(rng, 8)
+    for i in range(8):
+        add_member(f"M{i}")
+        _embed(session, f"M{i}", vectors[i])
+    index = search.index_for(db_engine, model.version)
+    assert len(index) == 8
+    for i in range(8):
+        row = index._rows_of_member[f"M{i}"]
+        assert len(row) == 1
+        stored = index._matrix[row[0]]
+        assert stored.dtype == np.float16
+        assert np.array_equal(stored, vectors[i].astype(np.float16))  # the projection is the identity here
+        assert index.search(vectors[i], k=1)[0][0] == f"M{i}"
+
+
 def test_hook_flags_possible_duplicate_on_the_storing_path(session, add_member, model, make_result):
     rng = np.random.default_rng(6)
     face_x, face_y = unit(rng, 2)

@@ -34,6 +34,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
+from core import process_memory
 from core.storage.schema import Embedding, MemberErasure, Photo
 from core.workflows.search.embeddings import EMBEDDING_DIM, pretrained_model_id
 from core.workflows.search.enrolled import _db_fingerprint, _enrolled_query
@@ -47,8 +48,8 @@ log = logging.getLogger(__name__)
 
 SYNC_INTERVAL_S = 0.5  # pick up other processes' new rows at most this often
 VERIFY_INTERVAL_S = 5.0  # compare the enrolled-set fingerprint at most this often
-PROJECT_CHUNK = 16384  # embeddings per tower call when (re)loading
-LOAD_CHUNK = 20000  # rows per database fetch when (re)loading
+PROJECT_CHUNK = 5000  # embeddings per tower call (TensorFlow keeps memory for its largest call)
+LOAD_CHUNK = 5000  # rows per database fetch when (re)loading (held whole: about 3 kB a row)
 STORED = np.float16  # the matrix's precision (products are computed in float32)
 SCORE_BLOCK = 8192  # rows converted to float32 at a time in a search
 
@@ -162,7 +163,10 @@ class SearchIndex:
         with replace_member, a main row replaces the member's earlier main row (one current gallery
         photo), while the member's other profile photos stay."""
         member_ids = list(member_ids)
-        vectors = np.asarray(vectors, np.float32).reshape(len(member_ids), self.dim)
+        vectors = np.asarray(vectors)
+        if vectors.dtype != STORED:  # rows already in half precision go in as they are (no copy)
+            vectors = vectors.astype(np.float32, copy=False)
+        vectors = vectors.reshape(len(member_ids), self.dim)
         photo_ids = list(photo_ids) if photo_ids is not None else [None] * len(member_ids)
         shas = list(shas) if shas is not None else [None] * len(member_ids)
         mains = [bool(m) for m in mains] if mains is not None else [True] * len(member_ids)
@@ -241,7 +245,9 @@ class SearchIndex:
     def replace_all(
         self, member_ids: list[str], vectors: np.ndarray, photo_ids=None, shas=None, mains=None
     ) -> None:
-        """Swap in a complete new content (a reload) in one step."""
+        """Swap in a complete new content (a reload) in one step. vectors: one array, or a list of
+        row blocks in order, emptied as they are copied in (never a joined copy of them all)."""
+        blocks = vectors if isinstance(vectors, list) else [vectors]
         fresh = SearchIndex(
             self.dim,
             self.offset,
@@ -251,7 +257,19 @@ class SearchIndex:
             dup_threshold=self.duplicate_threshold,
             capacity=max(16, int(len(member_ids) * 1.25)),
         )
-        fresh.add_many(member_ids, vectors, photo_ids, shas, replace_member=False, mains=mains)
+        start = 0
+        while blocks:
+            block = blocks.pop(0)
+            stop = start + len(block)
+            fresh.add_many(
+                member_ids[start:stop],
+                block,
+                None if photo_ids is None else photo_ids[start:stop],
+                None if shas is None else shas[start:stop],
+                replace_member=False,
+                mains=None if mains is None else mains[start:stop],
+            )
+            start = stop
         with self._lock:
             for name in (
                 "_matrix",
@@ -471,9 +489,8 @@ class SearchIndex:
             last = rows[-1][0]
             if len(rows) < LOAD_CHUNK:
                 break
-        matrix = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), STORED)
-        del chunks
-        self.replace_all(members, matrix, photo_ids, shas, mains)
+        self.replace_all(members, chunks, photo_ids, shas, mains)  # takes the blocks one by one
+        process_memory.trim()  # the fetched rows' memory back to the system, not kept resident
         self.last_photo_id, self.last_embedding_id = max_photo, max_embedding
         self.last_erasure_id = max(self.last_erasure_id, last_erasure)
         self.loaded_from_db = True
