@@ -15,6 +15,7 @@ from core.dashboard import retrain as view
 from core.dashboard.formatting import local_time
 from core.errors import FaceVerifyError, ModelError
 from ui.page import page_context
+from ui.promotion import promote_or_discard
 from ui.refit import section as refit_section
 from ui.widgets import pin_key_column
 
@@ -379,35 +380,15 @@ def outcome_panel(run) -> None:
     compared_with = (comparison.get("active") or {}).get("model_version")
     if compared_with and active and compared_with != active:
         st.warning(ctx.t("retrain.active_changed", compared=compared_with, active=active))
-    left, right = st.columns(2)
-    confirm = left.checkbox(
-        ctx.t("retrain.confirm_promote", version=version, active=active or "—"),
-        key=f"retrain_confirm_{version}",
+    promote_or_discard(
+        ctx,
+        version,
+        active,
+        set_notice,
+        key="retrain",
+        confirm_text=ctx.t("retrain.confirm_promote", version=version, active=active or "—"),
+        promote_label=ctx.t("retrain.promote"),
     )
-    if left.button(
-        ctx.t("retrain.promote"),
-        type="primary",
-        disabled=not confirm,
-        key=f"retrain_promote_{version}",
-        icon=":material/rocket_launch:",
-    ):
-        try:
-            with ctx.session() as session:
-                view.promote(session, version, ctx.username, expected_active=active)
-        except (FaceVerifyError, ModelError) as exc:
-            st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
-            return
-        set_notice("success", ctx.t("retrain.promoted", version=version))
-        st.rerun()
-    if right.button(ctx.t("retrain.discard"), key=f"retrain_discard_{version}", icon=":material/delete:"):
-        try:
-            with ctx.session() as session:
-                view.discard(session, version, ctx.username)
-        except (FaceVerifyError, ModelError) as exc:
-            st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
-            return
-        set_notice("info", ctx.t("retrain.discarded", version=version))
-        st.rerun()
 
 
 # ----------------------------------------------------------------------------------------------

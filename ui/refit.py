@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.dashboard import retrain
 from core.dashboard import self_measurement as svc
-from core.errors import FaceVerifyError, ModelError
+from core.errors import FaceVerifyError
 from ui.page import PageContext
+from ui.promotion import promote_or_discard
 
 
 def section(ctx: PageContext, versions, active: str | None, set_notice) -> None:
@@ -43,32 +43,12 @@ def section(ctx: PageContext, versions, active: str | None, set_notice) -> None:
 def _promote(ctx: PageContext, version: str, active: str | None, set_notice) -> None:
     approve_at = svc.version_approve_at(version)
     st.info(ctx.t("selfm.refit.pending", version=version, approve_at=f"{approve_at:.6f}"))
-    confirm = st.checkbox(
-        ctx.t("selfm.refit.confirm", version=version, active=active or "—"),
-        key=f"selfm_refit_confirm_{version}",
+    promote_or_discard(
+        ctx,
+        version,
+        active,
+        set_notice,
+        key="selfm_refit",
+        confirm_text=ctx.t("selfm.refit.confirm", version=version, active=active or "—"),
+        promote_label=ctx.t("selfm.refit.promote"),
     )
-    left, right = st.columns(2)
-    if left.button(
-        ctx.t("selfm.refit.promote"),
-        type="primary",
-        disabled=not confirm,
-        key=f"selfm_refit_promote_{version}",
-        icon=":material/rocket_launch:",
-    ):
-        try:
-            with ctx.session() as session:
-                retrain.promote(session, version, ctx.username, expected_active=active)
-        except (FaceVerifyError, ModelError) as exc:
-            st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
-            return
-        set_notice("success", ctx.t("retrain.promoted", version=version))
-        st.rerun()
-    if right.button(ctx.t("retrain.discard"), key=f"selfm_refit_discard_{version}", icon=":material/delete:"):
-        try:
-            with ctx.session() as session:
-                retrain.discard(session, version, ctx.username)
-        except (FaceVerifyError, ModelError) as exc:
-            st.error(ctx.t("retrain.switch_failed", detail=str(exc)))
-            return
-        set_notice("info", ctx.t("retrain.discarded", version=version))
-        st.rerun()

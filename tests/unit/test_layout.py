@@ -7,7 +7,8 @@ import ast
 from conftest import ROOT
 
 CORE = ROOT / "core"
-SHARED = {"config", "errors"}  # settings and typed errors: every package uses them
+# settings, typed errors and giving freed memory back: every package may use them
+SHARED = {"config", "errors", "process_memory"}
 # package -> the packages of core it may import (besides itself and SHARED)
 ALLOWED = {
     "verification": set(),
