@@ -13,7 +13,6 @@ from core.storage import audit, db
 from core.storage.schema import Member, Photo, Review
 from core.storage.schema import VerificationResult as ResultRow
 
-
 MEMBERS = 2000
 
 
