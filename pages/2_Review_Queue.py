@@ -378,9 +378,11 @@ with st.container(border=True):
             key=f"review_gender_{rid}",
         )
 with st.form(f"decide_{rid}", enter_to_submit=False, border=True):
-    st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
+    # The tick before the note: Tab out of the note lands on Approve, where Alt+A works (on a
+    # focused checkbox the browser keeps the keys and the shortcut does nothing).
     if needs_confirmation:
         st.checkbox(ctx.t("review.confirm_approve"), key=f"review_confirm_{rid}")
+    st.text_area(ctx.t("review.note"), key=note_key, placeholder=ctx.t("review.note_hint"), height=80)
     buttons = st.columns(3)
     buttons[0].form_submit_button(
         ctx.t("review.approve"),
