@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.storage import audit
 from core.storage.photostore import PhotoNotFound, PhotoStoreBackend
@@ -300,11 +300,7 @@ def check_profile_photo(
         search.register_engine(engine)
     with session_factory() as session:
         selfie_id, selfie_path, gender = _verified_face(session, member_id)
-        entry = session.scalar(
-            select(ProfilePhoto).where(ProfilePhoto.member_id == member_id, ProfilePhoto.photo_id == photo_id)
-        )
-        if entry is None:
-            raise UnknownProfilePhoto(f"Photo {photo_id} is not in member {member_id!r}'s profile.")
+        entry = _profile_entry(session, member_id, photo_id)
         position, photo_path = entry.position, entry.photo.stored_path
         session.rollback()
     selfie_bytes = _read(store, selfie_path, VERIFICATION, "The member's selfie")
@@ -313,11 +309,7 @@ def check_profile_photo(
     checked, result = _check(engine, run_on_engine, selfie_bytes, data, position, gender)
 
     with session_factory() as session:
-        entry = session.scalar(
-            select(ProfilePhoto).where(ProfilePhoto.member_id == member_id, ProfilePhoto.photo_id == photo_id)
-        )
-        if entry is None:  # removed meanwhile
-            raise UnknownProfilePhoto(f"Photo {photo_id} is not in member {member_id!r}'s profile.")
+        entry = _profile_entry(session, member_id, photo_id)  # it may have been removed meanwhile
         photo_row = session.get(Photo, photo_id)
         return _record(
             session,
@@ -333,3 +325,12 @@ def check_profile_photo(
             utcnow(),
             via,
         )
+
+
+def _profile_entry(session: Session, member_id: str, photo_id: int) -> ProfilePhoto:
+    entry = session.scalar(
+        select(ProfilePhoto).where(ProfilePhoto.member_id == member_id, ProfilePhoto.photo_id == photo_id)
+    )
+    if entry is None:
+        raise UnknownProfilePhoto(f"Photo {photo_id} is not in member {member_id!r}'s profile.")
+    return entry
