@@ -142,8 +142,10 @@ def run(
         engine.verify(photo_bytes[first.file_x], photo_bytes[first.file_y])
         baseline.verify_pair(photo_bytes[first.file_x], photo_bytes[first.file_y])
 
-    # Per-pair path: accuracy on every pair, latency per pair; the baseline timed on a subset,
-    # interleaved pair by pair with the product.
+    # Per-pair path: accuracy on every pair, latency per pair. The baseline is timed afterwards on a
+    # subset, not pair by pair between the product's: dlib's run between two of the product's
+    # evicted its caches and raised its p95 from 39 to 58 ms (200 held-out pairs, quiet machine),
+    # a cost no server running only the product pays.
     similarities, latencies, failed, automatic = [], [], 0, []
     base_latencies, stages, embeddings = [], [], []
     progress = Progress("product per pair", len(pairs))
@@ -158,11 +160,11 @@ def run(
         automatic.append(result.status in (AUTO_APPROVED, AUTO_REJECTED))
         stages.append(result.timings_ms)
         embeddings.append((result.gallery.embedding, result.verification.embedding))
-        if k < baseline_pairs:
-            start = time.perf_counter()
-            baseline.verify_pair(g, v)
-            base_latencies.append((time.perf_counter() - start) * 1000)
         progress(k + 1)
+    for row in pairs.iloc[:baseline_pairs].itertuples():
+        start = time.perf_counter()
+        baseline.verify_pair(photo_bytes[row.file_x], photo_bytes[row.file_y])
+        base_latencies.append((time.perf_counter() - start) * 1000)
 
     labels = pairs["label"].to_numpy()
     automatic = np.array(automatic)

@@ -38,7 +38,14 @@ def test_each_compiled_network_gives_its_keras_port_output(aligned):
         for rgb, face, a in aligned:
             views = np.stack([a.chip, a.chip[:, ::-1]])
             keras_dlib = dlib_resnet.load_embedding_model()(views.astype(np.float32)).numpy()
-            assert np.abs(run.dlib(views) - keras_dlib).max() < 1e-5
+            ours = run.dlib(views)  # 8-bit weights (compiled.QUANTISED): close, not equal
+            cosine = (
+                np.sum(ours * keras_dlib, 1)
+                / np.linalg.norm(ours, axis=1)
+                / np.linalg.norm(keras_dlib, axis=1)
+            )
+            assert cosine.min() > 0.9995
+            assert np.abs(ours - keras_dlib).max() > 1e-6  # the quantised file, not the float one
             g = np.stack([a.gender_chip, a.gender_chip[:, ::-1]])
             assert np.abs(run.gender(g) - gender(g.astype(np.float32)).numpy()).max() < 1e-5
             face_in, eyes_in = capture.occlusion_inputs(a.chip[None])

@@ -62,14 +62,15 @@ def test_a_batch_through_the_port_matches_opencv_chip_by_chip(reference):
 
 def test_the_serving_path_matches_the_port_and_opencv(reference):
     """What the engine runs (the ports compiled to TensorFlow Lite, core.verification.networks.
-    compiled, through features.embed_one): dlib's part as the Keras port gives it, SFace's part
-    as OpenCV does."""
+    compiled, through features.embed_one): dlib's part close to the Keras port's (its weights are
+    8-bit), SFace's part as OpenCV gives it."""
     names = ["Jiang_Zemin_0014.jpg", "Howard_Dean_0010.jpg"]
     analyses = features.extract([IMAGES / n for n in names], networks=("dlib", "sface"))
     for analysis in analyses:
         assert analysis.embedding.shape == (256,)
         dlib_part = dlib_resnet.embed_chips(analysis.crop[None], mirror=True)[0]
-        assert np.abs(analysis.embedding[:128] - dlib_part).max() < 1e-5
+        ours = analysis.embedding[:128]  # dlib runs with 8-bit weights (compiled.QUANTISED)
+        assert np.dot(ours, dlib_part) / np.linalg.norm(ours) / np.linalg.norm(dlib_part) > 0.9995
         sface_part = analysis.embedding[128:]
         assert np.abs(sface_part - _opencv_unit(reference, analysis.chips["sface"])).max() < 1e-5
         assert np.abs(sface_part - network("sface").embed(analysis.chips["sface"][None])[0]).max() < 1e-5
