@@ -306,3 +306,50 @@ def test_a_matching_photo_that_waits_for_review_takes_the_badge_until_accepted(
         assert [p for p, _ in states(session_factory, "m-kofi", public=True)] == [1, 2]
         assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")
         assert page.verified_profile_share(s)[0] == 1
+
+
+def test_a_new_selfie_does_not_verify_a_member_while_a_photo_waits_for_review(
+    session_factory, photo_store, engine
+):
+    """The whole profile verified again with a new selfie while a photo added later waits for a
+    reviewer (it looks more like another member): the verification goes to a person too, and the
+    member is verified only once both the photo and the verification are approved."""
+    enrol(
+        session_factory, photo_store, engine, "m-kofi", photo("Kofi_Annan_0014"), [photo("Kofi_Annan_0016")]
+    )
+    enrol(
+        session_factory, photo_store, engine, "m-other", photo("Kofi_Annan_0026"), [photo("Kofi_Annan_0027")]
+    )
+    added = profiles.add_profile_photo(
+        session_factory,
+        photo_store,
+        "staff",
+        "m-kofi",
+        PhotoInput("gallery", photo("Kofi_Annan_0025")),
+        engine,
+    )
+    assert added.state == "matches" and not added.shown, added.flags
+
+    again = profiles.verify_profile_member(
+        session_factory,
+        photo_store,
+        "staff",
+        "m-kofi",
+        PhotoInput("verification", photo("Kofi_Annan_0031")),
+        [],
+        engine,
+        gender="M",
+    )
+    assert again.verified.result.status == "flagged"
+    with session_factory() as s:
+        assert s.get(Member, "m-kofi").status == "in_review" and not profiles.badge(s, "m-kofi")
+        assert profiles.profile_view(s, "m-kofi")[added.position - 1]["waiting"]
+    with session_factory() as s:
+        reviews.decide(s, again.result_id, "reviewer", "approve", label="same")
+    with session_factory() as s:
+        assert s.get(Member, "m-kofi").status == "in_review"  # the photo still waits
+        assert not profiles.badge(s, "m-kofi")
+    with session_factory() as s:
+        reviews.decide(s, added.result_id, "reviewer", "approve", label="same")
+    with session_factory() as s:
+        assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")

@@ -29,6 +29,7 @@ from core.verification.result import AUTO_APPROVED, FLAGGED, Face
 from core.workflows import batches, member_photos, profile_rows, profile_rule, search, verification
 from core.workflows.profile_rows import max_photos, profile_of
 from core.workflows.profiles import analyse
+from core.workflows.profiles.badge import refresh_badge
 from core.workflows.profiles.checks import (
     _store_states,
     another_member_flag,
@@ -226,6 +227,9 @@ def verify_profile_member(
         search.store_embeddings_of(session, checked.model_version, [p.analysis for p in checked.photos])
         _remember_hashes(session, member_id, checked)
         search.refresh_after_commit(session, member_id)
+        # An approved verification does not settle a photo that waits for a reviewer: the member
+        # stays in review until it is decided, as the badge says.
+        refresh_badge(session, member_id)
         session.flush()
 
     done = verification.verify_member(
