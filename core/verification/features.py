@@ -217,7 +217,7 @@ _locate_pool: tuple[int, ThreadPoolExecutor] | None = None  # (process id, pool)
 _pool_lock = threading.Lock()
 
 
-def _pool() -> ThreadPoolExecutor:
+def locate_pool() -> ThreadPoolExecutor:
     """The process's locate threads (a new pool in a forked child: its parent's threads are gone)."""
     global _locate_pool
     with _pool_lock:
@@ -254,7 +254,7 @@ def extract(
         raise ValueError("measure_pose needs one entry per photo")
     if len(photos) == 1 or threading.current_thread().name.startswith("locate"):
         return [_analyse(photo, pose, networks) for photo, pose in zip(photos, poses, strict=True)]
-    return list(_pool().map(_analyse, photos, poses, [networks] * len(photos)))
+    return list(locate_pool().map(_analyse, photos, poses, [networks] * len(photos)))
 
 
 def locate_every_face(
@@ -314,7 +314,7 @@ def extract_all_faces(
     LOCATE_THREADS as in extract(). Per photo, one analysis per candidate face."""
     if len(photos) == 1 or threading.current_thread().name.startswith("locate"):
         return [_analyse_every_face(photo, networks) for photo in photos]
-    return list(_pool().map(_analyse_every_face, photos, [networks] * len(photos)))
+    return list(locate_pool().map(_analyse_every_face, photos, [networks] * len(photos)))
 
 
 def head_inputs(embedding: np.ndarray, gender_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

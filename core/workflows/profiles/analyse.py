@@ -74,12 +74,11 @@ def _analyse(engine, selfie: bytes, new: list[bytes], challenge: str | None):
     """(selfie's analysis, each new photo's faces): the selfie on a locate thread while the photos
     take the others (the engine's pool, features.extract_all_faces), not one after the other."""
     pose = [challenge is not None]
-    pool = getattr(features, "_pool", None)
     if not new:
         return engine.analyze_many([selfie], measure_pose=pose)[0], []
-    if pool is None or threading.current_thread().name.startswith("locate"):
+    if threading.current_thread().name.startswith("locate"):
         return engine.analyze_many([selfie], measure_pose=pose)[0], engine.analyze_faces(new)
-    pending = pool().submit(engine.analyze_many, [selfie], pose)
+    pending = features.locate_pool().submit(engine.analyze_many, [selfie], pose)
     try:
         photos = engine.analyze_faces(new)
     finally:
