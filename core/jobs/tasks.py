@@ -84,13 +84,29 @@ def train(run_id: int) -> str:
 
 
 def retention(dry_run: bool = False) -> dict:
-    """Remove what the retention settings say is past its time (safe to run twice or interrupt)."""
+    """Remove what the retention settings say is past its time (safe to run twice or interrupt),
+    then check the audit chain from its checkpoint and move the checkpoint: the daily run keeps the
+    Users page's check to a day's entries, not a walk of the whole log on its first visit."""
     from core.workflows import privacy
 
     report = privacy.apply_retention(resources.session_factory(), resources.photo_store(), dry_run=dry_run)
     for line in report.lines():
         log.info("retention: %s", line)
-    return report.to_dict()
+    out = report.to_dict()
+    if not dry_run:
+        out["audit_chain"] = _check_audit_chain()
+    return out
+
+
+def _check_audit_chain() -> str:
+    from core.storage import audit
+
+    with resources.session_factory()() as session:
+        chain = audit.verify_chain(session, from_checkpoint=True)
+        if audit.save_checkpoint(session, chain):
+            session.commit()
+    (log.info if chain.ok else log.error)("retention: %s", chain.summary())
+    return chain.summary()
 
 
 def retention_interval_s() -> float | None:

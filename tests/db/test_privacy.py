@@ -741,6 +741,11 @@ def test_retention_job_runs_and_workers_schedule_it_once_per_period(
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Photo).filter_by(member_id="M0015")) == 0
         assert session.scalar(select(func.count()).select_from(Photo)) == 38
+        # The run also checked the audit chain and moved its checkpoint to the newest entry, so
+        # the Users page walks only what is written after it.
+        newest = session.scalar(select(func.max(AuditEntry.seq)))
+        chain = audit.verify_chain(session, from_checkpoint=True)
+        assert chain.ok and chain.from_seq == newest, chain.summary()
     resources._factory.cache_clear()
     resources._store.cache_clear()
 
