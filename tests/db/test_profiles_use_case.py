@@ -73,6 +73,13 @@ def enrol(factory, store, engine, member_id, selfie, photos, gender="M"):
     )
 
 
+def add_photo(factory, store, engine, member_id, name):
+    """A photo added later to a member's profile, checked on arrival."""
+    return profiles.add_profile_photo(
+        factory, store, "staff", member_id, PhotoInput("gallery", photo(name)), engine
+    )
+
+
 def states(factory, member_id, public=False):
     with factory() as s:
         return [(r["position"], r["state"]) for r in profiles.profile_view(s, member_id, public=public)]
@@ -133,26 +140,12 @@ def test_photos_added_later_and_the_badge(session_factory, photo_store, engine):
     with session_factory() as s:
         assert profiles.badge(s, "m-kofi")
 
-    added = profiles.add_profile_photo(
-        session_factory,
-        photo_store,
-        "staff",
-        "m-kofi",
-        PhotoInput("gallery", photo("Kofi_Annan_0026")),
-        engine,
-    )
+    added = add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0026")
     assert added.shown and added.position == 3 and added.state == "matches"
     with session_factory() as s:
         assert profiles.badge(s, "m-kofi")
 
-    stranger = profiles.add_profile_photo(
-        session_factory,
-        photo_store,
-        "staff",
-        "m-kofi",
-        PhotoInput("gallery", photo("Howard_Dean_0001")),
-        engine,
-    )
+    stranger = add_photo(session_factory, photo_store, engine, "m-kofi", "Howard_Dean_0001")
     assert not stranger.shown and stranger.state == "does_not_match" and stranger.position == 4
     assert stranger.photo.reason.startswith("Photo 4 does not show this member")
     with session_factory() as s:
@@ -170,14 +163,7 @@ def test_photos_added_later_and_the_badge(session_factory, photo_store, engine):
         assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")
 
     with pytest.raises(profiles.AlreadyInProfile):
-        profiles.add_profile_photo(
-            session_factory,
-            photo_store,
-            "staff",
-            "m-kofi",
-            PhotoInput("gallery", photo("Kofi_Annan_0026")),
-            engine,
-        )
+        add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0026")
 
     # Order: photo 3 first; it becomes the member's current gallery photo.
     profiles.reorder_profile(session_factory, "staff", "m-kofi", [3, 1, 2, 4])
@@ -208,14 +194,7 @@ def test_a_photo_of_another_member_is_caught_by_the_index(session_factory, photo
         [photo("Adrien_Brody_0001")],
     )
     # Another photo of the first member (not the same file) in the second member's profile.
-    added = profiles.add_profile_photo(
-        session_factory,
-        photo_store,
-        "staff",
-        "m-brody",
-        PhotoInput("gallery", photo("David_Beckham_0010")),
-        engine,
-    )
+    added = add_photo(session_factory, photo_store, engine, "m-brody", "David_Beckham_0010")
     assert not added.shown
     codes = {f["code"]: f for f in added.flags}
     found = codes[profiles.PROFILE_PHOTO_OF_ANOTHER]
@@ -276,9 +255,7 @@ def test_a_matching_photo_that_waits_for_review_takes_the_badge_until_accepted(
     )
 
     def add(name: str):
-        added = profiles.add_profile_photo(
-            session_factory, photo_store, "staff", "m-kofi", PhotoInput("gallery", photo(name)), engine
-        )
+        added = add_photo(session_factory, photo_store, engine, "m-kofi", name)
         # It shows the member, and is sent to a person all the same: it is more like the other one.
         assert added.state == "matches" and not added.shown, added.flags
         codes = {f["code"]: f for f in added.flags}
@@ -320,14 +297,7 @@ def test_a_new_selfie_does_not_verify_a_member_while_a_photo_waits_for_review(
     enrol(
         session_factory, photo_store, engine, "m-other", photo("Kofi_Annan_0026"), [photo("Kofi_Annan_0027")]
     )
-    added = profiles.add_profile_photo(
-        session_factory,
-        photo_store,
-        "staff",
-        "m-kofi",
-        PhotoInput("gallery", photo("Kofi_Annan_0025")),
-        engine,
-    )
+    added = add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0025")
     assert added.state == "matches" and not added.shown, added.flags
 
     again = profiles.verify_profile_member(
