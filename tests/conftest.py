@@ -627,3 +627,16 @@ def seed_reviewed(session_factory, store) -> dict:
 @pytest.fixture
 def add_reviewed():
     return seed_reviewed
+
+
+@pytest.fixture
+def profile_search(engine, monkeypatch):
+    """The profile tests' 1:N search on their module's `engine`, fresh for each test, with the API's
+    pose challenge off."""
+    from core.workflows import search
+
+    monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
+    search.reset_indexes()
+    search.register_engine(engine)
+    yield
+    search.reset_indexes()

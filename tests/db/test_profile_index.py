@@ -6,6 +6,7 @@ photos, the shipped model, SQLite and MariaDB."""
 from __future__ import annotations
 
 import pytest
+from profile_photos import enrol, photo
 from sqlalchemy import select
 
 from core.config import SAMPLE_DIR
@@ -26,30 +27,7 @@ def engine():
     return Engine.load()
 
 
-@pytest.fixture(autouse=True)
-def _setup(engine, monkeypatch):
-    monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
-    search.reset_indexes()
-    search.register_engine(engine)
-    yield
-    search.reset_indexes()
-
-
-def photo(name: str) -> bytes:
-    return (IMAGES / f"{name}.jpg").read_bytes()
-
-
-def enrol(factory, store, engine, member_id, selfie, photos):
-    return profiles.verify_profile_member(
-        factory,
-        store,
-        "staff",
-        member_id,
-        PhotoInput("verification", selfie),
-        [PhotoInput("gallery", p) for p in photos],
-        engine,
-        gender="M",
-    )
+pytestmark = pytest.mark.usefixtures("profile_search")
 
 
 def rows_of(factory, engine, member_id, fresh=False) -> dict[int, bool]:

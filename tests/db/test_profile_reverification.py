@@ -5,12 +5,12 @@ afresh would. Real sample photos, the shipped model, SQLite and MariaDB."""
 from __future__ import annotations
 
 import pytest
+from profile_photos import enrol, group_photo, photo
 from sqlalchemy import select
-from test_profiles_use_case import enrol, group_photo, photo
 
 from core.storage.schema import Photo
 from core.verification import profile as rule
-from core.workflows import profile_rule, profiles, search
+from core.workflows import profile_rule, profiles
 from core.workflows.verification import PhotoInput
 
 
@@ -21,13 +21,7 @@ def engine():
     return Engine.load()
 
 
-@pytest.fixture(autouse=True)
-def _setup(engine, monkeypatch):
-    monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
-    search.reset_indexes()
-    search.register_engine(engine)
-    yield
-    search.reset_indexes()
+pytestmark = pytest.mark.usefixtures("profile_search")
 
 
 def test_a_stored_profile_is_verified_again_without_analysing_its_photos_again(

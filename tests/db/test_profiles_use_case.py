@@ -8,18 +8,15 @@ import io
 import zipfile
 
 import pytest
-from PIL import Image
+from profile_photos import enrol, group_photo, photo
 from sqlalchemy import select
 
-from core.config import SAMPLE_DIR
 from core.dashboard import profiles as page
 from core.storage.schema import Member, Photo, ProfilePhoto
 from core.storage.schema import VerificationResult as ResultRow
-from core.workflows import profiles, reviews, search
+from core.workflows import profiles, reviews
 from core.workflows.privacy import erasure, export
 from core.workflows.verification import PhotoInput
-
-IMAGES = SAMPLE_DIR / "images"
 
 
 @pytest.fixture(scope="module")
@@ -29,48 +26,7 @@ def engine():
     return Engine.load()
 
 
-@pytest.fixture(autouse=True)
-def _setup(engine, monkeypatch):
-    monkeypatch.setenv("CHALLENGE_REQUIRED_API", "0")
-    search.reset_indexes()
-    search.register_engine(engine)
-    yield
-    search.reset_indexes()
-
-
-def photo(name: str) -> bytes:
-    return (IMAGES / f"{name}.jpg").read_bytes()
-
-
-def group_photo(names: list[str], scale: dict[int, float] | None = None) -> tuple[bytes, list[tuple]]:
-    tiles = []
-    for n, name in enumerate(names):
-        image = Image.open(IMAGES / f"{name}.jpg").convert("RGB")
-        factor = (scale or {}).get(n, 1.0)
-        tiles.append(image.resize((int(image.width * factor), int(image.height * factor))))
-    canvas = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), (90, 90, 90))
-    boxes, x = [], 0
-    for tile in tiles:
-        y = (canvas.height - tile.height) // 2
-        canvas.paste(tile, (x, y))
-        boxes.append((x, y, tile.width, tile.height))
-        x += tile.width
-    out = io.BytesIO()
-    canvas.save(out, "JPEG", quality=92)
-    return out.getvalue(), boxes
-
-
-def enrol(factory, store, engine, member_id, selfie, photos, gender="M"):
-    return profiles.verify_profile_member(
-        factory,
-        store,
-        "staff",
-        member_id,
-        PhotoInput("verification", selfie),
-        [PhotoInput("gallery", p) for p in photos],
-        engine,
-        gender=gender,
-    )
+pytestmark = pytest.mark.usefixtures("profile_search")
 
 
 def add_photo(factory, store, engine, member_id, name):

@@ -4,13 +4,12 @@ group photos, and the benchmark on a tiny input."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 
 import badimages
 import numpy as np
 import pytest
-from PIL import Image
+from profile_photos import group_photo, photo
 
 from core.config import SAMPLE_DIR
 from core.verification import faces as face_ops
@@ -32,29 +31,6 @@ IMAGES = SAMPLE_DIR / "images"
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     return Engine.load()
-
-
-def photo(name: str) -> bytes:
-    return (IMAGES / name).read_bytes()
-
-
-def group_photo(names: list[str], scale: dict[int, float] | None = None) -> tuple[bytes, list[tuple]]:
-    """Real photos side by side (tile n scaled by scale[n]), as a JPEG, and each tile's box."""
-    tiles = []
-    for n, name in enumerate(names):
-        image = Image.open(IMAGES / name).convert("RGB")
-        factor = (scale or {}).get(n, 1.0)
-        tiles.append(image.resize((int(image.width * factor), int(image.height * factor))))
-    canvas = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), (90, 90, 90))
-    boxes, x = [], 0
-    for tile in tiles:
-        y = (canvas.height - tile.height) // 2
-        canvas.paste(tile, (x, y))
-        boxes.append((x, y, tile.width, tile.height))
-        x += tile.width
-    buffer = io.BytesIO()
-    canvas.save(buffer, "JPEG", quality=92)
-    return buffer.getvalue(), boxes
 
 
 def centre_in(box, tile) -> bool:
