@@ -256,13 +256,17 @@ def summarise(counts: dict[str, int]) -> dict:
 
 def _stored_faces(checked) -> list:
     """What the product keeps of a verified profile's photos (core.workflows.profiles.verify): the
-    member's face of each photo with one face (a group photo is analysed again)."""
+    member's face of each photo with one face, and of each group photo the member was found in
+    (a group photo without the member is analysed again)."""
+    from core.verification.profile import MATCHES
+    from core.verification.result import Face
     from core.workflows.profiles.analyse import StoredFace
 
     out = []
     for photo in checked.photos:
         a = photo.analysis
-        if a is None or a.embedding is None or len(photo.faces) != 1 or photo.box is None:
+        group = len(photo.faces) > 1
+        if a is None or a.embedding is None or photo.box is None or (group and photo.state != MATCHES):
             continue
         out.append(
             StoredFace(
@@ -273,6 +277,8 @@ def _stored_faces(checked) -> list:
                 flags=[(f.code, f.reason) for f in a.flags],
                 width=a.width,
                 height=a.height,
+                faces=[Face(tuple(b), 0.0) for b in photo.faces] if group else None,
+                main_face=photo.face if group else 0,
             )
         )
     return out
@@ -287,8 +293,8 @@ def time_profiles(engine, profiles: list[Profile], n: int, rng: random.Random) -
     (core.workflows.profiles.analyse.verify_photos), timed three ways, interleaved:
 
       fresh     a new member: every photo new, each analysed once beside the selfie
-      stored    the same profile verified again with a selfie: only the selfie (and group photos,
-                whose other faces are not kept) analysed, the other photos' stored checks reused
+      stored    the same profile verified again with a selfie: only the selfie (and group photos
+                the member was not found in) analysed, the other photos' stored checks reused
                 (the database read of those checks is not in this figure)
       one_face  the same 7 photos through the one-face path (analyze_many), for the ratio
 

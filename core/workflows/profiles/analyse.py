@@ -10,8 +10,10 @@ side by side on the engine's locate threads; photos whose check is stored are no
         embeddings table), its box, perceptual hashes and flags; the tower gives the projection
         again (the same numbers the engine's heads give, to float rounding).
 
-Only a photo with one face is reused: for a group photo only the member's face is stored, and a
-new selfie is compared with every face of it, so that photo is analysed again.
+A group photo is reused when its last check found the member in it: a new selfie is compared
+with the member's face alone (the face that matched the verified selfie), never with the other
+people in it. That is never more lenient than analysing it afresh, which takes the best of every
+face; a group photo where the member was not found is analysed again.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class StoredFace:
     quality: float | None = None
     taken_at: str | None = None
     faces: list[Face] | None = None  # the detector's faces when stored (else the box alone)
+    main_face: int = 0  # which of faces is the member's
 
 
 def stored_analyses(engine, faces: list[StoredFace]) -> dict[str, list[PhotoAnalysis]]:
@@ -58,7 +61,7 @@ def stored_analyses(engine, faces: list[StoredFace]) -> dict[str, list[PhotoAnal
                 width=face.width,
                 height=face.height,
                 faces=list(face.faces) if face.faces else [Face(tuple(face.box), 0.0)],
-                main_face=0,
+                main_face=face.main_face if face.faces else 0,
                 embedding=np.asarray(face.embedding, np.float32),
                 projection=projection,
                 quality=face.quality,

@@ -293,9 +293,10 @@ def _stored_faces(
     session: Session, engine, member_id: str, rows: list[ProfilePhoto]
 ) -> dict[str, tuple[analyse.StoredFace, str]]:
     """{hash: (stored face, model version)} of the profile photos whose check can be reused: the
-    member's last profile verification found one face in it, the face the row names, and its
-    embedding and hashes are stored. Others (group photos, photos added later, checks of
-    another kind) are analysed again."""
+    member's last profile verification found one face in it, or found the member among several
+    (analyse.py says why that is safe), the face the row names, and its embedding and hashes are
+    stored. Others (group photos without the member, photos added later, checks of another kind)
+    are analysed again."""
     if engine is None or not rows:
         return {}
     last = _last_profile_check(session, member_id)
@@ -317,12 +318,14 @@ def _stored_faces(
     for row in rows:
         photo = row.photo
         entry = checked.get(photo.sha256)
+        boxes = [list(b) for b in (entry or {}).get("faces") or []]
         if (
             entry is None
             or row.model_version != version
             or not row.face_box
-            or len(entry.get("faces") or []) != 1
             or list(entry.get("box") or []) != list(row.face_box)
+            or list(row.face_box) not in boxes
+            or (len(boxes) > 1 and entry.get("state") != rule.MATCHES)
             or photo.sha256 not in vectors
             or not photo.photo_hashes
         ):
@@ -336,12 +339,19 @@ def _stored_faces(
             width=photo.width or 0,
             height=photo.height or 0,
         )
+        if len(boxes) > 1:
+            face.faces = [Face(tuple(b), 0.0) for b in boxes]
         if main.get("sha256") == photo.sha256:  # the main photo as the last result stored it
             face.quality, face.taken_at = main.get("quality"), main.get("taken_at")
             face.width, face.height = main.get("width") or face.width, main.get("height") or face.height
             face.faces = [
                 Face(tuple(f["box"]), f.get("score", 0.0), f.get("keypoints") or [])
                 for f in main.get("faces") or []
-            ] or None
+            ] or face.faces
+        if face.faces:
+            at = [list(f.box) for f in face.faces]
+            if list(row.face_box) not in at:
+                continue
+            face.main_face = at.index(list(row.face_box))
         out[photo.sha256] = (face, version)
     return out
