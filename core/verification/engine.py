@@ -125,7 +125,10 @@ class Engine:
 
         measure_pose: per photo, whether to estimate the head pose (for a pose challenge).
         """
-        analyses = features.extract(photos, measure_pose, self.networks)
+        return self._with_heads(features.extract(photos, measure_pose, self.networks))
+
+    def _with_heads(self, analyses: list[PhotoAnalysis]) -> list[PhotoAnalysis]:
+        """The trained heads and the cohort statistics of the analyses with an embedding, in one call."""
         ready = [a for a in analyses if a.embedding is not None]
         if ready:
             start = time.perf_counter()
@@ -178,14 +181,7 @@ class Engine:
         through the same networks and heads as analyze_many. Per photo, one analysis per face
         (features.locate_every_face); never raises for bad input."""
         per_photo = features.extract_all_faces(photos, self.networks)
-        ready = [a for faces in per_photo for a in faces if a.embedding is not None]
-        if ready:
-            embedding, gender_input = features.head_inputs(
-                np.stack([a.embedding for a in ready]), np.array([a.gender_logit for a in ready])
-            )
-            projection, gender_probs = (t.numpy() for t in self._heads_graph(embedding, gender_input))
-            for i, analysis in enumerate(ready):
-                analysis.projection, analysis.gender_probs = projection[i], gender_probs[i]
+        self._with_heads([a for faces in per_photo for a in faces])
         return per_photo
 
     # -- per pair --------------------------------------------------------------------------
