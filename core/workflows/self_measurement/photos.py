@@ -22,6 +22,7 @@ from core.storage.schema import (
 )
 from core.workflows.self_measurement.settings import AGE_BANDS, GENDERS, LOAD_CHUNK, photo_kinds
 from core.workflows.self_measurement.stats import Scale, _rate
+from core.workflows.self_measurement.store import ProjectionFile
 
 # ----------------------------------------------------------------------------------------------
 # The photos measured
@@ -36,7 +37,7 @@ class PhotoSet:
     members: list[str]
     gender: np.ndarray  # int8: index into GENDERS
     band: np.ndarray  # int8: index into AGE_BANDS, -1 unknown
-    projections: np.ndarray  # float32, N x d
+    projections: np.ndarray | ProjectionFile  # float32, N x d (in memory, or in a file when loaded)
     excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted pair codes
 
     def __len__(self) -> int:
@@ -48,6 +49,11 @@ class PhotoSet:
     def pair_code(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
         return lo * len(self.members) + hi
+
+    def close(self) -> None:
+        """Let go of the projections' file, if they are in one."""
+        if isinstance(self.projections, ProjectionFile):
+            self.projections.close()
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -89,7 +95,7 @@ def build_photo_set(
                 if low <= age < high:
                     bands[row] = b
     if projections is None:
-        ordered = np.zeros((len(order), int(dim or 0)), np.float32)
+        ordered = ProjectionFile(len(order), int(dim or 0))
     else:
         proj = np.asarray(projections, np.float32)
         ordered = (
@@ -189,21 +195,25 @@ def load_photo_set(session: Session, model, year: int | None = None) -> PhotoSet
         raw = b"".join(r[1][: 4 * dim] for r, ok in zip(rows, known, strict=True) if ok)
         vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).astype(np.float32)
         targets = by_id[pos[known]]
-        photo_set.projections[targets] = project(model, vectors)
+        photo_set.projections.write_rows(targets, project(model, vectors))
         filled[targets] = True
         last = int(ids[-1])
         if len(rows) < LOAD_CHUNK:
             break
     if not filled.all():  # a photo replaced between the two passes: left out of this run
-        photo_set = PhotoSet(
-            photo_set.photo_ids[filled],
-            photo_set.member_index[filled],
-            photo_set.members,
-            photo_set.gender[filled],
-            photo_set.band[filled],
-            photo_set.projections[filled],
-            photo_set.excluded,
+        whole, photo_set = (
+            photo_set,
+            PhotoSet(
+                photo_set.photo_ids[filled],
+                photo_set.member_index[filled],
+                photo_set.members,
+                photo_set.gender[filled],
+                photo_set.band[filled],
+                photo_set.projections.take(filled),
+                photo_set.excluded,
+            ),
         )
+        whole.close()
     return photo_set
 
 

@@ -20,6 +20,7 @@ from core.workflows.self_measurement.settings import (
     TAIL_THRESHOLDS,
 )
 from core.workflows.self_measurement.stats import Scale
+from core.workflows.self_measurement.store import read_scan_rows, scan_width
 
 # ----------------------------------------------------------------------------------------------
 # Counting
@@ -80,13 +81,24 @@ class BlockResult:
 
 
 def blocks(photo_set: PhotoSet, block_rows: int) -> list[tuple[int, int, int]]:
-    """(first row, end row, end of the gender's rows) of each block, in a fixed order."""
-    out = []
+    """(first row, end row, end of the gender's rows) of each block, in a fixed order: the genders'
+    blocks taken in turn, so the first blocks of a run (the largest: their rows meet every later row
+    of their gender) cover both genders."""
+    per_gender = []
     for g in range(len(GENDERS)):
         start, end = photo_set.gender_range(g)
-        for first in range(start, end, block_rows):
-            out.append((first, min(first + block_rows, end), end))
-    return out
+        per_gender.append(
+            [(first, min(first + block_rows, end), end) for first in range(start, end, block_rows)]
+        )
+    longest = max((len(b) for b in per_gender), default=0)
+    return [b[k] for k in range(longest) for b in per_gender if k < len(b)]
+
+
+def block_pairs(block: tuple[int, int, int]) -> int:
+    """Photo pairs a block multiplies: its rows against every later row of their gender."""
+    first, end, gender_end = block
+    n, later = end - first, gender_end - end
+    return n * (n - 1) // 2 + n * later
 
 
 def scan_block(
@@ -99,38 +111,36 @@ def scan_block(
     keep: int,
     column_chunk: int = COLUMN_CHUNK,
 ) -> BlockResult:
-    """Rows [first, end) against every later row of their gender: the pairs above the floor."""
+    """Rows [first, end) against every later row of their gender: the pairs above the floor.
+
+    Rows and column chunks are read into this block's own buffers (read_scan_rows): the projections
+    may be a file much larger than the process (store.ProjectionFile)."""
     first, end, gender_end = block
     proj = photo_set.projections
     d = proj.shape[1]
     floor_sq = scale.sqdist(floor)
     near_sq, approve_sq = scale.sqdist(near_from), scale.sqdist(approve_at)
-    # Rows [a, -|a|^2/2, 1] against columns [b, 1, -|b|^2/2]: the product is -|a - b|^2 / 2.
+    exact_below = max(near_sq, approve_sq) + EXACT_MARGIN
+    # Rows [a, 1, -|a|^2/2] against columns [b, -|b|^2/2, 1]: the product is -|a - b|^2 / 2.
     # Padded with zeros to a multiple of 8 columns: the BLAS kernels run a third faster.
-    width = (d + 2 + 7) // 8 * 8
-    rows = proj[first:end]
-    a_aug = np.zeros((len(rows), width), np.float32)
-    a_aug[:, :d] = rows
-    a_aug[:, d] = -0.5 * np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
-    a_aug[:, d + 1] = 1.0
+    width = scan_width(d)
+    rows_scan = read_scan_rows(proj, first, np.empty((end - first, width), np.float32))
+    a_aug = rows_scan.copy()
+    a_aug[:, d], a_aug[:, d + 1] = rows_scan[:, d + 1], rows_scan[:, d]
     cut = np.float32(-0.5 * (floor_sq + EXACT_MARGIN))
     found_i, found_j, found_sq = [], [], []
     # One set of buffers per block, written in place: memory stays flat however many chunks.
     full = min(column_chunk, max(gender_end - first, 1))
-    b_buffer = np.zeros((full, width), np.float32)
-    product_buffer = np.empty((len(rows), full), np.float32)
-    mask_buffer = np.empty((len(rows), full), bool)
+    b_buffer = np.empty((full, width), np.float32)
+    product_buffer = np.empty((len(a_aug), full), np.float32)
+    mask_buffer = np.empty((len(a_aug), full), bool)
     for c0 in range(first, gender_end, column_chunk):
         c1 = min(c0 + column_chunk, gender_end)
         n = c1 - c0
-        cols = proj[c0:c1]
-        b_aug = b_buffer[:n]
-        b_aug[:, :d] = cols
-        b_aug[:, d] = 1.0
-        b_aug[:, d + 1] = -0.5 * np.einsum("ij,ij->i", cols, cols, dtype=np.float64)
-        product = product_buffer if n == full else np.empty((len(rows), n), np.float32)
+        b_aug = read_scan_rows(proj, c0, b_buffer[:n])
+        product = product_buffer if n == full else np.empty((len(a_aug), n), np.float32)
         np.matmul(a_aug, b_aug.T, out=product)
-        mask = mask_buffer if n == full else np.empty((len(rows), n), bool)
+        mask = mask_buffer if n == full else np.empty((len(a_aug), n), bool)
         np.greater_equal(product, cut, out=mask)
         # One flat pass over the mask (np.nonzero on two axes costs ten times as much here).
         flat = np.flatnonzero(mask)
@@ -138,12 +148,20 @@ def scan_block(
             continue
         sq = -2.0 * product.reshape(-1)[flat].astype(np.float64)
         ii, jj = np.divmod(flat, n)
-        ii = ii + first
-        jj = jj + c0
-        ok = (jj > ii) & (photo_set.member_index[ii] != photo_set.member_index[jj])
-        found_i.append(ii[ok])
-        found_j.append(jj[ok])
-        found_sq.append(sq[ok])
+        ok = (jj + c0 > ii + first) & (photo_set.member_index[ii + first] != photo_set.member_index[jj + c0])
+        ii, jj, sq = ii[ok], jj[ok], sq[ok]
+        # Pairs in the near band or above, and pairs at the floor's edge: the exact distance, as the
+        # engine computes it (the product's float32 rounding must not decide a count at approve_at),
+        # from the rows and columns this chunk holds.
+        where = np.flatnonzero((sq <= exact_below) | (np.abs(sq - floor_sq) <= EXACT_MARGIN))
+        for start in range(0, len(where), EXACT_CHUNK):  # bounded memory however many pairs are near
+            part = where[start : start + EXACT_CHUNK]
+            diff = rows_scan[ii[part], :d].astype(np.float64)
+            diff -= b_aug[jj[part], :d]
+            sq[part] = np.einsum("ij,ij->i", diff, diff)
+        found_i.append(ii + first)
+        found_j.append(jj + c0)
+        found_sq.append(sq)
     ii = np.concatenate(found_i) if found_i else np.zeros(0, np.int64)
     jj = np.concatenate(found_j) if found_j else np.zeros(0, np.int64)
     sq = np.concatenate(found_sq) if found_sq else np.zeros(0, np.float64)
@@ -154,15 +172,6 @@ def scan_block(
             photo_set.excluded[np.minimum(pos, len(photo_set.excluded) - 1)] == codes
         )
         ii, jj, sq = ii[~hit], jj[~hit], sq[~hit]
-    # Pairs in the near band or above, and pairs at the floor's edge: the exact distance, as the
-    # engine computes it (the product's float32 rounding must not decide a count at approve_at).
-    exact = (sq <= max(near_sq, approve_sq) + EXACT_MARGIN) | (np.abs(sq - floor_sq) <= EXACT_MARGIN)
-    where = np.flatnonzero(exact)
-    for start in range(0, len(where), EXACT_CHUNK):  # bounded memory however many pairs are near
-        part = where[start : start + EXACT_CHUNK]
-        diff = proj[ii[part]].astype(np.float64)
-        diff -= proj[jj[part]]
-        sq[part] = np.einsum("ij,ij->i", diff, diff)
     above = sq <= floor_sq  # similarity at or above the floor (exactly, for those near it)
     ii, jj, sq = ii[above], jj[above], sq[above]
     similarity = scale.similarity(sq)
