@@ -147,6 +147,17 @@ def _scanned(photo_set, all_blocks, first: int, stop: int, scan: tuple, threads:
                 future.cancel()
 
 
+def _give_back_freed_memory() -> None:
+    """Return the loading's freed heap to the system (glibc keeps it, in every thread's arena, for
+    reuse: at two million photos a few hundred MB the scan never needs). Nothing elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _points(model):
     return model.operating_points
 
@@ -187,6 +198,7 @@ def measure(
             photo_set = load_photo_set(session, model, year)
             fnmr = reviewed_fnmr(session, model, reject_below)
             session.rollback()
+        _give_back_freed_memory()
         load_seconds = round(time.perf_counter() - started, 3)
         load_cpu_seconds = round(time.process_time() - cpu_started, 3)
         all_blocks = blocks(photo_set, block_rows)

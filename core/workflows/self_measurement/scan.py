@@ -128,7 +128,8 @@ def scan_block(
     a_aug = rows_scan.copy()
     a_aug[:, d], a_aug[:, d + 1] = rows_scan[:, d + 1], rows_scan[:, d]
     cut = np.float32(-0.5 * (floor_sq + EXACT_MARGIN))
-    found_i, found_j, found_sq = [], [], []
+    g = int(photo_set.gender[first]) if end > first else 0
+    tally = _Tally(scale, approve_at, near_from, floor_sq)
     # One set of buffers per block, written in place: memory stays flat however many chunks.
     full = min(column_chunk, max(gender_end - first, 1))
     b_buffer = np.empty((full, width), np.float32)
@@ -159,52 +160,87 @@ def scan_block(
             diff = rows_scan[ii[part], :d].astype(np.float64)
             diff -= b_aug[jj[part], :d]
             sq[part] = np.einsum("ij,ij->i", diff, diff)
-        found_i.append(ii + first)
-        found_j.append(jj + c0)
-        found_sq.append(sq)
-    ii = np.concatenate(found_i) if found_i else np.zeros(0, np.int64)
-    jj = np.concatenate(found_j) if found_j else np.zeros(0, np.int64)
-    sq = np.concatenate(found_sq) if found_sq else np.zeros(0, np.float64)
-    if len(ii) and len(photo_set.excluded):
-        codes = photo_set.pair_code(photo_set.member_index[ii], photo_set.member_index[jj])
-        pos = np.searchsorted(photo_set.excluded, codes)
-        hit = (pos < len(photo_set.excluded)) & (
-            photo_set.excluded[np.minimum(pos, len(photo_set.excluded) - 1)] == codes
+        # Counted chunk by chunk: a block's pairs above the floor grow with the members (millions
+        # in a block at a million members); only those at approve_at are kept.
+        tally.add(photo_set, ii + first, jj + c0, sq)
+    return tally.result(g, keep)
+
+
+class _Tally:
+    """A block's counts, added chunk by chunk, and its pairs at or above approve_at."""
+
+    def __init__(self, scale: Scale, approve_at: float, near_from: float, floor_sq: float):
+        self.scale, self.approve_at, self.near_from, self.floor_sq = scale, approve_at, near_from, floor_sq
+        self.at = self.near = self.above_floor = 0
+        self.tail = np.zeros(len(TAIL_THRESHOLDS), np.int64)
+        self.histogram = np.zeros(HISTOGRAM_BINS, np.int64)
+        self.band_at = np.zeros(len(AGE_BANDS), np.int64)
+        self.band_near = np.zeros(len(AGE_BANDS), np.int64)
+        self.band_seen = np.zeros(len(AGE_BANDS), bool)
+        self.pairs_i, self.pairs_j, self.pairs_s = [], [], []
+
+    def add(self, photo_set: PhotoSet, ii: np.ndarray, jj: np.ndarray, sq: np.ndarray) -> None:
+        if len(ii) and len(photo_set.excluded):
+            codes = photo_set.pair_code(photo_set.member_index[ii], photo_set.member_index[jj])
+            pos = np.searchsorted(photo_set.excluded, codes)
+            hit = (pos < len(photo_set.excluded)) & (
+                photo_set.excluded[np.minimum(pos, len(photo_set.excluded) - 1)] == codes
+            )
+            ii, jj, sq = ii[~hit], jj[~hit], sq[~hit]
+        above = sq <= self.floor_sq  # similarity at or above the floor (exactly, for those near it)
+        ii, jj, sq = ii[above], jj[above], sq[above]
+        if not len(ii):
+            return
+        similarity = self.scale.similarity(sq)
+        at = similarity >= self.approve_at
+        near = (similarity >= self.near_from) & ~at
+        self.at += int(at.sum())
+        self.near += int(near.sum())
+        self.above_floor += len(ii)
+        self.tail += [int((similarity >= t).sum()) for t in TAIL_THRESHOLDS]
+        self.histogram += np.bincount(
+            np.minimum(
+                (np.sqrt(sq) / math.sqrt(self.floor_sq) * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1
+            ),
+            minlength=HISTOGRAM_BINS,
         )
-        ii, jj, sq = ii[~hit], jj[~hit], sq[~hit]
-    above = sq <= floor_sq  # similarity at or above the floor (exactly, for those near it)
-    ii, jj, sq = ii[above], jj[above], sq[above]
-    similarity = scale.similarity(sq)
-    g = int(photo_set.gender[first]) if end > first else 0
-    gname = GENDERS[g]
-    at = similarity >= approve_at
-    near = (similarity >= near_from) & ~at
-    tail = [int((similarity >= t).sum()) for t in TAIL_THRESHOLDS]
-    histogram = np.bincount(
-        np.minimum((np.sqrt(sq) / math.sqrt(floor_sq) * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1),
-        minlength=HISTOGRAM_BINS,
-    )
-    counts = {
-        "genders": {gname: {"at_approve": int(at.sum()), "near": int(near.sum()), "tail": tail}},
-        "bands": {},
-        "histogram": {gname: histogram.tolist()},
-        "above_floor": len(ii),
-    }
-    band_a, band_b = photo_set.band[ii], photo_set.band[jj]
-    same_band = (band_a == band_b) & (band_a >= 0)
-    for b, name in enumerate(_band_names()):
-        in_band = same_band & (band_a == b)
-        if in_band.any():
-            counts["bands"][f"{gname}|{name}"] = {
-                "at_approve": int((at & in_band).sum()),
-                "near": int((near & in_band).sum()),
-            }
-    order = np.argsort(-similarity[at], kind="stable")[:keep]
-    pairs = [
-        (int(a), int(b), float(s))
-        for a, b, s in zip(ii[at][order], jj[at][order], similarity[at][order], strict=True)
-    ]
-    return BlockResult(counts, pairs)
+        band_a, band_b = photo_set.band[ii], photo_set.band[jj]
+        same_band = (band_a == band_b) & (band_a >= 0)
+        for b in range(len(AGE_BANDS)):
+            in_band = same_band & (band_a == b)
+            if in_band.any():
+                self.band_seen[b] = True
+                self.band_at[b] += int((at & in_band).sum())
+                self.band_near[b] += int((near & in_band).sum())
+        if at.any():
+            self.pairs_i.append(ii[at])
+            self.pairs_j.append(jj[at])
+            self.pairs_s.append(similarity[at])
+
+    def result(self, g: int, keep: int) -> BlockResult:
+        gname = GENDERS[g]
+        counts = {
+            "genders": {
+                gname: {"at_approve": self.at, "near": self.near, "tail": [int(x) for x in self.tail]}
+            },
+            "bands": {
+                f"{gname}|{name}": {"at_approve": int(self.band_at[b]), "near": int(self.band_near[b])}
+                for b, name in enumerate(_band_names())
+                if self.band_seen[b]
+            },
+            "histogram": {gname: self.histogram.tolist()},
+            "above_floor": self.above_floor,
+        }
+        if not self.pairs_i:
+            return BlockResult(counts, [])
+        ii, jj = np.concatenate(self.pairs_i), np.concatenate(self.pairs_j)
+        similarity = np.concatenate(self.pairs_s)
+        order = np.argsort(-similarity, kind="stable")[:keep]
+        pairs = [
+            (int(a), int(b), float(s))
+            for a, b, s in zip(ii[order], jj[order], similarity[order], strict=True)
+        ]
+        return BlockResult(counts, pairs)
 
 
 def add_counts(total: dict, more: dict) -> dict:
