@@ -111,6 +111,47 @@ def test_blocks_find_exactly_the_pairs_brute_force_finds():
     assert sum(total["genders"][g]["at_approve"] for g in "FM") == len(expected)
 
 
+def test_projections_in_a_file_scan_exactly_as_in_memory():
+    """Rows written in any order into the measurement's projection file read back bit for bit, and
+    a scan over the file gives the in-memory scan's counts and pairs (the file holds float32)."""
+    from core.workflows.self_measurement.store import ProjectionFile
+
+    rng = np.random.default_rng(3)
+    n, d = 2500, 20
+    proj = (rng.standard_normal((n, d)) * 0.35).astype(np.float32)
+    proj[2001] = proj[7] + 0.01
+    members = [f"m{i // 2:05d}" for i in range(n)]
+    genders = ["F" if (i // 2) % 2 else "M" for i in range(n)]
+    args = (list(range(1, n + 1)), members, genders, [None] * n)
+    in_memory = sm.build_photo_set(*args, proj, [], 2026)
+    in_file = sm.build_photo_set(*args, None, [], 2026, dim=d)
+    assert isinstance(in_file.projections, ProjectionFile)
+    order = rng.permutation(n)
+    for start in range(0, n, 700):
+        rows = order[start : start + 700]
+        in_file.projections.write_rows(rows, in_memory.projections[rows])
+    assert np.array_equal(in_file.projections.projections(), in_memory.projections)
+    keep = rng.random(n) < 0.7
+    assert np.array_equal(in_file.projections.take(keep).projections(), in_memory.projections[keep])
+    scale, results = sm.Scale(1.0, 12.0), []
+    for photo_set in (in_memory, in_file):
+        total, pairs = sm.empty_counts(photo_set), []
+        for block in sm.blocks(photo_set, 257):
+            result = sm.scan_block(photo_set, block, scale, 0.7, 0.35, 0.1, 1000, column_chunk=300)
+            sm.add_counts(total, result.counts)
+            pairs += result.pairs
+        results.append((total, sorted(pairs)))
+    assert results[0] == results[1] and results[0][0]["genders"]["F"]["at_approve"] > 0
+    # The genders' blocks in turn, and every pair of a gender in exactly one block.
+    blocks = sm.blocks(in_memory, 257)
+    assert [int(in_memory.gender[f]) for f, _e, _g in blocks[:4]] == [0, 1, 0, 1]
+    same_member = sum(1 for i in range(0, n, 2))
+    assert sum(sm.scan.block_pairs(b) for b in blocks) - same_member == sum(
+        sm.compared_pairs(in_memory)["genders"].values()
+    )
+    in_file.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # A database of real sample photos
 
@@ -441,6 +482,27 @@ def test_benchmark_finds_every_planted_look_alike(tmp_path):
     assert report["planted"] >= 4 and report["planted_found"] == report["planted"]
     assert report["compared_pairs"] == 2 * (400 * 399 // 2 - 200)  # two photos each, same gender
     assert report["seconds"] > 0 and report["peak_mb"] > 0
+    # A share of the blocks: every photo loaded, the time extrapolated from the pairs scanned.
+    code = cli.main(
+        [
+            "bench",
+            "self-measure",
+            "--members",
+            "400",
+            "--planted",
+            "5",
+            "--block-rows",
+            "64",
+            "--blocks",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
+    part = json.loads(out.read_text())
+    assert code == 0 and part["blocks"].startswith("2 of ") and 0 < part["pairs_share"] < 1
+    assert part["planted"] >= 4 and part["planted_found"] == part["planted"]
+    assert part["seconds_extrapolated"] > part["scan_seconds_measured"] > 0
 
 
 def test_a_failed_run_is_released_at_once_and_the_schedule_sees_what_is_due(

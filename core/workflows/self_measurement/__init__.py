@@ -16,6 +16,9 @@ their gender (one float32 matrix product per block and column chunk, with each r
 carried in two extra columns, so the product is -||a - b||^2 / 2 directly); only pairs above the
 floor leave the block, so N^2 pairs are never held. Pairs near or above approve_at are scored
 again in float64 from the projections, so the count at approve_at is the engine's own decision.
+The projections are written once to a temporary file (store.ProjectionFile, in TMPDIR: 1 KB a
+photo, 2 GB at a million members) and read back by row range into each block's buffers, so the
+process holds the tower and a few blocks, never the matrix.
 Blocks are scanned on one thread per core, each with a single-threaded BLAS (a busy core slows
 one block, not every product), and still commit one by one in order.
 
@@ -35,8 +38,9 @@ block; if the photos or exclusions changed meanwhile it starts again from zero (
 
 Modules: settings (constants, settings, errors), stats (the bound, the similarity scale, the
 summary and its alert status), photos (the photos measured, projected; the reviewed genuine pairs),
-scan (pairs compared and the block scan), run (the resumable run, the job, the schedule), results
-(reading stored measurements, the alert state, verdicts), refit (approve_at re-fitted as a version).
+store (the projections' file), scan (pairs compared and the block scan), run (the resumable run,
+the job, the schedule), results (reading stored measurements, the alert state, verdicts), refit
+(approve_at re-fitted as a version).
 
 Settings (environment, then secrets.toml):
     SELF_MEASURE_EVERY_HOURS   hours between scheduled measurements (default 24; 'off' to stop)

@@ -22,6 +22,7 @@ from core.storage.schema import (
 )
 from core.workflows.self_measurement.settings import AGE_BANDS, GENDERS, LOAD_CHUNK, photo_kinds
 from core.workflows.self_measurement.stats import Scale, _rate
+from core.workflows.self_measurement.store import ProjectionFile
 
 # ----------------------------------------------------------------------------------------------
 # The photos measured
@@ -36,7 +37,7 @@ class PhotoSet:
     members: list[str]
     gender: np.ndarray  # int8: index into GENDERS
     band: np.ndarray  # int8: index into AGE_BANDS, -1 unknown
-    projections: np.ndarray  # float32, N x d
+    projections: np.ndarray | ProjectionFile  # float32, N x d (in memory, or in a file when loaded)
     excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted pair codes
 
     def __len__(self) -> int:
@@ -48,6 +49,11 @@ class PhotoSet:
     def pair_code(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
         return lo * len(self.members) + hi
+
+    def close(self) -> None:
+        """Let go of the projections' file, if they are in one."""
+        if isinstance(self.projections, ProjectionFile):
+            self.projections.close()
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -70,44 +76,59 @@ def build_photo_set(
     year: int | None = None,
     dim: int | None = None,
 ) -> PhotoSet:
-    """A PhotoSet from parallel lists (photos of genders other than M/F are left out).
+    """A PhotoSet from parallel lists or arrays (photos of genders other than M/F are left out).
+    Member ids may be str or UTF-8 bytes; birth years None or 0 when unknown.
 
-    projections None: a zero matrix of `dim` columns in the set's order, for the caller to fill
-    (no second copy of a large matrix)."""
+    Built with numpy throughout: at two million photos, per-photo Python objects would cost more
+    memory than the rest of the run. projections None: an empty ProjectionFile of `dim` columns in
+    the set's order, for the caller to fill (the matrix never held in the process)."""
     year = year or utcnow().year
-    gender_code = {g: i for i, g in enumerate(GENDERS)}
-    keep = [i for i, g in enumerate(genders) if g in gender_code]
-    members = sorted({member_ids[i] for i in keep})
-    member_code = {m: i for i, m in enumerate(members)}
-    order = sorted(keep, key=lambda i: (gender_code[genders[i]], member_code[member_ids[i]], photo_ids[i]))
-    bands = np.full(len(order), -1, np.int8)
-    for row, i in enumerate(order):
-        birth = birth_years[i]
-        if birth:
-            age = year - int(birth)
-            for b, (low, high, _name) in enumerate(AGE_BANDS):
-                if low <= age < high:
-                    bands[row] = b
+    photo_ids = np.asarray(photo_ids, np.int64)
+    genders = np.asarray(genders, dtype=str)
+    gender = np.full(len(photo_ids), -1, np.int8)
+    for g, name in enumerate(GENDERS):
+        gender[genders == name] = g
+    del genders
+    keep = np.flatnonzero(gender >= 0)
+    # UTF-8 bytes sort as the strings do (code point order), at one byte a character.
+    ids = member_ids if isinstance(member_ids, np.ndarray) and member_ids.dtype.kind == "S" else None
+    if ids is None:
+        ids = np.asarray([m.encode() if isinstance(m, str) else bytes(m) for m in member_ids], dtype=bytes)
+    unique, member_code = np.unique(ids[keep], return_inverse=True)
+    del ids
+    order = np.lexsort((photo_ids[keep], member_code, gender[keep]))
+    rows = keep[order]
+    births = np.asarray(
+        [int(b) if b else 0 for b in birth_years] if not isinstance(birth_years, np.ndarray) else birth_years,
+        np.int64,
+    )[rows]
+    ages = year - births
+    bands = np.full(len(rows), -1, np.int8)
+    for b, (low, high, _name) in enumerate(AGE_BANDS):
+        bands[(births > 0) & (ages >= low) & (ages < high)] = b
     if projections is None:
-        ordered = np.zeros((len(order), int(dim or 0)), np.float32)
+        ordered = ProjectionFile(len(rows), int(dim or 0))
     else:
         proj = np.asarray(projections, np.float32)
-        ordered = (
-            np.ascontiguousarray(proj[order]) if len(order) else np.zeros((0, proj.shape[-1]), np.float32)
-        )
+        ordered = np.ascontiguousarray(proj[rows]) if len(rows) else np.zeros((0, proj.shape[-1]), np.float32)
     photo_set = PhotoSet(
-        np.asarray([photo_ids[i] for i in order], np.int64),
-        np.asarray([member_code[member_ids[i]] for i in order], np.int32),
-        members,
-        np.asarray([gender_code[genders[i]] for i in order], np.int8),
+        photo_ids[rows],
+        member_code[order].astype(np.int32),
+        [m.decode() for m in unique],
+        gender[rows],
         bands,
         ordered,
     )
-    codes = [
-        photo_set.pair_code(np.array([member_code[a]]), np.array([member_code[b]]))[0]
-        for a, b in excluded_pairs
-        if a in member_code and b in member_code and a != b
-    ]
+    codes = []
+    for a, b in excluded_pairs:
+        pos = np.searchsorted(unique, [a.encode(), b.encode()])
+        if (
+            a != b
+            and (pos < len(unique)).all()
+            and unique[pos[0]] == a.encode()
+            and unique[pos[1]] == b.encode()
+        ):
+            codes.append(photo_set.pair_code(pos[:1], pos[1:])[0])
     photo_set.excluded = np.unique(np.asarray(codes, np.int64))
     return photo_set
 
@@ -151,20 +172,27 @@ def load_photo_set(session: Session, model, year: int | None = None) -> PhotoSet
             Embedding.dim == dim,
         )
     )
-    # First the photos and members (no vectors), so the matrix is made once, in its final order.
+    # First the photos and members (no vectors), so the matrix is made once, in its final order;
+    # kept as arrays page by page (per-photo Python objects would cost more than the scan).
     photo_ids, member_ids, genders, births = [], [], [], []
     meta = query.with_only_columns(Photo.id, Photo.member_id, Member.gender, Member.birth_year)
     last = 0
     while True:
         rows = session.execute(meta.where(Photo.id > last).order_by(Photo.id).limit(LOAD_CHUNK * 5)).all()
-        for photo_id, member_id, gender, birth in rows:
-            photo_ids.append(photo_id)
-            member_ids.append(member_id)
-            genders.append((gender or "").upper())
-            births.append(birth)
+        if rows:
+            photo_ids.append(np.fromiter((r[0] for r in rows), np.int64, len(rows)))
+            member_ids.append(np.asarray([r[1].encode() for r in rows], dtype=bytes))
+            genders.append(np.asarray([(r[2] or "").upper() for r in rows], dtype=str))
+            births.append(np.fromiter((r[3] or 0 for r in rows), np.int64, len(rows)))
         if len(rows) < LOAD_CHUNK * 5:
             break
         last = rows[-1][0]
+    del rows
+    photo_ids, genders, births = (
+        np.concatenate(x) if x else np.zeros(0, t)
+        for x, t in ((photo_ids, np.int64), (genders, "U1"), (births, np.int64))
+    )
+    member_ids = np.concatenate(member_ids) if member_ids else np.zeros(0, "S1")
     excluded = _excluded_member_pairs(session)
     out_dim = int(model.tower.output_shape[-1])
     photo_set = build_photo_set(photo_ids, member_ids, genders, births, None, excluded, year, dim=out_dim)
@@ -189,21 +217,25 @@ def load_photo_set(session: Session, model, year: int | None = None) -> PhotoSet
         raw = b"".join(r[1][: 4 * dim] for r, ok in zip(rows, known, strict=True) if ok)
         vectors = np.frombuffer(raw, "<f4").reshape(-1, dim).astype(np.float32)
         targets = by_id[pos[known]]
-        photo_set.projections[targets] = project(model, vectors)
+        photo_set.projections.write_rows(targets, project(model, vectors))
         filled[targets] = True
         last = int(ids[-1])
         if len(rows) < LOAD_CHUNK:
             break
     if not filled.all():  # a photo replaced between the two passes: left out of this run
-        photo_set = PhotoSet(
-            photo_set.photo_ids[filled],
-            photo_set.member_index[filled],
-            photo_set.members,
-            photo_set.gender[filled],
-            photo_set.band[filled],
-            photo_set.projections[filled],
-            photo_set.excluded,
+        whole, photo_set = (
+            photo_set,
+            PhotoSet(
+                photo_set.photo_ids[filled],
+                photo_set.member_index[filled],
+                photo_set.members,
+                photo_set.gender[filled],
+                photo_set.band[filled],
+                photo_set.projections.take(filled),
+                photo_set.excluded,
+            ),
         )
+        whole.close()
     return photo_set
 
 
