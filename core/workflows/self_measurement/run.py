@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import config
+from core import config, process_memory
 from core.storage import audit
 from core.storage.schema import SelfMeasurement, SelfMeasurementPair, utcnow
 from core.workflows.self_measurement.photos import PhotoSet, load_photo_set, model_scale, reviewed_fnmr
@@ -147,17 +147,6 @@ def _scanned(photo_set, all_blocks, first: int, stop: int, scan: tuple, threads:
                 future.cancel()
 
 
-def _give_back_freed_memory() -> None:
-    """Return the loading's freed heap to the system (glibc keeps it, in every thread's arena, for
-    reuse: at two million photos a few hundred MB the scan never needs). Nothing elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _points(model):
     return model.operating_points
 
@@ -198,7 +187,7 @@ def measure(
             photo_set = load_photo_set(session, model, year)
             fnmr = reviewed_fnmr(session, model, reject_below)
             session.rollback()
-        _give_back_freed_memory()
+        process_memory.trim()  # the loading's freed heap back to the system before the scan
         load_seconds = round(time.perf_counter() - started, 3)
         load_cpu_seconds = round(time.process_time() - cpu_started, 3)
         all_blocks = blocks(photo_set, block_rows)

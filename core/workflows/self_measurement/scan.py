@@ -124,9 +124,8 @@ def scan_block(
     # Rows [a, 1, -|a|^2/2] against columns [b, -|b|^2/2, 1]: the product is -|a - b|^2 / 2.
     # Padded with zeros to a multiple of 8 columns: the BLAS kernels run a third faster.
     width = scan_width(d)
-    rows_scan = read_scan_rows(proj, first, np.empty((end - first, width), np.float32))
-    a_aug = rows_scan.copy()
-    a_aug[:, d], a_aug[:, d + 1] = rows_scan[:, d + 1], rows_scan[:, d]
+    a_aug = read_scan_rows(proj, first, np.empty((end - first, width), np.float32))
+    a_aug[:, [d, d + 1]] = a_aug[:, [d + 1, d]]  # the rows' order of the two norm columns
     cut = np.float32(-0.5 * (floor_sq + EXACT_MARGIN))
     g = int(photo_set.gender[first]) if end > first else 0
     tally = _Tally(scale, approve_at, near_from, floor_sq)
@@ -157,7 +156,7 @@ def scan_block(
         where = np.flatnonzero((sq <= exact_below) | (np.abs(sq - floor_sq) <= EXACT_MARGIN))
         for start in range(0, len(where), EXACT_CHUNK):  # bounded memory however many pairs are near
             part = where[start : start + EXACT_CHUNK]
-            diff = rows_scan[ii[part], :d].astype(np.float64)
+            diff = a_aug[ii[part], :d].astype(np.float64)
             diff -= b_aug[jj[part], :d]
             sq[part] = np.einsum("ij,ij->i", diff, diff)
         # Counted chunk by chunk: a block's pairs above the floor grow with the members (millions

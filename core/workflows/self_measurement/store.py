@@ -64,13 +64,8 @@ class ProjectionFile:
         breaks = np.flatnonzero(np.diff(targets) != 1) + 1
         starts = np.concatenate(([0], breaks))
         ends = np.concatenate((breaks, [len(targets)]))
-        fd = self._file.fileno()
         for s, e in zip(starts, ends, strict=True):
-            data = memoryview(np.ascontiguousarray(block[s:e])).cast("B")
-            offset = int(targets[s]) * self._row_bytes
-            while len(data):
-                n = os.pwrite(fd, data, offset)
-                data, offset = data[n:], offset + n
+            self._write_scan_rows(int(targets[s]), block[s:e])
 
     def read_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Scan rows start .. start + len(out) into out (C-contiguous, width columns, float32)."""
