@@ -530,7 +530,7 @@ def app_env(tmp_path, monkeypatch, dashboard_models) -> AppEnv:
 #                      DEFAULT, set in the environment: versions the tests train or register go there,
 #                      never into models/
 #     sample_vectors   the 120 data/sample photos' pretrained features (sha -> 129 floats; "sface": sha ->
-#                      SFace's 128), computed once
+#                      the 128 of SAMPLE_SFACE, the SFace network new versions train on), computed once
 #                      per test session; warm_cache(session_factory) puts them into a test database's
 #                      embedding cache so a test trains without running the networks again
 #     add_reviewed     add_reviewed(session_factory, store) -> the 20 sample members imported and each
@@ -555,17 +555,20 @@ def models_copy(tmp_path, monkeypatch, dashboard_models) -> Path:
     return folder
 
 
+SAMPLE_SFACE = "sface8"  # TrainParams' networks: dlib, then SFace with 8-bit weights
+
+
 @pytest.fixture(scope="session")
 def sample_vectors() -> dict:
     from core.training import embedding_cache
     from core.training.pipeline import lfw_photos
 
     photos = lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
-    found = embedding_cache.featurise([p.ref for p in photos], networks=("dlib", "sface"))
-    return {"": found.vectors[""], "failed": found.failed, "sface": found.extra["sface"]}
+    found = embedding_cache.featurise([p.ref for p in photos], networks=("dlib", SAMPLE_SFACE))
+    return {"": found.vectors[""], "failed": found.failed, "sface": found.extra[SAMPLE_SFACE]}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def warm_cache(sample_vectors):
     from core.training import embedding_cache
 
@@ -573,7 +576,7 @@ def warm_cache(sample_vectors):
         with session_factory() as session:
             embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
             embedding_cache.store(
-                session, sample_vectors["sface"], embedding_cache.network_model_id("sface"), dim=128
+                session, sample_vectors["sface"], embedding_cache.network_model_id(SAMPLE_SFACE), dim=128
             )
             session.commit()
 

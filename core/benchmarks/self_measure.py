@@ -37,7 +37,7 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def sample_embeddings(networks: tuple[str, ...] = ("dlib", "sface")) -> tuple[np.ndarray, np.ndarray]:
+def sample_embeddings(networks: tuple[str, ...] = ("dlib", "sface8")) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, person index) of the sample photos through the product's feature path, cached
     in the cache folder under the embedding id (another network version computes them again)."""
     from core.training import embedding_cache

@@ -76,7 +76,7 @@ class TrainParams:
     augment_views: int = 1  # views of each kind per training photo
     # The identity networks the Siamese head is trained on, dlib first (core.verification.networks).
     # "dlib" alone is for customers who cannot use SFace (see models/pretrained/NOTICE-sface.md).
-    networks: str = "dlib,sface"
+    networks: str = "dlib,sface8"
     reviewed_weight: int = 5  # times each reviewed pair is used per epoch (the best labels there are)
     # Faces of other people a version's scores are normalised against (core.verification.cohort),
     # when the run is given a cohort: the top_k closest of them describe each photo. Chosen on the
@@ -167,7 +167,7 @@ class TrainParams:
 
 AUGMENTATIONS = ("blur", "jitter", "gray")
 RETIRED_SETTINGS = ("target_fmr_outside_band",)
-NETWORK_CHOICES = ("dlib,sface", "dlib")
+NETWORK_CHOICES = ("dlib,sface8", "dlib,sface", "dlib")
 GENDER_BALANCES = ("gender", "source")
 GENDER_INIT_SMALL = 1000  # labelled training photos below which gender_init "auto" starts pretrained
 

@@ -69,8 +69,9 @@ def out_of_fold_distances(inputs: np.ndarray, people: np.ndarray, params: TrainP
 def merge_copies(data: FeatureSet) -> np.ndarray:
     """Row indices of a cohort's faces keeping one of each set of copies of a photo (some sources
     hold one photo under two names); each kept face's person becomes its copies' first name."""
-    if "sface" in data.others:
-        vectors = data.others["sface"] / np.linalg.norm(data.others["sface"], axis=1, keepdims=True)
+    sface = next((data.others[n] for n in ("sface8", "sface") if n in data.others), None)
+    if sface is not None:
+        vectors = sface / np.linalg.norm(sface, axis=1, keepdims=True)
     else:
         vectors = data.embeddings / np.linalg.norm(data.embeddings, axis=1, keepdims=True)
     keep = []

@@ -66,7 +66,9 @@ def _embeddings(session: Session, shas: list[str], width: int) -> dict[str, np.n
     rows = session.execute(
         select(Embedding.photo_sha256, Embedding.vector).where(
             Embedding.photo_sha256.in_(shas),
-            Embedding.model_id.in_([search.pretrained_model_id(n) for n in (("dlib",), ("dlib", "sface"))]),
+            Embedding.model_id.in_(
+                [search.pretrained_model_id(n) for n in (("dlib",), ("dlib", "sface"), ("dlib", "sface8"))]
+            ),
         )
     )
     vectors = ((sha, np.frombuffer(vector, "<f4")) for sha, vector in rows)

@@ -34,7 +34,7 @@ from core.storage.schema import VerificationResult as ResultRow
 from core.verification.heads import load_version, similarity_from_projections
 from core.workflows import self_measurement as sm
 
-NETWORKS = ("dlib", "sface")
+NETWORKS = ("dlib", "sface8")  # the shipped version's
 PLANTED = ("P0001", "M", ("Kofi_Annan_0016.jpg", "Kofi_Annan_0025.jpg"))  # M0001 is Kofi Annan too
 
 

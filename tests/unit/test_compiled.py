@@ -34,7 +34,7 @@ def test_each_compiled_network_gives_its_keras_port_output(aligned):
     gender = gender_cydral.load_gender_network()
     occlusion = keras.saving.load_model(capture.OCCLUSION_FILE, compile=False)
     sface = network("sface")
-    with compiled.runner(("dlib", "sface")) as run:
+    with compiled.runner(("dlib", "sface", "sface8")) as run:
         for rgb, face, a in aligned:
             views = np.stack([a.chip, a.chip[:, ::-1]])
             keras_dlib = dlib_resnet.load_embedding_model()(views.astype(np.float32)).numpy()
@@ -53,10 +53,10 @@ def test_each_compiled_network_gives_its_keras_port_output(aligned):
                 np.abs(run.occlusion(face_in, eyes_in) - occlusion([face_in, eyes_in]).numpy()).max() < 1e-5
             )
             chip = sface.chip(rgb, face)
-            assert (
-                np.abs(features.network_embedding(run, "sface", chip) - sface.embed(chip[None])[0]).max()
-                < 1e-5
-            )
+            keras_sface = sface.embed(chip[None])[0]
+            assert np.abs(features.network_embedding(run, "sface", chip) - keras_sface).max() < 1e-5
+            in_8_bits = features.network_embedding(run, "sface8", chip)  # unit length, like SFace's
+            assert 0.99 < float(in_8_bits @ keras_sface) < 1 - 1e-6
 
 
 def test_the_capture_check_reads_the_same_with_the_compiled_occlusion_network(aligned):

@@ -59,8 +59,8 @@ def test_sample_pairs_decided_correctly(engine, sample_pairs):
 
 
 def test_shipped_version_fuses_both_networks(engine):
-    assert engine.networks == ("dlib", "sface")
-    assert engine.model.metadata["features_version"] == features.features_version(("dlib", "sface"))
+    assert engine.networks == ("dlib", "sface8")  # SFace with 8-bit weights
+    assert engine.model.metadata["features_version"] == features.features_version(("dlib", "sface8"))
     points = engine.model.operating_points
     assert points.max_fmr == 0.001 and points.max_fnmr == 0.001
     assert 0 < points.reject_below < engine.model.threshold < points.approve_at < 1
@@ -106,7 +106,7 @@ def test_result_carries_everything_a_reviewer_needs(engine):
         assert analysis.faces and analysis.main_face is not None
         assert analysis.crop.shape == (150, 150, 3) and analysis.crop.dtype == np.uint8
         assert analysis.embedding.shape == (engine.embedding_dim,) == (256,)
-        assert analysis.chips["sface"].shape == (112, 112, 3)
+        assert analysis.chips["sface8"].shape == (112, 112, 3)
     for stage in ("decode", "detect", "align", "embed", "decide", "total"):
         assert result.timings_ms[stage] >= 0
     as_json = json.loads(json.dumps(result.to_dict()))

@@ -135,11 +135,10 @@ def test_gender_only_csv_problems_are_named(tmp_path):
 
 
 @pytest.fixture
-def sample_with_gender_only(tmp_path, sample_vectors):
+def sample_with_gender_only(tmp_path, warm_cache):
     """The sample's people split in two: 18 as people (LFW layout), the photos of 6 more as a
     gender-only set; features from a cache warmed with the session's sample features."""
     from core.storage.db import init_db, session_factory
-    from core.training import embedding_cache
 
     people = pd.read_csv(SAMPLE_DIR / "people.csv")
     as_chips = people[people.person.isin(["Norah_Jones", "Jennifer_Lopez", "Jiang_Zemin", "David_Beckham"])]
@@ -152,12 +151,7 @@ def sample_with_gender_only(tmp_path, sample_vectors):
             rows.append((photo.name, sex))
     pd.DataFrame(rows, columns=["file", "gender"]).to_csv(tmp_path / "chips.csv", index=False)
     factory = session_factory(init_db(f"sqlite:///{tmp_path / 'cache.sqlite3'}"))
-    with factory() as session:
-        embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
-        embedding_cache.store(
-            session, sample_vectors["sface"], embedding_cache.network_model_id("sface"), dim=128
-        )
-        session.commit()
+    warm_cache(factory)
     choice = pipeline.DataChoice(SAMPLE_IMAGES, tmp_path / "people.csv", gender_only=tmp_path / "chips.csv")
     assert pipeline.DataChoice.from_dict(choice.to_dict()) == choice
     data = pipeline.collect(choice)

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, SAMPLE_DIR, SAMPLE_IMAGES
 
 from core.i18n import EN, KO
-from core.training import embedding_cache, pipeline
+from core.training import pipeline
 from core.training.fitting import TrainParams
 from core.verification import cohort as cohort_ops
 from core.verification import policy
@@ -206,16 +206,11 @@ def test_east_asian_people_the_default_never_saw(engine):
 
 
 @pytest.fixture(scope="module")
-def sample_features(sample_vectors, tmp_path_factory):
+def sample_features(warm_cache, tmp_path_factory):
     from core.storage.db import init_db, session_factory
 
     factory = session_factory(init_db(f"sqlite:///{tmp_path_factory.mktemp('cohort') / 'cache.sqlite3'}"))
-    with factory() as session:
-        embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
-        embedding_cache.store(
-            session, sample_vectors["sface"], embedding_cache.network_model_id("sface"), dim=128
-        )
-        session.commit()
+    warm_cache(factory)
     photos = pipeline.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
     return pipeline.build_features(pipeline.TrainingData(photos, []), TrainParams(), factory)
 

@@ -200,17 +200,12 @@ def test_views_are_deterministic_and_blur_stays_on_its_part():
 
 
 @pytest.fixture(scope="module")
-def sample_features(sample_vectors, tmp_path_factory):
+def sample_features(warm_cache, tmp_path_factory):
     """The sample's FeatureSet, read from a cache database warmed with the session's features."""
     from core.storage.db import init_db, session_factory
 
     factory = session_factory(init_db(f"sqlite:///{tmp_path_factory.mktemp('features') / 'cache.sqlite3'}"))
-    with factory() as session:
-        embedding_cache.store(session, sample_vectors[""], embedding_cache.model_id(""))
-        embedding_cache.store(
-            session, sample_vectors["sface"], embedding_cache.network_model_id("sface"), dim=128
-        )
-        session.commit()
+    warm_cache(factory)
     photos = pipeline.lfw_photos(SAMPLE_IMAGES, SAMPLE_DIR / "people.csv")
     feats = pipeline.build_features(pipeline.TrainingData(photos, []), TrainParams(), factory)
     assert feats.computed == 0

@@ -2,6 +2,7 @@
 
     dlib_resnet     dlib's face-recognition ResNet (128-d), ported to Keras; dlib's 5-point chip
     sface           OpenCV Zoo's SFace (128-d, unit length), ported to Keras; ArcFace 5-point chip
+                    ("sface8": the same network served with 8-bit weights, its own recipe)
     onnx_file       reads an ONNX file's graph and weights (for the SFace port; no onnx package)
     compiled        the ports compiled to TensorFlow Lite, as the serving path runs them
     gender_cydral   Cydral's gender CNN, ported to Keras (not an identity network)
@@ -93,6 +94,7 @@ class DlibResNet(IdentityNetwork):
 NETWORKS = {
     "dlib": ("core.verification.networks", "DlibResNet"),
     "sface": ("core.verification.networks.sface", "SFace"),
+    "sface8": ("core.verification.networks.sface", "SFace8"),
 }
 _lock = threading.Lock()
 
