@@ -119,7 +119,7 @@ def test_adding_a_photo_and_errors(api):  # noqa: F811
     assert enrolled.status_code == 201 and enrolled.json()["status"] == "auto_approved", enrolled.text
     added = api.client.post(
         "/v1/members/api-2/profile-photos",
-        json={"photo_base64": b64("Kofi_Annan_0025")},
+        json={"photo_base64": b64("Kofi_Annan_0027")},
         headers=api.headers(),
     )
     assert added.status_code == 201 and added.json()["shown"] is True and added.json()["position"] == 2
@@ -136,13 +136,13 @@ def test_adding_a_photo_and_errors(api):  # noqa: F811
 
     again = api.client.post(
         "/v1/members/api-2/profile-photos",
-        json={"photo_base64": b64("Kofi_Annan_0025")},
+        json={"photo_base64": b64("Kofi_Annan_0027")},
         headers=api.headers(),
     )
     assert again.status_code == 409 and again.json()["error"] == "already_in_profile"
     unknown = api.client.post(
         "/v1/members/nobody/profile-photos",
-        json={"photo_base64": b64("Kofi_Annan_0025")},
+        json={"photo_base64": b64("Kofi_Annan_0027")},
         headers=api.headers(),
     )
     assert unknown.status_code == 404

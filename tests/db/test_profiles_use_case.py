@@ -90,13 +90,13 @@ def test_a_group_photo_with_the_member_passes_and_names_the_members_face(
 
 
 def test_photos_added_later_and_the_badge(session_factory, photo_store, engine):
-    kofi = [photo(f"Kofi_Annan_00{n}") for n in (16, 25)]
+    kofi = [photo(f"Kofi_Annan_00{n}") for n in (16, 27)]  # each above approve_at for 0014
     done = enrol(session_factory, photo_store, engine, "m-kofi", photo("Kofi_Annan_0014"), kofi)
     assert done.profile.status == "auto_approved", done.profile.reasons
     with session_factory() as s:
         assert profiles.badge(s, "m-kofi")
 
-    added = add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0026")
+    added = add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0031")
     assert added.shown and added.position == 3 and added.state == "matches"
     with session_factory() as s:
         assert profiles.badge(s, "m-kofi")
@@ -119,7 +119,7 @@ def test_photos_added_later_and_the_badge(session_factory, photo_store, engine):
         assert s.get(Member, "m-kofi").status == "verified" and profiles.badge(s, "m-kofi")
 
     with pytest.raises(profiles.AlreadyInProfile):
-        add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0026")
+        add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0031")
 
     # Order: photo 3 first; it becomes the member's current gallery photo.
     profiles.reorder_profile(session_factory, "staff", "m-kofi", [3, 1, 2, 4])
@@ -204,10 +204,10 @@ def test_a_matching_photo_that_waits_for_review_takes_the_badge_until_accepted(
         session_factory, photo_store, engine, "m-kofi", photo("Kofi_Annan_0014"), [photo("Kofi_Annan_0016")]
     )
     assert done.profile.status == "auto_approved", done.profile.reasons
-    # The same face under another account: its main photo is closer to the photos added below
+    # The same face under another account: its profile photo is closer to the photos added below
     # than the first member's selfie is.
     enrol(
-        session_factory, photo_store, engine, "m-other", photo("Kofi_Annan_0026"), [photo("Kofi_Annan_0027")]
+        session_factory, photo_store, engine, "m-other", photo("Kofi_Annan_0026"), [photo("Kofi_Annan_0025")]
     )
 
     def add(name: str):
@@ -223,7 +223,7 @@ def test_a_matching_photo_that_waits_for_review_takes_the_badge_until_accepted(
             assert page.verified_profile_share(s)[0] == 0  # the KPI agrees
         return added
 
-    waiting = add("Kofi_Annan_0025")
+    waiting = add("Kofi_Annan_0027")
     with session_factory() as s:
         reviews.decide(s, waiting.result_id, "reviewer", "approve", label="same")
     with session_factory() as s:
@@ -251,9 +251,9 @@ def test_a_new_selfie_does_not_verify_a_member_while_a_photo_waits_for_review(
         session_factory, photo_store, engine, "m-kofi", photo("Kofi_Annan_0014"), [photo("Kofi_Annan_0016")]
     )
     enrol(
-        session_factory, photo_store, engine, "m-other", photo("Kofi_Annan_0026"), [photo("Kofi_Annan_0027")]
+        session_factory, photo_store, engine, "m-other", photo("Kofi_Annan_0026"), [photo("Kofi_Annan_0025")]
     )
-    added = add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0025")
+    added = add_photo(session_factory, photo_store, engine, "m-kofi", "Kofi_Annan_0027")
     assert added.state == "matches" and not added.shown, added.flags
 
     again = profiles.verify_profile_member(
