@@ -75,7 +75,8 @@ class TrainParams:
     augment: str = ""
     augment_views: int = 1  # views of each kind per training photo
     # The identity networks the Siamese head is trained on, dlib first (core.verification.networks).
-    # "dlib" alone is for customers who cannot use SFace (see models/pretrained/NOTICE-sface.md).
+    # "dlib" alone is for customers who cannot use SFace (see models/pretrained/NOTICE-sface.md);
+    # "dlib,sface8" runs SFace with 8-bit weights (faster), "dlib,sface" its float network.
     networks: str = "dlib,sface8"
     reviewed_weight: int = 5  # times each reviewed pair is used per epoch (the best labels there are)
     # Faces of other people a version's scores are normalised against (core.verification.cohort),
