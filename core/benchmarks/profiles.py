@@ -258,15 +258,19 @@ def _stored_faces(checked) -> list:
     """What the product keeps of a verified profile's photos (core.workflows.profiles.verify): the
     member's face of each photo with one face, and of each group photo the member was found in
     (a group photo without the member is analysed again)."""
-    from core.verification.profile import MATCHES
     from core.verification.result import Face
-    from core.workflows.profiles.analyse import StoredFace
+    from core.workflows.profiles.analyse import StoredFace, reusable
 
     out = []
     for photo in checked.photos:
         a = photo.analysis
         group = len(photo.faces) > 1
-        if a is None or a.embedding is None or photo.box is None or (group and photo.state != MATCHES):
+        if (
+            a is None
+            or a.embedding is None
+            or photo.box is None
+            or not reusable(len(photo.faces), photo.state)
+        ):
             continue
         out.append(
             StoredFace(

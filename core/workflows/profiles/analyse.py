@@ -46,6 +46,12 @@ class StoredFace:
     main_face: int = 0  # which of faces is the member's
 
 
+def reusable(face_count: int, state: str | None) -> bool:
+    """Whether a photo's stored check can stand for it again (see the module's docstring): it had
+    one face, or it is a group photo the member was found in."""
+    return face_count == 1 or (face_count > 1 and state == rule.MATCHES)
+
+
 def stored_analyses(engine, faces: list[StoredFace]) -> dict[str, list[PhotoAnalysis]]:
     """{hash: [the face's analysis]} for stored checks, their projections in one tower call."""
     if not faces:

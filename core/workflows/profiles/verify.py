@@ -325,7 +325,7 @@ def _stored_faces(
             or not row.face_box
             or list(entry.get("box") or []) != list(row.face_box)
             or list(row.face_box) not in boxes
-            or (len(boxes) > 1 and entry.get("state") != rule.MATCHES)
+            or not analyse.reusable(len(boxes), entry.get("state"))
             or photo.sha256 not in vectors
             or not photo.photo_hashes
         ):
