@@ -39,6 +39,7 @@ class PeopleRows(Protocol):
 LFW_NAME = re.compile(r"^(?P<person>.+)_\d{4}\.(jpe?g|png|bmp)$", re.IGNORECASE)
 LFW, DB, COHORT = "lfw", "db", "cohort"
 OLDER_AGE = 45  # the age band reported apart ("45+"): the service's members are in their 50s and 60s
+OLDER_BAND = f"{OLDER_AGE}+"
 MIN_PEOPLE = 6
 MIN_PEOPLE_WITH_PAIRS = 4
 
@@ -181,7 +182,7 @@ def _age_bands(table: pd.DataFrame, key: str) -> dict[str, str]:
         if column in table.columns:
             ages = pd.to_numeric(table[column], errors="coerce")
             return {
-                str(k): (f"{OLDER_AGE}+" if a >= OLDER_AGE else "")
+                str(k): (OLDER_BAND if a >= OLDER_AGE else "")
                 for k, a in zip(table[key], ages, strict=True)
                 if a == a
             }
@@ -336,8 +337,15 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
         photos += db_photos
     if choice.gender_only:  # last: their rows follow every identity photo's (gender.identity_rows)
         table = gender_training.read_gender_only(choice.gender_only, choice.gender_only_images)
+        band_of = _age_bands(pd.read_csv(choice.gender_only, dtype=str, keep_default_na=False), "file")
         photos += [
-            LabelledPhoto(_file_ref(r.path), r.person, r.gender, gender_training.GENDER_ONLY)
+            LabelledPhoto(
+                _file_ref(r.path),
+                r.person,
+                r.gender,
+                gender_training.GENDER_ONLY,
+                band_of.get(r.path.name, ""),
+            )
             for r in table.itertuples()
         ]
     by_sha: dict[str, LabelledPhoto] = {}

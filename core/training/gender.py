@@ -11,13 +11,14 @@ the head alone (East Asian members are a source of their own, not 7 people among
 The gender_mismatch flag: the engine flags a mismatch only at a confidence of at least the
 version's gender_min_confidence (below it: "gender cannot be confirmed", to review). That value is
 chosen on out-of-fold predictions for the training people (folds by person): the lowest confidence
-at which the false flags on men and on women of every source stay at most gender_max_false_flags,
-never below MIN_CONFIDENCE_FLOOR.
+at which the false flags on men and on women of every source, and of its people 45 or older where
+ages are known, stay at most gender_max_false_flags, never below MIN_CONFIDENCE_FLOOR.
 
     read_gender_only(csv, images) -> DataFrame(path, person, gender)
     photo_weights(people, genders, groups) -> weights    (core.training.fitting)
     out_of_fold_probabilities(inputs, genders, people, groups, params) -> P(M) per photo
     choose_min_confidence(p_male, genders, groups, max_false_flags) -> (confidence, per cell)
+    with_older_band(sources, age_bands) -> groups    "<source>:45+" for the older photos
     gender_figures(p_male, genders, groups, min_confidence) -> figures per group and gender
 """
 
@@ -235,6 +236,16 @@ def identity_rows(data):
     )
 
 
+def with_older_band(sources, age_bands) -> np.ndarray:
+    """Each photo's source, as "<source>:45+" for photos of people 45 or older (where known)."""
+    from core.training.data import OLDER_BAND
+
+    sources = np.asarray(sources).astype(str)
+    if age_bands is None:
+        return sources
+    return np.where(np.asarray(age_bands) == OLDER_BAND, np.char.add(sources, ":" + OLDER_BAND), sources)
+
+
 def fit_gender_head(data, train, held, params, progress=None) -> dict:
     """Train the gender head on the training people's labelled photos (and their augmented views),
     choose its mismatch confidence on out-of-fold predictions for them, judge it on the held-out
@@ -273,8 +284,13 @@ def fit_gender_head(data, train, held, params, progress=None) -> dict:
     else:
         calibration = calibrate_head(model, p_oof, data.genders[rows], people=data.people[rows])
         p_oof = apply_calibration(p_oof, *calibration)
+        # Each source, gender and age band on its own: the older band (the service's members) is
+        # where the head errs most, so it must meet the false-flag limit too.
         min_confidence, training_flags = choose_min_confidence(
-            p_oof, data.genders[rows], sources[rows], params.gender_max_false_flags
+            p_oof,
+            data.genders[rows],
+            with_older_band(sources, data.age_bands)[rows],
+            params.gender_max_false_flags,
         )
         chosen_on = f"out-of-fold predictions for the training people ({CONFIDENCE_FOLDS} folds by person)"
     held_rows = np.flatnonzero(held & labelled)
@@ -288,6 +304,11 @@ def fit_gender_head(data, train, held, params, progress=None) -> dict:
     metrics["pretrained_gender_accuracy"] = gender_metrics(pretrained, truth)["gender_accuracy"]
     metrics["gender_min_confidence"] = min_confidence
     metrics["gender_by_source"] = gender_figures(p_male, truth, sources[held_rows], min_confidence)
+    older_groups = with_older_band(sources, data.age_bands)[held_rows]
+    older = older_groups != sources[held_rows]
+    if older.any():  # the service's members are in their 50s and 60s: their figures on their own
+        figures = gender_figures(p_male[older], truth[older], older_groups[older], min_confidence)
+        metrics["gender_by_source_45_plus"] = {group: row for group, row in figures.items() if group != "all"}
     if calibration is not None:
         metrics["gender_calibration"] = {"slope": calibration[0], "intercept": calibration[1]}
     return {

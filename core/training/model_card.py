@@ -43,6 +43,10 @@ KNOWN_SETS = (  # the first that matches wins: gender_only lies inside eastasian
 )
 
 
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.2%}"  # None: no photo of that gender in the group
+
+
 def _terms_of(path: str) -> str:
     for key, note in KNOWN_SETS:
         if key in str(path):
@@ -129,11 +133,12 @@ def model_card(metadata: dict) -> str:
             "| set | men | women | men called women | women called men | balanced accuracy | false flags men / women |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for name, g in by_source.items():
+        older = metrics.get("gender_by_source_45_plus") or {}
+        for name, g in [*by_source.items(), *older.items()]:
             lines.append(
-                f"| {name} | {g['n_men']} | {g['n_women']} | {g['men_called_women']:.2%} | "
-                f"{g['women_called_men']:.2%} | {g['balanced_accuracy']:.2%} | "
-                f"{g['false_mismatch_flags_men']:.2%} / {g['false_mismatch_flags_women']:.2%} |"
+                f"| {name} | {g['n_men']} | {g['n_women']} | {_percent(g['men_called_women'])} | "
+                f"{_percent(g['women_called_men'])} | {_percent(g['balanced_accuracy'])} | "
+                f"{_percent(g['false_mismatch_flags_men'])} / {_percent(g['false_mismatch_flags_women'])} |"
             )
         lines.append("")
     chosen = policy.get("chosen_on", "")
@@ -154,6 +159,12 @@ def model_card(metadata: dict) -> str:
         f"- Seed {params.get('seed', '?')}; the same data, settings and seed give the same version.",
         "",
     ]
+    if metrics.get("gender_by_source_45_plus"):
+        lines[-1:-1] = [
+            "- Gender is weakest on faces of people 45 and older (the rows marked 45+): the flag's "
+            "confidence is chosen so that they too are rarely flagged falsely, which leaves more of "
+            "their photos unconfirmed, for a person to check.",
+        ]
     return "\n".join(lines)
 
 

@@ -134,6 +134,10 @@ def test_gender_only_csv_problems_are_named(tmp_path):
     assert list(table.gender) == ["M"] and table.person[0] == gender.GENDER_ONLY_PREFIX + "a.jpg"
 
 
+# Their ages when photographed (about 2002): only Jiang Zemin is in the 45+ band.
+CHIP_AGES = {"Norah_Jones": 23, "Jennifer_Lopez": 33, "Jiang_Zemin": 76, "David_Beckham": 27}
+
+
 @pytest.fixture
 def sample_with_gender_only(tmp_path, warm_cache):
     """The sample's people split in two: 18 as people (LFW layout), the photos of 6 more as a
@@ -148,8 +152,8 @@ def sample_with_gender_only(tmp_path, warm_cache):
     for person, sex in zip(as_chips.person, as_chips.gender, strict=True):
         for photo in sorted(SAMPLE_IMAGES.glob(f"{person}_*.jpg")):
             shutil.copy(photo, tmp_path / "chips" / photo.name)
-            rows.append((photo.name, sex))
-    pd.DataFrame(rows, columns=["file", "gender"]).to_csv(tmp_path / "chips.csv", index=False)
+            rows.append((photo.name, sex, CHIP_AGES[person]))
+    pd.DataFrame(rows, columns=["file", "gender", "age"]).to_csv(tmp_path / "chips.csv", index=False)
     factory = session_factory(init_db(f"sqlite:///{tmp_path / 'cache.sqlite3'}"))
     warm_cache(factory)
     choice = pipeline.DataChoice(SAMPLE_IMAGES, tmp_path / "people.csv", gender_only=tmp_path / "chips.csv")
@@ -171,15 +175,44 @@ def test_gender_only_photos_train_the_gender_head_only(sample_with_gender_only, 
     figures = result["metrics"]["gender_by_source"]
     assert figures["gender_only"]["n_men"] + figures["gender_only"]["n_women"] >= 1
     assert result["metrics"]["gender_accuracy"] >= 0.8
+    # The 45+ band on its own: the held-out chips of Jiang Zemin, the only one that old.
+    train, held = pipeline.split_by_source(feats, params)
+    jiang = np.char.find(feats.names.astype(str), "Jiang_Zemin") >= 0
+    older = held & (feats.sources == gender.GENDER_ONLY) & jiang
+    by_age = result["metrics"].get("gender_by_source_45_plus", {})
+    if older.any():
+        assert by_age == {"gender_only:45+": by_age["gender_only:45+"]}
+        assert (by_age["gender_only:45+"]["n_men"], by_age["gender_only:45+"]["n_women"]) == (older.sum(), 0)
+        assert by_age["gender_only:45+"]["women_called_men"] is None
+    else:
+        assert by_age == {}
+    # The mismatch confidence was chosen with the older band as a cell of its own.
+    trained_older = train & (feats.sources == gender.GENDER_ONLY) & jiang
+    cells = result["gender_policy"]["training_false_flags"]
+    assert cells and ("gender_only:45+/M" in cells) == bool(trained_older.any())
     chosen = result["gender_min_confidence"]
     assert gender.MIN_CONFIDENCE_FLOOR <= chosen <= gender.MIN_CONFIDENCE_CEILING
     # Saved with the version, read back from its metadata; the head takes the whole embedding.
     version = pipeline.save_trained(result, params, "sample", tmp_path / "models")
+    card = (tmp_path / "models" / version / "MODEL_CARD.md").read_text()
+    assert ("| gender_only:45+ |" in card) == bool(older.any())
     model = load_version(version, tmp_path / "models")
     assert model.gender_min_confidence == chosen
     assert model.metadata["gender_policy"]["max_false_flags"] == params.gender_max_false_flags
     assert model.gender.input_shape[-1] == 1 + 128 + 128
     assert model.gender.get_layer("standardise") is not None
+
+
+def test_older_photos_are_a_group_of_their_own_where_ages_are_known():
+    sources = np.array(["lfw", "gender_only", "gender_only", "eastasian_dev"])
+    bands = np.array(["", "45+", "", "45+"])
+    assert gender.with_older_band(sources, bands).tolist() == [
+        "lfw",
+        "gender_only:45+",
+        "gender_only",
+        "eastasian_dev:45+",
+    ]
+    assert gender.with_older_band(sources, None).tolist() == sources.tolist()
 
 
 def test_without_gender_only_photos_the_shipped_recipe_is_unchanged(sample_with_gender_only):
