@@ -237,13 +237,13 @@ def identity_rows(data):
 
 
 def with_older_band(sources, age_bands) -> np.ndarray:
-    """Each photo's source, as "<source>:45+" for photos of people 45 or older (where known)."""
-    from core.training.data import OLDER_BAND
-
+    """Each photo's source, as "<source>:45+" for photos of people 45 or older (where known: the
+    age band is "45+" for them and "" for everyone else, core.training.data)."""
     sources = np.asarray(sources).astype(str)
     if age_bands is None:
         return sources
-    return np.where(np.asarray(age_bands) == OLDER_BAND, np.char.add(sources, ":" + OLDER_BAND), sources)
+    bands = np.asarray(age_bands).astype(str)
+    return np.where(bands != "", np.char.add(np.char.add(sources, ":"), bands), sources)
 
 
 def fit_gender_head(data, train, held, params, progress=None) -> dict:
