@@ -272,8 +272,8 @@ def stage_figures(stages: list[dict]) -> dict:
     return out
 
 
-# Each network's own published rule, so that "alone" needs nothing chosen on these pairs.
-PUBLISHED_THRESHOLDS = {"dlib": ("euclidean", 0.6), "sface": ("cosine", 0.363), "sface8": ("cosine", 0.363)}
+# Each network family's own published rule, so that "alone" needs nothing chosen on these pairs.
+PUBLISHED_THRESHOLDS = {"dlib": ("euclidean", 0.6), "sface": ("cosine", 0.363)}
 
 
 def networks_alone(embeddings: list[tuple], labels: np.ndarray, networks, verification_metrics) -> dict:
@@ -282,19 +282,19 @@ def networks_alone(embeddings: list[tuple], labels: np.ndarray, networks, verifi
 
     out, start = {}, 0
     for name in networks:
-        dim = network_class(name).dim
+        dim, family = network_class(name).dim, network_class(name).family
         scores = []
         for a, b in embeddings:
             if a is None or b is None:
                 scores.append(-9.0)
                 continue
             x, y = np.asarray(a[start : start + dim], float), np.asarray(b[start : start + dim], float)
-            metric, _ = PUBLISHED_THRESHOLDS[name]
+            metric, _ = PUBLISHED_THRESHOLDS[family]
             if metric == "cosine":
                 scores.append(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))))
             else:
                 scores.append(-float(np.linalg.norm(x - y)))
-        metric, threshold = PUBLISHED_THRESHOLDS[name]
+        metric, threshold = PUBLISHED_THRESHOLDS[family]
         cut = threshold if metric == "cosine" else -threshold
         figures = verification_metrics(np.array(scores), labels, cut)
         out[name] = {

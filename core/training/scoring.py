@@ -20,6 +20,7 @@ from core.training.fitting import (
     midpoint_threshold,
     train_siamese,
 )
+from core.verification.networks import network_class
 from core.verification.policy import choose_operating_points
 
 # Training people's photos in the shipped cohort: one each. A person inside the cohort is judged
@@ -69,7 +70,7 @@ def out_of_fold_distances(inputs: np.ndarray, people: np.ndarray, params: TrainP
 def merge_copies(data: FeatureSet) -> np.ndarray:
     """Row indices of a cohort's faces keeping one of each set of copies of a photo (some sources
     hold one photo under two names); each kept face's person becomes its copies' first name."""
-    sface = next((data.others[n] for n in ("sface8", "sface") if n in data.others), None)
+    sface = next((v for n, v in data.others.items() if network_class(n).family == "sface"), None)
     if sface is not None:
         vectors = sface / np.linalg.norm(sface, axis=1, keepdims=True)
     else:

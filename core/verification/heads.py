@@ -29,7 +29,7 @@ EMBEDDING_DIM = 128
 # training people of the shipped version (AUC / FNMR at FMR 0.1% of the untrained fusion), 1.3 kept
 # most of the AUC gain at nearly the FNMR of 1.0 (1.0: 0.99980 / 0.39%, 1.3: 0.99986 / 0.40%,
 # 1.6: 0.99989 / 0.44%).
-NETWORK_SCALES = {"dlib": 1.0, "sface": 1.3, "sface8": 1.3}
+NETWORK_SCALES = {"dlib": 1.0, "sface": 1.3}  # by network family
 GENDERS = ("M", "F")  # index order of the gender head's output
 
 
@@ -84,7 +84,9 @@ def tower_scales(networks: tuple[str, ...]) -> np.ndarray:
     """The starting scale of each number of the tower's input: NETWORK_SCALES per network."""
     from core.verification.networks import network_class
 
-    return np.concatenate([np.full(network_class(n).dim, NETWORK_SCALES[n], np.float32) for n in networks])
+    return np.concatenate(
+        [np.full(network_class(n).dim, NETWORK_SCALES[network_class(n).family], np.float32) for n in networks]
+    )
 
 
 def build_siamese(tower: keras.Model, initial_offset: float = 0.6) -> keras.Model:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from core import config
 from core.storage.schema import Embedding, Photo, PossibleDuplicate, utcnow
 from core.verification import fraud
+from core.verification.networks import NETWORKS
 from core.verification.result import (
     FLAGGED,
     POSSIBLE_DUPLICATE,
@@ -59,6 +60,11 @@ def _drop_flag(row, result: VerificationResult, code: str) -> None:
     row.flags = [f for f in (row.flags or []) if f.get("code") != code]
 
 
+# The network lists whose stored embeddings the reuse check reads: dlib's alone (earlier versions)
+# or dlib's beside another network's.
+STORED_NETWORKS = [("dlib",), *(("dlib", name) for name in NETWORKS if name != "dlib")]
+
+
 def _embeddings(session: Session, shas: list[str], width: int) -> dict[str, np.ndarray]:
     """Stored pretrained embeddings of these photos from the same networks as the verification's."""
     if not shas:
@@ -66,9 +72,7 @@ def _embeddings(session: Session, shas: list[str], width: int) -> dict[str, np.n
     rows = session.execute(
         select(Embedding.photo_sha256, Embedding.vector).where(
             Embedding.photo_sha256.in_(shas),
-            Embedding.model_id.in_(
-                [search.pretrained_model_id(n) for n in (("dlib",), ("dlib", "sface"), ("dlib", "sface8"))]
-            ),
+            Embedding.model_id.in_([search.pretrained_model_id(networks) for networks in STORED_NETWORKS]),
         )
     )
     vectors = ((sha, np.frombuffer(vector, "<f4")) for sha, vector in rows)

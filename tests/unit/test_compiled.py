@@ -97,6 +97,20 @@ def test_the_cached_file_is_named_by_its_source_weights_and_format():
     assert compiled.compiled_file("dlib").stat().st_size > 1_000_000
 
 
+def test_a_variant_of_a_network_shares_its_familys_weights_scale_and_threshold():
+    from core.benchmarks.verification import PUBLISHED_THRESHOLDS
+    from core.verification.heads import NETWORK_SCALES
+    from core.verification.networks import NETWORKS, network_class, sface
+
+    for name in NETWORKS:  # a network added without a family, or a family without its entries, fails here
+        family = network_class(name).family
+        assert family in NETWORK_SCALES and family in PUBLISHED_THRESHOLDS, name
+    assert network_class("sface8").family == network_class("sface").family == "sface"
+    # SFace in 8 bits is compiled from SFace's file, into a file of its own.
+    assert compiled.compiled_path("sface8") != compiled.compiled_path("sface")
+    assert sface.SFACE_SHA256[:16] in compiled.compiled_path("sface8").name
+
+
 @pytest.mark.slow  # a fresh process imports core: the full run has it
 def test_a_process_that_imports_core_loads_tensorflow_lite_without_jax():
     """tf.lite's optional `import jax` cost every process about 130 MB resident (core/__init__.py

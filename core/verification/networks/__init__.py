@@ -13,7 +13,7 @@ networks' embeddings concatenated in that order. dlib is always there: its chip 
 gender network, and its embedding also feeds the gender head. Adding a network is one module here
 with one IdentityNetwork subclass and a line in NETWORKS.
 
-    IdentityNetwork     name, dim, recipe, weights_sha256(), chip(rgb, face), embed(chips),
+    IdentityNetwork     name, family, dim, recipe, weights_sha256(), chip(rgb, face), embed(chips),
                         graph_embed(chips) (the same in TensorFlow), finish(raw) (after the
                         compiled copy the serving path runs: compiled.py)
     network_class(name) -> type            without loading any weights (name, dim, recipe)
@@ -39,6 +39,9 @@ class IdentityNetwork:
     """A pretrained network: a face chip aligned its own way in, a fixed-length embedding out."""
 
     name: str = ""  # the key in a model version's metadata
+    # The network whose weights it runs: variants of one network (SFace in float or with 8-bit
+    # weights) share their family's weights file, tower scale and published threshold.
+    family: str = ""
     dim: int = 0
     # What a change of would change the embedding: weights, alignment, test-time views. Part of
     # the features version a model version records and of the embedding cache's key.
@@ -72,6 +75,7 @@ class DlibResNet(IdentityNetwork):
     other callers."""
 
     name = "dlib"
+    family = "dlib"
     dim = 128
     chip_size = 150
     recipe = "dlib-rn-v1/boxfit/mirror"

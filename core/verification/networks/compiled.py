@@ -65,10 +65,10 @@ def _source_sha256(name: str) -> str:
         from core.verification import capture
 
         return hashlib.sha256(capture.OCCLUSION_FILE.read_bytes()).hexdigest()
-    if name in ("sface", "sface8"):  # one file: sface8 is the same network compiled in 8 bits
-        from core.verification.networks import sface
+    from core.verification.networks import NETWORKS, network
 
-        return sface.SFACE_SHA256
+    if name in NETWORKS:  # another identity network: its family's weights (sface8 is SFace in 8 bits)
+        return network(name).weights_sha256()
     raise ValueError(f"no compiled form of {name!r}")
 
 
@@ -94,9 +94,9 @@ def _keras_model(name: str):
         from core.verification import capture
 
         return keras.saving.load_model(capture.OCCLUSION_FILE, compile=False), 1
-    if name in ("sface", "sface8"):
-        from core.verification.networks import network
+    from core.verification.networks import NETWORKS, network
 
+    if name in NETWORKS:
         return network(name).model, 1
     raise ValueError(f"no compiled form of {name!r}")
 

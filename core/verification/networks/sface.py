@@ -88,6 +88,7 @@ def chip_from_points(rgb: np.ndarray, points: np.ndarray, template: np.ndarray =
 
 class SFace(IdentityNetwork):
     name = "sface"
+    family = "sface"
     dim = 128
     chip_size = CHIP_SIZE
     recipe = "sface-2021dec-int8bq/yunet5"
