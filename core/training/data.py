@@ -337,14 +337,14 @@ def collect(choice: DataChoice, session_factory=None, store=None) -> TrainingDat
         photos += db_photos
     if choice.gender_only:  # last: their rows follow every identity photo's (gender.identity_rows)
         table = gender_training.read_gender_only(choice.gender_only, choice.gender_only_images)
-        band_of = _age_bands(pd.read_csv(choice.gender_only, dtype=str, keep_default_na=False), "file")
+        band_of = _age_bands(table, "person")
         photos += [
             LabelledPhoto(
                 _file_ref(r.path),
                 r.person,
                 r.gender,
                 gender_training.GENDER_ONLY,
-                band_of.get(r.path.name, ""),
+                band_of.get(r.person, ""),
             )
             for r in table.itertuples()
         ]

@@ -51,7 +51,8 @@ def default_images_folder(csv_path: Path) -> Path:
 
 
 def read_gender_only(csv_path: Path, images: Path | None = None) -> pd.DataFrame:
-    """Rows (path, person, gender) of a gender-only set; raises ValueError naming every problem.
+    """Rows (path, person, gender, then the CSV's other columns, such as age) of a gender-only set;
+    raises ValueError naming every problem.
 
     The CSV needs the columns file and gender (M/F or any form normalise_gender reads); each
     file is looked up in images (default_images_folder). Every photo is its own person.
@@ -69,8 +70,12 @@ def read_gender_only(csv_path: Path, images: Path | None = None) -> pd.DataFrame
     missing = {"file", "gender"} - set(table.columns)
     if missing:
         raise ValueError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))} (needs file,gender)")
+    extra = [c for c in table.columns if c not in ("file", "gender", "path", "person")]
     problems, rows = [], []
-    for line, (name, gender) in enumerate(zip(table.file, table.gender, strict=True), start=2):
+    others = (table[c] for c in extra)
+    for line, (name, gender, *more) in enumerate(
+        zip(table.file, table.gender, *others, strict=True), start=2
+    ):
         path = folder / name.strip()
         try:
             gender = normalise_gender(gender)
@@ -82,13 +87,13 @@ def read_gender_only(csv_path: Path, images: Path | None = None) -> pd.DataFrame
         elif not path.is_file():
             problems.append(f"line {line}: {path} does not exist")
         else:
-            rows.append((path, GENDER_ONLY_PREFIX + path.name, gender))
+            rows.append((path, GENDER_ONLY_PREFIX + path.name, gender, *more))
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise ValueError(f"{csv_path}: {shown}")
     if not rows:
         raise ValueError(f"{csv_path}: no photos listed")
-    return pd.DataFrame(rows, columns=["path", "person", "gender"])
+    return pd.DataFrame(rows, columns=["path", "person", "gender", *extra])
 
 
 def out_of_fold_probabilities(inputs, genders, people, groups, params, folds: int = CONFIDENCE_FOLDS):
@@ -258,6 +263,8 @@ def fit_gender_head(data, train, held, params, progress=None) -> dict:
 
     networks = params.network_names()
     sources = data.sources if data.sources is not None else np.full(len(data.people), "")
+    # Each source, and apart from it its people 45 or older where ages are known.
+    cells = with_older_band(sources, data.age_bands)
     _, inputs = head_inputs(data.inputs(networks), data.gender_logits)
     labelled = data.genders != ""
     rows = np.flatnonzero(train & labelled)
@@ -284,13 +291,10 @@ def fit_gender_head(data, train, held, params, progress=None) -> dict:
     else:
         calibration = calibrate_head(model, p_oof, data.genders[rows], people=data.people[rows])
         p_oof = apply_calibration(p_oof, *calibration)
-        # Each source, gender and age band on its own: the older band (the service's members) is
-        # where the head errs most, so it must meet the false-flag limit too.
+        # Each cell and gender on its own: the older band (the service's members) is where the
+        # head errs most, so it must meet the false-flag limit too.
         min_confidence, training_flags = choose_min_confidence(
-            p_oof,
-            data.genders[rows],
-            with_older_band(sources, data.age_bands)[rows],
-            params.gender_max_false_flags,
+            p_oof, data.genders[rows], cells[rows], params.gender_max_false_flags
         )
         chosen_on = f"out-of-fold predictions for the training people ({CONFIDENCE_FOLDS} folds by person)"
     held_rows = np.flatnonzero(held & labelled)
@@ -304,10 +308,9 @@ def fit_gender_head(data, train, held, params, progress=None) -> dict:
     metrics["pretrained_gender_accuracy"] = gender_metrics(pretrained, truth)["gender_accuracy"]
     metrics["gender_min_confidence"] = min_confidence
     metrics["gender_by_source"] = gender_figures(p_male, truth, sources[held_rows], min_confidence)
-    older_groups = with_older_band(sources, data.age_bands)[held_rows]
-    older = older_groups != sources[held_rows]
+    older = cells[held_rows] != sources[held_rows]
     if older.any():  # the service's members are in their 50s and 60s: their figures on their own
-        figures = gender_figures(p_male[older], truth[older], older_groups[older], min_confidence)
+        figures = gender_figures(p_male[older], truth[older], cells[held_rows][older], min_confidence)
         metrics["gender_by_source_45_plus"] = {group: row for group, row in figures.items() if group != "all"}
     if calibration is not None:
         metrics["gender_calibration"] = {"slope": calibration[0], "intercept": calibration[1]}

@@ -142,6 +142,15 @@ def model_card(metadata: dict) -> str:
             )
         lines.append("")
     chosen = policy.get("chosen_on", "")
+    older_gender = (
+        [
+            "- Gender is weakest on faces of people 45 and older (the rows marked 45+): the flag's "
+            "confidence is chosen so that they too are rarely flagged falsely, which leaves more of "
+            "their photos unconfirmed, for a person to check."
+        ]
+        if metrics.get("gender_by_source_45_plus")
+        else []
+    )
     lines += [
         "## Operating points",
         f"Chosen on {chosen} for at most {policy.get('max_fmr', 0.001):.1%} impostors approved and "
@@ -157,14 +166,9 @@ def model_card(metadata: dict) -> str:
         "and the per-group operating points correct their scores, they do not make the networks "
         "see East Asian faces better.",
         f"- Seed {params.get('seed', '?')}; the same data, settings and seed give the same version.",
+        *older_gender,
         "",
     ]
-    if metrics.get("gender_by_source_45_plus"):
-        lines[-1:-1] = [
-            "- Gender is weakest on faces of people 45 and older (the rows marked 45+): the flag's "
-            "confidence is chosen so that they too are rarely flagged falsely, which leaves more of "
-            "their photos unconfirmed, for a person to check.",
-        ]
     return "\n".join(lines)
 
 
